@@ -1,1 +1,9 @@
-"""mdoc core."""
+"""mdoc: an MLIR-style graph compiler for ONNX models.
+
+The core lives here: the IR (`mdoc.ir`), its textual form, the ONNX frontend and
+exporter, the pass manager and the CLI. Passes (`mdoc.passes`) and targets
+(`mdoc.targets`) plug in through registries, so this package never imports them
+by name.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,178 @@
+"""The ONNX exporter: an mdoc `Model` becomes a ModelProto that passes `onnx.checker` (full check).
+
+Names are the one place where the IR's identity semantics meet ONNX's name-keyed
+graphs: graph inputs and outputs keep their names exactly (users feed and read
+tensors by them), every other value gets its hint when it is free and a fresh
+name otherwise. An output that is also an input, a captured outer value, or a
+repeat of another output is written through an Identity so that ONNX's
+one-name-one-tensor rule holds. Top-level constants become initializers.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import AttributeProto, helper, numpy_helper
+
+from . import __version__
+from .errors import MdocError
+from .ir import CONSTANT, Graph, Model, Value, split_op
+from .ops import schema_of
+from .types import type_to_onnx
+
+# Protobuf refuses messages over 2 GiB; leave room for the graph itself.
+EXTERNAL_DATA_THRESHOLD = 1 << 30
+
+
+def export_model(model: Model) -> onnx.ModelProto:
+    exporter = _Exporter(model)
+    graph = exporter.graph(model.graph, top=True)
+    opsets = dict(model.opset_imports)
+    for domain in exporter.domains:
+        opsets.setdefault(domain, 1)
+    proto = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid(d, v) for d, v in sorted(opsets.items())],
+        producer_name="mdoc",
+        producer_version=__version__,
+    )
+    proto.ir_version = model.ir_version
+    for k, v in sorted(model.metadata.items()):
+        proto.metadata_props.add(key=k, value=v)
+    return proto
+
+
+def save_onnx(model: Model | onnx.ModelProto, path: str | os.PathLike) -> None:
+    """Write atomically: a failure leaves no partial file; weights go to `<name>.data` past 1 GiB."""
+    proto = model if isinstance(model, onnx.ModelProto) else export_model(model)
+    path = Path(path)
+    folder = path.resolve().parent
+    if not folder.is_dir():
+        raise MdocError(f"{path}: folder '{folder}' does not exist")
+    total = sum(t.ByteSize() for t in proto.graph.initializer)
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".mdoc-") as tmp:
+        staged = Path(tmp) / path.name
+        if total > EXTERNAL_DATA_THRESHOLD:
+            data_name = path.name + ".data"
+            onnx.save_model(proto, staged, save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=data_name, size_threshold=1024)
+            os.replace(Path(tmp) / data_name, folder / data_name)
+        else:
+            staged.write_bytes(proto.SerializeToString())
+        os.replace(staged, path)
+
+
+class _Exporter:
+    def __init__(self, model: Model):
+        self.model = model
+        self.names: dict[int, str] = {}
+        self.used: set[str] = set()
+        self.domains: set[str] = set()
+        self.counter = 0
+
+    def fresh(self, hint: str) -> str:
+        if hint and hint not in self.used:
+            self.used.add(hint)
+            return hint
+        base = hint or "_v"
+        while True:
+            self.counter += 1
+            name = f"{base}_{self.counter}"
+            if name not in self.used:
+                self.used.add(name)
+                return name
+
+    def name_of(self, v: Value) -> str:
+        key = id(v)
+        if key not in self.names:
+            self.names[key] = self.fresh(v.name)
+        return self.names[key]
+
+    # -- graphs --------------------------------------------------------------
+    def graph(self, g: Graph, top: bool = False) -> onnx.GraphProto:
+        inputs = [self._value_info(v, self.name_of(v)) for v in g.inputs]
+        local = {id(v) for v in g.inputs} | {id(o) for n in g for o in n.outputs}
+        # Outputs are named before anything else so they keep their names.
+        out_names: list[str] = []
+        aliases: list[tuple[str, str]] = []
+        seen: set[int] = set()
+        for v in g.outputs:
+            direct = id(v) in local and not v.is_graph_input and id(v) not in seen and id(v) not in self.names
+            if direct:
+                out_names.append(self.name_of(v))
+            else:
+                alias = self.fresh(v.name if v.name not in self.used else "")
+                aliases.append((alias, v))
+                out_names.append(alias)
+            seen.add(id(v))
+        nodes, inits, infos = [], [], []
+        for node in g:
+            if top and node.op == CONSTANT:
+                inits.append(self._tensor(node.attrs["value"], self.name_of(node.output)))
+                continue
+            nodes.append(self._node(node))
+            for o in node.outputs:
+                if not any(o is x for x in g.outputs):
+                    info = self._value_info(o, self.name_of(o), optional=True)
+                    if info is not None:
+                        infos.append(info)
+        for alias, v in aliases:
+            nodes.append(helper.make_node("Identity", [self.name_of(v)], [alias]))
+        outputs = [self._value_info(v, n) for v, n in zip(g.outputs, out_names)]
+        if self.model.ir_version < 4:  # before IR 4, every initializer must also be a graph input
+            inputs += [helper.make_tensor_value_info(t.name, t.data_type, t.dims) for t in inits]
+        return helper.make_graph(nodes, g.name, inputs, outputs, initializer=inits, value_info=infos)
+
+    def _value_info(self, v: Value, name: str, optional: bool = False):
+        tp = type_to_onnx(v.type)
+        if tp is None:
+            return None if optional else helper.make_value_info(name, onnx.TypeProto())
+        return helper.make_value_info(name, tp)
+
+    def _tensor(self, array: np.ndarray, name: str) -> onnx.TensorProto:
+        array = np.asarray(array)
+        if array.dtype == object:
+            data = [x.encode() if isinstance(x, str) else bytes(x) for x in array.reshape(-1)]
+            return helper.make_tensor(name, onnx.TensorProto.STRING, array.shape, data)
+        return numpy_helper.from_array(np.ascontiguousarray(array), name)
+
+    # -- nodes ---------------------------------------------------------------
+    def _node(self, node) -> onnx.NodeProto:
+        domain, op_type = split_op(node.op)
+        if domain not in ("",):
+            self.domains.add(domain)
+        inputs = ["" if v is None else self.name_of(v) for v in node.inputs]
+        outputs = [self.name_of(o) for o in node.outputs]
+        schema = schema_of(node.op, self.model.opset_imports)
+        attrs = [self._attr(k, v, schema) for k, v in sorted(node.attrs.items())]
+        proto = helper.make_node(op_type, inputs, outputs, name=node.name or None, domain=domain or None)
+        proto.attribute.extend(attrs)
+        return proto
+
+    def _attr(self, name: str, value, schema) -> AttributeProto:
+        kind = schema.attributes[name].type if schema is not None and name in schema.attributes else None
+        if isinstance(value, Graph):
+            return helper.make_attribute(name, self.graph(value))
+        if isinstance(value, np.ndarray):
+            if kind == AttributeProto.SPARSE_TENSOR:
+                raise MdocError(f"attribute '{name}': sparse tensor attributes are exported dense only")
+            a = AttributeProto(name=name, type=AttributeProto.TENSOR)
+            a.t.CopyFrom(self._tensor(value, ""))
+            return a
+        if isinstance(value, tuple):
+            if value and isinstance(value[0], Graph):
+                return helper.make_attribute(name, [self.graph(x) for x in value])
+            if value and isinstance(value[0], np.ndarray):
+                return helper.make_attribute(name, [self._tensor(x, "") for x in value])
+            if kind is None and not value:
+                kind = AttributeProto.INTS
+            if kind == AttributeProto.FLOATS:
+                value = [float(x) for x in value]
+            return helper.make_attribute(name, list(value), attr_type=kind)
+        if kind == AttributeProto.FLOAT:
+            value = float(value)
+        return helper.make_attribute(name, value, attr_type=kind)
