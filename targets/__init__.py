@@ -1,1 +1,1 @@
-"""t"""
+"""mdoc's target backends: lowering into TVM Relax, target presets, kernels, artifacts."""

@@ -1,0 +1,65 @@
+"""The registry of target backends: how the core reaches `mdoc.targets` without importing it by name.
+
+A backend compiles a `Model` for a target into an artifact folder and loads such
+folders back. mdoc's TVM backend registers itself through the `mdoc.targets`
+entry-point group; others can too.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import metadata
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+
+from .errors import MdocError
+
+MANIFEST = "manifest.json"
+
+
+class Backend(Protocol):
+    name: str
+
+    def load(self, path: Path) -> Callable[..., dict[str, np.ndarray]]: ...
+
+
+BACKENDS: dict[str, Backend] = {}
+_loaded = False
+
+
+def register_backend(backend: Backend) -> Backend:
+    if backend.name in BACKENDS and BACKENDS[backend.name] is not backend:
+        raise MdocError(f"backend '{backend.name}' is registered twice")
+    BACKENDS[backend.name] = backend
+    return backend
+
+
+def load_backends() -> dict[str, Backend]:
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        for ep in metadata.entry_points(group="mdoc.targets"):
+            ep.load()
+    return BACKENDS
+
+
+def get_backend(name: str) -> Backend:
+    backends = load_backends()
+    if name not in backends:
+        raise MdocError(f"no backend '{name}' is installed (installed: {', '.join(backends) or 'none'})")
+    return backends[name]
+
+
+def load_artifact(path: str | Path) -> Callable[..., dict[str, np.ndarray]]:
+    """A callable `f(**inputs) -> {output name: array}` for a compiled artifact folder."""
+    path = Path(path)
+    manifest = path / MANIFEST
+    if not manifest.is_file():
+        raise MdocError(f"{path}: not an mdoc artifact (no {MANIFEST})")
+    try:
+        backend = json.loads(manifest.read_text())["backend"]
+    except (ValueError, KeyError):
+        raise MdocError(f"{manifest}: unreadable manifest (not JSON or no 'backend')") from None
+    return get_backend(backend).load(path)

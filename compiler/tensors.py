@@ -1,0 +1,95 @@
+"""Tensors in and out of mdoc commands: `.npz` files keyed by tensor name, and seeded inputs.
+
+Every command that takes or gives tensors uses the same convention, so the output
+of `mdoc run` can be fed to `mdoc compare` and back. When no inputs are given,
+inputs are drawn from a seeded generator so runs are repeatable.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from .errors import MdocError
+from .ir import Model
+from .types import DType, TensorType
+
+
+def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    path = Path(path)
+    if not path.is_file():
+        raise MdocError(f"{path}: no such file")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except (ValueError, OSError, zipfile.BadZipFile) as e:
+        raise MdocError(f"{path}: not a readable .npz file ({' '.join(str(e).split())})") from None
+
+
+def save_npz(path: str | os.PathLike, tensors: dict[str, np.ndarray]) -> None:
+    """Write atomically, so a failure leaves no partial file."""
+    path = Path(path)
+    folder = path.resolve().parent
+    if not folder.is_dir():
+        raise MdocError(f"{path}: folder '{folder}' does not exist")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".mdoc-", suffix=".npz")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **tensors)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def concrete_shape(t: TensorType, dims: dict[str, int] | None = None, default: int = 1) -> tuple[int, ...]:
+    """A shape with symbols bound from `dims` (others to `default`) and unknown dims set to `default`."""
+    if t.shape is None:
+        raise MdocError(f"input of type {t} has unknown rank; give it with --inputs")
+    dims = dims or {}
+    return tuple(d if isinstance(d, int) else dims.get(d, default) if isinstance(d, str) else default
+                 for d in t.shape)
+
+
+def random_inputs(model: Model, seed: int = 0, dims: dict[str, int] | None = None) -> dict[str, np.ndarray]:
+    """Seeded inputs for every graph input: normal floats, small non-negative ints ({0, 1} for masks), bools."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, np.ndarray] = {}
+    for v in model.graph.inputs:
+        if not isinstance(v.type, TensorType):
+            raise MdocError(f"input '{v.name}' is not a tensor ({v.type}); give it with --inputs")
+        shape = concrete_shape(v.type, dims)
+        dt = v.type.dtype
+        if dt.is_float:
+            out[v.name] = rng.standard_normal(shape).astype(dt.numpy)
+        elif dt is DType.BOOL:
+            out[v.name] = rng.random(shape) < 0.5
+        elif dt is DType.STR:
+            raise MdocError(f"input '{v.name}' is a string tensor; give it with --inputs")
+        else:
+            high = 2 if "mask" in v.name.lower() else 16
+            out[v.name] = rng.integers(0, high, shape).astype(dt.numpy)
+    return out
+
+
+def check_inputs(model: Model, feeds: dict[str, np.ndarray], source: str) -> None:
+    """Refuse feeds that miss an input, name an unknown one, or have the wrong dtype or rank."""
+    names = {v.name: v for v in model.graph.inputs}
+    for name in feeds:
+        if name not in names:
+            raise MdocError(f"{source}: tensor '{name}' is not an input of the model "
+                            f"(inputs: {', '.join(names) or 'none'})")
+    for name, v in names.items():
+        if name not in feeds:
+            raise MdocError(f"{source}: input '{name}' is missing")
+        t, a = v.type, feeds[name]
+        if isinstance(t, TensorType):
+            if a.dtype != t.dtype.numpy:
+                raise MdocError(f"{source}: input '{name}' is {a.dtype}, the model expects {t.dtype.text}")
+            if t.shape is not None and (len(a.shape) != len(t.shape) or any(
+                    isinstance(d, int) and d != s for d, s in zip(t.shape, a.shape))):
+                raise MdocError(f"{source}: input '{name}' has shape {list(a.shape)}, the model expects {t}")
