@@ -7,3 +7,9 @@ by name.
 """
 
 __version__ = "0.1.0"
+
+from .api import compile, load, optimize  # noqa: E402
+from .errors import CheckFailed, MdocError  # noqa: E402
+from .model_io import load_model, save_model  # noqa: E402
+
+__all__ = ["CheckFailed", "MdocError", "compile", "load", "load_model", "optimize", "save_model"]

@@ -56,23 +56,30 @@ def concrete_shape(t: TensorType, dims: dict[str, int] | None = None, default: i
 
 
 def random_inputs(model: Model, seed: int = 0, dims: dict[str, int] | None = None) -> dict[str, np.ndarray]:
-    """Seeded inputs for every graph input: normal floats, small non-negative ints ({0, 1} for masks), bools."""
-    rng = np.random.default_rng(seed)
-    out: dict[str, np.ndarray] = {}
+    """Seeded inputs for every graph input of `model` (see `random_tensors`)."""
+    specs = []
     for v in model.graph.inputs:
         if not isinstance(v.type, TensorType):
             raise MdocError(f"input '{v.name}' is not a tensor ({v.type}); give it with --inputs")
-        shape = concrete_shape(v.type, dims)
-        dt = v.type.dtype
-        if dt.is_float:
-            out[v.name] = rng.standard_normal(shape).astype(dt.numpy)
-        elif dt is DType.BOOL:
-            out[v.name] = rng.random(shape) < 0.5
-        elif dt is DType.STR:
-            raise MdocError(f"input '{v.name}' is a string tensor; give it with --inputs")
+        specs.append((v.name, v.type.dtype.numpy, concrete_shape(v.type, dims)))
+    return random_tensors(specs, seed)
+
+
+def random_tensors(specs: list[tuple[str, np.dtype, tuple[int, ...]]], seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded tensors by name: normal floats, small non-negative ints ({0, 1} for masks), bools."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, np.ndarray] = {}
+    for name, dtype, shape in specs:
+        dtype = np.dtype(dtype)
+        if dtype.kind == "f" or DType.from_numpy(dtype).is_float:
+            out[name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype.kind == "b":
+            out[name] = rng.random(shape) < 0.5
+        elif dtype.kind in "iu":
+            high = 2 if "mask" in name.lower() else 16
+            out[name] = rng.integers(0, high, shape).astype(dtype)
         else:
-            high = 2 if "mask" in v.name.lower() else 16
-            out[v.name] = rng.integers(0, high, shape).astype(dt.numpy)
+            raise MdocError(f"input '{name}' has type {dtype}, which mdoc cannot make up; give it with --inputs")
     return out
 
 

@@ -1,0 +1,49 @@
+"""The Python API: the same jobs as the `mdoc` command, for programs.
+
+    import mdoc
+    model = mdoc.load_model("resnet18.onnx")
+    mdoc.optimize(model, level=2)
+    mdoc.compile("resnet18.onnx", target="x86", output="r18.x86")
+    outputs = mdoc.load("r18.x86")(image=batch)      # {output name: numpy array}
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .backends import get_backend, load_artifact
+from .ir import Model
+from .model_io import load_model
+from .pass_manager import PassManager, PassRecord, parse_pipeline, pipeline_for_level
+from .progress import Steps
+from .specialize import bind_dims
+
+
+def optimize(model: Model, level: int = 2, pipeline: str | None = None, verify_each: bool = True) -> list[PassRecord]:
+    """Run `pipeline` (text) or the -O `level` pipeline on `model` in place."""
+    passes = parse_pipeline(pipeline) if pipeline else pipeline_for_level(level)
+    return PassManager(passes, verify_each=verify_each).run(model)
+
+
+def compile(model: Model | str | os.PathLike, target: str = "x86", output: str | os.PathLike = "model.mdoc", *,
+            opt_level: int = 2, pipeline: str | None = None, dims: dict[str, int] | None = None,
+            arch: str | None = None, backend: str = "tvm", show_progress: bool | None = None) -> Path:
+    """Compile a model (path or IR) for `target` into the artifact folder `output`; returns its path."""
+    if not isinstance(model, Model):
+        model = load_model(model)
+    with Steps(["optimize", "lower to Relax", "build with TVM", "export library"], show_progress) as step:
+        step("optimize")
+        bind_dims(model, dims)
+        passes = parse_pipeline(pipeline) if pipeline else pipeline_for_level(opt_level)
+        PassManager(passes).run(model)
+        text = ",".join(p.spec() for p in passes)
+        return get_backend(backend).compile(model, target, output, arch=arch, pipeline=text, progress=step)
+
+
+def load(path: str | os.PathLike) -> Callable[..., dict[str, np.ndarray]]:
+    """A compiled artifact as a callable: `load(path)(**inputs) -> {output name: array}`."""
+    return load_artifact(path)

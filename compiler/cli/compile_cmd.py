@@ -1,0 +1,51 @@
+"""`mdoc compile MODEL -t TARGET -o OUT` and `mdoc targets`: build a deployable artifact."""
+
+from __future__ import annotations
+
+import click
+
+from ..api import compile as compile_model
+from ..errors import MdocError
+from ..pass_manager import load_plugin
+from .group import cli, dim_option, emit_json, json_option, parse_dims
+
+
+@cli.command("compile")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-t", "--target", default="x86", show_default=True,
+              help="Preset (x86, x86-avx2, x86-avx512, aarch64, rpi4, rpi5, jetson-orin-cpu, cuda, ...) or JSON.")
+@click.option("-o", "--output", required=True, type=click.Path(), help="Artifact folder to write.")
+@click.option("-O", "level", type=click.IntRange(0, 3), default=2, show_default=True, help="Optimization level.")
+@click.option("-p", "--pipeline", help="Textual pass pipeline instead of -O.")
+@click.option("--arch", help="CUDA architecture, e.g. sm_87 (CUDA targets only).")
+@click.option("--plugin", "plugins", multiple=True, type=click.Path(dir_okay=False), help="Load passes from a file.")
+@dim_option
+@json_option
+def compile_cmd(model, target, output, level, pipeline, arch, plugins, dims, as_json) -> None:
+    """Optimize MODEL and compile it for TARGET into the artifact folder OUTPUT.
+
+    Symbolic input dims are fixed at compile time (--dim NAME=SIZE, default 1).
+    """
+    for p in plugins:
+        load_plugin(p)
+    if pipeline and level != 2:
+        raise MdocError("give either -O LEVEL or -p PIPELINE, not both")
+    path = compile_model(model, target, output, opt_level=level, pipeline=pipeline, dims=parse_dims(dims), arch=arch)
+    if as_json:
+        emit_json({"artifact": str(path)})
+    else:
+        click.echo(f"wrote {path}")
+
+
+@cli.command("targets")
+@json_option
+def targets_cmd(as_json: bool) -> None:
+    """List the target presets."""
+    from mdoc.targets.presets import list_presets
+
+    presets = list_presets()
+    if as_json:
+        emit_json({n: {"description": p.description, "tvm": p.tvm} for n, p in presets.items()})
+        return
+    for name, p in presets.items():
+        click.echo(f"{name:<18} {p.description}")

@@ -1,0 +1,71 @@
+"""mdoc's TVM backend: optimized IR -> Relax -> TVM build -> artifact folder, and loading it back.
+
+Registered with the core's backend registry when the `mdoc.targets` entry point
+is loaded, so `mdoc compile` and `mdoc.compile` reach it without importing it.
+"""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+from mdoc import __version__
+from mdoc.backends import register_backend
+from mdoc.errors import MdocError
+from mdoc.ir import Model
+from mdoc.types import TensorType
+
+from . import artifact
+from .presets import resolve_target
+
+
+def _sig(v) -> dict:
+    t = v.type
+    if not isinstance(t, TensorType) or t.shape is None:
+        raise MdocError(f"graph input/output '{v.name}' has no known tensor type ({t}); "
+                        "give its dims with --dim or fix the model's declared types")
+    return artifact.TensorSig(v.name, str(t.dtype.numpy), list(t.shape)).as_json()
+
+
+class TvmBackend:
+    name = "tvm"
+
+    def compile(self, model: Model, target: str, output: str | Path, *, arch: str | None = None,
+                pipeline: str = "", progress=None) -> Path:
+        import tvm
+
+        from .builder import build_for
+        from .relax.lower import lower
+
+        spec = resolve_target(target, arch)
+        step = progress or (lambda name: None)
+        with artifact.StagedArtifact(Path(output)) as staged:
+            step("lower to Relax")
+            mod = lower(model, target=spec)
+            step("build with TVM")
+            ex = build_for(mod, spec)
+            step("export library")
+            lib = staged.dir / artifact.LIBRARY
+            if spec.cross_compiler:
+                from tvm.contrib import cc
+
+                ex.export_library(str(lib), fcompile=cc.cross_compiler(spec.cross_compiler))
+            else:
+                ex.export_library(str(lib))
+            manifest = {
+                "backend": self.name,
+                "mdoc_version": __version__,
+                "tvm_version": tvm.__version__,
+                "built_on": platform.machine(),
+                "target": spec.as_json(),
+                "pipeline": pipeline,
+                "inputs": [_sig(v) for v in model.graph.inputs],
+                "outputs": [_sig(v) for v in model.graph.outputs],
+            }
+            return staged.commit(manifest)
+
+    def load(self, path: Path):
+        return artifact.load(path)
+
+
+BACKEND = register_backend(TvmBackend())
