@@ -28,9 +28,12 @@ from .types import type_to_onnx
 EXTERNAL_DATA_THRESHOLD = 1 << 30
 
 
-def export_model(model: Model) -> onnx.ModelProto:
+def export_model(model: Model, value_names: dict[Value, str] | None = None) -> onnx.ModelProto:
+    """The ModelProto of `model`; when `value_names` is given, it receives the ONNX name of every value named."""
     exporter = _Exporter(model)
     graph = exporter.graph(model.graph, top=True)
+    if value_names is not None:
+        value_names.update(exporter.values)
     opsets = dict(model.opset_imports)
     for domain in exporter.domains:
         opsets.setdefault(domain, 1)
@@ -70,6 +73,7 @@ class _Exporter:
     def __init__(self, model: Model):
         self.model = model
         self.names: dict[int, str] = {}
+        self.values: dict[Value, str] = {}
         self.used: set[str] = set()
         self.domains: set[str] = set()
         self.counter = 0
@@ -90,6 +94,7 @@ class _Exporter:
         key = id(v)
         if key not in self.names:
             self.names[key] = self.fresh(v.name)
+            self.values[v] = self.names[key]
         return self.names[key]
 
     # -- graphs --------------------------------------------------------------
@@ -138,7 +143,8 @@ class _Exporter:
         if array.dtype == object:
             data = [x.encode() if isinstance(x, str) else bytes(x) for x in array.reshape(-1)]
             return helper.make_tensor(name, onnx.TensorProto.STRING, array.shape, data)
-        return numpy_helper.from_array(np.ascontiguousarray(array), name)
+        # np.ascontiguousarray would turn a scalar into shape [1]; from_array copes with any layout.
+        return numpy_helper.from_array(array if array.flags.c_contiguous else array.copy(order="C"), name)
 
     # -- nodes ---------------------------------------------------------------
     def _node(self, node) -> onnx.NodeProto:
