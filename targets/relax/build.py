@@ -1,0 +1,164 @@
+"""Build a lowered Relax module for CPU and run it with the Relax VM.
+
+`build` runs, under the target:
+
+1. dispatch (sampling, sort/scan) and `LegalizeOps` (Relax ops -> TOPI PrimFuncs),
+2. `AnnotateTIROpPattern`, `FoldConstant` (weights are packed once here), `FuseOps`, `FuseTIR`,
+3. the generic CPU schedule (`schedule.py`): every PrimFunc not marked as already
+   scheduled gets parallel outer loops, vectorized inner loops and its
+   elementwise stages inlined, so nothing is left as single-threaded scalar code,
+4. TVM's dataflow lowering and VM finalization passes, then `tvm.compile`.
+
+The result is a `tvm.runtime.Executable` (`ex.export_library(path)` writes a
+self-contained .so when the module was lowered with constants).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from mdoc.errors import MdocError
+from mdoc.ir import Model
+from mdoc.types import TensorType
+
+from .context import contiguous, tvm_dtype
+from .lower import param_constants
+from .schedule import ScheduleCPU
+
+
+def _as_target(target) -> tvm.target.Target:
+    if isinstance(target, tvm.target.Target):
+        return target
+    if isinstance(target, str):
+        raise MdocError(f"target {target!r}: TVM 0.27 takes targets as dicts, e.g. "
+                        f"{{'kind': 'llvm', 'mcpu': 'znver4'}} (see mdoc.targets.host.host_target())")
+    return tvm.target.Target(dict(target))
+
+
+def _front_passes(target: tvm.target.Target, schedule: bool) -> list:
+    passes = [
+        relax.backend.DispatchSampling(),
+        relax.backend.DispatchSortScan(),
+        relax.transform.LegalizeOps(),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+        relax.transform.DeadCodeElimination(),
+    ]
+    return passes + ([ScheduleCPU(target)] if schedule else [])
+
+
+def _back_passes() -> list:
+    return [
+        relax.transform.RewriteDataflowReshape(),
+        relax.transform.ToNonDataflow(),
+        relax.transform.RemovePurityChecking(),
+        relax.transform.CallTIRRewrite(),
+        relax.transform.StaticPlanBlockMemory(),
+        relax.transform.LowerAllocTensor(),
+        relax.transform.KillAfterLastUse(),
+        relax.transform.LowerRuntimeBuiltin(),
+        relax.transform.ComputePrimValue(),
+        relax.transform.VMShapeLower(),
+        relax.transform.AttachGlobalSymbol(),
+    ]
+
+
+def pipeline(target: tvm.target.Target, *, schedule: bool = True) -> tvm.transform.Pass:
+    """The Relax pass pipeline `build` runs (exposed for inspection and tests)."""
+    return tvm.transform.Sequential(_front_passes(target, schedule) + _back_passes(), name="mdoc_cpu_pipeline")
+
+
+def optimize(mod: tvm.IRModule, target, *, schedule: bool = True) -> tvm.IRModule:
+    """Legalize, fold, fuse and schedule `mod`, stopping before the VM lowering (for inspection)."""
+    tgt = _as_target(target)
+    with tgt:
+        return tvm.transform.Sequential(_front_passes(tgt, schedule))(mod)
+
+
+def build(mod: tvm.IRModule, target, *, schedule: bool = True) -> tvm.runtime.Executable:
+    """Compile a module from `lower` for a CPU target dict (see `mdoc.targets.host.host_target`)."""
+    tgt = _as_target(target)
+    with tgt:
+        return tvm.compile(mod, tgt, relax_pipeline=pipeline(tgt, schedule=schedule))
+
+
+# -- running ------------------------------------------------------------------
+
+
+class Runner:
+    """A VM over a built executable that maps named numpy inputs to named numpy outputs.
+
+    Keeps the VM (and the weights of a module lowered with `params_as_constants=False`)
+    between calls, so timing loops measure the model and not the setup.
+    """
+
+    def __init__(self, ex: tvm.runtime.Executable, model: Model, device=None):
+        self.model = model
+        self.device = device or tvm.cpu()
+        self.vm = relax.VirtualMachine(ex, self.device)
+        self.inputs = list(model.graph.inputs)
+        self.output_names = [v.name for v in model.graph.outputs]
+        arity = self.vm._get_function_arity("main")
+        self.params: list = []
+        if arity > len(self.inputs):
+            weights = param_constants(model)
+            if arity != len(self.inputs) + len(weights):
+                raise MdocError(f"the executable's main takes {arity} arguments, but the model has "
+                                f"{len(self.inputs)} inputs and {len(weights)} weights")
+            self.params = [tvm.runtime.tensor(contiguous(w.const_value), self.device) for w in weights]
+
+    def prepare(self, inputs: Mapping[str, np.ndarray]) -> list:
+        """The VM arguments for named numpy `inputs` (checked against the graph inputs)."""
+        names = {v.name for v in self.inputs}
+        unknown = sorted(set(inputs) - names)
+        if unknown:
+            raise MdocError(f"unknown input {unknown[0]!r}; the model's inputs are "
+                            f"{', '.join(repr(v.name) for v in self.inputs)}")
+        args = []
+        for v in self.inputs:
+            if v.name not in inputs:
+                raise MdocError(f"missing input {v.name!r}")
+            array = np.asarray(inputs[v.name])
+            if isinstance(v.type, TensorType):
+                want = tvm_dtype(v.type.dtype)
+                if str(array.dtype) != want:
+                    raise MdocError(f"input {v.name!r} has dtype {array.dtype}, the model expects {want}")
+                if v.type.shape is not None and array.ndim != len(v.type.shape):
+                    raise MdocError(f"input {v.name!r} has rank {array.ndim}, the model expects "
+                                    f"{len(v.type.shape)} ({v.type})")
+                for k, d in enumerate(v.type.shape or ()):
+                    if isinstance(d, int) and array.shape[k] != d:
+                        raise MdocError(f"input {v.name!r} has shape {list(array.shape)}, the model expects {v.type}")
+            args.append(tvm.runtime.tensor(contiguous(array), self.device))
+        return args + self.params
+
+    def run_args(self, args: list):
+        return self.vm["main"](*args)
+
+    def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        result = self.run_args(self.prepare(inputs))
+        return {name: result[i].numpy() for i, name in enumerate(self.output_names)}
+
+    def time(self, inputs: Mapping[str, np.ndarray], repeat: int = 20, warmup: int = 3) -> float:
+        """The median wall time of one call, in seconds."""
+        args = self.prepare(inputs)
+        for _ in range(warmup):
+            self.run_args(args)
+        times = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            self.run_args(args)
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times))
+
+
+def run(ex: tvm.runtime.Executable, inputs: Mapping[str, np.ndarray], model: Model) -> dict[str, np.ndarray]:
+    """Run a built executable once: named numpy inputs in, named numpy outputs out."""
+    return Runner(ex, model)(inputs)

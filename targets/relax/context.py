@@ -1,0 +1,404 @@
+"""What a converter sees while one node is lowered: its operands as Relax, constants, shapes.
+
+Operands reach converters in one of three forms, and `LowerCtx` hides which:
+
+* a Relax expression (the usual case: an activation, a graph input, a weight);
+* a numpy array, when the operand is an `onnx.Constant` (`ctx.const(i)`), so that
+  converters can read axes, pads, scales, shapes and fold weights at compile time;
+* a `SymTensor`: a small integer tensor (rank 0 or 1) whose elements are known at
+  compile time as integers or TIR expressions of the model's symbolic dims. `Shape`
+  produces one, and the ops of ONNX shape subgraphs (Gather, Concat, Unsqueeze,
+  Slice, Cast, arithmetic, Equal, Where, ...) compute on them, so that
+  `Reshape(x, Concat(Gather(Shape(x), 0), [-1, 64]))` lowers to a reshape with the
+  shape `(n, -1, 64)` and no runtime shape arithmetic. `ctx.input(i)` turns a
+  SymTensor into a tensor only when a real tensor is needed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import tvm
+from tvm import relax, tirx
+from tvm.sym import Analyzer
+
+from mdoc.errors import MdocError
+from mdoc.ir import Model, Node, Value
+from mdoc.types import DType, TensorType
+
+# ---------------------------------------------------------------------------
+# dtypes
+
+_DTYPES = {
+    DType.F32: "float32", DType.F16: "float16", DType.BF16: "bfloat16", DType.F64: "float64",
+    DType.I8: "int8", DType.U8: "uint8", DType.I16: "int16", DType.U16: "uint16",
+    DType.I32: "int32", DType.U32: "uint32", DType.I64: "int64", DType.U64: "uint64",
+    DType.BOOL: "bool",
+}
+_FROM_TVM = {v: k for k, v in _DTYPES.items()}
+
+
+def tvm_dtype(dtype: DType, where: str = "") -> str:
+    """The TVM spelling of an mdoc dtype; MdocError for element types Relax cannot hold."""
+    try:
+        return _DTYPES[dtype]
+    except KeyError:
+        at = f" ({where})" if where else ""
+        raise MdocError(f"element type {dtype.text}{at} has no TVM equivalent for the Relax target") from None
+
+
+def mdoc_dtype(dtype: str) -> DType:
+    return _FROM_TVM[str(dtype)]
+
+
+def onnx_to_tvm_dtype(onnx_elem_type: int, where: str = "") -> str:
+    return tvm_dtype(DType.from_onnx(int(onnx_elem_type)), where)
+
+
+def is_float(dtype: str) -> bool:
+    return str(dtype).startswith(("float", "bfloat"))
+
+
+# ---------------------------------------------------------------------------
+# compile-time small integer tensors
+
+
+def _concrete(v: Any) -> Any:
+    """A python int/bool for IntImm and numpy scalars; other TIR expressions unchanged."""
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        return float(v)
+    if isinstance(v, tirx.IntImm):
+        return bool(v.value) if pdtype(v) == "bool" else int(v.value)
+    if isinstance(v, tirx.FloatImm):
+        return float(v.value)
+    return v
+
+
+def contiguous(array) -> np.ndarray:
+    """A C-contiguous ndarray of the same shape (np.ascontiguousarray turns 0-d arrays into 1-d ones)."""
+    array = np.asarray(array)
+    return array if array.flags.c_contiguous else np.array(array, order="C")
+
+
+def pdtype(e: tirx.PrimExpr) -> str:
+    """The dtype of a TIR expression (TVM 0.27 spells it `e.ty`, a PrimType; `e.dtype` is gone)."""
+    return str(e.ty)
+
+
+def is_static(v: Any) -> bool:
+    return isinstance(_concrete(v), (bool, int, float))
+
+
+@dataclass
+class SymTensor:
+    """A rank-0 or rank-1 tensor of `dtype` whose elements are ints, bools or TIR expressions."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    values: list[Any] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.values = [_concrete(v) for v in self.values]
+        assert len(self.shape) <= 1 and len(self.values) == (self.shape[0] if self.shape else 1)
+
+    @classmethod
+    def vector(cls, values, dtype: str = "int64") -> "SymTensor":
+        values = list(values)
+        return cls(dtype, (len(values),), values)
+
+    @classmethod
+    def scalar(cls, value, dtype: str = "int64") -> "SymTensor":
+        return cls(dtype, (), [value])
+
+    @classmethod
+    def from_array(cls, array: np.ndarray) -> "SymTensor":
+        return cls(str(array.dtype), tuple(array.shape), array.reshape(-1).tolist())
+
+    @property
+    def static(self) -> bool:
+        return all(is_static(v) for v in self.values)
+
+    def numpy(self) -> np.ndarray | None:
+        """The array when every element is a concrete number, else None."""
+        if not self.static:
+            return None
+        return np.array(self.values, dtype=self.dtype).reshape(self.shape)
+
+
+# ---------------------------------------------------------------------------
+
+
+def prim(v: Any, dtype: str = "int64") -> tirx.PrimExpr:
+    """A TIR expression for a python number (of `dtype`) or an existing expression (unchanged)."""
+    v = _concrete(v)
+    if isinstance(v, bool):
+        return tirx.IntImm("bool", int(v))
+    if isinstance(v, int):
+        return tirx.FloatImm(dtype, float(v)) if is_float(dtype) else tirx.IntImm(dtype, v)
+    if isinstance(v, float):
+        return tirx.FloatImm(dtype if is_float(dtype) else "float64", v)
+    return v
+
+
+_ANALYZER = Analyzer()
+
+
+def simplify(d: Any) -> Any:
+    """A dim simplified by TVM's arithmetic analyzer (`max(n, min(n, 64))` -> `n`); ints stay ints."""
+    if is_static(d):
+        return int(_concrete(d))
+    return _concrete(_ANALYZER.simplify(d))
+
+
+def broadcast_dims(*shapes: list[Any]) -> list[Any]:
+    """The numpy broadcast of several shapes; two different symbolic dims give their max."""
+    n = max(len(s) for s in shapes)
+    out: list[Any] = []
+    for k in range(n):
+        dims = [s[k - (n - len(s))] for s in shapes if k - (n - len(s)) >= 0]
+        acc: Any = 1
+        for d in dims:
+            if is_static(d) and int(d) == 1:
+                continue
+            if is_static(acc) and int(acc) == 1:
+                acc = d
+            elif is_static(acc) and is_static(d):
+                acc = max(int(acc), int(d))
+            elif is_static(d):
+                acc = d
+            elif not is_static(acc):
+                acc = tirx.Max(prim(acc), prim(d))
+        out.append(simplify(acc))
+    return out
+
+
+class LowerCtx:
+    """The lowering state of one graph, seen by a converter through the node it is converting."""
+
+    def __init__(self, bb: relax.BlockBuilder, model: Model, *, target: dict | None, kernels: Any,
+                 param_values: set[Value] | frozenset = frozenset()):
+        self.bb = bb
+        self.model = model
+        self.target = target
+        self.kernels = kernels
+        self.node: Node | None = None
+        self.symbols: dict[str, tirx.Var] = {}  # symbolic dim name -> its TIR var
+        self.env: dict[Value, Any] = {}  # value (by identity) -> relax.Expr | SymTensor
+        self._param_values = param_values  # constants lowered as function params, not folded
+
+    # -- environment ----------------------------------------------------------
+    def symbol(self, name: str) -> tirx.Var:
+        """The TIR var of a symbolic dim (`"batch"`), the same one wherever the name appears."""
+        var = self.symbols.get(name)
+        if var is None:
+            clean = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in name) or "dim"
+            var = self.symbols[name] = tirx.Var(clean if not clean[0].isdigit() else f"d_{clean}", "int64")
+        return var
+
+    def bind(self, value: Value, expr: Any) -> None:
+        self.env[value] = expr
+
+    def lookup(self, value: Value) -> Any:
+        return self.env.get(value)
+
+    @property
+    def opset(self) -> int:
+        return self.model.opset_of(self.node.op) if self.node is not None else self.model.opset
+
+    def _operand(self, i: int) -> Value | None:
+        return self.node.input(i)
+
+    @property
+    def num_inputs(self) -> int:
+        return len(self.node.inputs)
+
+    def has_input(self, i: int) -> bool:
+        return self._operand(i) is not None
+
+    def attr(self, name: str, default: Any = None) -> Any:
+        return self.node.attrs.get(name, default)
+
+    # -- operands -------------------------------------------------------------
+    def const(self, i: int) -> np.ndarray | None:
+        """Operand `i` as a numpy array when its value is known at compile time, else None."""
+        v = self._operand(i)
+        if v is None:
+            return None
+        if v not in self._param_values:
+            array = v.const_value
+            if array is not None:
+                return np.asarray(array)
+        bound = self.lookup(v)
+        if isinstance(bound, SymTensor):
+            return bound.numpy()
+        if isinstance(bound, tvm.ir.GenericConst):
+            return bound.value.numpy()
+        return None
+
+    def sym(self, i: int, max_size: int = 64) -> SymTensor | None:
+        """Operand `i` as a SymTensor when it is a small compile-time integer/bool tensor, else None."""
+        v = self._operand(i)
+        if v is None:
+            return None
+        bound = self.lookup(v)
+        if isinstance(bound, SymTensor):
+            return bound
+        array = self.const(i)
+        if array is not None and array.ndim <= 1 and array.size <= max_size and array.dtype.kind in "iubf":
+            return SymTensor.from_array(array)
+        return None
+
+    def input(self, i: int) -> relax.Expr | None:
+        """Operand `i` as a Relax expression (None when omitted); constants become `relax.const`."""
+        v = self._operand(i)
+        if v is None:
+            return None
+        bound = self.lookup(v)
+        if bound is None:
+            array = v.const_value
+            if array is None:
+                raise MdocError(f"{self.node.op} (node '{self.node.name}'): operand {i} (%{v.name}) "
+                                f"is used before it is defined")
+            bound = relax.const(contiguous(array), tvm_dtype(DType.from_numpy(array.dtype),
+                                                                        f"constant %{v.name}"))
+            self.bind(v, bound)
+        if isinstance(bound, SymTensor):
+            bound = self.materialize(bound)
+            self.bind(v, bound)
+        return bound
+
+    def inputs(self) -> list[relax.Expr | None]:
+        return [self.input(i) for i in range(self.num_inputs)]
+
+    def input_type(self, i: int) -> TensorType | None:
+        """The mdoc type of operand `i` (as the importer inferred it)."""
+        v = self._operand(i)
+        return v.type if v is not None and isinstance(v.type, TensorType) else None
+
+    def dtype(self, i: int) -> str:
+        """The TVM dtype of operand `i`."""
+        v = self._operand(i)
+        bound = self.lookup(v)
+        if isinstance(bound, SymTensor):
+            return bound.dtype
+        if bound is None and v.const_value is not None:
+            return tvm_dtype(DType.from_numpy(v.const_value.dtype))
+        if bound is not None:
+            return str(bound.ty.dtype)
+        if isinstance(v.type, TensorType):
+            return tvm_dtype(v.type.dtype)
+        raise self.error(f"operand {i} has no known element type")
+
+    def shape(self, i: int) -> list[Any]:
+        """The dims of operand `i`: python ints where static, TIR expressions where symbolic."""
+        v = self._operand(i)
+        bound = self.lookup(v)
+        if isinstance(bound, SymTensor):
+            return list(bound.shape)
+        if bound is None and v.const_value is not None:
+            return list(v.const_value.shape)
+        expr = self.input(i)
+        return self.shape_of(expr, v)
+
+    def shape_of(self, expr: relax.Expr, value: Value | None = None) -> list[Any]:
+        """The dims of a Relax tensor expression, binding fresh symbolic dims when Relax lost them."""
+        ty = expr.ty
+        if not isinstance(ty, relax.TensorType) or ty.ndim < 0:
+            raise self.error("an operand has unknown rank; mdoc's Relax lowering needs ranks")
+        if isinstance(ty.shape, relax.ShapeExpr):
+            return [_concrete(d) for d in ty.shape.values]
+        dims = [tirx.Var(f"d{k}", "int64") for k in range(ty.ndim)]
+        matched = self.bb.match_cast(expr, relax.TensorType(dims, ty.dtype))
+        if value is not None:
+            self.bind(value, matched)
+        return list(dims)
+
+    def rank(self, i: int) -> int:
+        return len(self.shape(i))
+
+    def shape_arg(self, i: int, what: str) -> list[Any]:
+        """Operand `i`, a 1-D integer tensor holding a shape (or sizes, repeats), as a list of dims.
+
+        Known operands (constants, shape subgraphs) give ints and TIR expressions;
+        a runtime tensor of static length goes through `tensor_to_shape`.
+        """
+        sym = self.sym(i, max_size=1 << 16)
+        if sym is not None:
+            return list(sym.values)
+        expr = self.input(i)
+        shape = self.shape_of(expr)
+        if len(shape) != 1 or not is_static(shape[0]):
+            raise self.need_const(i, what)
+        if str(expr.ty.dtype) != "int64":
+            expr = self.bb.emit(relax.op.astype(expr, "int64"))
+        as_shape = self.bb.emit(relax.op.tensor_to_shape(expr))
+        dims = [tirx.Var(f"s{k}", "int64") for k in range(int(shape[0]))]
+        self.bb.match_cast(as_shape, relax.ShapeType(dims))
+        return list(dims)
+
+    def require_const(self, i: int, what: str) -> np.ndarray:
+        """Operand `i` as a numpy array; MdocError naming the node and operand when it is not constant."""
+        array = self.const(i)
+        if array is None:
+            raise self.need_const(i, what)
+        return array
+
+    def materialize(self, sym: SymTensor) -> relax.Expr:
+        """A Relax tensor holding the elements of `sym`."""
+        array = sym.numpy()
+        if array is not None:
+            return relax.const(array, sym.dtype)
+        if is_float(sym.dtype):
+            # only Cast(int dims) -> float is representable: materialize the ints, then convert
+            ints = []
+            for v in sym.values:
+                if is_static(v):
+                    ints.append(int(v) if float(v).is_integer() else None)
+                elif isinstance(v, tirx.Cast) and "int" in pdtype(v.value):
+                    ints.append(v.value)
+                else:
+                    ints.append(None)
+            if any(i is None for i in ints):
+                raise self.error("a float tensor computed from symbolic dims cannot be materialized; "
+                                 "give the model static shapes")
+            t = self.materialize(SymTensor("int64", sym.shape, ints))
+            return self.bb.emit(relax.op.astype(t, sym.dtype))
+        if sym.dtype == "bool":
+            vals = [tirx.Select(prim(v), prim(1), prim(0)) if not is_static(v) else int(v) for v in sym.values]
+        else:
+            vals = [tirx.Cast("int64", v) if not is_static(v) and pdtype(v) != "int64" else v for v in sym.values]
+        t = self.bb.emit(relax.op.shape_to_tensor(relax.ShapeExpr([prim(v) for v in vals])))
+        if sym.dtype != "int64":
+            t = self.bb.emit(relax.op.astype(t, sym.dtype))
+        if sym.shape == ():
+            t = self.bb.emit(relax.op.reshape(t, []))
+        return t
+
+    def emit(self, expr: relax.Expr, name_hint: str = "") -> relax.Var:
+        return self.bb.emit(expr, name_hint)
+
+    def ensure_shape(self, expr: relax.Expr, dims: list[Any]) -> relax.Expr:
+        """`expr` emitted; when Relax could not infer its shape, match-cast to `dims` (checked at run time)."""
+        var = expr if isinstance(expr, (relax.Var, tvm.ir.GenericConst)) else self.bb.emit(expr)
+        ty = var.ty
+        if not isinstance(ty, relax.TensorType) or isinstance(ty.shape, relax.ShapeExpr):
+            return var
+        return self.bb.match_cast(var, relax.TensorType([simplify(d) for d in dims], ty.dtype))
+
+    # -- errors ---------------------------------------------------------------
+    def error(self, message: str) -> MdocError:
+        """An MdocError naming the current node: `<op> (node '<name>'): <message>`."""
+        if self.node is None:
+            return MdocError(f"graph outputs: {message}")
+        return MdocError(f"{self.node.op} (node '{self.node.name}'): {message}")
+
+    def need_const(self, i: int, what: str) -> MdocError:
+        v = self._operand(i)
+        name = f" %{v.name}" if v is not None and v.name else ""
+        return self.error(f"operand {i}{name} ({what}) must be a constant for the Relax target")

@@ -1,0 +1,301 @@
+"""Resize (opsets 10, 11, 13, 18, 19) and Upsample (7, 9), written as one TE compute.
+
+mdoc computes Resize itself instead of going through `relax.op.image.resize2d`,
+because ONNX's semantics need things TOPI does not offer: the coordinate of an
+output index uses the *given* scale (not output/input sizes) when scales are
+given, any axis may be resized (N-d, not only H and W), nearest rounding has
+four modes, and opset 10 / Upsample use onnxruntime's legacy rounding.
+
+Per resized axis, an output index `x` maps to an input coordinate `x_in`
+(float32, as onnxruntime computes it):
+
+    half_pixel            (x + 0.5) / scale - 0.5
+    half_pixel_symmetric  center * (1 - out / (scale * in)) + (x + 0.5) / scale - 0.5, center = in / 2
+    pytorch_half_pixel    out > 1 ? (x + 0.5) / scale - 0.5 : 0
+    align_corners         out == 1 ? 0 : x * (in - 1) / (out - 1)
+    asymmetric            x / scale
+    tf_half_pixel_for_nn  (x + 0.5) / scale
+    tf_crop_and_resize    out > 1 ? start * (in - 1) + x * (end - start) * (in - 1) / (out - 1)
+                                  : 0.5 * (start + end) * (in - 1); outside [0, in - 1]: extrapolation_value
+
+then `nearest` rounds it (round_prefer_floor, round_prefer_ceil, floor, ceil) and
+clamps, `linear` blends the two neighbours (edge-clamped) and `cubic` the four
+with Keys' kernel (coefficient `cubic_coeff_a`; `exclude_outside` drops taps
+outside the input and renormalizes).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+from tvm import relax, te, tirx
+
+from mdoc.ir import Node
+
+from ..context import LowerCtx, _concrete, is_float, is_static, pdtype, prim
+from ..registry import converter
+from ._common import attr_str, norm_axes
+
+R = relax.op
+
+_COORD_MODES = {"half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners", "asymmetric",
+                "tf_half_pixel_for_nn", "tf_crop_and_resize"}
+_NEAREST_MODES = {"round_prefer_floor", "round_prefer_ceil", "floor", "ceil", "legacy"}
+
+
+def _f(v) -> tirx.PrimExpr:
+    return tirx.FloatImm("float32", float(_concrete(v)))
+
+
+def _to_f(e) -> tirx.PrimExpr:
+    return _f(e) if is_static(e) else tirx.Cast("float32", e)
+
+
+def _resize_te(x: te.Tensor, out_shape, axes: dict, mode: str, coord: str, nearest: str,
+               cubic_a: float, exclude_outside: bool, extrapolation: float):
+    """`axes` maps a resized axis to (scale, roi_start, roi_end); other axes copy their index."""
+    in_shape = list(x.shape)
+    dtype = x.dtype
+    acc = "float32" if dtype in ("float16", "bfloat16") or not is_float(dtype) else dtype
+
+    def coordinate(axis, i):
+        scale, start, end = axes[axis]
+        n_in, n_out = in_shape[axis], out_shape[axis]
+        xi = _to_f(i)
+        fin, fout = _to_f(n_in), _to_f(n_out)
+        s = _f(scale)
+        if coord == "half_pixel":
+            return (xi + _f(0.5)) / s - _f(0.5), None
+        if coord == "half_pixel_symmetric":
+            adjustment = fout / (s * fin)
+            offset = fin / _f(2) * (_f(1) - adjustment)
+            return offset + (xi + _f(0.5)) / s - _f(0.5), None
+        if coord == "pytorch_half_pixel":
+            return tirx.Select(fout > _f(1), (xi + _f(0.5)) / s - _f(0.5), _f(0)), None
+        if coord == "align_corners":
+            return tirx.Select(fout > _f(1), xi * (fin - _f(1)) / tirx.Max(fout - _f(1), _f(1)), _f(0)), None
+        if coord == "asymmetric":
+            return xi / s, None
+        if coord == "tf_half_pixel_for_nn":
+            return (xi + _f(0.5)) / s, None
+        # tf_crop_and_resize
+        c = tirx.Select(fout > _f(1),
+                        _f(start) * (fin - _f(1)) + xi * _f(end - start) * (fin - _f(1)) / tirx.Max(fout - _f(1), _f(1)),
+                        _f(0.5 * (start + end)) * (fin - _f(1)))
+        outside = tirx.Or(c < _f(0), c > fin - _f(1))
+        return c, outside
+
+    def clamp(i, n):
+        return tirx.Max(tirx.Min(i, prim(n) - prim(1)), prim(0))
+
+    def taps(axis, i):
+        """[(index, weight or None)] for one axis."""
+        if axis not in axes:
+            return [(i, None)], None
+        c, outside = coordinate(axis, i)
+        n = in_shape[axis]
+        if mode == "nearest":
+            scale = axes[axis][0]
+            if nearest == "round_prefer_floor":
+                r = tirx.ceil(c - _f(0.5))
+            elif nearest == "round_prefer_ceil":
+                r = tirx.floor(c + _f(0.5))
+            elif nearest == "floor":
+                r = tirx.floor(c)
+            elif nearest == "ceil":
+                r = tirx.ceil(c)
+            else:  # legacy (opset < 11): onnxruntime truncates when upsampling, rounds up when downsampling
+                r = tirx.ceil(c) if scale < 1 else tirx.floor(c)
+            return [(clamp(tirx.Cast("int64", r), n), None)], outside
+        if mode == "linear":
+            c = tirx.Max(tirx.Min(c, _to_f(n) - _f(1)), _f(0))
+            lo = tirx.floor(c)
+            t = c - lo
+            i0 = tirx.Cast("int64", lo)
+            return [(i0, _f(1) - t), (clamp(i0 + prim(1), n), t)], outside
+        # cubic
+        lo = tirx.floor(c)
+        t = c - lo
+        i0 = tirx.Cast("int64", lo)
+        a = _f(cubic_a)
+
+        def w(d):  # Keys' kernel on |d|
+            d = tirx.abs(d)
+            near = ((a + _f(2)) * d - (a + _f(3))) * d * d + _f(1)
+            far = ((a * d - _f(5) * a) * d + _f(8) * a) * d - _f(4) * a
+            return tirx.Select(d <= _f(1), near, tirx.Select(d < _f(2), far, _f(0)))
+
+        out = []
+        weights = []
+        for k in (-1, 0, 1, 2):
+            idx = i0 + prim(k)
+            wk = w(t - _f(k))
+            if exclude_outside:
+                wk = tirx.Select(tirx.And(idx >= prim(0), idx < prim(n)), wk, _f(0))
+            out.append((clamp(idx, n), wk))
+            weights.append(wk)
+        if exclude_outside:
+            total = weights[0] + weights[1] + weights[2] + weights[3]
+            out = [(idx, wk / total) for idx, wk in out]
+        return out, outside
+
+    def fcompute(*idx):
+        per_axis = []
+        outside = []
+        for axis, i in enumerate(idx):
+            t, o = taps(axis, i)
+            per_axis.append(t)
+            if o is not None:
+                outside.append(o)
+        total = None
+        for combo in itertools.product(*per_axis):
+            v = x(*[ix for ix, _ in combo])
+            ws = [wt for _, wt in combo if wt is not None]
+            if ws:
+                v = v.astype(acc) if pdtype(v) != acc else v
+                weight = ws[0]
+                for wt in ws[1:]:
+                    weight = weight * wt
+                v = v * (weight if acc == "float32" else tirx.Cast(acc, weight))
+            total = v if total is None else total + v
+        if pdtype(total) != dtype:
+            total = tirx.Cast(dtype, tirx.round(total) if not is_float(dtype) else total)
+        if outside:
+            cond = outside[0]
+            for o in outside[1:]:
+                cond = tirx.Or(cond, o)
+            total = tirx.Select(cond, tirx.const(extrapolation, dtype), total)
+        return total
+
+    return te.compute([prim(d) for d in out_shape], fcompute, name="resize")
+
+
+def _emit_resize(ctx: LowerCtx, x: relax.Expr, scales: list[float] | None, sizes: list | None, *,
+                 mode: str, coord: str, nearest: str, cubic_a: float = -0.75, exclude_outside: bool = False,
+                 extrapolation: float = 0.0, roi: list[float] | None = None):
+    """Resize `x`: output dims are `sizes` when given, else floor(dim * scale); coordinates use `scales`
+    when given (keep_aspect_ratio_policy gives both), else sizes / dims."""
+    dims = ctx.shape_of(x)
+    rank = len(dims)
+    if mode not in ("nearest", "linear", "cubic"):
+        raise ctx.error(f"mode {mode!r} is not one of nearest, linear, cubic")
+    if coord not in _COORD_MODES:
+        raise ctx.error(f"coordinate_transformation_mode {coord!r} is not supported")
+    if nearest not in _NEAREST_MODES:
+        raise ctx.error(f"nearest_mode {nearest!r} is not supported")
+    out_shape, axes = [], {}
+    for a in range(rank):
+        start, end = (roi[a], roi[rank + a]) if roi is not None and coord == "tf_crop_and_resize" else (0.0, 1.0)
+        n = dims[a]
+        if sizes is not None:
+            o = sizes[a]
+            if not (is_static(n) and is_static(o)):
+                raise ctx.error("Resize with sizes needs static input dims")
+            o = int(o)
+            scale = float(scales[a]) if scales is not None else float(o) / float(n)
+        else:
+            scale = float(scales[a])
+            if is_static(n):
+                o = int(np.floor(float(n) * (end - start) * scale))
+            else:
+                o = tirx.Cast("int64", tirx.floor(tirx.Cast("float32", n) * _f((end - start) * scale)))
+        out_shape.append(o)
+        if scale == 1.0 and (start, end) == (0.0, 1.0) and (not is_static(o) or not is_static(n) or int(o) == int(n)):
+            continue  # this axis is copied
+        axes[a] = (scale, start, end)
+    if not axes:
+        return x
+    def compute(data: te.Tensor) -> te.Tensor:
+        return _resize_te(data, out_shape, axes, mode, coord, nearest, cubic_a, exclude_outside, extrapolation)
+
+    return ctx.bb.emit_te(compute, x, primfunc_name_hint="resize")
+
+
+def _float_list(ctx: LowerCtx, i: int, what: str) -> list[float] | None:
+    if not ctx.has_input(i):
+        return None
+    array = ctx.require_const(i, what)
+    return None if array.size == 0 else [float(v) for v in array.reshape(-1)]
+
+
+@converter("onnx.Resize", since=10)
+def resize_v10(ctx: LowerCtx, node: Node):
+    scales = _float_list(ctx, 1, "scales")
+    mode = attr_str(ctx, "mode", "nearest")
+    return [_emit_resize(ctx, ctx.input(0), scales, None, mode=mode, coord="asymmetric", nearest="legacy")]
+
+
+@converter("onnx.Resize", since=11)
+def resize_v11(ctx: LowerCtx, node: Node):
+    x = ctx.input(0)
+    dims = ctx.shape_of(x)
+    rank = len(dims)
+    coord = attr_str(ctx, "coordinate_transformation_mode", "half_pixel")
+    mode = attr_str(ctx, "mode", "nearest")
+    roi = _float_list(ctx, 1, "roi") if coord == "tf_crop_and_resize" else None
+    scales = _float_list(ctx, 2, "scales")
+    sizes = None
+    if scales is None and ctx.has_input(3):
+        sizes = list(ctx.shape_arg(3, "sizes"))
+    if scales is None and sizes is None:
+        raise ctx.error("one of scales and sizes must be given")
+    if ctx.opset >= 18:
+        axes = ctx.attr("axes")
+        if axes is not None:
+            axes = norm_axes(ctx, [int(a) for a in axes], rank)
+            if scales is not None:
+                full = [1.0] * rank
+                for a, s in zip(axes, scales):
+                    full[a] = s
+                scales = full
+            if sizes is not None:
+                full_sizes = list(dims)
+                for a, s in zip(axes, sizes):
+                    full_sizes[a] = s
+                sizes = full_sizes
+            if roi is not None:
+                k = len(axes)
+                full_roi = [0.0] * rank + [1.0] * rank
+                for j, a in enumerate(axes):
+                    full_roi[a], full_roi[rank + a] = roi[j], roi[k + j]
+                roi = full_roi
+        else:
+            axes = list(range(rank))
+        policy = attr_str(ctx, "keep_aspect_ratio_policy", "stretch")
+        if sizes is not None and policy != "stretch":
+            ratios = [float(sizes[a]) / float(dims[a]) for a in axes]
+            scale = min(ratios) if policy == "not_larger" else max(ratios)
+            scales = [1.0] * rank
+            for a in axes:
+                scales[a] = scale
+            sizes = [int(np.floor(float(dims[a]) * scales[a] + 0.5)) if a in axes else dims[a] for a in range(rank)]
+        if int(ctx.attr("antialias", 0)) and mode != "nearest":
+            if scales is None:
+                scales_check = [float(sizes[a]) / float(dims[a]) for a in range(rank)]
+            else:
+                scales_check = scales
+            if any(s < 1.0 for s in scales_check):
+                raise ctx.error("antialias=1 when downsampling is not supported by the Relax target")
+    nearest = attr_str(ctx, "nearest_mode", "round_prefer_floor")
+    y = _emit_resize(ctx, x, scales, sizes, mode=mode, coord=coord, nearest=nearest,
+                     cubic_a=float(ctx.attr("cubic_coeff_a", -0.75)),
+                     exclude_outside=bool(ctx.attr("exclude_outside", 0)),
+                     extrapolation=float(ctx.attr("extrapolation_value", 0.0)), roi=roi)
+    return [y]
+
+
+@converter("onnx.Upsample", since=7)
+def upsample_v7(ctx: LowerCtx, node: Node):
+    scales = [float(s) for s in ctx.attr("scales")]
+    mode = attr_str(ctx, "mode", "nearest")
+    mode = "linear" if mode in ("bilinear", "trilinear") else mode
+    return [_emit_resize(ctx, ctx.input(0), scales, None, mode=mode, coord="asymmetric", nearest="legacy")]
+
+
+@converter("onnx.Upsample", since=9)
+def upsample_v9(ctx: LowerCtx, node: Node):
+    scales = _float_list(ctx, 1, "scales")
+    mode = attr_str(ctx, "mode", "nearest")
+    mode = "linear" if mode in ("bilinear", "trilinear") else mode
+    return [_emit_resize(ctx, ctx.input(0), scales, None, mode=mode, coord="asymmetric", nearest="legacy")]

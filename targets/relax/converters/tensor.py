@@ -1,0 +1,483 @@
+"""Tensor and shape ops: Reshape, Flatten, Transpose, Concat, Split, Slice, Gather*, Expand, Shape,
+Size, Squeeze, Unsqueeze, Pad, Tile, ConstantOfShape, Range, DepthToSpace, SpaceToDepth, Trilu, CumSum.
+
+Shape subgraphs (`Shape -> Gather -> Unsqueeze -> Concat -> Reshape`, as PyTorch
+exports them) are evaluated during lowering on SymTensors (see `context.py`):
+Shape yields the input's dims, the ops below compute on them, and Reshape or
+Expand receive the dims as integers and TIR expressions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import relax, tirx
+
+from mdoc.ir import Node
+
+from ..context import LowerCtx, SymTensor, broadcast_dims, is_static, prim
+from ..registry import converter
+from ._common import attr_ints, attr_str, norm_axes, norm_axis, operand_ints, prod, relax_dims, static_int
+
+R = relax.op
+INT64_MAX = (1 << 63) - 1
+
+
+# -- Shape, Size ----------------------------------------------------------------
+
+
+@converter("onnx.Shape", since=1)
+def shape(ctx: LowerCtx, node: Node):
+    dims = ctx.shape(0)
+    rank = len(dims)
+    start = int(ctx.attr("start", 0)) if ctx.opset >= 15 else 0
+    end = ctx.attr("end") if ctx.opset >= 15 else None
+    start = min(max(start + rank if start < 0 else start, 0), rank)
+    end = rank if end is None else min(max(int(end) + rank if int(end) < 0 else int(end), 0), rank)
+    return [SymTensor.vector(dims[start:end])]
+
+
+@converter("onnx.Size", since=1)
+def size(ctx: LowerCtx, node: Node):
+    return [SymTensor.scalar(prod(ctx.shape(0)))]
+
+
+# -- Reshape, Flatten, Squeeze, Unsqueeze --------------------------------------------
+
+
+def _reshape_sym(sym: SymTensor, dims: list) -> SymTensor | None:
+    if not all(is_static(d) for d in dims) or len(dims) > 1:
+        return None
+    n = len(sym.values)
+    if len(dims) == 1:
+        d = int(dims[0])
+        if d not in (-1, 0, n):
+            return None
+        return SymTensor(sym.dtype, (n,), sym.values)
+    return SymTensor(sym.dtype, (), sym.values) if n == 1 else None
+
+
+def _reshape(ctx: LowerCtx, new_dims: list, allowzero: bool, runtime: bool = False):
+    """Reshape operand 0 to `new_dims` (ONNX's 0 copies the input dim unless allowzero, -1 is inferred).
+
+    Symbolic dims that come from the model's shapes are sizes, never the 0 or -1
+    markers; dims read from a runtime tensor (`runtime`) may be, and get a Select.
+    """
+    in_dims = ctx.shape(0)
+    out = []
+    for i, d in enumerate(new_dims):
+        if is_static(d):
+            d = int(d)
+            if d == 0 and not allowzero:
+                d = in_dims[i]
+            out.append(d)
+        elif runtime and not allowzero and i < len(in_dims):
+            out.append(tirx.Select(tirx.EQ(d, prim(0)), prim(in_dims[i]), d))
+        else:
+            out.append(d)
+    sym = ctx.sym(0)
+    if sym is not None:
+        r = _reshape_sym(sym, out)
+        if r is not None:
+            return r
+    return R.reshape(ctx.input(0), relax_dims(out))
+
+
+@converter("onnx.Reshape", since=1)
+def reshape_v1(ctx: LowerCtx, node: Node):
+    return [_reshape(ctx, attr_ints(ctx, "shape"), False)]
+
+
+@converter("onnx.Reshape", since=5)
+def reshape_v5(ctx: LowerCtx, node: Node):
+    runtime = ctx.sym(1, max_size=1 << 16) is None
+    dims = ctx.shape_arg(1, "shape")
+    return [_reshape(ctx, dims, bool(ctx.attr("allowzero", 0)), runtime)]
+
+
+@converter("onnx.Flatten", since=1)
+def flatten(ctx: LowerCtx, node: Node):
+    dims = ctx.shape(0)
+    axis = int(ctx.attr("axis", 1))
+    axis = axis + len(dims) if axis < 0 else axis
+    if not 0 <= axis <= len(dims):
+        raise ctx.error(f"axis {axis} is out of range for rank {len(dims)}")
+    return [R.reshape(ctx.input(0), relax_dims([prod(dims[:axis]), prod(dims[axis:])]))]
+
+
+def _squeeze(ctx: LowerCtx, axes: list[int] | None):
+    dims = ctx.shape(0)
+    if axes is None:
+        if not all(is_static(d) for d in dims):
+            raise ctx.error("Squeeze without axes needs a static input shape")
+        axes = [i for i, d in enumerate(dims) if int(d) == 1]
+    axes = norm_axes(ctx, axes, len(dims))
+    out = [d for i, d in enumerate(dims) if i not in axes]
+    sym = ctx.sym(0)
+    if sym is not None and len(out) == 0:
+        return SymTensor(sym.dtype, (), sym.values)
+    return R.reshape(ctx.input(0), relax_dims(out))
+
+
+@converter("onnx.Squeeze", since=1)
+def squeeze_v1(ctx: LowerCtx, node: Node):
+    return [_squeeze(ctx, attr_ints(ctx, "axes"))]
+
+
+@converter("onnx.Squeeze", since=13)
+def squeeze_v13(ctx: LowerCtx, node: Node):
+    return [_squeeze(ctx, operand_ints(ctx, 1, "axes"))]
+
+
+def _unsqueeze(ctx: LowerCtx, axes: list[int]):
+    dims = ctx.shape(0)
+    rank = len(dims) + len(axes)
+    axes = sorted(norm_axes(ctx, axes, rank))
+    out = list(dims)
+    for a in axes:
+        out.insert(a, 1)
+    sym = ctx.sym(0)
+    if sym is not None and len(out) == 1:
+        return SymTensor(sym.dtype, (1,), sym.values)
+    return R.reshape(ctx.input(0), relax_dims(out))
+
+
+@converter("onnx.Unsqueeze", since=1)
+def unsqueeze_v1(ctx: LowerCtx, node: Node):
+    return [_unsqueeze(ctx, attr_ints(ctx, "axes"))]
+
+
+@converter("onnx.Unsqueeze", since=13)
+def unsqueeze_v13(ctx: LowerCtx, node: Node):
+    return [_unsqueeze(ctx, operand_ints(ctx, 1, "axes"))]
+
+
+# -- Transpose, Concat, Split --------------------------------------------------------
+
+
+@converter("onnx.Transpose", since=1)
+def transpose(ctx: LowerCtx, node: Node):
+    rank = ctx.rank(0)
+    perm = attr_ints(ctx, "perm") or list(range(rank))[::-1]
+    if perm == list(range(rank)):
+        sym = ctx.sym(0)
+        return [sym if sym is not None else ctx.input(0)]
+    return [R.permute_dims(ctx.input(0), norm_axes(ctx, perm, rank))]
+
+
+@converter("onnx.Concat", since=1)
+def concat(ctx: LowerCtx, node: Node):
+    present = [i for i in range(ctx.num_inputs) if ctx.has_input(i)]
+    syms = [ctx.sym(i, max_size=1 << 12) for i in present]
+    if all(s is not None and len(s.shape) == 1 for s in syms):
+        values = [v for s in syms for v in s.values]
+        return [SymTensor(syms[0].dtype, (len(values),), values)]
+    rank = ctx.rank(present[0])
+    axis = norm_axis(ctx, int(ctx.attr("axis", 1 if ctx.opset < 4 else 0)), rank)
+    # ONNX allows empty operands (e.g. a [0] shape piece); Relax does not need them
+    keep = [i for i in present if not (is_static(ctx.shape(i)[axis]) and int(ctx.shape(i)[axis]) == 0)]
+    keep = keep or present[:1]
+    xs = [ctx.input(i) for i in keep]
+    if len(xs) == 1:
+        return [xs[0]]
+    return [R.concat(xs, axis=axis)]
+
+
+@converter("onnx.Split", since=1)
+def split(ctx: LowerCtx, node: Node):
+    dims = ctx.shape(0)
+    axis = norm_axis(ctx, int(ctx.attr("axis", 0)), len(dims))
+    n = len(node.outputs)
+    if ctx.opset >= 13 or (ctx.opset < 2 and ctx.has_input(1)):
+        sizes = operand_ints(ctx, 1, "split")
+    else:
+        sizes = attr_ints(ctx, "split")
+    if sizes is None:
+        dim = dims[axis]
+        if ctx.opset >= 18 and ctx.attr("num_outputs") is not None:
+            n = int(ctx.attr("num_outputs"))
+            d = static_int(ctx, dim, "split axis dim")
+            chunk = -(-d // n)
+            sizes = [min(chunk, d - k * chunk) for k in range(n)]
+        elif is_static(dim):
+            if int(dim) % n:
+                raise ctx.error(f"axis dim {dim} does not split into {n} equal parts")
+            sizes = [int(dim) // n] * n
+        else:
+            x = ctx.input(0)
+            t = ctx.emit(R.split(x, n, axis=axis))
+            return [relax.TupleGetItem(t, k) for k in range(n)]
+    x = ctx.input(0)
+    if len(sizes) == 1:
+        return [x]
+    points = list(np.cumsum(sizes[:-1]).tolist())
+    t = ctx.emit(R.split(x, points, axis=axis))
+    return [relax.TupleGetItem(t, k) for k in range(len(sizes))]
+
+
+# -- Slice ----------------------------------------------------------------------------
+
+
+def _slice(ctx: LowerCtx, starts, ends, axes, steps):
+    dims = ctx.shape(0)
+    rank = len(dims)
+    axes = list(range(len(starts))) if axes is None else norm_axes(ctx, axes, rank)
+    steps = [1] * len(starts) if steps is None else steps
+    if any(is_static(s) and int(s) == 0 for s in steps):
+        raise ctx.error("a step of 0 is not allowed")
+    sym = ctx.sym(0, max_size=1 << 12)
+    if sym is not None and len(sym.shape) == 1 and all(is_static(v) for v in list(starts) + list(ends) + steps):
+        # python slicing clamps exactly as ONNX Slice does
+        values = sym.values[int(starts[0]):int(ends[0]):int(steps[0])]
+        return SymTensor(sym.dtype, (len(values),), values)
+    begin, end = [], []
+    for i, a in enumerate(axes):
+        b, e, st = starts[i], ends[i], steps[i]
+        d = dims[a]
+        b = _clamp_index(b, d, int(st) if is_static(st) else 1, True)
+        e = _clamp_index(e, d, int(st) if is_static(st) else 1, False)
+        begin.append(b)
+        end.append(e)
+    # With positive steps and indices already in [0, dim] (static ones clamped above, symbolic
+    # ones assumed to be, as shape subgraphs produce them), tell Relax the slice is in bounds:
+    # its canonicalization of symbolic indices otherwise puts if_then_else into shapes, which
+    # FuseOps cannot handle (TVM 0.27).
+    inbound = all(is_static(st) and int(st) > 0 for st in steps) and all(
+        not is_static(v) or int(v) >= 0 for v in begin + end)
+    x = ctx.input(0)
+    out = R.strided_slice(x, axes=axes, begin=relax_dims(begin), end=relax_dims(end),
+                          strides=relax_dims(steps), assume_inbound=inbound)
+    return out
+
+
+def _clamp_index(v, dim, step, is_begin):
+    """Clamp a huge static index (INT64_MAX-like) to the dim so that Relax sees sane numbers."""
+    if not is_static(v):
+        return v
+    v = int(v)
+    if is_static(dim):
+        d = int(dim)
+        if v < 0:
+            v = v + d
+        if step > 0:
+            return min(max(v, 0), d)
+        v = min(max(v, -1), d - 1)
+        # Relax reads a negative index as counting from the end: "before index 0" must be -d - 1
+        return -d - 1 if v == -1 else v
+    if step > 0 and v >= (1 << 31) - 1:
+        return dim
+    if step < 0 and v <= -(1 << 31):
+        return -(1 << 62)
+    if v < 0 and step > 0:
+        return prim(dim) + v  # counted from the end of a symbolic dim
+    return v
+
+
+@converter("onnx.Slice", since=1)
+def slice_v1(ctx: LowerCtx, node: Node):
+    return [_slice(ctx, attr_ints(ctx, "starts"), attr_ints(ctx, "ends"), attr_ints(ctx, "axes"), None)]
+
+
+@converter("onnx.Slice", since=10)
+def slice_v10(ctx: LowerCtx, node: Node):
+    starts = ctx.shape_arg(1, "starts")
+    ends = ctx.shape_arg(2, "ends")
+    axes = operand_ints(ctx, 3, "axes")
+    steps = ctx.shape_arg(4, "steps") if ctx.has_input(4) else None
+    if steps is not None and not all(is_static(s) for s in steps):
+        raise ctx.need_const(4, "steps")
+    return [_slice(ctx, starts, ends, axes, [int(s) for s in steps] if steps is not None else None)]
+
+
+# -- Gather family ----------------------------------------------------------------------
+
+
+def _normalized_indices(ctx: LowerCtx, i: int, dim) -> relax.Expr:
+    """Operand `i` (indices into an axis of size `dim`) with negative indices wrapped."""
+    array = ctx.const(i)
+    if array is not None and is_static(dim):
+        array = np.where(array < 0, array + int(dim), array).astype(array.dtype)
+        return relax.const(array)
+    idx = ctx.input(i)
+    dt = str(idx.ty.dtype)
+    if dt.startswith("uint"):
+        return idx
+    zero = relax.const(0, dt)
+    n = relax.const(int(dim), dt) if is_static(dim) else \
+        R.astype(R.reshape(R.shape_to_tensor(relax.ShapeExpr([prim(dim)])), []), dt)
+    return ctx.emit(R.where(R.less(idx, zero), R.add(idx, n), idx))
+
+
+@converter("onnx.Gather", since=1)
+def gather(ctx: LowerCtx, node: Node):
+    dims = ctx.shape(0)
+    axis = norm_axis(ctx, int(ctx.attr("axis", 0)), len(dims))
+    sym, idx = ctx.sym(0, max_size=1 << 12), ctx.const(1)
+    if sym is not None and len(sym.shape) == 1 and idx is not None and idx.ndim <= 1:
+        n = len(sym.values)
+        picked = [sym.values[int(k) + n if int(k) < 0 else int(k)] for k in idx.reshape(-1)]
+        return [SymTensor(sym.dtype, tuple(idx.shape), picked)]
+    indices = _normalized_indices(ctx, 1, dims[axis])
+    return [R.take(ctx.input(0), indices, axis=axis)]
+
+
+@converter("onnx.GatherElements", since=11)
+def gather_elements(ctx: LowerCtx, node: Node):
+    dims = ctx.shape(0)
+    axis = norm_axis(ctx, int(ctx.attr("axis", 0)), len(dims))
+    indices = _normalized_indices(ctx, 1, dims[axis])
+    return [R.gather_elements(ctx.input(0), indices, axis=axis)]
+
+
+@converter("onnx.GatherND", since=11)
+def gather_nd(ctx: LowerCtx, node: Node):
+    return [R.gather_nd(ctx.input(0), ctx.input(1), batch_dims=int(ctx.attr("batch_dims", 0)))]
+
+
+# -- Expand, Tile, ConstantOfShape, Range ------------------------------------------------
+
+
+@converter("onnx.Expand", since=8)
+def expand(ctx: LowerCtx, node: Node):
+    target = ctx.shape_arg(1, "shape")
+    out = broadcast_dims(ctx.shape(0), target)
+    sym = ctx.sym(0)
+    if sym is not None and len(out) <= 1 and all(is_static(d) for d in out):
+        n = int(out[0]) if out else 1
+        if len(sym.values) in (1, n):
+            return [SymTensor(sym.dtype, tuple(int(d) for d in out),
+                              sym.values * (n if len(sym.values) == 1 else 1))]
+    if list(out) == list(ctx.shape(0)):
+        return [ctx.input(0)]
+    return [R.broadcast_to(ctx.input(0), relax_dims(out))]
+
+
+@converter("onnx.Tile", since=6)
+def tile(ctx: LowerCtx, node: Node):
+    repeats = ctx.shape_arg(1, "repeats")
+    if not all(is_static(r) for r in repeats):
+        raise ctx.need_const(1, "repeats")
+    return [R.tile(ctx.input(0), [int(r) for r in repeats])]
+
+
+@converter("onnx.ConstantOfShape", since=9)
+def constant_of_shape(ctx: LowerCtx, node: Node):
+    value = ctx.attr("value")
+    value = np.zeros(1, np.float32) if value is None else np.asarray(value).reshape(-1)
+    dims = ctx.shape_arg(0, "shape")
+    dtype = str(value.dtype)
+    if all(is_static(d) for d in dims) and len(dims) <= 1 and (not dims or int(dims[0]) <= 64):
+        return [SymTensor.from_array(np.full([int(d) for d in dims], value[0], dtype=value.dtype))]
+    return [R.full(relax_dims(dims), relax.const(value[0], dtype), dtype)]
+
+
+@converter("onnx.Range", since=11)
+def range_(ctx: LowerCtx, node: Node):
+    syms = [ctx.sym(i) for i in range(3)]
+    if any(s is None for s in syms):
+        raise ctx.error("start, limit and delta must be known at compile time (constants or shape values)")
+    dtype = syms[0].dtype
+    arrays = [s.numpy() for s in syms]
+    if all(a is not None for a in arrays):
+        out = np.arange(arrays[0].reshape(()), arrays[1].reshape(()), arrays[2].reshape(()), dtype=dtype)
+        return [SymTensor.from_array(out) if out.size <= 64 else relax.const(out)]
+    start, limit, delta = (s.values[0] for s in syms)
+    return [R.arange(prim(start, dtype), prim(limit, dtype), prim(delta, dtype), dtype)]
+
+
+# -- Pad -----------------------------------------------------------------------------------
+
+_PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "replicate", "wrap": "circular"}
+
+
+def _pad(ctx: LowerCtx, pads: list[int], value: float, mode: str, axes: list[int] | None = None):
+    x = ctx.input(0)
+    dims = ctx.shape_of(x)
+    rank = len(dims)
+    if mode not in _PAD_MODES:
+        raise ctx.error(f"pad mode {mode!r} is not one of constant, reflect, edge, wrap")
+    axes = list(range(rank)) if axes is None else norm_axes(ctx, axes, rank)
+    k = len(axes)
+    before, after = [0] * rank, [0] * rank
+    for j, a in enumerate(axes):
+        before[a], after[a] = int(pads[j]), int(pads[k + j])
+    # negative pads crop
+    if any(p < 0 for p in before + after):
+        crop_axes = [a for a in range(rank) if before[a] < 0 or after[a] < 0]
+        x = ctx.emit(R.strided_slice(
+            x, axes=crop_axes, begin=[max(0, -before[a]) for a in crop_axes],
+            end=relax_dims([dims[a] + min(0, after[a]) for a in crop_axes])))
+        before, after = [max(0, p) for p in before], [max(0, p) for p in after]
+    if not any(before + after):
+        return x
+    width = [v for a in range(rank) for v in (before[a], after[a])]
+    return R.nn.pad(x, width, _PAD_MODES[mode], float(value))
+
+
+@converter("onnx.Pad", since=1)
+def pad_v1(ctx: LowerCtx, node: Node):
+    pads = attr_ints(ctx, "pads" if ctx.opset >= 2 else "paddings")
+    return [_pad(ctx, pads, float(ctx.attr("value", 0.0)), attr_str(ctx, "mode", "constant"))]
+
+
+@converter("onnx.Pad", since=11)
+def pad_v11(ctx: LowerCtx, node: Node):
+    pads = operand_ints(ctx, 1, "pads")
+    value = 0.0
+    if ctx.has_input(2):
+        value = float(ctx.require_const(2, "constant_value").reshape(-1)[0])
+    axes = operand_ints(ctx, 3, "axes") if ctx.opset >= 18 else None
+    return [_pad(ctx, pads, value, attr_str(ctx, "mode", "constant"), axes)]
+
+
+# -- DepthToSpace, SpaceToDepth, Trilu, CumSum ---------------------------------------------
+
+
+@converter("onnx.DepthToSpace", since=1)
+def depth_to_space(ctx: LowerCtx, node: Node):
+    n, c, h, w = ctx.shape(0)
+    b = int(ctx.attr("blocksize"))
+    x = ctx.input(0)
+    c = static_int(ctx, c, "channel dim")
+    if attr_str(ctx, "mode", "DCR") == "CRD":
+        t = ctx.emit(R.reshape(x, relax_dims([n, c // (b * b), b, b, h, w])))
+        t = ctx.emit(R.permute_dims(t, [0, 1, 4, 2, 5, 3]))
+    else:
+        t = ctx.emit(R.reshape(x, relax_dims([n, b, b, c // (b * b), h, w])))
+        t = ctx.emit(R.permute_dims(t, [0, 3, 4, 1, 5, 2]))
+    return [R.reshape(t, relax_dims([n, c // (b * b), h * b, w * b]))]
+
+
+@converter("onnx.SpaceToDepth", since=1)
+def space_to_depth(ctx: LowerCtx, node: Node):
+    n, c, h, w = ctx.shape(0)
+    b = int(ctx.attr("blocksize"))
+    x = ctx.input(0)
+    t = ctx.emit(R.reshape(x, relax_dims([n, c, tirx.floordiv(prim(h), b) if not is_static(h) else int(h) // b, b,
+                                          tirx.floordiv(prim(w), b) if not is_static(w) else int(w) // b, b])))
+    t = ctx.emit(R.permute_dims(t, [0, 3, 5, 1, 2, 4]))
+    hh = int(h) // b if is_static(h) else tirx.floordiv(prim(h), b)
+    ww = int(w) // b if is_static(w) else tirx.floordiv(prim(w), b)
+    return [R.reshape(t, relax_dims([n, c * b * b, hh, ww]))]
+
+
+@converter("onnx.Trilu", since=14)
+def trilu(ctx: LowerCtx, node: Node):
+    k = 0
+    if ctx.has_input(1):
+        k = int(ctx.require_const(1, "k").reshape(-1)[0])
+    x = ctx.input(0)
+    return [R.triu(x, k) if int(ctx.attr("upper", 1)) else R.tril(x, k)]
+
+
+@converter("onnx.CumSum", since=11)
+def cumsum(ctx: LowerCtx, node: Node):
+    rank = ctx.rank(0)
+    axis = norm_axis(ctx, int(ctx.require_const(1, "axis").reshape(-1)[0]), rank)
+    x = ctx.input(0)
+    reverse = int(ctx.attr("reverse", 0))
+    if reverse:
+        x = ctx.emit(R.flip(x, axis))
+    y = R.cumsum(x, axis=axis, exclusive=bool(ctx.attr("exclusive", 0)))
+    if reverse:
+        y = R.flip(ctx.emit(y), axis)
+    return [y]

@@ -1,0 +1,57 @@
+"""The kernel strategy: where hand-scheduled kernels plug into the Relax lowering.
+
+The converters of the compute-heavy ops (Conv, ConvTranspose-free convs, MatMul,
+Gemm) do not build Relax ops themselves: they ask `ctx.kernels`, an instance
+of `Kernels`, for the expression. The default returns plain `relax.op` calls,
+which the build legalizes to TOPI and schedules with the generic CPU schedule
+(`schedule.py`). A target-specific strategy (for example one backed by
+`targets/cpu_kernels`) subclasses `Kernels` and returns, where it has a better
+kernel, a `relax.call_tir` to a PrimFunc it adds with `ctx.bb.add_func(...)`;
+such PrimFuncs should carry the attribute `{"mdoc.scheduled": True}` (or
+`tir.is_scheduled`) so the generic schedule leaves them alone. Returning
+`super().conv(...)` falls back to the default for shapes it does not cover.
+
+    class CpuKernels(Kernels):
+        def conv(self, ctx, x, w, *, strides, pads, dilations, groups):
+            if len(strides) == 2 and groups == 1 and my_kernel_fits(ctx.shape_of(x), ctx.shape_of(w)):
+                gv = ctx.bb.add_func(make_conv_primfunc(...), "mdoc_conv2d")
+                return relax.call_tir(gv, [x, packed_w], out_sinfo=relax.TensorType(out_shape, "float32"))
+            return super().conv(ctx, x, w, strides=strides, pads=pads, dilations=dilations, groups=groups)
+
+    ex = build(lower(model, kernels=CpuKernels()), target)
+
+Shapes arrive as lists of ints (or TIR expressions for symbolic dims); pads are
+ONNX-ordered (all begins, then all ends).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from tvm import relax
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .context import LowerCtx
+
+_CONV = {1: relax.op.nn.conv1d, 2: relax.op.nn.conv2d, 3: relax.op.nn.conv3d}
+_LAYOUTS = {1: ("NCW", "OIW"), 2: ("NCHW", "OIHW"), 3: ("NCDHW", "OIDHW")}
+
+
+class Kernels:
+    """Default kernels: plain Relax ops, scheduled later by the generic CPU schedule."""
+
+    def conv(self, ctx: "LowerCtx", x: relax.Expr, w: relax.Expr, *, strides: Sequence[int],
+             pads: Sequence[int], dilations: Sequence[int], groups: int) -> relax.Expr:
+        """N-d convolution (N = 1, 2, 3) in NC[D]HW / OI[D]HW without bias."""
+        nd = len(strides)
+        data_layout, kernel_layout = _LAYOUTS[nd]
+        return _CONV[nd](x, w, strides=list(strides), padding=list(pads), dilation=list(dilations),
+                         groups=groups, data_layout=data_layout, kernel_layout=kernel_layout)
+
+    def matmul(self, ctx: "LowerCtx", a: relax.Expr, b: relax.Expr, *, transpose_b: bool = False) -> relax.Expr:
+        """numpy-style matmul of `a` by `b` (by `b`'s last two axes swapped when `transpose_b`)."""
+        if transpose_b:
+            nd = len(ctx.shape_of(b))
+            b = ctx.bb.emit(relax.op.permute_dims(b, list(range(nd - 2)) + [nd - 1, nd - 2]))
+        return relax.op.matmul(a, b)
