@@ -41,13 +41,13 @@ class TvmBackend:
         step = progress or (lambda name: None)
         with artifact.StagedArtifact(Path(output)) as staged:
             step("lower to Relax")
-            mod = lower(model, target=spec)
+            mod = lower(model, target=spec.tvm)
             step("build with TVM")
             ex = build_for(mod, spec)
             step("export library")
             lib = staged.dir / artifact.LIBRARY
             if spec.cross_compiler:
-                from tvm.contrib import cc
+                from tvm.support import cc  # tvm.contrib.cc is gone in 0.27
 
                 ex.export_library(str(lib), fcompile=cc.cross_compiler(spec.cross_compiler))
             else:

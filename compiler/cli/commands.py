@@ -1,6 +1,16 @@
 """Collects every command module onto the root group (each module adds its commands on import)."""
 
-from . import compare_cmd, compile_cmd, inspect_cmd, opt_cmd, passes_cmd, print_cmd, run_cmd, zoo_cmd  # noqa: F401
+from . import (  # noqa: F401
+    bench_cmd,
+    compare_cmd,
+    compile_cmd,
+    inspect_cmd,
+    opt_cmd,
+    passes_cmd,
+    print_cmd,
+    run_cmd,
+    zoo_cmd,
+)
 from .group import cli
 
 __all__ = ["cli"]
