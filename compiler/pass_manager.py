@@ -30,11 +30,15 @@ _loaded = False
 
 # Named pipelines for -O0 .. -O3; passes not registered (say, a fusion whose plugin
 # is absent) are an error, so these only name passes that ship with mdoc.
+# -O1 and -O2 fold only what does not grow the model's constants (max-bytes=0), so the
+# optimized file is never larger than its input; -O3 allows fold-constants' default budget.
+# -O2 runs the cleanup twice, with fresh types between: merged shape chains fold further.
 OPT_LEVELS = {
     0: "",
-    1: "infer-shapes,fold-constants,simplify,cse,dce",
-    2: "infer-shapes,fold-constants,simplify,cse,fold-constants,simplify,dce,infer-shapes",
-    3: "infer-shapes,fold-constants,simplify,cse,fold-constants,simplify,dce,infer-shapes",
+    1: "infer-shapes,fold-constants{max-bytes=0},simplify,cse,dce",
+    2: "infer-shapes,fold-constants{max-bytes=0},simplify,cse,dce,"
+       "infer-shapes,fold-constants{max-bytes=0},simplify,cse,dce",
+    3: "infer-shapes,fold-constants,simplify,cse,dce,infer-shapes,fold-constants,simplify,cse,dce",
 }
 
 
@@ -101,6 +105,7 @@ def load_passes() -> dict[str, type[GraphPass]]:
     global _loaded
     if not _loaded:
         _loaded = True
+        importlib.import_module("mdoc.rewrite")  # registers apply-rules, the pass of ad-hoc rule lists
         for ep in metadata.entry_points(group="mdoc.passes"):
             ep.load()
     return PASSES

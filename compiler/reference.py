@@ -16,14 +16,21 @@ from .errors import MdocError
 
 
 def run_onnxruntime(model: onnx.ModelProto | str | os.PathLike, feeds: dict[str, np.ndarray],
-                    threads: int = 0) -> dict[str, np.ndarray]:
-    """Outputs by name; a path is loaded by onnxruntime itself, so external data works."""
+                    threads: int = 0, optimize: bool = True) -> dict[str, np.ndarray]:
+    """Outputs by name; a path is loaded by onnxruntime itself, so external data works.
+
+    `optimize=False` turns off onnxruntime's own graph rewrites, so two models that
+    mean the same op by op give bit-identical outputs (its fusions depend on how much
+    shape information a file carries).
+    """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if threads:
         opts.intra_op_num_threads = threads
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
         source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
         session = ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])

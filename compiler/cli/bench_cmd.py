@@ -20,7 +20,7 @@ from .group import cli, dim_option, emit_json, json_option, parse_dims
 
 
 @cli.command("bench")
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=click.Path())
 @click.option("-t", "--target", default="x86", show_default=True, help="Target preset or JSON (a CPU target).")
 @click.option("-O", "level", type=click.IntRange(0, 3), default=2, show_default=True)
 @click.option("--rounds", type=click.IntRange(1), default=10, show_default=True, help="Interleaved timed rounds.")

@@ -10,7 +10,7 @@ from .group import cli, dim_option, emit_json, json_option, parse_dims
 
 
 @cli.command("compare")
-@click.argument("model_a", type=click.Path(dir_okay=False))
+@click.argument("model_a", type=click.Path())
 @click.argument("model_b", type=click.Path())
 @click.option("--inputs", type=click.Path(dir_okay=False), help=".npz of inputs keyed by name (default: seeded random).")
 @click.option("--rtol", type=float, default=1e-4, show_default=True)

@@ -11,7 +11,7 @@ from .group import cli, dim_option, emit_json, json_option, parse_dims
 
 
 @cli.command("compile")
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=click.Path())
 @click.option("-t", "--target", default="x86", show_default=True,
               help="Preset (x86, x86-avx2, x86-avx512, aarch64, rpi4, rpi5, jetson-orin-cpu, cuda, ...) or JSON.")
 @click.option("-o", "--output", required=True, type=click.Path(), help="Artifact folder to write.")

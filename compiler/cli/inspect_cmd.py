@@ -10,7 +10,7 @@ from .group import cli, emit_json, json_option
 
 
 @cli.command("inspect")
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=click.Path())
 @json_option
 def inspect_cmd(model: str, as_json: bool) -> None:
     """Inputs, outputs, opsets, op histogram, parameters and FLOPs of MODEL (.onnx or .mdir)."""

@@ -11,12 +11,13 @@ from ..onnx_export import export_model
 from ..pass_manager import PassManager, load_plugin, parse_pipeline, pipeline_for_level
 from ..reference import run_onnxruntime
 from ..report import write_report
+from ..rewrite import trace_rewrites
 from ..tensors import random_inputs
 from .group import cli, dim_option, emit_json, json_option, parse_dims
 
 
 @cli.command("opt")
-@click.argument("input", type=click.Path(dir_okay=False))
+@click.argument("input", type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .onnx or .mdir.")
 @click.option("-O", "level", type=click.IntRange(0, 3), default=None, help="Named pipeline -O0..-O3 (default -O2).")
 @click.option("-p", "--pipeline", help='Textual pipeline, e.g. "fold-constants{max-bytes=4096},dce".')
@@ -30,10 +31,12 @@ from .group import cli, dim_option, emit_json, json_option, parse_dims
 @click.option("--rtol", type=float, default=1e-4, show_default=True, help="Tolerance for --check-each.")
 @click.option("--atol", type=float, default=1e-5, show_default=True, help="Tolerance for --check-each.")
 @click.option("--report", type=click.Path(dir_okay=False), help="Write an HTML report of what each pass did.")
+@click.option("--trace-rewrites", "trace", is_flag=False, flag_value="", default=None, metavar="[RULE,...]",
+              help="Show every rewrite that fires; with rule names, also their nearest misses and why.")
 @dim_option
 @json_option
 def opt_cmd(input, output, level, pipeline, plugins, before, after, print_ir_after_all, verify_each, timing,
-            check_each, rtol, atol, report, dims, as_json) -> None:
+            check_each, rtol, atol, report, trace, dims, as_json) -> None:
     """Optimize INPUT and write OUTPUT (.onnx or .mdir, by extension)."""
     if not output.endswith(SUFFIXES):
         raise MdocError(f"{output}: unknown output format (use {' or '.join(SUFFIXES)})")
@@ -53,7 +56,13 @@ def opt_cmd(input, output, level, pipeline, plugins, before, after, print_ir_aft
     snapshots = Snapshots() if report else None
     if snapshots:
         instruments.append(snapshots)
-    records = PassManager(passes, verify_each=verify_each, instruments=instruments).run(model)
+    manager = PassManager(passes, verify_each=verify_each, instruments=instruments)
+    if trace is None:
+        records = manager.run(model)
+    else:
+        explain = [r for r in trace.split(",") if r.strip()]
+        with trace_rewrites(write=lambda line: click.echo(line, err=True), explain=explain):
+            records = manager.run(model)
     save_model(model, output)
     if report:
         write_report(report, input, snapshots, records)

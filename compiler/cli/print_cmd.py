@@ -10,7 +10,7 @@ from .group import cli
 
 
 @cli.command("print")
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=click.Path())
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write a .mdir file (weights beside it).")
 def print_cmd(model: str, output: str | None) -> None:
     """Print MODEL as mdoc IR text (large constants shown as resources)."""
