@@ -1,0 +1,449 @@
+"""What every CPU kernel builder shares: the machine description, the kernel record, epilogues.
+
+Why this file exists: the conv, matmul and pooling builders all need the same three
+things, and they must agree on them so that the Relax lowering can treat every kernel
+alike.
+
+* `CpuSpec` says how wide a vector is, how many vector registers there are (this sizes
+  the register tile) and how many cores run the parallel loop.  `CpuSpec.from_target`
+  reads it off a TVM target so that the builders never guess.
+* `Kernel` is what a builder returns: a scheduled PrimFunc plus its ordered parameters,
+  the constants that were packed at compile time, and a FLOP count.  `Kernel.compile`
+  builds it for quick checks and benchmarks; the lowering uses `func` and `params`.
+* `Epilogue` describes the tail fused into a conv or matmul (bias, residual, activation).
+  Activations are written with vectorizable polynomial `exp`/`erf`, because TVM lowers
+  `tirx.exp` / `tirx.erf` / `tirx.sigmoid` on LLVM to scalar libm calls (`expf@PLT`),
+  which silently unvectorizes the whole register tile.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import tvm
+from tvm import te, tirx
+
+from mdoc.errors import MdocError
+
+__all__ = [
+    "ACTIVATIONS",
+    "CpuSpec",
+    "Epilogue",
+    "Kernel",
+    "KernelError",
+    "Param",
+    "ensure_runtime_threads",
+    "fast_erf",
+    "fast_exp",
+]
+
+
+class KernelError(MdocError):
+    """A kernel builder was asked for something it does not support; the message says what and why."""
+
+
+# --------------------------------------------------------------------------------------------
+# The machine
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CpuSpec:
+    """What the kernel builders need to know about the CPU.
+
+    lanes: fp32 lanes in one vector register (16 for AVX-512, 8 for AVX2, 4 for NEON).
+    cores: threads the parallel outer loop is cut for.
+    vector_registers: architectural vector registers (32 for AVX-512 and NEON, 16 for AVX2);
+        the register tile keeps `vector_registers - 4` accumulators.
+    target: the TVM target (a JSON dict) that `Kernel.compile` builds for.
+    """
+
+
+    lanes: int = 16
+    cores: int = 2
+    vector_registers: int = 32
+    target: dict = field(default_factory=lambda: {"kind": "llvm", "mcpu": "znver4", "num-cores": 2})
+
+    def __post_init__(self):
+        if self.lanes not in (4, 8, 16):
+            raise KernelError(f"CpuSpec.lanes={self.lanes}: expected 4 (NEON), 8 (AVX2) or 16 (AVX-512) fp32 lanes")
+        if self.cores < 1 or self.vector_registers < 8:
+            raise KernelError(f"CpuSpec: cores={self.cores} and vector_registers={self.vector_registers} must be >= 1 and >= 8")
+
+    @property
+    def accumulators(self) -> int:
+        """Vector registers a register tile may hold as accumulators (the rest feed the FMAs)."""
+        return self.vector_registers - 4
+
+    @classmethod
+    def from_target(cls, target) -> CpuSpec:
+        """Read lanes, registers and cores off a TVM target (a `tvm.target.Target` or its JSON dict)."""
+        t = target if isinstance(target, tvm.target.Target) else tvm.target.Target(target)
+        cfg = dict(t.export())
+        mcpu = str(cfg.get("mcpu", "") or "")
+        mattr = [str(a) for a in (cfg.get("mattr") or [])]
+        triple = str(cfg.get("mtriple", "") or "")
+        cores = int(cfg.get("num-cores", 0) or 0) or (os.cpu_count() or 1)
+        avx512_cpus = ("znver4", "znver5", "skylake-avx512", "cascadelake", "cooperlake", "icelake", "sapphirerapids",
+                       "tigerlake", "rocketlake", "graniterapids", "emeraldrapids", "x86-64-v4")
+        avx2_cpus = ("haswell", "broadwell", "skylake", "znver1", "znver2", "znver3", "alderlake", "x86-64-v3")
+        if triple.startswith(("aarch64", "arm64")) or any("neon" in a for a in mattr):
+            lanes, regs = 4, 32
+        elif any("avx512f" in a for a in mattr) or mcpu.startswith(avx512_cpus):
+            lanes, regs = 16, 32
+        elif any("avx2" in a for a in mattr) or mcpu.startswith(avx2_cpus):
+            lanes, regs = 8, 16
+        else:
+            raise KernelError(
+                f"CpuSpec.from_target: cannot tell the vector width of target {cfg!r}; "
+                "pass a real mcpu (znver4, skylake-avx512, haswell, ...) or build CpuSpec(lanes=..., ...) by hand")
+        return cls(lanes=lanes, cores=cores, vector_registers=regs, target={k: v for k, v in cfg.items()
+                                                                            if k in ("kind", "mcpu", "mattr", "mtriple", "num-cores")})
+
+    @classmethod
+    def host(cls) -> CpuSpec:
+        """The machine this process runs on (x86 via /proc/cpuinfo flags, aarch64 via the platform)."""
+        import platform
+
+        cores = os.cpu_count() or 1
+        if platform.machine() in ("aarch64", "arm64"):
+            return cls(lanes=4, cores=cores, vector_registers=32,
+                       target={"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"], "num-cores": cores})
+        flags, vendor = "", ""
+        try:
+            with open("/proc/cpuinfo") as f:
+                for line in f:
+                    if line.startswith("flags") and not flags:
+                        flags = line
+                    elif line.startswith("vendor_id") and not vendor:
+                        vendor = line
+        except OSError:
+            pass
+        amd = "AMD" in vendor
+        if " avx512f" in flags:
+            mcpu = "znver4" if amd else "skylake-avx512"
+            return cls(16, cores, 32, {"kind": "llvm", "mcpu": mcpu, "num-cores": cores})
+        if " avx2" in flags:
+            mcpu = "znver2" if amd else "haswell"
+            return cls(8, cores, 16, {"kind": "llvm", "mcpu": mcpu, "num-cores": cores})
+        raise KernelError("CpuSpec.host: this CPU has neither AVX2 nor AVX-512; build CpuSpec(lanes=4, ...) by hand")
+
+    def tvm_target(self) -> tvm.target.Target:
+        return tvm.target.Target(self.target)
+
+
+def ensure_runtime_threads(cores: int) -> None:
+    """Make TVM's runtime thread pool use `cores` threads.
+
+    TVM's runtime halves `hardware_concurrency()` on x86 ("ignore hyper-threading"), so on
+    a 2-core VM with one thread per core every parallel loop runs on ONE thread: half
+    speed.  TVM_NUM_THREADS overrides it, but it is read once, when the pool is first
+    used, so call this before running any TVM function.
+    """
+    os.environ.setdefault("TVM_NUM_THREADS", str(cores))
+
+
+# --------------------------------------------------------------------------------------------
+# The kernel record
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Param:
+    """One argument of a kernel's PrimFunc, in order.
+
+    value is the packed constant for parameters packed at compile time (weights), else None:
+    the lowering passes `relax.const(value)` for those and the graph's tensor for the rest.
+    The last parameter of a kernel is always its output.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+    value: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def is_constant(self) -> bool:
+        return self.value is not None
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """A scheduled kernel: `func(*inputs, out)` in destination-passing style.
+
+    name: the PrimFunc's global symbol.
+    func: the scheduled `tvm.tirx.PrimFunc`.
+    params: every argument of `func` in order; the last one is the output.
+    flops: useful floating-point operations of one call (2 per multiply-add), for GFLOP/s.
+    notes: the tiling decisions taken, for logs and benchmark tables.
+    packers: for a parameter whose packed layout the kernel expects but whose value was not
+        given at build time, `packers[name](array)` packs it (e.g. a conv weight known later).
+    """
+
+    name: str
+    func: tirx.PrimFunc
+    params: tuple[Param, ...]
+    flops: int
+    notes: str = ""
+    packers: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def inputs(self) -> tuple[Param, ...]:
+        return self.params[:-1]
+
+    @property
+    def output(self) -> Param:
+        return self.params[-1]
+
+    @property
+    def runtime_inputs(self) -> tuple[Param, ...]:
+        """The inputs the caller provides at run time (the others are packed constants)."""
+        return tuple(p for p in self.inputs if not p.is_constant)
+
+    def constant(self, name: str) -> np.ndarray:
+        for p in self.params:
+            if p.name == name and p.is_constant:
+                return p.value
+        raise KernelError(f"kernel {self.name} has no constant parameter {name!r}; "
+                          f"its constants are {[p.name for p in self.params if p.is_constant]}")
+
+    def module(self) -> tvm.IRModule:
+        return tvm.IRModule({self.name: self.func.with_attr("global_symbol", self.name)})
+
+    def compile(self, target=None) -> CompiledKernel:
+        """Build with TVM (for tests and benchmarks; the model build goes through Relax)."""
+        tgt = target if target is not None else CpuSpec().target
+        ex = tvm.compile(self.module(), tvm.target.Target(tgt) if isinstance(tgt, dict) else tgt)
+        return CompiledKernel(self, ex[self.name])
+
+
+class CompiledKernel:
+    """A built kernel that takes numpy arrays for the runtime inputs and returns the output."""
+
+    def __init__(self, kernel: Kernel, fn):
+        self.kernel = kernel
+        self.fn = fn
+        self.dev = tvm.cpu()
+        self._consts = {p.name: tvm.runtime.tensor(p.value, self.dev) for p in kernel.inputs if p.is_constant}
+
+    def prepare(self, *arrays: np.ndarray) -> list:
+        """Device arrays for one call: runtime inputs converted, constants bound, output allocated."""
+        rt = self.kernel.runtime_inputs
+        if len(arrays) != len(rt):
+            raise KernelError(f"kernel {self.kernel.name} takes {len(rt)} runtime inputs "
+                              f"({', '.join(p.name for p in rt)}), got {len(arrays)}")
+        it = iter(arrays)
+        args = []
+        for p in self.kernel.inputs:
+            if p.is_constant:
+                args.append(self._consts[p.name])
+            else:
+                a = np.ascontiguousarray(next(it), dtype=p.dtype)
+                if a.shape != p.shape:
+                    raise KernelError(f"kernel {self.kernel.name}: input {p.name} has shape {a.shape}, expected {p.shape}")
+                args.append(tvm.runtime.tensor(a, self.dev))
+        out = self.kernel.output
+        args.append(tvm.runtime.tensor(np.zeros(out.shape, out.dtype), self.dev))
+        return args
+
+    def __call__(self, *arrays: np.ndarray) -> np.ndarray:
+        args = self.prepare(*arrays)
+        self.fn(*args)
+        return args[-1].numpy()
+
+
+# --------------------------------------------------------------------------------------------
+# Vectorizable math
+# --------------------------------------------------------------------------------------------
+
+
+def _f(v: float) -> tirx.PrimExpr:
+    return tirx.const(v, "float32")
+
+
+def fast_exp(x: tirx.PrimExpr) -> tirx.PrimExpr:
+    """exp(x) for float32 that LLVM vectorizes: range reduction to [-ln2/2, ln2/2], a degree-6
+    polynomial, and 2**n built in the exponent bits.  Relative error about 2e-7."""
+    # clamp so that 2**n stays a normal float: n in [-126, 127]
+    x = tirx.max(tirx.min(x, _f(88.0)), _f(-87.3365447504))
+    n = tirx.floor(x * _f(1.44269504088896341) + _f(0.5))
+    r = x - n * _f(0.693359375) + n * _f(2.12194440e-4)
+    p = _f(1.9875691500e-4)
+    for c in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
+        p = p * r + _f(c)
+    p = p * r * r + r + _f(1.0)
+    two_n = tirx.reinterpret("float32", tirx.shift_left(n.astype("int32") + 127, 23))
+    return p * two_n
+
+
+def fast_erf(x: tirx.PrimExpr) -> tirx.PrimExpr:
+    """erf(x) for float32 without libm (Abramowitz-Stegun 7.1.26, absolute error < 1.5e-7)."""
+    ax = tirx.abs(x)
+    t = _f(1.0) / (_f(1.0) + _f(0.3275911) * ax)
+    p = _f(1.061405429)
+    for c in (-1.453152027, 1.421413741, -0.284496736, 0.254829592):
+        p = p * t + _f(c)
+    y = _f(1.0) - p * t * fast_exp(-ax * ax)
+    return tirx.if_then_else(x < _f(0.0), -y, y)
+
+
+def _sigmoid(x):
+    return _f(1.0) / (_f(1.0) + fast_exp(-x))
+
+
+def _tanh(x):
+    # tanh(x) = sign(x) * (1 - 2 / (exp(2|x|) + 1)), no cancellation for large |x|
+    e = fast_exp(_f(2.0) * tirx.abs(x))
+    y = _f(1.0) - _f(2.0) / (e + _f(1.0))
+    return tirx.if_then_else(x < _f(0.0), -y, y)
+
+
+# name -> (fn(x, alpha, beta), default alpha, default beta); alpha/beta follow ONNX's attributes
+ACTIVATIONS: dict[str, tuple[Callable, float, float]] = {
+    "relu": (lambda x, a, b: tirx.max(x, _f(0.0)), 0.0, 0.0),
+    "clip": (lambda x, a, b: tirx.min(tirx.max(x, _f(a)), _f(b)), 0.0, 6.0),  # alpha=min, beta=max
+    "relu6": (lambda x, a, b: tirx.min(tirx.max(x, _f(0.0)), _f(6.0)), 0.0, 0.0),
+    "leaky_relu": (lambda x, a, b: tirx.if_then_else(x >= _f(0.0), x, x * _f(a)), 0.01, 0.0),
+    "sigmoid": (lambda x, a, b: _sigmoid(x), 0.0, 0.0),
+    "silu": (lambda x, a, b: x * _sigmoid(x), 0.0, 0.0),
+    "hardsigmoid": (lambda x, a, b: tirx.min(tirx.max(x * _f(a) + _f(b), _f(0.0)), _f(1.0)), 0.2, 0.5),
+    "hardswish": (lambda x, a, b: x * tirx.min(tirx.max(x * _f(1.0 / 6.0) + _f(0.5), _f(0.0)), _f(1.0)), 0.0, 0.0),
+    "tanh": (lambda x, a, b: _tanh(x), 0.0, 0.0),
+    "gelu": (lambda x, a, b: _f(0.5) * x * (_f(1.0) + fast_erf(x * _f(0.7071067811865476))), 0.0, 0.0),
+    "gelu_tanh": (lambda x, a, b: _f(0.5) * x * (_f(1.0) + _tanh(_f(0.7978845608028654) * (x + _f(0.044715) * x * x * x))),
+                  0.0, 0.0),
+}
+
+
+@dataclass(frozen=True)
+class Epilogue:
+    """The elementwise tail fused into a conv / matmul, applied in the register tile before the store.
+
+    Order: acc (* scale) (+ bias[channel]) (+ residual[same shape as the output]) -> activation.
+    scale: a constant factor (attention's 1/sqrt(d)), None for none.
+    activation: None or a key of ACTIVATIONS; alpha/beta are its ONNX attributes when it has
+    any (clip: min/max, leaky_relu: alpha, hardsigmoid: alpha/beta); None means the default.
+    """
+
+    scale: float | None = None
+    bias: bool = False
+    residual: bool = False
+    activation: str | None = None
+    alpha: float | None = None
+    beta: float | None = None
+
+    def __post_init__(self):
+        if self.activation is not None and self.activation not in ACTIVATIONS:
+            raise KernelError(f"unknown fused activation {self.activation!r}; supported: {', '.join(sorted(ACTIVATIONS))}")
+
+    def activate(self, x: tirx.PrimExpr) -> tirx.PrimExpr:
+        if self.activation is None:
+            return x
+        fn, a, b = ACTIVATIONS[self.activation]
+        return fn(x, a if self.alpha is None else self.alpha, b if self.beta is None else self.beta)
+
+    def tag(self) -> str:
+        parts = (["scale"] if self.scale is not None else []) + (["bias"] if self.bias else []) + (["res"] if self.residual else []) + ([self.activation] if self.activation else [])
+        return "_".join(parts)
+
+
+def activation_reference(name: str | None, x: np.ndarray, alpha: float | None = None, beta: float | None = None) -> np.ndarray:
+    """numpy reference of ACTIVATIONS (tests and benchmarks)."""
+    if name is None:
+        return x
+    _, da, db = ACTIVATIONS[name]
+    a = da if alpha is None else alpha
+    b = db if beta is None else beta
+    if name == "relu":
+        return np.maximum(x, 0)
+    if name == "clip":
+        return np.clip(x, a, b)
+    if name == "relu6":
+        return np.clip(x, 0, 6)
+    if name == "leaky_relu":
+        return np.where(x >= 0, x, x * a)
+    if name == "sigmoid":
+        return 1 / (1 + np.exp(-x))
+    if name == "silu":
+        return x / (1 + np.exp(-x))
+    if name == "hardsigmoid":
+        return np.clip(x * a + b, 0, 1)
+    if name == "hardswish":
+        return x * np.clip(x / 6 + 0.5, 0, 1)
+    if name == "tanh":
+        return np.tanh(x)
+    if name == "gelu":
+        from math import erf
+
+        return 0.5 * x * (1 + np.vectorize(erf)(x / np.sqrt(2)))
+    if name == "gelu_tanh":
+        return 0.5 * x * (1 + np.tanh(0.7978845608028654 * (x + 0.044715 * x ** 3)))
+    raise KernelError(f"no reference for activation {name!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Small helpers shared by the builders
+# --------------------------------------------------------------------------------------------
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def check_dtype(op: str, dtype: str) -> None:
+    if dtype != "float32":
+        raise KernelError(f"{op}: dtype {dtype!r} is not supported by the default CPU kernels yet (float32 only); "
+                          "quantized and half-precision kernels go through their own builders")
+
+
+def pick_block(extent: int, limit: int, low: int | None = None) -> int:
+    """A block size for a loop of `extent` under `limit`: the extent itself if it fits, else the
+    largest divisor in [low, limit] (no remainder), else the size in [low, limit] that wastes least
+    when the loop is padded up to a multiple of it."""
+    if extent <= limit:
+        return extent
+    low = low if low is not None else max(1, limit // 2)
+    divisors = [d for d in range(low, limit + 1) if extent % d == 0]
+    if divisors:
+        return max(divisors)
+    return min(range(low, limit + 1), key=lambda d: (ceil_div(extent, d) * d - extent, -d))
+
+
+def largest_divisor(n: int, limit: int) -> int:
+    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+
+
+def as_pair(v, name: str, op: str) -> tuple[int, int]:
+    if isinstance(v, int):
+        return (v, v)
+    v = tuple(int(x) for x in v)
+    if len(v) != 2:
+        raise KernelError(f"{op}: {name} must be an int or 2 ints, got {v}")
+    return v
+
+
+def as_pads(v, op: str) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right), the ONNX `pads` order for 2-D; an int or (h, w) pads both sides."""
+    if isinstance(v, int):
+        return (v, v, v, v)
+    v = tuple(int(x) for x in v)
+    if len(v) == 2:
+        return (v[0], v[1], v[0], v[1])
+    if len(v) != 4:
+        raise KernelError(f"{op}: padding must be an int, (h, w) or ONNX's (top, left, bottom, right), got {v}")
+    return v
+
+
+def finish(func: tirx.PrimFunc, name: str) -> tirx.PrimFunc:
+    return func.with_attr("global_symbol", name)
+
+
+def shape_of(t: te.Tensor) -> tuple[int, ...]:
+    return tuple(int(s) for s in t.shape)
+
+
+def flat_spatial(shape: Sequence[int]) -> int:
+    return int(np.prod(shape)) if len(shape) else 1

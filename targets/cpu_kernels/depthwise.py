@@ -1,0 +1,181 @@
+"""Depthwise conv2d (one input channel per group, any channel multiplier) on NCHW activations.
+
+Why a kernel of its own: a depthwise conv has no reduction over channels, so the dense
+conv's register tile (broadcast one input value into a vector of output channels) would
+multiply mostly zeros, and a channels-last repack (NCHW16c) costs a full transposition on
+the way in and out for a layer that is memory-bound anyway.  So here the vectors run along
+the width, which is contiguous in NCHW, and every FMA is (input row vector) x (broadcast
+weight):
+
+* one parallel task per (image, channel, band of rows) copies the rows it needs into a
+  zero-padded local buffer (a few KB, stays in L1), vectorized along the row;
+* the register tile is `rb` output rows x the whole row width in vectors: for each
+  (kh, kw) the weight is broadcast once and every row vector gets one load + one FMA;
+* stride 2 (MobileNetV2's downsampling layers) is computed at full input resolution along
+  the width and every other column is kept when the tile is stored: contiguous loads and
+  2x the FMAs are much cheaper than TVM's strided loads, which it scalarizes into 16 scalar
+  loads and inserts per vector (measured: 3x slower for the 96x112x112 layer);
+* the epilogue (bias, residual, activation) runs on the tile before the store.
+
+Weights stay [C * m, KH, KW] (no packing needed: they are broadcast scalars).
+Measured pitfalls that shaped this: vectorized loops must be exactly `lanes` wide (a
+56-wide vector makes LLVM emit hundreds of vinsertps); and a padding if_then_else inside a
+loop split with a remainder predicate makes TVM scalarize the loop into a branch per
+element, so the padded copy vectorizes each whole row instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from tvm import te, tirx
+from tvm.s_tir import Schedule
+
+from .common import CpuSpec, Epilogue, Kernel, KernelError, Param, as_pads, as_pair, ceil_div, check_dtype, finish
+
+__all__ = ["depthwise_conv2d", "pack_depthwise_weight"]
+
+
+def depthwise_conv2d(data_shape: Sequence[int], weight, *, strides=1, padding=0, dilation=1,
+                     epilogue: Epilogue = Epilogue(), dtype: str = "float32", spec: CpuSpec = CpuSpec(),
+                     name: str | None = None, tile: tuple[int, int] | None = None) -> Kernel:
+    """A scheduled NCHW depthwise conv2d (groups == C, weight [C * m, 1, KH, KW]).
+
+    weight: numpy array (becomes a constant parameter [C * m, KH, KW]) or its shape (the
+        kernel then takes that array at run time; `kernel.packers["weight"]` reshapes it).
+    tile: (rb, rows per task) overrides the register tile's row count and the task height.
+    Returns a Kernel `f(data, weight, [bias], [residual], out)`.
+    """
+    op = "depthwise_conv2d"
+    check_dtype(op, dtype)
+    n, c, h, w = (int(d) for d in data_shape)
+    wshape = tuple(int(d) for d in (weight.shape if isinstance(weight, np.ndarray) else weight))
+    if len(wshape) != 4 or wshape[1] != 1 or wshape[0] % c:
+        raise KernelError(f"{op}: weight {wshape} for {c} input channels is not depthwise "
+                          f"(need shape [C * multiplier, 1, KH, KW]); use conv2d(groups=...) for other groupings")
+    oc, _, kh, kw = wshape
+    mult = oc // c
+    (sh, sw), (dh, dw), pads = as_pair(strides, "strides", op), as_pair(dilation, "dilation", op), as_pads(padding, op)
+    pt, pl, pb, pr = pads
+    oh = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
+    ow = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    if oh < 1 or ow < 1:
+        raise KernelError(f"{op}: output would be empty ({oh}x{ow}) for input {h}x{w} and kernel {kh}x{kw}")
+    if min(sh, sw, dh, dw) < 1 or min(pads) < 0:
+        raise KernelError(f"{op}: strides {strides} and dilation {dilation} must be >= 1 and pads {pads} >= 0")
+    lanes, budget = spec.lanes, spec.accumulators
+
+    # columns of the accumulator grid: every input column (full) when stride > 1 fits the
+    # register budget, else the output columns themselves (strided loads, still correct)
+    full_cols = ceil_div((ow - 1) * sw + 1, lanes) * lanes
+    full = sw > 1 and full_cols // lanes <= budget
+    xs = 1 if full else sw  # column stride inside the accumulator grid
+    cols = full_cols if full else ceil_div(ow, lanes) * lanes
+    chunk = min(cols, budget * lanes) if not full else cols  # accumulator columns per tile
+    nxv = chunk // lanes
+    if tile is not None:
+        rb, rows_task = tile
+    else:
+        rb_max = max(1, min(oh, budget // nxv, 8))
+        # rows per task: the whole plane when its padded band fits ~48 KB, else fewer
+        vw_est = (cols - 1) * xs + dw * (kw - 1) + 1
+        rows_task = oh
+        while rows_task > rb_max and ((rows_task - 1) * sh + dh * (kh - 1) + 1) * vw_est * 4 > 48 * 1024:
+            rows_task = ceil_div(rows_task, 2)
+        rb = ceil_div(rows_task, ceil_div(rows_task, rb_max))  # even row tiles
+        rows_task = ceil_div(rows_task, rb) * rb
+    ohp = ceil_div(oh, rows_task) * rows_task
+    colsp = ceil_div(cols, chunk) * chunk
+    vh = (ohp - 1) * sh + dh * (kh - 1) + 1
+    vw = (colsp - 1) * xs + dw * (kw - 1) + 1
+    zero = tirx.const(0.0, "float32")
+
+    data = te.placeholder((n, c, h, w), "float32", name="data")
+    pad = te.compute(
+        (n, oc, vh, vw),
+        lambda i, o, y, x: tirx.if_then_else(tirx.all(y >= pt, y < pt + h, x >= pl, x < pl + w),
+                                             data[i, o // mult if mult > 1 else o, y - pt, x - pl], zero),
+        name="pad")
+    wparam = te.placeholder((oc, kh, kw), "float32", name="weight")
+    rkh = te.reduce_axis((0, kh), "rkh")
+    rkw = te.reduce_axis((0, kw), "rkw")
+    # columns as (xq, phase): full column xq * sw + phase, so the output reads acc[.., x, 0] (an
+    # identity map that reverse_compute_at can invert) while the FMA loop runs over xq and phase
+    # fused, i.e. over contiguous input columns
+    ph = sw if full else 1
+    acc = te.compute(
+        (n, oc, ohp, colsp // ph, ph),
+        lambda i, o, y, xq, p: te.sum(pad[i, o, y * sh + rkh * dh, (xq * ph + p) * xs + rkw * dw] * wparam[o, rkh, rkw],
+                                      axis=[rkh, rkw]),
+        name="acc")
+
+    extra, extra_params = [], []
+    bias = residual = None
+    if epilogue.scale is not None:
+        raise KernelError(f"{op}: Epilogue.scale is not supported for convolutions; fold it into the weight")
+    if epilogue.bias:
+        bias = te.placeholder((oc,), "float32", name="bias")
+        extra.append(bias)
+        extra_params.append(Param("bias", (oc,)))
+    if epilogue.residual:
+        residual = te.placeholder((n, oc, oh, ow), "float32", name="residual")
+        extra.append(residual)
+        extra_params.append(Param("residual", (n, oc, oh, ow)))
+
+    def epi(i, o, y, x):
+        val = acc[i, o, y, x, 0]
+        if bias is not None:
+            val = val + bias[o]
+        if residual is not None:
+            val = val + residual[i, o, y, x]
+        return epilogue.activate(val)
+
+    out = te.compute((n, oc, oh, ow), epi, name="out")
+    sch = Schedule(te.create_prim_func([data, wparam, *extra, out]))
+
+    # The accumulator's own loops define the tile (so its columns are exactly whole vectors) and
+    # the epilogue is placed under them with reverse_compute_at; the other way round
+    # (compute_at of acc under the output's loops), the stride-2 read acc[2 * x] makes TVM
+    # infer a 63-column region and predicate the FMAs.
+    ob, ab, pb_ = sch.get_sblock("out"), sch.get_sblock("acc"), sch.get_sblock("pad")
+    i, o, y, xq, p, r1, r2 = sch.get_loops(ab)
+    x = sch.fuse(xq, p)
+    yt, yo, yi = sch.split(y, [None, rows_task // rb, rb])
+    xc, xo, xl = sch.split(x, [None, nxv, lanes])
+    sch.reorder(i, o, yt, yo, xc, r1, r2, yi, xo, xl)
+    task = sch.fuse(i, o, yt)
+    sch.parallel(task)
+    sch.unroll(yi)
+    sch.unroll(xo)
+    sch.vectorize(xl)
+    sch.reverse_compute_at(ob, xc, preserve_unit_loops=True)
+    oy, ox = sch.get_loops(ob)[-2:]
+    oxo, oxl = sch.split(ox, [None, lanes])
+    sch.unroll(oy)
+    sch.unroll(oxo)
+    sch.vectorize(oxl)
+    sch.compute_at(pb_, task, preserve_unit_loops=True)
+    sch.vectorize(sch.get_loops(pb_)[-1])
+    init = sch.decompose_reduction(ab, r1)
+    sch.vectorize(sch.get_loops(init)[-1])
+    # (no set_scope("local") anywhere: TVM allocates every "local" buffer with
+    #  TVMBackendAllocWorkspace, once per task; a "global" one under 1 KB is a stack alloca)
+
+    kname = name or (f"dwconv2d_{kh}x{kw}s{sh}_{c}x{h}x{w}" + (f"_m{mult}" if mult > 1 else "")
+                     + (f"_{epilogue.tag()}" if epilogue.tag() else ""))
+    wvalue = pack_depthwise_weight(weight) if isinstance(weight, np.ndarray) else None
+    params = (Param("data", (n, c, h, w)), Param("weight", (oc, kh, kw), value=wvalue), *extra_params,
+              Param("out", (n, oc, oh, ow)))
+    flops = 2 * n * oc * oh * ow * kh * kw
+    notes = f"rb={rb} rows/task={rows_task} vectors={nxv}{' full-width' if full else ''}"
+    return Kernel(kname, finish(sch.mod["main"], kname), params, flops, notes,
+                  packers={"weight": pack_depthwise_weight})
+
+
+def pack_depthwise_weight(weight: np.ndarray) -> np.ndarray:
+    """[C * m, 1, KH, KW] -> [C * m, KH, KW] (a view; the kernel broadcasts the taps)."""
+    weight = np.asarray(weight, dtype="float32")
+    if weight.ndim != 4 or weight.shape[1] != 1:
+        raise KernelError(f"pack_depthwise_weight: weight {weight.shape} is not depthwise (shape[1] must be 1)")
+    return np.ascontiguousarray(weight[:, 0])
