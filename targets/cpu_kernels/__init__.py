@@ -4,3 +4,6 @@ from .common import CpuSpec, Epilogue, Kernel, KernelError, Param, ensure_runtim
 from .conv2d import conv2d, pack_conv2d_weight, plan_conv2d
 from .depthwise import depthwise_conv2d
 from .matmul import batch_matmul, dense
+from .pooling import global_avg_pool2d, pool2d
+from .reductions import layer_norm, softmax
+from .generic import schedule_generic

@@ -438,7 +438,9 @@ def as_pads(v, op: str) -> tuple[int, int, int, int]:
 
 
 def finish(func: tirx.PrimFunc, name: str) -> tirx.PrimFunc:
-    return func.with_attr("global_symbol", name)
+    """Name the PrimFunc and mark it scheduled, so that the lowering's generic schedule
+    (targets/relax/schedule.py) and TVM's default passes leave it alone."""
+    return func.with_attrs({"global_symbol": name, "mdoc.scheduled": True, "tir.is_scheduled": True})
 
 
 def shape_of(t: te.Tensor) -> tuple[int, ...]:

@@ -27,6 +27,7 @@ element, so the padded copy vectorizes each whole row instead.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from tvm import te, tirx
@@ -34,7 +35,156 @@ from tvm.s_tir import Schedule
 
 from .common import CpuSpec, Epilogue, Kernel, KernelError, Param, as_pads, as_pair, ceil_div, check_dtype, finish
 
-__all__ = ["depthwise_conv2d", "pack_depthwise_weight"]
+__all__ = ["WindowPlan", "depthwise_conv2d", "pack_depthwise_weight", "plan_window", "schedule_window", "window_compute"]
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """Geometry and tiling of a per-channel sliding-window op on NCHW (depthwise conv, pooling)."""
+
+    n: int
+    c: int  # input channels
+    h: int
+    w: int
+    oc: int  # output channels (c * multiplier)
+    kh: int
+    kw: int
+    strides: tuple[int, int]
+    pads: tuple[int, int, int, int]
+    dilation: tuple[int, int]
+    oh: int
+    ow: int
+    full: bool  # stride > 1 computed at full input resolution along the width
+    rb: int  # rows of the register tile
+    rows_task: int  # output rows of one parallel task
+    nxv: int  # vectors per tile row
+    lanes: int
+
+    @property
+    def xs(self) -> int:  # column stride inside the accumulator grid
+        return 1 if self.full else self.strides[1]
+
+    @property
+    def phases(self) -> int:
+        return self.strides[1] if self.full else 1
+
+    @property
+    def cols(self) -> int:  # accumulator columns, a whole number of tiles
+        sw = self.strides[1]
+        cols = ceil_div((self.ow - 1) * sw + 1, self.lanes) * self.lanes if self.full else ceil_div(self.ow, self.lanes) * self.lanes
+        return ceil_div(cols, self.nxv * self.lanes) * self.nxv * self.lanes
+
+    @property
+    def rows(self) -> int:
+        return ceil_div(self.oh, self.rows_task) * self.rows_task
+
+    @property
+    def padded_hw(self) -> tuple[int, int]:
+        (sh, _), (dh, dw) = self.strides, self.dilation
+        return (self.rows - 1) * sh + dh * (self.kh - 1) + 1, (self.cols - 1) * self.xs + dw * (self.kw - 1) + 1
+
+    @property
+    def notes(self) -> str:
+        return f"rb={self.rb} rows/task={self.rows_task} vectors={self.nxv}{' full-width' if self.full else ''}"
+
+
+def plan_window(op: str, data_shape, oc: int, kernel, strides, padding, dilation, spec: CpuSpec,
+                tile: tuple[int, int] | None = None, ceil_mode: bool = False) -> WindowPlan:
+    n, c, h, w = (int(d) for d in data_shape)
+    kh, kw = as_pair(kernel, "kernel", op)
+    (sh, sw), (dh, dw), pads = as_pair(strides, "strides", op), as_pair(dilation, "dilation", op), as_pads(padding, op)
+    if min(sh, sw, dh, dw, kh, kw) < 1 or min(pads) < 0:
+        raise KernelError(f"{op}: kernel {kernel}, strides {strides} and dilation {dilation} must be >= 1 "
+                          f"and pads {pads} >= 0")
+    pt, pl, pb, pr = pads
+    rnd = (lambda a, b: ceil_div(a, b)) if ceil_mode else (lambda a, b: a // b)
+    oh = rnd(h + pt + pb - dh * (kh - 1) - 1, sh) + 1
+    ow = rnd(w + pl + pr - dw * (kw - 1) - 1, sw) + 1
+    if ceil_mode:  # the last window must start inside the input or its left padding (ONNX / PyTorch)
+        if (oh - 1) * sh >= h + pt:
+            oh -= 1
+        if (ow - 1) * sw >= w + pl:
+            ow -= 1
+    if oh < 1 or ow < 1:
+        raise KernelError(f"{op}: output would be empty ({oh}x{ow}) for input {h}x{w} and kernel {kh}x{kw}")
+    lanes, budget = spec.lanes, spec.accumulators
+    full_cols = ceil_div((ow - 1) * sw + 1, lanes) * lanes
+    full = sw > 1 and full_cols // lanes <= budget
+    cols = full_cols if full else ceil_div(ow, lanes) * lanes
+    nxv = cols // lanes if full else min(cols // lanes, budget)
+    if tile is not None:
+        rb, rows_task = tile
+    else:
+        rb_max = max(1, min(oh, budget // nxv, 8))
+        # rows per task: the whole plane when its padded band fits ~48 KB, else fewer
+        xs = 1 if full else sw
+        vw_est = (cols - 1) * xs + dw * (kw - 1) + 1
+        rows_task = oh
+        while rows_task > rb_max and ((rows_task - 1) * sh + dh * (kh - 1) + 1) * vw_est * 4 > 48 * 1024:
+            rows_task = ceil_div(rows_task, 2)
+        rb = ceil_div(rows_task, ceil_div(rows_task, rb_max))  # even row tiles
+        rows_task = ceil_div(rows_task, rb) * rb
+    return WindowPlan(n, c, h, w, oc, kh, kw, (sh, sw), pads, (dh, dw), oh, ow, full, rb, rows_task, nxv, lanes)
+
+
+def window_compute(plan: WindowPlan, data: te.Tensor, pad_value, reduce, term, name: str = "acc") -> te.Tensor:
+    """The padded band and the accumulator of a window op.
+
+    term(padded, i, o, y, col, rkh, rkw) -> the value reduced over the window, reading
+    padded[i, o, y * sh + rkh * dh, col + rkw * dw] where col is the accumulator's input column;
+    reduce is te.sum or te.max.  The accumulator has shape (n, oc, rows, cols / phases, phases):
+    full column xq * phases + p, so the output reads acc[i, o, y, x, 0] for output column x.
+    """
+    pt, pl, _, _ = plan.pads
+    mult = plan.oc // plan.c
+    vh, vw = plan.padded_hw
+    h, w = plan.h, plan.w
+    padded = te.compute(
+        (plan.n, plan.oc, vh, vw),
+        lambda i, o, y, x: tirx.if_then_else(tirx.all(y >= pt, y < pt + h, x >= pl, x < pl + w),
+                                             data[i, o // mult if mult > 1 else o, y - pt, x - pl], pad_value),
+        name="pad")
+    rkh = te.reduce_axis((0, plan.kh), "rkh")
+    rkw = te.reduce_axis((0, plan.kw), "rkw")
+    ph = plan.phases
+    return te.compute(
+        (plan.n, plan.oc, plan.rows, plan.cols // ph, ph),
+        lambda i, o, y, xq, p: reduce(term(padded, i, o, y, (xq * ph + p) * plan.xs, rkh, rkw), axis=[rkh, rkw]),
+        name=name)
+
+
+def schedule_window(sch: Schedule, plan: WindowPlan, out: str = "out", acc: str = "acc", pad: str = "pad") -> None:
+    """Tile a window op built by `window_compute` (see the module docstring).
+
+    The accumulator's own loops define the tile (so its columns are exactly whole vectors) and
+    the epilogue is placed under them with reverse_compute_at; the other way round (compute_at
+    of acc under the output's loops), the stride-2 read acc[2 * x] makes TVM infer a 63-column
+    region and predicate the FMAs.  No set_scope("local"): TVM allocates every "local" buffer
+    with TVMBackendAllocWorkspace, once per task, while a "global" one under 1 KB becomes a
+    stack alloca.
+    """
+    lanes, rb = plan.lanes, plan.rb
+    ob, ab, pb_ = sch.get_sblock(out), sch.get_sblock(acc), sch.get_sblock(pad)
+    i, o, y, xq, p, r1, r2 = sch.get_loops(ab)
+    x = sch.fuse(xq, p)
+    yt, yo, yi = sch.split(y, [None, plan.rows_task // rb, rb])
+    xc, xo, xl = sch.split(x, [None, plan.nxv, lanes])
+    sch.reorder(i, o, yt, yo, xc, r1, r2, yi, xo, xl)
+    task = sch.fuse(i, o, yt)
+    sch.parallel(task)
+    sch.unroll(yi)
+    sch.unroll(xo)
+    sch.vectorize(xl)
+    sch.reverse_compute_at(ob, xc, preserve_unit_loops=True)
+    oy, ox = sch.get_loops(ob)[-2:]
+    oxo, oxl = sch.split(ox, [None, lanes])
+    sch.unroll(oy)
+    sch.unroll(oxo)
+    sch.vectorize(oxl)
+    sch.compute_at(pb_, task, preserve_unit_loops=True)
+    sch.vectorize(sch.get_loops(pb_)[-1])
+    init = sch.decompose_reduction(ab, r1)
+    sch.vectorize(sch.get_loops(init)[-1])
 
 
 def depthwise_conv2d(data_shape: Sequence[int], weight, *, strides=1, padding=0, dilation=1,
@@ -49,71 +199,26 @@ def depthwise_conv2d(data_shape: Sequence[int], weight, *, strides=1, padding=0,
     """
     op = "depthwise_conv2d"
     check_dtype(op, dtype)
-    n, c, h, w = (int(d) for d in data_shape)
+    data_shape = tuple(int(d) for d in data_shape)
     wshape = tuple(int(d) for d in (weight.shape if isinstance(weight, np.ndarray) else weight))
-    if len(wshape) != 4 or wshape[1] != 1 or wshape[0] % c:
-        raise KernelError(f"{op}: weight {wshape} for {c} input channels is not depthwise "
+    if len(data_shape) != 4 or len(wshape) != 4 or wshape[1] != 1 or wshape[0] % data_shape[1]:
+        raise KernelError(f"{op}: weight {wshape} for data {data_shape} is not depthwise "
                           f"(need shape [C * multiplier, 1, KH, KW]); use conv2d(groups=...) for other groupings")
+    if epilogue.scale is not None:
+        raise KernelError(f"{op}: Epilogue.scale is not supported for convolutions; fold it into the weight")
     oc, _, kh, kw = wshape
-    mult = oc // c
-    (sh, sw), (dh, dw), pads = as_pair(strides, "strides", op), as_pair(dilation, "dilation", op), as_pads(padding, op)
-    pt, pl, pb, pr = pads
-    oh = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
-    ow = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
-    if oh < 1 or ow < 1:
-        raise KernelError(f"{op}: output would be empty ({oh}x{ow}) for input {h}x{w} and kernel {kh}x{kw}")
-    if min(sh, sw, dh, dw) < 1 or min(pads) < 0:
-        raise KernelError(f"{op}: strides {strides} and dilation {dilation} must be >= 1 and pads {pads} >= 0")
-    lanes, budget = spec.lanes, spec.accumulators
+    plan = plan_window(op, data_shape, oc, (kh, kw), strides, padding, dilation, spec, tile)
+    n, c, h, w = data_shape
+    oh, ow = plan.oh, plan.ow
+    (sh, _), (dh, dw) = plan.strides, plan.dilation
 
-    # columns of the accumulator grid: every input column (full) when stride > 1 fits the
-    # register budget, else the output columns themselves (strided loads, still correct)
-    full_cols = ceil_div((ow - 1) * sw + 1, lanes) * lanes
-    full = sw > 1 and full_cols // lanes <= budget
-    xs = 1 if full else sw  # column stride inside the accumulator grid
-    cols = full_cols if full else ceil_div(ow, lanes) * lanes
-    chunk = min(cols, budget * lanes) if not full else cols  # accumulator columns per tile
-    nxv = chunk // lanes
-    if tile is not None:
-        rb, rows_task = tile
-    else:
-        rb_max = max(1, min(oh, budget // nxv, 8))
-        # rows per task: the whole plane when its padded band fits ~48 KB, else fewer
-        vw_est = (cols - 1) * xs + dw * (kw - 1) + 1
-        rows_task = oh
-        while rows_task > rb_max and ((rows_task - 1) * sh + dh * (kh - 1) + 1) * vw_est * 4 > 48 * 1024:
-            rows_task = ceil_div(rows_task, 2)
-        rb = ceil_div(rows_task, ceil_div(rows_task, rb_max))  # even row tiles
-        rows_task = ceil_div(rows_task, rb) * rb
-    ohp = ceil_div(oh, rows_task) * rows_task
-    colsp = ceil_div(cols, chunk) * chunk
-    vh = (ohp - 1) * sh + dh * (kh - 1) + 1
-    vw = (colsp - 1) * xs + dw * (kw - 1) + 1
-    zero = tirx.const(0.0, "float32")
-
-    data = te.placeholder((n, c, h, w), "float32", name="data")
-    pad = te.compute(
-        (n, oc, vh, vw),
-        lambda i, o, y, x: tirx.if_then_else(tirx.all(y >= pt, y < pt + h, x >= pl, x < pl + w),
-                                             data[i, o // mult if mult > 1 else o, y - pt, x - pl], zero),
-        name="pad")
+    data = te.placeholder(data_shape, "float32", name="data")
     wparam = te.placeholder((oc, kh, kw), "float32", name="weight")
-    rkh = te.reduce_axis((0, kh), "rkh")
-    rkw = te.reduce_axis((0, kw), "rkw")
-    # columns as (xq, phase): full column xq * sw + phase, so the output reads acc[.., x, 0] (an
-    # identity map that reverse_compute_at can invert) while the FMA loop runs over xq and phase
-    # fused, i.e. over contiguous input columns
-    ph = sw if full else 1
-    acc = te.compute(
-        (n, oc, ohp, colsp // ph, ph),
-        lambda i, o, y, xq, p: te.sum(pad[i, o, y * sh + rkh * dh, (xq * ph + p) * xs + rkw * dw] * wparam[o, rkh, rkw],
-                                      axis=[rkh, rkw]),
-        name="acc")
+    acc = window_compute(plan, data, tirx.const(0.0, "float32"), te.sum,
+                         lambda pad, i, o, y, col, rkh, rkw: pad[i, o, y * sh + rkh * dh, col + rkw * dw] * wparam[o, rkh, rkw])
 
     extra, extra_params = [], []
     bias = residual = None
-    if epilogue.scale is not None:
-        raise KernelError(f"{op}: Epilogue.scale is not supported for convolutions; fold it into the weight")
     if epilogue.bias:
         bias = te.placeholder((oc,), "float32", name="bias")
         extra.append(bias)
@@ -133,43 +238,15 @@ def depthwise_conv2d(data_shape: Sequence[int], weight, *, strides=1, padding=0,
 
     out = te.compute((n, oc, oh, ow), epi, name="out")
     sch = Schedule(te.create_prim_func([data, wparam, *extra, out]))
+    schedule_window(sch, plan)
 
-    # The accumulator's own loops define the tile (so its columns are exactly whole vectors) and
-    # the epilogue is placed under them with reverse_compute_at; the other way round
-    # (compute_at of acc under the output's loops), the stride-2 read acc[2 * x] makes TVM
-    # infer a 63-column region and predicate the FMAs.
-    ob, ab, pb_ = sch.get_sblock("out"), sch.get_sblock("acc"), sch.get_sblock("pad")
-    i, o, y, xq, p, r1, r2 = sch.get_loops(ab)
-    x = sch.fuse(xq, p)
-    yt, yo, yi = sch.split(y, [None, rows_task // rb, rb])
-    xc, xo, xl = sch.split(x, [None, nxv, lanes])
-    sch.reorder(i, o, yt, yo, xc, r1, r2, yi, xo, xl)
-    task = sch.fuse(i, o, yt)
-    sch.parallel(task)
-    sch.unroll(yi)
-    sch.unroll(xo)
-    sch.vectorize(xl)
-    sch.reverse_compute_at(ob, xc, preserve_unit_loops=True)
-    oy, ox = sch.get_loops(ob)[-2:]
-    oxo, oxl = sch.split(ox, [None, lanes])
-    sch.unroll(oy)
-    sch.unroll(oxo)
-    sch.vectorize(oxl)
-    sch.compute_at(pb_, task, preserve_unit_loops=True)
-    sch.vectorize(sch.get_loops(pb_)[-1])
-    init = sch.decompose_reduction(ab, r1)
-    sch.vectorize(sch.get_loops(init)[-1])
-    # (no set_scope("local") anywhere: TVM allocates every "local" buffer with
-    #  TVMBackendAllocWorkspace, once per task; a "global" one under 1 KB is a stack alloca)
-
-    kname = name or (f"dwconv2d_{kh}x{kw}s{sh}_{c}x{h}x{w}" + (f"_m{mult}" if mult > 1 else "")
+    kname = name or (f"dwconv2d_{kh}x{kw}s{sh}_{c}x{h}x{w}" + (f"_m{oc // c}" if oc > c else "")
                      + (f"_{epilogue.tag()}" if epilogue.tag() else ""))
     wvalue = pack_depthwise_weight(weight) if isinstance(weight, np.ndarray) else None
-    params = (Param("data", (n, c, h, w)), Param("weight", (oc, kh, kw), value=wvalue), *extra_params,
+    params = (Param("data", data_shape), Param("weight", (oc, kh, kw), value=wvalue), *extra_params,
               Param("out", (n, oc, oh, ow)))
     flops = 2 * n * oc * oh * ow * kh * kw
-    notes = f"rb={rb} rows/task={rows_task} vectors={nxv}{' full-width' if full else ''}"
-    return Kernel(kname, finish(sch.mod["main"], kname), params, flops, notes,
+    return Kernel(kname, finish(sch.mod["main"], kname), params, flops, plan.notes,
                   packers={"weight": pack_depthwise_weight})
 
 
