@@ -1,0 +1,91 @@
+"""Refresh the IR's value types from ONNX's own shape inference.
+
+`infer_types(model)` exports the model, runs `onnx.shape_inference.infer_shapes`
+with data propagation (so shapes computed by Shape/Gather/Concat chains become
+known), and copies each inferred type back onto the value the exporter named.
+Types only ever gain information: a dim ONNX leaves unknown or symbolic keeps
+what mdoc already knew, a rank ONNX does not know keeps mdoc's shape. Graph
+inputs keep their declared types, constants keep the type of their array.
+"""
+
+from __future__ import annotations
+
+import onnx
+from onnx import AttributeProto
+
+from .ir import CONSTANT, Graph, Model, Value
+from .onnx_export import export_model
+from .types import UNKNOWN, OptionalType, SequenceType, TensorType, Type, type_from_onnx
+
+
+def infer_types(model: Model) -> bool:
+    """Refine value types in place from ONNX shape inference; return whether any type changed."""
+    names: dict[Value, str] = {}
+    try:
+        proto = export_model(model, value_names=names)
+        inferred = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
+    except Exception:  # inference is a help: a model onnx cannot infer keeps the types it has
+        return False
+    types: dict[str, onnx.TypeProto] = {}
+    _collect(inferred.graph, types)
+    changed = False
+    for graph in _graphs(model.graph):
+        for node in graph:
+            if node.op == CONSTANT:
+                continue
+            for v in node.outputs:
+                name = names.get(v)
+                if name is None or name not in types:
+                    continue
+                new = merge(v.type, type_from_onnx(types[name]))
+                if new != v.type:
+                    v.type = new
+                    changed = True
+    return changed
+
+
+def merge(old: Type, new: Type) -> Type:
+    """The more precise of two descriptions of one value's type (`new` wins where they disagree)."""
+    if new == UNKNOWN:
+        return old
+    if old == UNKNOWN or type(old) is not type(new):
+        return new
+    if isinstance(new, (SequenceType, OptionalType)):
+        return type(new)(merge(old.elem, new.elem))
+    if old.dtype is not new.dtype:
+        return new
+    if new.shape is None:
+        return old
+    if old.shape is None or len(old.shape) != len(new.shape):
+        return new
+    return TensorType(new.dtype, tuple(_dim(a, b) for a, b in zip(old.shape, new.shape)))
+
+
+def _dim(old, new):
+    if isinstance(new, int):
+        return new
+    if isinstance(old, int):
+        return old  # mdoc proved a size ONNX could not: keep it
+    if old is not None:
+        return old  # keep mdoc's symbol rather than a fresh one (same meaning, less churn)
+    return new
+
+
+def _collect(g: onnx.GraphProto, types: dict[str, onnx.TypeProto]) -> None:
+    for vi in list(g.value_info) + list(g.output):
+        if vi.HasField("type"):
+            types[vi.name] = vi.type
+    for node in g.node:
+        for a in node.attribute:
+            if a.type == AttributeProto.GRAPH:
+                _collect(a.g, types)
+            elif a.type == AttributeProto.GRAPHS:
+                for sub in a.graphs:
+                    _collect(sub, types)
+
+
+def _graphs(graph: Graph):
+    yield graph
+    for node in graph:
+        for sub in node.subgraphs():
+            yield from _graphs(sub)

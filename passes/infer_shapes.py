@@ -1,0 +1,24 @@
+"""infer-shapes: refresh value types from ONNX shape inference (with data propagation).
+
+Types only gain information (see `mdoc.shape_inference`): where ONNX leaves a
+dim unknown that mdoc already knew, mdoc's dim stays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mdoc.ir import Graph
+from mdoc.pass_manager import GraphPass, PassContext, register_pass
+from mdoc.shape_inference import infer_types
+
+
+@register_pass("infer-shapes")
+@dataclass(frozen=True)
+class InferShapes(GraphPass):
+    """Refresh value types from ONNX shape inference; never forget a dim mdoc knew."""
+
+    def run(self, graph: Graph, ctx: PassContext) -> bool:
+        if graph is not ctx.model.graph:  # inference needs the whole model (opsets, outer scopes)
+            return False
+        return infer_types(ctx.model)
