@@ -92,10 +92,19 @@ def test_conv2d_shapes(xshape, wshape, kw):
 
 
 def test_conv2d_pointwise_tails_and_batch():
-    # 1x1 stride 1 goes through the GEMM schedule; 49 pixels and 20 channels are both ragged
-    x, w = rand(2, 24, 7, 7), rand(20, 24, 1, 1)
+    # 1x1 stride 1: a GEMM over the pixels when they fill whole vectors (8x8 = 64)...
+    x, w = rand(2, 24, 8, 8), rand(20, 24, 1, 1)
     k = conv2d(x.shape, w)
     assert "gemm" in k.notes
+    close(k.compile()(x), conv_ref(x, w))
+    # ... the channel-vector path when they do not (7x7 = 49: the GEMM would compute 23% padding)
+    x = rand(2, 24, 7, 7)
+    k = conv2d(x.shape, w)
+    assert "gemm" not in k.notes
+    close(k.compile()(x), conv_ref(x, w))
+    # the GEMM with ragged pixels and channels when asked for (tile = (rows, vectors))
+    k = conv2d(x.shape, w, tile=(3, 1))
+    assert "gemm" in k.notes and "padded-copy" in k.notes
     close(k.compile()(x), conv_ref(x, w))
 
 

@@ -137,8 +137,13 @@ def plan_conv2d(data_shape, weight_shape, strides=1, padding=0, dilation=1, grou
     if pointwise:
         from .matmul import gemm_tile
 
-        mr, nv = tile[:2] if tile is not None else gemm_tile(oc, oh * ow, spec)
-        return Conv2dPlan(data_shape, weight_shape, strides, pads, dilation, groups, lanes, 0, 0, 0, c, 0, True, mr, nv)
+        mr, nv = tile[:2] if tile is not None and len(tile) == 2 else gemm_tile(oc, oh * ow, spec)
+        pix = oh * ow
+        waste = ceil_div(pix, nv * lanes) * nv * lanes / pix - 1
+        if (tile is not None and len(tile) == 2) or waste <= 0.08:
+            return Conv2dPlan(data_shape, weight_shape, strides, pads, dilation, groups, lanes, 0, 0, 0, c, 0, True, mr, nv)
+        # few pixels that do not fill whole vectors (7x7 = 49, 14x14 = 196): the GEMM would
+        # compute up to 30% padding; the channel-vector path below has no pixel padding
     ocg = oc // groups
     nvec = ceil_div(oc, lanes)
     width = ow
@@ -147,7 +152,13 @@ def plan_conv2d(data_shape, weight_shape, strides=1, padding=0, dilation=1, grou
         wb, ocv, ici = tile
     else:
         wb = pick_block(width, acc, low=max(4, acc // 2))
-        ocv = max(1, min(acc // wb, 4, nvec))
+        # more than one channel vector per tile needs a register per vector for the weights
+        # and keeps each broadcast input in a register: leave room (24 accumulators, not 28)
+        ocv = 1
+        for v in (4, 3, 2):
+            if v <= nvec and wb * v <= acc - 4 and nvec % v == 0:
+                ocv = v
+                break
         ici = None
     blocks = ceil_div(nvec, ocv) * ocv
     # input-channel span of one block
@@ -165,7 +176,7 @@ def plan_conv2d(data_shape, weight_shape, strides=1, padding=0, dilation=1, grou
         if ici < 4 and span > 16:  # awkward channel count: pad the span to a multiple of 8
             ici = 8
     span = ceil_div(span, ici) * ici
-    return Conv2dPlan(data_shape, weight_shape, strides, pads, dilation, groups, lanes, wb, ocv, ici, span, blocks, pointwise)
+    return Conv2dPlan(data_shape, weight_shape, strides, pads, dilation, groups, lanes, wb, ocv, ici, span, blocks, False)
 
 
 def pack_conv2d_weight(weight: np.ndarray, plan: Conv2dPlan) -> np.ndarray:
