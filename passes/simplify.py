@@ -17,6 +17,7 @@ names. The rules:
     Expand(x, s) -> x   when s broadcasts to x's own shape
     Concat(x), Sum(x), Max(x), Min(x), Mean(x) -> x
     Slice(x, ...) -> x  when every sliced axis keeps everything
+    Unsqueeze/Squeeze/Reshape/Flatten/Expand/Tile/Transpose(ConstantOfShape(s, v)) -> ConstantOfShape(s', v)
 
 The pass runs its rules to a fixpoint, in nested bodies too, and erases the
 nodes a rewrite leaves without readers (so a collapsed chain disappears).
@@ -260,7 +261,6 @@ def _pad(node, s):
     return node.inputs[0] if pads is not None and not any(pads) else None
 
 
-@rule("Expand")
 def _expand(node, s):
     shape, t = _ints(node.input(1)), _ranked(node.inputs[0])
     if shape is None or t is None:
@@ -277,7 +277,6 @@ def _perm(node: Node) -> list[int] | None:
     return None if t is None else list(reversed(range(len(t.shape))))
 
 
-@rule("Transpose")
 def _transpose(node, s):
     perm = _perm(node)
     if perm is None:
@@ -302,7 +301,45 @@ def _transpose(node, s):
     return True
 
 
-@rule("Reshape")
+_LAYOUT = ("Unsqueeze", "Squeeze", "Reshape", "Flatten", "Expand", "Tile", "Transpose")
+
+
+def _splat_layout(node: Node, s: _Simplifier) -> bool | None:
+    """Layout(ConstantOfShape(s, v)) -> ConstantOfShape(result's shape, v): a filled tensor stays a fill.
+
+    Only when the fill has no other reader (so a node goes) and the result's shape is static.
+    """
+    fill, t = node.inputs[0].producer(), _tensor(node.outputs[0])
+    if fill is None or fill.op != "onnx.ConstantOfShape" or _ints(fill.input(0)) is None:
+        return None
+    if t is None or not t.is_static or not _single_reader(fill, s):
+        return None
+    g = node.graph
+    shape = g.constant(np.array(t.shape, dtype=np.int64), before=node)
+    new = g.add("onnx.ConstantOfShape", [shape], dict(fill.attrs), outputs=[t], name=node.name, before=node,
+                output_names=[node.outputs[0].name])
+    return new.output
+
+
+@rule(*_LAYOUT)
+def _layout(node, s):
+    result = _splat_layout(node, s)
+    if result is not None:
+        return result
+    op = node.op_type
+    if op == "Reshape":
+        return _reshape(node, s)
+    if op == "Squeeze":
+        return _squeeze(node, s)
+    if op == "Unsqueeze":
+        return _unsqueeze(node, s)
+    if op == "Expand":
+        return _expand(node, s)
+    if op == "Transpose":
+        return _transpose(node, s)
+    return None
+
+
 def _reshape(node, s):
     x, target = node.inputs[0], _ints(node.input(1))
     allowzero = node.attrs.get("allowzero", 0)
@@ -359,7 +396,6 @@ def _constant_target(node: Node, s: _Simplifier) -> bool | None:
     return True
 
 
-@rule("Squeeze")
 def _squeeze(node, s):
     inner = node.inputs[0].producer()
     if inner is None or inner.op not in ("onnx.Unsqueeze", "onnx.Squeeze"):
@@ -381,7 +417,6 @@ def _squeeze(node, s):
     return _set_axes(node, s, x, sorted(n1 | {kept[j] for j in n2}), inner)
 
 
-@rule("Unsqueeze")
 def _unsqueeze(node, s):
     inner = node.inputs[0].producer()
     if inner is None or inner.op not in ("onnx.Unsqueeze", "onnx.Squeeze"):

@@ -316,3 +316,21 @@ def test_zoo_models_keep_their_outputs(name):
     model, changed = apply(import_model(proto), "infer-shapes,simplify")
     assert changed
     assert_same_outputs(proto, model, example_inputs(proto, dims={"N": 3}))
+
+
+def test_layout_of_a_fill_stays_a_fill():
+    assert_golden("simplify", """
+graph @g(%x: f32[1,64,8,8]) -> (%y: f32[1,64,8,8]) {
+  %s = onnx.Constant() {value = dense<[64]>} : i64[1]
+  %fill = onnx.ConstantOfShape(%s) {value = dense<[0.5]> : f32[1]} : f32[64]
+  %axes = onnx.Constant() {value = dense<[1, 2]>} : i64[2]
+  %u = onnx.Unsqueeze(%fill, %axes) : f32[64,1,1]
+  %y = onnx.Mul(%x, %u) : f32[1,64,8,8]
+  return %y
+}""", """
+graph @g(%x: f32[1,64,8,8]) -> (%y: f32[1,64,8,8]) {
+  %0 = onnx.Constant() {value = dense<[64, 1, 1]>} : i64[3]
+  %u = onnx.ConstantOfShape(%0) {value = dense<[0.5]> : f32[1]} : f32[64,1,1]
+  %y = onnx.Mul(%x, %u) : f32[1,64,8,8]
+  return %y
+}""")
