@@ -10,8 +10,9 @@ inputs keep their declared types, constants keep the type of their array.
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
-from onnx import AttributeProto
+from onnx import AttributeProto, helper
 
 from .ir import CONSTANT, Graph, Model, Value
 from .onnx_export import export_model
@@ -23,6 +24,7 @@ def infer_types(model: Model) -> bool:
     names: dict[Value, str] = {}
     try:
         proto = export_model(model, value_names=names)
+        _weights_as_inputs(proto.graph)
         inferred = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
     except Exception:  # inference is a help: a model onnx cannot infer keeps the types it has
         return False
@@ -42,6 +44,24 @@ def infer_types(model: Model) -> bool:
                     v.type = new
                     changed = True
     return changed
+
+
+def _weights_as_inputs(g: onnx.GraphProto, limit: int = 1024) -> None:
+    """Large initializers become typed graph inputs: inference needs their types, not their bytes.
+
+    Data propagation reads only small shape tensors, and a model past 2 GiB could
+    not be handed to onnx's inference at all.
+    """
+    inputs = {vi.name for vi in g.input}
+    keep = []
+    for t in g.initializer:
+        if int(np.prod(t.dims, dtype=np.int64)) <= limit:
+            keep.append(t)
+        elif t.name not in inputs:
+            g.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    if len(keep) != len(g.initializer):
+        del g.initializer[:]
+        g.initializer.extend(keep)
 
 
 def merge(old: Type, new: Type) -> Type:
