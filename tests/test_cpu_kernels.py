@@ -292,3 +292,34 @@ def test_activation_reference_gelu_matches_erf():
     x = np.linspace(-3, 3, 7)
     want = 0.5 * x * (1 + np.array([erf(v / np.sqrt(2)) for v in x]))
     np.testing.assert_allclose(activation_reference("gelu", x), want)
+
+
+def test_kernels_plug_into_relax_call_tir():
+    """The way the lowering uses a kernel: add_func + call_tir, constants as relax.const; the same
+    kernel added at two call sites must not clash at link time."""
+    import tvm
+    from tvm import relax
+
+    x = rand(1, 8, 10, 10)
+    w1, w2, b = rand(16, 8, 3, 3, scale=0.3), rand(16, 16, 3, 3, scale=0.3), rand(16)
+    k1 = conv2d(x.shape, w1, padding=1, epilogue=Epilogue(bias=True, activation="relu"))
+    k2 = conv2d((1, 16, 10, 10), w2, padding=1)
+    k3 = conv2d((1, 16, 10, 10), w2 * 2, padding=1)  # same name as k2, other weights
+    assert k2.name == k3.name
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType(x.shape, "float32"))
+    with bb.function("main", [xv]):
+        with bb.dataflow():
+            y = xv
+            for k, extra in ((k1, [b]), (k2, []), (k3, [])):
+                gv = bb.add_func(k.func, k.name)
+                args = [y] + [relax.const(p.value) for p in k.inputs if p.is_constant] + [relax.const(e) for e in extra]
+                y = bb.emit(relax.call_tir(gv, args, relax.TensorType(k.output.shape, "float32")))
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    ex = tvm.compile(bb.get(), tvm.target.Target(CpuSpec().target))
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(x, tvm.cpu())).numpy()
+    h = np.maximum(conv_ref(x, w1, pads=(1, 1, 1, 1)) + b[None, :, None, None], 0)
+    h = conv_ref(h, w2, pads=(1, 1, 1, 1))
+    close(got, conv_ref(h, w2 * 2, pads=(1, 1, 1, 1)), rtol=1e-3, atol=1e-3)

@@ -437,10 +437,29 @@ def as_pads(v, op: str) -> tuple[int, int, int, int]:
     return v
 
 
-def finish(func: tirx.PrimFunc, name: str) -> tirx.PrimFunc:
-    """Name the PrimFunc and mark it scheduled, so that the lowering's generic schedule
-    (targets/relax/schedule.py) and TVM's default passes leave it alone."""
-    return func.with_attrs({"global_symbol": name, "mdoc.scheduled": True, "tir.is_scheduled": True})
+def finish(func: tirx.PrimFunc, name: str) -> tirx.PrimFunc:  # noqa: ARG001 - name kept for symmetry
+    """Mark a PrimFunc scheduled, so that the lowering's generic schedule (targets/relax/schedule.py)
+    and TVM's default passes leave it alone.
+
+    No `global_symbol`: the Relax build gives each PrimFunc the (unique) name of the GlobalVar
+    `bb.add_func(func, kernel.name)` returns; a symbol fixed here would clash at link time when
+    two call sites add the same kernel under two GlobalVars.  `Kernel.module()` adds it for
+    standalone builds.
+    """
+    if func.attrs is not None and "global_symbol" in func.attrs:  # te.create_prim_func names it "main"
+        func = func.without_attr("global_symbol")
+    return func.with_attrs({"mdoc.scheduled": True, "tir.is_scheduled": True})
+
+
+def window_tag(kernel, strides, pads, dilation) -> str:
+    """'3x3s2p1' style: kernel, stride, pads (one number when all equal), dilation when not 1."""
+    kh, kw = kernel
+    sh, sw = strides
+    tag = f"{kh}x{kw}s{sh}" + ("" if sh == sw else f"x{sw}")
+    tag += f"p{pads[0]}" if len(set(pads)) == 1 else "p" + "-".join(map(str, pads))
+    if tuple(dilation) != (1, 1):
+        tag += f"d{dilation[0]}" + ("" if dilation[0] == dilation[1] else f"x{dilation[1]}")
+    return tag
 
 
 def shape_of(t: te.Tensor) -> tuple[int, ...]:

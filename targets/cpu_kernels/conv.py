@@ -54,6 +54,7 @@ from .common import (
     check_dtype,
     finish,
     largest_divisor,
+    window_tag,
     pick_block,
 )
 
@@ -272,7 +273,7 @@ def _kernel_name(plan: Conv2dPlan, epi: Epilogue, name: str | None) -> str:
         return name
     n, c, h, w = plan.data_shape
     oc, _, kh, kw = plan.weight_shape
-    tag = f"conv2d_{'pw' if plan.pointwise else f'{kh}x{kw}s{plan.strides[0]}'}_{c}x{h}x{w}_{oc}"
+    tag = f"conv2d_{window_tag((kh, kw), plan.strides, plan.pads, plan.dilation)}_{c}x{h}x{w}_{oc}"
     tag += f"_g{plan.groups}" if plan.groups > 1 else ""
     return tag + (f"_{epi.tag()}" if epi.tag() else "")
 

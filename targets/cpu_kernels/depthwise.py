@@ -33,7 +33,7 @@ import numpy as np
 from tvm import te, tirx
 from tvm.s_tir import Schedule
 
-from .common import CpuSpec, Epilogue, Kernel, KernelError, Param, as_pads, as_pair, ceil_div, check_dtype, finish
+from .common import CpuSpec, Epilogue, Kernel, KernelError, Param, as_pads, as_pair, ceil_div, check_dtype, finish, window_tag
 
 __all__ = ["WindowPlan", "depthwise_conv2d", "pack_depthwise_weight", "plan_window", "schedule_window", "window_compute"]
 
@@ -240,7 +240,7 @@ def depthwise_conv2d(data_shape: Sequence[int], weight, *, strides=1, padding=0,
     sch = Schedule(te.create_prim_func([data, wparam, *extra, out]))
     schedule_window(sch, plan)
 
-    kname = name or (f"dwconv2d_{kh}x{kw}s{sh}_{c}x{h}x{w}" + (f"_m{oc // c}" if oc > c else "")
+    kname = name or (f"dwconv2d_{window_tag((kh, kw), plan.strides, plan.pads, plan.dilation)}_{c}x{h}x{w}" + (f"_m{oc // c}" if oc > c else "")
                      + (f"_{epilogue.tag()}" if epilogue.tag() else ""))
     wvalue = pack_depthwise_weight(weight) if isinstance(weight, np.ndarray) else None
     params = (Param("data", data_shape), Param("weight", (oc, kh, kw), value=wvalue), *extra_params,

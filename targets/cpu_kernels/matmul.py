@@ -173,7 +173,7 @@ def dense(a_shape: Sequence[int], weight, *, transpose_b: bool = False, epilogue
         sch = _flatten_leading(sch, "out", lead)
     schedule_gemm(sch, "out", "acc", lanes=lanes, mr=mr, nv=nv, batch_loops=0)
 
-    kname = name or f"dense_{m}x{k}x{n}" + (f"_{epilogue.tag()}" if epilogue.tag() else "")
+    kname = name or f"dense_{m}x{k}x{n}{'_tb' if transpose_b else ''}" + (f"_{epilogue.tag()}" if epilogue.tag() else "")
     if isinstance(weight, np.ndarray):
         wk = np.asarray(weight, "float32").T if transpose_b else np.asarray(weight, "float32")
         wvalue = pack_dense_weight(wk, lanes, nv)

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from tvm import te, tirx
 from tvm.s_tir import Schedule
 
-from .common import CpuSpec, Kernel, KernelError, Param, check_dtype, finish
+from .common import CpuSpec, Kernel, KernelError, Param, check_dtype, finish, window_tag
 from .depthwise import plan_window, schedule_window, window_compute
 
 __all__ = ["global_avg_pool2d", "pool2d"]
@@ -77,7 +77,8 @@ def pool2d(data_shape: Sequence[int], kind: str, kernel, strides=1, padding=0, *
     out = te.compute((n, c, plan.oh, plan.ow), fout, name="out")
     sch = Schedule(te.create_prim_func([data, out]))
     schedule_window(sch, plan)
-    kname = name or f"{kind}pool2d_{kh}x{kw}s{sh}_{c}x{h}x{w}"
+    kname = name or f"{kind}pool2d_{window_tag((kh, kw), plan.strides, plan.pads, plan.dilation)}_{c}x{h}x{w}" + (
+        "_ceil" if ceil_mode else "") + ("_incpad" if kind == "avg" and count_include_pad else "")
     flops = n * c * plan.oh * plan.ow * kh * kw
     return Kernel(kname, finish(sch.mod["main"], kname), (Param("data", data_shape), Param("out", (n, c, plan.oh, plan.ow))),
                   flops, plan.notes)

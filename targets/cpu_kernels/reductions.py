@@ -171,6 +171,6 @@ def layer_norm(shape: Sequence[int], *, epsilon: float = 1e-5, affine: bool = Tr
     sch = _flat_out(Schedule(te.create_prim_func([*params, out])), lead)
     stages = s1.names + ["mean"] + s2.names + ["rstd"]
     _schedule_rows(sch, "out", stages, [], lanes)
-    kname = name or f"layer_norm_{'x'.join(map(str, shape))}"
+    kname = name or f"layer_norm_{'x'.join(map(str, shape))}" + ("" if affine else "_noaffine")
     ps = [Param("x", shape)] + ([Param("gamma", (length,)), Param("beta", (length,))] if affine else [])
     return Kernel(kname, finish(sch.mod["main"], kname), (*ps, Param("out", shape)), 8 * rows * length, "row per task")
