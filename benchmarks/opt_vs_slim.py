@@ -22,6 +22,7 @@ import io
 import os
 import sys
 import time
+from collections import Counter
 
 import numpy as np
 import onnx
@@ -63,6 +64,10 @@ def count_nodes(graph: onnx.GraphProto) -> int:
             for g in a.graphs:
                 n += count_nodes(g)
     return n
+
+
+def op_counts(graph: onnx.GraphProto) -> Counter:
+    return Counter(n.op_type for n in graph.node)
 
 
 def lean_bytes(proto: onnx.ModelProto) -> int:
@@ -168,7 +173,9 @@ def main(argv=None) -> int:
         if ours is None or not oks[0]:
             failures.append(f"{name}: outputs differ or mdoc failed")
         elif isinstance(n_slim, int) and n_ours > n_slim:
-            failures.append(f"{name}: {n_ours} nodes, onnxslim {n_slim}")
+            extra = op_counts(ours.graph) - op_counts(slim.graph)
+            why = ", ".join(f"{op} +{k}" for op, k in extra.most_common())
+            failures.append(f"{name}: {n_ours} nodes, onnxslim {n_slim} (mdoc keeps {why})")
         if isinstance(b_ours, int) and b_ours > b_in:
             failures.append(f"{name}: {b_ours} bytes > input {b_in}")
     if failures:
