@@ -67,6 +67,9 @@ class StagedArtifact:
     def commit(self, manifest: dict) -> Path:
         manifest["files"] = {p.name: sha256(p) for p in sorted(self.dir.iterdir()) if p.name != MANIFEST}
         (self.dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self.dir, 0o777 & ~umask)  # mkdtemp made it private; an artifact is for sharing
         if self.out.exists():
             shutil.rmtree(self.out)
         os.replace(self.dir, self.out)
@@ -134,17 +137,18 @@ class _Runner:
 
     def __init__(self, path: Path, manifest: dict):
         import tvm
-        from tvm import relax
+        from tvm.runtime.vm import VirtualMachine  # not tvm.relax: works with the runtime-only library too
 
         self.path, self.manifest = path, manifest
         if manifest["target"]["device"] == "cuda":
+            _load_cuda_runtime(manifest["target"]["tvm"].get("arch", "sm_80"))
             self.dev = tvm.cuda(0)
             if not self.dev.exist:
                 raise MdocError(f"{path}: artifact targets CUDA but this machine has no CUDA GPU")
         else:
             self.dev = tvm.cpu(0)
         lib = tvm.runtime.load_module(str(path / LIBRARY))
-        self.vm = relax.VirtualMachine(lib, self.dev)
+        self.vm = VirtualMachine(lib, self.dev)
         self.tvm = tvm
 
     def __call__(self, **feeds: np.ndarray) -> dict[str, np.ndarray]:
@@ -168,6 +172,37 @@ class _Runner:
             self.dev.sync()
             times.append(time.perf_counter() - start)
         return times
+
+
+def _load_cuda_runtime(arch: str) -> None:
+    """Make TVM ready to load a CUDA library with the runtime-only TVM library as well as the full one.
+
+    The runtime-only library does not load TVM's CUDA sidecar, and the library keeps
+    its kernels as CUDA source that TVM compiles (NVRTC, or nvcc with
+    TVM_CUDA_COMPILE_MODE=nvcc) when it is loaded; TVM's own compile callback asks
+    the compiler's current target for the architecture, which the runtime cannot,
+    so mdoc registers one that takes the architecture from the manifest.
+    """
+    import tvm_ffi
+    from tvm.base import _LOADED_LIBS
+    from tvm.support import nvcc
+    from tvm_ffi.libinfo import load_lib_ctypes
+
+    mode = os.environ.get("TVM_CUDA_COMPILE_MODE", "nvrtc").lower()
+
+    @tvm_ffi.register_global_func("tvm_callback_cuda_compile", override=True)
+    def _compile(code: str) -> bytes:
+        return nvcc.compile_cuda(code, target_format="cubin" if mode == "nvrtc" else "fatbin", arch=arch,
+                                 compiler=mode)
+
+    if "tvm_runtime_cuda" in _LOADED_LIBS:
+        return
+    runtime_dir = Path(_LOADED_LIBS["tvm_runtime"]._name).resolve().parent
+    try:
+        _LOADED_LIBS["tvm_runtime_cuda"] = load_lib_ctypes(package="tvm", target_name="tvm_runtime_cuda",
+                                                           extra_lib_paths=[runtime_dir], mode="RTLD_LOCAL")
+    except (OSError, RuntimeError) as e:
+        raise MdocError(f"TVM's CUDA runtime cannot be loaded: {' '.join(str(e).split())[:200]}") from None
 
 
 class _Emulated:
