@@ -3,7 +3,8 @@
 The IR's use lists record operands only; a nested body may also name an outer
 value as one of its *outputs* (ONNX allows a branch to return a captured value),
 which no use list sees. These helpers account for that, so a pass never erases
-or replaces a value that a body still returns.
+or replaces a value that a body still returns. `dims_content` is the small
+symbolic analysis of shape computations that cse and simplify share.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from mdoc.evaluator import onnx_slice
-from mdoc.ir import Graph, Node, Value
+from mdoc.ir import Graph, Value
 from mdoc.types import TensorType
 
 
@@ -23,10 +24,6 @@ def graphs(graph: Graph) -> Iterator[Graph]:
     for node in graph:
         for sub in node.subgraphs():
             yield from graphs(sub)
-
-
-def has_bodies(graph: Graph) -> bool:
-    return any(True for node in graph for _ in node.subgraphs())
 
 
 def output_refs(graph: Graph) -> set[int]:
@@ -76,10 +73,6 @@ def _replace_in_body_outputs(body: Graph, old: Value, new: Value) -> None:
     for node in body:
         for sub in node.subgraphs():
             _replace_in_body_outputs(sub, old, new)
-
-
-def used_outputs(node: Node, refs: set[int]) -> list[bool]:
-    return [is_live(o, refs) for o in node.outputs]
 
 
 SHAPE_OPS = {"onnx.Shape", "onnx.Gather", "onnx.Slice", "onnx.Unsqueeze", "onnx.Squeeze", "onnx.Concat",
