@@ -28,6 +28,7 @@ from mdoc.types import TensorType
 
 from .context import contiguous, tvm_dtype
 from .lower import param_constants
+from .fold import FoldConstantsNumpy
 from .schedule import ScheduleCPU
 
 
@@ -42,6 +43,14 @@ def _as_target(target) -> tvm.target.Target:
 
 def _front_passes(target: tvm.target.Target, schedule: bool) -> list:
     passes = [
+        # channels-last convs: the generic schedule then vectorizes over output channels, which
+        # works for any width, stride and group count; weights are transposed once by FoldConstant
+        relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]}),
+        relax.transform.Normalize(),
+        FoldConstantsNumpy(),  # the weight transposes above, in numpy (FoldConstant compiles each)
+        # exp / erf / tanh / softmax as TOPI's polynomial versions: they vectorize, where the
+        # libm calls that `exp` lowers to run one lane at a time (relative error ~1e-7)
+        relax.transform.FastMathTransform(),
         relax.backend.DispatchSampling(),
         relax.backend.DispatchSortScan(),
         relax.transform.LegalizeOps(),

@@ -380,6 +380,19 @@ class LowerCtx:
             t = self.bb.emit(relax.op.reshape(t, []))
         return t
 
+    def add_kernel(self, func: tirx.PrimFunc, name: str, *, scheduled: bool = True) -> relax.GlobalVar:
+        """Add a PrimFunc (a hand-written kernel) to the module; call it with `relax.call_tir(gv, ...)`.
+
+        `te.create_prim_func` names every function `main` (its `global_symbol`), which would
+        clash with Relax's `main`: the symbol is dropped here and the module names it. With
+        `scheduled`, the function is marked so the generic CPU schedule leaves it alone.
+        """
+        if func.attrs is not None and "global_symbol" in func.attrs:
+            func = func.without_attr("global_symbol")
+        if scheduled:
+            func = func.with_attr("mdoc.scheduled", True)
+        return self.bb.add_func(func, name)
+
     def emit(self, expr: relax.Expr, name_hint: str = "") -> relax.Var:
         return self.bb.emit(expr, name_hint)
 

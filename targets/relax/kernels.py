@@ -6,16 +6,16 @@ of `Kernels`, for the expression. The default returns plain `relax.op` calls,
 which the build legalizes to TOPI and schedules with the generic CPU schedule
 (`schedule.py`). A target-specific strategy (for example one backed by
 `targets/cpu_kernels`) subclasses `Kernels` and returns, where it has a better
-kernel, a `relax.call_tir` to a PrimFunc it adds with `ctx.bb.add_func(...)`;
-such PrimFuncs should carry the attribute `{"mdoc.scheduled": True}` (or
-`tir.is_scheduled`) so the generic schedule leaves them alone. Returning
+kernel, a `relax.call_tir` to a PrimFunc it adds with `ctx.add_kernel(func, name)`
+(which marks it `mdoc.scheduled`, so the generic schedule leaves it alone, and
+drops the `global_symbol` "main" that `te.create_prim_func` gives). Returning
 `super().conv(...)` falls back to the default for shapes it does not cover.
 
     class CpuKernels(Kernels):
         def conv(self, ctx, x, w, *, strides, pads, dilations, groups):
             if len(strides) == 2 and groups == 1 and my_kernel_fits(ctx.shape_of(x), ctx.shape_of(w)):
-                gv = ctx.bb.add_func(make_conv_primfunc(...), "mdoc_conv2d")
-                return relax.call_tir(gv, [x, packed_w], out_sinfo=relax.TensorType(out_shape, "float32"))
+                gv = ctx.add_kernel(make_conv_primfunc(...), "mdoc_conv2d")
+                return relax.call_tir(gv, [x, packed_w], out_ty=relax.TensorType(out_shape, "float32"))
             return super().conv(ctx, x, w, strides=strides, pads=pads, dilations=dilations, groups=groups)
 
     ex = build(lower(model, kernels=CpuKernels()), target)
@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+import tvm
 from tvm import relax
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -46,8 +47,32 @@ class Kernels:
         """N-d convolution (N = 1, 2, 3) in NC[D]HW / OI[D]HW without bias."""
         nd = len(strides)
         data_layout, kernel_layout = _LAYOUTS[nd]
+        channels = ctx.shape_of(x)[1]
+        if 1 < groups <= 8 and (not isinstance(channels, int) or groups != channels):
+            # A few groups (ShuffleNet, AlexNet-style): one conv per group on a channel slice, then
+            # concat. Each is a dense conv the generic schedule vectorizes over output channels;
+            # the grouped form indexes its input by `channel // group_size` and stays scalar.
+            return self._conv_per_group(ctx, x, w, strides, pads, dilations, groups)
         return _CONV[nd](x, w, strides=list(strides), padding=list(pads), dilation=list(dilations),
                          groups=groups, data_layout=data_layout, kernel_layout=kernel_layout)
+
+    def _conv_per_group(self, ctx, x, w, strides, pads, dilations, groups):
+        nd = len(strides)
+        cin, cout = ctx.shape_of(x)[1], ctx.shape_of(w)[0]
+        if not isinstance(cin, int) or not isinstance(cout, int):
+            return _CONV[nd](x, w, strides=list(strides), padding=list(pads), dilation=list(dilations),
+                             groups=groups, data_layout=_LAYOUTS[nd][0], kernel_layout=_LAYOUTS[nd][1])
+        gi, go = cin // groups, cout // groups
+        outs = []
+        for g in range(groups):
+            xg = ctx.emit(relax.op.strided_slice(x, axes=[1], begin=[g * gi], end=[(g + 1) * gi], assume_inbound=True))
+            if isinstance(w, tvm.ir.GenericConst):  # slice constant weights now, not in FoldConstant
+                wg = relax.const(w.value.numpy()[g * go:(g + 1) * go].copy())
+            else:
+                wg = ctx.emit(relax.op.strided_slice(w, axes=[0], begin=[g * go], end=[(g + 1) * go],
+                                                     assume_inbound=True))
+            outs.append(ctx.emit(self.conv(ctx, xg, wg, strides=strides, pads=pads, dilations=dilations, groups=1)))
+        return relax.op.concat(outs, axis=1)
 
     def matmul(self, ctx: "LowerCtx", a: relax.Expr, b: relax.Expr, *, transpose_b: bool = False) -> relax.Expr:
         """numpy-style matmul of `a` by `b` (by `b`'s last two axes swapped when `transpose_b`)."""

@@ -65,8 +65,7 @@ def conv(ctx: LowerCtx, node: Node):
     y = ctx.kernels.conv(ctx, x, w, strides=strides, pads=pads, dilations=dilations, groups=groups)
     if ctx.has_input(2):
         y = ctx.emit(y)
-        b = ctx.input(2)
-        y = R.add(y, R.reshape(b, [-1] + [1] * nd))
+        y = R.add(y, _per_channel(ctx, ctx.input(2), nd + 2))
     return [y]
 
 
@@ -118,7 +117,7 @@ def conv_transpose(ctx: LowerCtx, node: Node):
     if any(extra):
         y = ctx.emit(R.nn.pad(y, [0, 0, 0, 0] + [v for e in extra for v in (0, e)]))
     if ctx.has_input(2):
-        y = R.add(y, R.reshape(ctx.input(2), [-1] + [1] * nd))
+        y = R.add(y, _per_channel(ctx, ctx.input(2), nd + 2))
     return [y]
 
 
@@ -255,7 +254,13 @@ def global_lp_pool(ctx: LowerCtx, node: Node):
 
 
 def _per_channel(ctx: LowerCtx, v: relax.Expr, rank: int) -> relax.Expr:
-    return ctx.emit(R.reshape(v, [-1] + [1] * (rank - 2)))
+    """A per-channel vector as [1, C, 1, ...] of the data's full rank.
+
+    Full rank matters: Relax's ConvertLayout carries NHWC through a binary op only
+    when both operands have the data's rank; with [C, 1, 1] it converts back to
+    NCHW after every convolution (two transposes per conv).
+    """
+    return ctx.emit(R.reshape(v, [1, -1] + [1] * (rank - 2)))
 
 
 @converter("onnx.BatchNormalization", since=1)

@@ -365,8 +365,14 @@ def constant_of_shape(ctx: LowerCtx, node: Node):
     value = np.zeros(1, np.float32) if value is None else np.asarray(value).reshape(-1)
     dims = ctx.shape_arg(0, "shape")
     dtype = str(value.dtype)
-    if all(is_static(d) for d in dims) and len(dims) <= 1 and (not dims or int(dims[0]) <= 64):
-        return [SymTensor.from_array(np.full([int(d) for d in dims], value[0], dtype=value.dtype))]
+    if all(is_static(d) for d in dims):
+        shape = [int(d) for d in dims]
+        if len(dims) <= 1 and (not dims or shape[0] <= 64):
+            return [SymTensor.from_array(np.full(shape, value[0], dtype=value.dtype))]
+        if int(np.prod(shape)) <= (1 << 26):
+            # a constant now rather than R.full folded later: FoldConstant would compile and run a
+            # kernel per tensor (the onnx "light" models make every weight this way)
+            return [relax.const(np.full(shape, value[0], dtype=value.dtype), dtype)]
     return [R.full(relax_dims(dims), relax.const(value[0], dtype), dtype)]
 
 
