@@ -7,6 +7,10 @@ from pathlib import Path
 
 from .errors import MdocError
 from .ir import Model
+from .onnx_export import save_onnx
+from .onnx_import import import_model
+from .parser import load_mdir
+from .printer import save_mdir
 
 SUFFIXES = (".onnx", ".mdir")
 
@@ -14,25 +18,15 @@ SUFFIXES = (".onnx", ".mdir")
 def load_model(path: str | os.PathLike) -> Model:
     path = Path(path)
     if path.suffix == ".mdir":
-        from .printer import load_mdir
-
         return load_mdir(path)
-    if path.suffix != ".onnx" and not path.is_file():
-        raise MdocError(f"{path}: no such file")
-    from .onnx_import import import_model
-
     return import_model(path)
 
 
 def save_model(model: Model, path: str | os.PathLike) -> None:
     path = Path(path)
     if path.suffix == ".mdir":
-        from .printer import save_mdir
-
         save_mdir(model, path)
     elif path.suffix == ".onnx":
-        from .onnx_export import save_onnx
-
         save_onnx(model, path)
     else:
         raise MdocError(f"{path}: unknown output format '{path.suffix}' (use {' or '.join(SUFFIXES)})")
