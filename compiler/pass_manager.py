@@ -31,14 +31,16 @@ _loaded = False
 # Named pipelines for -O0 .. -O3; passes not registered (say, a fusion whose plugin
 # is absent) are an error, so these only name passes that ship with mdoc.
 # -O1 and -O2 fold only what does not grow the model's constants (max-bytes=0), so the
-# optimized file is never larger than its input; -O3 allows fold-constants' default budget.
+# optimized file is never larger than its input; -O3 allows fold-constants' default budget
+# (1 MiB of growth, spent once: its second fold is again max-bytes=0).
 # -O2 runs the cleanup twice, with fresh types between: merged shape chains fold further.
 OPT_LEVELS = {
     0: "",
     1: "infer-shapes,fold-constants{max-bytes=0},simplify,cse,dce",
     2: "infer-shapes,fold-constants{max-bytes=0},simplify,cse,dce,"
        "infer-shapes,fold-constants{max-bytes=0},simplify,cse,dce",
-    3: "infer-shapes,fold-constants,simplify,cse,dce,infer-shapes,fold-constants,simplify,cse,dce",
+    3: "infer-shapes,fold-constants,simplify,cse,dce,"
+       "infer-shapes,fold-constants{max-bytes=0},simplify,cse,dce",
 }
 
 
