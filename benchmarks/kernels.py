@@ -34,6 +34,8 @@ def _args():
     p.add_argument("--block-ms", type=float, default=40.0, help="target length of one timed block")
     p.add_argument("--threads", type=int, default=2, help="threads for both runtimes")
     p.add_argument("--list", action="store_true", help="list the cases and exit")
+    p.add_argument("--resnet50", action="store_true", help="add ResNet-50's convs to the list")
+    p.add_argument("--check-only", action="store_true", help="build and check against onnxruntime, no timing")
     return p.parse_args()
 
 
@@ -204,13 +206,23 @@ MOBILENETV2_PW = [(32, 112, 16), (16, 112, 96), (96, 56, 24), (24, 56, 144), (14
                   (32, 28, 192), (192, 28, 32), (192, 14, 64), (64, 14, 384), (384, 14, 64), (384, 14, 96),
                   (96, 14, 576), (576, 14, 96), (576, 7, 160), (160, 7, 960), (960, 7, 160), (960, 7, 320),
                   (320, 7, 1280)]
+RESNET50 = [  # the distinct convs of torchvision's ResNet-50 (v1.5: stride on the 3x3) besides the stem
+    (64, 56, 64, 1, 1, 0), (64, 56, 64, 3, 1, 1), (64, 56, 256, 1, 1, 0), (256, 56, 64, 1, 1, 0),
+    (256, 56, 128, 1, 1, 0), (128, 56, 128, 3, 2, 1), (128, 28, 512, 1, 1, 0), (256, 56, 512, 1, 2, 0),
+    (512, 28, 128, 1, 1, 0), (128, 28, 128, 3, 1, 1), (512, 28, 256, 1, 1, 0), (256, 28, 256, 3, 2, 1),
+    (256, 14, 1024, 1, 1, 0), (512, 28, 1024, 1, 2, 0), (1024, 14, 256, 1, 1, 0), (256, 14, 256, 3, 1, 1),
+    (1024, 14, 512, 1, 1, 0), (512, 14, 512, 3, 2, 1), (512, 7, 2048, 1, 1, 0), (1024, 14, 2048, 1, 2, 0),
+    (2048, 7, 512, 1, 1, 0), (512, 7, 512, 3, 1, 1),
+]
 BERT_DENSE = [(128, 768, 768), (128, 768, 2304), (128, 768, 3072), (128, 3072, 768),
               (128, 256, 256), (128, 256, 1024), (128, 1024, 256)]
 BERT_BMM = [(12, 128, 64, 128), (12, 128, 128, 64), (4, 128, 64, 128), (4, 128, 128, 64)]
 
 
-def all_cases(spec: CpuSpec) -> list[Case]:
+def all_cases(spec: CpuSpec, resnet50: bool = False) -> list[Case]:
     cases = [conv_case("resnet18", 1, c, h, h, oc, k, s, p, spec=spec) for c, h, oc, k, s, p in RESNET18]
+    if resnet50:
+        cases += [conv_case("resnet50", 1, c, h, h, oc, k, s, p, spec=spec) for c, h, oc, k, s, p in RESNET50]
     cases += [conv_case("mobilenetv2", 1, 3, 224, 224, 32, 3, 2, 1, spec=spec)]
     cases += [conv_case("mobilenetv2", 1, c, h, h, c, 3, s, 1, groups=c, spec=spec) for c, h, s in MOBILENETV2_DW]
     cases += [conv_case("mobilenetv2", 1, c, h, h, oc, 1, 1, 0, spec=spec) for c, h, oc in MOBILENETV2_PW]
@@ -259,6 +271,9 @@ def measure(case: Case, args, spec: CpuSpec) -> dict:
     def run_ort():
         sess.run(None, feeds)
 
+    if args.check_only:
+        return dict(name=case.name, shape=case.shape, notes=kernel.notes, flops=kernel.flops, compile_s=compile_s,
+                    mdoc_ms=float("nan"), ort_ms=float("nan"), best_ratio=float("nan"), ok=ok, err=err)
     # warm-up, and a block size from a first estimate
     for _ in range(3):
         run_mdoc()
@@ -279,7 +294,7 @@ def measure(case: Case, args, spec: CpuSpec) -> dict:
 def main():
     args = ARGS
     spec = CpuSpec.host()
-    cases = [c for c in all_cases(spec) if re.search(args.filter, f"{c.name} {c.shape}")]
+    cases = [c for c in all_cases(spec, args.resnet50) if re.search(args.filter, f"{c.name} {c.shape}")]
     if args.list:
         for c in cases:
             print(c.name, c.shape)
@@ -311,6 +326,12 @@ def main():
               f"{gf(r['ort_ms']):.1f} | {r['ort_ms'] / r['mdoc_ms']:.2f} | {r['best_ratio']:.2f} | {r['compile_s']:.2f} | "
               f"{'ok' if r['ok'] else 'MISMATCH %.1e' % r['err']} | {r['notes']} |", flush=True)
 
+    if args.check_only:
+        bad = [r for r in rows if not r["ok"]]
+        print(f"\nchecked {len(rows)} kernels against onnxruntime (rtol 1e-3, atol 1e-4): "
+              f"{len(rows) - len(bad)} ok, {len(bad)} mismatched, {failures - len(bad)} errors; "
+              f"compile time {sum(r['compile_s'] for r in rows):.1f} s in all")
+        return 1 if failures else 0
     print("\n| group | layers | mdoc ms (sum) | ort ms (sum) | ratio | compile s (sum) |")
     print("|---|---:|---:|---:|---:|---:|")
     groups = {}

@@ -1,9 +1,69 @@
-"""mdoc's default CPU kernels: scheduled TVM PrimFuncs for conv, matmul, pooling and the rest."""
+"""mdoc's default CPU kernels: scheduled TVM PrimFuncs for conv, matmul, pooling and the rest.
+
+Why: TVM 0.27's default CPU build is scalar, single-threaded code (~100x slower than
+onnxruntime), and tuning takes minutes per layer.  These builders write the schedules that
+reach onnxruntime's speed without any search (see /work/shared/notes/tvm-0.27.md) for any
+static shape, so that tuning only refines.
+
+Every builder takes static shapes, the ONNX-style attributes, an optional fused `Epilogue`
+and a `CpuSpec` (vector lanes, vector registers, cores, TVM target; `CpuSpec.from_target`
+reads it off a target) and returns a `Kernel`:
+
+    kernel.func     scheduled tvm.tirx.PrimFunc, destination-passing: f(*inputs, out)
+    kernel.params   ordered Params (name, shape, dtype, value); the last one is the output;
+                    value is the packed constant for weights packed at compile time
+    kernel.packers  for weights given only by shape: name -> numpy packing function
+    kernel.flops, kernel.notes (tiling), kernel.compile(target) for standalone runs
+
+The Relax lowering plugs one in with
+
+    gv = bb.add_func(kernel.func, kernel.name)
+    args = [graph_value(p) if p.value is None else relax.const(p.value) for p in kernel.inputs]
+    y = bb.emit(relax.call_tir(gv, args, relax.TensorType(kernel.output.shape, "float32")))
+
+The PrimFuncs carry `mdoc.scheduled` / `tir.is_scheduled` (the generic schedule leaves them
+alone) and no `global_symbol` (Relax names them after the GlobalVar).  Activations stay
+NCHW; weights are packed into the kernel's own layout.
+
+Builders (float32):
+    conv2d(data_shape, weight, strides, padding, dilation, groups, epilogue)   conv.py
+    depthwise_conv2d(...)                                                     depthwise.py
+    dense(a_shape, weight, transpose_b, epilogue); batch_matmul(a_shape, b_shape, ...)  matmul.py
+    pool2d(data_shape, "max" | "avg", kernel, strides, padding, ...); global_avg_pool2d   pooling.py
+    softmax(shape); layer_norm(shape, epsilon)                                reductions.py
+    schedule_generic(prim_func, spec): parallel + vectorized schedule for any other PrimFunc  generic.py
+
+`ensure_runtime_threads(cores)` before running anything: TVM's runtime assumes x86 cores
+are hyper-threads and halves the thread count (one thread on a 2-core VM).
+"""
 
 from .common import CpuSpec, Epilogue, Kernel, KernelError, Param, ensure_runtime_threads
-from .conv import conv2d, pack_conv2d_weight, plan_conv2d
-from .depthwise import depthwise_conv2d
-from .matmul import batch_matmul, dense
+from .conv import Conv2dPlan, conv2d, pack_conv2d_weight, plan_conv2d
+from .depthwise import depthwise_conv2d, pack_depthwise_weight
+from .generic import schedule_generic
+from .matmul import batch_matmul, dense, pack_dense_weight
 from .pooling import global_avg_pool2d, pool2d
 from .reductions import layer_norm, softmax
-from .generic import schedule_generic
+
+__all__ = [
+    "Conv2dPlan",
+    "CpuSpec",
+    "Epilogue",
+    "Kernel",
+    "KernelError",
+    "Param",
+    "batch_matmul",
+    "conv2d",
+    "dense",
+    "depthwise_conv2d",
+    "ensure_runtime_threads",
+    "global_avg_pool2d",
+    "layer_norm",
+    "pack_conv2d_weight",
+    "pack_dense_weight",
+    "pack_depthwise_weight",
+    "plan_conv2d",
+    "pool2d",
+    "schedule_generic",
+    "softmax",
+]

@@ -128,8 +128,9 @@ def dense(a_shape: Sequence[int], weight, *, transpose_b: bool = False, epilogue
     check_dtype("dense", dtype)
     a_shape = tuple(int(d) for d in a_shape)
     wshape = tuple(int(d) for d in (weight.shape if isinstance(weight, np.ndarray) else weight))
-    if len(a_shape) < 1 or len(wshape) != 2:
-        raise KernelError(f"dense: expects A [..., K] and a 2-D weight, got A {a_shape} and weight {wshape}")
+    if len(a_shape) < 2 or len(wshape) != 2:
+        raise KernelError(f"dense: expects A [..., M, K] (at least 2 dims) and a 2-D weight, got A {a_shape} "
+                          f"and weight {wshape}; reshape a vector to [1, K]")
     k, n = (wshape[1], wshape[0]) if transpose_b else wshape
     if a_shape[-1] != k:
         raise KernelError(f"dense: A {a_shape} has K={a_shape[-1]} but the weight {wshape}"
@@ -152,15 +153,10 @@ def dense(a_shape: Sequence[int], weight, *, transpose_b: bool = False, epilogue
     extra, extra_params, bias, residual = _epilogue_inputs(epilogue, (n,), (*lead, n))
     out_shape = (*lead, n)
 
-    if len(lead) <= 1:
-        def fout(*idx):
-            i = idx[0] if lead else 0
-            j = idx[-1]
-            return _epilogue_value(epilogue, acc[0, i, j], bias, residual, j, idx)
-        out = te.compute(out_shape, fout, name="out")
+    if len(lead) == 1:
+        out = te.compute(out_shape, lambda i, j: _epilogue_value(epilogue, acc[0, i, j], bias, residual, j, (i, j)),
+                         name="out")
         sch = Schedule(te.create_prim_func([a, w, *extra, out]))
-        if not lead:
-            raise KernelError("dense: A must have at least 2 dims ([M, K])")
     else:
         # several leading axes: iterate the output over (M, N) with M flattened
         def fout(*idx):
