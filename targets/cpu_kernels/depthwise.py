@@ -208,6 +208,8 @@ def depthwise_conv2d(data_shape: Sequence[int], weight, *, strides=1, padding=0,
         raise KernelError(f"{op}: Epilogue.scale is not supported for convolutions; fold it into the weight")
     oc, _, kh, kw = wshape
     plan = plan_window(op, data_shape, oc, (kh, kw), strides, padding, dilation, spec, tile)
+    if tile is None and plan.ow * 2 <= spec.lanes:
+        return _depthwise_nchwc(plan, weight, epilogue, spec, name)
     n, c, h, w = data_shape
     oh, ow = plan.oh, plan.ow
     (sh, _), (dh, dw) = plan.strides, plan.dilation
@@ -248,6 +250,88 @@ def depthwise_conv2d(data_shape: Sequence[int], weight, *, strides=1, padding=0,
     flops = 2 * n * oc * oh * ow * kh * kw
     return Kernel(kname, finish(sch.mod["main"], kname), params, flops, plan.notes,
                   packers={"weight": pack_depthwise_weight})
+
+
+def _depthwise_nchwc(plan: WindowPlan, weight, epilogue: Epilogue, spec: CpuSpec, name: str | None) -> Kernel:
+    """Tiny planes (a row fills at most half a vector, 7x7 in MobileNetV2): vectors over channels.
+
+    A width vector would be mostly padding there and the per-channel task overhead dominates,
+    so one copy stage transposes the input into padded [N, C / lanes, H', W', lanes] and the
+    register tile is (output columns) x (channel vectors) with one vector load and one FMA per
+    tap, stored back NCHW through the conv's transposing epilogue (conv.schedule_nchw_tile).
+    Measured on 960x7x7: 0.040 ms against the width-vector schedule's 0.075 (onnxruntime 0.037).
+    """
+    from .conv import schedule_nchw_tile
+
+    n, c, h, w = plan.n, plan.c, plan.h, plan.w
+    oc, kh, kw, lanes = plan.oc, plan.kh, plan.kw, spec.lanes
+    (sh, sw), (dh, dw) = plan.strides, plan.dilation
+    pt, pl, _, _ = plan.pads
+    oh, ow = plan.oh, plan.ow
+    mult = oc // c
+    nvec = ceil_div(oc, lanes)
+    wb = ow
+    ocv = next((v for v in (3, 2) if wb * v <= 16 and nvec % v == 0), 1)
+    blocks = ceil_div(nvec, ocv) * ocv
+    vh, vw = (oh - 1) * sh + dh * (kh - 1) + 1, (ow - 1) * sw + dw * (kw - 1) + 1
+    zero = tirx.const(0.0, "float32")
+
+    data = te.placeholder((n, c, h, w), "float32", name="data")
+
+    def pack(i, cb, y, x, v):
+        ch = cb * lanes + v
+        ok = tirx.all(ch < oc, y >= pt, y < pt + h, x >= pl, x < pl + w)
+        return tirx.if_then_else(ok, data[i, tirx.min(ch, oc - 1) // mult, y - pt, x - pl], zero)
+
+    packed = te.compute((n, blocks, vh, vw, lanes), pack, name="pad")
+    wparam = te.placeholder((blocks, kh, kw, lanes), "float32", name="weight")
+    rkh = te.reduce_axis((0, kh), "rkh")
+    rkw = te.reduce_axis((0, kw), "rkw")
+    acc = te.compute(
+        (n, blocks, oh, ow, lanes),
+        lambda i, b, y, x, v: te.sum(packed[i, b, y * sh + rkh * dh, x * sw + rkw * dw, v] * wparam[b, rkh, rkw, v],
+                                     axis=[rkh, rkw]),
+        name="acc")
+    extra, extra_params = [], []
+    bias = residual = None
+    if epilogue.bias:
+        bias = te.placeholder((oc,), "float32", name="bias")
+        extra.append(bias)
+        extra_params.append(Param("bias", (oc,)))
+    if epilogue.residual:
+        residual = te.placeholder((n, oc, oh, ow), "float32", name="residual")
+        extra.append(residual)
+        extra_params.append(Param("residual", (n, oc, oh, ow)))
+
+    def epi(i, o, y, x):
+        val = acc[i, o // lanes, y, x, o % lanes]
+        if bias is not None:
+            val = val + bias[o]
+        if residual is not None:
+            val = val + residual[i, o, y, x]
+        return epilogue.activate(val)
+
+    out = te.compute((n, oc, oh, ow), epi, name="out")
+    sch = Schedule(te.create_prim_func([data, wparam, *extra, out]))
+    schedule_nchw_tile(sch, "out", "acc", n_reduce=2, lanes=lanes, wb=wb, ocv=ocv)
+    pb_ = sch.get_sblock("pad")
+    i, cb, y, x, v = sch.get_loops(pb_)
+    sch.parallel(sch.fuse(i, cb, y))
+    sch.vectorize(v)
+
+    def packer(a, _l=lanes, _b=blocks):
+        flat = pack_depthwise_weight(a)  # [oc, kh, kw]
+        full = np.zeros((_b * _l, *flat.shape[1:]), "float32")
+        full[: flat.shape[0]] = flat
+        return np.ascontiguousarray(full.reshape(_b, _l, *flat.shape[1:]).transpose(0, 2, 3, 1))
+
+    kname = name or (f"dwconv2d_{window_tag((kh, kw), plan.strides, plan.pads, plan.dilation)}_{c}x{h}x{w}"
+                     + (f"_m{mult}" if mult > 1 else "") + (f"_{epilogue.tag()}" if epilogue.tag() else ""))
+    wvalue = packer(weight) if isinstance(weight, np.ndarray) else None
+    params = (Param("data", (n, c, h, w)), Param("weight", (blocks, kh, kw, lanes), value=wvalue), *extra_params,
+              Param("out", (n, oc, oh, ow)))
+    return Kernel(kname, finish(sch.mod["main"], kname), params, 2 * n * oc * oh * ow * kh * kw,
+                  f"channel-vectors wb={wb} ocv={ocv} blocks={blocks}", packers={"weight": packer})
 
 
 def pack_depthwise_weight(weight: np.ndarray) -> np.ndarray:
