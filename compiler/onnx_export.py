@@ -49,9 +49,19 @@ def export_model(model: Model, value_names: dict[Value, str] | None = None) -> o
     return proto
 
 
-def save_onnx(model: Model | onnx.ModelProto, path: str | os.PathLike) -> None:
-    """Write atomically: a failure leaves no partial file; weights go to `<name>.data` past 1 GiB."""
-    proto = model if isinstance(model, onnx.ModelProto) else export_model(model)
+def save_onnx(model: Model | onnx.ModelProto, path: str | os.PathLike, value_info: bool = False) -> None:
+    """Write atomically: a failure leaves no partial file; weights go to `<name>.data` past 1 GiB.
+
+    The types of intermediate values (`value_info`) of an exported model are left out
+    unless asked for: ONNX re-infers them, and an optimized file should not grow by
+    its annotations. A ModelProto is written as it is.
+    """
+    if isinstance(model, onnx.ModelProto):
+        proto = model
+    else:
+        proto = export_model(model)
+        if not value_info:
+            del proto.graph.value_info[:]
     path = Path(path)
     folder = path.resolve().parent
     if not folder.is_dir():
