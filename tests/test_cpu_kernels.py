@@ -157,6 +157,15 @@ def test_depthwise(stride):
     close(k.compile()(x, b), want)
 
 
+def test_depthwise_tiny_plane_channel_vectors():
+    # 7x7 planes (MobileNetV2's last stage) take the channel-vector path; 40 channels are ragged
+    x, w, b = rand(1, 20, 7, 7), rand(40, 1, 3, 3), rand(40)
+    k = depthwise_conv2d(x.shape, w, padding=1, epilogue=Epilogue(bias=True, activation="relu6"))
+    assert "channel-vectors" in k.notes
+    want = np.clip(conv_ref(x, w, (1, 1), (1, 1, 1, 1), groups=20) + b[None, :, None, None], 0, 6)
+    close(k.compile()(x, b), want)
+
+
 def test_depthwise_multiplier_and_residual():
     x, w, res = rand(1, 8, 10, 10), rand(16, 1, 3, 3), rand(1, 16, 5, 5)
     k = depthwise_conv2d(x.shape, w, strides=2, padding=(1, 1, 0, 0), epilogue=Epilogue(residual=True))
