@@ -1,0 +1,377 @@
+"""decompose-rnn: LSTM, GRU and RNN become their cell equations, unrolled over the (static) sequence.
+
+TVM has no recurrent ops. For each direction, the input projection of every
+step is one MatMul before the loop (X·Wᵀ plus both biases, folded into one
+constant when B is constant), and each step is a Gather of its row, a Gemm with
+the recurrent weights and the gates' pointwise ops:
+
+    LSTM  i, o, f, c = split(x·Wᵀ + h·Rᵀ + Wb + Rb)          (+ peepholes P on i, f from c, on o from C)
+          C = f(f)·c + f(i)·g(c)      H = f(o)·h(C)          (input_forget: forget gate = 1 - f(i))
+    GRU   z, r = f(x·Wzrᵀ + h·Rzrᵀ + b)
+          linear_before_reset=0: n = g(x·Whᵀ + (r·h)·Rhᵀ + Wbh + Rbh)
+          linear_before_reset=1: n = g(x·Whᵀ + Wbh + r·(h·Rhᵀ + Rbh))
+          H = n + z·(h - n)
+    RNN   H = f(x·Wᵀ + h·Rᵀ + Wb + Rb)
+
+with the `activations` (f, g, h per direction; Relu, Tanh, Sigmoid, Affine,
+LeakyRelu, ThresholdedRelu, ScaledTanh, HardSigmoid, Elu, Softsign, Softplus,
+alphas and betas consumed in order as onnxruntime does), `clip` on every
+activation's input, directions forward, reverse and bidirectional, layout 0
+and 1, and optional B, initial_h, initial_c and P. A zero initial state is not
+materialized: the first step skips its recurrent Gemm. `sequence_lens` masks
+the steps past a batch entry's length with Where (its state stays, its Y rows
+are 0), unless it is a constant equal to the full length everywhere. Y is one
+Concat of the steps and a Reshape; Y_h and Y_c one Concat and Reshape each;
+outputs nothing reads are not built. Weights that are constants are sliced and
+transposed at compile time; weights computed at run time get Gather/Transpose.
+
+A node whose sequence length is symbolic is refused with an MdocError (compile
+binds symbolic dims to sizes before passes, so that is rare).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from mdoc.clone import erase_unused_constants, is_read, replace_results
+from mdoc.errors import MdocError
+from mdoc.ir import Graph, Node, Value
+from mdoc.pass_manager import GraphPass, PassContext, register_pass
+from mdoc.passes.decompose_util import Builder, Operand, shape_of
+from mdoc.shape_inference import merge
+from mdoc.types import DType, TensorType
+
+RECURRENT = {"onnx.LSTM": 4, "onnx.GRU": 3, "onnx.RNN": 1}
+DEFAULT_ACTIVATIONS = {"onnx.LSTM": ("Sigmoid", "Tanh", "Tanh"), "onnx.GRU": ("Sigmoid", "Tanh"), "onnx.RNN": ("Tanh",)}
+
+# lower-case name -> (alpha default, beta default); None where the function takes no such parameter.
+# The defaults are onnxruntime's (the values of the standalone ONNX ops of the same name).
+ACTIVATIONS = {
+    "relu": (None, None), "tanh": (None, None), "sigmoid": (None, None),
+    "softsign": (None, None), "softplus": (None, None),
+    "affine": (1.0, 0.0), "leakyrelu": (0.01, None), "thresholdedrelu": (1.0, None),
+    "scaledtanh": (1.0, 1.0), "hardsigmoid": (0.2, 0.5), "elu": (1.0, None),
+}
+
+
+@register_pass("decompose-rnn")
+@dataclass(frozen=True)
+class DecomposeRnn(GraphPass):
+    """Unroll LSTM, GRU and RNN over their static sequence length into MatMul, Gemm and pointwise ops."""
+
+    def run(self, graph: Graph, ctx: PassContext) -> bool:
+        return _walk(graph, ctx)
+
+
+def _walk(graph: Graph, ctx: PassContext) -> bool:
+    changed = False
+    for node in graph.nodes():
+        for sub in node.subgraphs():
+            changed |= _walk(sub, ctx)
+        if node.op in RECURRENT:
+            _Unroll(node, ctx).run()
+            changed = True
+    return changed
+
+
+@dataclass
+class _Act:
+    """One activation function with its parameters."""
+
+    name: str
+    alpha: float | None
+    beta: float | None
+
+
+class _Unroll:
+    def __init__(self, node: Node, ctx: PassContext):
+        self.node = node
+        self.op = node.op
+        self.kind = node.op_type
+        self.label = f"{self.kind} node '{node.name}'"
+        self.opset = ctx.model.opset
+        self.b = Builder(node.graph, node, self.opset, "decompose-rnn", node.name)
+
+    def fail(self, why: str):
+        raise MdocError(f"decompose-rnn: {self.label}: {why}")
+
+    # -- attributes and operands ---------------------------------------------------
+    def run(self) -> None:
+        node, attrs = self.node, self.node.attrs
+        x = node.input(0)
+        shape = shape_of(x)
+        if shape is None or len(shape) != 3:
+            self.fail(f"X has type {x.type}; unrolling needs its rank-3 shape (run infer-shapes first)")
+        self.layout = attrs.get("layout", 0)
+        if self.layout not in (0, 1):
+            self.fail(f"layout={self.layout} is not 0 or 1")
+        self.seq_axis = self.layout  # X is [seq, batch, input] (layout 0) or [batch, seq, input]
+        steps = shape[self.seq_axis]
+        if not isinstance(steps, int):
+            dim = f"'{steps}'" if isinstance(steps, str) else "unknown"
+            hint = f" (mdoc compile --dim {steps}=SIZE)" if isinstance(steps, str) else ""
+            self.fail(f"sequence length (dim {self.seq_axis} of X) is {dim}, not a static size; "
+                      f"bind it before decompose-rnn{hint}")
+        if steps < 1:
+            self.fail(f"sequence length is {steps}; there is nothing to unroll")
+        self.steps = steps
+        self.batch = shape[1 - self.seq_axis]
+        self.dtype = x.type.dtype
+        direction = attrs.get("direction", "forward")
+        if direction not in ("forward", "reverse", "bidirectional"):
+            self.fail(f"direction '{direction}' is not forward, reverse or bidirectional")
+        self.reverse = [direction == "reverse"] if direction != "bidirectional" else [False, True]
+        self.hidden = attrs.get("hidden_size") or self._hidden_from_r()
+        self.clip_bound = attrs.get("clip")
+        self.acts = self._activations(len(self.reverse))
+        self.mask = self._masks()
+
+        results = {"onnx.LSTM": self._lstm, "onnx.GRU": self._gru, "onnx.RNN": self._rnn}[self.op]()
+        self._finish(results)
+
+    def _hidden_from_r(self) -> int:
+        shape = shape_of(self.node.input(2))
+        if shape is None or not isinstance(shape[-1], int):
+            self.fail("has no hidden_size attribute and R's shape does not give it")
+        return shape[-1]
+
+    def _activations(self, directions: int) -> list[list[_Act]]:
+        per = len(DEFAULT_ACTIVATIONS[self.op])
+        names = self.node.attrs.get("activations") or DEFAULT_ACTIVATIONS[self.op] * directions
+        if len(names) != per * directions:
+            self.fail(f"has {len(names)} activations; it needs {per} per direction ({per * directions})")
+        alphas = list(self.node.attrs.get("activation_alpha", ()))
+        betas = list(self.node.attrs.get("activation_beta", ()))
+        acts = []
+        for name in names:
+            key = name.lower() if isinstance(name, str) else ""
+            if key not in ACTIVATIONS:
+                self.fail(f"activation '{name}' is not one of {', '.join(sorted(ACTIVATIONS))}")
+            da, db = ACTIVATIONS[key]
+            alpha = (alphas.pop(0) if alphas else da) if da is not None else None
+            beta = (betas.pop(0) if betas else db) if db is not None else None
+            acts.append(_Act(key, alpha, beta))
+        return [acts[d * per:(d + 1) * per] for d in range(directions)]
+
+    def _masks(self) -> list[Operand | None] | None:
+        """Per position t, a bool [batch, 1] saying which batch entries are still running; None: all are."""
+        lens = self.node.input(4)
+        if lens is None:
+            return None
+        const = lens.const_value
+        if const is not None:
+            if np.all(const == self.steps):
+                return None
+            return [None if np.all(const > t) else (const > t).reshape(-1, 1) for t in range(self.steps)]
+        if self.opset < 9:
+            self.fail(f"masking by sequence_lens needs Where (opset 9); the model is opset {self.opset}")
+        col = self.b.unsqueeze(lens, 1)
+        mask_type = TensorType(DType.BOOL, (self.batch, 1))
+        ltype = lens.type.dtype.numpy if isinstance(lens.type, TensorType) else np.int32
+        return [self.b.emit("onnx.Greater", [col, np.asarray(t, ltype)], {}, mask_type) for t in range(self.steps)]
+
+    # -- per-direction operands ----------------------------------------------------------
+    def _direction(self, index: int, d: int) -> Operand | None:
+        """Operand `index` of direction `d`, without its direction axis (None when absent)."""
+        v = self.node.input(index)
+        if v is None:
+            return None
+        if v.const_value is not None:
+            v = v.const_value
+        # initial_h / initial_c are [batch, directions, hidden] in layout 1
+        axis = 1 if self.layout == 1 and index in (5, 6) else 0
+        return self.b.gather(v, d, axis)
+
+    def _projection(self, d: int, bias: Operand | None) -> Operand:
+        """x·Wᵀ + bias for all steps at once: [seq, batch, gates·hidden] (layout 0) or [batch, seq, ...]."""
+        b = self.b
+        wt = b.transpose(self._direction(1, d), (1, 0))
+        xw = b.matmul(self.node.input(0), wt)
+        return xw if bias is None else b.add(xw, bias)
+
+    def _step_input(self, xw: Operand, t: int) -> Operand:
+        return self.b.gather(xw, t, self.seq_axis)
+
+    def _positions(self, d: int) -> list[int]:
+        return list(range(self.steps - 1, -1, -1)) if self.reverse[d] else list(range(self.steps))
+
+    def _f(self, act: _Act, x: Value, clip: bool = True) -> Value:
+        """Activation `act` of `x`, clipped first when the node has a clip."""
+        b = self.b
+        x = b.value(x)
+        if clip and self.clip_bound is not None:
+            x = b.clip(x, self.clip_bound)
+        one = lambda a: np.asarray(a, self.dtype.numpy)  # noqa: E731
+        name = act.name
+        if name in ("relu", "tanh", "sigmoid", "softsign", "softplus"):
+            return b.unary("onnx." + {"relu": "Relu", "tanh": "Tanh", "sigmoid": "Sigmoid",
+                                      "softsign": "Softsign", "softplus": "Softplus"}[name], x)
+        if name == "leakyrelu":
+            return b.unary("onnx.LeakyRelu", x, alpha=float(act.alpha))
+        if name == "elu":
+            return b.unary("onnx.Elu", x, alpha=float(act.alpha))
+        if name == "hardsigmoid":
+            return b.unary("onnx.HardSigmoid", x, alpha=float(act.alpha), beta=float(act.beta))
+        if name == "thresholdedrelu":
+            if self.opset >= 10:
+                return b.unary("onnx.ThresholdedRelu", x, alpha=float(act.alpha))
+            above = b.emit("onnx.Greater", [x, one(act.alpha)], {}, TensorType(DType.BOOL, shape_of(x)))
+            return b.emit("onnx.Where", [above, x, one(0)], {}, x.type)
+        if name == "affine":
+            return b.add(b.mul(x, one(act.alpha)), one(act.beta))
+        if name == "scaledtanh":
+            return b.mul(b.unary("onnx.Tanh", b.mul(x, one(act.beta))), one(act.alpha))
+        raise AssertionError(name)
+
+    def _masked(self, t: int, new: Value, old: Value | None) -> tuple[Value, Value]:
+        """(state after position t, Y row at t): the new state where the entry runs, else the old one and 0."""
+        if self.mask is None or self.mask[t] is None:
+            return new, new
+        zero = np.zeros((), self.dtype.numpy)
+        y = self.b.emit("onnx.Where", [self.mask[t], new, zero], {}, new.type)
+        if old is None:
+            return y, y
+        return self.b.emit("onnx.Where", [self.mask[t], new, old], {}, new.type), y
+
+    # -- the three cells -----------------------------------------------------------------
+    def _biases(self, d: int, gates: int) -> tuple[Operand | None, Operand | None]:
+        bias = self._direction(3, d)
+        if bias is None:
+            return None, None
+        n = gates * self.hidden
+        return tuple(self.b.split(bias, [n, n], 0))
+
+    def _lstm(self):
+        b, hsz = self.b, self.hidden
+        if self.node.attrs.get("input_forget", 0) not in (0, 1):
+            self.fail(f"input_forget={self.node.attrs['input_forget']} is not 0 or 1")
+        couple = bool(self.node.attrs.get("input_forget", 0))
+        one = np.ones((), self.dtype.numpy)
+        out = []
+        for d in range(len(self.reverse)):
+            f, g, h_act = self.acts[d]
+            wb, rb = self._biases(d, 4)
+            xw = self._projection(d, None if wb is None else b.add(wb, rb))
+            rt = b.transpose(self._direction(2, d), (1, 0))
+            peep = self._direction(7, d)
+            pi, po, pf = b.split(peep, [hsz] * 3, 0) if peep is not None else (None, None, None)
+            h, c = self._direction(5, d), self._direction(6, d)
+            h = None if h is None else b.value(h)
+            c = None if c is None else b.value(c)
+            ys = [None] * self.steps
+            for t in self._positions(d):
+                gates = self._step_input(xw, t)
+                if h is not None:
+                    gates = b.gemm(h, rt, gates)
+                if peep is None and not couple:  # i, o, f are contiguous: one activation for the three
+                    gates, gc = b.split(gates, [3 * hsz, hsz], 1)
+                    i, o, forget = b.split(self._f(f, gates), [hsz] * 3, 1)
+                else:
+                    gi, go, gf, gc = b.split(gates, [hsz] * 4, 1)
+                    if peep is not None and c is not None:
+                        gi, gf = b.add(gi, b.mul(c, pi)), b.add(gf, b.mul(c, pf))
+                    i = self._f(f, gi)
+                    forget = None if c is None else b.sub(one, i) if couple else self._f(f, gf)
+                new_c = b.mul(i, self._f(g, gc))
+                if c is not None:
+                    new_c = b.add(b.mul(forget, c), new_c)
+                if peep is not None or couple:
+                    if peep is not None:
+                        go = b.add(go, b.mul(new_c, po))
+                    o = self._f(f, go)
+                new_h = b.mul(o, self._f(h_act, new_c, clip=False))
+                c, _ = self._masked(t, new_c, c)
+                h, ys[t] = self._masked(t, new_h, h)
+            out.append((ys, h, c))
+        return out
+
+    def _gru(self):
+        b, hsz = self.b, self.hidden
+        lbr = self.node.attrs.get("linear_before_reset", 0)
+        if lbr not in (0, 1):
+            self.fail(f"linear_before_reset={lbr} is not 0 or 1")
+        out = []
+        for d in range(len(self.reverse)):
+            f, g = self.acts[d]
+            wb, rb = self._biases(d, 3)
+            rb_h = None
+            if wb is None:
+                bias = None
+            elif lbr:  # Rbh stays inside r·(h·Rhᵀ + Rbh)
+                rb_zr, rb_h = b.split(rb, [2 * hsz, hsz], 0)
+                bias = b.add(wb, b.concat([rb_zr, np.zeros(hsz, self.dtype.numpy)], 0))
+            else:
+                bias = b.add(wb, rb)
+            xw_zr, xw_n = b.split(self._projection(d, bias), [2 * hsz, hsz], 2)
+            rt_zr, rt_n = b.split(b.transpose(self._direction(2, d), (1, 0)), [2 * hsz, hsz], 1)
+            h = self._direction(5, d)
+            h = None if h is None else b.value(h)
+            ys = [None] * self.steps
+            for t in self._positions(d):
+                zr = self._step_input(xw_zr, t)
+                n = self._step_input(xw_n, t)
+                if h is not None:
+                    zr = b.gemm(h, rt_zr, zr)
+                z, r = b.split(self._f(f, zr), [hsz, hsz], 1)
+                if lbr and h is not None:
+                    hr = b.gemm(h, rt_n, rb_h if rb_h is not None else np.zeros(hsz, self.dtype.numpy))
+                    n = b.add(n, b.mul(r, hr))
+                elif lbr and rb_h is not None:
+                    n = b.add(n, b.mul(r, rb_h))
+                elif h is not None:
+                    n = b.gemm(b.mul(r, h), rt_n, n)
+                n = self._f(g, n)
+                new_h = b.add(n, b.mul(z, b.sub(h, n))) if h is not None else b.sub(n, b.mul(z, n))
+                h, ys[t] = self._masked(t, new_h, h)
+            out.append((ys, h, None))
+        return out
+
+    def _rnn(self):
+        b = self.b
+        out = []
+        for d in range(len(self.reverse)):
+            (f,) = self.acts[d]
+            wb, rb = self._biases(d, 1)
+            xw = self._projection(d, None if wb is None else b.add(wb, rb))
+            rt = b.transpose(self._direction(2, d), (1, 0))
+            h = self._direction(5, d)
+            h = None if h is None else b.value(h)
+            ys = [None] * self.steps
+            for t in self._positions(d):
+                pre = self._step_input(xw, t)
+                if h is not None:
+                    pre = b.gemm(h, rt, pre)
+                h, ys[t] = self._masked(t, self._f(f, pre), h)
+            out.append((ys, h, None))
+        return out
+
+    # -- outputs ---------------------------------------------------------------------------
+    def _finish(self, per_direction) -> None:
+        b, node = self.b, self.node
+        nd, steps, hsz = len(per_direction), self.steps, self.hidden
+        batch = self.batch if isinstance(self.batch, int) else -1
+        known = self.batch if isinstance(self.batch, int) else None
+        concat_axis = 0 if self.layout == 0 else 1
+        new: list[Value | None] = [None] * len(node.outputs)
+        if is_read(node.outputs[0]):
+            rows = [per_direction[d][0][t] for t in range(steps) for d in range(nd)]
+            joined = b.concat(rows, concat_axis)
+            if self.layout == 0:
+                new[0] = b.reshape(joined, [steps, nd, batch, hsz], (steps, nd, known, hsz))
+            else:
+                new[0] = b.reshape(joined, [batch, steps, nd, hsz], (known, steps, nd, hsz))
+        for k, slot in ((1, 1), (2, 2)):
+            if k < len(node.outputs) and is_read(node.outputs[k]):
+                joined = b.concat([b.value(r[slot]) for r in per_direction], concat_axis)
+                if self.layout == 0:
+                    new[k] = b.reshape(joined, [nd, batch, hsz], (nd, known, hsz))
+                else:
+                    new[k] = b.reshape(joined, [batch, nd, hsz], (known, nd, hsz))
+        for old, v in zip(node.outputs, new):
+            if v is not None:
+                v.type = merge(old.type, v.type)
+        operands = node.inputs
+        replace_results(node, new, provenance="decompose-rnn")
+        erase_unused_constants(operands)
