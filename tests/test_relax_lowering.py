@@ -634,3 +634,19 @@ def test_light_model_matches_shipped_output(name):
     np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4)
     if os.environ.get("MDOC_VERBOSE"):
         print(f"{name}: build {build_s:.1f}s")
+
+
+ZOO_MODELS = ["resnet18", "resnet50", "mobilenetv2", "bert_encoder", "vit_tiny", "detector_head"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ZOO_MODELS)
+def test_zoo_model_matches_onnxruntime(name):
+    """The small variants of mdoc's reference models (models/zoo.py), end to end against onnxruntime."""
+    from mdoc.models import ZOO, example_inputs
+
+    entry = ZOO[name]
+    m = entry.builder(**entry.test_kwargs)
+    feeds = example_inputs(m)
+    model = import_model(m)
+    assert_close(run(build(lower(model), TARGET), feeds, model), reference(m, feeds))

@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+import numpy as np
 import tvm
 from tvm import relax
 
@@ -53,6 +54,16 @@ class Kernels:
             # concat. Each is a dense conv the generic schedule vectorizes over output channels;
             # the grouped form indexes its input by `channel // group_size` and stays scalar.
             return self._conv_per_group(ctx, x, w, strides, pads, dilations, groups)
+        cout = ctx.shape_of(w)[0]
+        padded = _padded(cout)
+        if groups == 1 and padded != cout and isinstance(w, tvm.ir.GenericConst):
+            # output channels are the vector axis of the generic schedule: pad the (constant)
+            # weights to a multiple of 16 with zero filters and drop the extra channels after
+            wv = w.value.numpy()
+            w = relax.const(np.concatenate([wv, np.zeros((padded - cout,) + wv.shape[1:], wv.dtype)]))
+            y = ctx.emit(_CONV[nd](x, w, strides=list(strides), padding=list(pads), dilation=list(dilations),
+                                   groups=groups, data_layout=data_layout, kernel_layout=kernel_layout))
+            return relax.op.strided_slice(y, axes=[1], begin=[0], end=[cout], assume_inbound=True)
         return _CONV[nd](x, w, strides=list(strides), padding=list(pads), dilation=list(dilations),
                          groups=groups, data_layout=data_layout, kernel_layout=kernel_layout)
 
@@ -79,4 +90,25 @@ class Kernels:
         if transpose_b:
             nd = len(ctx.shape_of(b))
             b = ctx.bb.emit(relax.op.permute_dims(b, list(range(nd - 2)) + [nd - 1, nd - 2]))
+        b_dims = ctx.shape_of(b)
+        n = b_dims[-1]
+        if len(b_dims) >= 2 and len(ctx.shape_of(a)) >= 2 and _padded(n) != n:
+            # N is the vector axis of the generic schedule; a ragged N (ViT's 197 tokens) would leave
+            # the whole product scalar, so pad B with zero columns and slice the result
+            width = [0, 0] * (len(b_dims) - 1) + [0, _padded(n) - n]
+            if isinstance(b, tvm.ir.GenericConst):
+                bv = b.value.numpy()
+                b = relax.const(np.pad(bv, [(0, 0)] * (bv.ndim - 1) + [(0, _padded(n) - n)]))
+            else:
+                b = ctx.bb.emit(relax.op.nn.pad(b, width))
+            y = ctx.bb.emit(relax.op.matmul(a, b))
+            return relax.op.strided_slice(y, axes=[len(ctx.shape_of(y)) - 1], begin=[0], end=[n],
+                                          assume_inbound=True)
         return relax.op.matmul(a, b)
+
+
+def _padded(n) -> int:
+    """`n` rounded up to a multiple of 16 when a vector loop over it would be ragged, else `n`."""
+    if not isinstance(n, int) or n % 8 == 0 or n <= 4:
+        return n
+    return -(-n // 16) * 16

@@ -214,6 +214,12 @@ def _schedule_reduction(sch, info: _BlockInfo, lanes: int, parallel_tasks: int) 
     # accumulate in registers, write back once per tile
     write_back = sch.cache_write(block, 0, "local")
     sch.reverse_compute_at(write_back, outer[-1] if k < len(outer) else fused)
+    # the elementwise epilogue (bias, batch norm, activation) runs on the tile as it is written
+    for consumer in sch.get_consumers(write_back):
+        try:
+            sch.reverse_compute_inline(consumer)
+        except Exception:  # noqa: BLE001  (e.g. a slice of the tile: it stays a separate pass)
+            pass
     wb_inner = sch.get_loops(write_back)[-1]
     _, wb_lanes = sch.split(wb_inner, [None, lane])
     sch.vectorize(wb_lanes)
@@ -279,7 +285,10 @@ def schedule_primfunc(func: tirx.PrimFunc, lanes: int, parallel_tasks: int = 32)
     root = sch.get_sblock("root")
     _inline(sch, root)
     for block in sch.get_child_blocks(root):
-        info = _analyze(sch, block)
+        try:
+            info = _analyze(sch, block)
+        except Exception:  # noqa: BLE001  (inlined into the write-back of an earlier reduction)
+            continue
         if info is None:
             loops = sch.get_loops(block)
             if loops:

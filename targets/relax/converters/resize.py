@@ -30,6 +30,7 @@ import itertools
 
 import numpy as np
 from tvm import relax, te, tirx
+from tvm.sym import Analyzer
 
 from mdoc.ir import Node
 
@@ -190,16 +191,23 @@ def _emit_resize(ctx: LowerCtx, x: relax.Expr, scales: list[float] | None, sizes
         n = dims[a]
         if sizes is not None:
             o = sizes[a]
+            if not is_static(o) and not is_static(n) and _same_dim(o, n):
+                out_shape.append(n)  # a symbolic dim kept as it is (the batch of a detector neck)
+                continue
             if not (is_static(n) and is_static(o)):
-                raise ctx.error("Resize with sizes needs static input dims")
+                raise ctx.error(f"Resize with sizes needs static dims on resized axes (axis {a}: {n} -> {o})")
             o = int(o)
             scale = float(scales[a]) if scales is not None else float(o) / float(n)
         else:
             scale = float(scales[a])
+            factor = (end - start) * scale
             if is_static(n):
-                o = int(np.floor(float(n) * (end - start) * scale))
+                o = int(np.floor(float(n) * factor))
+            elif float(factor).is_integer():
+                o = n if factor == 1.0 else prim(n) * int(factor)
             else:
-                o = tirx.Cast("int64", tirx.floor(tirx.Cast("float32", n) * _f((end - start) * scale)))
+                # floor(n * 1.5) would put float math into Relax shapes, which its passes reject
+                raise ctx.error(f"Resize by a non-integer scale {scale} needs a static dim on axis {a}")
         out_shape.append(o)
         if scale == 1.0 and (start, end) == (0.0, 1.0) and (not is_static(o) or not is_static(n) or int(o) == int(n)):
             continue  # this axis is copied
@@ -210,6 +218,10 @@ def _emit_resize(ctx: LowerCtx, x: relax.Expr, scales: list[float] | None, sizes
         return _resize_te(data, out_shape, axes, mode, coord, nearest, cubic_a, exclude_outside, extrapolation)
 
     return ctx.bb.emit_te(compute, x, primfunc_name_hint="resize")
+
+
+def _same_dim(a, b) -> bool:
+    return bool(Analyzer().can_prove_equal(prim(a), prim(b)))
 
 
 def _float_list(ctx: LowerCtx, i: int, what: str) -> list[float] | None:
