@@ -1,4 +1,4 @@
-"""The ONNX frontend: a ModelProto (opsets 7 to 23) becomes an mdoc `Model`.
+"""The ONNX frontend: a ModelProto (opsets 7 to the installed onnx's newest) becomes an mdoc `Model`.
 
 Initializers and Constant nodes become `onnx.Constant` nodes (every Constant
 form, `value_float` to `sparse_value`, is normalized to a dense `value` array);
@@ -25,7 +25,7 @@ from .onnx_load import load_external_array, read_model_proto
 from .ops import is_onnx_domain, known_onnx_op
 from .types import UNKNOWN, DType, TensorType, tensor_type_of, type_from_onnx
 
-MIN_OPSET, MAX_OPSET = 7, 23
+MIN_OPSET, MAX_OPSET = 7, onnx.defs.onnx_opset_version()
 
 
 def import_model(source: str | os.PathLike | onnx.ModelProto, *, infer_shapes: bool = True) -> Model:

@@ -60,8 +60,8 @@ _OP_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 # Words that begin or end a statement: an op spelled like one of them is quoted.
 RESERVED_OPS = frozenset({"return", "loc", "from"})
 # Element types whose values cannot be written inline exactly; they always become resources.
-NOT_INLINE = frozenset({DType.F8E4M3FN, DType.F8E4M3FNUZ, DType.F8E5M2, DType.F8E5M2FNUZ,
-                        DType.U4, DType.I4, DType.F4E2M1})
+NOT_INLINE = frozenset({DType.F8E4M3FN, DType.F8E4M3FNUZ, DType.F8E5M2, DType.F8E5M2FNUZ, DType.F8E8M0,
+                        DType.U4, DType.I4, DType.F4E2M1, DType.U2, DType.I2})
 _INTS = frozenset({DType.U8, DType.I8, DType.U16, DType.I16, DType.I32, DType.I64, DType.U32, DType.U64})
 _FLOATS = frozenset({DType.F16, DType.BF16, DType.F32, DType.F64})
 _COMPLEX = frozenset({DType.C64, DType.C128})
@@ -204,11 +204,13 @@ def _root(graph: Graph) -> Graph:
 # -- the printer -----------------------------------------------------------------
 
 class _Printer:
-    def __init__(self, namer: _Namer, resources: dict | None, inline_limit: int, one_line: bool = False):
+    def __init__(self, namer: _Namer, resources: dict | None, inline_limit: int, one_line: bool = False,
+                 lenient: bool = False):
         self.namer = namer
         self.resources = resources
         self.inline_limit = inline_limit
         self.one_line = one_line
+        self.lenient = lenient  # for messages about broken IR: show what cannot be printed as <...>
         self._resource_names: set[str] = set(resources) if resources else set()
         self._next_r = 0
 
@@ -261,11 +263,16 @@ class _Printer:
     def attr(self, node: Node, key: str, indent: int) -> str:
         value = node.attrs[key]
         where = f"attribute '{key}' of {node.op} node '{node.name}'"
-        if isinstance(value, np.ndarray):
-            typed = not (node.op == CONSTANT and key == "value" and len(node.outputs) == 1
-                         and _type_matches(node.outputs[0].type, value))
-            return self.tensor(value, self._resource_hint(node, key), typed, where)
-        return self.value(value, node, key, indent, where)
+        try:
+            if isinstance(value, np.ndarray):
+                typed = not (node.op == CONSTANT and key == "value" and len(node.outputs) == 1
+                             and _type_matches(node.outputs[0].type, value))
+                return self.tensor(value, self._resource_hint(node, key), typed, where)
+            return self.value(value, node, key, indent, where)
+        except MdocError:
+            if not self.lenient:
+                raise
+            return f"<unprintable {type(value).__name__}>"
 
     def value(self, value: Any, node: Node, key: str, indent: int, where: str) -> str:
         if isinstance(value, (bool, np.bool_)):
@@ -390,15 +397,22 @@ def print_model(model: Model, resources: dict[str, np.ndarray] | None = None, in
 
 
 def print_graph(graph: Graph, inline_limit: int = 8) -> str:
-    """One graph (a nested body too), with the names it has when its whole module is printed."""
-    printer = _Printer(_Namer(_root(graph)), None, inline_limit)
+    """One graph (a nested body too), with the names it has when its whole module is printed.
+
+    For messages and debugging: large tensors show as resources without data, and attribute
+    values that are not IR attributes show as `<unprintable T>` instead of raising.
+    """
+    printer = _Printer(_Namer(_root(graph)), None, inline_limit, lenient=True)
     return printer.graph(graph, 0) + "\n"
 
 
 def print_node(node: Node) -> str:
-    """One line for `node` (nested bodies shortened to `{ ... }`), named as in its module's text."""
+    """One line for `node` (nested bodies shortened to `{ ... }`), named as in its module's text.
+
+    For messages (the verifier's context lines): never raises on odd attribute values.
+    """
     namer = _Namer(_root(node.graph) if node.graph is not None else None)
-    return _Printer(namer, None, 8, one_line=True).node(node, 0)
+    return _Printer(namer, None, 8, one_line=True, lenient=True).node(node, 0)
 
 
 # -- .mdir files -----------------------------------------------------------------

@@ -49,6 +49,9 @@ class DType(Enum):
     U4 = TensorProto.UINT4
     I4 = TensorProto.INT4
     F4E2M1 = TensorProto.FLOAT4E2M1
+    F8E8M0 = TensorProto.FLOAT8E8M0
+    U2 = TensorProto.UINT2
+    I2 = TensorProto.INT2
 
     @property
     def text(self) -> str:
@@ -60,7 +63,12 @@ class DType(Enum):
 
     @classmethod
     def from_onnx(cls, elem_type: int) -> "DType":
-        return cls(elem_type)
+        try:
+            return cls(elem_type)
+        except ValueError:
+            from .errors import MdocError
+
+            raise MdocError(f"ONNX element type {elem_type} is not one mdoc knows") from None
 
     @classmethod
     def from_numpy(cls, dtype) -> "DType":
@@ -79,13 +87,15 @@ class DType(Enum):
         """Bytes per element (fractional for the 4-bit types)."""
         if self in (DType.U4, DType.I4, DType.F4E2M1):
             return 0.5
+        if self in (DType.U2, DType.I2):
+            return 0.25
         if self is DType.STR:
             return 0
         return self.numpy.itemsize
 
 
 _FLOATS = {DType.F32, DType.F16, DType.F64, DType.BF16, DType.F8E4M3FN, DType.F8E4M3FNUZ,
-           DType.F8E5M2, DType.F8E5M2FNUZ, DType.F4E2M1}
+           DType.F8E5M2, DType.F8E5M2FNUZ, DType.F4E2M1, DType.F8E8M0}
 
 
 def dim_text(d: Dim) -> str:

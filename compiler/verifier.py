@@ -22,6 +22,7 @@ _DTYPE_SCHEMA_NAMES = {
     DType.BOOL: "bool", DType.STR: "string", DType.C64: "complex64", DType.C128: "complex128",
     DType.F8E4M3FN: "float8e4m3fn", DType.F8E4M3FNUZ: "float8e4m3fnuz", DType.F8E5M2: "float8e5m2",
     DType.F8E5M2FNUZ: "float8e5m2fnuz", DType.U4: "uint4", DType.I4: "int4", DType.F4E2M1: "float4e2m1",
+    DType.F8E8M0: "float8e8m0", DType.U2: "uint2", DType.I2: "int2",
 }
 
 

@@ -111,7 +111,7 @@ def check_feeds(manifest: dict, feeds: dict[str, np.ndarray], where: str) -> lis
         shape = sig["shape"]
         if len(a.shape) != len(shape) or any(isinstance(d, int) and d != s for d, s in zip(shape, a.shape)):
             raise MdocError(f"{where}: input '{sig['name']}' has shape {list(a.shape)}, the artifact expects {shape}")
-        ordered.append(np.ascontiguousarray(a))
+        ordered.append(a if a.flags.c_contiguous else a.copy(order="C"))  # ascontiguousarray makes scalars 1-d
     return ordered
 
 

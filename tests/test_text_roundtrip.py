@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from mdoc.errors import MdocError, ParseError
 from mdoc.ir import CONSTANT, Graph, Model, Value
 from mdoc.parser import load_mdir, parse_graph, parse_model, parse_type
-from mdoc.printer import print_graph, print_model, print_node, print_type, save_mdir
+from mdoc.printer import NOT_INLINE, print_graph, print_model, print_node, print_type, save_mdir
 from mdoc.types import (UNKNOWN, DType, OptionalType, SequenceType, TensorType, type_from_onnx,
                         type_to_onnx)
 
@@ -324,14 +324,17 @@ def test_every_attribute_kind_round_trips():
     body.outputs.append(body.add("onnx.Neg", [x], outputs=[x.type]).output)  # captures %x
     attrs = {
         "i": 7, "neg": -(2**70), "np_int": np.int64(3), "bool": False, "f": 1.5, "f32": float(np.float32(0.1)),
-        "np_f32": np.float32(2.5), "nan": float("nan"), "inf": float("-inf"), "s": "h\u00e9\n\"\\\x00", "surrogate": "\ud800",
+        "np_f32": np.float32(2.5), "nan": float("nan"), "inf": float("-inf"), "s": "h\u00e9\n\"\\\x00",
+        "surrogate": "\ud800",
         "b": bytes(range(256)), "ints": (1, 2, 3), "floats": (1.0, 0.5), "strs": ("a", "", "\u2603"),
         "bytes_list": (b"\x00", b""), "empty": (), "t": np.arange(6, dtype=np.int32).reshape(2, 3),
         "t_big": np.arange(100, dtype=np.float64), "bf16": np.array([1.5, -0.0], dtype=ml_dtypes.bfloat16),
         "f8": np.array([0.5, -2], dtype=ml_dtypes.float8_e4m3fn), "i4": np.array([-8, 7], dtype=ml_dtypes.int4),
         "u4": np.array([0, 15], dtype=ml_dtypes.uint4), "f4": np.array([0.5, -6], dtype=ml_dtypes.float4_e2m1fn),
-        "strings": np.array(["a", "b"] * 10, dtype=object), "tensors": (np.array(1.0, np.float16), np.zeros((0, 3), np.int64)),
-        "graph": body, "graphs": (Graph("a"), Graph("b")), "type": type_to_onnx(SequenceType(TensorType(DType.I64, None))),
+        "strings": np.array(["a", "b"] * 10, dtype=object),
+        "tensors": (np.array(1.0, np.float16), np.zeros((0, 3), np.int64)),
+        "graph": body, "graphs": (Graph("a"), Graph("b")),
+        "type": type_to_onnx(SequenceType(TensorType(DType.I64, None))),
         "types": (type_to_onnx(OptionalType(TensorType(F32, (2,)))),), "c128": np.array([1 + 2j], np.complex128),
     }
     g.add("mdoc.everything", [x, None, x, None], attrs, outputs=[UNKNOWN], name="n", output_names=["y"])
@@ -453,13 +456,18 @@ def test_print_graph_and_print_node_name_values_like_the_module():
     loop = m.graph.nodes()[2]
     body = loop.attrs["body"]
     text = print_graph(body)
-    assert text.startswith("graph @body(%i: i64[], %c: bool[], %acc: f32[2]) -> (%c_out: bool[], %acc_next: f32[2]) {\n")
+    assert text.startswith("graph @body(%i: i64[], %c: bool[], %acc: f32[2]) -> "
+                           "(%c_out: bool[], %acc_next: f32[2]) {\n")
     assert "%acc_next = onnx.Mul(%inner, %y) : f32[2]" in text
     assert print_node(body.nodes()[2]) == "%acc_next = onnx.Mul(%inner, %y) : f32[2]"
     assert print_node(loop) == ("%acc_out = onnx.Loop(%trip, none, %x) {body = graph @body(%i: i64[], %c: bool[], "
                                 "%acc: f32[2]) -> (%c_out: bool[], %acc_next: f32[2]) { ... }} : f32[2]")
     free = Graph().add("onnx.Relu", [Value(TensorType(F32, (1,)), "q")], outputs=0)
     assert print_node(free) == "onnx.Relu(%q)"
+    # broken IR still prints for messages; print_model refuses it
+    bad = Graph().add("mdoc.bad", [], {"x": object(), "t": np.zeros(2, "M8[s]")}, outputs=[UNKNOWN])
+    assert print_node(bad) == "%0 = mdoc.bad() {t = <unprintable ndarray>, x = <unprintable object>} : ?"
+    assert "mdoc.bad() {t = <unprintable ndarray>" in print_graph(bad.graph)
 
 
 # -- error messages -----------------------------------------------------------------
@@ -509,8 +517,10 @@ ERRORS = [
     ("graph @g(%x: f32[2]) -> (%a: f32[2], %b: f32[2]) {\n  return %x, %x\n}",
      '1:38: %x is returned as "b" here but as "a" at 1:26; a value has one name (return an onnx.Identity of it '
      'for a second name)'),
-    (G + "  %y = onnx.Relu(%x) : f32[2]\n  return %y\n} extra", "4:3: expected end of input after the graph, found 'extra'"),
-    ("module {ir_version = 8, ir_version = 9}\n" + G + "  return %x\n}", "1:25: module field 'ir_version' is given twice"),
+    (G + "  %y = onnx.Relu(%x) : f32[2]\n  return %y\n} extra",
+     "4:3: expected end of input after the graph, found 'extra'"),
+    ("module {ir_version = 8, ir_version = 9}\n" + G + "  return %x\n}",
+     "1:25: module field 'ir_version' is given twice"),
     ("module {opset = 8}\n" + G + "  return %x\n}",
      "1:9: unknown module field 'opset' (expected ir_version, opset_imports, producer_name, producer_version "
      "or metadata)"),
@@ -634,8 +644,7 @@ SYMBOLS = ["N", "batch", "seq len", "", "?", "*", "1", "inf", "a.b"]
 OPS = ["onnx.Add", "onnx.Relu", "com.microsoft.FusedConv", "mdoc.conv2d_relu", "weird-op", "return", "loc",
        "from", "none", "Foo", "a..b", "", "onnx.Constant"]
 ATTR_NAMES = ["axis", "alpha", "value", "then_branch", "a b", "", "kernel_shape", "type"]
-INLINE = [d for d in DType if d not in (DType.F8E4M3FN, DType.F8E4M3FNUZ, DType.F8E5M2, DType.F8E5M2FNUZ,
-                                        DType.U4, DType.I4, DType.F4E2M1)]
+INLINE = [d for d in DType if d not in NOT_INLINE]
 
 dims = st.one_of(st.integers(0, 4), st.sampled_from(SYMBOLS), st.none())
 tensor_types = st.builds(TensorType, st.sampled_from(list(DType)),
@@ -666,8 +675,8 @@ def arrays(draw, max_numel: int = 12):
     elif dtype in (DType.C64, DType.C128):
         arr = np.array(draw(st.lists(st.complex_numbers(width=64 if dtype is DType.C64 else 128),
                                      min_size=n, max_size=n)), dtype=npd)
-    elif dtype in (DType.I4, DType.U4):
-        lo, hi = (-8, 7) if dtype is DType.I4 else (0, 15)
+    elif dtype in (DType.I4, DType.U4, DType.I2, DType.U2):
+        lo, hi = {DType.I4: (-8, 7), DType.U4: (0, 15), DType.I2: (-2, 1), DType.U2: (0, 3)}[dtype]
         arr = np.array(draw(st.lists(st.integers(lo, hi), min_size=n, max_size=n)), dtype=np.int8).astype(npd)
     elif dtype is DType.F4E2M1:
         arr = np.array(draw(st.lists(st.sampled_from([0.0, -0.5, 1.5, 6.0]), min_size=n, max_size=n))).astype(npd)
@@ -722,7 +731,7 @@ models = st.builds(Model, graphs(), st.dictionaries(st.sampled_from(["", "com.mi
                    st.integers(1, 10), st.text(max_size=3), st.text(max_size=3),
                    st.dictionaries(st.text(max_size=3), st.text(max_size=3), max_size=2))
 
-FAST = settings(max_examples=120, derandomize=True, deadline=None, database=None,
+FAST = settings(max_examples=100, derandomize=True, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
@@ -755,7 +764,7 @@ _INSERTS = list('%@"{}()[]<>,:=?*-#\\\n x1.eb') + ["\u00e9", "\x00", "none", "gr
 
 
 @pytest.mark.filterwarnings("error::RuntimeWarning")
-@settings(FAST, max_examples=300)
+@settings(FAST, max_examples=250)
 @given(_CORPUS, st.sampled_from(["del_char", "ins", "repl_char", "del_tok",
                                                                       "dup_tok", "swap_tok", "ins_tok"]),
        st.integers(0, 10**6), st.integers(0, 10**6), st.sampled_from(_INSERTS))
