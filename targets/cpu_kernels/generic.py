@@ -113,10 +113,7 @@ def _schedule_block(sch: Schedule, block, lanes: int, cores: int) -> None:
         return
     if not reduce:
         io, _ = _vectorize_inner(sch, spatial[-1], lanes)
-        if io is None or io.same_as(spatial[-1]):
-            _parallel(sch, spatial[:-1], io, cores)
-        else:
-            _parallel(sch, spatial[:-1], io, cores)
+        _parallel(sch, spatial[:-1], io, cores)
         return
     iters = sch.get(block).iter_vars
     spatial_vars = [iv.var for iv, k in zip(iters, kinds) if k == _DATA_PAR]
@@ -124,7 +121,7 @@ def _schedule_block(sch: Schedule, block, lanes: int, cores: int) -> None:
     if vec_inner:
         # reduction over a non-last axis: reductions outside, the contiguous axis vectorized
         sch.reorder(*spatial[:-1], *reduce, spatial[-1])
-        io, _ = _vectorize_inner(sch, spatial[-1], lanes)
+        _vectorize_inner(sch, spatial[-1], lanes)
         _parallel(sch, spatial[:-1], None, cores)
     else:
         if spatial:
