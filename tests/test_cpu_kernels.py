@@ -279,7 +279,7 @@ def test_schedule_generic_elementwise_and_reduction():
     text = func.script()
     assert "T.parallel" in text and "T.vectorized" in text
     ex = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
-                     tvm.target.Target(CpuSpec().target))
+                     tvm.target.Target(CpuSpec.host().target))
     xa, xb = rand(4, 6, 32), rand(4, 6, 32)
     dev = tvm.cpu()
     out = tvm.runtime.tensor(np.zeros((4, 32), np.float32), dev)
@@ -333,7 +333,7 @@ def test_kernels_plug_into_relax_call_tir():
                 y = bb.emit(relax.call_tir(gv, args, relax.TensorType(k.output.shape, "float32")))
             out = bb.emit_output(y)
         bb.emit_func_output(out)
-    ex = tvm.compile(bb.get(), tvm.target.Target(CpuSpec().target))
+    ex = tvm.compile(bb.get(), tvm.target.Target(CpuSpec.host().target))
     vm = relax.VirtualMachine(ex, tvm.cpu())
     got = vm["main"](tvm.runtime.tensor(x, tvm.cpu())).numpy()
     h = np.maximum(conv_ref(x, w1, pads=(1, 1, 1, 1)) + b[None, :, None, None], 0)

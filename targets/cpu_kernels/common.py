@@ -214,8 +214,9 @@ class Kernel:
         return tvm.IRModule({self.name: self.func.with_attr("global_symbol", self.name)})
 
     def compile(self, target=None) -> CompiledKernel:
-        """Build with TVM (for tests and benchmarks; the model build goes through Relax)."""
-        tgt = target if target is not None else CpuSpec().target
+        """Build with TVM for `target` (default: this host) -- for tests and benchmarks; the model
+        build goes through Relax."""
+        tgt = target if target is not None else CpuSpec.host().target
         ex = tvm.compile(self.module(), tvm.target.Target(tgt) if isinstance(tgt, dict) else tgt)
         return CompiledKernel(self, ex[self.name])
 
