@@ -26,7 +26,7 @@ from mdoc.clone import clone_constants, clone_graph_into, erase_unused_constants
 from mdoc.errors import MdocError
 from mdoc.ir import Graph, Node, Value
 from mdoc.pass_manager import GraphPass, PassContext, register_pass
-from mdoc.passes.decompose_util import Builder
+from mdoc.passes.decompose_util import Builder, describe
 from mdoc.shape_inference import merge
 
 
@@ -49,7 +49,7 @@ def _walk(graph: Graph, ctx: PassContext, limit: int) -> bool:
         if node.op == "onnx.Loop":
             reason = _unroll(node, ctx, limit)
             if reason:
-                ctx.log(f"decompose-loop: Loop '{node.name}' stays: {reason}")
+                ctx.log(f"decompose-loop: {describe(node)} stays: {reason}")
             else:
                 changed = True
     return changed
@@ -63,7 +63,7 @@ def _unroll(node: Node, ctx: PassContext, limit: int) -> str:
     n = len(carried)
     k = len(body.outputs) - 1 - n
     if k < 0 or len(body.inputs) != 2 + n:
-        raise MdocError(f"Loop node '{node.name}': {n} loop-carried inputs do not fit a body with "
+        raise MdocError(f"decompose-loop: {describe(node)}: {n} loop-carried inputs do not fit a body with "
                         f"{len(body.inputs)} inputs and {len(body.outputs)} outputs (it needs {2 + n} inputs "
                         f"and at least {1 + n} outputs)")
     if trip is None:

@@ -3,21 +3,23 @@
 TVM has no recurrent ops. For each direction, the input projection of every
 step is one MatMul before the loop (X·Wᵀ plus both biases, folded into one
 constant when B is constant), and each step is a Gather of its row, a Gemm with
-the recurrent weights and the gates' pointwise ops:
+the recurrent weights and the gates' pointwise ops (f, g, h are the activations,
+Sigmoid, Tanh, Tanh by default):
 
-    LSTM  i, o, f, c = split(x·Wᵀ + h·Rᵀ + Wb + Rb)          (+ peepholes P on i, f from c, on o from C)
-          C = f(f)·c + f(i)·g(c)      H = f(o)·h(C)          (input_forget: forget gate = 1 - f(i))
-    GRU   z, r = f(x·Wzrᵀ + h·Rzrᵀ + b)
+    LSTM  gi, go, gf, gc = x·Wᵀ + h·Rᵀ + Wb + Rb          (peepholes: gi += Pi·c, gf += Pf·c, go += Po·C)
+          C = f(gf)·c + f(gi)·g(gc)     H = f(go)·h(C)      (input_forget: 1 - f(gi) for f(gf))
+    GRU   z, r = f(x·Wzrᵀ + h·Rzrᵀ + Wbzr + Rbzr)
           linear_before_reset=0: n = g(x·Whᵀ + (r·h)·Rhᵀ + Wbh + Rbh)
           linear_before_reset=1: n = g(x·Whᵀ + Wbh + r·(h·Rhᵀ + Rbh))
           H = n + z·(h - n)
     RNN   H = f(x·Wᵀ + h·Rᵀ + Wb + Rb)
 
-with the `activations` (f, g, h per direction; Relu, Tanh, Sigmoid, Affine,
-LeakyRelu, ThresholdedRelu, ScaledTanh, HardSigmoid, Elu, Softsign, Softplus,
-alphas and betas consumed in order as onnxruntime does), `clip` on every
-activation's input, directions forward, reverse and bidirectional, layout 0
-and 1, and optional B, initial_h, initial_c and P. A zero initial state is not
+Covered: the `activations` attribute (per direction; Relu, Tanh, Sigmoid,
+Affine, LeakyRelu, ThresholdedRelu, ScaledTanh, HardSigmoid, Elu, Softsign,
+Softplus, with alphas and betas consumed in order as onnxruntime does); `clip`
+on the input of every activation except h(C) of the LSTM (onnxruntime does not
+clip the cell state); directions forward, reverse and bidirectional; layout 0
+and 1; optional B, initial_h, initial_c and P. A zero initial state is not
 materialized: the first step skips its recurrent Gemm. `sequence_lens` masks
 the steps past a batch entry's length with Where (its state stays, its Y rows
 are 0), unless it is a constant equal to the full length everywhere. Y is one
@@ -25,8 +27,10 @@ Concat of the steps and a Reshape; Y_h and Y_c one Concat and Reshape each;
 outputs nothing reads are not built. Weights that are constants are sliced and
 transposed at compile time; weights computed at run time get Gather/Transpose.
 
-A node whose sequence length is symbolic is refused with an MdocError (compile
-binds symbolic dims to sizes before passes, so that is rare).
+Refused with an MdocError naming the node: a sequence length that is symbolic
+(compile binds symbolic dims to sizes before passes, so that is rare) or
+unknown, malformed attributes, and Affine/ScaledTanh/ThresholdedRelu without
+their alpha/beta (onnxruntime's defaults differ from ONNX's).
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from mdoc.clone import erase_unused_constants, is_read, replace_results
 from mdoc.errors import MdocError
 from mdoc.ir import Graph, Node, Value
 from mdoc.pass_manager import GraphPass, PassContext, register_pass
-from mdoc.passes.decompose_util import Builder, Operand, shape_of
+from mdoc.passes.decompose_util import Builder, Operand, describe, shape_of
 from mdoc.shape_inference import merge
 from mdoc.types import DType, TensorType
 
@@ -47,12 +51,15 @@ RECURRENT = {"onnx.LSTM": 4, "onnx.GRU": 3, "onnx.RNN": 1}
 DEFAULT_ACTIVATIONS = {"onnx.LSTM": ("Sigmoid", "Tanh", "Tanh"), "onnx.GRU": ("Sigmoid", "Tanh"), "onnx.RNN": ("Tanh",)}
 
 # lower-case name -> (alpha default, beta default); None where the function takes no such parameter.
-# The defaults are onnxruntime's (the values of the standalone ONNX ops of the same name).
+# onnxruntime's defaults are those of the standalone ONNX ops for LeakyRelu, HardSigmoid and Elu,
+# but 0 for Affine, ScaledTanh and ThresholdedRelu (where ONNX's ops say 1.0 or nothing): those must
+# be given, so the unrolled graph never silently disagrees with one of the two.
+REQUIRED = "required"
 ACTIVATIONS = {
     "relu": (None, None), "tanh": (None, None), "sigmoid": (None, None),
     "softsign": (None, None), "softplus": (None, None),
-    "affine": (1.0, 0.0), "leakyrelu": (0.01, None), "thresholdedrelu": (1.0, None),
-    "scaledtanh": (1.0, 1.0), "hardsigmoid": (0.2, 0.5), "elu": (1.0, None),
+    "leakyrelu": (0.01, None), "hardsigmoid": (0.2, 0.5), "elu": (1.0, None),
+    "affine": (REQUIRED, REQUIRED), "scaledtanh": (REQUIRED, REQUIRED), "thresholdedrelu": (REQUIRED, None),
 }
 
 
@@ -90,7 +97,7 @@ class _Unroll:
         self.node = node
         self.op = node.op
         self.kind = node.op_type
-        self.label = f"{self.kind} node '{node.name}'"
+        self.label = describe(node)
         self.opset = ctx.model.opset
         self.b = Builder(node.graph, node, self.opset, "decompose-rnn", node.name)
 
@@ -126,7 +133,10 @@ class _Unroll:
         self.hidden = attrs.get("hidden_size") or self._hidden_from_r()
         self.clip_bound = attrs.get("clip")
         self.acts = self._activations(len(self.reverse))
-        self.mask = self._masks()
+        for flag in ("input_forget", "linear_before_reset"):
+            if attrs.get(flag, 0) not in (0, 1):
+                self.fail(f"{flag}={attrs[flag]} is not 0 or 1")
+        self.mask = self._masks()  # the last check; from here on nodes are emitted
 
         results = {"onnx.LSTM": self._lstm, "onnx.GRU": self._gru, "onnx.RNN": self._rnn}[self.op]()
         self._finish(results)
@@ -152,6 +162,10 @@ class _Unroll:
             da, db = ACTIVATIONS[key]
             alpha = (alphas.pop(0) if alphas else da) if da is not None else None
             beta = (betas.pop(0) if betas else db) if db is not None else None
+            if REQUIRED in (alpha, beta):
+                self.fail(f"activation '{name}' has no {'alpha' if alpha == REQUIRED else 'beta'} in "
+                          "activation_alpha/activation_beta; give it explicitly (onnxruntime takes 0, "
+                          "the ONNX op of that name another default)")
             acts.append(_Act(key, alpha, beta))
         return [acts[d * per:(d + 1) * per] for d in range(directions)]
 
@@ -245,8 +259,6 @@ class _Unroll:
 
     def _lstm(self):
         b, hsz = self.b, self.hidden
-        if self.node.attrs.get("input_forget", 0) not in (0, 1):
-            self.fail(f"input_forget={self.node.attrs['input_forget']} is not 0 or 1")
         couple = bool(self.node.attrs.get("input_forget", 0))
         one = np.ones((), self.dtype.numpy)
         out = []
@@ -290,8 +302,6 @@ class _Unroll:
     def _gru(self):
         b, hsz = self.b, self.hidden
         lbr = self.node.attrs.get("linear_before_reset", 0)
-        if lbr not in (0, 1):
-            self.fail(f"linear_before_reset={lbr} is not 0 or 1")
         out = []
         for d in range(len(self.reverse)):
             f, g = self.acts[d]

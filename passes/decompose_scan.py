@@ -19,7 +19,7 @@ from mdoc.clone import clone_constants, clone_graph_into, erase_unused_constants
 from mdoc.errors import MdocError
 from mdoc.ir import Graph, Node, Value
 from mdoc.pass_manager import GraphPass, PassContext, register_pass
-from mdoc.passes.decompose_util import Builder, normalize_axis, shape_of
+from mdoc.passes.decompose_util import Builder, describe, normalize_axis, shape_of
 from mdoc.shape_inference import merge
 
 
@@ -42,7 +42,7 @@ def _walk(graph: Graph, ctx: PassContext, limit: int) -> bool:
         if node.op == "onnx.Scan":
             reason = _unroll(node, ctx, limit)
             if reason:
-                ctx.log(f"decompose-scan: Scan '{node.name}' stays: {reason}")
+                ctx.log(f"decompose-scan: {describe(node)} stays: {reason}")
             else:
                 changed = True
     return changed
@@ -59,7 +59,7 @@ def _unroll(node: Node, ctx: PassContext, limit: int) -> str:
     n = len(inputs) - m
     k = len(body.outputs) - n
     if n < 0 or k < 0 or len(body.inputs) != n + m:
-        raise MdocError(f"Scan node '{node.name}': {len(inputs)} inputs, {m} scan inputs, body with "
+        raise MdocError(f"decompose-scan: {describe(node)}: {len(inputs)} inputs, {m} scan inputs, body with "
                         f"{len(body.inputs)} inputs and {len(body.outputs)} outputs do not fit together")
     in_axes = node.attrs.get("scan_input_axes", (0,) * m)
     in_dirs = node.attrs.get("scan_input_directions", (0,) * m)
@@ -79,7 +79,7 @@ def _unroll(node: Node, ctx: PassContext, limit: int) -> str:
         axes.append(axis)
         if isinstance(shape[axis], int):
             if count is not None and count != shape[axis]:
-                raise MdocError(f"Scan node '{node.name}': scan inputs have {count} and {shape[axis]} "
+                raise MdocError(f"decompose-scan: {describe(node)}: scan inputs have {count} and {shape[axis]} "
                                 "slices along their scan axes; they must agree")
             count = shape[axis]
     if count is None:

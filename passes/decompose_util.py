@@ -202,5 +202,13 @@ def _same(dims: list) -> object:
     return dims[0] if all(d == dims[0] for d in dims) else None
 
 
+def describe(node: Node) -> str:
+    """How messages name a node: `LSTM node 'lstm_1'`, or by its first named result when it has no name."""
+    if node.name:
+        return f"{node.op_type} node '{node.name}'"
+    named = next((o.name for o in node.outputs if o.name), None)
+    return f"unnamed {node.op_type} node" + (f" (result %{named})" if named else "")
+
+
 def normalize_axis(axis: int, rank: int) -> int:
     return axis + rank if axis < 0 else axis

@@ -15,6 +15,7 @@ import numpy as np
 from mdoc.clone import clone_graph_into, erase_unused_constants, replace_results
 from mdoc.ir import Graph
 from mdoc.pass_manager import GraphPass, PassContext, register_pass
+from mdoc.passes.decompose_util import describe
 
 
 @register_pass("fold-if")
@@ -45,6 +46,6 @@ def _fold(graph: Graph, ctx: PassContext) -> bool:
         values = clone_graph_into(branch, graph, node, {}, name_prefix=prefix, provenance="fold-if")
         replace_results(node, values, provenance="fold-if")
         erase_unused_constants([cond_value])
-        ctx.log(f"fold-if: If '{node.name}' takes its {'then' if taken else 'else'} branch")
+        ctx.log(f"fold-if: {describe(node)} takes its {'then' if taken else 'else'} branch")
         changed = True
     return changed

@@ -268,3 +268,21 @@ def test_lstm_seq_zoo_model():
     want, got = run_onnxruntime(proto, feeds), run_onnxruntime(export_model(model), feeds)
     bad = [d for d in compare_outputs(want, got) if not d.ok]
     assert not bad, bad
+
+
+@pytest.mark.parametrize("name", ["Affine", "ScaledTanh", "ThresholdedRelu"])
+def test_activation_without_its_parameters_is_refused(name):
+    proto, _, _ = recurrent_model("RNN", activations=[name])
+    with pytest.raises(MdocError, match=f"RNN node 'rnn': activation '{name}' has no alpha in activation_alpha/"
+                                        "activation_beta; give it explicitly"):
+        decompose(proto)
+
+
+def test_unnamed_node_is_named_by_its_result():
+    proto, _, _ = recurrent_model("LSTM", seq_dim=None)
+    proto.graph.node[0].name = ""
+    proto.graph.input[0].type.tensor_type.shape.dim[0].Clear()
+    with pytest.raises(MdocError) as e:
+        decompose(proto)
+    assert str(e.value) == ("decompose-rnn: unnamed LSTM node (result %Y): sequence length (dim 0 of X) is unknown, "
+                            "not a static size; bind it before decompose-rnn")

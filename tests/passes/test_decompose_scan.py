@@ -136,7 +136,8 @@ def test_symbolic_iteration_count_stays():
     m, changed, notes = run_pass(proto)
     assert not changed
     assert [n.op for n in m.graph] == ["onnx.Scan"]
-    assert notes == ["decompose-scan: Scan 'sc' stays: the number of iterations is not static (scan axis sizes: T)"]
+    assert notes == ["decompose-scan: Scan node 'sc' stays: the number of iterations is not static "
+                     "(scan axis sizes: T)"]
 
 
 def test_more_iterations_than_the_limit_stay():
@@ -149,7 +150,7 @@ def test_mismatched_scan_lengths_are_refused():
                              [vi("a", [2]), vi("b", [2])], [vi("y", [2])])
     scan = helper.make_node("Scan", ["A", "B"], ["Y"], body=body, num_scan_inputs=2, name="sc")
     proto = model([scan], [vi("A", [3, 2]), vi("B", [4, 2])], [vi("Y", None)])
-    with pytest.raises(MdocError, match="Scan node 'sc': scan inputs have 3 and 4 slices along their scan axes"):
+    with pytest.raises(MdocError, match="decompose-scan: Scan node 'sc': scan inputs have 3 and 4 slices along"):
         run_pass(proto)
 
 
@@ -158,7 +159,7 @@ def test_clone_graph_into_needs_every_body_input_bound():
     x = body.add_input(TensorType(DType.F32, (2,)), "x")
     body.outputs.append(body.add("onnx.Neg", [x]).output)
     parent = Graph("main")
-    with pytest.raises(MdocError, match=r"cannot clone body @body: its input %x is not bound to a value of graph @main"):
+    with pytest.raises(MdocError, match=r"cannot clone body @body: its input %x is not bound to a value of graph"):
         clone_graph_into(body, parent, None, {})
     y = parent.add_input(TensorType(DType.F32, (2,)), "y")
     vm = {x: y}
@@ -172,5 +173,5 @@ def test_opset_8_scan_stays():
     proto = model([scan], [vi("s0", [1, 3]), vi("X", [1, 4, 3])], [vi("s_final", [1, 3]), vi("Y", None)], opset=8)
     m, changed, notes = run_pass(proto)
     assert not changed and [n.op for n in m.graph] == ["onnx.Scan"]
-    assert notes == ["decompose-scan: Scan 'sc' stays: opset 8 Scan (with a batch axis and sequence_lens) "
+    assert notes == ["decompose-scan: Scan node 'sc' stays: opset 8 Scan (with a batch axis and sequence_lens) "
                      "is not unrolled; use opset 9 or later"]
