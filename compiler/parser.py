@@ -18,7 +18,8 @@ Grammar (EBNF; `#` starts a comment that runs to the end of the line):
                | "dense" "<" elements ">" [ ":" type ] | "resource" "<" STRING ">" [ ":" type ]
                | "type" "<" type ">" | graph
     elements   = element | "[" [ elements { "," elements } ] "]"
-    element    = INT | FLOAT | "true" | "false" | STRING | BYTES | "(" number "," number ")"
+    element    = INT | FLOAT | "true" | "false" | STRING | BYTES | "(" number "," number ")"   (complex)
+    number     = INT | FLOAT
     type       = "?" | "seq" "<" type ">" | "opt" "<" type ">" | DTYPE "[" ( "*" | [ dim { "," dim } ] ) "]"
     dim        = INT | "?" | WORD | STRING
     VALUE      = "%" ( IDENT | DIGITS | STRING )        (%12 is a value without a name hint)
@@ -40,7 +41,8 @@ Meaning:
   only an `onnx.Constant`'s `value` may leave it out and use the result type.
 * The module header may be left out (defaults: IR version 8, opset 17, producer "mdoc").
 
-Errors are `ParseError("<line>:<col>: <what was expected>, found <what was there>")`.
+Errors are one-line `ParseError("<line>:<col>: <message>")`s; a syntax error says what was
+expected and what was found ("expected ')' after ..., found '{'").
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ from .ir import CONSTANT, Graph, Model, Value
 from .printer import NOT_INLINE, RESOURCE_INDEX, print_type
 from .types import UNKNOWN, DType, OptionalType, SequenceType, TensorType, Type, type_to_onnx
 
-__all__ = ["parse_model", "parse_graph", "parse_type", "load_mdir"]
+__all__ = ["parse_model", "parse_graph", "parse_type", "load_mdir", "load_resources"]
 
 _DTYPES = {d.text: d for d in DType}
 _INTS = {DType.U8, DType.I8, DType.U16, DType.I16, DType.I32, DType.I64, DType.U32, DType.U64}
@@ -73,16 +75,17 @@ _MAX_DEPTH = 100
 
 _STR = r'"(?:[^"\\\n\r]|\\[^\n\r])*"'
 _TOKEN = re.compile(rf"""
-    (?P<skip>(?:[ \t\r\n]+|\#[^\n]*)+)
-  | (?P<value>%(?:[A-Za-z_][A-Za-z0-9_.]*|[0-9]+|{_STR}))
-  | (?P<gname>@(?:[A-Za-z_][A-Za-z0-9_.]*|{_STR}))
-  | (?P<bytes>b{_STR})
-  | (?P<string>{_STR})
-  | (?P<arrow>->)
-  | (?P<number>-?[0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?(?![A-Za-z0-9_.])|-inf(?![A-Za-z0-9_.]))
-  | (?P<word>[A-Za-z_][A-Za-z0-9_.]*)
-  | (?P<punct>[(){{}}\[\]<>,=:?*])
-  | (?P<error>[\s\S])
+  (?:[ \t\r\n]+|\#[^\n]*)*        # whitespace and comments before each token
+  (?: (?P<punct>[(){{}}\[\]<>,=:?*])
+    | (?P<value>%(?:[A-Za-z_][A-Za-z0-9_.]*|[0-9]+|{_STR}))
+    | (?P<number>-?[0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?(?![A-Za-z0-9_.])|-inf(?![A-Za-z0-9_.]))
+    | (?P<bytes>b{_STR})
+    | (?P<word>[A-Za-z_][A-Za-z0-9_.]*)
+    | (?P<string>{_STR})
+    | (?P<gname>@(?:[A-Za-z_][A-Za-z0-9_.]*|{_STR}))
+    | (?P<arrow>->)
+    | (?P<end>\Z)
+    | (?P<error>[\s\S]))
 """, re.VERBOSE)
 
 EOF = "eof"
@@ -168,13 +171,13 @@ class _Parser:
         append, make = toks.append, tuple.__new__  # tuple.__new__ builds a _Tok faster than _Tok(...)
         for m in _TOKEN.finditer(text):
             kind = m.lastgroup
-            if kind == "skip":
-                continue
-            s, pos = m.group(), m.start()
+            s, pos = m.group(kind), m.start(kind)
             if kind in ("word", "punct", "arrow"):
                 append(make(_Tok, (kind, s, s, pos, None)))
             elif kind == "number":
                 append(make(_Tok, (kind, None, s, pos, None)))
+            elif kind == "end":
+                break
             elif kind == "error":
                 bad = _Tok(kind, None, s, pos)
                 if s == '"' or text.startswith(('%"', '@"'), pos):
@@ -197,7 +200,11 @@ class _Parser:
             body = s[1:]
             if body.startswith('"'):
                 return json.loads(body)
-            return int(body) if kind == "value" and body[0].isdigit() else body
+            if kind == "value" and body[0].isdigit():
+                if len(body) > 18:
+                    raise self.fail(_Tok(kind, None, s, pos), f"value number {s[:12]}... is too long")
+                return int(body)
+            return body
         except json.JSONDecodeError as e:
             raise self.fail(_Tok(kind, None, s, pos + s.index('"') + e.pos), f"bad string literal: {e.msg}") from None
         except ValueError as e:

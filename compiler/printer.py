@@ -59,12 +59,12 @@ IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*\Z")
 _OP_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 # Words that begin or end a statement: an op spelled like one of them is quoted.
 RESERVED_OPS = frozenset({"return", "loc", "from"})
-# Element types whose values cannot be written inline exactly; they always become resources.
-NOT_INLINE = frozenset({DType.F8E4M3FN, DType.F8E4M3FNUZ, DType.F8E5M2, DType.F8E5M2FNUZ, DType.F8E8M0,
-                        DType.U4, DType.I4, DType.F4E2M1, DType.U2, DType.I2})
 _INTS = frozenset({DType.U8, DType.I8, DType.U16, DType.I16, DType.I32, DType.I64, DType.U32, DType.U64})
 _FLOATS = frozenset({DType.F16, DType.BF16, DType.F32, DType.F64})
 _COMPLEX = frozenset({DType.C64, DType.C128})
+# Element types whose values cannot be written inline exactly (float8, float4, int4/uint4, int2/uint2,
+# and any type added to DType later); they always become resources.
+NOT_INLINE = frozenset(set(DType) - _INTS - _FLOATS - _COMPLEX - {DType.BOOL, DType.STR})
 
 
 # -- spellings -------------------------------------------------------------------

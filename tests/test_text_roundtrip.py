@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from mdoc.errors import MdocError, ParseError
 from mdoc.ir import CONSTANT, Graph, Model, Value
 from mdoc.parser import load_mdir, parse_graph, parse_model, parse_type
-from mdoc.printer import NOT_INLINE, print_graph, print_model, print_node, print_type, save_mdir
+from mdoc.printer import print_graph, print_model, print_node, print_type, save_mdir
 from mdoc.types import (UNKNOWN, DType, OptionalType, SequenceType, TensorType, type_from_onnx,
                         type_to_onnx)
 
@@ -573,6 +573,8 @@ def test_save_and_load_mdir_keep_exotic_dtypes(tmp_path):
         "i4": np.array([[-8, 7], [0, 1]], dtype=ml_dtypes.int4),
         "u4": np.array([0, 15, 3], dtype=ml_dtypes.uint4),
         "f4": np.array([0.5, -6], dtype=ml_dtypes.float4_e2m1fn),
+        "i2": np.array([-2, 1], dtype=ml_dtypes.int2), "u2": np.array([3, 0], dtype=ml_dtypes.uint2),
+        "f8e8m0": np.array([0.25, 1024], dtype=ml_dtypes.float8_e8m0fnu),
         "big": np.arange(1000, dtype=np.int64).reshape(10, 100),
         "empty_big": np.zeros((0, 50), np.float32),
         "c64": np.arange(10, dtype=np.complex64) * (1 + 1j),
@@ -644,7 +646,6 @@ SYMBOLS = ["N", "batch", "seq len", "", "?", "*", "1", "inf", "a.b"]
 OPS = ["onnx.Add", "onnx.Relu", "com.microsoft.FusedConv", "mdoc.conv2d_relu", "weird-op", "return", "loc",
        "from", "none", "Foo", "a..b", "", "onnx.Constant"]
 ATTR_NAMES = ["axis", "alpha", "value", "then_branch", "a b", "", "kernel_shape", "type"]
-INLINE = [d for d in DType if d not in NOT_INLINE]
 
 dims = st.one_of(st.integers(0, 4), st.sampled_from(SYMBOLS), st.none())
 tensor_types = st.builds(TensorType, st.sampled_from(list(DType)),
