@@ -333,6 +333,26 @@ def test_reduce_and_matmul():
     check(g.model(feeds, opset=18), feeds)
 
 
+def test_quantize_topk_scatter_onehot():
+    g = GraphSpec()
+    c = g.const
+    q = g.add("QuantizeLinear", ["x", c("qs", np.array(0.05, np.float32)), c("qz", np.array(3, np.uint8))])
+    g.add("DequantizeLinear", [q, "qs", "qz"])
+    qa = g.add("QuantizeLinear", ["x", c("qsa", np.array([0.02, 0.05, 0.1], np.float32)),
+                                  c("qza", np.array([0, -3, 5], np.int8))], axis=1)
+    g.add("DequantizeLinear", [qa, "qsa", "qza"], axis=1)
+    g.add("TopK", ["x", c("k", np.array([2], np.int64))], n_out=2, axis=-1)
+    g.add("TopK", ["x", "k"], n_out=2, axis=1, largest=0)
+    g.add("ScatterElements", ["x", c("si", RNG.integers(-5, 5, (2, 3, 4, 2)).astype(np.int64)),
+                              c("su", f32(2, 3, 4, 2))], axis=3)
+    g.add("ScatterElements", ["x", c("si2", np.zeros((1, 3, 4, 5), np.int64)), c("su2", f32(1, 3, 4, 5))],
+          axis=0, reduction="add")
+    g.add("ScatterND", ["x", c("sn", np.array([[1, 2], [0, 0]], np.int64)), c("snu", f32(2, 4, 5))])
+    g.add("OneHot", ["ids", c("depth", np.array(6, np.int64)), c("vals", np.array([-1.0, 2.0], np.float32))], axis=1)
+    feeds = {"x": f32(2, 3, 4, 5) * 4, "ids": RNG.integers(-6, 6, (3, 4)).astype(np.int64)}
+    check(g.model(feeds, opset=18), feeds)
+
+
 # -- Resize -------------------------------------------------------------------------------
 
 

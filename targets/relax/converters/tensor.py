@@ -487,3 +487,64 @@ def cumsum(ctx: LowerCtx, node: Node):
     if reverse:
         y = R.flip(ctx.emit(y), axis)
     return [y]
+
+
+# -- TopK, ScatterElements, ScatterND, OneHot ---------------------------------------------------
+
+
+def _topk(ctx: LowerCtx, k: int):
+    dims = ctx.shape(0)
+    axis = norm_axis(ctx, int(ctx.attr("axis", -1)), len(dims))
+    largest = bool(ctx.attr("largest", 1))
+    t = ctx.emit(R.topk(ctx.input(0), k=k, axis=axis, ret_type="both", largest=largest, dtype="int64"))
+    return [relax.TupleGetItem(t, 0), relax.TupleGetItem(t, 1)]
+
+
+@converter("onnx.TopK", since=1)
+def topk_v1(ctx: LowerCtx, node: Node):
+    return _topk(ctx, int(ctx.attr("k")))
+
+
+@converter("onnx.TopK", since=10)
+def topk_v10(ctx: LowerCtx, node: Node):
+    return _topk(ctx, int(ctx.require_const(1, "K").reshape(-1)[0]))
+
+
+_REDUCTIONS = {"none": "update", "add": "add", "mul": "mul", "max": "max", "min": "min"}
+
+
+def _reduction(ctx: LowerCtx) -> str:
+    name = attr_str(ctx, "reduction", "none")
+    if name not in _REDUCTIONS:
+        raise ctx.error(f"reduction {name!r} is not one of none, add, mul, max, min")
+    return _REDUCTIONS[name]
+
+
+@converter("onnx.ScatterElements", since=11)
+def scatter_elements(ctx: LowerCtx, node: Node):
+    dims = ctx.shape(0)
+    axis = norm_axis(ctx, int(ctx.attr("axis", 0)), len(dims))
+    indices = _normalized_indices(ctx, 1, dims[axis])
+    return [R.scatter_elements(ctx.input(0), indices, ctx.input(2), axis=axis, reduction=_reduction(ctx))]
+
+
+@converter("onnx.ScatterND", since=11)
+def scatter_nd(ctx: LowerCtx, node: Node):
+    return [R.scatter_nd(ctx.input(0), ctx.input(1), ctx.input(2), reduction=_reduction(ctx))]
+
+
+@converter("onnx.OneHot", since=9)
+def one_hot(ctx: LowerCtx, node: Node):
+    depth = int(ctx.require_const(1, "depth").reshape(-1)[0])
+    values = ctx.require_const(2, "values").reshape(-1)
+    rank = len(ctx.shape(0)) + 1
+    axis = norm_axis(ctx, int(ctx.attr("axis", -1)), rank)
+    indices = ctx.input(0)
+    dt = str(indices.ty.dtype)
+    if not dt.startswith("uint"):
+        indices = ctx.emit(R.where(R.less(indices, relax.const(0, dt)),
+                                   R.add(indices, relax.const(depth, dt)), indices))
+    out_dtype = str(values.dtype)
+    off = relax.prim_value(prim(values[0].item(), out_dtype))
+    on = relax.prim_value(prim(values[1].item(), out_dtype))
+    return [R.one_hot(indices, on, off, depth, axis)]
