@@ -86,6 +86,7 @@ class _Exporter:
         self.values: dict[Value, str] = {}
         self.used: set[str] = set()
         self.domains: set[str] = set()
+        self.node_names: set[str] = set()
         self.counter = 0
 
     def fresh(self, hint: str) -> str:
@@ -165,9 +166,20 @@ class _Exporter:
         outputs = [self.name_of(o) for o in node.outputs]
         schema = schema_of(node.op, self.model.opset_imports)
         attrs = [self._attr(k, v, schema) for k, v in sorted(node.attrs.items())]
-        proto = helper.make_node(op_type, inputs, outputs, name=node.name or None, domain=domain or None)
+        proto = helper.make_node(op_type, inputs, outputs, name=self._node_name(node.name), domain=domain or None)
         proto.attribute.extend(attrs)
         return proto
+
+    def _node_name(self, hint: str) -> str | None:
+        """Node names are hints too, but onnxruntime refuses two nodes of one name: make them unique."""
+        if not hint:
+            return None
+        name, k = hint, 0
+        while name in self.node_names:
+            k += 1
+            name = f"{hint}_{k}"
+        self.node_names.add(name)
+        return name
 
     def _attr(self, name: str, value, schema) -> AttributeProto:
         kind = schema.attributes[name].type if schema is not None and name in schema.attributes else None

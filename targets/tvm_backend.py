@@ -13,6 +13,7 @@ from mdoc import __version__
 from mdoc.backends import register_backend
 from mdoc.errors import MdocError
 from mdoc.ir import Model
+from mdoc.pass_manager import PassManager, parse_pipeline
 from mdoc.types import TensorType
 
 from . import artifact
@@ -29,6 +30,10 @@ def _sig(v) -> dict:
 
 class TvmBackend:
     name = "tvm"
+    # What TVM cannot take as it is, mdoc rewrites first: constant Ifs are inlined, recurrent
+    # layers, Scans and bounded Loops unrolled (shapes are static by now), then cleaned up.
+    prepare = ("infer-shapes,fold-constants{max-bytes=0},fold-if,decompose-rnn,decompose-scan,decompose-loop,"
+               "infer-shapes,fold-constants{max-bytes=0},simplify,cse,dce")
 
     def compile(self, model: Model, target: str, output: str | Path, *, arch: str | None = None,
                 pipeline: str = "", progress=None) -> Path:
@@ -39,6 +44,7 @@ class TvmBackend:
 
         spec = resolve_target(target, arch)
         step = progress or (lambda name: None)
+        PassManager(parse_pipeline(self.prepare)).run(model)
         with artifact.StagedArtifact(Path(output)) as staged:
             step("lower to Relax")
             mod = lower(model, target=spec.tvm)
@@ -58,7 +64,7 @@ class TvmBackend:
                 "tvm_version": tvm.__version__,
                 "built_on": platform.machine(),
                 "target": spec.as_json(),
-                "pipeline": pipeline,
+                "pipeline": ",".join(filter(None, [pipeline, self.prepare])),
                 "inputs": [_sig(v) for v in model.graph.inputs],
                 "outputs": [_sig(v) for v in model.graph.outputs],
             }
