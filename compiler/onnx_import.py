@@ -168,6 +168,9 @@ class _Importer:
         created = graph.add(op, inputs, attrs, outputs=out_types, name=node.name, output_names=list(node.output))
         for name, value in zip(node.output, created.outputs):
             if name:
+                if name in chain[0]:
+                    self.fail(f"{label} writes '{name}', which is already defined in this graph "
+                              "(ONNX names each tensor once)")
                 chain[0][name] = value
 
     def _constant_value(self, attrs: dict, label: str) -> np.ndarray:

@@ -170,3 +170,12 @@ def test_opset_out_of_range(mdoc_cli, tmp_path):
 @pytest.mark.parametrize("args", [("zoo", "build", "nonesuch", "-o", "x.onnx")])
 def test_unknown_zoo_model(mdoc_cli, args, tmp_path):
     _assert_clean_failure(mdoc_cli(*args), "no zoo model 'nonesuch'")
+
+
+def test_tensor_defined_twice(mdoc_cli, tmp_path):
+    m = tiny_model()
+    m.graph.node[1].output[0] = "xw"
+    m.graph.node[2].input[0] = "xw"
+    p = tmp_path / "twice.onnx"
+    p.write_bytes(m.SerializeToString())
+    _assert_clean_failure(mdoc_cli("inspect", p), "twice.onnx", "node 'add' (Add) writes 'xw'", "already defined")
