@@ -220,6 +220,6 @@ class _Emulated:
         from .emulation import run_aarch64
 
         ordered = check_feeds(self.manifest, feeds, str(self.path))
-        names = [i["name"] for i in self.manifest["inputs"]]
+        names = [i.get("param", i["name"]) for i in self.manifest["inputs"]]  # Relax's parameter names
         outs = run_aarch64(self.path / LIBRARY, dict(zip(names, ordered)))
         return {o["name"]: v for o, v in zip(self.manifest["outputs"], outs)}

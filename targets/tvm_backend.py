@@ -65,7 +65,7 @@ class TvmBackend:
                 "built_on": platform.machine(),
                 "target": spec.as_json(),
                 "pipeline": ",".join(filter(None, [pipeline, self.prepare])),
-                "inputs": [_sig(v) for v in model.graph.inputs],
+                "inputs": [{**_sig(v), "param": p.name} for v, p in zip(model.graph.inputs, mod["main"].params)],
                 "outputs": [_sig(v) for v in model.graph.outputs],
             }
             return staged.commit(manifest)
