@@ -52,7 +52,7 @@ def x86_artifact(tmp_path_factory):
 def test_compile_run_compare(mdoc_cli, x86_artifact, tmp_path):
     manifest = json.loads((x86_artifact / "manifest.json").read_text())
     assert manifest["backend"] == "tvm" and manifest["target"]["name"] == "x86"
-    assert manifest["inputs"] == [{"name": "image", "dtype": "float32", "shape": [1, 3, 32, 32]}]
+    assert manifest["inputs"] == [{"name": "image", "dtype": "float32", "shape": [1, 3, 32, 32], "param": "image"}]
     assert set(manifest["files"]) == {"model.so"} and "fold-constants" in manifest["pipeline"]
     out = tmp_path / "out.npz"
     r = mdoc_cli("run", x86_artifact, "-o", out, "--repeat", "3")
