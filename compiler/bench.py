@@ -11,7 +11,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -32,17 +32,26 @@ def time_block(fn: Callable[[], object], calls: int) -> float:
     return (time.perf_counter() - start) / calls
 
 
-def interleaved(candidates: dict[str, Callable[[], object]], rounds: int = 10, calls: int = 5,
-                warmup: int = 3, gap: float = 0.5) -> dict[str, Timing]:
-    """Median per-call latency of each candidate, timed in interleaved rounds with idle gaps."""
+def interleaved(candidates: dict[str, Callable[[], object]], rounds: int = 10, calls: int | Mapping[str, int] = 5,
+                warmup: int = 3, gap: float = 0.5, rounds_of: Mapping[str, int] | None = None) -> dict[str, Timing]:
+    """Median per-call latency of each candidate, timed in interleaved rounds with idle gaps.
+
+    `calls` may differ per candidate (a name -> calls mapping), so that a fast and a slow
+    candidate both fill a block of similar length; `rounds_of` caps the rounds of a slow
+    candidate (it takes part in the first N rounds only), so that it does not dominate the run.
+    """
+    per_call = calls if isinstance(calls, Mapping) else {name: calls for name in candidates}
+    cap = rounds_of or {}
     for fn in candidates.values():
         for _ in range(warmup):
             fn()
     samples: dict[str, list[float]] = {name: [] for name in candidates}
-    for _ in range(rounds):
+    for r in range(rounds):
         for name, fn in candidates.items():
+            if r >= max(1, cap.get(name, rounds)):
+                continue
             time.sleep(gap)
-            samples[name].append(time_block(fn, calls))
+            samples[name].append(time_block(fn, per_call[name]))
     return {name: Timing(name, statistics.median(s) * 1000, min(s) * 1000, len(s)) for name, s in samples.items()}
 
 
