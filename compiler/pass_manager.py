@@ -34,13 +34,17 @@ _loaded = False
 # optimized file is never larger than its input; -O3 allows fold-constants' default budget
 # (1 MiB of growth, spent once: its second fold is again max-bytes=0).
 # -O2 runs the cleanup twice, with fresh types between: merged shape chains fold further.
+# -O2 and -O3 also fold BatchNormalization, per-channel Mul/Add and zero Pads into Convs
+# (fuse-conv-bn, fuse-conv-affine) before cse: cse would merge convs that differ only by
+# the normalization after them, which then no longer fold. The fusions never grow the
+# model's constants (their max-bytes is 0 at every level).
 OPT_LEVELS = {
     0: "",
     1: "infer-shapes,fold-constants{max-bytes=0},simplify,cse,dce",
-    2: "infer-shapes,fold-constants{max-bytes=0},simplify,cse,dce,"
-       "infer-shapes,fold-constants{max-bytes=0},simplify,cse,dce",
-    3: "infer-shapes,fold-constants,simplify,cse,dce,"
-       "infer-shapes,fold-constants{max-bytes=0},simplify,cse,dce",
+    2: "infer-shapes,fold-constants{max-bytes=0},simplify,fuse-conv-bn,fuse-conv-affine,cse,dce,"
+       "infer-shapes,fold-constants{max-bytes=0},simplify,fuse-conv-bn,fuse-conv-affine,cse,dce",
+    3: "infer-shapes,fold-constants,simplify,fuse-conv-bn,fuse-conv-affine,cse,dce,"
+       "infer-shapes,fold-constants{max-bytes=0},simplify,fuse-conv-bn,fuse-conv-affine,cse,dce",
 }
 
 
