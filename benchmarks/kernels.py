@@ -46,7 +46,6 @@ if ARGS is not None:
     os.environ["TVM_NUM_THREADS"] = str(ARGS.threads)
 
 import numpy as np  # noqa: E402
-import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
