@@ -456,7 +456,13 @@ class PadAveragePool(Rule):
             return ("the AveragePool pads by itself without counting padding (count_include_pad=0); "
                     "the Pad's zeros would be counted")
         result = merged_pads(m, "pad", "pool")
-        return result if isinstance(result, str) else None
+        if isinstance(result, str):
+            return result
+        kernel = list(m.attr("pool", "kernel_shape"))
+        if any(p >= kernel[i % len(kernel)] for i, p in enumerate(result[0])):
+            return (f"the AveragePool would pad {result[0]} with a {kernel} window; pooling pads must be smaller "
+                    "than the window (onnxruntime refuses larger ones)")
+        return None
 
     def rewrite(self, op, m):
         _, attrs = merged_pads(m, "pad", "pool")

@@ -18,8 +18,9 @@ bias. Three things are the same every time, so they live here:
 - **Never a larger model.** A fold's growth is the bytes of the dense constants
   it creates minus the bytes of the constants only the replaced nodes read. The
   rule refuses (with the numbers) when the growth exceeds what is left of the
-  pass's `max-bytes` budget for this run (0 by default, as -O2 has it: a splat
-  weight times a dense per-channel scale would materialize it, so it stays).
+  pass's `max-bytes` budget for this run (0 by default, as -O2 and -O3 run
+  them: a splat weight times a dense per-channel scale would materialize it,
+  so that pair stays). Folds that free bytes add them to the budget.
 
 A rule of a fuse-* family subclasses `FoldRule`: `plan(m)` returns a `Fold` (the
 values to build) or a reason to refuse; `build(op, m, fold)` returns the
@@ -223,7 +224,6 @@ class Fold:
 
     weights: dict[str, Folded]
     consumed: list[Known] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)  # anything else the rule's build needs
 
     def growth(self, m: Match) -> int:
         """Bytes the model's constants grow by: dense weights created, minus constants only the match read."""

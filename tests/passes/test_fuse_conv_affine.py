@@ -7,12 +7,16 @@ import os
 import numpy as np
 import onnx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import LIGHT_DIR, light_inputs
 from mdoc.ir import Graph, Model
 from mdoc.onnx_export import export_model
 from mdoc.onnx_import import import_model
+from mdoc.parser import parse_model
 from mdoc.pass_manager import OPT_LEVELS
+from mdoc.printer import print_model
 from mdoc.rewrite import explain
 from mdoc.types import DType, TensorType
 from pass_testing import apply, assert_golden, assert_properties, assert_same_outputs
@@ -297,3 +301,74 @@ def test_light_densenet_affine_after_batchnorm_collapses_without_growing():
     del out.graph.value_info[:]
     assert out.ByteSize() <= proto.ByteSize()
     assert_same_outputs(proto, model, light_inputs(proto))
+
+
+# -- random chains -----------------------------------------------------------------------------
+def random_chain(draw) -> Model:
+    """x: f32[2,4,6,6] through a random chain of Convs, BatchNormalizations, per-channel arithmetic, Pads,
+    pools and Relus; sometimes an intermediate is an output too (so some folds must refuse)."""
+    g = Graph("chain")
+    x = g.add_input(TensorType(DType.F32, (2, 4, 6, 6)), "x")
+    rng = np.random.default_rng(draw([0, 1, 2]))
+    v, c, h, w, values = x, 4, 6, 6, []
+
+    def const(*shape, low=-1.0, high=1.0):
+        return g.constant(rng.uniform(low, high, shape).astype(np.float32))
+
+    for _ in range(draw([3, 4, 5, 6])):
+        kind = draw(["conv", "conv", "bn", "arith", "arith", "pad", "pool", "relu"])
+        if kind == "conv":
+            out, group = draw([2, 4]), draw([1, 2])
+            k, pad = draw([(1, 0), (3, 0), (3, 1)]) if min(h, w) >= 3 else (1, 0)
+            h, w = h - k + 1 + 2 * pad, w - k + 1 + 2 * pad
+            inputs = [v, const(out, c // group, k, k)] + ([const(out)] if draw([True, False]) else [])
+            v = g.add("onnx.Conv", inputs, {"group": group, "pads": (pad,) * 4}).output
+            c = out
+        elif kind == "bn":
+            params = [const(c, low=0.5, high=2), const(c), const(c), const(c, low=0.1, high=2)]
+            v = g.add("onnx.BatchNormalization", [v, *params]).output
+        elif kind == "arith":
+            op = draw(["Mul", "Div", "Add", "Sub"])
+            k = const(*draw([(c, 1, 1), (1, c, 1, 1), (1,), (), (1, c, 1, w)]), low=0.5, high=2)
+            v = g.add(f"onnx.{op}", [k, v] if op in ("Mul", "Add") and draw([True, False]) else [v, k]).output
+        elif kind == "pad":
+            pads = [0, 0, draw([0, 1]), draw([0, 1]), 0, 0, draw([0, 1]), draw([0, 1])]
+            v = g.add("onnx.Pad", [v, g.constant(np.array(pads, np.int64))]).output
+            h, w = h + pads[2] + pads[6], w + pads[3] + pads[7]
+        elif kind == "pool" and min(h, w) >= 2:
+            h, w = h - 1, w - 1
+            v = g.add("onnx.AveragePool", [v], {"kernel_shape": (2, 2), "count_include_pad": draw([0, 1])}).output
+        elif kind in ("pool", "relu"):
+            v = g.add("onnx.Relu", [v]).output
+        values.append(v)
+    g.outputs.append(v)
+    extra = draw(values)
+    if extra is not v and draw([True, False]):
+        g.outputs.append(extra)
+    for i, o in enumerate(g.outputs):
+        o.name = f"out{i}"
+    model = Model(g, {"": 17})
+    apply(model, "infer-shapes")
+    return model
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.data())
+def test_random_chains_keep_their_outputs(data):
+    def draw(options):
+        return data.draw(st.sampled_from(list(options)))
+
+    made = []
+
+    def make():
+        if not made:
+            made.append(random_chain(draw))
+        return parse_model(print_model(made[0], {}, inline_limit=10**6))
+
+    # Each pass is idempotent on its own; together they may enable each other (a Sub folded into a Conv
+    # puts it right before a BatchNormalization), which is why -O2 runs both twice.
+    original, after_bn = assert_properties(make, "fuse-conv-bn")
+    _, model = assert_properties(lambda: parse_model(print_model(after_bn, {}, inline_limit=10**6)),
+                                 "fuse-conv-affine")
+    apply(model, "fuse-conv-bn,fuse-conv-affine")
+    assert_same_outputs(export_model(original), model)
