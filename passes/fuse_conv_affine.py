@@ -34,7 +34,7 @@ from mdoc.rewrite import Rule, rewrite_rule
 
 from .fuse_conv_bn import BN_PARAMS, fold_out_affine, out_channels
 from .fuse_weights import (Fold, FoldRule, FusePass, Known, bn_affine, channel_vector, folded, inference_form,
-                           known, known_all, sum_over, tensor_rank)
+                           known_all, sum_over, tensor_rank)
 
 ARITH = ("Mul", "Div", "Add", "Sub")
 
@@ -472,8 +472,12 @@ class PadAveragePool(Rule):
 @register_pass("fuse-conv-affine")
 @dataclass(frozen=True)
 class FuseConvAffine(FusePass):
-    """Fold per-channel Mul/Div/Add/Sub and BatchNormalization into a neighbouring Conv (or BatchNormalization),
-    and zero Pads into the Conv or AveragePool after them."""
+    """Fold per-channel Mul/Div/Add/Sub, BatchNormalization and zero Pads into the Conv (or pool, or BN) beside them.
+
+    Per-channel arithmetic after a Conv/ConvTranspose goes into its weights and bias, after a
+    BatchNormalization that stays into its scale and bias; an affine map (BatchNormalization or
+    arithmetic) before a Conv that pads nothing goes into the Conv; a zero Pad into the Conv or
+    AveragePool after it."""
 
     rule_names = (ConvMul, ConvDiv, ConvAdd, ConvSub, ConvTransposeMul, ConvTransposeDiv, ConvTransposeAdd,
                   ConvTransposeSub, BatchNormMul, BatchNormDiv, BatchNormAdd, BatchNormSub, BatchNormConv,
