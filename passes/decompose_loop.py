@@ -26,7 +26,7 @@ from mdoc.clone import clone_constants, clone_graph_into, erase_unused_constants
 from mdoc.errors import MdocError
 from mdoc.ir import Graph, Node, Value
 from mdoc.pass_manager import GraphPass, PassContext, register_pass
-from mdoc.passes.decompose_util import Builder, describe
+from mdoc.passes.decompose_util import Builder, describe, unroll_all
 from mdoc.shape_inference import merge
 
 
@@ -38,21 +38,7 @@ class DecomposeLoop(GraphPass):
     max_iterations: int = 1024
 
     def run(self, graph: Graph, ctx: PassContext) -> bool:
-        return _walk(graph, ctx, self.max_iterations)
-
-
-def _walk(graph: Graph, ctx: PassContext, limit: int) -> bool:
-    changed = False
-    for node in graph.nodes():
-        for sub in node.subgraphs():
-            changed |= _walk(sub, ctx, limit)
-        if node.op == "onnx.Loop":
-            reason = _unroll(node, ctx, limit)
-            if reason:
-                ctx.log(f"decompose-loop: {describe(node)} stays: {reason}")
-            else:
-                changed = True
-    return changed
+        return unroll_all(graph, ctx, "onnx.Loop", _unroll, "decompose-loop", self.max_iterations)
 
 
 def _unroll(node: Node, ctx: PassContext, limit: int) -> str:

@@ -19,7 +19,7 @@ from mdoc.clone import clone_constants, clone_graph_into, erase_unused_constants
 from mdoc.errors import MdocError
 from mdoc.ir import Graph, Node, Value
 from mdoc.pass_manager import GraphPass, PassContext, register_pass
-from mdoc.passes.decompose_util import Builder, describe, normalize_axis, shape_of
+from mdoc.passes.decompose_util import Builder, describe, normalize_axis, shape_of, unroll_all
 from mdoc.shape_inference import merge
 
 
@@ -31,21 +31,7 @@ class DecomposeScan(GraphPass):
     max_iterations: int = 1024
 
     def run(self, graph: Graph, ctx: PassContext) -> bool:
-        return _walk(graph, ctx, self.max_iterations)
-
-
-def _walk(graph: Graph, ctx: PassContext, limit: int) -> bool:
-    changed = False
-    for node in graph.nodes():
-        for sub in node.subgraphs():
-            changed |= _walk(sub, ctx, limit)
-        if node.op == "onnx.Scan":
-            reason = _unroll(node, ctx, limit)
-            if reason:
-                ctx.log(f"decompose-scan: {describe(node)} stays: {reason}")
-            else:
-                changed = True
-    return changed
+        return unroll_all(graph, ctx, "onnx.Scan", _unroll, "decompose-scan", self.max_iterations)
 
 
 def _unroll(node: Node, ctx: PassContext, limit: int) -> str:

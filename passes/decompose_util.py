@@ -212,3 +212,18 @@ def describe(node: Node) -> str:
 
 def normalize_axis(axis: int, rank: int) -> int:
     return axis + rank if axis < 0 else axis
+
+
+def unroll_all(graph: Graph, ctx, op: str, unroll, pass_name: str, limit: int) -> bool:
+    """Apply `unroll(node, ctx, limit)` to every `op` node, bodies first; log why a node stays."""
+    changed = False
+    for node in graph.nodes():
+        for sub in node.subgraphs():
+            changed |= unroll_all(sub, ctx, op, unroll, pass_name, limit)
+        if node.op == op:
+            reason = unroll(node, ctx, limit)
+            if reason:
+                ctx.log(f"{pass_name}: {describe(node)} stays: {reason}")
+            else:
+                changed = True
+    return changed
