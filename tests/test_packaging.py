@@ -38,3 +38,7 @@ def test_wheel_in_fresh_venv(tmp_path):
         assert r.returncode != 0, f"the wheel installs a top-level '{top}' package"
     passes = _run(venv / "bin" / "mdoc", "passes", cwd=tmp_path)
     assert "fold-constants" in passes and "dce" in passes
+    # Every source package ships: the wheel compiles and runs the bundled sample end to end.
+    artifact = tmp_path / "sample.mdoc"
+    _run(venv / "bin" / "mdoc", "compile", ROOT / "models" / "sample.onnx", "-t", "x86", "-o", artifact, cwd=tmp_path)
+    _run(venv / "bin" / "mdoc", "compare", ROOT / "models" / "sample.onnx", artifact, cwd=tmp_path)
