@@ -7,8 +7,11 @@ the comparison ignores spacing and the module header's defaults.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import onnx
+from hypothesis import strategies as st
 
 from mdoc.ir import Model
 from mdoc.onnx_export import export_model
@@ -37,6 +40,23 @@ def assert_golden(pipeline: str, before: str, expected: str, changed: bool = Tru
     assert got == want, f"after {pipeline}:\n{got}\nexpected:\n{want}"
     assert did is changed, f"{pipeline} reported changed={did}"
     return model
+
+
+def copies_of(build: Callable[[], Model]) -> Callable[[], Model]:
+    """A maker of fresh, equal copies of the model `build()` returns (built once, copied through the text form)."""
+    made: list[Model] = []
+
+    def make() -> Model:
+        if not made:
+            made.append(build())
+        return parse_model(print_model(made[0], {}, inline_limit=10**6))
+
+    return make
+
+
+def drawer(data) -> Callable:
+    """`draw(options)` for `random_model`: hypothesis picks one of `options`."""
+    return lambda options: data.draw(st.sampled_from(list(options)))
 
 
 def assert_properties(make_model, pipeline: str) -> tuple[Model, Model]:

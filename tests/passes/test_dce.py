@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mdoc.onnx_export import export_model
-from pass_testing import apply, assert_golden, assert_properties, assert_same_outputs, random_model
+from pass_testing import apply, assert_golden, assert_properties, assert_same_outputs, copies_of, drawer, random_model
 
 
 def test_dead_nodes_and_constants_go():
@@ -127,17 +127,7 @@ graph @g(%x: f32[2]) -> (%y: f32[2]) {
 @settings(max_examples=40, deadline=None)
 @given(st.data())
 def test_properties_and_numerics(data):
-    def draw(options):
-        return data.draw(st.sampled_from(list(options)))
-
-    made = []
-
-    def make():
-        if not made:
-            made.append(random_model(draw))
-        from mdoc.parser import parse_model
-        from mdoc.printer import print_model
-        return parse_model(print_model(made[0], {}, inline_limit=10**6))
+    make = copies_of(lambda: random_model(drawer(data)))
 
     original, model = assert_properties(make, "dce")
     assert_same_outputs(export_model(original), model)

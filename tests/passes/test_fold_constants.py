@@ -20,7 +20,7 @@ from mdoc.pass_manager import OPT_LEVELS
 from mdoc.reference import run_onnxruntime
 from mdoc.stats import model_stats
 from mdoc.types import DType, TensorType
-from pass_testing import apply, assert_golden, assert_properties, assert_same_outputs, random_model
+from pass_testing import apply, assert_golden, assert_properties, assert_same_outputs, copies_of, drawer, random_model
 
 
 def test_shape_subgraph_of_static_value_folds():
@@ -271,17 +271,7 @@ def test_light_model_under_o2_does_not_grow_and_keeps_its_outputs():
 @settings(max_examples=40, deadline=None)
 @given(st.data(), st.sampled_from([0, 64, 1 << 20]))
 def test_properties_budget_and_numerics(data, budget):
-    def draw(options):
-        return data.draw(st.sampled_from(list(options)))
-
-    made = []
-
-    def make():
-        if not made:
-            made.append(random_model(draw))
-        from mdoc.parser import parse_model
-        from mdoc.printer import print_model
-        return parse_model(print_model(made[0], {}, inline_limit=10**6))
+    make = copies_of(lambda: random_model(drawer(data)))
 
     pipeline = f"fold-constants{{max-bytes={budget}}}"
     probe = make()

@@ -19,7 +19,7 @@ from mdoc.pass_manager import OPT_LEVELS
 from mdoc.printer import print_model
 from mdoc.rewrite import explain
 from mdoc.types import DType, TensorType
-from pass_testing import apply, assert_golden, assert_properties, assert_same_outputs
+from pass_testing import apply, assert_golden, assert_properties, assert_same_outputs, copies_of, drawer
 
 RNG = np.random.default_rng(0)
 
@@ -355,15 +355,7 @@ def random_chain(draw) -> Model:
 @settings(max_examples=30, deadline=None)
 @given(st.data())
 def test_random_chains_keep_their_outputs(data):
-    def draw(options):
-        return data.draw(st.sampled_from(list(options)))
-
-    made = []
-
-    def make():
-        if not made:
-            made.append(random_chain(draw))
-        return parse_model(print_model(made[0], {}, inline_limit=10**6))
+    make = copies_of(lambda: random_chain(drawer(data)))
 
     # Each pass is idempotent on its own; together they may enable each other (a Sub folded into a Conv
     # puts it right before a BatchNormalization), which is why -O2 runs both twice.

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from mdoc.ir import Graph, Model
 from mdoc.shape_inference import merge
 from mdoc.types import UNKNOWN, DType, TensorType
-from pass_testing import apply, assert_golden, assert_properties, random_model
+from pass_testing import apply, assert_golden, assert_properties, copies_of, drawer, random_model
 
 
 def test_unknown_types_are_filled_in():
@@ -124,17 +124,10 @@ def test_constants_and_inputs_keep_their_types():
 @settings(max_examples=25, deadline=None)
 @given(st.data())
 def test_properties(data):
-    def draw(options):
-        return data.draw(st.sampled_from(list(options)))
-
-    made = []
+    copy = copies_of(lambda: random_model(drawer(data)))
 
     def make():
-        if not made:
-            made.append(random_model(draw))
-        from mdoc.parser import parse_model
-        from mdoc.printer import print_model
-        model = parse_model(print_model(made[0], {}, inline_limit=10**6))
+        model = copy()
         for node in model.graph:  # forget every type but the constants'
             if node.op != "onnx.Constant":
                 for o in node.outputs:

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mdoc.onnx_export import export_model
-from pass_testing import apply, assert_golden, assert_properties, assert_same_outputs, random_model
+from pass_testing import apply, assert_golden, assert_properties, assert_same_outputs, copies_of, drawer, random_model
 
 
 def test_arithmetic_identities():
@@ -289,22 +289,10 @@ graph @g(%c: bool[], %x: f32[2]) -> (%y: f32[2]) {
 @settings(max_examples=40, deadline=None)
 @given(st.data())
 def test_properties_and_numerics(data):
-    def draw(options):
-        return data.draw(st.sampled_from(list(options)))
-
-    seed = data.draw(st.integers(0, 2**16))
-    made = []
-
-    def make():
-        if not made:
-            made.append(random_model(draw))
-        from mdoc.parser import parse_model
-        from mdoc.printer import print_model
-        return parse_model(print_model(made[0], {}, inline_limit=10**6))
+    make = copies_of(lambda: random_model(drawer(data)))
 
     original, model = assert_properties(make, "simplify")
     assert_same_outputs(export_model(original), model)
-    del seed
 
 
 @pytest.mark.parametrize("name", ["vit_tiny", "bert_encoder"])
