@@ -105,8 +105,8 @@ def replace_results(node: Node, new_values: Sequence[Value | None], provenance: 
 
     None stands for a result nothing reads (erasing refuses otherwise).
 
-    Reads are operands (through use lists), the outputs of `node`'s graph and the
-    outputs of bodies nested in that graph. A top-level output keeps its name:
+    Reads are operands, the outputs of `node`'s graph and the outputs of bodies
+    nested in it (`Graph.replace_all_uses` reaches them all). A top-level output keeps its name:
     when the replacement is a graph input or already another output, an Identity
     carries the old name.
     """
@@ -116,7 +116,6 @@ def replace_results(node: Node, new_values: Sequence[Value | None], provenance: 
     if len(new_values) != len(node.outputs):
         raise MdocError(f"{node.op} node '{node.name}' has {len(node.outputs)} results, "
                         f"but {len(new_values)} replacements were given")
-    nested = [g for g in _graphs(graph) if g is not graph]
     for old, new in zip(node.outputs, new_values):
         if new is None or old is new:
             continue
@@ -125,9 +124,6 @@ def replace_results(node: Node, new_values: Sequence[Value | None], provenance: 
             new = graph.add("onnx.Identity", [new], outputs=[old.type], before=node,
                             output_names=[old.name], provenance=provenance).output
         graph.replace_all_uses(old, new)
-        for g in nested:
-            if any(o is old for o in g.outputs):
-                g.outputs = [new if o is old else o for o in g.outputs]
     graph.erase(node)
 
 

@@ -190,6 +190,7 @@ class Graph:
         self._first: Node | None = None
         self._last: Node | None = None
         self._count = 0
+        self._holders: dict[Node, None] = {}  # nodes with bodies, in insertion order (an ordered set)
 
     # -- reading -----------------------------------------------------------
     def __iter__(self) -> Iterator[Node]:
@@ -265,6 +266,7 @@ class Graph:
         node.graph = self
         for sub in node.subgraphs():
             sub.parent = node
+            self._holders[node] = None
         node._prev, node._next = prev, nxt
         if prev is None:
             self._first = node
@@ -305,6 +307,7 @@ class Graph:
             nxt._prev = prev
         node._prev = node._next = None
         node.graph = None
+        self._holders.pop(node, None)
         self._count -= 1
 
     def move_before(self, anchor: Node, node: Node) -> None:
@@ -313,20 +316,29 @@ class Graph:
         self.insert_before(anchor, node)
 
     def replace_all_uses(self, old: Value, new: Value) -> None:
-        """Point every operand (in this graph and nested bodies) and graph output at `new` instead of `old`.
+        """Point every operand, this graph's outputs and nested bodies' outputs at `new` instead of `old`.
 
         When `old` is an output of this graph, `new` takes its slot and its name, so
-        the exported model keeps the output names its users rely on.
+        the exported model keeps the output names its users rely on. A body that
+        returns an outer value directly (implicit capture) is not a use; bodies are
+        reached through the nodes that hold them, which each graph tracks.
         """
         if old is new:
             return
         for node, i in old.uses():
             node.set_input(i, new)
+        self._replace_in_bodies(old, new)
         for i, out in enumerate(self.outputs):
             if out is old:
                 self.outputs[i] = new
                 if not new.is_graph_input and not any(o is new for j, o in enumerate(self.outputs) if j != i):
                     new.name = old.name
+
+    def _replace_in_bodies(self, old: Value, new: Value) -> None:
+        for holder in self._holders:
+            for body in holder.subgraphs():
+                body.outputs = [new if o is old else o for o in body.outputs]
+                body._replace_in_bodies(old, new)
 
     def replace_node(self, node: Node, new_values: Sequence[Value]) -> None:
         """Replace each result of `node` by the matching new value, then erase `node`."""

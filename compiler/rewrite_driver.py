@@ -262,7 +262,7 @@ def _splice(plan: _Plan, outputs: OutputIndex, fanout: int) -> list[Node]:
                 new.name = old.name
         changed += [user for user, _ in old.uses()]
         graph.replace_all_uses(old, new)
-        outputs.replace(graph, old, new)
+        outputs.replace(old, new)
 
     pending = list(reversed(m.nodes))  # users before their operands
     progress = True

@@ -188,15 +188,11 @@ class OutputIndex:
             for sub in node.subgraphs():
                 self.values.update(sub.outputs)
 
-    def replace(self, graph: Graph, old: Value, new: Value) -> None:
-        """After `graph.replace_all_uses(old, new)`: point bodies nested in `graph` that output `old` at `new`."""
-        if old not in self.values:
-            return
-        for node in graph.walk():
-            for sub in node.subgraphs():
-                sub.outputs = [new if o is old else o for o in sub.outputs]
-        self.values.discard(old)
-        self.values.add(new)
+    def replace(self, old: Value, new: Value) -> None:
+        """After `graph.replace_all_uses(old, new)` (which also redirects nested bodies' outputs)."""
+        if old in self.values:
+            self.values.discard(old)
+            self.values.add(new)
 
     def __contains__(self, v: Value) -> bool:
         return v in self.values
