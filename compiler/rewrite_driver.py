@@ -85,6 +85,7 @@ class _Plan:
     reroutes: bool  # a replaced value is not a result of the root
     sources: list[Value]  # existing values the replacement reads (or is)
     outside: bool  # some of them are not operands or results of the matched nodes
+    flows_in: bool  # some of those outside values are computed (not constants or graph inputs)
 
 
 def _attempt(rule: Rule, root: Node, model: Model | None, outputs: OutputIndex) -> _Plan | Failure:
@@ -171,8 +172,15 @@ def _plan(rule: Rule, m: Match, builder: RewriteBuilder, result: Any) -> _Plan:
     sources = [v for rec in ordered for v in rec.inputs if isinstance(v, Value)]
     sources += [r for r in replacements if isinstance(r, Value)]
     upstream = {v for n in m.nodes for v in (*n.inputs, *n.outputs) if v is not None}
-    outside = not all(v in upstream for v in sources)
-    return _Plan(rule, m, replacements, ordered, reroutes, sources, outside)
+    outside = [v for v in sources if v not in upstream]
+    flows_in = any(not _is_leaf(v) for v in outside)
+    return _Plan(rule, m, replacements, ordered, reroutes, sources, bool(outside), flows_in)
+
+
+def _is_leaf(v: Value) -> bool:
+    """A graph input or a constant: nothing flows into it, so reading it cannot close a loop."""
+    p = v.producer()
+    return p is None or (p.op == CONSTANT and not p.inputs)
 
 
 def _type_conflict(plan: _Plan) -> str | None:
@@ -187,10 +195,10 @@ def _type_conflict(plan: _Plan) -> str | None:
 
 def _cycle(plan: _Plan) -> str | None:
     """Refuse a replacement that would make the data flow loop (possible only when values other than
-    the root's results are rerouted, or the rewrite uses values from outside the match)."""
+    the root's results are rerouted, or the rewrite reads computed values from outside the match)."""
     m = plan.match
     graph = m.graph
-    if not plan.reroutes and not plan.outside:
+    if not plan.reroutes and not plan.flows_in:
         return None  # everything comes from above the root, and only the root's results move
 
     def source_of(v) -> Any:
