@@ -1,0 +1,318 @@
+"""Lowering of ONNX If and Loop into Relax control flow.
+
+mdoc's passes inline an If whose condition is a constant (fold-if) and unroll a
+Loop of a small constant trip count (decompose-loop). What reaches the lowering
+is data dependent, and becomes Relax control flow here:
+
+* **If** -> `relax.If` whose branches each call a private function holding the
+  branch's nodes and returning a tuple of its outputs; the values of enclosing
+  graphs that a branch uses are its parameters. Branches are functions, not
+  inline blocks, because TVM's StaticPlanBlockMemory plans one function as a
+  whole: it hands storage allocated in one branch to an allocation in the
+  other, or after the If, and the VM then crashes on the path that never
+  allocated it. The two branches must agree on the element type and rank of
+  every output; where their shapes differ, Relax joins them to a shape it does
+  not know and the If's results are match-cast (by `lower.convert_node`) to
+  the importer's inferred shape or to fresh symbolic dims.
+* **Loop** -> a private recursive Relax function, a while loop written as tail
+  recursion: `loop(i, cond, M, v..., acc..., captured...)` evaluates
+  `cond and i < M`, and when true lowers the body, appends each scan output to
+  its accumulator (a Concat per iteration) and calls itself with `i + 1`;
+  otherwise it returns the loop-carried values and accumulators (the only
+  branch that allocates is the last thing the function does, so the memory
+  planner's reuse stays sound). Parameter shapes keep the dims the body's
+  types declare as ints and take fresh symbolic dims elsewhere, so carried
+  values may change shape between iterations.
+
+Values of enclosing graphs that a body uses are passed as parameters (a
+function cannot see another function's variables); compile-time constants are
+not, they become constants wherever they are used.
+
+Relax dataflow blocks cannot hold an If, so a graph with control flow is
+lowered into plain binding blocks and `finish` regroups the pure stretches into
+dataflow blocks (`ConvertToDataflow`), where fusion still applies.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import tvm
+from tvm import relax, tirx
+
+from mdoc.ir import CONSTANT, Graph, Node, Value
+from mdoc.types import TensorType
+
+from .context import LowerCtx, SymTensor, is_static, tvm_dtype
+from .registry import converter
+
+CONTROL_FLOW_OPS = frozenset({"onnx.If", "onnx.Loop"})
+
+
+def present(graph: Graph) -> bool:
+    """Whether `graph` (not counting nested bodies) has a node that lowers to Relax control flow."""
+    return any(node.op in CONTROL_FLOW_OPS for node in graph)
+
+
+def finish(mod: tvm.IRModule) -> tvm.IRModule:
+    """Regroup the pure bindings of a module lowered without dataflow blocks into dataflow blocks."""
+    return relax.transform.ConvertToDataflow()(mod)
+
+
+# -- bodies ---------------------------------------------------------------------
+
+
+def lower_body(ctx: LowerCtx, body: Graph, bindings: dict[Value, Any]) -> list[relax.Expr]:
+    """Lower the nodes of `body` into the current block, its inputs bound as given; its outputs.
+
+    The lowering environment is restored afterwards: bindings made while
+    lowering the body (its own values, and outer values that a converter
+    materialized or match-cast inside it) are scoped to the body's block and
+    must not leak to the enclosing graph.
+    """
+    from .lower import convert_node, output_expr  # lower.py imports this module
+
+    saved_env, saved_node = dict(ctx.env), ctx.node
+    try:
+        for value, expr in bindings.items():
+            ctx.bind(value, expr)
+        for node in body:
+            if node.op != CONSTANT:
+                convert_node(ctx, node)
+        ctx.node = None
+        return [output_expr(ctx, value) for value in body.outputs]
+    finally:
+        ctx.env, ctx.node = saved_env, saved_node
+
+
+def _block(ctx: LowerCtx, emit) -> relax.SeqExpr:
+    """A SeqExpr of the bindings `emit()` makes in a fresh binding block, ending in the var it returns."""
+    bb = ctx.bb
+    bb._begin_binding_block()
+    try:
+        result = emit()
+    finally:
+        block = bb._end_block()
+    return relax.SeqExpr([block], result)
+
+
+def _scalar_bool(ctx: LowerCtx, expr: relax.Expr, what: str) -> relax.Expr:
+    """A rank-0 bool tensor from a one-element condition tensor (ONNX allows shape [1])."""
+    ty = expr.ty
+    if not isinstance(ty, relax.TensorType) or ty.ndim < 0:
+        raise ctx.error(f"{what} must be a tensor of known rank")
+    if str(ty.dtype) != "bool":
+        expr = ctx.bb.emit(relax.op.not_equal(expr, relax.const(0, str(ty.dtype))))
+    if ty.ndim != 0:
+        expr = ctx.bb.emit(relax.op.reshape(expr, []))
+    return expr
+
+
+def _scalar_int64(ctx: LowerCtx, expr: relax.Expr) -> relax.Expr:
+    if str(expr.ty.dtype) != "int64":
+        expr = ctx.bb.emit(relax.op.astype(expr, "int64"))
+    if expr.ty.ndim != 0:
+        expr = ctx.bb.emit(relax.op.reshape(expr, []))
+    return expr
+
+
+# -- functions ------------------------------------------------------------------
+
+
+def _captured_params(ctx: LowerCtx, body: Graph) -> tuple[list[tuple[Value, relax.Expr]], list[relax.Var]]:
+    """The outer values `body` uses (with their Relax expressions here) and a parameter for each."""
+    captured = [(v, e) for v in captured_values(body) if (e := _outer_expr(ctx, v)) is not None]
+    params = [relax.Var(f"c{j}", _param_type(e.ty, f"c{j}", _static_dims(e))) for j, (_, e) in enumerate(captured)]
+    return captured, params
+
+
+def _function(ctx: LowerCtx, params: list[relax.Var], emit, ret: relax.Type | None = None) -> relax.Function:
+    """A Relax function of `params` whose body is the bindings `emit()` makes, ending in the var it returns."""
+    bb = ctx.bb
+    bb.begin_scope(params)
+    try:
+        seq = _block(ctx, emit)
+        seq = bb.normalize(seq)  # drops symbolic dims the body defines from its result type
+    finally:
+        bb.end_scope()
+    return relax.Function(params, seq, ret)
+
+
+# -- If -------------------------------------------------------------------------
+
+
+def _branch(ctx: LowerCtx, node: Node, key: str) -> relax.SeqExpr:
+    """A SeqExpr calling a private function that holds branch `key` of If `node`."""
+    body: Graph = node.attrs[key]
+    if len(body.outputs) != len(node.outputs):
+        raise ctx.error(f"{key} has {len(body.outputs)} outputs, the If has {len(node.outputs)}")
+    captured, params = _captured_params(ctx, body)
+    bindings = {v: p for (v, _), p in zip(captured, params)}
+    func = _function(ctx, params, lambda: ctx.bb.emit(relax.Tuple(lower_body(ctx, body, bindings))))
+    gv = ctx.bb.add_func(func, ctx.bb.get_unique_name(f"mdoc_if_{key.split('_')[0]}"))
+    return _block(ctx, lambda: ctx.bb.emit(relax.Call(gv, [e for _, e in captured])))
+
+
+@converter("onnx.If", since=1)
+def lower_if(ctx: LowerCtx, node: Node) -> list:
+    cond = _scalar_bool(ctx, ctx.input(0), "the condition")
+    branches = [_branch(ctx, node, key) for key in ("then_branch", "else_branch")]
+    for k, (a, b) in enumerate(zip(branches[0].body.ty.fields, branches[1].body.ty.fields)):
+        if str(a.dtype) != str(b.dtype) or a.ndim != b.ndim:
+            raise ctx.error(f"output {k} is {a.dtype} of rank {a.ndim} in then_branch but {b.dtype} of rank "
+                            f"{b.ndim} in else_branch; Relax needs both branches to agree")
+    result = ctx.bb.emit(relax.If(cond, *branches), "if_out")
+    return [ctx.bb.emit(relax.TupleGetItem(result, k)) for k in range(len(node.outputs))]
+
+
+# -- Loop -----------------------------------------------------------------------
+
+
+def captured_values(body: Graph) -> list[Value]:
+    """The values of enclosing graphs that `body` or a body nested in it uses, in first-use order."""
+    inner: set[Value] = set()
+    found: dict[Value, None] = {}
+
+    def visit(graph: Graph) -> None:
+        inner.update(graph.inputs)
+        for node in graph:
+            inner.update(node.outputs)
+        for node in graph:
+            for v in node.inputs:
+                if v is not None and v not in inner:
+                    found.setdefault(v)
+            for sub in node.subgraphs():
+                visit(sub)
+        for v in graph.outputs:
+            if v not in inner:
+                found.setdefault(v)
+
+    visit(body)
+    return list(found)
+
+
+def _outer_expr(ctx: LowerCtx, value: Value) -> relax.Expr | None:
+    """`value` of an enclosing graph as a Relax expression, or None when it is a compile-time constant."""
+    bound = ctx.lookup(value)
+    if bound is None:
+        if value.const_value is not None:
+            return None  # lowered lazily as a relax.const wherever the body uses it
+        raise ctx.error(f"the body uses %{value.name} before it is defined")
+    if isinstance(bound, SymTensor):
+        if bound.static:
+            return None  # known at compile time: stays a SymTensor, usable in any function
+        bound = ctx.materialize(bound)
+    if isinstance(bound, tvm.ir.GenericConst):
+        return None
+    return bound
+
+
+def _param_type(ty: relax.TensorType, name: str, static: list[Any]) -> relax.TensorType:
+    """`ty` with the dims of `static` that are ints kept and every other dim a fresh var of `name`."""
+    static = static if len(static) == ty.ndim else [None] * ty.ndim
+    shape = [d if isinstance(d, int) else tirx.Var(f"{name}_d{k}", "int64") for k, d in enumerate(static)]
+    return relax.TensorType(shape, ty.dtype)
+
+
+def _dims(t: Any) -> list[Any]:
+    return list(t.shape) if isinstance(t, TensorType) and t.shape is not None else []
+
+
+def _static_dims(expr: relax.Expr) -> list[Any]:
+    shape = expr.ty.shape
+    if not isinstance(shape, relax.ShapeExpr):
+        return []
+    return [int(d) if is_static(d) else None for d in shape.values]
+
+
+def _carried_dims(body: Graph, j: int, init: relax.Expr) -> list[Any]:
+    """The dims of loop-carried value `j` that stay fixed: declared by the body's input, or, where
+    the body leaves its input undeclared, the initial value's dims that the body's output keeps."""
+    declared = _dims(body.inputs[2 + j].type)
+    if declared:
+        return declared
+    out, first = _dims(body.outputs[1 + j].type), _static_dims(init)
+    if len(out) != len(first):
+        return []
+    return [a if isinstance(a, int) and a == b else None for a, b in zip(first, out)]
+
+
+def _scan_init(ctx: LowerCtx, node: Node, body: Graph, j: int, n: int) -> relax.Expr:
+    """An empty accumulator [0, *element shape] for scan output `j`, from the types the importer inferred."""
+    result, element = node.outputs[n + j], body.outputs[1 + n + j]
+    shape = None
+    if isinstance(result.type, TensorType) and result.type.shape is not None:
+        shape = list(result.type.shape[1:])
+    if isinstance(element.type, TensorType) and element.type.shape is not None:
+        shape = list(element.type.shape)
+    dims = []
+    for d in shape or [None]:
+        if isinstance(d, int):
+            dims.append(d)
+        elif isinstance(d, str) and d in ctx.symbols:
+            dims.append(ctx.symbols[d])
+        else:
+            raise ctx.error(f"scan output {j} (%{result.name}) needs a known element shape to start its "
+                            f"accumulator (got {element.type}); run infer-shapes or give the model static shapes")
+    dtype = tvm_dtype((result.type if isinstance(result.type, TensorType) else element.type).dtype)
+    return ctx.bb.emit(relax.op.zeros(relax.ShapeExpr([0, *dims]), dtype))
+
+
+@converter("onnx.Loop", since=1)
+def lower_loop(ctx: LowerCtx, node: Node) -> list:
+    bb = ctx.bb
+    body: Graph = node.attrs["body"]
+    n = len(node.inputs) - 2
+    k = len(body.outputs) - 1 - n
+    if k < 0 or len(body.inputs) != 2 + n:
+        raise ctx.error(f"{n} loop-carried inputs do not fit a body with {len(body.inputs)} inputs and "
+                        f"{len(body.outputs)} outputs (it needs {2 + n} inputs and at least {1 + n} outputs)")
+    trip = (_scalar_int64(ctx, ctx.input(0)) if ctx.has_input(0)
+            else relax.const(np.iinfo(np.int64).max, "int64"))
+    cond = _scalar_bool(ctx, ctx.input(1), "the condition") if ctx.has_input(1) else relax.const(True, "bool")
+    inits = []
+    for j in range(n):
+        if not ctx.has_input(2 + j):
+            raise ctx.error(f"loop-carried input {j} is omitted; the Relax target needs a value")
+        inits.append(ctx.input(2 + j))
+    accs = [_scan_init(ctx, node, body, j, n) for j in range(k)]
+    captured, cap_ps = _captured_params(ctx, body)
+
+    name = bb.get_unique_name("mdoc_loop")
+    i_p = relax.Var("i", relax.TensorType([], "int64"))
+    cond_p = relax.Var("cond", relax.TensorType([], "bool"))
+    trip_p = relax.Var("trip_count", relax.TensorType([], "int64"))
+    v_ps = [relax.Var(f"v{j}", _param_type(e.ty, f"v{j}", _carried_dims(body, j, e))) for j, e in enumerate(inits)]
+    acc_ps = [relax.Var(f"acc{j}", _param_type(e.ty, f"acc{j}", [None, *_static_dims(e)[1:]]))
+              for j, e in enumerate(accs)]
+    params = [i_p, cond_p, trip_p, *v_ps, *acc_ps, *cap_ps]
+    ret = relax.TupleType([relax.TensorType(dtype=p.ty.dtype, ndim=p.ty.ndim) for p in v_ps + acc_ps])
+    gv = relax.GlobalVar(name)
+    relax.expr._update_type(gv, relax.FuncType([p.ty for p in params], ret))
+
+    def iterate() -> relax.Var:
+        bindings = {body.inputs[0]: i_p, body.inputs[1]: cond_p}
+        bindings.update({body.inputs[2 + j]: p for j, p in enumerate(v_ps)})
+        bindings.update({v: p for (v, _), p in zip(captured, cap_ps)})
+        outs = lower_body(ctx, body, bindings)
+        again = _scalar_bool(ctx, outs[0], "the body's condition output")
+        grown = []
+        for acc, s in zip(acc_ps, outs[1 + n:]):
+            # every iteration's element has the accumulator's element shape (checked at run time)
+            item = bb.match_cast(bb.emit(relax.op.expand_dims(s, 0)),
+                                 relax.TensorType([1, *acc.ty.shape.values[1:]], acc.ty.dtype))
+            grown.append(bb.emit(relax.op.concat([acc, item], axis=0)))
+        step = bb.emit(relax.op.add(i_p, relax.const(1, "int64")))
+        return bb.emit(relax.Call(gv, [step, again, trip_p, *outs[1:1 + n], *grown, *cap_ps]))
+
+    def loop() -> relax.Var:
+        go = bb.emit(relax.op.logical_and(cond_p, relax.op.less(i_p, trip_p)))
+        done = _block(ctx, lambda: bb.emit(relax.Tuple(v_ps + acc_ps)))
+        return bb.emit(relax.If(go, _block(ctx, iterate), done))
+
+    bb.update_func(gv, _function(ctx, params, loop, ret))
+
+    out = bb.emit(relax.Call(gv, [relax.const(0, "int64"), cond, trip, *inits, *accs, *(e for _, e in captured)]),
+                  "loop_out")
+    return [bb.emit(relax.TupleGetItem(out, j)) for j in range(n + k)]
