@@ -173,3 +173,16 @@ def test_while_loop_without_trip_count_grows_a_carried_value(tmp_path):
     for limit in (5.0, 100.0, 1e6):
         check(run, model, {"c0": np.array(True), "v0": np.array([1.0, 1.5], np.float32),
                            "limit": np.array(limit, np.float32)})
+
+
+def test_long_loop_runs_in_blocks_not_one_call_per_iteration(tmp_path):
+    """20000 iterations: a call per iteration would overflow the VM's C++ stack (it did at ~5000)."""
+    body = graph([h.make_node("Add", ["v_in", "one"], ["v_out"]), h.make_node("Identity", ["c_in"], ["c_out"])],
+                 "body", [vi("i", I64, []), vi("c_in", B, []), vi("v_in", F, [2])],
+                 [vi("c_out", B, []), vi("v_out", F, [2])])
+    model = make([h.make_node("Loop", ["M", "", "v0"], ["v"], body=body)],
+                 [vi("M", I64, []), vi("v0", F, [2])], [vi("v", F, [2])], [h.make_tensor("one", F, [], [1.0])])
+    run = compiled(model, tmp_path)
+    for m in (20000, 1025, 1):
+        got = check(run, model, {"M": np.array(m, np.int64), "v0": np.array([0.0, 0.5], np.float32)})[0]
+        assert got[0] == m

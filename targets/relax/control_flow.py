@@ -220,10 +220,14 @@ def _dims(t: Any) -> list[Any]:
 
 
 def _static_dims(expr: relax.Expr) -> list[Any]:
-    shape = expr.ty.shape
-    if not isinstance(shape, relax.ShapeExpr):
+    """The dims of `expr` that are ints (None for the others); [] when Relax does not know its shape."""
+    return _static_dims_of(expr.ty)
+
+
+def _static_dims_of(ty: relax.TensorType) -> list[Any]:
+    if not isinstance(ty.shape, relax.ShapeExpr):
         return []
-    return [int(d) if is_static(d) else None for d in shape.values]
+    return [int(d) if is_static(d) else None for d in ty.shape.values]
 
 
 def _carried_dims(body: Graph, j: int, init: relax.Expr) -> list[Any]:
@@ -259,8 +263,23 @@ def _scan_init(ctx: LowerCtx, node: Node, body: Graph, j: int, n: int) -> relax.
     return ctx.bb.emit(relax.op.zeros(relax.ShapeExpr([0, *dims]), dtype))
 
 
+LOOP_LEVELS = 10
+"""A Loop runs as blocks of 2**LOOP_LEVELS iterations (see `lower_loop`)."""
+
+
 @converter("onnx.Loop", since=1)
 def lower_loop(ctx: LowerCtx, node: Node) -> list:
+    """Loop -> private Relax functions over the state (i, cond, carried..., accumulators...).
+
+    The Relax VM runs a call as a nested C++ call, so a plain tail-recursive
+    while loop overflows the stack after a few thousand iterations. Instead:
+    `step_0` runs one iteration when `cond and i < M` holds, `step_k` runs
+    `step_{k-1}` twice (when the loop has not stopped), and the recursive loop
+    function runs `step_LOOP_LEVELS` until the loop stops: the call depth grows
+    by one per 2**LOOP_LEVELS iterations. Every function takes the state, then
+    the trip count and the captured values (passed along unchanged), and returns
+    the state.
+    """
     bb = ctx.bb
     body: Graph = node.attrs["body"]
     n = len(node.inputs) - 2
@@ -277,42 +296,62 @@ def lower_loop(ctx: LowerCtx, node: Node) -> list:
             raise ctx.error(f"loop-carried input {j} is omitted; the Relax target needs a value")
         inits.append(ctx.input(2 + j))
     accs = [_scan_init(ctx, node, body, j, n) for j in range(k)]
-    captured, cap_ps = _captured_params(ctx, body)
+    captured = [(v, e) for v in captured_values(body) if (e := _outer_expr(ctx, v)) is not None]
 
-    name = bb.get_unique_name("mdoc_loop")
-    i_p = relax.Var("i", relax.TensorType([], "int64"))
-    cond_p = relax.Var("cond", relax.TensorType([], "bool"))
-    trip_p = relax.Var("trip_count", relax.TensorType([], "int64"))
-    v_ps = [relax.Var(f"v{j}", _param_type(e.ty, f"v{j}", _carried_dims(body, j, e))) for j, e in enumerate(inits)]
-    acc_ps = [relax.Var(f"acc{j}", _param_type(e.ty, f"acc{j}", [None, *_static_dims(e)[1:]]))
-              for j, e in enumerate(accs)]
-    params = [i_p, cond_p, trip_p, *v_ps, *acc_ps, *cap_ps]
-    ret = relax.TupleType([relax.TensorType(dtype=p.ty.dtype, ndim=p.ty.ndim) for p in v_ps + acc_ps])
-    gv = relax.GlobalVar(name)
-    relax.expr._update_type(gv, relax.FuncType([p.ty for p in params], ret))
+    # parameter types: the state, then what passes through unchanged
+    scalar = [relax.TensorType([], "int64"), relax.TensorType([], "bool")]
+    carried = [_carried_dims(body, j, e) for j, e in enumerate(inits)]
+    state_types = [*scalar, *(_param_type(e.ty, f"v{j}", d) for j, (e, d) in enumerate(zip(inits, carried))),
+                   *(_param_type(e.ty, f"acc{j}", [None, *_static_dims(e)[1:]]) for j, e in enumerate(accs))]
+    fixed_types = [relax.TensorType([], "int64"), *(_param_type(e.ty, f"c{j}", _static_dims(e)) for _, e in captured)]
+    state_names = ["i", "cond", *(f"v{j}" for j in range(n)), *(f"acc{j}" for j in range(k))]
+    fixed_names = ["trip_count", *(f"c{j}" for j in range(len(captured)))]
+    ret = relax.TupleType([*scalar, *(relax.TensorType(dtype=t.dtype, ndim=t.ndim) for t in state_types[2:])])
 
-    def iterate() -> relax.Var:
-        bindings = {body.inputs[0]: i_p, body.inputs[1]: cond_p}
-        bindings.update({body.inputs[2 + j]: p for j, p in enumerate(v_ps)})
-        bindings.update({v: p for (v, _), p in zip(captured, cap_ps)})
+    def fresh(types, names) -> list[relax.Var]:
+        """New parameters (Relax refuses one Var as the parameter of two functions), with new dims."""
+        return [relax.Var(name, _param_type(t, name, [d if isinstance(d, int) else None for d in _static_dims_of(t)]))
+                for t, name in zip(types, names)]
+
+    def call(gv, state, fixed) -> list[relax.Var]:
+        result = bb.emit(relax.Call(gv, [*state, *fixed]))
+        return [bb.emit(relax.TupleGetItem(result, j)) for j in range(len(state_types))]
+
+    def define(name: str, then) -> relax.GlobalVar:
+        """A function that returns `then(state, fixed)` while the loop runs and its state once it stops."""
+        gv = relax.GlobalVar(bb.get_unique_name(name))
+        relax.expr._update_type(gv, relax.FuncType([*state_types, *fixed_types], ret))
+        state, fixed = fresh(state_types, state_names), fresh(fixed_types, fixed_names)
+
+        def emit() -> relax.Var:
+            go = bb.emit(relax.op.logical_and(state[1], relax.op.less(state[0], fixed[0])))
+            running = _block(ctx, lambda: bb.emit(relax.Tuple(then(gv, state, fixed))))
+            return bb.emit(relax.If(go, running, _block(ctx, lambda: bb.emit(relax.Tuple(state)))))
+
+        bb.update_func(gv, _function(ctx, [*state, *fixed], emit, ret))
+        return gv
+
+    def iterate(gv, state, fixed) -> list[relax.Expr]:
+        i, cond_in, vs, accs_in = state[0], state[1], state[2:2 + n], state[2 + n:]
+        bindings = {body.inputs[0]: i, body.inputs[1]: cond_in}
+        bindings.update({body.inputs[2 + j]: v for j, v in enumerate(vs)})
+        bindings.update({v: p for (v, _), p in zip(captured, fixed[1:])})
         outs = lower_body(ctx, body, bindings)
         again = _scalar_bool(ctx, outs[0], "the body's condition output")
         grown = []
-        for acc, s in zip(acc_ps, outs[1 + n:]):
+        for acc, s in zip(accs_in, outs[1 + n:]):
             # every iteration's element has the accumulator's element shape (checked at run time)
             item = bb.match_cast(bb.emit(relax.op.expand_dims(s, 0)),
                                  relax.TensorType([1, *acc.ty.shape.values[1:]], acc.ty.dtype))
             grown.append(bb.emit(relax.op.concat([acc, item], axis=0)))
-        step = bb.emit(relax.op.add(i_p, relax.const(1, "int64")))
-        return bb.emit(relax.Call(gv, [step, again, trip_p, *outs[1:1 + n], *grown, *cap_ps]))
+        step = bb.emit(relax.op.add(i, relax.const(1, "int64")))
+        return [step, again, *outs[1:1 + n], *grown]
 
-    def loop() -> relax.Var:
-        go = bb.emit(relax.op.logical_and(cond_p, relax.op.less(i_p, trip_p)))
-        done = _block(ctx, lambda: bb.emit(relax.Tuple(v_ps + acc_ps)))
-        return bb.emit(relax.If(go, _block(ctx, iterate), done))
-
-    bb.update_func(gv, _function(ctx, params, loop, ret))
-
-    out = bb.emit(relax.Call(gv, [relax.const(0, "int64"), cond, trip, *inits, *accs, *(e for _, e in captured)]),
-                  "loop_out")
-    return [bb.emit(relax.TupleGetItem(out, j)) for j in range(n + k)]
+    step = define("mdoc_loop_step", iterate)
+    for level in range(LOOP_LEVELS):
+        step = define(f"mdoc_loop_x{2 << level}",
+                      lambda gv, state, fixed, inner=step: call(inner, call(inner, state, fixed), fixed))
+    loop = define("mdoc_loop", lambda gv, state, fixed: call(gv, call(step, state, fixed), fixed))
+    outer_fixed = [trip, *(e for _, e in captured)]
+    out = call(loop, [relax.const(0, "int64"), cond, *inits, *accs], outer_fixed)
+    return out[2:]
