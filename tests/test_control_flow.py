@@ -186,3 +186,20 @@ def test_long_loop_runs_in_blocks_not_one_call_per_iteration(tmp_path):
     for m in (20000, 1025, 1):
         got = check(run, model, {"M": np.array(m, np.int64), "v0": np.array([0.0, 0.5], np.float32)})[0]
         assert got[0] == m
+
+
+def test_loop_body_slicing_by_the_iteration_number(tmp_path):
+    """As onnx's test_loop11: the body slices a captured tensor at [i, i + 1) (a shape computed at run
+    time, match-cast in the body's function) and scans out the running sum."""
+    body = graph([h.make_node("Unsqueeze", ["i", "zero"], ["start"]), h.make_node("Add", ["start", "one"], ["end"]),
+                  h.make_node("Slice", ["x", "start", "end"], ["xi"]), h.make_node("Add", ["v_in", "xi"], ["v_out"]),
+                  h.make_node("Identity", ["c_in"], ["c_out"]), h.make_node("Identity", ["v_out"], ["scan"])],
+                 "body", [vi("i", I64, []), vi("c_in", B, []), vi("v_in", F, [1])],
+                 [vi("c_out", B, []), vi("v_out", F, [1]), vi("scan", F, [1])])
+    model = make([h.make_node("Loop", ["M", "", "v0"], ["v", "sums"], body=body)],
+                 [vi("M", I64, []), vi("v0", F, [1]), vi("x", F, [6])], [vi("v", F, [1]), vi("sums", F, ["n", 1])],
+                 [h.make_tensor("zero", I64, [1], [0]), h.make_tensor("one", I64, [1], [1])])
+    run = compiled(model, tmp_path)
+    for m in (6, 3):
+        assert check(run, model, {"M": np.array(m, np.int64), "v0": np.array([0.5], np.float32),
+                                  "x": np.arange(6, dtype=np.float32)})[1].shape == (m, 1)

@@ -14,15 +14,19 @@ is data dependent, and becomes Relax control flow here:
   every output; where their shapes differ, Relax joins them to a shape it does
   not know and the If's results are match-cast (by `lower.convert_node`) to
   the importer's inferred shape or to fresh symbolic dims.
-* **Loop** -> a private recursive Relax function, a while loop written as tail
-  recursion: `loop(i, cond, M, v..., acc..., captured...)` evaluates
-  `cond and i < M`, and when true lowers the body, appends each scan output to
-  its accumulator (a Concat per iteration) and calls itself with `i + 1`;
-  otherwise it returns the loop-carried values and accumulators (the only
-  branch that allocates is the last thing the function does, so the memory
-  planner's reuse stays sound). Parameter shapes keep the dims the body's
-  types declare as ints and take fresh symbolic dims elsewhere, so carried
-  values may change shape between iterations.
+* **Loop** -> private Relax functions, a while loop written as recursion
+  over the loop state `(i, cond, carried..., accumulators...)`: the body's
+  function runs one iteration (the body's nodes, each scan output appended to
+  its accumulator by a Concat, `i + 1`); step functions run it while
+  `cond and i < M` holds, in blocks of 2**LOOP_LEVELS iterations so the VM's
+  call depth stays small (see `lower_loop`). Parameter shapes keep the dims
+  the body's types declare as ints and take fresh symbolic dims elsewhere, so
+  carried values may change shape between iterations.
+
+No computation sits inside an If branch: every branch is a call (to a
+branch's or a body's function) or a tuple of the state, which keeps the
+memory planner's reuse sound and FuseOps working (it fails on some bindings
+inside branches).
 
 Values of enclosing graphs that a body uses are passed as parameters (a
 function cannot see another function's variables); compile-time constants are
@@ -331,7 +335,7 @@ def lower_loop(ctx: LowerCtx, node: Node) -> list:
         bb.update_func(gv, _function(ctx, [*state, *fixed], emit, ret))
         return gv
 
-    def iterate(gv, state, fixed) -> list[relax.Expr]:
+    def iterate(state, fixed) -> list[relax.Expr]:
         i, cond_in, vs, accs_in = state[0], state[1], state[2:2 + n], state[2 + n:]
         bindings = {body.inputs[0]: i, body.inputs[1]: cond_in}
         bindings.update({body.inputs[2 + j]: v for j, v in enumerate(vs)})
@@ -347,7 +351,12 @@ def lower_loop(ctx: LowerCtx, node: Node) -> list:
         step = bb.emit(relax.op.add(i, relax.const(1, "int64")))
         return [step, again, *outs[1:1 + n], *grown]
 
-    step = define("mdoc_loop_step", iterate)
+    # the body is a function of its own, called from the step's If branch: FuseOps fails on some
+    # bindings inside If branches (a match_cast to a shape), and no branch then allocates memory
+    state, fixed = fresh(state_types, state_names), fresh(fixed_types, fixed_names)
+    body_func = _function(ctx, [*state, *fixed], lambda: bb.emit(relax.Tuple(iterate(state, fixed))), ret)
+    body_gv = bb.add_func(body_func, bb.get_unique_name("mdoc_loop_body"))
+    step = define("mdoc_loop_step", lambda gv, state, fixed: call(body_gv, state, fixed))
     for level in range(LOOP_LEVELS):
         step = define(f"mdoc_loop_x{2 << level}",
                       lambda gv, state, fixed, inner=step: call(inner, call(inner, state, fixed), fixed))
