@@ -190,14 +190,16 @@ def test_long_loop_runs_in_blocks_not_one_call_per_iteration(tmp_path):
 
 def test_loop_body_slicing_by_the_iteration_number(tmp_path):
     """As onnx's test_loop11: the body slices a captured tensor at [i, i + 1) (a shape computed at run
-    time, match-cast in the body's function) and scans out the running sum."""
+    time, match-cast in the body's function) and scans out the running sum and each (scalar) element."""
     body = graph([h.make_node("Unsqueeze", ["i", "zero"], ["start"]), h.make_node("Add", ["start", "one"], ["end"]),
                   h.make_node("Slice", ["x", "start", "end"], ["xi"]), h.make_node("Add", ["v_in", "xi"], ["v_out"]),
-                  h.make_node("Identity", ["c_in"], ["c_out"]), h.make_node("Identity", ["v_out"], ["scan"])],
+                  h.make_node("Identity", ["c_in"], ["c_out"]), h.make_node("Identity", ["v_out"], ["scan"]),
+                  h.make_node("ReduceSum", ["xi"], ["scalar"], keepdims=0)],
                  "body", [vi("i", I64, []), vi("c_in", B, []), vi("v_in", F, [1])],
-                 [vi("c_out", B, []), vi("v_out", F, [1]), vi("scan", F, [1])])
-    model = make([h.make_node("Loop", ["M", "", "v0"], ["v", "sums"], body=body)],
-                 [vi("M", I64, []), vi("v0", F, [1]), vi("x", F, [6])], [vi("v", F, [1]), vi("sums", F, ["n", 1])],
+                 [vi("c_out", B, []), vi("v_out", F, [1]), vi("scan", F, [1]), vi("scalar", F, [])])
+    model = make([h.make_node("Loop", ["M", "", "v0"], ["v", "sums", "xs"], body=body)],
+                 [vi("M", I64, []), vi("v0", F, [1]), vi("x", F, [6])],
+                 [vi("v", F, [1]), vi("sums", F, ["n", 1]), vi("xs", F, ["n"])],
                  [h.make_tensor("zero", I64, [1], [0]), h.make_tensor("one", I64, [1], [1])])
     run = compiled(model, tmp_path)
     for m in (6, 3):

@@ -124,9 +124,53 @@ def _scalar_int64(ctx: LowerCtx, expr: relax.Expr) -> relax.Expr:
 # -- functions ------------------------------------------------------------------
 
 
+def captured_values(body: Graph) -> list[Value]:
+    """The values of enclosing graphs that `body` or a body nested in it uses, in first-use order."""
+    inner: set[Value] = set()
+    found: dict[Value, None] = {}
+
+    def visit(graph: Graph) -> None:
+        inner.update(graph.inputs)
+        for node in graph:
+            inner.update(node.outputs)
+        for node in graph:
+            for v in node.inputs:
+                if v is not None and v not in inner:
+                    found.setdefault(v)
+            for sub in node.subgraphs():
+                visit(sub)
+        for v in graph.outputs:
+            if v not in inner:
+                found.setdefault(v)
+
+    visit(body)
+    return list(found)
+
+
+def _outer_expr(ctx: LowerCtx, value: Value) -> relax.Expr | None:
+    """`value` of an enclosing graph as a Relax expression, or None when it is a compile-time constant."""
+    bound = ctx.lookup(value)
+    if bound is None:
+        if value.const_value is not None:
+            return None  # lowered lazily as a relax.const wherever the body uses it
+        raise ctx.error(f"the body uses %{value.name} before it is defined")
+    if isinstance(bound, SymTensor):
+        if bound.static:
+            return None  # known at compile time: stays a SymTensor, usable in any function
+        bound = ctx.materialize(bound)
+    if isinstance(bound, tvm.ir.GenericConst):
+        return None
+    return bound
+
+
+def _captured(ctx: LowerCtx, body: Graph) -> list[tuple[Value, relax.Expr]]:
+    """The outer values `body` uses that are not compile-time constants, with their Relax expressions here."""
+    return [(v, e) for v in captured_values(body) if (e := _outer_expr(ctx, v)) is not None]
+
+
 def _captured_params(ctx: LowerCtx, body: Graph) -> tuple[list[tuple[Value, relax.Expr]], list[relax.Var]]:
-    """The outer values `body` uses (with their Relax expressions here) and a parameter for each."""
-    captured = [(v, e) for v in captured_values(body) if (e := _outer_expr(ctx, v)) is not None]
+    """`_captured(ctx, body)` and a parameter for each."""
+    captured = _captured(ctx, body)
     params = [relax.Var(f"c{j}", _param_type(e.ty, f"c{j}", _static_dims(e))) for j, (_, e) in enumerate(captured)]
     return captured, params
 
@@ -173,45 +217,6 @@ def lower_if(ctx: LowerCtx, node: Node) -> list:
 # -- Loop -----------------------------------------------------------------------
 
 
-def captured_values(body: Graph) -> list[Value]:
-    """The values of enclosing graphs that `body` or a body nested in it uses, in first-use order."""
-    inner: set[Value] = set()
-    found: dict[Value, None] = {}
-
-    def visit(graph: Graph) -> None:
-        inner.update(graph.inputs)
-        for node in graph:
-            inner.update(node.outputs)
-        for node in graph:
-            for v in node.inputs:
-                if v is not None and v not in inner:
-                    found.setdefault(v)
-            for sub in node.subgraphs():
-                visit(sub)
-        for v in graph.outputs:
-            if v not in inner:
-                found.setdefault(v)
-
-    visit(body)
-    return list(found)
-
-
-def _outer_expr(ctx: LowerCtx, value: Value) -> relax.Expr | None:
-    """`value` of an enclosing graph as a Relax expression, or None when it is a compile-time constant."""
-    bound = ctx.lookup(value)
-    if bound is None:
-        if value.const_value is not None:
-            return None  # lowered lazily as a relax.const wherever the body uses it
-        raise ctx.error(f"the body uses %{value.name} before it is defined")
-    if isinstance(bound, SymTensor):
-        if bound.static:
-            return None  # known at compile time: stays a SymTensor, usable in any function
-        bound = ctx.materialize(bound)
-    if isinstance(bound, tvm.ir.GenericConst):
-        return None
-    return bound
-
-
 def _param_type(ty: relax.TensorType, name: str, static: list[Any]) -> relax.TensorType:
     """`ty` with the dims of `static` that are ints kept and every other dim a fresh var of `name`."""
     static = static if len(static) == ty.ndim else [None] * ty.ndim
@@ -254,15 +259,10 @@ def _scan_init(ctx: LowerCtx, node: Node, body: Graph, j: int, n: int) -> relax.
         shape = list(result.type.shape[1:])
     if isinstance(element.type, TensorType) and element.type.shape is not None:
         shape = list(element.type.shape)
-    dims = []
-    for d in shape or [None]:
-        if isinstance(d, int):
-            dims.append(d)
-        elif isinstance(d, str) and d in ctx.symbols:
-            dims.append(ctx.symbols[d])
-        else:
-            raise ctx.error(f"scan output {j} (%{result.name}) needs a known element shape to start its "
-                            f"accumulator (got {element.type}); run infer-shapes or give the model static shapes")
+    if shape is None or not all(isinstance(d, int) or (isinstance(d, str) and d in ctx.symbols) for d in shape):
+        raise ctx.error(f"scan output {j} (%{result.name}) needs a known element shape to start its "
+                        f"accumulator (got {element.type}); run infer-shapes or give the model static shapes")
+    dims = [d if isinstance(d, int) else ctx.symbols[d] for d in shape]
     dtype = tvm_dtype((result.type if isinstance(result.type, TensorType) else element.type).dtype)
     return ctx.bb.emit(relax.op.zeros(relax.ShapeExpr([0, *dims]), dtype))
 
@@ -300,7 +300,7 @@ def lower_loop(ctx: LowerCtx, node: Node) -> list:
             raise ctx.error(f"loop-carried input {j} is omitted; the Relax target needs a value")
         inits.append(ctx.input(2 + j))
     accs = [_scan_init(ctx, node, body, j, n) for j in range(k)]
-    captured = [(v, e) for v in captured_values(body) if (e := _outer_expr(ctx, v)) is not None]
+    captured = _captured(ctx, body)
 
     # parameter types: the state, then what passes through unchanged
     scalar = [relax.TensorType([], "int64"), relax.TensorType([], "bool")]
