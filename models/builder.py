@@ -63,6 +63,20 @@ class GraphBuilder:
         self._node_names[base] += 1
         return base if count == 0 else f"{base}_{count}"
 
+    @contextlib.contextmanager
+    def body(self) -> Iterator[list[onnx.NodeProto]]:
+        """Build the nodes of an If branch or Loop body: nodes made inside go to the yielded list.
+
+        Weights (`param`, `normal`, ...) still go to the outer graph, and the body
+        uses them by name, as PyTorch's exporter writes a branch that reads a
+        module's parameters. Finish the body with `make_body`.
+        """
+        outer, self.nodes = self.nodes, []
+        try:
+            yield self.nodes
+        finally:
+            self.nodes = outer
+
     # -- graph inputs and parameters -------------------------------------------
 
     def input(self, name: str, elem_type: int, shape: Sequence[Dim]) -> str:
@@ -131,6 +145,12 @@ class GraphBuilder:
         if tail:
             pieces.append(self.const(list(tail), np.int64))
         return self.op("Concat", pieces, axis=0)
+
+    def make_body(self, nodes: Sequence[onnx.NodeProto], name: str, inputs: Sequence[onnx.ValueInfoProto],
+                  outputs: Sequence[tuple[str, int, Sequence[Dim] | None]]) -> onnx.GraphProto:
+        """An If branch or Loop body graph from nodes built under `body()`."""
+        outs = [helper.make_tensor_value_info(n, t, None if s is None else list(s)) for n, t, s in outputs]
+        return helper.make_graph(list(nodes), name, list(inputs), outs)
 
     # -- the model ----------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from mdoc.models.builder import FLOAT, Dim, GraphBuilder
 from mdoc.models.layers import classifier
 
 
-def _recurrent_weights(b: GraphBuilder, name: str, gates: int, directions: int, cin: int, hidden: int) -> list[str]:
+def recurrent_weights(b: GraphBuilder, name: str, gates: int, directions: int, cin: int, hidden: int) -> list[str]:
     """W, R and B for an ONNX LSTM (4 gates) or GRU (3 gates), drawn as PyTorch does: U(-1/sqrt(H), 1/sqrt(H)).
 
     The range is doubled so that the recurrence actually carries state rather
@@ -48,13 +48,13 @@ def lstm_seq(
     x = b.input("x", FLOAT, [batch, seq, features])
     with b.scope("lstm"):
         y = b.op("Transpose", [x], perm=[1, 0, 2])
-        weights = _recurrent_weights(b, "lstm", 4, 2, features, hidden)
+        weights = recurrent_weights(b, "lstm", 4, 2, features, hidden)
         y, _, _ = b.op("LSTM", [y, *weights], outputs=3, direction="bidirectional", hidden_size=hidden)
         # Y is [seq, 2, batch, hidden]; torch concatenates the directions on the last axis.
         y = b.op("Transpose", [y], perm=[0, 2, 1, 3])
         y = b.op("Reshape", [y, b.const([0, 0, 2 * hidden], np.int64)])
     with b.scope("gru"):
-        weights = _recurrent_weights(b, "gru", 3, 1, 2 * hidden, hidden)
+        weights = recurrent_weights(b, "gru", 3, 1, 2 * hidden, hidden)
         y, h = b.op("GRU", [y, *weights], outputs=2, hidden_size=hidden, linear_before_reset=1)
         encoded = b.op("Transpose", [b.op("Squeeze", [y, b.const([1], np.int64)])], perm=[1, 0, 2])
         last = b.op("Squeeze", [h, b.const([0], np.int64)])

@@ -21,10 +21,13 @@ from mdoc.models.bert import bert_encoder
 from mdoc.models.builder import EXAMPLE_INPUTS_KEY
 from mdoc.models.detector import detector_head
 from mdoc.models.mobilenet import mobilenetv2
+from mdoc.models.ppocr import ppocr_rec
 from mdoc.models.recurrent import lstm_seq
 from mdoc.models.resnet import resnet18, resnet50
 from mdoc.models.sample import sample
+from mdoc.models.silero_vad import silero_vad
 from mdoc.models.vit import vit_tiny
+from mdoc.models.yolo import yolo_detector
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,18 @@ ZOO: dict[str, ZooEntry] = {
         ZooEntry(
             "detector_head", "YOLO-style detector: SiLU convs, FPN with nearest and linear Resize, anchor heads",
             detector_head, {"image_size": 64, "width": 4, "fpn_channels": 8, "num_classes": 3},
+        ),
+        ZooEntry(
+            "silero_vad", "Silero-VAD-like: nested If on the sample rate, STFT Conv1d front ends, LSTM with state",
+            silero_vad, {"chunk": 128, "n_fft": 32, "channels": 8, "hidden": 16},
+        ),
+        ZooEntry(
+            "ppocr_rec", "PP-OCR-like text recognizer: HardSwish conv backbone, im2seq, BiLSTM, CTC Softmax",
+            ppocr_rec, {"width": 64, "channels": 8, "hidden": 16, "vocab": 20},
+        ),
+        ZooEntry(
+            "yolo_detector", "YOLOv8-style detector: C2f, SPPF, FPN+PAN, DFL and box decode in the graph",
+            yolo_detector, {"image_size": 64, "width": 4, "num_classes": 3, "reg_max": 4},
         ),
     ]
 }

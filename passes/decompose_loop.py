@@ -11,9 +11,10 @@ constants are copied once and shared by all iterations.
 
 Anything else is data dependent (a while loop, a trip count or condition
 computed at run time) and stays as it is, with a note in the pass log; the TVM
-lowering then reports the Loop as unsupported. So do loops of more than
-`max-iterations` iterations, and loops of 0 iterations with scan outputs (their
-empty results have shapes the IR cannot know).
+lowering then turns the Loop into a recursive Relax function
+(`targets/relax/control_flow.py`). So do loops of more than `max-iterations`
+iterations, and loops of 0 iterations with scan outputs (their empty results
+have shapes the IR cannot know).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 The taken branch is copied into the If's graph just before it (`mdoc.clone`), its
 outputs replace the If's results, and the other branch goes with the If. Ifs
 nested in bodies fold too, innermost first. An If whose condition is computed
-at run time stays: TVM lowers If itself.
+at run time stays: the TVM lowering makes it a `relax.If` (targets/relax/control_flow.py).
 """
 
 from __future__ import annotations

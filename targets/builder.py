@@ -36,13 +36,26 @@ def _tolerant(dl, rule):
     """A dlight rule that declines, instead of failing the build, where its own analysis asserts.
 
     (dlight's GEMV rule asserts on some reductions of BERT's LayerNorm; the next rule takes them.)
+
+    Also declines a schedule that stages data in a local or shared buffer of run-time size (the
+    Matmul rule on a conv1d over a symbolic length, as after an If whose branches differ in
+    length): CUDA codegen cannot allocate one, and the next rule schedules the function instead.
     """
 
     class Tolerant(dl.ScheduleRule):
         def apply(self, func, target, tunable):
             try:
-                return rule.apply(func, target, tunable)
+                sch = rule.apply(func, target, tunable)
             except (AssertionError, ValueError, IndexError):
                 return None
+            return None if sch is not None and not isinstance(sch, list) and _dynamic_scratch(sch) else sch
 
     return Tolerant()
+
+
+def _dynamic_scratch(sch) -> bool:
+    import tvm
+
+    root = sch.get(sch.get_sblock("root"))
+    return any(buf.scope() in ("local", "shared") and not all(isinstance(d, tvm.tirx.IntImm) for d in buf.shape)
+               for buf in root.alloc_buffers)

@@ -150,7 +150,7 @@ _RUNNER = textwrap.dedent(
             given[name] = array
     if sorted(given) != sorted(params):
         fail(f"{func} takes inputs ({', '.join(params)}) but was given ({', '.join(given)})")
-    args = [tvm.runtime.tensor(np.ascontiguousarray(given[p]), tvm.cpu()) for p in params]
+    args = [tvm.runtime.tensor(np.array(given[p], order="C"), tvm.cpu()) for p in params]  # 0-d stays 0-d
     t1 = time.perf_counter()
 
     def flatten(value, out):
@@ -186,7 +186,7 @@ _RUNNER = textwrap.dedent(
 
 def _to_raw(name: str, value: object) -> tuple[np.ndarray, str | None]:
     """An input array as it crosses to the emulated runtime, and its ml_dtypes type name if it has one."""
-    array = np.ascontiguousarray(np.asarray(value))
+    array = np.array(value, order="C")  # np.ascontiguousarray would make a scalar input 1-d
     if array.dtype.hasobject:
         raise RuntimeError(f"run_aarch64: input {name!r} has dtype object; give a numeric array")
     if array.dtype.kind == "V":

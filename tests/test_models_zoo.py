@@ -89,6 +89,9 @@ SIGNATURES = {
     "vit_tiny": {"Conv": 1, "MatMul": 16, "Expand": 1, "ReduceMean": 10, "Erf": 2, "Softmax": 2, "Gemm": 1},
     "lstm_seq": {"LSTM": 1, "GRU": 1, "Gemm": 1},
     "detector_head": {"Resize": 2, "Sigmoid": 13, "Concat": 2, "Transpose": 3},
+    "silero_vad": {"If": 1, "Equal": 1, "LSTM": 1, "Conv": 3, "Sigmoid": 1},
+    "ppocr_rec": {"Conv": 9, "HardSwish": 9, "Shape": 2, "Gather": 2, "LSTM": 1, "Softmax": 1},
+    "yolo_detector": {"Conv": 64, "Split": 10, "MaxPool": 3, "Resize": 2, "Shape": 5, "Softmax": 1, "Transpose": 2},
 }
 
 
@@ -112,6 +115,19 @@ def test_detector_resizes_both_ways():
     modes = {onnx.helper.get_attribute_value(a) for n in resizes for a in n.attribute if a.name == "mode"}
     assert modes == {b"nearest", b"linear"}
     assert {len(n.input) for n in resizes} == {3, 4}  # scales, then sizes
+
+
+def test_silero_nests_its_sample_rate_ifs_and_each_rate_differs():
+    model = build("silero_vad", **ZOO["silero_vad"].test_kwargs)
+    (outer,) = [n for n in model.graph.node if n.op_type == "If"]
+    else_branch = next(a.g for a in outer.attribute if a.name == "else_branch")
+    assert [n.op_type for n in else_branch.node if n.op_type == "If"] == ["If"]
+    feeds = example_inputs(model, dims={"N": 2})
+    probs = []
+    for sr in (16000, 8000, 32000):
+        feeds["sr"] = np.array(sr, np.int64)
+        probs.append(_run(model, feeds)[0])
+    assert not np.allclose(probs[0], probs[1]) and not np.allclose(probs[0], probs[2])
 
 
 def test_bert_attention_mask_changes_the_output():

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 import numpy as np
 import tvm
 from tvm import relax
+from tvm.relax.transform import fast_math
 
 from mdoc.errors import MdocError
 from mdoc.ir import Model
@@ -41,6 +42,29 @@ def _as_target(target) -> tvm.target.Target:
     return tvm.target.Target(dict(target))
 
 
+@relax.expr_functor.mutator
+class _FastMathCodegen(fast_math.FastMathCodeGenerator._cls):
+    """TVM's fast-math rewriter, minus its crash on calls whose callee is a function, not an op."""
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        if isinstance(call.op, tvm.ir.Op):
+            return super().visit_call_(call)
+        return relax.PyExprMutator.visit_call_(self, call)
+
+
+@tvm.transform.module_pass(opt_level=0, name="MdocFastMath")
+class FastMath:
+    """`relax.transform.FastMathTransform` for modules whose functions call each other (a lowered Loop
+    is a recursive function): TVM's reads `call.op.name`, which a GlobalVar callee lacks."""
+
+    def transform_module(self, mod: tvm.IRModule, ctx) -> tvm.IRModule:
+        codegen = _FastMathCodegen(mod)
+        for gv, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                codegen.builder_.update_func(gv, codegen.visit_expr(func))
+        return codegen.builder_.get()
+
+
 def _front_passes(target: tvm.target.Target, schedule: bool) -> list:
     passes = [
         # channels-last convs: the generic schedule then vectorizes over output channels, which
@@ -50,7 +74,7 @@ def _front_passes(target: tvm.target.Target, schedule: bool) -> list:
         FoldConstantsNumpy(),  # the weight transposes above, in numpy (FoldConstant compiles each)
         # exp / erf / tanh / softmax as TOPI's polynomial versions: they vectorize, where the
         # libm calls that `exp` lowers to run one lane at a time (relative error ~1e-7)
-        relax.transform.FastMathTransform(),
+        FastMath(),
         relax.backend.DispatchSampling(),
         relax.backend.DispatchSortScan(),
         relax.transform.LegalizeOps(),

@@ -31,6 +31,7 @@ anything is emitted.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from typing import Any
 
@@ -42,7 +43,7 @@ from mdoc.errors import MdocError
 from mdoc.ir import CONSTANT, Model, Node, Value
 from mdoc.types import TensorType
 
-from . import converters  # noqa: F401  (registers the converters)
+from . import control_flow, converters  # noqa: F401  (registers the converters)
 from .context import LowerCtx, SymTensor, contiguous, tvm_dtype
 from .kernels import Kernels
 from .registry import lookup
@@ -71,7 +72,7 @@ def param_constants(model: Model) -> list[Value]:
 
 def check_supported(model: Model) -> None:
     """Raise MdocError for the first node whose op has no converter for the model's opset."""
-    for node in model.graph:
+    for node in model.graph.walk():  # If and Loop bodies too
         if node.op == CONSTANT:
             continue
         opset = model.opset_of(node.op)
@@ -128,17 +129,18 @@ def lower(model: Model, *, params_as_constants: bool = True, target: dict | None
             ctx.bind(value, var)
         for value, var in zip(weight_values, weight_vars):
             ctx.bind(value, var)
-        with bb.dataflow():
+        # Relax dataflow blocks cannot hold If: a graph with control flow is emitted into plain
+        # binding blocks, and control_flow.finish regroups the pure stretches into dataflow blocks
+        dataflow = not control_flow.present(graph)
+        with bb.dataflow() if dataflow else contextlib.nullcontext():
             for node in graph:
                 if node.op != CONSTANT:
-                    _convert(ctx, node)
+                    convert_node(ctx, node)
             ctx.node = None
-            outs = []
-            for i, value in enumerate(graph.outputs):
-                outs.append(_output_expr(ctx, value))
-            result = bb.emit_output(relax.Tuple(outs), "outputs")
+            outs = [output_expr(ctx, value) for value in graph.outputs]
+            result = (bb.emit_output if dataflow else bb.emit)(relax.Tuple(outs), "outputs")
         bb.emit_func_output(result)
-    mod = bb.get()
+    mod = bb.get() if dataflow else control_flow.finish(bb.get())
     if weight_values:
         func = mod["main"].with_attr("params", [tvm.runtime.tensor(contiguous(v.const_value))
                                                 for v in weight_values])
@@ -146,7 +148,8 @@ def lower(model: Model, *, params_as_constants: bool = True, target: dict | None
     return mod
 
 
-def _convert(ctx: LowerCtx, node: Node) -> None:
+def convert_node(ctx: LowerCtx, node: Node) -> None:
+    """Lower one node into the current block and bind its results (also used for If/Loop bodies)."""
     ctx.node = node
     fn = lookup(node.op, ctx.opset)
     try:
@@ -195,7 +198,8 @@ def _with_shape(ctx: LowerCtx, value: Value, expr: relax.Expr) -> relax.Expr:
     return ctx.bb.match_cast(expr, relax.TensorType(dims, ty.dtype), sanitize(value.name, "v"))
 
 
-def _output_expr(ctx: LowerCtx, value: Value) -> relax.Expr:
+def output_expr(ctx: LowerCtx, value: Value) -> relax.Expr:
+    """The Relax expression of a graph (or body) output."""
     bound = ctx.lookup(value)
     if bound is None:
         array = value.const_value
