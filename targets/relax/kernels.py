@@ -12,11 +12,12 @@ drops the `global_symbol` "main" that `te.create_prim_func` gives). Returning
 `super().conv(...)` falls back to the default for shapes it does not cover.
 
     class CpuKernels(Kernels):
-        def conv(self, ctx, x, w, *, strides, pads, dilations, groups):
+        def conv(self, ctx, x, w, *, strides, pads, dilations, groups, bias=None):
             if len(strides) == 2 and groups == 1 and my_kernel_fits(ctx.shape_of(x), ctx.shape_of(w)):
                 gv = ctx.add_kernel(make_conv_primfunc(...), "mdoc_conv2d")
                 return relax.call_tir(gv, [x, packed_w], out_ty=relax.TensorType(out_shape, "float32"))
-            return super().conv(ctx, x, w, strides=strides, pads=pads, dilations=dilations, groups=groups)
+            return super().conv(ctx, x, w, strides=strides, pads=pads, dilations=dilations, groups=groups,
+                                bias=bias)
 
     ex = build(lower(model, kernels=CpuKernels()), target)
 
@@ -44,8 +45,18 @@ class Kernels:
     """Default kernels: plain Relax ops, scheduled later by the generic CPU schedule."""
 
     def conv(self, ctx: "LowerCtx", x: relax.Expr, w: relax.Expr, *, strides: Sequence[int],
-             pads: Sequence[int], dilations: Sequence[int], groups: int) -> relax.Expr:
-        """N-d convolution (N = 1, 2, 3) in NC[D]HW / OI[D]HW without bias."""
+             pads: Sequence[int], dilations: Sequence[int], groups: int,
+             bias: relax.Expr | None = None) -> relax.Expr:
+        """N-d convolution (N = 1, 2, 3) in NC[D]HW / OI[D]HW, plus `bias` [C] when given."""
+        y = self._conv(ctx, x, w, strides=strides, pads=pads, dilations=dilations, groups=groups)
+        if bias is None:
+            return y
+        # [1, C, 1, ...] of the data's full rank: Relax's ConvertLayout carries NHWC through a
+        # binary op only when both operands have the data's rank
+        per_channel = ctx.emit(relax.op.reshape(bias, [1, -1] + [1] * len(strides)))
+        return relax.op.add(ctx.emit(y), per_channel)
+
+    def _conv(self, ctx, x, w, *, strides, pads, dilations, groups):
         nd = len(strides)
         data_layout, kernel_layout = _LAYOUTS[nd]
         channels = ctx.shape_of(x)[1]

@@ -130,7 +130,7 @@ def lower(model: Model, *, params_as_constants: bool = True, target: dict | None
             ctx.bind(value, var)
         with bb.dataflow():
             for node in graph:
-                if node.op != CONSTANT:
+                if node.op != CONSTANT and node not in ctx.absorbed:
                     _convert(ctx, node)
             ctx.node = None
             outs = []

@@ -62,11 +62,8 @@ def conv(ctx: LowerCtx, node: Node):
     kernel = attr_ints(ctx, "kernel_shape") or [static_int(ctx, d, "kernel size") for d in ws[2:]]
     strides, dilations, pads = _spatial_attrs(ctx, xs[2:], kernel)
     groups = int(ctx.attr("group", 1))
-    y = ctx.kernels.conv(ctx, x, w, strides=strides, pads=pads, dilations=dilations, groups=groups)
-    if ctx.has_input(2):
-        y = ctx.emit(y)
-        y = R.add(y, _per_channel(ctx, ctx.input(2), nd + 2))
-    return [y]
+    bias = ctx.input(2) if ctx.has_input(2) else None  # the kernel adds it (and may fuse it)
+    return [ctx.kernels.conv(ctx, x, w, strides=strides, pads=pads, dilations=dilations, groups=groups, bias=bias)]
 
 
 _CONV_T = {1: (R.nn.conv1d_transpose, "NCW", "IOW"), 2: (R.nn.conv2d_transpose, "NCHW", "IOHW"),
