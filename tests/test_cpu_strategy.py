@@ -220,3 +220,19 @@ def test_conv_fallbacks():
     feeds = {"x1": x1, "x2": x2, "wr": f32(4, 4, 3, 3)}
     names = check(make_model(nodes, feeds, ["conv1d", "runtime_w", "late_residual"], inits), feeds)
     assert "conv2d_3x3s1p1_4x6x6_4" in names, names
+
+
+def test_pooling():
+    x = f32(1, 5, 11, 11)
+    nodes = [N("MaxPool", ["x"], ["max"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+             N("AveragePool", ["x"], ["avg"], kernel_shape=[3, 2], pads=[1, 0, 1, 1], count_include_pad=0),
+             N("AveragePool", ["x"], ["avg_incpad"], kernel_shape=[2, 2], strides=[2, 2], pads=[1, 1, 0, 0],
+               count_include_pad=1),
+             N("MaxPool", ["x"], ["max_ceil"], kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1),
+             # 1-d pooling and ceil mode with count_include_pad keep the default path
+             N("Reshape", ["x", "flat"], ["x1d"]), N("MaxPool", ["x1d"], ["max1d"], kernel_shape=[3]),
+             N("AveragePool", ["x"], ["avg_ceil_incpad"], kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1,
+               count_include_pad=1)]
+    outs = ["max", "avg", "avg_incpad", "max_ceil", "max1d", "avg_ceil_incpad"]
+    names = check(make_model(nodes, {"x": x}, outs, {"flat": np.array([1, 5, 121], np.int64)}), {"x": x})
+    assert {"maxpool2d_3x3s2p1_5x11x11", "maxpool2d_2x2s2p0_5x11x11_ceil"} <= names, names

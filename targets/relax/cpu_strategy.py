@@ -1,22 +1,33 @@
-"""The CPU kernel strategy: matmuls lowered to mdoc's hand-scheduled kernels (`targets/cpu_kernels`).
+"""The CPU kernel strategy: matmuls and 2-D convs lowered to mdoc's hand-scheduled kernels.
 
 Why: the generic schedule (`schedule.py`) reaches about half of the machine's FMA rate on
-matrix products (BERT-mini's dense layers at ~105 GFLOP/s on 2 Zen 4 cores); the packed-B
-kernels of `cpu_kernels.matmul` reach ~200, onnxruntime's rate, with the bias, residual and
-activation fused into the register tile.
+matrix products (BERT-mini's dense layers at ~105 GFLOP/s on 2 Zen 4 cores); the kernels of
+`targets/cpu_kernels` reach onnxruntime's rate (~200) with weights packed at compile time
+and the elementwise tail fused into the register tile.
 
 `CpuKernels` is the `Kernels` hook (see `kernels.py`) for x86 and aarch64 targets:
 
 * MatMul / Gemm with a constant 2-D B (`dense`): B is packed at compile time into the
   kernel's [N / lanes, K, lanes] panels; leading axes of A fold into its rows.
-* MatMul of two activations (`batch_matmul`; attention's Q K^T and P V), batch axes
-  broadcast like numpy.
-* For MatMul nodes, the tail `epilogue.match_tail` finds (scale, bias, residual,
-  activation) is fused and its nodes are absorbed; Gemm keeps its own alpha / beta / C.
+* MatMul of two activations (`batch_matmul`; attention's Q K^T and P V): batch axes
+  flatten to one when they are equal or one side's are all ones.
+* Conv with 2-D windows and constant weights (`conv2d`: dense, grouped, strided, dilated,
+  1x1 as a GEMM, depthwise): NCHW activations in and out, weights packed into the kernel's
+  blocked layout, the conv's bias fused.
+* MaxPool / AveragePool with 2-D windows (`pool2d`), NCHW like the convs.
+* For MatMul and Conv nodes, the tail `epilogue.match_tail` finds (MatMul: scale, bias,
+  residual, activation; Conv: residual, activation) is fused and its nodes are absorbed;
+  Gemm keeps its own alpha / beta / C.
 
-Anything else (dynamic shapes, 1-D operands, other dtypes, B given as a runtime weight
-parameter with a ragged N) goes to `Kernels.matmul`. Kernels are built once per shape and
-epilogue and reused across layers; weights differ only in their packed constants.
+Layout: a conv that reaches a kernel keeps the graph's NCHW activations (the kernels'
+register tiles broadcast the input, so NCHW costs them nothing) and only its weights change
+layout, so no transposes appear between neighbours. `build.py` converts to NHWC only the
+convs left as `relax.nn.conv2d` (the fallbacks), which the generic schedule can vectorize
+only over channels-last outputs.
+
+Fallbacks to `Kernels` (the generic schedule): symbolic dims, 1-D operands, dtypes other
+than float32, batch axes that truly broadcast, weights given at run time (convs), and 1-d /
+3-d convs. Kernels are built once per shape and epilogue and reused across layers.
 """
 
 from __future__ import annotations
@@ -30,7 +41,7 @@ from tvm import relax
 from mdoc.ir import Node
 from mdoc.types import TensorType
 
-from ..cpu_kernels import CpuSpec, Epilogue, Kernel, KernelError, batch_matmul, conv2d, dense
+from ..cpu_kernels import CpuSpec, Epilogue, Kernel, KernelError, batch_matmul, conv2d, dense, pool2d
 from .epilogue import Tail, match_tail
 from .kernels import Kernels
 
@@ -123,6 +134,22 @@ class CpuKernels(Kernels):
         if tail.nodes:
             ctx.absorb(tail.nodes, tail.result, y)
         return y
+
+    def pool(self, ctx: "LowerCtx", x: relax.Expr, kind: str, *, kernel, strides, pads, dilations, ceil_mode: bool,
+             count_include_pad: bool) -> relax.Expr:
+        x_shape = _static_shape(ctx, x)
+        if len(kernel) != 2 or x_shape is None:
+            return super().pool(ctx, x, kind, kernel=kernel, strides=strides, pads=pads, dilations=dilations,
+                                ceil_mode=ceil_mode, count_include_pad=count_include_pad)
+        key = ("pool2d", kind, x_shape, tuple(kernel), tuple(strides), tuple(pads), tuple(dilations), ceil_mode,
+               count_include_pad)
+        if key not in self._built:
+            self._built[key] = pool2d(x_shape, kind, tuple(kernel), tuple(strides), tuple(pads),
+                                      dilation=tuple(dilations), ceil_mode=ceil_mode,
+                                      count_include_pad=count_include_pad, spec=self.spec)
+        built = self._built[key]
+        gv = ctx.add_kernel(built.func, built.name)
+        return relax.call_tir(gv, [x], relax.TensorType(list(built.output.shape), "float32"))
 
     def _kernel(self, kind: str, a_shape, b_shape, transpose_b: bool, epilogue: Epilogue) -> Kernel:
         key = (kind, a_shape, b_shape, transpose_b, epilogue)

@@ -1,7 +1,7 @@
 """The kernel strategy: where hand-scheduled kernels plug into the Relax lowering.
 
-The converters of the compute-heavy ops (Conv, ConvTranspose-free convs, MatMul,
-Gemm) do not build Relax ops themselves: they ask `ctx.kernels`, an instance
+The converters of the compute-heavy ops (Conv, MatMul, Gemm, MaxPool and AveragePool)
+do not build Relax ops themselves: they ask `ctx.kernels`, an instance
 of `Kernels`, for the expression. The default returns plain `relax.op` calls,
 which the build legalizes to TOPI and schedules with the generic CPU schedule
 (`schedule.py`). A target-specific strategy (for example one backed by
@@ -37,6 +37,11 @@ from tvm import relax
 if TYPE_CHECKING:  # pragma: no cover
     from .context import LowerCtx
 
+POOL_OPS = {
+    "max": {1: relax.op.nn.max_pool1d, 2: relax.op.nn.max_pool2d, 3: relax.op.nn.max_pool3d},
+    "avg": {1: relax.op.nn.avg_pool1d, 2: relax.op.nn.avg_pool2d, 3: relax.op.nn.avg_pool3d},
+}
+POOL_LAYOUTS = {1: "NCW", 2: "NCHW", 3: "NCDHW"}
 _CONV = {1: relax.op.nn.conv1d, 2: relax.op.nn.conv2d, 3: relax.op.nn.conv3d}
 _LAYOUTS = {1: ("NCW", "OIW"), 2: ("NCHW", "OIHW"), 3: ("NCDHW", "OIDHW")}
 
@@ -95,6 +100,14 @@ class Kernels:
                                                      assume_inbound=True))
             outs.append(ctx.emit(self.conv(ctx, xg, wg, strides=strides, pads=pads, dilations=dilations, groups=1)))
         return relax.op.concat(outs, axis=1)
+
+    def pool(self, ctx: "LowerCtx", x: relax.Expr, kind: str, *, kernel: Sequence[int], strides: Sequence[int],
+             pads: Sequence[int], dilations: Sequence[int], ceil_mode: bool, count_include_pad: bool) -> relax.Expr:
+        """MaxPool (kind "max") / AveragePool ("avg") over NC[D]HW data, ONNX attributes."""
+        nd = len(kernel)
+        extra = {"count_include_pad": count_include_pad} if kind == "avg" else {}
+        return POOL_OPS[kind][nd](x, pool_size=list(kernel), strides=list(strides), padding=list(pads),
+                                  dilation=list(dilations), ceil_mode=ceil_mode, layout=POOL_LAYOUTS[nd], **extra)
 
     def matmul(self, ctx: "LowerCtx", a: relax.Expr, b: relax.Expr, *, transpose_b: bool = False) -> relax.Expr:
         """numpy-style matmul of `a` by `b` (by `b`'s last two axes swapped when `transpose_b`)."""
