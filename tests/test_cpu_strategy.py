@@ -236,3 +236,30 @@ def test_pooling():
     outs = ["max", "avg", "avg_incpad", "max_ceil", "max1d", "avg_ceil_incpad"]
     names = check(make_model(nodes, {"x": x}, outs, {"flat": np.array([1, 5, 121], np.int64)}), {"x": x})
     assert {"maxpool2d_3x3s2p1_5x11x11", "maxpool2d_2x2s2p0_5x11x11_ceil"} <= names, names
+
+
+def layer_norm_nodes(x: str, out: str, tag: str, gamma: str, beta: str) -> list:
+    """LayerNorm over the last axis as PyTorch exports it before opset 17."""
+    t = tag
+    return [N("ReduceMean", [x], [f"{t}_mean"], axes=[-1]), N("Sub", [x, f"{t}_mean"], [f"{t}_d"]),
+            N("Pow", [f"{t}_d", "two"], [f"{t}_p"]), N("ReduceMean", [f"{t}_p"], [f"{t}_v"], axes=[-1]),
+            N("Add", [f"{t}_v", "eps"], [f"{t}_ve"]), N("Sqrt", [f"{t}_ve"], [f"{t}_s"]),
+            N("Div", [f"{t}_d", f"{t}_s"], [f"{t}_n"]), N("Mul", [f"{t}_n", gamma], [f"{t}_g"]),
+            N("Add", [f"{t}_g", beta], [out])]
+
+
+def test_layer_norm_and_softmax():
+    x = f32(2, 6, 40)
+    inits = {"two": np.array(2.0, np.float32), "eps": np.array(1e-5, np.float32), "g": f32(40), "b": f32(40)}
+    nodes = [*layer_norm_nodes("x", "ln", "a", "g", "b"),
+             N("LayerNormalization", ["x", "g", "b"], ["ln_op"], axis=-1, epsilon=1e-3),
+             N("Softmax", ["x"], ["softmax"], axis=-1),
+             N("Softmax", ["x"], ["softmax_axis1"], axis=1),  # not the last axis: default path
+             # a decomposed LayerNorm whose centered value is also an output is left alone
+             *layer_norm_nodes("x", "ln_shared", "c", "g", "b")]
+    m = make_model(nodes, {"x": x}, ["ln", "ln_op", "softmax", "softmax_axis1", "ln_shared", "c_d"], inits)
+    names = check(m, {"x": x})
+    assert {"layer_norm_12x40", "softmax_12x40"} <= names, names
+    model, mod = lowered(m)
+    calls = mod["main"].script().count("layer_norm_12x40")
+    assert calls == 2, f"expected 2 layer_norm kernel calls (the pattern and the op), found {calls}"

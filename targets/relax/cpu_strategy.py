@@ -15,6 +15,8 @@ and the elementwise tail fused into the register tile.
   1x1 as a GEMM, depthwise): NCHW activations in and out, weights packed into the kernel's
   blocked layout, the conv's bias fused.
 * MaxPool / AveragePool with 2-D windows (`pool2d`), NCHW like the convs.
+* Softmax over the last axis and LayerNorm (the ONNX op, or the nine ops exporters write,
+  `layer_norm_pattern.py`) as one-task-per-row kernels (`lower_node`).
 * For MatMul and Conv nodes, the tail `epilogue.match_tail` finds (MatMul: scale, bias,
   residual, activation; Conv: residual, activation) is fused and its nodes are absorbed;
   Gemm keeps its own alpha / beta / C.
@@ -39,14 +41,17 @@ import tvm
 from tvm import relax
 
 from mdoc.ir import Node
-from mdoc.types import TensorType
+from mdoc.types import DType, TensorType
 
-from ..cpu_kernels import CpuSpec, Epilogue, Kernel, KernelError, batch_matmul, conv2d, dense, pool2d
+from ..cpu_kernels import CpuSpec, Epilogue, Kernel, KernelError, batch_matmul, conv2d, dense, layer_norm, pool2d, softmax
 from .epilogue import Tail, match_tail
+from .layer_norm_pattern import match_layer_norm
 from .kernels import Kernels
 
 if TYPE_CHECKING:  # pragma: no cover
     from .context import LowerCtx
+
+_RESHAPE = tvm.ir.Op.get("relax.reshape")
 
 
 def cpu_kernels_for(target: dict) -> Kernels:
@@ -80,27 +85,22 @@ class CpuKernels(Kernels):
         tail = (match_tail(ctx, node.output, out_shape) if node is not None and node.op == "onnx.MatMul"
                 else Tail(node.output if node is not None else None))
         residual = ctx.lookup(tail.residual) if tail.residual is not None else None
+        # leading axes flattened here (free reshapes): the kernels tile one row / one batch loop
         if constant_b:
-            # rows flattened to [M, K] here (a free reshape) rather than inside the kernel
-            rows = int(np.prod(a_shape[:-1]))
-            kernel_shape = (rows, n)
-            kernel = self._kernel("dense", (rows, a_shape[-1]), b_shape, transpose_b, tail.epilogue)
-            args = [_reshaped(ctx, a, (rows, a_shape[-1])), relax.const(kernel.packers["weight"](b.value.numpy()))]
-            residual = _reshaped(ctx, residual, kernel_shape) if residual is not None else None
+            a2 = (int(np.prod(a_shape[:-1])), a_shape[-1])
+            built = self._cached(("dense", a2, b_shape, transpose_b, tail.epilogue), lambda: dense(
+                a2, b_shape, transpose_b=transpose_b, epilogue=tail.epilogue, spec=self.spec))
+            args = [_reshaped(ctx, a, a2), relax.const(built.packers["weight"](b.value.numpy()))]
         else:
-            # batch axes flattened to one (the kernels tile a single batch loop)
             a3, b3 = _flat_batch(a_shape), _flat_batch(b_shape)
-            kernel_shape = (max(a3[0], b3[0]), a_shape[-2], n)
-            kernel = self._kernel("batch_matmul", a3, b3, transpose_b, tail.epilogue)
+            built = self._cached(("batch_matmul", a3, b3, transpose_b, tail.epilogue), lambda: batch_matmul(
+                a3, b3, transpose_b=transpose_b, epilogue=tail.epilogue, spec=self.spec))
             args = [_reshaped(ctx, a, a3), _reshaped(ctx, b, b3)]
-            residual = _reshaped(ctx, residual, kernel_shape) if residual is not None else None
         if tail.bias is not None:
             args.append(relax.const(tail.bias))
         if residual is not None:
-            args.append(residual)
-        gv = ctx.add_kernel(kernel.func, kernel.name)
-        y = ctx.emit(relax.call_tir(gv, args, relax.TensorType(list(kernel_shape), "float32")))
-        y = _reshaped(ctx, y, out_shape)
+            args.append(_reshaped(ctx, residual, built.output.shape))
+        y = _reshaped(ctx, self._call(ctx, built, args), out_shape)
         if tail.nodes:
             ctx.absorb(tail.nodes, tail.result, y)
         return y
@@ -119,18 +119,16 @@ class CpuKernels(Kernels):
         epilogue = Epilogue(bias=bias is not None, residual=tail.epilogue.residual, activation=tail.epilogue.activation,
                             alpha=tail.epilogue.alpha, beta=tail.epilogue.beta)
         key = ("conv2d", x_shape, weight.shape, tuple(strides), tuple(pads), tuple(dilations), groups, epilogue)
-        if key not in self._built:
-            # ONNX pads are (top, left, bottom, right), the builder's order too
-            self._built[key] = conv2d(x_shape, weight.shape, strides=tuple(strides), padding=tuple(pads),
-                                      dilation=tuple(dilations), groups=groups, epilogue=epilogue, spec=self.spec)
-        kernel = self._built[key]
-        args = [x, relax.const(np.ascontiguousarray(kernel.packers["weight"](weight)))]
+        # ONNX pads are (top, left, bottom, right), the builder's order too
+        built = self._cached(key, lambda: conv2d(x_shape, weight.shape, strides=tuple(strides), padding=tuple(pads),
+                                                 dilation=tuple(dilations), groups=groups, epilogue=epilogue,
+                                                 spec=self.spec))
+        args = [x, relax.const(np.ascontiguousarray(built.packers["weight"](weight)))]
         if bias is not None:
             args.append(relax.const(bias.value.numpy().reshape(-1)))
         if tail.residual is not None:
             args.append(ctx.lookup(tail.residual))
-        gv = ctx.add_kernel(kernel.func, kernel.name)
-        y = ctx.emit(relax.call_tir(gv, args, relax.TensorType(list(out_shape), "float32")))
+        y = self._call(ctx, built, args)
         if tail.nodes:
             ctx.absorb(tail.nodes, tail.result, y)
         return y
@@ -143,23 +141,59 @@ class CpuKernels(Kernels):
                                 ceil_mode=ceil_mode, count_include_pad=count_include_pad)
         key = ("pool2d", kind, x_shape, tuple(kernel), tuple(strides), tuple(pads), tuple(dilations), ceil_mode,
                count_include_pad)
-        if key not in self._built:
-            self._built[key] = pool2d(x_shape, kind, tuple(kernel), tuple(strides), tuple(pads),
-                                      dilation=tuple(dilations), ceil_mode=ceil_mode,
-                                      count_include_pad=count_include_pad, spec=self.spec)
-        built = self._built[key]
-        gv = ctx.add_kernel(built.func, built.name)
-        return relax.call_tir(gv, [x], relax.TensorType(list(built.output.shape), "float32"))
+        built = self._cached(key, lambda: pool2d(x_shape, kind, tuple(kernel), tuple(strides), tuple(pads),
+                                                 dilation=tuple(dilations), ceil_mode=ceil_mode,
+                                                 count_include_pad=count_include_pad, spec=self.spec))
+        return self._call(ctx, built, [x])
 
-    def _kernel(self, kind: str, a_shape, b_shape, transpose_b: bool, epilogue: Epilogue) -> Kernel:
-        key = (kind, a_shape, b_shape, transpose_b, epilogue)
+    def lower_node(self, ctx: "LowerCtx", node: Node) -> list | None:
+        """Softmax over the last axis and LayerNorm (the ONNX op or its exported decomposition)."""
+        if node.op == "onnx.ReduceMean":
+            match = match_layer_norm(ctx, node)
+            x = ctx.input(0) if match is not None else None
+            if match is None or _value_shape(match.x) is None or not isinstance(x, relax.Expr):
+                return None
+            y = self._layer_norm(ctx, x, _value_shape(match.x), match.gamma, match.beta, match.epsilon)
+            ctx.absorb(match.nodes[1:], match.result, y)
+            return [None]  # the mean itself is read only inside the pattern
+        if node.op == "onnx.LayerNormalization":
+            shape = _value_shape(node.inputs[0])
+            scale, bias = (node.inputs + (None,))[1:3]
+            axis = int(node.attrs.get("axis", -1))
+            if (shape is None or axis not in (-1, len(shape) - 1) or any(v.has_uses() for v in node.outputs[1:])
+                    or scale.const_value is None or (bias is not None and bias.const_value is None)):
+                return None
+            gamma = np.asarray(scale.const_value, np.float32).reshape(-1)
+            beta = (np.asarray(bias.const_value, np.float32).reshape(-1) if bias is not None
+                    else np.zeros_like(gamma))
+            if gamma.shape != (shape[-1],) or beta.shape != (shape[-1],):
+                return None
+            return [self._layer_norm(ctx, ctx.input(0), shape, gamma, beta, float(node.attrs.get("epsilon", 1e-5)))]
+        if node.op == "onnx.Softmax" and ctx.opset >= 13:
+            shape = _value_shape(node.inputs[0])
+            if shape is None or len(shape) < 2 or int(node.attrs.get("axis", -1)) not in (-1, len(shape) - 1):
+                return None
+            rows = (int(np.prod(shape[:-1])), shape[-1])
+            built = self._cached(("softmax", rows), lambda: softmax(rows, spec=self.spec))
+            return [_reshaped(ctx, self._call(ctx, built, [_reshaped(ctx, ctx.input(0), rows)]), shape)]
+        return None
+
+    def _layer_norm(self, ctx, x, shape, gamma, beta, epsilon: float) -> relax.Expr:
+        rows = (int(np.prod(shape[:-1])), shape[-1])  # one row axis: the kernels tile a single row loop
+        built = self._cached(("layer_norm", rows, epsilon), lambda: layer_norm(rows, epsilon=epsilon, spec=self.spec))
+        y = self._call(ctx, built, [_reshaped(ctx, x, rows), relax.const(gamma), relax.const(beta)])
+        return _reshaped(ctx, y, shape)
+
+    def _cached(self, key: tuple, make) -> Kernel:
         if key not in self._built:
-            if kind == "dense":
-                self._built[key] = dense(a_shape, b_shape, transpose_b=transpose_b, epilogue=epilogue, spec=self.spec)
-            else:
-                self._built[key] = batch_matmul(a_shape, b_shape, transpose_b=transpose_b, epilogue=epilogue,
-                                                spec=self.spec)
+            self._built[key] = make()
         return self._built[key]
+
+    @staticmethod
+    def _call(ctx: "LowerCtx", built: Kernel, args: list) -> relax.Var:
+        gv = ctx.add_kernel(built.func, built.name)
+        return ctx.emit(relax.call_tir(gv, args, relax.TensorType(list(built.output.shape), "float32")))
+
 
 
 def _conv_out_shape(x_shape, w_shape, strides, pads, dilations) -> tuple[int, ...]:
@@ -173,6 +207,14 @@ def _conv_out_shape(x_shape, w_shape, strides, pads, dilations) -> tuple[int, ..
 def _node_shape(node: Node) -> tuple | None:
     t = node.output.type
     return tuple(t.shape) if isinstance(t, TensorType) and t.shape is not None else None
+
+
+def _value_shape(value) -> tuple[int, ...] | None:
+    """The static shape of a float32 graph value, else None."""
+    t = value.type if value is not None else None
+    if not isinstance(t, TensorType) or t.shape is None or t.dtype != DType.F32:
+        return None
+    return tuple(t.shape) if all(isinstance(d, int) for d in t.shape) else None
 
 
 def _batch_axes(a_shape, b_shape) -> tuple[int, ...] | None:
@@ -191,8 +233,15 @@ def _flat_batch(shape: tuple[int, ...]) -> tuple[int, int, int]:
 
 
 def _reshaped(ctx: "LowerCtx", expr: relax.Expr, shape: tuple[int, ...]) -> relax.Expr:
-    if tuple(ctx.shape_of(expr)) == tuple(shape):
+    """`expr` as `shape`; a reshape of a reshape reshapes the original instead (kernels in a row
+    would otherwise unflatten and flatten their rows between them, and FuseOps makes such a
+    pair a copy, where a single reshape is a free view)."""
+    shape = tuple(int(d) for d in shape)
+    if tuple(ctx.shape_of(expr)) == shape:
         return expr
+    bound = ctx.bb.lookup_binding(expr) if isinstance(expr, relax.Var) else None
+    if isinstance(bound, relax.Call) and bound.op.same_as(_RESHAPE):
+        return _reshaped(ctx, bound.args[0], shape)
     return ctx.emit(relax.op.reshape(expr, list(shape)))
 
 

@@ -101,6 +101,12 @@ class Kernels:
             outs.append(ctx.emit(self.conv(ctx, xg, wg, strides=strides, pads=pads, dilations=dilations, groups=1)))
         return relax.op.concat(outs, axis=1)
 
+    def lower_node(self, ctx: "LowerCtx", node) -> list | None:
+        """Lower `node` (and, through `ctx.absorb`, nodes after it) with a kernel of the strategy's
+        own, returning its results like a converter; None leaves it to the converter. The default
+        strategy has no such kernels."""
+        return None
+
     def pool(self, ctx: "LowerCtx", x: relax.Expr, kind: str, *, kernel: Sequence[int], strides: Sequence[int],
              pads: Sequence[int], dilations: Sequence[int], ceil_mode: bool, count_include_pad: bool) -> relax.Expr:
         """MaxPool (kind "max") / AveragePool ("avg") over NC[D]HW data, ONNX attributes."""

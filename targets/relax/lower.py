@@ -150,7 +150,9 @@ def _convert(ctx: LowerCtx, node: Node) -> None:
     ctx.node = node
     fn = lookup(node.op, ctx.opset)
     try:
-        results = fn(ctx, node)
+        results = ctx.kernels.lower_node(ctx, node)
+        if results is None:
+            results = fn(ctx, node)
     except MdocError:
         raise
     except Exception as e:  # TVM's own errors (InternalError, ...) and bugs: one line naming the node
