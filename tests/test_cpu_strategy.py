@@ -42,9 +42,9 @@ def make_model(nodes, inputs: dict, outputs: list[str], inits: dict, opset: int 
     return m
 
 
-def lowered(m: onnx.ModelProto, kernels=None, **kw):
+def lowered(m: onnx.ModelProto, kernels=None, target=TARGET, **kw):
     model = import_model(m)
-    mod = lower(model, target=TARGET, kernels=kernels or CpuKernels(CpuSpec.from_target(TARGET)), **kw)
+    mod = lower(model, target=target, kernels=kernels or CpuKernels(CpuSpec.from_target(target)), **kw)
     return model, mod
 
 
@@ -52,10 +52,10 @@ def kernel_names(mod) -> set[str]:
     return {gv.name_hint for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
 
 
-def check(m: onnx.ModelProto, feeds: dict, kernels=None, rtol=1e-4, atol=1e-5):
+def check(m: onnx.ModelProto, feeds: dict, kernels=None, rtol=1e-4, atol=1e-5, target=TARGET):
     """Build with the strategy, compare with onnxruntime; returns the lowered module's kernel names."""
-    model, mod = lowered(m, kernels)
-    got = run(build(mod, TARGET), feeds, model)
+    model, mod = lowered(m, kernels, target)
+    got = run(build(mod, target), feeds, model)
     sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
     ref = dict(zip([o.name for o in m.graph.output], sess.run(None, feeds)))
     for name, r in ref.items():
@@ -263,3 +263,16 @@ def test_layer_norm_and_softmax():
     model, mod = lowered(m)
     calls = mod["main"].script().count("layer_norm_12x40")
     assert calls == 2, f"expected 2 layer_norm kernel calls (the pattern and the op), found {calls}"
+
+
+def test_avx2_vectors():
+    """8-lane AVX2 kernels (16 registers: smaller tiles) through the same routes, run on this host."""
+    x = f32(1, 8, 9, 9)
+    inits = {"w": f32(12, 8, 3, 3, scale=0.2), "b": f32(12), "wd": f32(8, 1, 3, 3), "fc": f32(972, 20, scale=0.05)}
+    nodes = [N("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]), N("Relu", ["c"], ["r"]),
+             N("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             N("Conv", ["x", "wd"], ["dw"], group=8, pads=[1, 1, 1, 1]),
+             N("Flatten", ["r"], ["flat"]), N("MatMul", ["flat", "fc"], ["y"]), N("Softmax", ["y"], ["prob"])]
+    names = check(make_model(nodes, {"x": x}, ["p", "dw", "prob"], inits), {"x": x},
+                  target=resolve_target("x86-avx2").tvm)
+    assert {"conv2d_3x3s1p1_8x9x9_12_bias_relu", "dense_1x972x20", "softmax_1x20"} <= names, names
