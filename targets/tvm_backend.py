@@ -40,6 +40,7 @@ class TvmBackend:
         import tvm
 
         from .builder import build_for
+        from .relax.cpu_strategy import cpu_kernels_for
         from .relax.lower import lower
 
         spec = resolve_target(target, arch)
@@ -47,7 +48,7 @@ class TvmBackend:
         PassManager(parse_pipeline(self.prepare)).run(model)
         with artifact.StagedArtifact(Path(output)) as staged:
             step("lower to Relax")
-            mod = lower(model, target=spec.tvm)
+            mod = lower(model, target=spec.tvm, kernels=cpu_kernels_for(spec.tvm) if spec.device == "cpu" else None)
             step("build with TVM")
             ex = build_for(mod, spec)
             step("export library")

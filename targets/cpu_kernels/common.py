@@ -439,8 +439,8 @@ def as_pads(v, op: str) -> tuple[int, int, int, int]:
 
 
 def finish(func: tirx.PrimFunc, name: str) -> tirx.PrimFunc:  # noqa: ARG001 - name kept for symmetry
-    """Mark a PrimFunc scheduled, so that the lowering's generic schedule (targets/relax/schedule.py)
-    and TVM's default passes leave it alone.
+    """Mark a PrimFunc scheduled, so that the lowering's fusion and generic schedule
+    (targets/relax/schedule.py) and TVM's default passes leave it alone.
 
     No `global_symbol`: the Relax build gives each PrimFunc the (unique) name of the GlobalVar
     `bb.add_func(func, kernel.name)` returns; a symbol fixed here would clash at link time when
@@ -449,7 +449,9 @@ def finish(func: tirx.PrimFunc, name: str) -> tirx.PrimFunc:  # noqa: ARG001 - n
     """
     if func.attrs is not None and "global_symbol" in func.attrs:  # te.create_prim_func names it "main"
         func = func.without_attr("global_symbol")
-    return func.with_attrs({"mdoc.scheduled": True, "tir.is_scheduled": True})
+    # op_pattern 8 (kOpaque): Relax's FuseOps must not merge a scheduled kernel with its
+    # neighbours (FuseTIR would rebuild it unscheduled); AnnotateTIROpPattern keeps a set pattern
+    return func.with_attrs({"mdoc.scheduled": True, "tir.is_scheduled": True, "op_pattern": 8})
 
 
 def window_tag(kernel, strides, pads, dilation) -> str:

@@ -67,8 +67,9 @@ class FastMath:
 
 def _front_passes(target: tvm.target.Target, schedule: bool) -> list:
     passes = [
-        # channels-last convs: the generic schedule then vectorizes over output channels, which
-        # works for any width, stride and group count; weights are transposed once by FoldConstant
+        # channels-last for the convs left as relax ops (those the kernel strategy in
+        # cpu_strategy.py did not take, which keep NCHW): the generic schedule then vectorizes
+        # over output channels, for any width, stride and group count
         relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]}),
         relax.transform.Normalize(),
         FoldConstantsNumpy(),  # the weight transposes above, in numpy (FoldConstant compiles each)

@@ -1,7 +1,7 @@
 """The kernel strategy: where hand-scheduled kernels plug into the Relax lowering.
 
-The converters of the compute-heavy ops (Conv, ConvTranspose-free convs, MatMul,
-Gemm) do not build Relax ops themselves: they ask `ctx.kernels`, an instance
+The converters of the compute-heavy ops (Conv, MatMul, Gemm, MaxPool and AveragePool)
+do not build Relax ops themselves: they ask `ctx.kernels`, an instance
 of `Kernels`, for the expression. The default returns plain `relax.op` calls,
 which the build legalizes to TOPI and schedules with the generic CPU schedule
 (`schedule.py`). A target-specific strategy (for example one backed by
@@ -12,11 +12,12 @@ drops the `global_symbol` "main" that `te.create_prim_func` gives). Returning
 `super().conv(...)` falls back to the default for shapes it does not cover.
 
     class CpuKernels(Kernels):
-        def conv(self, ctx, x, w, *, strides, pads, dilations, groups):
+        def conv(self, ctx, x, w, *, strides, pads, dilations, groups, bias=None):
             if len(strides) == 2 and groups == 1 and my_kernel_fits(ctx.shape_of(x), ctx.shape_of(w)):
                 gv = ctx.add_kernel(make_conv_primfunc(...), "mdoc_conv2d")
                 return relax.call_tir(gv, [x, packed_w], out_ty=relax.TensorType(out_shape, "float32"))
-            return super().conv(ctx, x, w, strides=strides, pads=pads, dilations=dilations, groups=groups)
+            return super().conv(ctx, x, w, strides=strides, pads=pads, dilations=dilations, groups=groups,
+                                bias=bias)
 
     ex = build(lower(model, kernels=CpuKernels()), target)
 
@@ -36,6 +37,11 @@ from tvm import relax
 if TYPE_CHECKING:  # pragma: no cover
     from .context import LowerCtx
 
+POOL_OPS = {
+    "max": {1: relax.op.nn.max_pool1d, 2: relax.op.nn.max_pool2d, 3: relax.op.nn.max_pool3d},
+    "avg": {1: relax.op.nn.avg_pool1d, 2: relax.op.nn.avg_pool2d, 3: relax.op.nn.avg_pool3d},
+}
+POOL_LAYOUTS = {1: "NCW", 2: "NCHW", 3: "NCDHW"}
 _CONV = {1: relax.op.nn.conv1d, 2: relax.op.nn.conv2d, 3: relax.op.nn.conv3d}
 _LAYOUTS = {1: ("NCW", "OIW"), 2: ("NCHW", "OIHW"), 3: ("NCDHW", "OIDHW")}
 
@@ -44,8 +50,18 @@ class Kernels:
     """Default kernels: plain Relax ops, scheduled later by the generic CPU schedule."""
 
     def conv(self, ctx: "LowerCtx", x: relax.Expr, w: relax.Expr, *, strides: Sequence[int],
-             pads: Sequence[int], dilations: Sequence[int], groups: int) -> relax.Expr:
-        """N-d convolution (N = 1, 2, 3) in NC[D]HW / OI[D]HW without bias."""
+             pads: Sequence[int], dilations: Sequence[int], groups: int,
+             bias: relax.Expr | None = None) -> relax.Expr:
+        """N-d convolution (N = 1, 2, 3) in NC[D]HW / OI[D]HW, plus `bias` [C] when given."""
+        y = self._conv(ctx, x, w, strides=strides, pads=pads, dilations=dilations, groups=groups)
+        if bias is None:
+            return y
+        # [1, C, 1, ...] of the data's full rank: Relax's ConvertLayout carries NHWC through a
+        # binary op only when both operands have the data's rank
+        per_channel = ctx.emit(relax.op.reshape(bias, [1, -1] + [1] * len(strides)))
+        return relax.op.add(ctx.emit(y), per_channel)
+
+    def _conv(self, ctx, x, w, *, strides, pads, dilations, groups):
         nd = len(strides)
         data_layout, kernel_layout = _LAYOUTS[nd]
         channels = ctx.shape_of(x)[1]
@@ -84,6 +100,20 @@ class Kernels:
                                                      assume_inbound=True))
             outs.append(ctx.emit(self.conv(ctx, xg, wg, strides=strides, pads=pads, dilations=dilations, groups=1)))
         return relax.op.concat(outs, axis=1)
+
+    def lower_node(self, ctx: "LowerCtx", node) -> list | None:
+        """Lower `node` (and, through `ctx.absorb`, nodes after it) with a kernel of the strategy's
+        own, returning its results like a converter; None leaves it to the converter. The default
+        strategy has no such kernels."""
+        return None
+
+    def pool(self, ctx: "LowerCtx", x: relax.Expr, kind: str, *, kernel: Sequence[int], strides: Sequence[int],
+             pads: Sequence[int], dilations: Sequence[int], ceil_mode: bool, count_include_pad: bool) -> relax.Expr:
+        """MaxPool (kind "max") / AveragePool ("avg") over NC[D]HW data, ONNX attributes."""
+        nd = len(kernel)
+        extra = {"count_include_pad": count_include_pad} if kind == "avg" else {}
+        return POOL_OPS[kind][nd](x, pool_size=list(kernel), strides=list(strides), padding=list(pads),
+                                  dilation=list(dilations), ceil_mode=ceil_mode, layout=POOL_LAYOUTS[nd], **extra)
 
     def matmul(self, ctx: "LowerCtx", a: relax.Expr, b: relax.Expr, *, transpose_b: bool = False) -> relax.Expr:
         """numpy-style matmul of `a` by `b` (by `b`'s last two axes swapped when `transpose_b`)."""

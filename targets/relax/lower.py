@@ -149,11 +149,17 @@ def lower(model: Model, *, params_as_constants: bool = True, target: dict | None
 
 
 def convert_node(ctx: LowerCtx, node: Node) -> None:
-    """Lower one node into the current block and bind its results (also used for If/Loop bodies)."""
+    """Lower one node into the current block and bind its results (also used for If/Loop bodies).
+
+    A node a kernel already computed as its fused epilogue (`ctx.absorbed`) is skipped."""
+    if node in ctx.absorbed:
+        return
     ctx.node = node
     fn = lookup(node.op, ctx.opset)
     try:
-        results = fn(ctx, node)
+        results = ctx.kernels.lower_node(ctx, node)
+        if results is None:
+            results = fn(ctx, node)
     except MdocError:
         raise
     except Exception as e:  # TVM's own errors (InternalError, ...) and bugs: one line naming the node

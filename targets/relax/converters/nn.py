@@ -1,6 +1,6 @@
 """Neural-network ops: Conv, ConvTranspose, pooling, normalizations, LRN, Softmax family.
 
-Conv and ConvTranspose go through `ctx.kernels` (see `kernels.py`) so that
+Conv, MaxPool and AveragePool go through `ctx.kernels` (see `kernels.py`) so that
 hand-scheduled kernels can replace the default `relax.op.nn` calls.
 """
 
@@ -12,6 +12,8 @@ from tvm import relax
 from mdoc.ir import Node
 
 from ..context import LowerCtx, is_static
+from ..kernels import POOL_LAYOUTS as _POOL_LAYOUT
+from ..kernels import POOL_OPS as _POOL
 from ..registry import converter
 from ._common import attr_ints, attr_str, float_const, norm_axis, prod, static_int
 
@@ -62,11 +64,8 @@ def conv(ctx: LowerCtx, node: Node):
     kernel = attr_ints(ctx, "kernel_shape") or [static_int(ctx, d, "kernel size") for d in ws[2:]]
     strides, dilations, pads = _spatial_attrs(ctx, xs[2:], kernel)
     groups = int(ctx.attr("group", 1))
-    y = ctx.kernels.conv(ctx, x, w, strides=strides, pads=pads, dilations=dilations, groups=groups)
-    if ctx.has_input(2):
-        y = ctx.emit(y)
-        y = R.add(y, _per_channel(ctx, ctx.input(2), nd + 2))
-    return [y]
+    bias = ctx.input(2) if ctx.has_input(2) else None  # the kernel adds it (and may fuse it)
+    return [ctx.kernels.conv(ctx, x, w, strides=strides, pads=pads, dilations=dilations, groups=groups, bias=bias)]
 
 
 _CONV_T = {1: (R.nn.conv1d_transpose, "NCW", "IOW"), 2: (R.nn.conv2d_transpose, "NCHW", "IOHW"),
@@ -123,11 +122,6 @@ def conv_transpose(ctx: LowerCtx, node: Node):
 
 # -- pooling ------------------------------------------------------------------
 
-_POOL = {
-    "max": {1: R.nn.max_pool1d, 2: R.nn.max_pool2d, 3: R.nn.max_pool3d},
-    "avg": {1: R.nn.avg_pool1d, 2: R.nn.avg_pool2d, 3: R.nn.avg_pool3d},
-}
-_POOL_LAYOUT = {1: "NCW", 2: "NCHW", 3: "NCDHW"}
 
 
 def _pool(ctx: LowerCtx, node: Node, kind: str):
@@ -146,14 +140,10 @@ def _pool(ctx: LowerCtx, node: Node, kind: str):
     count_include_pad = bool(ctx.attr("count_include_pad", 0))
     if ceil_mode:
         ceil_mode = _ceil_matters(ctx, xs[2:], kernel, strides, dilations, pads)
-    fn = _POOL[kind][nd]
-    kwargs = dict(pool_size=kernel, strides=strides, padding=pads, dilation=dilations,
-                  ceil_mode=ceil_mode, layout=_POOL_LAYOUT[nd])
-    if kind == "avg":
-        kwargs["count_include_pad"] = count_include_pad
-        if ceil_mode and count_include_pad:
-            return [_avg_pool_ceil_include_pad(ctx, x, xs, kernel, strides, dilations, pads)]
-    return [fn(x, **kwargs)]
+    if kind == "avg" and ceil_mode and count_include_pad:
+        return [_avg_pool_ceil_include_pad(ctx, x, xs, kernel, strides, dilations, pads)]
+    return [ctx.kernels.pool(ctx, x, kind, kernel=kernel, strides=strides, pads=pads, dilations=dilations,
+                             ceil_mode=ceil_mode, count_include_pad=count_include_pad)]
 
 
 def _out_size(size, k, s, d, pb, pe, ceil_mode):

@@ -1,0 +1,254 @@
+"""The CPU kernel strategy: matmuls and 2-D convs lowered to mdoc's hand-scheduled kernels.
+
+Why: the generic schedule (`schedule.py`) reaches about half of the machine's FMA rate on
+matrix products (BERT-mini's dense layers at ~105 GFLOP/s on 2 Zen 4 cores); the kernels of
+`targets/cpu_kernels` reach onnxruntime's rate (~200) with weights packed at compile time
+and the elementwise tail fused into the register tile.
+
+`CpuKernels` is the `Kernels` hook (see `kernels.py`) for x86 and aarch64 targets:
+
+* MatMul / Gemm with a constant 2-D B (`dense`): B is packed at compile time into the
+  kernel's [N / lanes, K, lanes] panels; leading axes of A fold into its rows.
+* MatMul of two activations (`batch_matmul`; attention's Q K^T and P V): batch axes
+  flatten to one when they are equal or one side's are all ones.
+* Conv with 2-D windows and constant weights (`conv2d`: dense, grouped, strided, dilated,
+  1x1 as a GEMM, depthwise): NCHW activations in and out, weights packed into the kernel's
+  blocked layout, the conv's bias fused.
+* MaxPool / AveragePool with 2-D windows (`pool2d`), NCHW like the convs.
+* Softmax over the last axis and LayerNorm (the ONNX op, or the nine ops exporters write,
+  `layer_norm_pattern.py`) as one-task-per-row kernels (`lower_node`).
+* For MatMul and Conv nodes, the tail `epilogue.match_tail` finds (MatMul: scale, bias,
+  residual, activation; Conv: residual, activation) is fused and its nodes are absorbed;
+  Gemm keeps its own alpha / beta / C.
+
+Layout: a conv that reaches a kernel keeps the graph's NCHW activations (the kernels'
+register tiles broadcast the input, so NCHW costs them nothing) and only its weights change
+layout, so no transposes appear between neighbours. `build.py` converts to NHWC only the
+convs left as `relax.nn.conv2d` (the fallbacks), which the generic schedule can vectorize
+only over channels-last outputs.
+
+Fallbacks to `Kernels` (the generic schedule): symbolic dims, 1-D operands, dtypes other
+than float32, batch axes that truly broadcast, weights given at run time (convs), and 1-d /
+3-d convs. Kernels are built once per shape and epilogue and reused across layers.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from mdoc.ir import Node
+from mdoc.types import DType, TensorType
+
+from ..cpu_kernels import CpuSpec, Epilogue, Kernel, KernelError, batch_matmul, conv2d, dense, layer_norm, pool2d, softmax
+from .epilogue import Tail, match_tail
+from .layer_norm_pattern import match_layer_norm
+from .kernels import Kernels
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .context import LowerCtx
+
+_RESHAPE = tvm.ir.Op.get("relax.reshape")
+
+
+def cpu_kernels_for(target: dict) -> Kernels:
+    """The kernel strategy for a TVM CPU target dict: `CpuKernels` when its vector width is
+    known (AVX2, AVX-512, NEON), else the default `Kernels` (a generic x86-64 has no FMA
+    vectors worth a hand schedule)."""
+    try:
+        return CpuKernels(CpuSpec.from_target(target))
+    except KernelError:
+        return Kernels()
+
+
+class CpuKernels(Kernels):
+    """`Kernels` with matrix products on `targets/cpu_kernels` (see the module docstring)."""
+
+    def __init__(self, spec: CpuSpec):
+        self.spec = spec
+        self._built: dict[tuple, Kernel] = {}
+
+    def matmul(self, ctx: "LowerCtx", a: relax.Expr, b: relax.Expr, *, transpose_b: bool = False) -> relax.Expr:
+        a_shape, b_shape = _static_shape(ctx, a), _static_shape(ctx, b)
+        if a_shape is None or b_shape is None or len(a_shape) < 2 or len(b_shape) < 2:
+            return super().matmul(ctx, a, b, transpose_b=transpose_b)
+        constant_b = isinstance(b, tvm.ir.GenericConst) and len(b_shape) == 2
+        n = b_shape[-2] if transpose_b else b_shape[-1]
+        batch = _batch_axes(a_shape, b_shape)
+        if batch is None:
+            return super().matmul(ctx, a, b, transpose_b=transpose_b)
+        out_shape = (*a_shape[:-1], n) if constant_b else (*map(int, batch), a_shape[-2], n)
+        node = ctx.node
+        tail = (match_tail(ctx, node.output, out_shape) if node is not None and node.op == "onnx.MatMul"
+                else Tail(node.output if node is not None else None))
+        residual = ctx.lookup(tail.residual) if tail.residual is not None else None
+        # leading axes flattened here (free reshapes): the kernels tile one row / one batch loop
+        if constant_b:
+            a2 = (int(np.prod(a_shape[:-1])), a_shape[-1])
+            built = self._cached(("dense", a2, b_shape, transpose_b, tail.epilogue), lambda: dense(
+                a2, b_shape, transpose_b=transpose_b, epilogue=tail.epilogue, spec=self.spec))
+            args = [_reshaped(ctx, a, a2), relax.const(built.packers["weight"](b.value.numpy()))]
+        else:
+            a3, b3 = _flat_batch(a_shape), _flat_batch(b_shape)
+            built = self._cached(("batch_matmul", a3, b3, transpose_b, tail.epilogue), lambda: batch_matmul(
+                a3, b3, transpose_b=transpose_b, epilogue=tail.epilogue, spec=self.spec))
+            args = [_reshaped(ctx, a, a3), _reshaped(ctx, b, b3)]
+        if tail.bias is not None:
+            args.append(relax.const(tail.bias))
+        if residual is not None:
+            args.append(_reshaped(ctx, residual, built.output.shape))
+        y = _reshaped(ctx, self._call(ctx, built, args), out_shape)
+        if tail.nodes:
+            ctx.absorb(tail.nodes, tail.result, y)
+        return y
+
+    def conv(self, ctx: "LowerCtx", x: relax.Expr, w: relax.Expr, *, strides, pads, dilations, groups: int,
+             bias: relax.Expr | None = None) -> relax.Expr:
+        x_shape = _static_shape(ctx, x)
+        constant = isinstance(w, tvm.ir.GenericConst) and (bias is None or isinstance(bias, tvm.ir.GenericConst))
+        if len(strides) != 2 or x_shape is None or not constant or str(w.ty.dtype) != "float32":
+            return super().conv(ctx, x, w, strides=strides, pads=pads, dilations=dilations, groups=groups, bias=bias)
+        weight = w.value.numpy()
+        out_shape = _conv_out_shape(x_shape, weight.shape, strides, pads, dilations)
+        node = ctx.node
+        tail = (match_tail(ctx, node.output, out_shape, stages=("residual", "activation"))
+                if node is not None and node.op == "onnx.Conv" and out_shape == _node_shape(node) else Tail(None))
+        epilogue = Epilogue(bias=bias is not None, residual=tail.epilogue.residual, activation=tail.epilogue.activation,
+                            alpha=tail.epilogue.alpha, beta=tail.epilogue.beta)
+        key = ("conv2d", x_shape, weight.shape, tuple(strides), tuple(pads), tuple(dilations), groups, epilogue)
+        # ONNX pads are (top, left, bottom, right), the builder's order too
+        built = self._cached(key, lambda: conv2d(x_shape, weight.shape, strides=tuple(strides), padding=tuple(pads),
+                                                 dilation=tuple(dilations), groups=groups, epilogue=epilogue,
+                                                 spec=self.spec))
+        args = [x, relax.const(np.ascontiguousarray(built.packers["weight"](weight)))]
+        if bias is not None:
+            args.append(relax.const(bias.value.numpy().reshape(-1)))
+        if tail.residual is not None:
+            args.append(ctx.lookup(tail.residual))
+        y = self._call(ctx, built, args)
+        if tail.nodes:
+            ctx.absorb(tail.nodes, tail.result, y)
+        return y
+
+    def pool(self, ctx: "LowerCtx", x: relax.Expr, kind: str, *, kernel, strides, pads, dilations, ceil_mode: bool,
+             count_include_pad: bool) -> relax.Expr:
+        x_shape = _static_shape(ctx, x)
+        if len(kernel) != 2 or x_shape is None:
+            return super().pool(ctx, x, kind, kernel=kernel, strides=strides, pads=pads, dilations=dilations,
+                                ceil_mode=ceil_mode, count_include_pad=count_include_pad)
+        key = ("pool2d", kind, x_shape, tuple(kernel), tuple(strides), tuple(pads), tuple(dilations), ceil_mode,
+               count_include_pad)
+        built = self._cached(key, lambda: pool2d(x_shape, kind, tuple(kernel), tuple(strides), tuple(pads),
+                                                 dilation=tuple(dilations), ceil_mode=ceil_mode,
+                                                 count_include_pad=count_include_pad, spec=self.spec))
+        return self._call(ctx, built, [x])
+
+    def lower_node(self, ctx: "LowerCtx", node: Node) -> list | None:
+        """Softmax over the last axis and LayerNorm (the ONNX op or its exported decomposition)."""
+        if node.op == "onnx.ReduceMean":
+            match = match_layer_norm(ctx, node)
+            x = ctx.input(0) if match is not None else None
+            if match is None or _value_shape(match.x) is None or not isinstance(x, relax.Expr):
+                return None
+            y = self._layer_norm(ctx, x, _value_shape(match.x), match.gamma, match.beta, match.epsilon)
+            ctx.absorb(match.nodes[1:], match.result, y)
+            return [None]  # the mean itself is read only inside the pattern
+        if node.op == "onnx.LayerNormalization":
+            shape = _value_shape(node.inputs[0])
+            scale, bias = (node.inputs + (None,))[1:3]
+            axis = int(node.attrs.get("axis", -1))
+            if (shape is None or axis not in (-1, len(shape) - 1) or any(v.has_uses() for v in node.outputs[1:])
+                    or scale.const_value is None or (bias is not None and bias.const_value is None)):
+                return None
+            gamma = np.asarray(scale.const_value, np.float32).reshape(-1)
+            beta = (np.asarray(bias.const_value, np.float32).reshape(-1) if bias is not None
+                    else np.zeros_like(gamma))
+            if gamma.shape != (shape[-1],) or beta.shape != (shape[-1],):
+                return None
+            return [self._layer_norm(ctx, ctx.input(0), shape, gamma, beta, float(node.attrs.get("epsilon", 1e-5)))]
+        if node.op == "onnx.Softmax" and ctx.opset >= 13:
+            shape = _value_shape(node.inputs[0])
+            if shape is None or len(shape) < 2 or int(node.attrs.get("axis", -1)) not in (-1, len(shape) - 1):
+                return None
+            rows = (int(np.prod(shape[:-1])), shape[-1])
+            built = self._cached(("softmax", rows), lambda: softmax(rows, spec=self.spec))
+            return [_reshaped(ctx, self._call(ctx, built, [_reshaped(ctx, ctx.input(0), rows)]), shape)]
+        return None
+
+    def _layer_norm(self, ctx, x, shape, gamma, beta, epsilon: float) -> relax.Expr:
+        rows = (int(np.prod(shape[:-1])), shape[-1])  # one row axis: the kernels tile a single row loop
+        built = self._cached(("layer_norm", rows, epsilon), lambda: layer_norm(rows, epsilon=epsilon, spec=self.spec))
+        y = self._call(ctx, built, [_reshaped(ctx, x, rows), relax.const(gamma), relax.const(beta)])
+        return _reshaped(ctx, y, shape)
+
+    def _cached(self, key: tuple, make) -> Kernel:
+        if key not in self._built:
+            self._built[key] = make()
+        return self._built[key]
+
+    @staticmethod
+    def _call(ctx: "LowerCtx", built: Kernel, args: list) -> relax.Var:
+        gv = ctx.add_kernel(built.func, built.name)
+        return ctx.emit(relax.call_tir(gv, args, relax.TensorType(list(built.output.shape), "float32")))
+
+
+
+def _conv_out_shape(x_shape, w_shape, strides, pads, dilations) -> tuple[int, ...]:
+    n, _, h, w = x_shape
+    kh, kw = w_shape[2:]
+    oh = (h + pads[0] + pads[2] - dilations[0] * (kh - 1) - 1) // strides[0] + 1
+    ow = (w + pads[1] + pads[3] - dilations[1] * (kw - 1) - 1) // strides[1] + 1
+    return (n, int(w_shape[0]), oh, ow)
+
+
+def _node_shape(node: Node) -> tuple | None:
+    t = node.output.type
+    return tuple(t.shape) if isinstance(t, TensorType) and t.shape is not None else None
+
+
+def _value_shape(value) -> tuple[int, ...] | None:
+    """The static shape of a float32 graph value, else None."""
+    t = value.type if value is not None else None
+    if not isinstance(t, TensorType) or t.shape is None or t.dtype != DType.F32:
+        return None
+    return tuple(t.shape) if all(isinstance(d, int) for d in t.shape) else None
+
+
+def _batch_axes(a_shape, b_shape) -> tuple[int, ...] | None:
+    """The output's batch axes when one side's batch is all ones or both sides' are equal (the
+    batch then flattens to one axis), else None (a true broadcast: left to the default)."""
+    a, b = tuple(a_shape[:-2]), tuple(b_shape[:-2])
+    if a == b or all(d == 1 for d in b):
+        return a if len(a) >= len(b) else (1,) * (len(b) - len(a)) + a
+    if all(d == 1 for d in a):
+        return b if len(b) >= len(a) else (1,) * (len(a) - len(b)) + b
+    return None
+
+
+def _flat_batch(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    return (int(np.prod(shape[:-2])), *shape[-2:])
+
+
+def _reshaped(ctx: "LowerCtx", expr: relax.Expr, shape: tuple[int, ...]) -> relax.Expr:
+    """`expr` as `shape`; a reshape of a reshape reshapes the original instead (kernels in a row
+    would otherwise unflatten and flatten their rows between them, and FuseOps makes such a
+    pair a copy, where a single reshape is a free view)."""
+    shape = tuple(int(d) for d in shape)
+    if tuple(ctx.shape_of(expr)) == shape:
+        return expr
+    bound = ctx.bb.lookup_binding(expr) if isinstance(expr, relax.Var) else None
+    if isinstance(bound, relax.Call) and bound.op.same_as(_RESHAPE):
+        return _reshaped(ctx, bound.args[0], shape)
+    return ctx.emit(relax.op.reshape(expr, list(shape)))
+
+
+def _static_shape(ctx: "LowerCtx", expr: relax.Expr) -> tuple[int, ...] | None:
+    """The static float32 shape of `expr`, or None (symbolic dims, other dtypes)."""
+    ty = expr.ty
+    if not isinstance(ty, relax.TensorType) or str(ty.dtype) != "float32":
+        return None
+    dims = ctx.shape_of(expr)
+    return tuple(dims) if all(isinstance(d, int) for d in dims) else None
