@@ -205,3 +205,10 @@ def test_loop_body_slicing_by_the_iteration_number(tmp_path):
     for m in (6, 3):
         assert check(run, model, {"M": np.array(m, np.int64), "v0": np.array([0.5], np.float32),
                                   "x": np.arange(6, dtype=np.float32)})[1].shape == (m, 1)
+
+
+def test_cuda_builds_with_a_loop_and_an_if_in_it(tmp_path):
+    """The CUDA route (zero pipeline + dlight) takes the private functions too (run on a GPU by the lead)."""
+    art = mdoc.compile(import_model(_loop_model(with_if=True)), "cuda", tmp_path / "loop.cuda", arch="sm_90",
+                       show_progress=False)
+    assert (art / "model.so").stat().st_size > 0

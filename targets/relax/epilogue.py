@@ -26,6 +26,7 @@ from math import sqrt
 from typing import TYPE_CHECKING
 
 import numpy as np
+from tvm import relax
 
 from mdoc.ir import Node, Value
 from mdoc.types import DType, TensorType
@@ -143,7 +144,9 @@ def _residual(ctx, value, out_shape):
     if node is None or node.op != "onnx.Add" or not _f32(node.output, out_shape):
         return None
     other = _other(node, value)
-    if other is None or other.const_value is not None or ctx.lookup(other) is None or not _f32(other, out_shape):
+    if other is None or other.const_value is not None or not _f32(other, out_shape):
+        return None
+    if not isinstance(ctx.lookup(other), relax.Expr):
         return None  # a residual not lowered yet (it comes later in the graph) cannot be read
     return [node], node.output, {"residual": other, "epilogue": {"residual": True}}
 

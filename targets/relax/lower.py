@@ -2,11 +2,13 @@
 
 Conventions of the produced module (what `build.run` and mdoc's runtime rely on):
 
-* One function, `main`. Its parameters are the graph inputs, in order, named
-  after them (characters other than letters, digits and `_` become `_`), with
-  their shapes: an int dim stays an int, a symbolic dim (a `str` in mdoc's
-  types) becomes a `tirx.Var` of that name shared by every input that uses the
-  symbol, and an unknown dim (`None`) becomes a fresh var of its own.
+* One public function, `main` (If branches and Loop bodies become private
+  functions beside it, see `control_flow.py`). Its parameters are the graph
+  inputs, in order, named after them (characters other than letters, digits
+  and `_` become `_`), with their shapes: an int dim stays an int, a symbolic
+  dim (a `str` in mdoc's types) becomes a `tirx.Var` of that name shared by
+  every input that uses the symbol, and an unknown dim (`None`) becomes a
+  fresh var of its own.
 * `main` always returns a **tuple**, one field per graph output in order, even
   when the graph has a single output: the runtime maps field `i` to
   `model.graph.outputs[i].name` without special cases.
