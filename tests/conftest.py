@@ -40,7 +40,21 @@ class Result:
 
 
 @pytest.fixture
-def mdoc_cli(capsys):
+def fresh_registries():
+    """Plugins register passes and rules process-wide: forget what a test's plugins added."""
+    from mdoc.pass_manager import PASSES, load_passes
+    from mdoc.rewrite_rules import RULES
+
+    load_passes()
+    saved = dict(PASSES), dict(RULES)
+    yield
+    for registry, before in zip((PASSES, RULES), saved):
+        registry.clear()
+        registry.update(before)
+
+
+@pytest.fixture
+def mdoc_cli(capsys, fresh_registries):
     """Run `mdoc ARGS...` in-process through the real entry point (error handling included)."""
     from mdoc.cli import main
 

@@ -581,7 +581,7 @@ class CancelNegations(RewritePass):
 '''
 
 
-def test_a_plugin_file_brings_a_rule_and_a_pass(tmp_path):
+def test_a_plugin_file_brings_a_rule_and_a_pass(tmp_path, fresh_registries):
     assert len(PLUGIN.splitlines()) <= 15
     path = tmp_path / "cancel_neg.py"
     path.write_text(PLUGIN)
