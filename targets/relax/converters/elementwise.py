@@ -1,4 +1,4 @@
-"""Elementwise ops: arithmetic, comparison, logic, unary math, activations, Clip, Cast, Where.
+"""Elementwise ops: arithmetic, comparison, logic, unary math, activations, Clip, Where (Cast: cast.py).
 
 Binary ops follow numpy broadcasting (ONNX opset >= 7); the legacy form of
 opsets 1-6 (`broadcast=1` with `axis`) is handled by aligning the second
@@ -13,7 +13,7 @@ from tvm import relax, tirx
 
 from mdoc.ir import Node
 
-from ..context import LowerCtx, SymTensor, broadcast_dims, is_float, onnx_to_tvm_dtype, pdtype, prim
+from ..context import LowerCtx, SymTensor, broadcast_dims, is_float, pdtype, prim
 from ..registry import converter
 from ._common import attr_str, cast_if_needed, float_const, sym_eval
 
@@ -373,41 +373,7 @@ def dropout(ctx: LowerCtx, node: Node):
     return outs
 
 
-# -- Cast, Where --------------------------------------------------------------
-
-
-def _cast(ctx: LowerCtx, dtype: str):
-    sym = ctx.sym(0)
-    if sym is not None:
-        array = sym.numpy()
-        if array is not None:
-            return SymTensor.from_array(array.astype(dtype))
-        if dtype == "bool":
-            return SymTensor(dtype, sym.shape, [tirx.NE(prim(v), prim(0)) for v in sym.values])
-        return SymTensor(dtype, sym.shape, [tirx.Cast(dtype, prim(v, sym.dtype)) for v in sym.values])
-    x = ctx.input(0)
-    src = str(x.ty.dtype)
-    if src == dtype:
-        return x
-    if dtype == "bool":
-        # any nonzero value is true (a plain conversion would truncate 0.5 to false)
-        return R.not_equal(x, relax.const(0, src))
-    return R.astype(x, dtype)
-
-
-@converter("onnx.Cast", since=1)
-def cast(ctx: LowerCtx, node: Node):
-    to = ctx.attr("to")
-    if isinstance(to, (bytes, str)):  # opset 1-5 spelled the type as a string
-        to = {"FLOAT": 1, "UINT8": 2, "INT8": 3, "UINT16": 4, "INT16": 5, "INT32": 6, "INT64": 7,
-              "BOOL": 9, "FLOAT16": 10, "DOUBLE": 11, "UINT32": 12, "UINT64": 13}[
-            to.decode() if isinstance(to, bytes) else to]
-    return [_cast(ctx, onnx_to_tvm_dtype(to, f"{node.op} node '{node.name}'"))]
-
-
-@converter("onnx.CastLike", since=15)
-def cast_like(ctx: LowerCtx, node: Node):
-    return [_cast(ctx, ctx.dtype(1))]
+# -- Where --------------------------------------------------------------------
 
 
 @converter("onnx.Where", since=9)

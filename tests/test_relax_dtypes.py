@@ -1,0 +1,136 @@
+"""Cast / CastLike to and from float8, float4e2m1, int4 / int2 and bfloat16, bit for bit against onnx's reference.
+
+The small types travel in a byte through the compiled model (mdoc.targets.storage);
+these tests check the lowered conversions on every code of each type, on the ties
+between neighbouring codes and just beside them, on overflow, infinities and NaN,
+and that artifacts take and return the real ml_dtypes arrays.
+"""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+from onnx.reference import ReferenceEvaluator
+
+pytest.importorskip("tvm")
+
+from mdoc.onnx_import import import_model  # noqa: E402
+from mdoc.targets.presets import resolve_target  # noqa: E402
+from mdoc.targets.relax import build, lower, run  # noqa: E402
+
+TARGET = resolve_target("x86").tvm
+SMALL_FLOATS = ["FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ", "FLOAT4E2M1"]
+SMALL_INTS = ["INT4", "UINT4", "INT2", "UINT2"]
+
+
+def np_type(name: str) -> np.dtype:
+    return np.dtype(helper.tensor_dtype_to_np_dtype(getattr(TensorProto, name)))
+
+
+def cast_model(src: str, dst: str, shape, opset: int = 25, **attrs) -> onnx.ModelProto:
+    node = helper.make_node("Cast", ["x"], ["y"], to=getattr(TensorProto, dst), **attrs)
+    graph = helper.make_graph([node], "cast", [helper.make_tensor_value_info("x", getattr(TensorProto, src), shape)],
+                              [helper.make_tensor_value_info("y", getattr(TensorProto, dst), shape)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def compiled(m: onnx.ModelProto, feeds: dict) -> dict:
+    model = import_model(m)
+    return run(build(lower(model), TARGET), feeds, model)
+
+
+def assert_same_bits(got: np.ndarray, want: np.ndarray, x: np.ndarray):
+    """Equal codes, except that any NaN equals any NaN (ml_dtypes keeps the sign of NaN)."""
+    assert got.dtype == want.dtype and got.shape == want.shape
+    gf, wf = got.astype(np.float32), want.astype(np.float32)
+    same = (got.view(np.uint8) == want.view(np.uint8)) | (np.isnan(gf) & np.isnan(wf))
+    bad = np.flatnonzero(~same)
+    assert not bad.size, (f"{bad.size} of {got.size} differ, e.g. {x.reshape(-1)[bad[:5]]} -> "
+                          f"{got.reshape(-1)[bad[:5]]}, expected {want.reshape(-1)[bad[:5]]}")
+
+
+def probe_values(dtype: np.dtype) -> np.ndarray:
+    """Every finite value of `dtype`, the midpoints between neighbours (ties), one float32 ulp either
+    side of each, beyond the largest value, infinities, NaN, float32 subnormals, signed zeros."""
+    codes = np.arange(256 if dtype.itemsize == 1 and "float4" not in dtype.name else 16, dtype=np.uint8)
+    values = codes.view(dtype).astype(np.float64)
+    values = np.unique(values[np.isfinite(values)])
+    mids = (values[1:] + values[:-1]) / 2
+    top = values[-1]
+    base = np.concatenate([values, mids, [top * 1.5, top * 4, 1e30, 1e-30, 1e-45]]).astype(np.float32)
+    near = np.concatenate([base, np.nextafter(base, np.float32(np.inf)), np.nextafter(base, np.float32(-np.inf))])
+    special = np.array([np.inf, -np.inf, np.nan, 0.0, -0.0], np.float32)
+    return np.concatenate([near, -near, special])
+
+
+@pytest.mark.parametrize("saturate", [1, 0])
+@pytest.mark.parametrize("dst", SMALL_FLOATS)
+def test_cast_float_to_small_float_matches_reference_bit_for_bit(dst, saturate):
+    x = probe_values(np_type(dst))
+    with np.errstate(over="ignore"):
+        x16 = x.astype(np.float16)
+    for src, xs in (("FLOAT", x), ("FLOAT16", x16)):
+        m = cast_model(src, dst, list(xs.shape), saturate=saturate)
+        want = ReferenceEvaluator(m).run(None, {"x": xs})[0]
+        assert_same_bits(compiled(m, {"x": xs})["y"], want, xs)
+
+
+@pytest.mark.parametrize("src", SMALL_FLOATS + ["FLOAT8E8M0"])
+def test_cast_small_float_to_float_decodes_every_code(src):
+    codes = np.arange(16 if src == "FLOAT4E2M1" else 256, dtype=np.uint8).view(np_type(src))
+    for dst in ("FLOAT", "FLOAT16", "BFLOAT16"):
+        m = cast_model(src, dst, [codes.size])
+        got = compiled(m, {"x": codes})["y"]
+        want = codes.astype(np_type(dst))
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got.astype(np.float32), want.astype(np.float32))
+
+
+@pytest.mark.parametrize("dst", SMALL_INTS)
+def test_cast_to_small_ints_truncates_and_wraps_like_the_reference(dst):
+    x = np.concatenate([np.arange(-20, 21), np.arange(-20, 21) + 0.5, [-3.7, 3.7, 300.2, -300.2]]).astype(np.float32)
+    for src, xs in (("FLOAT", x), ("FLOAT16", x.astype(np.float16)), ("INT32", x.astype(np.int32))):
+        m = cast_model(src, dst, [x.size])
+        want = ReferenceEvaluator(m).run(None, {"x": xs})[0]
+        got = compiled(m, {"x": xs})["y"]
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got.astype(np.int32), want.astype(np.int32), err_msg=src)
+
+
+@pytest.mark.parametrize("src", SMALL_INTS)
+def test_cast_from_small_ints(src):
+    dtype = np_type(src)
+    info = ml_dtypes.iinfo(dtype)
+    x = np.arange(info.min, info.max + 1).astype(dtype)
+    for dst in ("FLOAT", "FLOAT16", "INT8" if info.min < 0 else "UINT8", "INT64", "FLOAT8E4M3FN"):
+        m = cast_model(src, dst, [x.size])
+        got = compiled(m, {"x": x})["y"]
+        want = x.astype(np_type(dst))
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got.astype(np.float32), want.astype(np.float32), err_msg=dst)
+
+
+@pytest.mark.parametrize("round_mode", ["up", "down", "nearest"])
+@pytest.mark.parametrize("saturate", [1, 0])
+def test_cast_to_e8m0_rounding_modes(round_mode, saturate):
+    x = np.array([0, 0.124, 0.25, 0.5, 0.75, 1.1, 1.5, 1.75, 2, 3, 4, 5, 6, 8, -3, 1e-40, 3e38, 3.4e38,
+                  np.inf, np.nan], np.float32)
+    m = cast_model("FLOAT", "FLOAT8E8M0", [x.size], saturate=saturate, round_mode=round_mode)
+    want = ReferenceEvaluator(m).run(None, {"x": x})[0]
+    assert_same_bits(compiled(m, {"x": x})["y"], want, x)
+
+
+def test_castlike_takes_the_element_type_of_its_second_input():
+    x = np.array([0.3, -2.6, 500.0, np.nan], np.float32)
+    like = np.zeros([1], ml_dtypes.float8_e5m2)
+    node = helper.make_node("CastLike", ["x", "like"], ["y"], saturate=0)
+    graph = helper.make_graph([node], "castlike", [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, [4]),
+        helper.make_tensor_value_info("like", TensorProto.FLOAT8E5M2, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT8E5M2, [4])])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    want = ReferenceEvaluator(m).run(None, {"x": x, "like": like})[0]
+    assert_same_bits(compiled(m, {"x": x, "like": like})["y"], want, x)
