@@ -24,7 +24,7 @@ import numpy as np
 from mdoc.backends import MANIFEST
 from mdoc.errors import MdocError
 
-from .storage import from_storage, to_storage
+from .storage import from_storage, restored, to_storage
 
 LIBRARY = "model.so"
 
@@ -111,7 +111,7 @@ def check_feeds(manifest: dict, feeds: dict[str, np.ndarray], where: str) -> lis
     for sig in manifest["inputs"]:
         if sig["name"] not in feeds:
             raise MdocError(f"{where}: input '{sig['name']}' is missing")
-        a = np.asarray(feeds[sig["name"]])
+        a = restored(np.asarray(feeds[sig["name"]]), sig["dtype"])
         if str(a.dtype) != sig["dtype"]:
             raise MdocError(f"{where}: input '{sig['name']}' is {a.dtype}, the artifact expects {sig['dtype']}")
         shape = sig["shape"]

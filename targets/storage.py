@@ -43,6 +43,16 @@ def to_storage(array: np.ndarray) -> np.ndarray:
     return array.view(np.uint8)
 
 
+def restored(array: np.ndarray, dtype_name: str) -> np.ndarray:
+    """`array` as `dtype_name` when it holds that type's raw bytes (`.npz` files keep ml_dtypes
+    arrays as void bytes, `V1`); otherwise unchanged."""
+    if dtype_name in STORAGE and array.dtype.kind == "V" and array.dtype.itemsize == 1:
+        import ml_dtypes
+
+        return array.view(getattr(ml_dtypes, dtype_name))
+    return array
+
+
 def from_storage(array: np.ndarray, dtype_name: str) -> np.ndarray:
     """The inverse of `to_storage` for an array the compiled model returned as `dtype_name`."""
     if dtype_name not in STORAGE or array.dtype.name == dtype_name:

@@ -134,3 +134,32 @@ def test_castlike_takes_the_element_type_of_its_second_input():
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
     want = ReferenceEvaluator(m).run(None, {"x": x, "like": like})[0]
     assert_same_bits(compiled(m, {"x": x, "like": like})["y"], want, x)
+
+
+def test_artifact_takes_and_returns_small_types(tmp_path, mdoc_cli):
+    """`mdoc.load(path)` and `mdoc run` feed float8 in and give int4 and float8 back as ml_dtypes arrays."""
+    import mdoc
+
+    nodes = [helper.make_node("Cast", ["x"], ["q"], to=TensorProto.INT4),
+             helper.make_node("Transpose", ["x"], ["t"], perm=[1, 0])]
+    graph = helper.make_graph(nodes, "small", [helper.make_tensor_value_info("x", TensorProto.FLOAT8E4M3FN, [2, 3])],
+                              [helper.make_tensor_value_info("q", TensorProto.INT4, [2, 3]),
+                               helper.make_tensor_value_info("t", TensorProto.FLOAT8E4M3FN, [3, 2])])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    onnx.save(m, tmp_path / "small.onnx")
+    path = mdoc.compile(str(tmp_path / "small.onnx"), "x86", tmp_path / "small.mdoc", show_progress=False)
+    x = np.array([[1.5, -3.0, 7.0], [-8.0, 0.25, 448.0]], ml_dtypes.float8_e4m3fn)
+    out = mdoc.load(path)(x=x)
+    want = ReferenceEvaluator(m).run(None, {"x": x})
+    assert out["q"].dtype == np.dtype(ml_dtypes.int4) and out["t"].dtype == x.dtype
+    np.testing.assert_array_equal(out["q"].astype(np.int8), want[0].astype(np.int8))
+    np.testing.assert_array_equal(out["t"].view(np.uint8), x.T.view(np.uint8))
+    with pytest.raises(mdoc.MdocError, match="input 'x' is float32, the artifact expects float8_e4m3fn"):
+        mdoc.load(path)(x=x.astype(np.float32))
+
+    np.savez(tmp_path / "in.npz", x=x)  # npz keeps ml_dtypes arrays as raw bytes
+    r = mdoc_cli("run", path, "--inputs", tmp_path / "in.npz", "-o", tmp_path / "out.npz", "--repeat", "1")
+    assert r.code == 0, r.err
+    with np.load(tmp_path / "out.npz") as saved:
+        np.testing.assert_array_equal(saved["t"].view(np.uint8), x.T.view(np.uint8))
+    assert mdoc_cli("run", path, "--repeat", "1").code == 0  # seeded float8 inputs
