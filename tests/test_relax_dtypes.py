@@ -24,6 +24,7 @@ from mdoc.targets.relax import build, lower, run  # noqa: E402
 TARGET = resolve_target("x86").tvm
 SMALL_FLOATS = ["FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ", "FLOAT4E2M1"]
 SMALL_INTS = ["INT4", "UINT4", "INT2", "UINT2"]
+RNG_BYTES = np.random.default_rng(0)
 
 
 def np_type(name: str) -> np.dtype:
@@ -163,3 +164,28 @@ def test_artifact_takes_and_returns_small_types(tmp_path, mdoc_cli):
     with np.load(tmp_path / "out.npz") as saved:
         np.testing.assert_array_equal(saved["t"].view(np.uint8), x.T.view(np.uint8))
     assert mdoc_cli("run", path, "--repeat", "1").code == 0  # seeded float8 inputs
+
+
+@pytest.mark.parametrize("src, dst", [("FLOAT", "INT32"), ("INT64", "DOUBLE"), ("FLOAT8E5M2", "INT8"),
+                                      ("UINT8", "FLOAT8E4M3FNUZ"), ("INT4", "UINT4"), ("FLOAT4E2M1", "INT4"),
+                                      ("UINT2", "INT2"), ("BOOL", "UINT8")])
+def test_bitcast_keeps_the_bits(src, dst):
+    dtype = np_type(src)
+    if src == "BOOL":
+        x = np.array([True, False, True])
+    elif src == "FLOAT4E2M1":
+        x = np.arange(16, dtype=np.uint8).view(dtype)
+    elif src in SMALL_INTS:  # every value
+        info = ml_dtypes.iinfo(dtype)
+        x = np.arange(info.min, info.max + 1).astype(dtype)
+    else:  # random bytes: NaN payloads, subnormals, negative zeros included
+        x = RNG_BYTES.integers(0, 256, 8 * dtype.itemsize, dtype=np.uint8).view(dtype)
+    node = helper.make_node("BitCast", ["x"], ["y"], to=getattr(TensorProto, dst))
+    graph = helper.make_graph([node], "bitcast", [helper.make_tensor_value_info("x", getattr(TensorProto, src), x.shape)],
+                              [helper.make_tensor_value_info("y", getattr(TensorProto, dst), x.shape)])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 26)])
+    want = ReferenceEvaluator(m).run(None, {"x": x})[0]
+    got = compiled(m, {"x": x})["y"]
+    assert got.dtype == want.dtype
+    np.testing.assert_array_equal(got.astype(np.float64) if "INT" in dst else got.view(np.uint8),
+                                  want.astype(np.float64) if "INT" in dst else want.view(np.uint8))

@@ -1,4 +1,4 @@
-"""Cast and CastLike between every ONNX element type, float8 / float4 / 2- and 4-bit ints included.
+"""Cast, CastLike and BitCast between every ONNX element type, float8 / float4 / 2- and 4-bit ints included.
 
 TVM computes with the usual numeric types; the others travel in a byte
 (`mdoc.targets.storage`) and are converted here, bit for bit as onnx's
@@ -15,6 +15,7 @@ reference (ml_dtypes, `onnx.numpy_helper.saturate_cast` and `to_float8e8m0`):
   (as a C cast; QuantizeLinear saturates instead).
 
 `convert` is the one entry point, shared with the quantization converters.
+BitCast reads the same bits as another type of the same width.
 """
 
 from __future__ import annotations
@@ -208,6 +209,30 @@ def cast(ctx: LowerCtx, node: Node):
     if isinstance(to, (bytes, str)):  # opset 1-5 spelled the type as a string
         to = _LEGACY_NAMES[to.decode() if isinstance(to, bytes) else to]
     return [_cast(ctx, node, DType.from_onnx(int(to)), **_options(ctx))]
+
+
+@converter("onnx.BitCast", since=26)
+def bit_cast(ctx: LowerCtx, node: Node):
+    """The same bits read as another type of the same width (the small types: their low bits)."""
+    src, dst = ctx.input_type(0), DType.from_onnx(int(ctx.attr("to")))
+    if src is None:
+        raise ctx.error("the input has no known element type")
+    src = src.dtype
+    if src.itemsize != dst.itemsize:
+        raise ctx.error(f"BitCast from {src.text} to {dst.text}: the types must have the same width")
+    x, out = ctx.input(0), tvm_dtype(dst, f"{node.op} node '{node.name}'")
+    if src.itemsize < 1:  # 4 and 2 bits: the storage holds a value or a code; keep the low bits
+        bits = int(src.itemsize * 8)
+        v = ctx.emit(R.bitwise_and(R.astype(x, "int32"), relax.const((1 << bits) - 1, "int32")))
+        if SMALL_INTS.get(dst, (0, False))[1]:
+            k = relax.const(32 - bits, "int32")
+            v = ctx.emit(R.right_shift(R.left_shift(v, k), k))
+        return [_native(ctx, v, out)]
+    if DType.BOOL in (src, dst):  # a bool's byte is 0 or 1
+        return [_native(ctx, x, out)]
+    if str(x.ty.dtype) == out:
+        return [x]
+    return [_elementwise(ctx, x, lambda v: tirx.reinterpret(out, v), "bitcast")]
 
 
 @converter("onnx.CastLike", since=15)
