@@ -189,3 +189,34 @@ def test_bitcast_keeps_the_bits(src, dst):
     assert got.dtype == want.dtype
     np.testing.assert_array_equal(got.astype(np.float64) if "INT" in dst else got.view(np.uint8),
                                   want.astype(np.float64) if "INT" in dst else want.view(np.uint8))
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8, np.int32, np.uint64])
+@pytest.mark.parametrize("direction", ["LEFT", "RIGHT"])
+def test_bitshift_out_of_range_fills_like_the_reference(dtype, direction):
+    bits = np.iinfo(dtype).bits
+    x = np.array([-8, 4, -1, 5, 1, -128], np.int64).astype(dtype)
+    y = np.array([bits, bits + 1, 3, bits - 1, -1, 100], np.int64).astype(dtype)
+    node = helper.make_node("BitShift", ["x", "y"], ["z"], direction=direction)
+    tt = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    graph = helper.make_graph([node], "shift", [helper.make_tensor_value_info("x", tt, [6]),
+                                                helper.make_tensor_value_info("y", tt, [6])],
+                              [helper.make_tensor_value_info("z", tt, [6])])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    want = ReferenceEvaluator(m).run(None, {"x": x, "y": y})[0]
+    np.testing.assert_array_equal(compiled(m, {"x": x, "y": y})["z"], want)
+
+
+@pytest.mark.parametrize("xt, yt", [(np.int32, np.int32), (np.int64, np.float32), (np.int32, np.float32)])
+def test_pow_of_integers(xt, yt):
+    x, y = np.array([1, 2, 3, -2, 7], xt), np.array([4, 5, 6, 3, 0.5 if yt == np.float32 else 2], yt)
+    node = helper.make_node("Pow", ["x", "y"], ["z"])
+    graph = helper.make_graph([node], "pow", [
+        helper.make_tensor_value_info("x", helper.np_dtype_to_tensor_dtype(np.dtype(xt)), [5]),
+        helper.make_tensor_value_info("y", helper.np_dtype_to_tensor_dtype(np.dtype(yt)), [5])],
+        [helper.make_tensor_value_info("z", helper.np_dtype_to_tensor_dtype(np.dtype(xt)), [5])])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
+    want = ReferenceEvaluator(m).run(None, {"x": x, "y": y})[0]
+    got = compiled(m, {"x": x, "y": y})["z"]
+    assert got.dtype == want.dtype
+    np.testing.assert_array_equal(got, want)

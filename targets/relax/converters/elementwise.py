@@ -91,9 +91,18 @@ def bitwise_not(ctx: LowerCtx, node: Node):
 
 @converter("onnx.BitShift", since=11)
 def bit_shift(ctx: LowerCtx, node: Node):
+    """A shift by a negative amount or by the bit width or more fills the result: with 0, or with
+    the sign bit (an arithmetic right shift of a signed value), as numpy and onnx's cases do."""
     a, b = ctx.input(0), ctx.input(1)
-    direction = attr_str(ctx, "direction", "")
-    return [R.left_shift(a, b) if direction == "LEFT" else R.right_shift(a, b)]
+    dtype = str(a.ty.dtype)
+    width = np.iinfo(dtype).bits
+    outside = ctx.emit(R.logical_or(R.less(b, relax.const(0, dtype)), R.greater_equal(b, relax.const(width, dtype))))
+    if attr_str(ctx, "direction", "") == "LEFT":
+        shifted, filled = R.left_shift(a, b), relax.const(0, dtype)
+    else:
+        shifted = R.right_shift(a, b)
+        filled = R.right_shift(a, relax.const(width - 1, dtype)) if dtype.startswith("int") else relax.const(0, dtype)
+    return [_broadcasting(ctx, R.where(outside, filled, ctx.emit(shifted)), a, b)]
 
 
 @converter("onnx.Mod", since=10)
@@ -124,6 +133,9 @@ def power(ctx: LowerCtx, node: Node):
             return [R.sqrt(x)]
         if e == -1.0 and is_float(dtype):
             return [R.divide(float_const(1.0, dtype), x)]
+    if not is_float(dtype):  # integer bases: computed in float64, truncated back as numpy's pow is
+        y = cast_if_needed(ctx.input(1), "float64")
+        return [R.astype(R.power(ctx.emit(R.astype(x, "float64")), y), dtype)]
     y = cast_if_needed(ctx.input(1), dtype)
     return [R.power(x, y)]
 
