@@ -28,7 +28,7 @@ from tvm import relax, te, tirx
 from mdoc.ir import Node
 from mdoc.types import DType
 
-from ..context import LowerCtx, SymTensor, prim, tvm_dtype
+from ..context import LowerCtx, SymTensor, is_stored, prim, tvm_dtype
 from ..registry import converter
 from ._common import attr_str
 
@@ -165,20 +165,21 @@ def convert(ctx: LowerCtx, x: relax.Expr, src: DType, dst: DType, *, saturate: b
         return _elementwise(ctx, _native(ctx, x, "float32"), lambda v: _encode_e8m0(v, saturate, round_mode),
                             "to_f8e8m0")
     if dst in SMALL_INTS:
-        bits, signed = SMALL_INTS[dst]
-        v = _native(ctx, x, "int32")
-        if signed:  # keep the low bits, sign-extended
-            k = relax.const(32 - bits, "int32")
-            v = ctx.emit(R.right_shift(R.left_shift(v, k), k))
-        else:
-            v = ctx.emit(R.bitwise_and(v, relax.const((1 << bits) - 1, "int32")))
-        return _native(ctx, v, tvm_dtype(dst))
+        return _native(ctx, _low_bits(ctx, _native(ctx, x, "int32"), *SMALL_INTS[dst]), tvm_dtype(dst))
     return _native(ctx, x, tvm_dtype(dst))
+
+
+def _low_bits(ctx: LowerCtx, v: relax.Expr, bits: int, signed: bool) -> relax.Expr:
+    """The low `bits` bits of int32 `v`, sign-extended when `signed`."""
+    if signed:
+        k = relax.const(32 - bits, "int32")
+        return ctx.emit(R.right_shift(R.left_shift(v, k), k))
+    return ctx.emit(R.bitwise_and(v, relax.const((1 << bits) - 1, "int32")))
 
 
 def _cast(ctx: LowerCtx, node: Node, dst: DType, *, saturate: bool = True, round_mode: str = "up"):
     sym = ctx.sym(0)
-    if sym is not None and not (dst in FORMATS or dst in SMALL_INTS or dst is DType.F8E8M0):
+    if sym is not None and not is_stored(dst):
         dtype = tvm_dtype(dst, f"{node.op} node '{node.name}'")
         array = sym.numpy()
         if array is not None:
@@ -223,10 +224,7 @@ def bit_cast(ctx: LowerCtx, node: Node):
     x, out = ctx.input(0), tvm_dtype(dst, f"{node.op} node '{node.name}'")
     if src.itemsize < 1:  # 4 and 2 bits: the storage holds a value or a code; keep the low bits
         bits = int(src.itemsize * 8)
-        v = ctx.emit(R.bitwise_and(R.astype(x, "int32"), relax.const((1 << bits) - 1, "int32")))
-        if SMALL_INTS.get(dst, (0, False))[1]:
-            k = relax.const(32 - bits, "int32")
-            v = ctx.emit(R.right_shift(R.left_shift(v, k), k))
+        v = _low_bits(ctx, _native(ctx, x, "int32"), bits, SMALL_INTS.get(dst, (bits, False))[1])
         return [_native(ctx, v, out)]
     if DType.BOOL in (src, dst):  # a bool's byte is 0 or 1
         return [_native(ctx, x, out)]
