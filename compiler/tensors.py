@@ -71,12 +71,17 @@ def random_tensors(specs: list[tuple[str, np.dtype, tuple[int, ...]]], seed: int
     out: dict[str, np.ndarray] = {}
     for name, dtype, shape in specs:
         dtype = np.dtype(dtype)
+        small_int = dtype.name in ("int4", "uint4", "int2", "uint2")  # ml_dtypes: kind "V"
         if dtype.kind == "f" or DType.from_numpy(dtype).is_float:
             out[name] = rng.standard_normal(shape).astype(dtype)
         elif dtype.kind == "b":
             out[name] = rng.random(shape) < 0.5
-        elif dtype.kind in "iu":
+        elif dtype.kind in "iu" or small_int:
             high = 2 if "mask" in name.lower() else 16
+            if small_int:
+                import ml_dtypes
+
+                high = min(high, int(ml_dtypes.iinfo(dtype).max) + 1)
             out[name] = rng.integers(0, high, shape).astype(dtype)
         else:
             raise MdocError(f"input '{name}' has type {dtype}, which mdoc cannot make up; give it with --inputs")

@@ -24,6 +24,8 @@ import numpy as np
 from mdoc.backends import MANIFEST
 from mdoc.errors import MdocError
 
+from .storage import from_storage, restored, to_storage
+
 LIBRARY = "model.so"
 
 
@@ -97,7 +99,11 @@ def read_manifest(path: Path) -> dict:
 
 
 def check_feeds(manifest: dict, feeds: dict[str, np.ndarray], where: str) -> list[np.ndarray]:
-    """The inputs in the library's order, after checking names, dtypes and static dims."""
+    """The inputs in the library's order, after checking names, dtypes and static dims.
+
+    Returned in the types the library takes: float8, float4 and the 2/4-bit integers
+    in their storage types (`storage.to_storage`).
+    """
     ordered = []
     names = [i["name"] for i in manifest["inputs"]]
     for extra in set(feeds) - set(names):
@@ -105,14 +111,20 @@ def check_feeds(manifest: dict, feeds: dict[str, np.ndarray], where: str) -> lis
     for sig in manifest["inputs"]:
         if sig["name"] not in feeds:
             raise MdocError(f"{where}: input '{sig['name']}' is missing")
-        a = np.asarray(feeds[sig["name"]])
+        a = restored(np.asarray(feeds[sig["name"]]), sig["dtype"])
         if str(a.dtype) != sig["dtype"]:
             raise MdocError(f"{where}: input '{sig['name']}' is {a.dtype}, the artifact expects {sig['dtype']}")
         shape = sig["shape"]
         if len(a.shape) != len(shape) or any(isinstance(d, int) and d != s for d, s in zip(shape, a.shape)):
             raise MdocError(f"{where}: input '{sig['name']}' has shape {list(a.shape)}, the artifact expects {shape}")
+        a = to_storage(a)
         ordered.append(a if a.flags.c_contiguous else a.copy(order="C"))  # ascontiguousarray makes scalars 1-d
     return ordered
+
+
+def returned(manifest: dict, values: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """The library's results by output name, in the dtypes the manifest declares."""
+    return {o["name"]: from_storage(v, o["dtype"]) for o, v in zip(manifest["outputs"], values)}
 
 
 def host_arch() -> str:
@@ -156,9 +168,7 @@ class _Runner:
     def __call__(self, **feeds: np.ndarray) -> dict[str, np.ndarray]:
         args = [self.tvm.runtime.tensor(a, self.dev) for a in check_feeds(self.manifest, feeds, str(self.path))]
         result = self.vm["main"](*args)
-        names = [o["name"] for o in self.manifest["outputs"]]
-        values = [result[i] for i in range(len(names))]
-        return {n: v.numpy() for n, v in zip(names, values)}
+        return returned(self.manifest, [result[i].numpy() for i in range(len(self.manifest["outputs"]))])
 
     def time(self, feeds: dict[str, np.ndarray], repeat: int) -> list[float]:
         """Seconds per call for `repeat` calls after one warm-up, inputs already on the device."""
@@ -224,4 +234,4 @@ class _Emulated:
         ordered = check_feeds(self.manifest, feeds, str(self.path))
         names = [i.get("param", i["name"]) for i in self.manifest["inputs"]]  # Relax's parameter names
         outs = run_aarch64(self.path / LIBRARY, dict(zip(names, ordered)))
-        return {o["name"]: v for o, v in zip(self.manifest["outputs"], outs)}
+        return returned(self.manifest, outs)

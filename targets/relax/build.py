@@ -27,7 +27,8 @@ from mdoc.errors import MdocError
 from mdoc.ir import Model
 from mdoc.types import TensorType
 
-from .context import contiguous, tvm_dtype
+from ..storage import from_storage, to_storage
+from .context import contiguous
 from .lower import param_constants
 from .fold import FoldConstantsNumpy
 from .schedule import ScheduleCPU
@@ -161,8 +162,8 @@ class Runner:
                 raise MdocError(f"missing input {v.name!r}")
             array = np.asarray(inputs[v.name])
             if isinstance(v.type, TensorType):
-                want = tvm_dtype(v.type.dtype)
-                if str(array.dtype) != want:
+                want = v.type.dtype.numpy.name
+                if array.dtype.name != want:
                     raise MdocError(f"input {v.name!r} has dtype {array.dtype}, the model expects {want}")
                 if v.type.shape is not None and array.ndim != len(v.type.shape):
                     raise MdocError(f"input {v.name!r} has rank {array.ndim}, the model expects "
@@ -170,7 +171,7 @@ class Runner:
                 for k, d in enumerate(v.type.shape or ()):
                     if isinstance(d, int) and array.shape[k] != d:
                         raise MdocError(f"input {v.name!r} has shape {list(array.shape)}, the model expects {v.type}")
-            args.append(tvm.runtime.tensor(contiguous(array), self.device))
+            args.append(tvm.runtime.tensor(contiguous(to_storage(array)), self.device))
         return args + self.params
 
     def run_args(self, args: list):
@@ -178,7 +179,7 @@ class Runner:
 
     def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         result = self.run_args(self.prepare(inputs))
-        return {name: result[i].numpy() for i, name in enumerate(self.output_names)}
+        return {v.name: _returned(result[i].numpy(), v) for i, v in enumerate(self.model.graph.outputs)}
 
     def time(self, inputs: Mapping[str, np.ndarray], repeat: int = 20, warmup: int = 3) -> float:
         """The median wall time of one call, in seconds."""
@@ -191,6 +192,11 @@ class Runner:
             self.run_args(args)
             times.append(time.perf_counter() - t0)
         return float(np.median(times))
+
+
+def _returned(array: np.ndarray, value) -> np.ndarray:
+    """An output as the graph declares it (float8 and 4-bit types come back from their storage type)."""
+    return from_storage(array, value.type.dtype.numpy.name) if isinstance(value.type, TensorType) else array
 
 
 def run(ex: tvm.runtime.Executable, inputs: Mapping[str, np.ndarray], model: Model) -> dict[str, np.ndarray]:

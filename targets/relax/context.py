@@ -28,6 +28,8 @@ from mdoc.errors import MdocError
 from mdoc.ir import Model, Node, Value
 from mdoc.types import DType, TensorType
 
+from ..storage import storage_of, to_storage
+
 # ---------------------------------------------------------------------------
 # dtypes
 
@@ -37,11 +39,16 @@ _DTYPES = {
     DType.I32: "int32", DType.U32: "uint32", DType.I64: "int64", DType.U64: "uint64",
     DType.BOOL: "bool",
 }
-_FROM_TVM = {v: k for k, v in _DTYPES.items()}
+# float8, float4 and the 2/4-bit integers travel in a byte (see mdoc.targets.storage):
+# converters that care (Cast, QuantizeLinear, ...) read the mdoc type, the others move bytes
+_STORED = {DType.F8E4M3FN, DType.F8E4M3FNUZ, DType.F8E5M2, DType.F8E5M2FNUZ, DType.F8E8M0, DType.F4E2M1,
+           DType.I4, DType.U4, DType.I2, DType.U2}
 
 
 def tvm_dtype(dtype: DType, where: str = "") -> str:
-    """The TVM spelling of an mdoc dtype; MdocError for element types Relax cannot hold."""
+    """The TVM dtype holding an mdoc dtype (a storage type for `is_stored` ones); MdocError for others."""
+    if dtype in _STORED:
+        return storage_of(dtype.numpy.name)
     try:
         return _DTYPES[dtype]
     except KeyError:
@@ -49,8 +56,9 @@ def tvm_dtype(dtype: DType, where: str = "") -> str:
         raise MdocError(f"element type {dtype.text}{at} has no TVM equivalent for the Relax target") from None
 
 
-def mdoc_dtype(dtype: str) -> DType:
-    return _FROM_TVM[str(dtype)]
+def is_stored(dtype: DType) -> bool:
+    """Whether `dtype` is carried in a storage type whose arithmetic would be wrong for it."""
+    return dtype in _STORED
 
 
 def onnx_to_tvm_dtype(onnx_elem_type: int, where: str = "") -> str:
@@ -272,8 +280,8 @@ class LowerCtx:
             if array is None:
                 raise MdocError(f"{self.node.op} (node '{self.node.name}'): operand {i} (%{v.name}) "
                                 f"is used before it is defined")
-            bound = relax.const(contiguous(array), tvm_dtype(DType.from_numpy(array.dtype),
-                                                                        f"constant %{v.name}"))
+            bound = relax.const(contiguous(to_storage(array)), tvm_dtype(DType.from_numpy(array.dtype),
+                                                                                    f"constant %{v.name}"))
             self.bind(v, bound)
         if isinstance(bound, SymTensor):
             bound = self.materialize(bound)

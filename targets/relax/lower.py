@@ -46,6 +46,7 @@ from mdoc.ir import CONSTANT, Model, Node, Value
 from mdoc.types import TensorType
 
 from . import control_flow, converters  # noqa: F401  (registers the converters)
+from ..storage import to_storage
 from .context import LowerCtx, SymTensor, contiguous, tvm_dtype
 from .kernels import Kernels
 from .registry import lookup
@@ -216,7 +217,7 @@ def output_expr(ctx: LowerCtx, value: Value) -> relax.Expr:
             where = f"{producer.op} (node '{producer.name}')" if producer is not None else "the graph"
             raise MdocError(f"{where}: result %{value.name} is a graph output but the Relax converter "
                             f"does not compute it")
-        return relax.const(contiguous(array), tvm_dtype(value.type.dtype))
+        return relax.const(contiguous(to_storage(array)), tvm_dtype(value.type.dtype))
     if isinstance(bound, SymTensor):
         return ctx.materialize(bound)
     return bound

@@ -1,3 +1,3 @@
 """The converters, one module per op family; importing this package registers them all."""
 
-from . import elementwise, matmul, nn, quantize, reduce, resize, tensor  # noqa: F401
+from . import cast, elementwise, matmul, nn, qlinear, quantize, reduce, resize, tensor  # noqa: F401

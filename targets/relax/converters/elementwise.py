@@ -1,4 +1,4 @@
-"""Elementwise ops: arithmetic, comparison, logic, unary math, activations, Clip, Cast, Where.
+"""Elementwise ops: arithmetic, comparison, logic, unary math, activations, Clip, Where (Cast: cast.py).
 
 Binary ops follow numpy broadcasting (ONNX opset >= 7); the legacy form of
 opsets 1-6 (`broadcast=1` with `axis`) is handled by aligning the second
@@ -13,7 +13,7 @@ from tvm import relax, tirx
 
 from mdoc.ir import Node
 
-from ..context import LowerCtx, SymTensor, broadcast_dims, is_float, onnx_to_tvm_dtype, pdtype, prim
+from ..context import LowerCtx, SymTensor, broadcast_dims, is_float, pdtype, prim
 from ..registry import converter
 from ._common import attr_str, cast_if_needed, float_const, sym_eval
 
@@ -91,9 +91,18 @@ def bitwise_not(ctx: LowerCtx, node: Node):
 
 @converter("onnx.BitShift", since=11)
 def bit_shift(ctx: LowerCtx, node: Node):
+    """A shift by a negative amount or by the bit width or more fills the result: with 0, or with
+    the sign bit (an arithmetic right shift of a signed value), as numpy and onnx's cases do."""
     a, b = ctx.input(0), ctx.input(1)
-    direction = attr_str(ctx, "direction", "")
-    return [R.left_shift(a, b) if direction == "LEFT" else R.right_shift(a, b)]
+    dtype = str(a.ty.dtype)
+    width = np.iinfo(dtype).bits
+    outside = ctx.emit(R.logical_or(R.less(b, relax.const(0, dtype)), R.greater_equal(b, relax.const(width, dtype))))
+    if attr_str(ctx, "direction", "") == "LEFT":
+        shifted, filled = R.left_shift(a, b), relax.const(0, dtype)
+    else:
+        shifted = R.right_shift(a, b)
+        filled = R.right_shift(a, relax.const(width - 1, dtype)) if dtype.startswith("int") else relax.const(0, dtype)
+    return [_broadcasting(ctx, R.where(outside, filled, ctx.emit(shifted)), a, b)]
 
 
 @converter("onnx.Mod", since=10)
@@ -124,6 +133,9 @@ def power(ctx: LowerCtx, node: Node):
             return [R.sqrt(x)]
         if e == -1.0 and is_float(dtype):
             return [R.divide(float_const(1.0, dtype), x)]
+    if not is_float(dtype):  # integer bases: computed in float64, truncated back as numpy's pow is
+        y = cast_if_needed(ctx.input(1), "float64")
+        return [R.astype(R.power(ctx.emit(R.astype(x, "float64")), y), dtype)]
     y = cast_if_needed(ctx.input(1), dtype)
     return [R.power(x, y)]
 
@@ -373,41 +385,7 @@ def dropout(ctx: LowerCtx, node: Node):
     return outs
 
 
-# -- Cast, Where --------------------------------------------------------------
-
-
-def _cast(ctx: LowerCtx, dtype: str):
-    sym = ctx.sym(0)
-    if sym is not None:
-        array = sym.numpy()
-        if array is not None:
-            return SymTensor.from_array(array.astype(dtype))
-        if dtype == "bool":
-            return SymTensor(dtype, sym.shape, [tirx.NE(prim(v), prim(0)) for v in sym.values])
-        return SymTensor(dtype, sym.shape, [tirx.Cast(dtype, prim(v, sym.dtype)) for v in sym.values])
-    x = ctx.input(0)
-    src = str(x.ty.dtype)
-    if src == dtype:
-        return x
-    if dtype == "bool":
-        # any nonzero value is true (a plain conversion would truncate 0.5 to false)
-        return R.not_equal(x, relax.const(0, src))
-    return R.astype(x, dtype)
-
-
-@converter("onnx.Cast", since=1)
-def cast(ctx: LowerCtx, node: Node):
-    to = ctx.attr("to")
-    if isinstance(to, (bytes, str)):  # opset 1-5 spelled the type as a string
-        to = {"FLOAT": 1, "UINT8": 2, "INT8": 3, "UINT16": 4, "INT16": 5, "INT32": 6, "INT64": 7,
-              "BOOL": 9, "FLOAT16": 10, "DOUBLE": 11, "UINT32": 12, "UINT64": 13}[
-            to.decode() if isinstance(to, bytes) else to]
-    return [_cast(ctx, onnx_to_tvm_dtype(to, f"{node.op} node '{node.name}'"))]
-
-
-@converter("onnx.CastLike", since=15)
-def cast_like(ctx: LowerCtx, node: Node):
-    return [_cast(ctx, ctx.dtype(1))]
+# -- Where --------------------------------------------------------------------
 
 
 @converter("onnx.Where", since=9)
