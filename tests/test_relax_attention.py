@@ -71,3 +71,17 @@ def test_attention_windows_and_external_cache_match_onnx_reference():
     want = dict(zip(["y1", "y2", "y3", "y4"], ReferenceEvaluator(m).run(None, feeds)))
     assert not np.isnan(got["y3"]).any()
     assert_close(got, want)
+
+
+def test_rotary_embedding_layouts_match_onnxruntime():
+    rng = np.random.default_rng(6)
+    nodes = [
+        N("RotaryEmbedding", ["x4", "cos", "sin", "pos"], ["r1"]),
+        N("RotaryEmbedding", ["x4", "cos", "sin", "pos"], ["r2"], interleaved=1),
+        N("RotaryEmbedding", ["x3", "cos_half", "sin_half"], ["r3"], num_heads=2, rotary_embedding_dim=4,
+          interleaved=1),
+    ]
+    feeds = {"x4": f32(2, 3, 5, 8), "cos": f32(10, 4), "sin": f32(10, 4),
+             "pos": rng.integers(0, 10, (2, 5)).astype(np.int64),
+             "x3": f32(2, 5, 16), "cos_half": f32(2, 5, 2), "sin_half": f32(2, 5, 2)}
+    check(make_model(nodes, feeds, ["r1", "r2", "r3"], {}, 23), feeds)

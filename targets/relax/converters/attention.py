@@ -1,4 +1,4 @@
-"""Attention (opset 23, 24, 25) as a composition of Relax ops that fuse and schedule like MatMul.
+"""Attention (opset 23, 24, 25) and RotaryEmbedding as compositions of Relax ops.
 
     scores = (Q * scale) @ K^T            one batched matmul per (batch, kv head)
     scores = softcap * tanh(scores / softcap)            when softcap > 0
@@ -231,3 +231,50 @@ def attention(ctx: LowerCtx, node: Node):
     if cdt != dtype:
         y, qk = R.astype(y, dtype), R.astype(qk, dtype)
     return [y, present_k, present_v, qk]
+
+
+@converter("onnx.RotaryEmbedding", since=23)
+def rotary_embedding(ctx: LowerCtx, node: Node):
+    """Rotate pairs (x1, x2) of the first `rotary_embedding_dim` features of every head by the
+    cached angles: (cos x1 - sin x2, sin x1 + cos x2). Pairs are halves of the rotated part,
+    or neighbours when `interleaved`; the caches are indexed by `position_ids` when given."""
+    x = ctx.input(0)
+    dims = ctx.shape_of(x)
+    if len(dims) == 4:  # [B, H, S, D] -> [B, S, H, D]
+        x = ctx.emit(R.permute_dims(x, [0, 2, 1, 3]))
+    elif len(dims) == 3:
+        heads = ctx.attr("num_heads")
+        if not heads:
+            raise ctx.error("a 3-D input needs the num_heads attribute")
+        hidden = static_int(ctx, dims[2], "the hidden size")
+        x = ctx.emit(R.reshape(x, relax_dims([dims[0], dims[1], int(heads), hidden // int(heads)])))
+    else:
+        raise ctx.error(f"input has rank {len(dims)}; RotaryEmbedding takes 3-D or 4-D inputs")
+    bsz, seq, heads, head = ctx.shape_of(x)
+    head = static_int(ctx, head, "the head size")
+    rot = int(ctx.attr("rotary_embedding_dim", 0)) or head
+    cos, sin = ctx.input(1), ctx.input(2)
+    if ctx.has_input(3):
+        ids = ctx.input(3)
+        cos, sin = ctx.emit(R.take(cos, ids, axis=0)), ctx.emit(R.take(sin, ids, axis=0))
+    if static_int(ctx, ctx.shape_of(cos)[-1], "the cache width") != rot // 2:
+        raise ctx.error(f"the caches hold {ctx.shape_of(cos)[-1]} angles per position, "
+                        f"rotary_embedding_dim / 2 is {rot // 2}")
+    cos, sin = ctx.emit(R.expand_dims(cos, 2)), ctx.emit(R.expand_dims(sin, 2))  # [B, S, 1, rot/2]
+
+    def part(begin: int, end: int, step: int = 1) -> relax.Expr:
+        return ctx.emit(R.strided_slice(x, axes=[3], begin=[begin], end=[end], strides=[step], assume_inbound=True))
+
+    interleaved = bool(ctx.attr("interleaved", 0))
+    x1, x2 = (part(0, rot, 2), part(1, rot, 2)) if interleaved else (part(0, rot // 2), part(rot // 2, rot))
+    real = ctx.emit(R.subtract(ctx.emit(R.multiply(cos, x1)), ctx.emit(R.multiply(sin, x2))))
+    imag = ctx.emit(R.add(ctx.emit(R.multiply(sin, x1)), ctx.emit(R.multiply(cos, x2))))
+    if interleaved:
+        pairs = ctx.emit(R.concat([ctx.emit(R.expand_dims(real, 4)), ctx.emit(R.expand_dims(imag, 4))], axis=4))
+        rotated = ctx.emit(R.reshape(pairs, relax_dims([bsz, seq, heads, rot])))
+    else:
+        rotated = ctx.emit(R.concat([real, imag], axis=3))
+    y = ctx.emit(R.concat([rotated, part(rot, head)], axis=3)) if rot < head else rotated
+    if len(dims) == 4:
+        return [R.permute_dims(y, [0, 2, 1, 3])]
+    return [R.reshape(y, relax_dims(dims))]
