@@ -3,21 +3,35 @@
 CausalConvWithState: a depthwise causal conv1d over [batch, channels, length] whose left
 context is the previous call's tail (`past_state`, zeros when absent); the new tail is
 returned as `present_state`. An optional SiLU ("silu" / "swish") follows the conv.
+
+LinearAttention: a state S [batch, kv_heads, d_k, d_v] updated once per token,
+
+    S = S * exp(decay_t)                        (rules "gated", "gated_delta")
+    v_t = beta_t * (v_t - k_t S)                (rules "delta", "gated_delta")
+    S = S + k_t^T v_t
+    out_t = scale * q_t S                       (query head h reads kv head h // group)
+
+computed in float32. The recurrence is unrolled over the (static) sequence length, up to
+`MAX_UNROLLED_STEPS` tokens: decode steps and short prefills; longer sequences are
+refused with a message rather than emitting a graph of thousands of ops.
 """
 
 from __future__ import annotations
 
+import numpy as np
 from tvm import relax
 
 from mdoc.ir import Node
 
 from ..context import LowerCtx
 from ..registry import converter
-from ._common import attr_str, static_int
+from ._common import attr_str, relax_dims, static_int
 from .activations import swish
-from .attention import compute_dtype
+from .attention import compute_dtype, grouped_matmul, split_heads
 
 R = relax.op
+MAX_UNROLLED_STEPS = 64
+_RULES = {"linear": (False, False), "gated": (True, False), "delta": (False, True), "gated_delta": (True, True)}
 
 
 @converter("onnx.CausalConvWithState", since=27)
@@ -52,3 +66,69 @@ def causal_conv_with_state(ctx: LowerCtx, node: Node):
     total = ctx.shape_of(padded)[2]
     present = R.strided_slice(padded, axes=[2], begin=[total - (k - 1)], end=[total], assume_inbound=True)
     return [y, present]
+
+
+@converter("onnx.LinearAttention", since=27)
+def linear_attention(ctx: LowerCtx, node: Node):
+    rule = attr_str(ctx, "update_rule", "gated_delta")
+    if rule not in _RULES:
+        raise ctx.error(f"update_rule '{rule}' is not one of {', '.join(_RULES)}")
+    gating, delta = _RULES[rule]
+    has = {name: ctx.has_input(i) for i, name in [(3, "past_state"), (4, "decay"), (5, "beta")]}
+    if has["decay"] != gating:
+        raise ctx.error(f"update_rule '{rule}' {'requires' if gating else 'forbids'} the decay input")
+    if has["beta"] != delta:
+        raise ctx.error(f"update_rule '{rule}' {'requires' if delta else 'forbids'} the beta input")
+    q_heads, kv_heads = ctx.attr("q_num_heads"), ctx.attr("kv_num_heads")
+    if not q_heads or not kv_heads or int(q_heads) % int(kv_heads):
+        raise ctx.error("q_num_heads and kv_num_heads are required, q_num_heads a multiple of kv_num_heads")
+    q_heads, kv_heads = int(q_heads), int(kv_heads)
+    dtype = str(ctx.input(0).ty.dtype)
+    batch, steps, _ = ctx.shape(0)
+    steps = static_int(ctx, steps, "the sequence length")
+    if steps > MAX_UNROLLED_STEPS:
+        raise ctx.error(f"sequence length {steps} is over the {MAX_UNROLLED_STEPS} steps the Relax target "
+                        f"unrolls; feed the sequence in chunks, carrying past_state")
+
+    def heads(i: int, n: int, what: str) -> relax.Expr:  # [B, T, n * d] -> float32 [B, n, T, d]
+        return split_heads(ctx, ctx.emit(R.astype(ctx.input(i), "float32")), n, what)
+
+    q, k, v = heads(0, q_heads, "query"), heads(1, kv_heads, "key"), heads(2, kv_heads, "value")
+    d_k, d_v = ctx.shape_of(k)[3], ctx.shape_of(v)[3]
+    decay = beta = None
+    if gating:
+        width = static_int(ctx, ctx.shape(4)[2], "decay's last dim")
+        if width not in (kv_heads, kv_heads * int(d_k)):
+            raise ctx.error(f"decay's last dim {width} must be kv_num_heads or kv_num_heads * d_k")
+        decay = ctx.emit(R.exp(heads(4, kv_heads, "decay")))  # [B, H, T, 1 or d_k]
+    if delta:
+        width = static_int(ctx, ctx.shape(5)[2], "beta's last dim")
+        if width not in (kv_heads, 1):
+            raise ctx.error(f"beta's last dim {width} must be kv_num_heads or 1")
+        beta = heads(5, width, "beta")  # [B, H or 1, T, 1]
+    state_dtype = dtype
+    if has["past_state"]:
+        state_dtype = str(ctx.input(3).ty.dtype)
+        state = ctx.emit(R.astype(ctx.input(3), "float32"))
+    else:
+        state = ctx.emit(R.zeros(relax.ShapeExpr(relax_dims([batch, kv_heads, d_k, d_v])), "float32"))
+    scale = float(ctx.attr("scale", 0.0)) or 1.0 / float(np.sqrt(static_int(ctx, d_k, "d_k")))
+    q = ctx.emit(R.multiply(q, relax.const(scale, "float32")))
+
+    def at(x: relax.Expr, t: int) -> relax.Expr:  # token t: [B, H, 1, d]
+        return ctx.emit(R.strided_slice(x, axes=[2], begin=[t], end=[t + 1], assume_inbound=True))
+
+    outs = []
+    for t in range(steps):
+        k_t, v_t = at(k, t), at(v, t)
+        if decay is not None:  # [B, H, 1, 1 or d_k] -> scales the rows of S
+            state = ctx.emit(R.multiply(state, ctx.emit(R.permute_dims(at(decay, t), [0, 1, 3, 2]))))
+        if beta is not None:
+            retrieved = ctx.emit(R.matmul(k_t, state))  # [B, H, 1, d_v]
+            v_t = ctx.emit(R.multiply(at(beta, t), ctx.emit(R.subtract(v_t, retrieved))))
+        state = ctx.emit(R.add(state, ctx.emit(R.multiply(ctx.emit(R.permute_dims(k_t, [0, 1, 3, 2])), v_t))))
+        outs.append(grouped_matmul(ctx, at(q, t), state, q_heads // kv_heads))  # [B, Hq, 1, d_v]
+    y = ctx.emit(R.concat(outs, axis=2)) if len(outs) > 1 else outs[0]
+    y = ctx.emit(R.permute_dims(y, [0, 2, 1, 3]))
+    y = ctx.emit(R.reshape(y, relax_dims([batch, steps, q_heads * d_v])))
+    return [R.astype(y, dtype), R.astype(state, state_dtype)]
