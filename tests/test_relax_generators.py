@@ -1,0 +1,37 @@
+"""EyeLike (static and symbolic shapes) and the deprecated Scatter, checked against onnxruntime."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("tvm")
+
+from test_relax_lowering import (  # noqa: E402
+    TARGET, Runner, assert_close, build, check, f32, import_model, lower, make_model, reference)
+
+N = helper.make_node
+
+
+def test_eye_like_static_shapes_match_onnxruntime():
+    nodes = [N("EyeLike", ["x"], ["e0"]), N("EyeLike", ["x"], ["e1"], k=1, dtype=TensorProto.INT32),
+             N("EyeLike", ["x"], ["e2"], k=-2, dtype=TensorProto.DOUBLE)]
+    feeds = {"x": f32(4, 5)}
+    check(make_model(nodes, feeds, ["e0", "e1", "e2"], {}, 22), feeds)
+
+
+def test_eye_like_symbolic_shape_one_build_many_shapes():
+    m = make_model([N("EyeLike", ["x"], ["e"], k=1)], {"x": (np.float32, ["n", "m"])}, ["e"], {}, 22)
+    model = import_model(m)
+    runner = Runner(build(lower(model), TARGET), model)
+    for shape in [(3, 3), (2, 5)]:
+        feeds = {"x": f32(*shape)}
+        assert_close(runner(feeds), reference(m, feeds))
+
+
+def test_scatter_opset10_is_scatter_elements():
+    nodes = [N("Scatter", ["data", "idx", "upd"], ["y"], axis=1)]
+    feeds = {"data": f32(3, 4), "idx": np.array([[1, 3], [0, 0], [2, 1]], np.int64), "upd": f32(3, 2)}
+    check(make_model(nodes, feeds, ["y"], {}, 10), feeds)
