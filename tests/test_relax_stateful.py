@@ -39,3 +39,12 @@ def test_linear_attention_update_rules_match_onnxruntime():
              "decay": -sig(2, 3, 16), "decay_h": -sig(2, 3, 2), "beta": sig(2, 3, 2), "beta1": sig(2, 3, 1)}
     outs = ["y1", "s1", "y2", "s2", "y3", "s3", "y4", "s4"]
     check(make_model(nodes, feeds, outs, {}, 27), feeds)
+
+
+def test_tensor_scatter_linear_and_circular_match_onnxruntime():
+    nodes = [N("TensorScatter", ["cache", "upd", "pos"], ["lin"]),
+             N("TensorScatter", ["cache", "upd", "pos_wrap"], ["circ"], mode="circular"),
+             N("TensorScatter", ["cache3", "upd3"], ["at0"], axis=1)]
+    feeds = {"cache": f32(2, 3, 6, 4), "upd": f32(2, 3, 2, 4), "pos": np.array([0, 3], np.int64),
+             "pos_wrap": np.array([5, 2], np.int64), "cache3": f32(2, 5, 3), "upd3": f32(2, 2, 3)}
+    check(make_model(nodes, feeds, ["lin", "circ", "at0"], {}, 24), feeds)

@@ -4,6 +4,8 @@ CausalConvWithState: a depthwise causal conv1d over [batch, channels, length] wh
 context is the previous call's tail (`past_state`, zeros when absent); the new tail is
 returned as `present_state`. An optional SiLU ("silu" / "swish") follows the conv.
 
+TensorScatter: the write of new keys / values into a fixed-size KV cache.
+
 LinearAttention: a state S [batch, kv_heads, d_k, d_v] updated once per token,
 
     S = S * exp(decay_t)                        (rules "gated", "gated_delta")
@@ -27,7 +29,7 @@ from ..context import LowerCtx
 from ..registry import converter
 from ._common import attr_str, relax_dims, static_int
 from .activations import swish
-from .attention import compute_dtype, grouped_matmul, split_heads
+from .attention import compute_dtype, dim_tensor, grouped_matmul, split_heads
 
 R = relax.op
 MAX_UNROLLED_STEPS = 64
@@ -132,3 +134,43 @@ def linear_attention(ctx: LowerCtx, node: Node):
     y = ctx.emit(R.permute_dims(y, [0, 2, 1, 3]))
     y = ctx.emit(R.reshape(y, relax_dims([batch, steps, q_heads * d_v])))
     return [R.astype(y, dtype), R.astype(state, state_dtype)]
+
+
+@converter("onnx.TensorScatter", since=24)
+def tensor_scatter(ctx: LowerCtx, node: Node):
+    """Write `update` into a KV cache at per-batch offsets along `axis` (wrapping when circular).
+
+    As a gather, so it vectorizes: cache position j of batch b takes update row
+    s = j - write_indices[b] (mod the cache length when circular) when 0 <= s < update length.
+    """
+    past, update = ctx.input(0), ctx.input(1)
+    dims, udims = ctx.shape(0), ctx.shape(1)
+    rank = len(dims)
+    axis = int(ctx.attr("axis", -2))
+    axis = axis + rank if axis < 0 else axis
+    if not 0 < axis < rank:
+        raise ctx.error(f"axis {ctx.attr('axis', -2)} must be a sequence axis after the batch axis")
+    mode = attr_str(ctx, "mode", "linear")
+    if mode not in ("linear", "circular"):
+        raise ctx.error(f"mode '{mode}' is not one of linear, circular")
+    length, steps = dims[axis], udims[axis]
+    batch_shape = [1] * rank
+    batch_shape[0] = -1
+    j = ctx.emit(R.reshape(ctx.emit(R.arange(0, length, 1, "int64")), relax_dims([1 if k != axis else length
+                                                                                    for k in range(rank)])))
+    if ctx.has_input(2):
+        w = ctx.emit(R.reshape(ctx.emit(R.astype(ctx.input(2), "int64")), batch_shape))
+        s = ctx.emit(R.subtract(j, w))  # [B, 1.., L, 1..]
+    else:
+        s = j
+    if mode == "circular":
+        s = ctx.emit(R.floor_mod(s, dim_tensor(ctx, length, [1])))
+    steps_t = dim_tensor(ctx, steps, [1])
+    inside = ctx.emit(R.logical_and(ctx.emit(R.greater_equal(s, relax.const(0, "int64"))),
+                                    ctx.emit(R.less(s, steps_t))))
+    idx = ctx.emit(R.clip(s, 0, steps - 1))
+    out_idx_shape = list(udims)
+    out_idx_shape[axis] = length
+    idx = ctx.emit(R.broadcast_to(idx, relax_dims(out_idx_shape)))
+    picked = ctx.emit(R.gather_elements(update, idx, axis=axis))
+    return [R.where(inside, picked, past)]
