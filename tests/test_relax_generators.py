@@ -35,3 +35,14 @@ def test_scatter_opset10_is_scatter_elements():
     nodes = [N("Scatter", ["data", "idx", "upd"], ["y"], axis=1)]
     feeds = {"data": f32(3, 4), "idx": np.array([[1, 3], [0, 0], [2, 1]], np.int64), "upd": f32(3, 2)}
     check(make_model(nodes, feeds, ["y"], {}, 10), feeds)
+
+
+def test_windows_of_a_runtime_length_one_build_many_lengths():
+    nodes = [N("HannWindow", ["n"], ["hann"]), N("HammingWindow", ["n"], ["hamming"], periodic=0),
+             N("BlackmanWindow", ["n"], ["blackman"], output_datatype=TensorProto.DOUBLE)]
+    m = make_model(nodes, {"n": (np.int64, [])}, ["hann", "hamming", "blackman"], {}, 17)
+    model = import_model(m)
+    runner = Runner(build(lower(model), TARGET), model)
+    for n in (8, 5):
+        feeds = {"n": np.array(n, np.int64)}
+        assert_close(runner(feeds), reference(m, feeds))
