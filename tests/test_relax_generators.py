@@ -1,4 +1,4 @@
-"""EyeLike (static and symbolic shapes) and the deprecated Scatter, checked against onnxruntime."""
+"""EyeLike, windows, ReverseSequence and the deprecated Scatter, checked against onnxruntime."""
 
 from __future__ import annotations
 
@@ -46,3 +46,10 @@ def test_windows_of_a_runtime_length_one_build_many_lengths():
     for n in (8, 5):
         feeds = {"n": np.array(n, np.int64)}
         assert_close(runner(feeds), reference(m, feeds))
+
+
+def test_reverse_sequence_both_layouts_match_onnxruntime():
+    nodes = [N("ReverseSequence", ["x", "lens_b"], ["tb"], batch_axis=1, time_axis=0),
+             N("ReverseSequence", ["x", "lens_t"], ["bt"], batch_axis=0, time_axis=1)]
+    feeds = {"x": f32(4, 4, 3), "lens_b": np.array([4, 1, 3, 2], np.int64), "lens_t": np.array([2, 4, 0, 3], np.int64)}
+    check(make_model(nodes, feeds, ["tb", "bt"], {}, 10), feeds)
