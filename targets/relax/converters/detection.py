@@ -1,4 +1,4 @@
-"""NonMaxSuppression through TOPI's `all_class_non_max_suppression`.
+"""NonMaxSuppression and RoiAlign through TOPI's vision kernels.
 
 TOPI returns a [batch * classes * boxes, 3] buffer and the number of rows selected; the
 result is that many rows, a data-dependent length. The count becomes a symbolic dim
@@ -16,6 +16,7 @@ from mdoc.ir import Node
 
 from ..context import LowerCtx
 from ..registry import converter
+from ._common import attr_str
 
 R = relax.op
 
@@ -54,3 +55,30 @@ def _mark_scheduled(ctx: LowerCtx, call_var: relax.Var) -> None:
     """TOPI's NMS kernels are sequential IR-builder code: keep the generic CPU schedule off them."""
     gv = ctx.bb.lookup_binding(call_var).args[0]
     ctx.bb.update_func(gv, ctx.bb.get()[gv].with_attr("mdoc.scheduled", True))
+
+
+@converter("onnx.RoiAlign", since=16)
+def roi_align(ctx: LowerCtx, node: Node):
+    """TOPI's roi_align; ONNX's separate batch_indices become the rois' first column.
+
+    half_pixel shifts the scaled corners by -0.5 (TOPI's `aligned` only drops the 1-pixel
+    minimum roi size). Mode max is refused: ONNX takes the max over the bilinear terms of
+    the samples, TOPI over the interpolated samples, which differ.
+    """
+    data, rois, batch = ctx.input(0), ctx.input(1), ctx.input(2)
+    mode = attr_str(ctx, "mode", "avg")
+    if mode != "avg":
+        raise ctx.error(f"mode '{mode}': the Relax target implements RoiAlign's avg mode only")
+    transform = attr_str(ctx, "coordinate_transformation_mode", "half_pixel" if ctx.opset >= 16 else "output_half_pixel")
+    if transform not in ("half_pixel", "output_half_pixel"):
+        raise ctx.error(f"coordinate_transformation_mode '{transform}' is not one of half_pixel, output_half_pixel")
+    dt = str(rois.ty.dtype)
+    scale = float(ctx.attr("spatial_scale", 1.0))
+    if transform == "half_pixel":
+        rois = ctx.emit(R.subtract(rois, relax.const(0.5 / scale, dt)))
+    index = ctx.emit(R.astype(ctx.emit(R.expand_dims(batch, 1)), dt))
+    rois = ctx.emit(R.concat([index, rois], axis=1))
+    return [R.vision.roi_align(data, rois, pooled_size=(int(ctx.attr("output_height", 1)), int(ctx.attr("output_width", 1))),
+                               spatial_scale=scale,
+                               sample_ratio=int(ctx.attr("sampling_ratio", 0)),
+                               aligned=transform == "half_pixel", layout="NCHW", mode=mode)]
