@@ -359,18 +359,28 @@ class LowerCtx:
         shape = self.shape_of(expr)
         if len(shape) != 1 or not is_static(shape[0]):
             raise self.need_const(i, what)
+        return self.runtime_dims(expr, int(shape[0]))
+
+    def runtime_dims(self, expr: relax.Expr, n: int, name: str = "s") -> list[tirx.Var]:
+        """The `n` values of a runtime 1-D integer tensor as fresh TIR vars (checked at run time).
+
+        For data-dependent sizes (a window's length, the rows NMS keeps); fences the
+        node as `shape_arg` explains.
+        """
         if str(expr.ty.dtype) != "int64":
             expr = self.bb.emit(relax.op.astype(expr, "int64"))
         as_shape = self.bb.emit(relax.op.tensor_to_shape(expr))
-        dims = [tirx.Var(f"s{k}", "int64") for k in range(int(shape[0]))]
+        dims = [tirx.Var(f"{name}{k}", "int64") for k in range(n)]
         self.bb.match_cast(as_shape, relax.ShapeType(dims))
         self._fence_operands()
-        return list(dims)
+        return dims
 
     def _fence_operands(self) -> None:
         self.fenced = True
         for v in self.node.inputs:
-            bound = self.lookup(v) if v is not None else None
+            if v is None or v in self._fenced:
+                continue
+            bound = self.lookup(v)
             if isinstance(bound, relax.Var) and isinstance(bound.ty, relax.TensorType):
                 self._fenced[v] = self.bb.match_cast(bound, bound.ty)
 

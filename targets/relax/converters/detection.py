@@ -2,15 +2,14 @@
 
 TOPI returns a [batch * classes * boxes, 3] buffer and the number of rows selected; the
 result is that many rows, a data-dependent length. The count becomes a symbolic dim
-through `tensor_to_shape` + `match_cast` (fenced like `LowerCtx.shape_arg`'s runtime
-shapes) and the rows are sliced. Boxes given as centers (`center_point_box` 1) are turned
+(`LowerCtx.runtime_dims`) and the rows are sliced. Boxes given as centers (`center_point_box` 1) are turned
 into corners first; the thresholds may be runtime scalars.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from tvm import relax, tirx, topi
+from tvm import relax, topi
 
 from mdoc.ir import Node
 
@@ -43,11 +42,8 @@ def non_max_suppression(ctx: LowerCtx, node: Node):
                          "onnx")
     _mark_scheduled(ctx, out)
     rows, count = ctx.emit(relax.TupleGetItem(out, 0)), ctx.emit(relax.TupleGetItem(out, 1))
-    count = ctx.emit(R.astype(ctx.emit(R.reshape(count, [1])), "int64"))
-    n = tirx.Var("nms_selected", "int64")
-    ctx.bb.match_cast(ctx.emit(R.tensor_to_shape(count)), relax.ShapeType([n]))
+    n = ctx.runtime_dims(ctx.emit(R.reshape(count, [1])), 1, "nms_selected")[0]
     rows = ctx.bb.match_cast(rows, rows.ty)  # after the count's match_cast (see LowerCtx.shape_arg)
-    ctx.fenced = True
     return [R.strided_slice(rows, axes=[0], begin=[0], end=[n], assume_inbound=True)]
 
 

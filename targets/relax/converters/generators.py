@@ -2,8 +2,7 @@
 
 EyeLike is a 2-D identity (shifted by k) shaped like its input, a constant when the shape
 is static. A window's length is a runtime scalar in general: it becomes a symbolic dim
-(`tensor_to_shape` + `match_cast`, fenced as `LowerCtx.shape_arg` explains), so one build
-serves every length.
+(`LowerCtx.runtime_dims`), so one build serves every length.
 """
 
 from __future__ import annotations
@@ -11,7 +10,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from tvm import relax, tirx
+from tvm import relax
 
 from mdoc.ir import Node
 
@@ -43,10 +42,7 @@ def _window(ctx: LowerCtx, terms: list[tuple[float, float]]) -> relax.Expr:
     if size is not None:
         n = int(size.reshape(-1)[0])
     else:
-        count = ctx.emit(R.astype(ctx.emit(R.reshape(ctx.input(0), [1])), "int64"))
-        n = tirx.Var("window_length", "int64")
-        ctx.bb.match_cast(ctx.emit(R.tensor_to_shape(count)), relax.ShapeType([n]))
-        ctx.fenced = True  # see LowerCtx.shape_arg
+        n = ctx.runtime_dims(ctx.emit(R.reshape(ctx.input(0), [1])), 1, "window_length")[0]
     dtype = onnx_to_tvm_dtype(int(ctx.attr("output_datatype", 1)), "output_datatype")
     cdt = "float64" if dtype == "float64" else "float32"
     i = ctx.emit(R.astype(ctx.emit(R.arange(0, n, 1, "int64")), cdt))
