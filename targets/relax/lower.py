@@ -178,7 +178,10 @@ def convert_node(ctx: LowerCtx, node: Node) -> None:
             continue
         if not isinstance(expr, (relax.Var, tvm.ir.GenericConst)):
             expr = ctx.bb.emit(expr, sanitize(value.name, "v"))
-        ctx.bind(value, _with_shape(ctx, value, expr))
+        expr = _with_shape(ctx, value, expr)
+        if ctx.fenced and isinstance(expr.ty, relax.TensorType):
+            expr = ctx.bb.match_cast(expr, expr.ty)  # see LowerCtx.shape_arg
+        ctx.bind(value, expr)
 
 
 def _with_shape(ctx: LowerCtx, value: Value, expr: relax.Expr) -> relax.Expr:
