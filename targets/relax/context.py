@@ -412,6 +412,59 @@ class LowerCtx:
         return MdocError(f"{self.node.op} (node '{self.node.name}'): {message}")
 
     def need_const(self, i: int, what: str) -> MdocError:
+        """The error for an operand that must be known at compile time but is not.
+
+        When the operand is computed from graph inputs only (in node tests, axes and
+        pads are graph inputs), the error is a `NeedsInputValue` naming them and how
+        to bind their values (`mdoc compile --bind NAME=VALUES`).
+        """
         v = self._operand(i)
         name = f" %{v.name}" if v is not None and v.name else ""
-        return self.error(f"operand {i}{name} ({what}) must be a constant for the Relax target")
+        message = f"operand {i}{name} ({what}) must be a constant for the Relax target"
+        inputs = feeding_inputs(self.model, v) if v is not None else ()
+        if not inputs:
+            return self.error(message)
+        which = (f"it is graph input '{inputs[0]}'" if inputs == (v.name,) else
+                 f"it is computed from graph input{'s' * (len(inputs) > 1)} {', '.join(map(repr, inputs))}")
+        binds = " ".join(f"--bind {n}=VALUES" for n in inputs)
+        return NeedsInputValue(str(self.error(f"{message}; {which}: bind its value at compile time "
+                                              f"(mdoc compile {binds})")), inputs)
+
+
+class NeedsInputValue(MdocError):
+    """An operand lowering needs at compile time is computed from graph inputs alone.
+
+    `inputs` names them: compiling again with their values bound as constants
+    (`mdoc.specialize.bind_inputs`) removes the problem, which is what
+    `mdoc compile --bind` and the onnx Backend's guarded specialization do.
+    """
+
+    def __init__(self, message: str, inputs: tuple[str, ...]):
+        super().__init__(message)
+        self.inputs = inputs
+
+
+def feeding_inputs(model: Model, value: Value) -> tuple[str, ...]:
+    """The names of the graph inputs `value` is computed from, when it depends on nothing else
+    but constants; () when some other source (a nested body, an op with no operands) feeds it."""
+    graph_inputs = {id(v) for v in model.graph.inputs}
+    found: dict[str, None] = {}
+    seen: set[int] = set()
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if id(v) in seen:
+            continue
+        seen.add(id(v))
+        if id(v) in graph_inputs:
+            found[v.name] = None
+            continue
+        producer = v.producer()
+        if producer is None or producer.graph is not model.graph:
+            return ()
+        if v.const_value is not None:
+            continue
+        if not producer.inputs:
+            return ()  # RandomNormal and the like: binding inputs would not make it constant
+        stack.extend(x for x in producer.inputs if x is not None)
+    return tuple(sorted(found))
