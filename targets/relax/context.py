@@ -191,6 +191,7 @@ class LowerCtx:
         self.symbols: dict[str, tirx.Var] = {}  # symbolic dim name -> its TIR var
         self.env: dict[Value, Any] = {}  # value (by identity) -> relax.Expr | SymTensor
         self._param_values = param_values  # constants lowered as function params, not folded
+        self.ordered = False  # dims were bound at run time: the body must keep its order (see `lower`)
 
     # -- environment ----------------------------------------------------------
     def symbol(self, name: str) -> tirx.Var:
@@ -335,12 +336,35 @@ class LowerCtx:
         shape = self.shape_of(expr)
         if len(shape) != 1 or not is_static(shape[0]):
             raise self.need_const(i, what)
+        return self.runtime_dims(expr)[0]
+
+    def runtime_dims(self, expr: relax.Expr, prefix: str = "s") -> tuple[list[tirx.Var], relax.Expr]:
+        """The elements of a 1-D integer tensor of static length, as fresh TIR vars bound at run time.
+
+        `tensor_to_shape` + `match_cast`: the vars may then size the results of later ops
+        (Range's length, Tile's repeats, Pad's widths). Also returns the matched shape
+        value. Sets `ordered`: `lower` then keeps the body in order (see there).
+        """
+        (n,) = self.shape_of(expr)
         if str(expr.ty.dtype) != "int64":
             expr = self.bb.emit(relax.op.astype(expr, "int64"))
         as_shape = self.bb.emit(relax.op.tensor_to_shape(expr))
-        dims = [tirx.Var(f"s{k}", "int64") for k in range(int(shape[0]))]
-        self.bb.match_cast(as_shape, relax.ShapeType(dims))
-        return list(dims)
+        dims = [tirx.Var(f"{prefix}{k}", "int64") for k in range(int(n))]
+        self.ordered = True
+        return list(dims), self.bb.match_cast(as_shape, relax.ShapeType(dims))
+
+    def scalar(self, i: int, dtype: str | None = None) -> relax.Expr:
+        """Operand `i`, a one-element tensor, as a rank-0 Relax tensor (converted to `dtype`)."""
+        x = self.input(i)
+        if len(self.shape_of(x)) != 0:
+            x = self.bb.emit(relax.op.reshape(x, []))
+        if dtype is not None and str(x.ty.dtype) != dtype:
+            x = self.bb.emit(relax.op.astype(x, dtype))
+        return x
+
+    def dims_tensor(self, dims: list[Any]) -> relax.Expr:
+        """A 1-D int64 tensor holding `dims` (ints or TIR expressions), computed at run time."""
+        return self.bb.emit(relax.op.shape_to_tensor(relax.ShapeExpr([prim(d) for d in dims])))
 
     def require_const(self, i: int, what: str) -> np.ndarray:
         """Operand `i` as a numpy array; MdocError naming the node and operand when it is not constant."""

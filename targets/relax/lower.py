@@ -31,6 +31,7 @@ anything is emitted.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from typing import Any
 
@@ -81,8 +82,22 @@ def check_supported(model: Model) -> None:
 
 def lower(model: Model, *, params_as_constants: bool = True, target: dict | None = None,
           kernels: Kernels | None = None) -> tvm.IRModule:
-    """Lower `model` into a Relax IRModule whose `main` takes the graph inputs and returns a tuple."""
+    """Lower `model` into a Relax IRModule whose `main` takes the graph inputs and returns a tuple.
+
+    The body is one dataflow block, unless a converter bound dims at run time
+    (`LowerCtx.runtime_dims`): TVM 0.27 reorders dataflow bindings by dataflow alone,
+    which can move a kernel sized by such dims before their `match_cast`, so the
+    model is lowered again into a plain binding block (kept in order, not fused).
+    """
     check_supported(model)
+    mod, ctx = _lower(model, params_as_constants, target, kernels, dataflow=True)
+    if ctx.ordered:
+        mod, _ = _lower(model, params_as_constants, target, kernels, dataflow=False)
+    return mod
+
+
+def _lower(model: Model, params_as_constants: bool, target: dict | None, kernels: Kernels | None,
+           dataflow: bool) -> tuple[tvm.IRModule, LowerCtx]:
     graph = model.graph
     bb = relax.BlockBuilder()
 
@@ -128,7 +143,7 @@ def lower(model: Model, *, params_as_constants: bool = True, target: dict | None
             ctx.bind(value, var)
         for value, var in zip(weight_values, weight_vars):
             ctx.bind(value, var)
-        with bb.dataflow():
+        with bb.dataflow() if dataflow else contextlib.nullcontext():
             for node in graph:
                 if node.op != CONSTANT:
                     _convert(ctx, node)
@@ -136,14 +151,14 @@ def lower(model: Model, *, params_as_constants: bool = True, target: dict | None
             outs = []
             for i, value in enumerate(graph.outputs):
                 outs.append(_output_expr(ctx, value))
-            result = bb.emit_output(relax.Tuple(outs), "outputs")
+            result = (bb.emit_output if dataflow else bb.emit)(relax.Tuple(outs), "outputs")
         bb.emit_func_output(result)
     mod = bb.get()
     if weight_values:
         func = mod["main"].with_attr("params", [tvm.runtime.tensor(contiguous(v.const_value))
                                                 for v in weight_values])
         mod["main"] = func
-    return mod
+    return mod, ctx
 
 
 def _convert(ctx: LowerCtx, node: Node) -> None:

@@ -42,6 +42,7 @@ R = relax.op
 
 _COORD_MODES = {"half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners", "asymmetric",
                 "tf_half_pixel_for_nn", "tf_crop_and_resize"}
+_TAPS = {"nearest": 1, "linear": 2, "cubic": 4}  # input elements per output element, per resized axis
 _NEAREST_MODES = {"round_prefer_floor", "round_prefer_ceil", "floor", "ceil", "legacy"}
 
 
@@ -55,7 +56,13 @@ def _to_f(e) -> tirx.PrimExpr:
 
 def _resize_te(x: te.Tensor, out_shape, axes: dict, mode: str, coord: str, nearest: str,
                cubic_a: float, exclude_outside: bool, extrapolation: float):
-    """`axes` maps a resized axis to (scale, roi_start, roi_end); other axes copy their index."""
+    """`axes` maps a resized axis to (scale, roi_start, roi_end); other axes copy their index.
+
+    A scale of None means "sizes were given": it is out / in, computed in the kernel
+    (the sizes may be run-time values), and the output width is `out` itself; a
+    given scale makes the output width `scale * in` (a float, as onnx's reference
+    computes align_corners and tf_crop_and_resize coordinates).
+    """
     in_shape = list(x.shape)
     dtype = x.dtype
     acc = "float32" if dtype in ("float16", "bfloat16") or not is_float(dtype) else dtype
@@ -64,12 +71,13 @@ def _resize_te(x: te.Tensor, out_shape, axes: dict, mode: str, coord: str, neare
         scale, start, end = axes[axis]
         n_in, n_out = in_shape[axis], out_shape[axis]
         xi = _to_f(i)
-        fin, fout = _to_f(n_in), _to_f(n_out)
-        s = _f(scale)
+        fin = _to_f(n_in)
+        s = _to_f(n_out) / fin if scale is None else _f(scale)
+        fout = _to_f(n_out) if scale is None else s * fin
         if coord == "half_pixel":
             return (xi + _f(0.5)) / s - _f(0.5), None
         if coord == "half_pixel_symmetric":
-            adjustment = fout / (s * fin)
+            adjustment = _to_f(n_out) / (s * fin)
             offset = fin / _f(2) * (_f(1) - adjustment)
             return offset + (xi + _f(0.5)) / s - _f(0.5), None
         if coord == "pytorch_half_pixel":
@@ -106,7 +114,7 @@ def _resize_te(x: te.Tensor, out_shape, axes: dict, mode: str, coord: str, neare
                 r = tirx.floor(c)
             elif nearest == "ceil":
                 r = tirx.ceil(c)
-            else:  # legacy (opset < 11): onnxruntime truncates when upsampling, rounds up when downsampling
+            else:  # legacy (opset < 11, scales only): onnxruntime truncates upsampling, rounds up downsampling
                 r = tirx.ceil(c) if scale < 1 else tirx.floor(c)
             return [(clamp(tirx.Cast("int64", r), n), None)], outside
         if mode == "linear":
@@ -176,7 +184,10 @@ def _emit_resize(ctx: LowerCtx, x: relax.Expr, scales: list[float] | None, sizes
                  mode: str, coord: str, nearest: str, cubic_a: float = -0.75, exclude_outside: bool = False,
                  extrapolation: float = 0.0, roi: list[float] | None = None):
     """Resize `x`: output dims are `sizes` when given, else floor(dim * scale); coordinates use `scales`
-    when given (keep_aspect_ratio_policy gives both), else sizes / dims."""
+    when given (keep_aspect_ratio_policy gives both), else sizes / dims.
+
+    Sizes may be run-time values (TIR vars from `ctx.shape_arg`); scales are compile-time floats.
+    """
     dims = ctx.shape_of(x)
     rank = len(dims)
     if mode not in ("nearest", "linear", "cubic"):
@@ -194,10 +205,13 @@ def _emit_resize(ctx: LowerCtx, x: relax.Expr, scales: list[float] | None, sizes
             if not is_static(o) and not is_static(n) and _same_dim(o, n):
                 out_shape.append(n)  # a symbolic dim kept as it is (the batch of a detector neck)
                 continue
-            if not (is_static(n) and is_static(o)):
-                raise ctx.error(f"Resize with sizes needs static dims on resized axes (axis {a}: {n} -> {o})")
-            o = int(o)
-            scale = float(scales[a]) if scales is not None else float(o) / float(n)
+            o = int(o) if is_static(o) else o
+            if scales is not None:
+                scale = float(scales[a])
+            elif is_static(n) and is_static(o):
+                scale = None if int(o) != int(n) else 1.0
+            else:
+                scale = None
         else:
             scale = float(scales[a])
             factor = (end - start) * scale
@@ -215,7 +229,18 @@ def _emit_resize(ctx: LowerCtx, x: relax.Expr, scales: list[float] | None, sizes
     if not axes:
         return x
     def compute(data: te.Tensor) -> te.Tensor:
-        return _resize_te(data, out_shape, axes, mode, coord, nearest, cubic_a, exclude_outside, extrapolation)
+        # one stage per group of axes: a stage blends taps**axes inputs per output element, and
+        # run-time sizes make every axis a resized one (cubic over 4 axes: 256 taps, minutes to build;
+        # symbolic shapes build slowly even at 16 taps)
+        budget = 16 if all(is_static(d) for d in out_shape) else 4
+        per_stage = rank if _TAPS[mode] == 1 else max(1, int(np.log(budget + 0.5) / np.log(_TAPS[mode])))
+        order = sorted(axes)
+        for k in range(0, len(order), per_stage):
+            group = order[k:k + per_stage]
+            shape = [out_shape[a] if a in group else data.shape[a] for a in range(rank)]
+            data = _resize_te(data, shape, {a: axes[a] for a in group}, mode, coord, nearest, cubic_a,
+                              exclude_outside, extrapolation)
+        return data
 
     return ctx.bb.emit_te(compute, x, primfunc_name_hint="resize")
 
@@ -275,6 +300,9 @@ def resize_v11(ctx: LowerCtx, node: Node):
         else:
             axes = list(range(rank))
         policy = attr_str(ctx, "keep_aspect_ratio_policy", "stretch")
+        antialias = int(ctx.attr("antialias", 0)) and mode != "nearest"
+        if sizes is not None and (policy != "stretch" or antialias) and not all(is_static(d) for d in sizes):
+            raise ctx.need_const(3, f"sizes, with keep_aspect_ratio_policy={policy} and antialias={antialias:d}")
         if sizes is not None and policy != "stretch":
             ratios = [float(sizes[a]) / float(dims[a]) for a in axes]
             scale = min(ratios) if policy == "not_larger" else max(ratios)
@@ -282,7 +310,7 @@ def resize_v11(ctx: LowerCtx, node: Node):
             for a in axes:
                 scales[a] = scale
             sizes = [int(np.floor(float(dims[a]) * scales[a] + 0.5)) if a in axes else dims[a] for a in range(rank)]
-        if int(ctx.attr("antialias", 0)) and mode != "nearest":
+        if antialias:
             if scales is None:
                 scales_check = [float(sizes[a]) / float(dims[a]) for a in range(rank)]
             else:
