@@ -91,20 +91,43 @@ def bitwise_not(ctx: LowerCtx, node: Node):
 
 @converter("onnx.BitShift", since=11)
 def bit_shift(ctx: LowerCtx, node: Node):
+    """Shifts by a negative amount or by the width or more give 0 (right shifts of negative
+    numbers: -1), as onnx's reference computes them; the shift itself only sees amounts in range."""
     a, b = ctx.input(0), ctx.input(1)
-    direction = attr_str(ctx, "direction", "")
-    return [R.left_shift(a, b) if direction == "LEFT" else R.right_shift(a, b)]
+    dt = str(a.ty.dtype)
+    width = int("".join(ch for ch in dt if ch.isdigit()))
+    left = attr_str(ctx, "direction", "") == "LEFT"
+    outside = ctx.emit(R.logical_or(R.less(b, relax.const(0, dt)), R.greater_equal(b, relax.const(width, dt))))
+    amount = ctx.emit(R.where(outside, relax.const(0, dt), b))
+    shifted = ctx.emit(R.left_shift(a, amount) if left else R.right_shift(a, amount))
+    zero = relax.const(0, dt)
+    fill = zero if left or dt.startswith("uint") else R.where(R.less(a, zero), relax.const(-1, dt), zero)
+    return [_broadcasting(ctx, R.where(outside, fill, shifted), a, b)]
 
 
 @converter("onnx.Mod", since=10)
 def mod(ctx: LowerCtx, node: Node):
+    """fmod=1: C's fmod (the sign of the dividend); fmod=0: numpy's mod (the sign of the divisor).
+
+    Floats go through `R.mod` (LLVM's frem, C's fmod, right for infinities and signed zeros),
+    then numpy's correction: add the divisor when the signs differ, and a zero takes the
+    divisor's sign. Half floats compute in float32.
+    """
     fmod = int(ctx.attr("fmod", 0))
     a, b = ctx.input(0), ctx.input(1)
-    if fmod:
-        # C fmod: the result has the sign of the dividend
-        return [R.subtract(a, R.multiply(R.trunc(R.divide(a, b)) if is_float(str(a.ty.dtype))
-                                         else R.divide(a, b), b))]
-    return [R.floor_mod(a, b)]
+    dt = str(a.ty.dtype)
+    if not is_float(dt):
+        return [R.mod(a, b) if fmod else R.floor_mod(a, b)]
+    wide = "float32" if dt in ("float16", "bfloat16") else dt
+    a, b = cast_if_needed(a, wide), cast_if_needed(b, wide)
+    m = ctx.emit(R.mod(a, b))
+    if not fmod:
+        zero = relax.const(0.0, wide)
+        differ = R.logical_and(R.not_equal(m, zero), R.logical_xor(R.less(b, zero), R.less(m, zero)))
+        m = ctx.emit(R.where(differ, R.add(m, b), m))
+        signed_zero = R.where(R.less(b, zero), relax.const(-0.0, wide), zero)
+        m = ctx.emit(R.where(R.equal(m, zero), signed_zero, m))
+    return [cast_if_needed(m, dt)]
 
 
 @converter("onnx.Pow", since=1)
@@ -124,6 +147,9 @@ def power(ctx: LowerCtx, node: Node):
             return [R.sqrt(x)]
         if e == -1.0 and is_float(dtype):
             return [R.divide(float_const(1.0, dtype), x)]
+    if not is_float(dtype):  # Relax's power is float only: compute in float64, truncate as numpy does
+        y = cast_if_needed(ctx.input(1), "float64")
+        return [R.astype(R.power(R.astype(x, "float64"), y), dtype)]
     y = cast_if_needed(ctx.input(1), dtype)
     return [R.power(x, y)]
 

@@ -14,7 +14,7 @@ from tvm import relax, te, tirx
 
 from mdoc.ir import Node
 
-from ..context import LowerCtx, SymTensor, broadcast_dims, is_static, prim
+from ..context import LowerCtx, SymTensor, broadcast_dims, is_float, is_static, prim
 from ..registry import converter
 from ._common import attr_ints, attr_str, norm_axes, norm_axis, operand_ints, prod, relax_dims, static_int
 
@@ -228,6 +228,9 @@ def split(ctx: LowerCtx, node: Node):
     x = ctx.input(0)
     if len(sizes) == 1:
         return [x]
+    if 0 in sizes:  # R.split refuses repeated split points: slice each piece
+        ends = np.cumsum(sizes).tolist()
+        return [R.strided_slice(x, [axis], [e - n], [e]) for n, e in zip(sizes, ends)]
     points = list(np.cumsum(sizes[:-1]).tolist())
     t = ctx.emit(R.split(x, points, axis=axis))
     return [relax.TupleGetItem(t, k) for k in range(len(sizes))]
@@ -649,7 +652,13 @@ def _topk(ctx: LowerCtx, k: int):
     dims = ctx.shape(0)
     axis = norm_axis(ctx, int(ctx.attr("axis", -1)), len(dims))
     largest = bool(ctx.attr("largest", 1))
-    t = ctx.emit(R.topk(ctx.input(0), k=k, axis=axis, ret_type="both", largest=largest, dtype="int64"))
+    x = ctx.input(0)
+    if str(x.ty.dtype) == "uint64":
+        # TVM's topk takes no uint64: flipping the top bit of the int64 view keeps the unsigned order
+        keys = ctx.emit(R.bitwise_xor(R.astype(x, "int64"), relax.const(np.int64(-(1 << 63)), "int64")))
+        t = ctx.emit(R.topk(keys, k=k, axis=axis, ret_type="indices", largest=largest, dtype="int64"))
+        return [R.gather_elements(x, t, axis=axis), t]
+    t = ctx.emit(R.topk(x, k=k, axis=axis, ret_type="both", largest=largest, dtype="int64"))
     return [relax.TupleGetItem(t, 0), relax.TupleGetItem(t, 1)]
 
 
@@ -694,6 +703,8 @@ def one_hot(ctx: LowerCtx, node: Node):
     axis = norm_axis(ctx, int(ctx.attr("axis", -1)), rank)
     indices = ctx.input(0)
     dt = str(indices.ty.dtype)
+    if is_float(dt):  # ONNX casts non-integer indices to integers
+        indices, dt = ctx.emit(R.astype(indices, "int64")), "int64"
     if not dt.startswith("uint"):
         indices = ctx.emit(R.where(R.less(indices, relax.const(0, dt)),
                                    R.add(indices, relax.const(depth, dt)), indices))
