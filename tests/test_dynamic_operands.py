@@ -122,10 +122,28 @@ def test_resize_with_runtime_sizes():
     g = GraphSpec()
     g.add("Resize", ["x", "", "", "sz"], mode="linear")
     g.add("Resize", ["x", "", "", "sz"], mode="nearest", coordinate_transformation_mode="align_corners")
-    g.add("Resize", ["x", "", "", "sz"], mode="cubic")
     x = f32(1, 2, 5, 6)
     m = g.model({"x": x, "sz": i64(1, 2, 5, 6)}, opset=19)
     run_twice(m, [{"x": x, "sz": i64(1, 2, 9, 4)}, {"x": x, "sz": i64(1, 2, 3, 11)}])
+
+
+def test_resize_with_runtime_scales():
+    g = GraphSpec()
+    g.add("Resize", ["x", "", "sc"], mode="linear")
+    g.add("Resize", ["x", "", "sc"], mode="nearest", coordinate_transformation_mode="asymmetric")
+    x = f32(1, 2, 5, 6)
+    f = lambda *v: np.array(v, np.float32)  # noqa: E731
+    m = g.model({"x": x, "sc": f(1, 1, 1, 1)}, opset=19)
+    run_twice(m, [{"x": x, "sc": f(1, 1, 2, 0.5)}, {"x": x, "sc": f(1, 1, 0.6, 1.7)}])
+
+
+def test_resize_cubic_binds_runtime_sizes():
+    g = GraphSpec()
+    g.add("Resize", ["x", "", "", "sz"], mode="cubic")
+    m = g.model({"x": f32(1, 1, 4, 4), "sz": i64(1, 1, 6, 3)}, opset=19)
+    with pytest.raises(NeedsInputValue) as e:
+        lower(import_model(m))
+    assert "operand 3 %sz (sizes, with mode=cubic) must be a constant" in str(e.value)
 
 
 # -- edge cases of the same converters ----------------------------------------------------
