@@ -146,6 +146,15 @@ def test_resize_cubic_binds_runtime_sizes():
     assert "operand 3 %sz (sizes, with mode=cubic) must be a constant" in str(e.value)
 
 
+def test_onehot_with_runtime_depth_and_values():
+    g = GraphSpec()
+    g.add("OneHot", ["i", "d", "v"], axis=1)
+    i = np.array([[0, 3], [-1, 7]], np.int64)
+    m = g.model({"i": i, "d": np.array(4, np.int64), "v": np.array([0, 1], np.float32)}, opset=11)
+    run_twice(m, [{"i": i, "d": np.array(4, np.int64), "v": np.array([0, 1], np.float32)},
+                  {"i": i, "d": np.array(9, np.int64), "v": np.array([-2, 5], np.float32)}])
+
+
 # -- edge cases of the same converters ----------------------------------------------------
 
 

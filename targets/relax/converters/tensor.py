@@ -697,14 +697,16 @@ def scatter_nd(ctx: LowerCtx, node: Node):
 
 @converter("onnx.OneHot", since=9)
 def one_hot(ctx: LowerCtx, node: Node):
-    depth = int(ctx.require_const(1, "depth").reshape(-1)[0])
-    values = ctx.require_const(2, "values").reshape(-1)
     rank = len(ctx.shape(0)) + 1
     axis = norm_axis(ctx, int(ctx.attr("axis", -1)), rank)
     indices = ctx.input(0)
     dt = str(indices.ty.dtype)
     if is_float(dt):  # ONNX casts non-integer indices to integers
         indices, dt = ctx.emit(R.astype(indices, "int64")), "int64"
+    depth, values = ctx.const(1), ctx.const(2)
+    if depth is None or values is None:
+        return [_one_hot_runtime(ctx, indices, axis)]
+    depth, values = int(depth.reshape(-1)[0]), values.reshape(-1)
     if not dt.startswith("uint"):
         indices = ctx.emit(R.where(R.less(indices, relax.const(0, dt)),
                                    R.add(indices, relax.const(depth, dt)), indices))
@@ -712,3 +714,26 @@ def one_hot(ctx: LowerCtx, node: Node):
     off = relax.prim_value(prim(values[0].item(), out_dtype))
     on = relax.prim_value(prim(values[1].item(), out_dtype))
     return [R.one_hot(indices, on, off, depth, axis)]
+
+
+def _one_hot_runtime(ctx: LowerCtx, indices: relax.Expr, axis: int) -> relax.Expr:
+    """OneHot with a run-time depth (bound to a fresh dim) or values (read by the kernel)."""
+    depth = ctx.const(1)
+    if depth is not None:
+        n = int(depth.reshape(-1)[0])
+    else:
+        (n,), _ = ctx.runtime_dims(ctx.emit(R.reshape(R.astype(ctx.input(1), "int64"), [1])), "depth")
+    values = ctx.input(2)
+    dims = ctx.shape_of(indices)
+    signed = not str(indices.ty.dtype).startswith("uint")
+
+    def compute(idx: te.Tensor, on_off: te.Tensor) -> te.Tensor:
+        def element(*o):
+            i = tirx.Cast("int64", idx(*(o[:axis] + o[axis + 1:])))
+            if signed:
+                i = tirx.Select(i < 0, i + prim(n), i)
+            return tirx.Select(i == o[axis], on_off[1], on_off[0])
+        return te.compute([prim(d) for d in dims[:axis]] + [prim(n)] + [prim(d) for d in dims[axis:]],
+                          element, name="one_hot")
+
+    return ctx.bb.emit_te(compute, indices, values, primfunc_name_hint="one_hot")
