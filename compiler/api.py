@@ -31,7 +31,8 @@ def optimize(model: Model, level: int = 2, pipeline: str | None = None, verify_e
 
 def compile(model: Model | str | os.PathLike, target: str = "x86", output: str | os.PathLike = "model.mdoc", *,
             opt_level: int = 2, pipeline: str | None = None, dims: dict[str, int] | None = None,
-            inputs: dict[str, np.ndarray] | None = None, arch: str | None = None, backend: str = "tvm", show_progress: bool | None = None) -> Path:
+            inputs: dict[str, np.ndarray] | None = None, arch: str | None = None, backend: str = "tvm",
+            show_progress: bool | None = None) -> Path:
     """Compile a model (path or IR) for `target` into the artifact folder `output`; returns its path.
 
     `dims` fixes symbolic input dims; `inputs` binds graph inputs to constant values

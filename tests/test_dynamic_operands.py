@@ -191,7 +191,8 @@ def test_reduce_split_onehot_topk_edges():
     g.add("ReduceMax", ["e", "ax1"], keepdims=1)
     g.add("ReduceMin", ["e", "ax1"], keepdims=0)
     g.add("Split", ["x", g.const("sizes", i64(2, 0, 3, 0))], n_out=4)
-    g.add("OneHot", ["fi", g.const("depth", np.array(5, np.int64)), g.const("vals", np.array([0, 3], np.float32))], axis=0)
+    depth, on_off = g.const("depth", np.array(5, np.int64)), g.const("vals", np.array([0, 3], np.float32))
+    g.add("OneHot", ["fi", depth, on_off], axis=0)
     g.add("TopK", ["u", g.const("k", i64(2))], n_out=2)
     rng = np.random.default_rng(1)
     feeds = {"b": rng.random((3, 4)) > 0.5, "e": np.zeros((2, 0, 3), np.float32), "x": f32(5, 2),
@@ -209,6 +210,16 @@ def test_batchnorm_training_mode():
     m = g.model(feeds, opset=15)
     model = import_model(m)
     assert_close(run(build(lower(model), TARGET), feeds, model), reference(m, feeds))
+
+
+def test_space_to_depth_modes():
+    g = GraphSpec()
+    g.add("SpaceToDepth", ["x"], blocksize=2)
+    g.add("SpaceToDepth", ["x"], blocksize=2, mode="CRD")
+    feeds = {"x": f32(1, 3, 4, 6)}
+    m = g.model(feeds, opset=28)
+    model = import_model(m)
+    assert_close(run(build(lower(model), TARGET), feeds, model), onnx_reference(m, feeds))
 
 
 # -- guarded specialization ------------------------------------------------------------------

@@ -607,7 +607,9 @@ def space_to_depth(ctx: LowerCtx, node: Node):
     x = ctx.input(0)
     t = ctx.emit(R.reshape(x, relax_dims([n, c, tirx.floordiv(prim(h), b) if not is_static(h) else int(h) // b, b,
                                           tirx.floordiv(prim(w), b) if not is_static(w) else int(w) // b, b])))
-    t = ctx.emit(R.permute_dims(t, [0, 3, 5, 1, 2, 4]))
+    # DCR (the default): block offsets outermost in the new channels; CRD: the old channel outermost
+    crd = attr_str(ctx, "mode", "DCR") == "CRD"
+    t = ctx.emit(R.permute_dims(t, [0, 1, 3, 5, 2, 4] if crd else [0, 3, 5, 1, 2, 4]))
     hh = int(h) // b if is_static(h) else tirx.floordiv(prim(h), b)
     ww = int(w) // b if is_static(w) else tirx.floordiv(prim(w), b)
     return [R.reshape(t, relax_dims([n, c * b * b, hh, ww]))]
