@@ -20,7 +20,7 @@ from .ir import Model
 from .model_io import load_model
 from .pass_manager import PassManager, PassRecord, parse_pipeline, pipeline_for_level
 from .progress import Steps
-from .specialize import bind_dims
+from .specialize import bind_dims, bind_inputs
 
 
 def optimize(model: Model, level: int = 2, pipeline: str | None = None, verify_each: bool = True) -> list[PassRecord]:
@@ -31,13 +31,20 @@ def optimize(model: Model, level: int = 2, pipeline: str | None = None, verify_e
 
 def compile(model: Model | str | os.PathLike, target: str = "x86", output: str | os.PathLike = "model.mdoc", *,
             opt_level: int = 2, pipeline: str | None = None, dims: dict[str, int] | None = None,
-            arch: str | None = None, backend: str = "tvm", show_progress: bool | None = None) -> Path:
-    """Compile a model (path or IR) for `target` into the artifact folder `output`; returns its path."""
+            inputs: dict[str, np.ndarray] | None = None, arch: str | None = None, backend: str = "tvm",
+            show_progress: bool | None = None) -> Path:
+    """Compile a model (path or IR) for `target` into the artifact folder `output`; returns its path.
+
+    `dims` fixes symbolic input dims; `inputs` binds graph inputs to constant values
+    (operands such as axes that the target needs at compile time), which leave the
+    artifact's signature.
+    """
     if not isinstance(model, Model):
         model = load_model(model)
     with Steps(["optimize", "lower to Relax", "build with TVM", "export library"], show_progress) as step:
         step("optimize")
         bind_dims(model, dims)
+        bind_inputs(model, inputs or {})
         passes = parse_pipeline(pipeline) if pipeline else pipeline_for_level(opt_level)
         PassManager(passes).run(model)
         text = ",".join(p.spec() for p in passes)

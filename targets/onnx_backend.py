@@ -20,6 +20,19 @@ input type is replaced by the given array's shape); later runs with the same
 shapes reuse it, and runs with other shapes compile (and keep) another version.
 `MdocRep.compiled_shapes` lists the versions built so far.
 
+Operands needed at compile time (guarded specialization). Where an operand
+decides the structure of the computation (a Reduce's `axes` with keepdims=0,
+CumSum's `axis`, Split's sizes, ...) Relax cannot take it at run time; when such
+an operand is computed from graph inputs alone (onnx's node tests feed every
+operand as an input), lowering raises `NeedsInputValue` naming those inputs.
+`prepare` then defers, and each `run` compiles a version with those inputs bound
+to the values it is given (`mdoc.specialize.bind_inputs`), kept in a cache keyed
+by shapes and the bound values: a run with other values compiles another version
+(a guard, never a stale answer). `MdocRep.bound_inputs` names the bound inputs.
+Operands that only decide output shapes or are plain data (Trilu's k, Range,
+Tile's repeats, Pad's pads, ...) are lowered as run-time values and need no
+binding.
+
 Failures raise `BackendError`, an `MdocError` whose `stage` says where it
 happened: "import" (frontend or verifier), "optimize" (pass pipeline), "lower"
 (no or a failing Relax converter), "build" (TVM build or export), "load" or
@@ -41,6 +54,7 @@ from onnx.backend.base import Backend, BackendRep, Device, DeviceType, namedtupl
 from mdoc.errors import MdocError
 from mdoc.ir import Model
 from mdoc.pass_manager import OPT_LEVELS, PassManager, load_passes, parse_pipeline
+from mdoc.specialize import bind_inputs
 from mdoc.types import TensorType
 
 STAGES = ("import", "optimize", "lower", "build", "load", "run")
@@ -84,6 +98,15 @@ def _static(model: Model) -> bool:
                and all(isinstance(d, int) for d in v.type.shape) for v in model.graph.inputs)
 
 
+class _Deferred(Exception):
+    """Compilation needs the values of some graph inputs (`inputs`); `error` says which operand."""
+
+    def __init__(self, error: MdocError):
+        super().__init__(str(error))
+        self.error = error
+        self.inputs: tuple[str, ...] = tuple(error.inputs)
+
+
 def _stage(stage: str, fn: Callable[[], Any]) -> Any:
     try:
         return fn()
@@ -94,7 +117,7 @@ def _stage(stage: str, fn: Callable[[], Any]) -> Any:
 
 
 class MdocRep(BackendRep):
-    """A prepared model: compiled now (static inputs) or on the first `run` (symbolic dims)."""
+    """A prepared model: compiled now (static inputs) or on the first `run` (symbolic dims, bound inputs)."""
 
     def __init__(self, proto: onnx.ModelProto, *, target: str = "x86", opt_level: int = 2,
                  pipeline: str | None = None, progress: Callable[[str], None] | None = None,
@@ -107,16 +130,27 @@ class MdocRep(BackendRep):
         inits = {t.name for t in proto.graph.initializer}
         self.input_names = [v.name for v in proto.graph.input if v.name not in inits]
         self.output_names = [v.name for v in proto.graph.output]
+        self.bound_inputs: tuple[str, ...] = ()  # inputs whose values each compiled version is specialized to
         self._runners: dict[tuple, Callable[..., dict[str, np.ndarray]]] = {}
         model = self._import()
         self.static = _static(model)
         if self.static:
-            key = tuple(tuple(v.type.shape) for v in model.graph.inputs)
-            self._runners[key] = self._compile(model)
+            try:
+                self._runners[self._key(model, {})] = self._compile(model)
+            except _Deferred as d:
+                self.bound_inputs = d.inputs
 
     @property
     def compiled_shapes(self) -> list[tuple]:
-        return list(self._runners)
+        return [shapes for shapes, _ in self._runners]
+
+    def _key(self, model: Model | None, feeds: dict[str, np.ndarray]) -> tuple:
+        if model is not None:  # a static model compiled in `prepare`: its declared shapes
+            shapes = tuple(tuple(v.type.shape) for v in model.graph.inputs)
+        else:
+            shapes = tuple(tuple(int(d) for d in np.shape(feeds[n])) for n in self.input_names if n in feeds)
+        values = tuple((n, str(feeds[n].dtype), feeds[n].shape, feeds[n].tobytes()) for n in self.bound_inputs)
+        return shapes, values
 
     def _import(self) -> Model:
         from mdoc.onnx_import import import_model
@@ -133,6 +167,7 @@ class MdocRep(BackendRep):
 
     def _compile(self, model: Model) -> Callable[..., dict[str, np.ndarray]]:
         from .artifact import load
+        from .relax.context import NeedsInputValue
         from .tvm_backend import BACKEND
 
         self._progress("optimize")
@@ -149,6 +184,8 @@ class MdocRep(BackendRep):
             out = self.keep_artifact or workdir / "model.mdoc"
             try:
                 BACKEND.compile(model, self.target, out, pipeline=self.pipeline, progress=step)
+            except NeedsInputValue as e:
+                raise _Deferred(e) from e
             except Exception as e:
                 raise BackendError(stage[0], first_line(e)) from e
             self._progress("load")
@@ -157,21 +194,34 @@ class MdocRep(BackendRep):
             shutil.rmtree(workdir, ignore_errors=True)
 
     def _specialized(self, feeds: dict[str, np.ndarray]) -> Callable[..., dict[str, np.ndarray]]:
-        key = tuple(tuple(int(d) for d in np.shape(feeds[n])) for n in self.input_names if n in feeds)
+        if self.static and not self.bound_inputs:
+            return next(iter(self._runners.values()))  # the artifact refuses other shapes, naming them
+        key = self._key(None, feeds)
         if key in self._runners:
             return self._runners[key]
-        if self.static:
-            return next(iter(self._runners.values()))  # the artifact refuses other shapes, naming them
-        model = self._import()
-        for v in model.graph.inputs:
-            if v.name not in feeds:
+        for v in self.proto.graph.input:
+            if v.name in self.input_names and v.name not in feeds:
                 raise BackendError("run", f"input '{v.name}' is missing")
-            t, shape = v.type, tuple(int(d) for d in np.shape(feeds[v.name]))
-            if not isinstance(t, TensorType) or (t.shape is not None and len(t.shape) != len(shape)):
-                raise BackendError("run", f"input '{v.name}' has shape {list(shape)}, the model declares {t}")
-            v.type = TensorType(t.dtype, shape)
-        runner = self._runners[key] = self._compile(model)
-        return runner
+        while True:
+            model = self._import()
+            if not self.static:
+                for v in model.graph.inputs:
+                    t, shape = v.type, tuple(int(d) for d in np.shape(feeds[v.name]))
+                    if not isinstance(t, TensorType) or (t.shape is not None and len(t.shape) != len(shape)):
+                        raise BackendError("run", f"input '{v.name}' has shape {list(shape)}, the model declares {t}")
+                    v.type = TensorType(t.dtype, shape)
+            _stage("lower", lambda: bind_inputs(model, {n: feeds[n] for n in self.bound_inputs}))
+            try:
+                runner = self._compile(model)
+            except _Deferred as d:
+                new = tuple(n for n in d.inputs if n not in self.bound_inputs)
+                if not new:
+                    raise BackendError("lower", str(d.error)) from d
+                self.bound_inputs = tuple(sorted(self.bound_inputs + new))
+                key = self._key(None, feeds)
+                continue
+            self._runners[key] = runner
+            return runner
 
     def run(self, inputs: Sequence[np.ndarray] | Mapping[str, np.ndarray] | np.ndarray, **kwargs: Any):
         """Outputs in the model's output order (a tuple that can also be indexed by output name)."""
@@ -187,7 +237,7 @@ class MdocRep(BackendRep):
         runner = self._specialized(feeds)
         self._progress("run")
         try:
-            results = runner(**feeds)
+            results = runner(**{n: a for n, a in feeds.items() if n not in self.bound_inputs})
         except Exception as e:  # the artifact's messages name its temporary folder, which is gone: say "the model"
             path = getattr(runner, "path", None)
             message = first_line(e).replace(f"{path}: ", "") if path else first_line(e)

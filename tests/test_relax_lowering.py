@@ -362,9 +362,10 @@ def test_resize_modes():
     up = g.const("up", np.array([1, 1, 2, 3], np.float32))
     sizes = g.const("sz", np.array([1, 2, 9, 4], np.int64))
     for coord in ["half_pixel", "asymmetric", "align_corners", "pytorch_half_pixel", "half_pixel_symmetric"]:
-        g.add("Resize", ["x", "", frac], mode="linear", coordinate_transformation_mode=coord)
         g.add("Resize", ["x", "", "", sizes], mode="linear", coordinate_transformation_mode=coord)
-        g.add("Resize", ["x", "", frac], mode="nearest", coordinate_transformation_mode=coord)
+        if coord != "align_corners":  # see test_resize_align_corners_fractional_scales
+            g.add("Resize", ["x", "", frac], mode="linear", coordinate_transformation_mode=coord)
+            g.add("Resize", ["x", "", frac], mode="nearest", coordinate_transformation_mode=coord)
     for nearest in ["round_prefer_floor", "round_prefer_ceil", "floor", "ceil"]:
         g.add("Resize", ["x", "", frac], mode="nearest", nearest_mode=nearest)
         g.add("Resize", ["x", "", "", sizes], mode="nearest", coordinate_transformation_mode="align_corners",
@@ -379,6 +380,23 @@ def test_resize_modes():
     g.add("Resize", ["x", "", "", "sz3"], mode="linear", axes=[2, 3], keep_aspect_ratio_policy="not_smaller")
     feeds = {"x": f32(1, 2, 5, 6)}
     check(g.model(feeds, opset=19), feeds)
+
+
+def test_resize_align_corners_fractional_scales():
+    """align_corners with scales whose dim * scale is not an integer: onnx's reference (and its test
+    data) divides by dim * scale - 1, onnxruntime by floor(dim * scale) - 1; mdoc follows onnx."""
+    from onnx.reference import ReferenceEvaluator
+
+    g = GraphSpec()
+    frac = g.const("frac", np.array([1, 1, 1.7, 0.6], np.float32))
+    for mode in ["linear", "nearest", "cubic"]:
+        g.add("Resize", ["x", "", frac], mode=mode, coordinate_transformation_mode="align_corners")
+    feeds = {"x": f32(1, 2, 5, 6)}
+    m = g.model(feeds, opset=19)
+    model = import_model(m)
+    got = run(build(lower(model), TARGET), feeds, model)
+    want = dict(zip(g.outputs, ReferenceEvaluator(m).run(None, feeds)))
+    assert_close(got, want)
 
 
 def test_resize_opset10_and_detection_head():
@@ -542,15 +560,19 @@ def test_unsupported_op_names_op_node_and_opset():
 
 
 def test_operand_that_must_be_constant_is_named():
+    """An operand that decides the computation's structure names the graph inputs it comes from
+    and how to bind them (tests/test_dynamic_operands.py covers binding)."""
     g = Graph()
     x = g.add_input(TensorType(DType.F32, (2, 3)), "x")
-    reps = g.add_input(TensorType(DType.I64, (2,)), "reps")
-    g.outputs = [g.add("onnx.Tile", [x, reps], name="tile").output]
+    axis = g.add_input(TensorType(DType.I64, ()), "axis")
+    g.outputs = [g.add("onnx.CumSum", [x, axis], name="cs").output]
     with pytest.raises(MdocError) as e:
         lower(Model(g, {"": 17}))
     msg = str(e.value)
     assert "\n" not in msg
-    assert msg.startswith("onnx.Tile (node 'tile'): operand 1 %reps (repeats) must be a constant")
+    assert msg == ("onnx.CumSum (node 'cs'): operand 1 %axis (axis) must be a constant for the Relax target; "
+                   "it is graph input 'axis': bind its value at compile time (mdoc compile --bind axis=VALUES)")
+    assert e.value.inputs == ("axis",)
 
 
 def test_registry_picks_highest_since_not_above_opset():

@@ -7,6 +7,7 @@ import click
 from ..api import compile as compile_model
 from ..errors import MdocError
 from ..pass_manager import load_plugin
+from ..specialize import parse_binding
 from .group import cli, dim_option, emit_json, json_option, parse_dims
 
 
@@ -20,17 +21,24 @@ from .group import cli, dim_option, emit_json, json_option, parse_dims
 @click.option("--arch", help="CUDA architecture, e.g. sm_87 (CUDA targets only).")
 @click.option("--plugin", "plugins", multiple=True, type=click.Path(dir_okay=False), help="Load passes from a file.")
 @dim_option
+@click.option("--bind", "binds", multiple=True, metavar="NAME=VALUES",
+              help="Bind graph input NAME to a constant: comma-separated numbers or @FILE.npy.")
 @json_option
-def compile_cmd(model, target, output, level, pipeline, arch, plugins, dims, as_json) -> None:
+def compile_cmd(model, target, output, level, pipeline, arch, plugins, dims, binds, as_json) -> None:
     """Optimize MODEL and compile it for TARGET into the artifact folder OUTPUT.
 
     Symbolic input dims are fixed at compile time (--dim NAME=SIZE, default 1).
+    Inputs that decide the structure of the computation (a Reduce's axes, Split's
+    sizes, ...) are bound to values with --bind NAME=VALUES; they leave the
+    artifact's inputs.
     """
     for p in plugins:
         load_plugin(p)
     if pipeline and level != 2:
         raise MdocError("give either -O LEVEL or -p PIPELINE, not both")
-    path = compile_model(model, target, output, opt_level=level, pipeline=pipeline, dims=parse_dims(dims), arch=arch)
+    inputs = dict(parse_binding(b) for b in binds)
+    path = compile_model(model, target, output, opt_level=level, pipeline=pipeline, dims=parse_dims(dims),
+                         inputs=inputs, arch=arch)
     if as_json:
         emit_json({"artifact": str(path)})
     else:

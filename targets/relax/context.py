@@ -374,18 +374,19 @@ class LowerCtx:
         shape = self.shape_of(expr)
         if len(shape) != 1 or not is_static(shape[0]):
             raise self.need_const(i, what)
-        return self.runtime_dims(expr, int(shape[0]))
+        return self.runtime_dims(expr)
 
-    def runtime_dims(self, expr: relax.Expr, n: int, name: str = "s") -> list[tirx.Var]:
-        """The `n` values of a runtime 1-D integer tensor as fresh TIR vars (checked at run time).
+    def runtime_dims(self, expr: relax.Expr, name: str = "s") -> list[tirx.Var]:
+        """The values of a runtime 1-D integer tensor of static length as fresh TIR vars (checked at run time).
 
-        For data-dependent sizes (a window's length, the rows NMS keeps); fences the
-        node as `shape_arg` explains.
+        For data-dependent sizes (a window's length, the rows NMS keeps, Range's length,
+        Tile's repeats, Pad's widths); fences the node as `shape_arg` explains.
         """
+        (n,) = self.shape_of(expr)
         if str(expr.ty.dtype) != "int64":
             expr = self.bb.emit(relax.op.astype(expr, "int64"))
         as_shape = self.bb.emit(relax.op.tensor_to_shape(expr))
-        dims = [tirx.Var(f"{name}{k}", "int64") for k in range(n)]
+        dims = [tirx.Var(f"{name}{k}", "int64") for k in range(int(n))]
         self.bb.match_cast(as_shape, relax.ShapeType(dims))
         self._fence_operands()
         return dims
@@ -398,6 +399,19 @@ class LowerCtx:
             bound = self.lookup(v)
             if isinstance(bound, relax.Var) and isinstance(bound.ty, relax.TensorType):
                 self._fenced[v] = self.bb.match_cast(bound, bound.ty)
+
+    def scalar(self, i: int, dtype: str | None = None) -> relax.Expr:
+        """Operand `i`, a one-element tensor, as a rank-0 Relax tensor (converted to `dtype`)."""
+        x = self.input(i)
+        if len(self.shape_of(x)) != 0:
+            x = self.bb.emit(relax.op.reshape(x, []))
+        if dtype is not None and str(x.ty.dtype) != dtype:
+            x = self.bb.emit(relax.op.astype(x, dtype))
+        return x
+
+    def dims_tensor(self, dims: list[Any]) -> relax.Expr:
+        """A 1-D int64 tensor holding `dims` (ints or TIR expressions), computed at run time."""
+        return self.bb.emit(relax.op.shape_to_tensor(relax.ShapeExpr([prim(d) for d in dims])))
 
     def require_const(self, i: int, what: str) -> np.ndarray:
         """Operand `i` as a numpy array; MdocError naming the node and operand when it is not constant."""
@@ -469,6 +483,59 @@ class LowerCtx:
         return MdocError(f"{self.node.op} (node '{self.node.name}'): {message}")
 
     def need_const(self, i: int, what: str) -> MdocError:
+        """The error for an operand that must be known at compile time but is not.
+
+        When the operand is computed from graph inputs only (in node tests, axes and
+        pads are graph inputs), the error is a `NeedsInputValue` naming them and how
+        to bind their values (`mdoc compile --bind NAME=VALUES`).
+        """
         v = self._operand(i)
         name = f" %{v.name}" if v is not None and v.name else ""
-        return self.error(f"operand {i}{name} ({what}) must be a constant for the Relax target")
+        message = f"operand {i}{name} ({what}) must be a constant for the Relax target"
+        inputs = feeding_inputs(self.model, v) if v is not None else ()
+        if not inputs:
+            return self.error(message)
+        which = (f"it is graph input '{inputs[0]}'" if inputs == (v.name,) else
+                 f"it is computed from graph input{'s' * (len(inputs) > 1)} {', '.join(map(repr, inputs))}")
+        binds = " ".join(f"--bind {n}=VALUES" for n in inputs)
+        return NeedsInputValue(str(self.error(f"{message}; {which}: bind its value at compile time "
+                                              f"(mdoc compile {binds})")), inputs)
+
+
+class NeedsInputValue(MdocError):
+    """An operand lowering needs at compile time is computed from graph inputs alone.
+
+    `inputs` names them: compiling again with their values bound as constants
+    (`mdoc.specialize.bind_inputs`) removes the problem, which is what
+    `mdoc compile --bind` and the onnx Backend's guarded specialization do.
+    """
+
+    def __init__(self, message: str, inputs: tuple[str, ...]):
+        super().__init__(message)
+        self.inputs = inputs
+
+
+def feeding_inputs(model: Model, value: Value) -> tuple[str, ...]:
+    """The names of the graph inputs `value` is computed from, when it depends on nothing else
+    but constants; () when some other source (a nested body, an op with no operands) feeds it."""
+    graph_inputs = {id(v) for v in model.graph.inputs}
+    found: dict[str, None] = {}
+    seen: set[int] = set()
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if id(v) in seen:
+            continue
+        seen.add(id(v))
+        if id(v) in graph_inputs:
+            found[v.name] = None
+            continue
+        producer = v.producer()
+        if producer is None or producer.graph is not model.graph:
+            return ()
+        if v.const_value is not None:
+            continue
+        if not producer.inputs:
+            return ()  # RandomNormal and the like: binding inputs would not make it constant
+        stack.extend(x for x in producer.inputs if x is not None)
+    return tuple(sorted(found))

@@ -85,7 +85,13 @@ def check_supported(model: Model) -> None:
 
 def lower(model: Model, *, params_as_constants: bool = True, target: dict | None = None,
           kernels: Kernels | None = None) -> tvm.IRModule:
-    """Lower `model` into a Relax IRModule whose `main` takes the graph inputs and returns a tuple."""
+    """Lower `model` into a Relax IRModule whose `main` takes the graph inputs and returns a tuple.
+
+    The body is one dataflow block; a graph with control flow is emitted into plain
+    binding blocks (Relax dataflow blocks cannot hold If), and control_flow.finish
+    regroups the pure stretches into dataflow blocks. Dims bound at run time
+    (`LowerCtx.runtime_dims`) are fenced so fusion cannot reorder their users.
+    """
     check_supported(model)
     graph = model.graph
     bb = relax.BlockBuilder()
@@ -132,8 +138,6 @@ def lower(model: Model, *, params_as_constants: bool = True, target: dict | None
             ctx.bind(value, var)
         for value, var in zip(weight_values, weight_vars):
             ctx.bind(value, var)
-        # Relax dataflow blocks cannot hold If: a graph with control flow is emitted into plain
-        # binding blocks, and control_flow.finish regroups the pure stretches into dataflow blocks
         dataflow = not control_flow.present(graph)
         with bb.dataflow() if dataflow else contextlib.nullcontext():
             for node in graph:

@@ -42,7 +42,7 @@ def non_max_suppression(ctx: LowerCtx, node: Node):
                          "onnx")
     _mark_scheduled(ctx, out)
     rows, count = ctx.emit(relax.TupleGetItem(out, 0)), ctx.emit(relax.TupleGetItem(out, 1))
-    n = ctx.runtime_dims(ctx.emit(R.reshape(count, [1])), 1, "nms_selected")[0]
+    n = ctx.runtime_dims(ctx.emit(R.reshape(count, [1])), "nms_selected")[0]
     rows = ctx.bb.match_cast(rows, rows.ty)  # after the count's match_cast (see LowerCtx.shape_arg)
     return [R.strided_slice(rows, axes=[0], begin=[0], end=[n], assume_inbound=True)]
 

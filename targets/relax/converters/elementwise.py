@@ -13,7 +13,7 @@ from tvm import relax, tirx
 
 from mdoc.ir import Node
 
-from ..context import LowerCtx, SymTensor, broadcast_dims, is_float, pdtype, prim
+from ..context import LowerCtx, broadcast_dims, is_float, pdtype, prim
 from ..registry import converter
 from ._common import attr_str, cast_if_needed, float_const, sym_eval
 
@@ -91,29 +91,43 @@ def bitwise_not(ctx: LowerCtx, node: Node):
 
 @converter("onnx.BitShift", since=11)
 def bit_shift(ctx: LowerCtx, node: Node):
-    """A shift by a negative amount or by the bit width or more fills the result: with 0, or with
-    the sign bit (an arithmetic right shift of a signed value), as numpy and onnx's cases do."""
+    """Shifts by a negative amount or by the width or more give 0 (right shifts of negative
+    numbers: -1), as onnx's reference computes them; the shift itself only sees amounts in range."""
     a, b = ctx.input(0), ctx.input(1)
-    dtype = str(a.ty.dtype)
-    width = np.iinfo(dtype).bits
-    outside = ctx.emit(R.logical_or(R.less(b, relax.const(0, dtype)), R.greater_equal(b, relax.const(width, dtype))))
-    if attr_str(ctx, "direction", "") == "LEFT":
-        shifted, filled = R.left_shift(a, b), relax.const(0, dtype)
-    else:
-        shifted = R.right_shift(a, b)
-        filled = R.right_shift(a, relax.const(width - 1, dtype)) if dtype.startswith("int") else relax.const(0, dtype)
-    return [_broadcasting(ctx, R.where(outside, filled, ctx.emit(shifted)), a, b)]
+    dt = str(a.ty.dtype)
+    width = int("".join(ch for ch in dt if ch.isdigit()))
+    left = attr_str(ctx, "direction", "") == "LEFT"
+    outside = ctx.emit(R.logical_or(R.less(b, relax.const(0, dt)), R.greater_equal(b, relax.const(width, dt))))
+    amount = ctx.emit(R.where(outside, relax.const(0, dt), b))
+    shifted = ctx.emit(R.left_shift(a, amount) if left else R.right_shift(a, amount))
+    zero = relax.const(0, dt)
+    fill = zero if left or dt.startswith("uint") else R.where(R.less(a, zero), relax.const(-1, dt), zero)
+    return [_broadcasting(ctx, R.where(outside, fill, shifted), a, b)]
 
 
 @converter("onnx.Mod", since=10)
 def mod(ctx: LowerCtx, node: Node):
+    """fmod=1: C's fmod (the sign of the dividend); fmod=0: numpy's mod (the sign of the divisor).
+
+    Floats go through `R.mod` (LLVM's frem, C's fmod, right for infinities and signed zeros),
+    then numpy's correction: add the divisor when the signs differ, and a zero takes the
+    divisor's sign. Half floats compute in float32.
+    """
     fmod = int(ctx.attr("fmod", 0))
     a, b = ctx.input(0), ctx.input(1)
-    if fmod:
-        # C fmod: the result has the sign of the dividend
-        return [R.subtract(a, R.multiply(R.trunc(R.divide(a, b)) if is_float(str(a.ty.dtype))
-                                         else R.divide(a, b), b))]
-    return [R.floor_mod(a, b)]
+    dt = str(a.ty.dtype)
+    if not is_float(dt):
+        return [R.mod(a, b) if fmod else R.floor_mod(a, b)]
+    wide = "float32" if dt in ("float16", "bfloat16") else dt
+    a, b = cast_if_needed(a, wide), cast_if_needed(b, wide)
+    m = ctx.emit(R.mod(a, b))
+    if not fmod:
+        zero = relax.const(0.0, wide)
+        differ = R.logical_and(R.not_equal(m, zero), R.logical_xor(R.less(b, zero), R.less(m, zero)))
+        m = ctx.emit(R.where(differ, R.add(m, b), m))
+        signed_zero = R.where(R.less(b, zero), relax.const(-0.0, wide), zero)
+        m = ctx.emit(R.where(R.equal(m, zero), signed_zero, m))
+    return [cast_if_needed(m, dt)]
 
 
 @converter("onnx.Pow", since=1)

@@ -42,7 +42,7 @@ def _window(ctx: LowerCtx, terms: list[tuple[float, float]]) -> relax.Expr:
     if size is not None:
         n = int(size.reshape(-1)[0])
     else:
-        n = ctx.runtime_dims(ctx.emit(R.reshape(ctx.input(0), [1])), 1, "window_length")[0]
+        n = ctx.runtime_dims(ctx.emit(R.reshape(ctx.input(0), [1])), "window_length")[0]
     dtype = onnx_to_tvm_dtype(int(ctx.attr("output_datatype", 1)), "output_datatype")
     cdt = "float64" if dtype == "float64" else "float32"
     i = ctx.emit(R.astype(ctx.emit(R.arange(0, n, 1, "int64")), cdt))

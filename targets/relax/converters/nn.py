@@ -258,9 +258,11 @@ def batch_norm(ctx: LowerCtx, node: Node):
     """Inference batch norm, y = x * a + b with a = scale / sqrt(var + eps), b = B - mean * a.
 
     With constant statistics (the usual case) `a` and `b` are computed here in float64.
+    training_mode=1 (opset 14+) normalizes with the batch's statistics instead and also
+    returns the running mean and variance updated with `momentum`.
     """
     if int(ctx.attr("training_mode", 0)):
-        raise ctx.error("training_mode=1 is not supported: mdoc compiles for inference")
+        return _batch_norm_training(ctx)
     if ctx.opset < 7 and not int(ctx.attr("is_test", 1 if ctx.opset >= 6 else 0)) and len(node.outputs) > 1 \
             and any(o.has_uses() for o in node.outputs[1:]):
         raise ctx.error("training-mode outputs are not supported")
@@ -283,6 +285,25 @@ def batch_norm(ctx: LowerCtx, node: Node):
         scale, bias, mean, var = (_per_channel(ctx, v, rank) for v in (scale, bias, mean, var))
     inv = ctx.emit(R.divide(scale, R.sqrt(R.add(var, float_const(eps, dt)))))
     return [R.add(ctx.emit(R.multiply(ctx.emit(R.subtract(x, mean)), inv)), bias)]
+
+
+def _batch_norm_training(ctx: LowerCtx) -> list:
+    x = ctx.input(0)
+    rank = ctx.rank(0)
+    dt = str(x.ty.dtype)
+    eps, momentum = float(ctx.attr("epsilon", 1e-5)), float(ctx.attr("momentum", 0.9))
+    axes = [0] + list(range(2, rank))
+    batch_mean = ctx.emit(R.mean(x, axes, keepdims=False))
+    centered = ctx.emit(R.subtract(x, _per_channel(ctx, batch_mean, rank)))
+    batch_var = ctx.emit(R.mean(R.multiply(centered, centered), axes, keepdims=False))
+    scale, bias, mean, var = (ctx.input(i) for i in range(1, 5))
+    inv = ctx.emit(R.divide(scale, R.sqrt(R.add(batch_var, float_const(eps, dt)))))
+    y = R.add(ctx.emit(R.multiply(centered, _per_channel(ctx, inv, rank))), _per_channel(ctx, bias, rank))
+
+    def running(old: relax.Expr, new: relax.Expr) -> relax.Expr:
+        return R.add(R.multiply(old, float_const(momentum, dt)), R.multiply(new, float_const(1 - momentum, dt)))
+
+    return [y, running(mean, batch_mean), running(var, batch_var)]
 
 
 def _normalize(ctx: LowerCtx, x: relax.Expr, axes: list[int], eps: float):

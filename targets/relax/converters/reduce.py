@@ -12,9 +12,9 @@ from tvm import relax
 
 from mdoc.ir import Node
 
-from ..context import LowerCtx
+from ..context import LowerCtx, is_float, is_static
 from ..registry import converter
-from ._common import attr_ints, norm_axes, norm_axis, operand_ints, sym_eval
+from ._common import attr_ints, norm_axes, norm_axis, operand_ints, relax_dims, sym_eval
 
 R = relax.op
 
@@ -41,6 +41,13 @@ def _reduce(kind: str, axes_from_input: bool):
         if axes == []:
             return [x]
         dt = str(x.ty.dtype)
+        if kind in ("Max", "Min"):
+            empty = _empty_extreme(ctx, kind, axes, keep, dt)
+            if empty is not None:
+                return [empty]
+            if dt == "bool":  # TVM has no bool max/min: any / all through uint8
+                y = (R.max if kind == "Max" else R.min)(R.astype(x, "uint8"), axes, keep)
+                return [R.astype(y, "bool")]
         if kind == "Mean":
             return [R.mean(x, axes, keep)]
         if kind == "Sum":
@@ -69,6 +76,24 @@ def _reduce(kind: str, axes_from_input: bool):
             return [y]
         raise AssertionError(kind)
     return convert
+
+
+def _empty_extreme(ctx: LowerCtx, kind: str, axes: list[int] | None, keep: bool, dt: str):
+    """ReduceMax / ReduceMin over an empty set of elements: the identity (-inf / inf for floats,
+    the type's least / greatest value otherwise), as onnx's reference gives; None when not empty."""
+    dims = ctx.shape(0)
+    reduced = range(len(dims)) if axes is None else axes
+    if not any(is_static(dims[a]) and int(dims[a]) == 0 for a in reduced):
+        return None
+    out = [1 if a in reduced else d for a, d in enumerate(dims) if keep or a not in reduced]
+    if is_float(dt):
+        value = -np.inf if kind == "Max" else np.inf
+    elif dt == "bool":
+        value = kind == "Min"
+    else:
+        info = np.iinfo(dt)
+        value = info.min if kind == "Max" else info.max
+    return R.broadcast_to(relax.const(value, dt), relax_dims(out))
 
 
 for _kind, _input_since in [("Mean", 18), ("Sum", 13), ("Max", 18), ("Min", 18), ("Prod", 18), ("L1", 18),

@@ -42,6 +42,8 @@ R = relax.op
 
 _COORD_MODES = {"half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners", "asymmetric",
                 "tf_half_pixel_for_nn", "tf_crop_and_resize"}
+_RUNTIME = object()  # marks an axis whose scale is read from the run-time scales tensor
+_TAPS = {"nearest": 1, "linear": 2, "cubic": 4}  # input elements per output element, per resized axis
 _NEAREST_MODES = {"round_prefer_floor", "round_prefer_ceil", "floor", "ceil", "legacy"}
 
 
@@ -55,7 +57,14 @@ def _to_f(e) -> tirx.PrimExpr:
 
 def _resize_te(x: te.Tensor, out_shape, axes: dict, mode: str, coord: str, nearest: str,
                cubic_a: float, exclude_outside: bool, extrapolation: float):
-    """`axes` maps a resized axis to (scale, roi_start, roi_end); other axes copy their index."""
+    """`axes` maps a resized axis to (scale, roi_start, roi_end); other axes copy their index.
+
+    A scale of None means "sizes were given": it is out / in, computed in the kernel
+    (the sizes may be run-time values), and the output width is `out` itself; a
+    given scale (a float, or a float32 TIR expression reading run-time scales) makes
+    the output width `scale * in` (a float, as onnx's reference computes
+    align_corners and tf_crop_and_resize coordinates).
+    """
     in_shape = list(x.shape)
     dtype = x.dtype
     acc = "float32" if dtype in ("float16", "bfloat16") or not is_float(dtype) else dtype
@@ -64,12 +73,13 @@ def _resize_te(x: te.Tensor, out_shape, axes: dict, mode: str, coord: str, neare
         scale, start, end = axes[axis]
         n_in, n_out = in_shape[axis], out_shape[axis]
         xi = _to_f(i)
-        fin, fout = _to_f(n_in), _to_f(n_out)
-        s = _f(scale)
+        fin = _to_f(n_in)
+        s = _to_f(n_out) / fin if scale is None else _f(scale) if is_static(scale) else scale
+        fout = _to_f(n_out) if scale is None else s * fin
         if coord == "half_pixel":
             return (xi + _f(0.5)) / s - _f(0.5), None
         if coord == "half_pixel_symmetric":
-            adjustment = fout / (s * fin)
+            adjustment = _to_f(n_out) / (s * fin)
             offset = fin / _f(2) * (_f(1) - adjustment)
             return offset + (xi + _f(0.5)) / s - _f(0.5), None
         if coord == "pytorch_half_pixel":
@@ -106,8 +116,9 @@ def _resize_te(x: te.Tensor, out_shape, axes: dict, mode: str, coord: str, neare
                 r = tirx.floor(c)
             elif nearest == "ceil":
                 r = tirx.ceil(c)
-            else:  # legacy (opset < 11): onnxruntime truncates when upsampling, rounds up when downsampling
-                r = tirx.ceil(c) if scale < 1 else tirx.floor(c)
+            else:  # legacy (opset < 11, scales only): onnxruntime truncates upsampling, rounds up downsampling
+                r = (tirx.ceil(c) if scale < 1 else tirx.floor(c)) if is_static(scale) else \
+                    tirx.Select(scale < _f(1), tirx.ceil(c), tirx.floor(c))
             return [(clamp(tirx.Cast("int64", r), n), None)], outside
         if mode == "linear":
             c = tirx.Max(tirx.Min(c, _to_f(n) - _f(1)), _f(0))
@@ -172,11 +183,16 @@ def _resize_te(x: te.Tensor, out_shape, axes: dict, mode: str, coord: str, neare
     return te.compute([prim(d) for d in out_shape], fcompute, name="resize")
 
 
-def _emit_resize(ctx: LowerCtx, x: relax.Expr, scales: list[float] | None, sizes: list | None, *,
+def _emit_resize(ctx: LowerCtx, x: relax.Expr, scales: list[float] | relax.Expr | None, sizes: list | None, *,
                  mode: str, coord: str, nearest: str, cubic_a: float = -0.75, exclude_outside: bool = False,
                  extrapolation: float = 0.0, roi: list[float] | None = None):
     """Resize `x`: output dims are `sizes` when given, else floor(dim * scale); coordinates use `scales`
-    when given (keep_aspect_ratio_policy gives both), else sizes / dims."""
+    when given (keep_aspect_ratio_policy gives both), else sizes / dims.
+
+    Sizes may be run-time values (TIR vars from `ctx.shape_arg`); scales are compile-time floats,
+    or a run-time float32 tensor (then every axis is resized: floor(dim * scale) is computed at
+    run time and bound to fresh dims, and the kernel reads the scales).
+    """
     dims = ctx.shape_of(x)
     rank = len(dims)
     if mode not in ("nearest", "linear", "cubic"):
@@ -186,18 +202,32 @@ def _emit_resize(ctx: LowerCtx, x: relax.Expr, scales: list[float] | None, sizes
     if nearest not in _NEAREST_MODES:
         raise ctx.error(f"nearest_mode {nearest!r} is not supported")
     out_shape, axes = [], {}
+    runtime = scales if isinstance(scales, relax.Expr) else None
+    spans = [(roi[a], roi[rank + a]) if roi is not None and coord == "tf_crop_and_resize" else (0.0, 1.0)
+             for a in range(rank)]
+    if runtime is not None:
+        wide = R.multiply(R.astype(runtime, "float64"), R.astype(ctx.dims_tensor(dims), "float64"))
+        factors = relax.const(np.array([end - start for start, end in spans], np.float64), "float64")
+        out_dims = ctx.runtime_dims(ctx.emit(R.astype(R.floor(R.multiply(wide, factors)), "int64")), "o")
     for a in range(rank):
-        start, end = (roi[a], roi[rank + a]) if roi is not None and coord == "tf_crop_and_resize" else (0.0, 1.0)
+        start, end = spans[a]
         n = dims[a]
+        if runtime is not None:
+            out_shape.append(out_dims[a])
+            axes[a] = (_RUNTIME, start, end)
+            continue
         if sizes is not None:
             o = sizes[a]
             if not is_static(o) and not is_static(n) and _same_dim(o, n):
                 out_shape.append(n)  # a symbolic dim kept as it is (the batch of a detector neck)
                 continue
-            if not (is_static(n) and is_static(o)):
-                raise ctx.error(f"Resize with sizes needs static dims on resized axes (axis {a}: {n} -> {o})")
-            o = int(o)
-            scale = float(scales[a]) if scales is not None else float(o) / float(n)
+            o = int(o) if is_static(o) else o
+            if scales is not None:
+                scale = float(scales[a])
+            elif is_static(n) and is_static(o):
+                scale = None if int(o) != int(n) else 1.0
+            else:
+                scale = None
         else:
             scale = float(scales[a])
             factor = (end - start) * scale
@@ -214,14 +244,42 @@ def _emit_resize(ctx: LowerCtx, x: relax.Expr, scales: list[float] | None, sizes
         axes[a] = (scale, start, end)
     if not axes:
         return x
-    def compute(data: te.Tensor) -> te.Tensor:
-        return _resize_te(data, out_shape, axes, mode, coord, nearest, cubic_a, exclude_outside, extrapolation)
+    def compute(data: te.Tensor, *given: te.Tensor) -> te.Tensor:
+        # one stage per group of axes: a stage blends taps**axes inputs per output element, and
+        # run-time sizes make every axis a resized one (cubic over 4 axes: 256 taps, minutes to build;
+        # symbolic shapes build slowly even at 16 taps)
+        budget = 16 if all(is_static(d) for d in out_shape) else 4
+        per_stage = rank if _TAPS[mode] == 1 else max(1, int(np.log(budget + 0.5) / np.log(_TAPS[mode])))
+        order = sorted(axes)
+        for k in range(0, len(order), per_stage):
+            group = order[k:k + per_stage]
+            shape = [out_shape[a] if a in group else data.shape[a] for a in range(rank)]
+            now = {a: (given[0][a] if axes[a][0] is _RUNTIME else axes[a][0], *axes[a][1:]) for a in group}
+            data = _resize_te(data, shape, now, mode, coord, nearest, cubic_a, exclude_outside, extrapolation)
+        return data
 
-    return ctx.bb.emit_te(compute, x, primfunc_name_hint="resize")
+    return ctx.bb.emit_te(compute, x, *([runtime] if runtime is not None else []), primfunc_name_hint="resize")
 
 
 def _same_dim(a, b) -> bool:
     return bool(Analyzer().can_prove_equal(prim(a), prim(b)))
+
+
+def _scales(ctx: LowerCtx, i: int) -> list[float] | relax.Expr | None:
+    """Operand `i` (scales): floats when known, a float32 tensor when read at run time, None when
+    omitted or empty."""
+    if not ctx.has_input(i):
+        return None
+    array = ctx.const(i)
+    if array is not None:
+        return None if array.size == 0 else [float(v) for v in array.reshape(-1)]
+    (n,) = ctx.shape(i)
+    if not is_static(n):
+        raise ctx.need_const(i, "scales")
+    if int(n) == 0:
+        return None
+    x = ctx.input(i)
+    return x if str(x.ty.dtype) == "float32" else ctx.emit(R.astype(x, "float32"))
 
 
 def _float_list(ctx: LowerCtx, i: int, what: str) -> list[float] | None:
@@ -233,7 +291,7 @@ def _float_list(ctx: LowerCtx, i: int, what: str) -> list[float] | None:
 
 @converter("onnx.Resize", since=10)
 def resize_v10(ctx: LowerCtx, node: Node):
-    scales = _float_list(ctx, 1, "scales")
+    scales = _scales(ctx, 1)
     mode = attr_str(ctx, "mode", "nearest")
     return [_emit_resize(ctx, ctx.input(0), scales, None, mode=mode, coord="asymmetric", nearest="legacy")]
 
@@ -246,9 +304,17 @@ def resize_v11(ctx: LowerCtx, node: Node):
     coord = attr_str(ctx, "coordinate_transformation_mode", "half_pixel")
     mode = attr_str(ctx, "mode", "nearest")
     roi = _float_list(ctx, 1, "roi") if coord == "tf_crop_and_resize" else None
-    scales = _float_list(ctx, 2, "scales")
+    scales = _scales(ctx, 2)
+    antialias = ctx.opset >= 18 and int(ctx.attr("antialias", 0)) and mode != "nearest"
+    # cubic kernels over run-time dims take TVM minutes to build (16 taps of symbolic float math
+    # per element): those, like axes and antialias, are specialized to the operand's value instead
+    if isinstance(scales, relax.Expr) and (mode == "cubic" or antialias or
+                                           (ctx.opset >= 18 and ctx.attr("axes") is not None)):
+        raise ctx.need_const(2, f"scales, with mode={mode}, axes or antialias")
     sizes = None
     if scales is None and ctx.has_input(3):
+        if mode == "cubic" and ctx.sym(3, max_size=1 << 12) is None:
+            raise ctx.need_const(3, "sizes, with mode=cubic")
         sizes = list(ctx.shape_arg(3, "sizes"))
     if scales is None and sizes is None:
         raise ctx.error("one of scales and sizes must be given")
@@ -275,6 +341,8 @@ def resize_v11(ctx: LowerCtx, node: Node):
         else:
             axes = list(range(rank))
         policy = attr_str(ctx, "keep_aspect_ratio_policy", "stretch")
+        if sizes is not None and (policy != "stretch" or antialias) and not all(is_static(d) for d in sizes):
+            raise ctx.need_const(3, f"sizes, with keep_aspect_ratio_policy={policy} and antialias={antialias:d}")
         if sizes is not None and policy != "stretch":
             ratios = [float(sizes[a]) / float(dims[a]) for a in axes]
             scale = min(ratios) if policy == "not_larger" else max(ratios)
@@ -282,7 +350,7 @@ def resize_v11(ctx: LowerCtx, node: Node):
             for a in axes:
                 scales[a] = scale
             sizes = [int(np.floor(float(dims[a]) * scales[a] + 0.5)) if a in axes else dims[a] for a in range(rank)]
-        if int(ctx.attr("antialias", 0)) and mode != "nearest":
+        if antialias:
             if scales is None:
                 scales_check = [float(sizes[a]) / float(dims[a]) for a in range(rank)]
             else:
@@ -307,7 +375,7 @@ def upsample_v7(ctx: LowerCtx, node: Node):
 
 @converter("onnx.Upsample", since=9)
 def upsample_v9(ctx: LowerCtx, node: Node):
-    scales = _float_list(ctx, 1, "scales")
+    scales = _scales(ctx, 1)
     mode = attr_str(ctx, "mode", "nearest")
     mode = "linear" if mode in ("bilinear", "trilinear") else mode
     return [_emit_resize(ctx, ctx.input(0), scales, None, mode=mode, coord="asymmetric", nearest="legacy")]

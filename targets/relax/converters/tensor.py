@@ -10,11 +10,11 @@ Expand receive the dims as integers and TIR expressions.
 from __future__ import annotations
 
 import numpy as np
-from tvm import relax, tirx
+from tvm import relax, te, tirx
 
 from mdoc.ir import Node
 
-from ..context import LowerCtx, SymTensor, broadcast_dims, is_static, prim
+from ..context import LowerCtx, SymTensor, broadcast_dims, is_float, is_static, prim
 from ..registry import converter
 from ._common import attr_ints, attr_str, norm_axes, norm_axis, operand_ints, prod, relax_dims, static_int
 
@@ -56,11 +56,11 @@ def _reshape_sym(sym: SymTensor, dims: list) -> SymTensor | None:
     return SymTensor(sym.dtype, (), sym.values) if n == 1 else None
 
 
-def _reshape(ctx: LowerCtx, new_dims: list, allowzero: bool, runtime: bool = False):
+def _reshape(ctx: LowerCtx, new_dims: list, allowzero: bool):
     """Reshape operand 0 to `new_dims` (ONNX's 0 copies the input dim unless allowzero, -1 is inferred).
 
     Symbolic dims that come from the model's shapes are sizes, never the 0 or -1
-    markers; dims read from a runtime tensor (`runtime`) may be, and get a Select.
+    markers (a shape read from a run-time tensor goes through `_runtime_shape`).
     """
     in_dims = ctx.shape(0)
     out = []
@@ -70,8 +70,6 @@ def _reshape(ctx: LowerCtx, new_dims: list, allowzero: bool, runtime: bool = Fal
             if d == 0 and not allowzero:
                 d = in_dims[i]
             out.append(d)
-        elif runtime and not allowzero and i < len(in_dims):
-            out.append(tirx.Select(tirx.EQ(d, prim(0)), prim(in_dims[i]), d))
         else:
             out.append(d)
     sym = ctx.sym(0)
@@ -89,9 +87,30 @@ def reshape_v1(ctx: LowerCtx, node: Node):
 
 @converter("onnx.Reshape", since=5)
 def reshape_v5(ctx: LowerCtx, node: Node):
-    runtime = ctx.sym(1, max_size=1 << 16) is None
-    dims = ctx.shape_arg(1, "shape")
-    return [_reshape(ctx, dims, bool(ctx.attr("allowzero", 0)), runtime)]
+    allowzero = bool(ctx.attr("allowzero", 0))
+    if ctx.sym(1, max_size=1 << 16) is None:
+        return [R.reshape(ctx.input(0), _runtime_shape(ctx, allowzero))]
+    return [_reshape(ctx, ctx.shape_arg(1, "shape"), allowzero)]
+
+
+def _runtime_shape(ctx: LowerCtx, allowzero: bool) -> list:
+    """Reshape's target shape (operand 1, a run-time tensor) with its 0 and -1 markers resolved at
+    run time, in tensor arithmetic, as fresh dims."""
+    in_dims = ctx.shape(0)
+    shape = ctx.input(1)
+    (k,) = ctx.shape_of(shape)
+    if not is_static(k):
+        raise ctx.need_const(1, "shape")
+    shape = ctx.emit(R.astype(shape, "int64"))
+    zero, minus_one = relax.const(0, "int64"), relax.const(-1, "int64")
+    if not allowzero:
+        copied = ctx.dims_tensor([in_dims[i] if i < len(in_dims) else 0 for i in range(int(k))])
+        shape = ctx.emit(R.where(R.equal(shape, zero), copied, shape))
+    known = ctx.emit(R.prod(R.where(R.equal(shape, minus_one), relax.const(1, "int64"), shape)))
+    numel = ctx.emit(R.reshape(ctx.dims_tensor([prod(in_dims)]), []))
+    inferred = R.floor_divide(numel, R.maximum(known, relax.const(1, "int64")))
+    shape = ctx.emit(R.where(R.equal(shape, minus_one), inferred, shape))
+    return ctx.runtime_dims(shape)
 
 
 @converter("onnx.Flatten", since=1)
@@ -209,6 +228,9 @@ def split(ctx: LowerCtx, node: Node):
     x = ctx.input(0)
     if len(sizes) == 1:
         return [x]
+    if 0 in sizes:  # R.split refuses repeated split points: slice each piece
+        ends = np.cumsum(sizes).tolist()
+        return [R.strided_slice(x, [axis], [e - n], [e]) for n, e in zip(sizes, ends)]
     points = list(np.cumsum(sizes[:-1]).tolist())
     t = ctx.emit(R.split(x, points, axis=axis))
     return [relax.TupleGetItem(t, k) for k in range(len(sizes))]
@@ -277,8 +299,56 @@ def slice_v1(ctx: LowerCtx, node: Node):
     return [_slice(ctx, attr_ints(ctx, "starts"), attr_ints(ctx, "ends"), attr_ints(ctx, "axes"), None)]
 
 
+def _slice_runtime(ctx: LowerCtx, axes: list[int] | None, steps: list[int] | None):
+    """Slice with starts/ends read at run time (axes and steps known): the indices are clamped as
+    ONNX says in tensor arithmetic, axes with negative steps are flipped first (so every step is
+    positive and every index in [0, dim]), then `dynamic_strided_slice` cuts."""
+    x = ctx.input(0)
+    dims = ctx.shape_of(x)
+    rank = len(dims)
+    n = int(ctx.shape(1)[0])
+    axes = list(range(n)) if axes is None else norm_axes(ctx, axes, rank)
+    steps = [1] * n if steps is None else steps
+    if len(axes) != n or len(steps) != n:
+        raise ctx.error(f"starts, ends, axes and steps have different lengths ({n}, {len(axes)}, {len(steps)})")
+    if 0 in steps:
+        raise ctx.error("a step of 0 is not allowed")
+    for a, st in zip(axes, steps):
+        if st < 0:
+            x = ctx.emit(R.flip(x, a))
+    i64 = lambda v: relax.const(np.array(v, np.int64), "int64")  # noqa: E731
+    d = ctx.dims_tensor([dims[a] for a in axes])
+    last = ctx.emit(R.subtract(d, i64(1)))
+    negative = relax.const(np.array([st < 0 for st in steps]))
+
+    def clamp(i: int) -> relax.Expr:
+        v = ctx.emit(R.astype(ctx.input(i), "int64"))
+        v = ctx.emit(R.where(R.less(v, i64(0)), R.add(v, d), v))
+        forward = R.minimum(R.maximum(v, i64(0)), d)
+        backward = R.subtract(last, R.minimum(R.maximum(v, i64(-1)), last))  # index in the flipped axis
+        return ctx.emit(R.where(negative, backward, forward))
+
+    begin = clamp(1)
+    end = ctx.emit(R.maximum(clamp(2), begin))
+    where = {a: j for j, a in enumerate(axes)}
+
+    def full(v: relax.Expr, default) -> relax.Expr:
+        pieces = [R.strided_slice(v, [0], [where[k]], [where[k] + 1]) if k in where else default(k)
+                  for k in range(rank)]
+        return ctx.emit(R.concat(pieces, axis=0))
+
+    begin = full(begin, lambda k: i64([0]))
+    end = full(end, lambda k: ctx.dims_tensor([dims[k]]))
+    strides = i64([abs(steps[where[k]]) if k in where else 1 for k in range(rank)])
+    return R.dynamic_strided_slice(x, begin, end, strides)
+
+
 @converter("onnx.Slice", since=10)
 def slice_v10(ctx: LowerCtx, node: Node):
+    if ctx.sym(1, max_size=1 << 16) is None or ctx.sym(2, max_size=1 << 16) is None:
+        axes = operand_ints(ctx, 3, "axes")
+        steps = operand_ints(ctx, 4, "steps")
+        return [_slice_runtime(ctx, axes, steps)]
     starts = ctx.shape_arg(1, "starts")
     ends = ctx.shape_arg(2, "ends")
     axes = operand_ints(ctx, 3, "axes")
@@ -353,10 +423,20 @@ def expand(ctx: LowerCtx, node: Node):
 
 @converter("onnx.Tile", since=6)
 def tile(ctx: LowerCtx, node: Node):
-    repeats = ctx.shape_arg(1, "repeats")
-    if not all(is_static(r) for r in repeats):
-        raise ctx.need_const(1, "repeats")
-    return [R.tile(ctx.input(0), [int(r) for r in repeats])]
+    sym = ctx.sym(1, max_size=1 << 12)
+    if sym is not None and sym.static:
+        return [R.tile(ctx.input(0), [int(r) for r in sym.values])]
+    # repeats computed from dims or read at run time: out[i] = x[i mod dims]
+    dims = ctx.shape(0)
+    repeats = sym.values if sym is not None else ctx.runtime_dims(ctx.input(1), "r")
+    if len(repeats) != len(dims):
+        raise ctx.error(f"repeats has {len(repeats)} elements, the input has rank {len(dims)}")
+
+    def compute(x: te.Tensor) -> te.Tensor:
+        return te.compute([prim(r) * prim(d) for r, d in zip(repeats, dims)],
+                          lambda *i: x(*[tirx.floormod(k, prim(d)) for k, d in zip(i, dims)]), name="tile")
+
+    return [ctx.bb.emit_te(compute, ctx.input(0), primfunc_name_hint="tile")]
 
 
 @converter("onnx.ConstantOfShape", since=9)
@@ -380,7 +460,7 @@ def constant_of_shape(ctx: LowerCtx, node: Node):
 def range_(ctx: LowerCtx, node: Node):
     syms = [ctx.sym(i) for i in range(3)]
     if any(s is None for s in syms):
-        raise ctx.error("start, limit and delta must be known at compile time (constants or shape values)")
+        return [_range_runtime(ctx)]
     dtype = syms[0].dtype
     arrays = [s.numpy() for s in syms]
     if all(a is not None for a in arrays):
@@ -388,6 +468,21 @@ def range_(ctx: LowerCtx, node: Node):
         return [SymTensor.from_array(out) if out.size <= 64 else relax.const(out)]
     start, limit, delta = (s.values[0] for s in syms)
     return [R.arange(prim(start, dtype), prim(limit, dtype), prim(delta, dtype), dtype)]
+
+
+def _range_runtime(ctx: LowerCtx) -> relax.Expr:
+    """Range of run-time start, limit, delta: its length max(ceil((limit - start) / delta), 0) is
+    computed in float64 and bound to a fresh dim n, then start + arange(n) * delta."""
+    dtype = ctx.dtype(0)
+    start, limit, delta = (ctx.scalar(i) for i in range(3))
+    wide = [ctx.emit(R.astype(v, "float64")) for v in (start, limit, delta)]
+    count = R.maximum(R.ceil(R.divide(R.subtract(wide[1], wide[0]), wide[2])), relax.const(0.0, "float64"))
+    (n,) = ctx.runtime_dims(ctx.emit(R.reshape(R.astype(count, "int64"), [1])), "n")
+
+    def compute(first: te.Tensor, step: te.Tensor) -> te.Tensor:
+        return te.compute([n], lambda i: first() + tirx.Cast(dtype, i) * step(), name="range")
+
+    return ctx.bb.emit_te(compute, start, delta, primfunc_name_hint="range")
 
 
 # -- Pad -----------------------------------------------------------------------------------
@@ -427,12 +522,64 @@ def pad_v1(ctx: LowerCtx, node: Node):
 
 @converter("onnx.Pad", since=11)
 def pad_v11(ctx: LowerCtx, node: Node):
-    pads = operand_ints(ctx, 1, "pads")
-    value = 0.0
-    if ctx.has_input(2):
-        value = float(ctx.require_const(2, "constant_value").reshape(-1)[0])
     axes = operand_ints(ctx, 3, "axes") if ctx.opset >= 18 else None
-    return [_pad(ctx, pads, value, attr_str(ctx, "mode", "constant"), axes)]
+    mode = attr_str(ctx, "mode", "constant")
+    pads = ctx.const(1)
+    value = ctx.const(2) if ctx.has_input(2) else np.zeros(1)
+    if pads is None or value is None:
+        return [_pad_runtime(ctx, mode, axes)]
+    return [_pad(ctx, [int(p) for p in pads.reshape(-1)], float(value.reshape(-1)[0]), mode, axes)]
+
+
+def _pad_runtime(ctx: LowerCtx, mode: str, axes: list[int] | None):
+    """Pad with run-time pads or value, as one TE compute: each output index reads the input at
+    index - pad_before, mapped back into range as the mode says (negative pads crop)."""
+    x = ctx.input(0)
+    dims = ctx.shape_of(x)
+    rank = len(dims)
+    if mode not in _PAD_MODES:
+        raise ctx.error(f"pad mode {mode!r} is not one of constant, reflect, edge, wrap")
+    axes = list(range(rank)) if axes is None else norm_axes(ctx, axes, rank)
+    sym = ctx.sym(1, max_size=1 << 12)
+    pads = list(sym.values) if sym is not None else ctx.runtime_dims(ctx.input(1), "pad")
+    if len(pads) != 2 * len(axes):
+        raise ctx.error(f"pads has {len(pads)} elements, expected {2 * len(axes)} (two per axis)")
+    before, after = [0] * rank, [0] * rank
+    for j, a in enumerate(axes):
+        before[a], after[a] = pads[j], pads[len(axes) + j]
+    value = ctx.scalar(2, str(x.ty.dtype)) if ctx.has_input(2) else relax.const(0, str(x.ty.dtype))
+    out_shape = [prim(d) + prim(b) + prim(e) for d, b, e in zip(dims, before, after)]
+
+    def compute(data: te.Tensor, fill: te.Tensor) -> te.Tensor:
+        def element(*idx):
+            src, inside = [], []
+            for a, o in enumerate(idx):
+                if is_static(before[a]) and is_static(after[a]) and int(before[a]) == int(after[a]) == 0:
+                    src.append(o)
+                    continue
+                r, d = o - prim(before[a]), prim(dims[a])
+                clamped = tirx.Max(tirx.Min(r, d - 1), prim(0))
+                if mode == "constant":
+                    inside.append(tirx.And(r >= 0, r < d))
+                    src.append(clamped)
+                elif mode == "edge":
+                    src.append(clamped)
+                elif mode == "wrap":
+                    src.append(tirx.floormod(r, d))
+                else:  # reflect: period 2 (d - 1), mirrored in its second half
+                    period = tirx.Max(prim(2) * (d - 1), prim(1))
+                    m = tirx.floormod(r, period)
+                    src.append(tirx.Select(m < d, m, period - m))
+            v = data(*src)
+            if inside:
+                cond = inside[0]
+                for c in inside[1:]:
+                    cond = tirx.And(cond, c)
+                v = tirx.Select(cond, v, fill())
+            return v
+        return te.compute(out_shape, element, name="pad")
+
+    return ctx.bb.emit_te(compute, x, value, primfunc_name_hint="pad")
 
 
 # -- DepthToSpace, SpaceToDepth, Trilu, CumSum ---------------------------------------------
@@ -460,7 +607,9 @@ def space_to_depth(ctx: LowerCtx, node: Node):
     x = ctx.input(0)
     t = ctx.emit(R.reshape(x, relax_dims([n, c, tirx.floordiv(prim(h), b) if not is_static(h) else int(h) // b, b,
                                           tirx.floordiv(prim(w), b) if not is_static(w) else int(w) // b, b])))
-    t = ctx.emit(R.permute_dims(t, [0, 3, 5, 1, 2, 4]))
+    # DCR (the default): block offsets outermost in the new channels; CRD: the old channel outermost
+    crd = attr_str(ctx, "mode", "DCR") == "CRD"
+    t = ctx.emit(R.permute_dims(t, [0, 1, 3, 5, 2, 4] if crd else [0, 3, 5, 1, 2, 4]))
     hh = int(h) // b if is_static(h) else tirx.floordiv(prim(h), b)
     ww = int(w) // b if is_static(w) else tirx.floordiv(prim(w), b)
     return [R.reshape(t, relax_dims([n, c * b * b, hh, ww]))]
@@ -468,11 +617,20 @@ def space_to_depth(ctx: LowerCtx, node: Node):
 
 @converter("onnx.Trilu", since=14)
 def trilu(ctx: LowerCtx, node: Node):
-    k = 0
-    if ctx.has_input(1):
-        k = int(ctx.require_const(1, "k").reshape(-1)[0])
+    upper = bool(int(ctx.attr("upper", 1)))
     x = ctx.input(0)
-    return [R.triu(x, k) if int(ctx.attr("upper", 1)) else R.tril(x, k)]
+    k = ctx.const(1) if ctx.has_input(1) else np.zeros(1, np.int64)
+    if k is not None:
+        k = int(k.reshape(-1)[0])
+        return [R.triu(x, k) if upper else R.tril(x, k)]
+    # run-time k: keep x where (column - row) >= k (upper) or <= k (lower)
+    rows, cols = ctx.shape_of(x)[-2:]
+    i = ctx.emit(R.reshape(ctx.emit(R.arange(0, prim(rows), 1, "int64")), relax_dims([rows, 1])))
+    j = ctx.emit(R.arange(0, prim(cols), 1, "int64"))
+    diagonal = ctx.emit(R.subtract(j, i))
+    k = ctx.scalar(1, "int64")
+    keep = R.greater_equal(diagonal, k) if upper else R.less_equal(diagonal, k)
+    return [R.where(keep, x, relax.const(0, str(x.ty.dtype)))]
 
 
 @converter("onnx.CumSum", since=11)
@@ -496,7 +654,13 @@ def _topk(ctx: LowerCtx, k: int):
     dims = ctx.shape(0)
     axis = norm_axis(ctx, int(ctx.attr("axis", -1)), len(dims))
     largest = bool(ctx.attr("largest", 1))
-    t = ctx.emit(R.topk(ctx.input(0), k=k, axis=axis, ret_type="both", largest=largest, dtype="int64"))
+    x = ctx.input(0)
+    if str(x.ty.dtype) == "uint64":
+        # TVM's topk takes no uint64: flipping the top bit of the int64 view keeps the unsigned order
+        keys = ctx.emit(R.bitwise_xor(R.astype(x, "int64"), relax.const(np.int64(-(1 << 63)), "int64")))
+        t = ctx.emit(R.topk(keys, k=k, axis=axis, ret_type="indices", largest=largest, dtype="int64"))
+        return [R.gather_elements(x, t, axis=axis), t]
+    t = ctx.emit(R.topk(x, k=k, axis=axis, ret_type="both", largest=largest, dtype="int64"))
     return [relax.TupleGetItem(t, 0), relax.TupleGetItem(t, 1)]
 
 
@@ -535,12 +699,16 @@ def scatter_nd(ctx: LowerCtx, node: Node):
 
 @converter("onnx.OneHot", since=9)
 def one_hot(ctx: LowerCtx, node: Node):
-    depth = int(ctx.require_const(1, "depth").reshape(-1)[0])
-    values = ctx.require_const(2, "values").reshape(-1)
     rank = len(ctx.shape(0)) + 1
     axis = norm_axis(ctx, int(ctx.attr("axis", -1)), rank)
     indices = ctx.input(0)
     dt = str(indices.ty.dtype)
+    if is_float(dt):  # ONNX casts non-integer indices to integers
+        indices, dt = ctx.emit(R.astype(indices, "int64")), "int64"
+    depth, values = ctx.const(1), ctx.const(2)
+    if depth is None or values is None:
+        return [_one_hot_runtime(ctx, indices, axis)]
+    depth, values = int(depth.reshape(-1)[0]), values.reshape(-1)
     if not dt.startswith("uint"):
         indices = ctx.emit(R.where(R.less(indices, relax.const(0, dt)),
                                    R.add(indices, relax.const(depth, dt)), indices))
@@ -548,3 +716,26 @@ def one_hot(ctx: LowerCtx, node: Node):
     off = relax.prim_value(prim(values[0].item(), out_dtype))
     on = relax.prim_value(prim(values[1].item(), out_dtype))
     return [R.one_hot(indices, on, off, depth, axis)]
+
+
+def _one_hot_runtime(ctx: LowerCtx, indices: relax.Expr, axis: int) -> relax.Expr:
+    """OneHot with a run-time depth (bound to a fresh dim) or values (read by the kernel)."""
+    depth = ctx.const(1)
+    if depth is not None:
+        n = int(depth.reshape(-1)[0])
+    else:
+        (n,) = ctx.runtime_dims(ctx.emit(R.reshape(R.astype(ctx.input(1), "int64"), [1])), "depth")
+    values = ctx.input(2)
+    dims = ctx.shape_of(indices)
+    signed = not str(indices.ty.dtype).startswith("uint")
+
+    def compute(idx: te.Tensor, on_off: te.Tensor) -> te.Tensor:
+        def element(*o):
+            i = tirx.Cast("int64", idx(*(o[:axis] + o[axis + 1:])))
+            if signed:
+                i = tirx.Select(i < 0, i + prim(n), i)
+            return tirx.Select(i == o[axis], on_off[1], on_off[0])
+        return te.compute([prim(d) for d in dims[:axis]] + [prim(n)] + [prim(d) for d in dims[axis:]],
+                          element, name="one_hot")
+
+    return ctx.bb.emit_te(compute, indices, values, primfunc_name_hint="one_hot")
