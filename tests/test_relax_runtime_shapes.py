@@ -1,9 +1,9 @@
 """Shapes read from runtime tensors: the ops that consume them must not be fused ahead of them.
 
 A runtime shape tensor becomes TIR vars through `tensor_to_shape` + `match_cast`;
-TVM's FuseOps orders fused groups by Relax var dependencies only, so without the
-fence of `LowerCtx.shape_arg` an Expand fused with the reshapes before it used
-the vars before they were computed ("PrimExpr ... has not been computed").
+TVM's FuseOps orders fused groups by Relax var dependencies only, so unless `lower`
+keeps such a body in order (unfused), an Expand fused with the reshapes before it
+used the vars before they were computed ("PrimExpr ... has not been computed").
 """
 
 from __future__ import annotations

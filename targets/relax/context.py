@@ -195,9 +195,8 @@ class LowerCtx:
         self.model = model
         self.target = target
         self.kernels = kernels
-        self._node: Node | None = None
-        self._fenced: dict[Value, relax.Expr] = {}  # this node's operands behind a fusion fence
-        self.fenced = False  # whether this node reads a shape from a runtime tensor (`shape_arg`)
+        self.node: Node | None = None  # the node being converted
+        self.runtime_shapes = False  # some dims were bound at run time (`runtime_dims`; see `lower`)
         self.symbols: dict[str, tirx.Var] = {}  # symbolic dim name -> its TIR var
         self.env: dict[Value, Any] = {}  # value (by identity) -> relax.Expr | SymTensor
         self._param_values = param_values  # constants lowered as function params, not folded
@@ -212,23 +211,10 @@ class LowerCtx:
             var = self.symbols[name] = tirx.Var(clean if not clean[0].isdigit() else f"d_{clean}", "int64")
         return var
 
-    @property
-    def node(self) -> Node | None:
-        """The node being converted."""
-        return self._node
-
-    @node.setter
-    def node(self, node: Node | None) -> None:
-        self._node = node
-        self._fenced = {}
-        self.fenced = False
-
     def bind(self, value: Value, expr: Any) -> None:
         self.env[value] = expr
 
     def lookup(self, value: Value) -> Any:
-        if value in self._fenced:
-            return self._fenced[value]
         return self.env.get(value)
 
     def absorb(self, nodes: list[Node], result: Value, expr: Any) -> None:
@@ -356,16 +342,7 @@ class LowerCtx:
         """Operand `i`, a 1-D integer tensor holding a shape (or sizes, repeats), as a list of dims.
 
         Known operands (constants, shape subgraphs) give ints and TIR expressions;
-        a runtime tensor of static length goes through `tensor_to_shape` and a
-        `match_cast` that defines one fresh TIR var per element.
-
-        Those vars reach the op only through shapes, never through a Relax var, and
-        TVM's FuseOps orders fused groups by Relax var dependencies alone: a group
-        that starts before the `match_cast` (say, the reshapes feeding an Expand)
-        would be emitted there and use the vars before they are computed ("PrimExpr
-        ... has not been computed" when the VM lowers shapes). So the node is fenced:
-        its tensor operands pass through identity `match_cast`s emitted after the
-        shape's (match_cast is opaque to fusion), and `lower` fences its results.
+        a runtime tensor of static length goes through `runtime_dims`.
         """
         sym = self.sym(i, max_size=1 << 16)
         if sym is not None:
@@ -380,7 +357,12 @@ class LowerCtx:
         """The values of a runtime 1-D integer tensor of static length as fresh TIR vars (checked at run time).
 
         For data-dependent sizes (a window's length, the rows NMS keeps, Range's length,
-        Tile's repeats, Pad's widths); fences the node as `shape_arg` explains.
+        Tile's repeats, Pad's widths). `tensor_to_shape` + a `match_cast` define one
+        fresh var per element. Those vars reach later ops only through shapes, never
+        through a Relax var, and TVM 0.27's FuseOps orders fused groups by Relax var
+        uses alone, so a group that starts before the `match_cast` would use them
+        before they are computed ("PrimExpr ... has not been computed"): setting
+        `runtime_shapes` makes `lower` keep the body in order, unfused.
         """
         (n,) = self.shape_of(expr)
         if str(expr.ty.dtype) != "int64":
@@ -388,17 +370,8 @@ class LowerCtx:
         as_shape = self.bb.emit(relax.op.tensor_to_shape(expr))
         dims = [tirx.Var(f"{name}{k}", "int64") for k in range(int(n))]
         self.bb.match_cast(as_shape, relax.ShapeType(dims))
-        self._fence_operands()
+        self.runtime_shapes = True
         return dims
-
-    def _fence_operands(self) -> None:
-        self.fenced = True
-        for v in self.node.inputs:
-            if v is None or v in self._fenced:
-                continue
-            bound = self.lookup(v)
-            if isinstance(bound, relax.Var) and isinstance(bound.ty, relax.TensorType):
-                self._fenced[v] = self.bb.match_cast(bound, bound.ty)
 
     def scalar(self, i: int, dtype: str | None = None) -> relax.Expr:
         """Operand `i`, a one-element tensor, as a rank-0 Relax tensor (converted to `dtype`)."""

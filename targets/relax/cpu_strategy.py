@@ -83,7 +83,7 @@ class CpuKernels(Kernels):
         out_shape = (*a_shape[:-1], n) if constant_b else (*map(int, batch), a_shape[-2], n)
         node = ctx.node
         tail = (match_tail(ctx, node.output, out_shape) if node is not None and node.op == "onnx.MatMul"
-                else Tail(node.output if node is not None else None))
+                else Tail(None))
         residual = ctx.lookup(tail.residual) if tail.residual is not None else None
         # leading axes flattened here (free reshapes): the kernels tile one row / one batch loop
         if constant_b:

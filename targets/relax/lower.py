@@ -89,10 +89,19 @@ def lower(model: Model, *, params_as_constants: bool = True, target: dict | None
 
     The body is one dataflow block; a graph with control flow is emitted into plain
     binding blocks (Relax dataflow blocks cannot hold If), and control_flow.finish
-    regroups the pure stretches into dataflow blocks. Dims bound at run time
-    (`LowerCtx.runtime_dims`) are fenced so fusion cannot reorder their users.
+    regroups the pure stretches into dataflow blocks. When a converter bound dims
+    at run time (`LowerCtx.runtime_dims`), the model is lowered again into plain
+    binding blocks that stay that way: kept in order, not fused (see there why).
     """
     check_supported(model)
+    mod, ctx = _lower(model, params_as_constants, target, kernels, ordered=False)
+    if ctx.runtime_shapes:
+        mod, _ = _lower(model, params_as_constants, target, kernels, ordered=True)
+    return mod
+
+
+def _lower(model: Model, params_as_constants: bool, target: dict | None, kernels: Kernels | None,
+           ordered: bool) -> tuple[tvm.IRModule, LowerCtx]:
     graph = model.graph
     bb = relax.BlockBuilder()
 
@@ -138,7 +147,7 @@ def lower(model: Model, *, params_as_constants: bool = True, target: dict | None
             ctx.bind(value, var)
         for value, var in zip(weight_values, weight_vars):
             ctx.bind(value, var)
-        dataflow = not control_flow.present(graph)
+        dataflow = not ordered and not control_flow.present(graph)
         with bb.dataflow() if dataflow else contextlib.nullcontext():
             for node in graph:
                 if node.op != CONSTANT:
@@ -147,12 +156,12 @@ def lower(model: Model, *, params_as_constants: bool = True, target: dict | None
             outs = [output_expr(ctx, value) for value in graph.outputs]
             result = (bb.emit_output if dataflow else bb.emit)(relax.Tuple(outs), "outputs")
         bb.emit_func_output(result)
-    mod = bb.get() if dataflow else control_flow.finish(bb.get())
+    mod = bb.get() if dataflow or ordered else control_flow.finish(bb.get())
     if weight_values:
         func = mod["main"].with_attr("params", [tvm.runtime.tensor(contiguous(v.const_value))
                                                 for v in weight_values])
         mod["main"] = func
-    return mod
+    return mod, ctx
 
 
 def convert_node(ctx: LowerCtx, node: Node) -> None:
@@ -182,10 +191,7 @@ def convert_node(ctx: LowerCtx, node: Node) -> None:
             continue
         if not isinstance(expr, (relax.Var, tvm.ir.GenericConst)):
             expr = ctx.bb.emit(expr, sanitize(value.name, "v"))
-        expr = _with_shape(ctx, value, expr)
-        if ctx.fenced and isinstance(expr.ty, relax.TensorType):
-            expr = ctx.bb.match_cast(expr, expr.ty)  # see LowerCtx.shape_arg
-        ctx.bind(value, expr)
+        ctx.bind(value, _with_shape(ctx, value, expr))
 
 
 def _with_shape(ctx: LowerCtx, value: Value, expr: relax.Expr) -> relax.Expr:
