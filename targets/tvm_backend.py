@@ -35,21 +35,32 @@ class TvmBackend:
     prepare = ("infer-shapes,fold-constants{max-bytes=0},fold-if,decompose-rnn,decompose-scan,decompose-loop,"
                "infer-shapes,fold-constants{max-bytes=0},simplify,cse,dce")
 
+    def lower(self, model: Model, spec) -> "tvm.IRModule":
+        """The Relax module the build starts from (what `compile` builds and `mdoc tune` tunes)."""
+        from .relax.lower import lower
+
+        PassManager(parse_pipeline(self.prepare)).run(model)
+        return lower(model, target=spec.tvm)
+
     def compile(self, model: Model, target: str, output: str | Path, *, arch: str | None = None,
-                pipeline: str = "", progress=None) -> Path:
+                pipeline: str = "", progress=None, tuning_db: str | Path | None = None) -> Path:
+        """Build `model` into the artifact folder `output`.
+
+        `tuning_db`: a tuning database folder whose kernels replace mdoc's where they measured
+        faster, or "auto" for the target's default database when one exists (None: no tuning).
+        """
         import tvm
 
         from .builder import build_for
-        from .relax.lower import lower
 
         spec = resolve_target(target, arch)
         step = progress or (lambda name: None)
-        PassManager(parse_pipeline(self.prepare)).run(model)
+        tuned = _tuning(tuning_db, spec)
         with artifact.StagedArtifact(Path(output)) as staged:
             step("lower to Relax")
-            mod = lower(model, target=spec.tvm)
+            mod = self.lower(model, spec)
             step("build with TVM")
-            ex = build_for(mod, spec)
+            ex = build_for(mod, spec, before_schedule=[tuned[0]] if tuned else [])
             step("export library")
             lib = staged.dir / artifact.LIBRARY
             if spec.cross_compiler:
@@ -68,10 +79,27 @@ class TvmBackend:
                 "inputs": [{**_sig(v), "param": p.name} for v, p in zip(model.graph.inputs, mod["main"].params)],
                 "outputs": [_sig(v) for v in model.graph.outputs],
             }
+            if tuned:
+                manifest["tuning"] = tuned[1].as_json()
             return staged.commit(manifest)
 
     def load(self, path: Path):
         return artifact.load(path)
+
+
+def _tuning(tuning_db, spec):
+    """(ApplyTuned pass, its report) for the database `tuning_db` names, or None."""
+    if tuning_db is None:
+        return None
+    from .tuning import TuningDatabase, applier, default_location
+
+    if tuning_db == "auto":
+        tuning_db = default_location(spec.tvm)
+        if spec.device != "cpu" or not TuningDatabase.exists(tuning_db):
+            return None
+    elif spec.device != "cpu":
+        raise MdocError(f"--tuning-db applies to CPU targets; '{spec.name}' is {spec.device}")
+    return applier(tuning_db, spec.tvm)
 
 
 BACKEND = register_backend(TvmBackend())

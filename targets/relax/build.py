@@ -41,7 +41,7 @@ def _as_target(target) -> tvm.target.Target:
     return tvm.target.Target(dict(target))
 
 
-def _front_passes(target: tvm.target.Target, schedule: bool) -> list:
+def _front_passes(target: tvm.target.Target, schedule: bool, before_schedule=()) -> list:
     passes = [
         # channels-last convs: the generic schedule then vectorizes over output channels, which
         # works for any width, stride and group count; weights are transposed once by FoldConstant
@@ -60,7 +60,8 @@ def _front_passes(target: tvm.target.Target, schedule: bool) -> list:
         relax.transform.FuseTIR(),
         relax.transform.DeadCodeElimination(),
     ]
-    return passes + ([ScheduleCPU(target)] if schedule else [])
+    # -- hook: tuned kernels (targets/tuning/apply.py) replace PrimFuncs here, before mdoc's schedule --
+    return passes + list(before_schedule) + ([ScheduleCPU(target)] if schedule else [])
 
 
 def _back_passes() -> list:
@@ -79,9 +80,10 @@ def _back_passes() -> list:
     ]
 
 
-def pipeline(target: tvm.target.Target, *, schedule: bool = True) -> tvm.transform.Pass:
+def pipeline(target: tvm.target.Target, *, schedule: bool = True, before_schedule=()) -> tvm.transform.Pass:
     """The Relax pass pipeline `build` runs (exposed for inspection and tests)."""
-    return tvm.transform.Sequential(_front_passes(target, schedule) + _back_passes(), name="mdoc_cpu_pipeline")
+    return tvm.transform.Sequential(_front_passes(target, schedule, before_schedule) + _back_passes(),
+                                    name="mdoc_cpu_pipeline")
 
 
 def optimize(mod: tvm.IRModule, target, *, schedule: bool = True) -> tvm.IRModule:
@@ -91,11 +93,15 @@ def optimize(mod: tvm.IRModule, target, *, schedule: bool = True) -> tvm.IRModul
         return tvm.transform.Sequential(_front_passes(tgt, schedule))(mod)
 
 
-def build(mod: tvm.IRModule, target, *, schedule: bool = True) -> tvm.runtime.Executable:
-    """Compile a module from `lower` for a CPU target dict (see `mdoc.targets.host.host_target`)."""
+def build(mod: tvm.IRModule, target, *, schedule: bool = True, before_schedule=()) -> tvm.runtime.Executable:
+    """Compile a module from `lower` for a CPU target dict (see `mdoc.targets.host.host_target`).
+
+    `before_schedule`: module passes run on the fused PrimFuncs just before mdoc's generic
+    schedule (the tuning database's `ApplyTuned`).
+    """
     tgt = _as_target(target)
     with tgt:
-        return tvm.compile(mod, tgt, relax_pipeline=pipeline(tgt, schedule=schedule))
+        return tvm.compile(mod, tgt, relax_pipeline=pipeline(tgt, schedule=schedule, before_schedule=before_schedule))
 
 
 # -- running ------------------------------------------------------------------
