@@ -55,7 +55,7 @@ class TvmBackend:
 
         spec = resolve_target(target, arch)
         step = progress or (lambda name: None)
-        tuned = _tuning(tuning_db, spec)
+        tuned = tuning_for(tuning_db, spec)
         with artifact.StagedArtifact(Path(output)) as staged:
             step("lower to Relax")
             mod = self.lower(model, spec)
@@ -87,7 +87,7 @@ class TvmBackend:
         return artifact.load(path)
 
 
-def _tuning(tuning_db, spec):
+def tuning_for(tuning_db, spec):
     """(ApplyTuned pass, its report) for the database `tuning_db` names, or None."""
     if tuning_db is None:
         return None
