@@ -136,6 +136,8 @@ def test_tune_writes_the_default_database_that_compile_applies(mdoc_cli, tmp_pat
     assert task["trials"] == 4 and task["calls"] == 1 and task["mdoc_default_us"] > 0
     db = TuningDatabase(db_dir, resolve_target("x86").tvm)
     assert len(db) == 4 and len(db.baselines) == 1
+    pruned = db.prune_into(tmp_path / "pruned")
+    assert len(pruned) == 1 and pruned.baselines == db.baselines
 
     # found by structure; whichever measured faster is used
     out = tmp_path / "auto"

@@ -84,7 +84,8 @@ class TuningDatabase:
         elif not self.exists(self.path):
             raise MdocError(f"{self.path}: not a tuning database (no {' or '.join(DB_FILES)}); "
                             "write one with `mdoc tune MODEL -t TARGET --tuning-db DIR`")
-        self.target = tvm.target.Target(target)
+        self.target_dict = dict(target)
+        self.target = tvm.target.Target(self.target_dict)
         self.ms = ms.database.JSONDatabase(work_dir=str(self.path))
         baselines = self.path / BASELINES
         try:
@@ -99,8 +100,21 @@ class TuningDatabase:
     def __len__(self) -> int:
         return len(self.ms)
 
+    def prune_into(self, path: str | os.PathLike) -> "TuningDatabase":
+        """A copy in `path` with only the best record of each workload and the baselines (small enough to commit)."""
+        pruned = TuningDatabase(path, self.target_dict, create=True)
+        if len(pruned):
+            raise MdocError(f"{path}: already holds a tuning database; prune into an empty folder")
+        self.ms.dump_pruned(pruned.ms)
+        pruned.baselines = dict(self.baselines)
+        pruned._write_baselines()
+        return TuningDatabase(path, self.target_dict)
+
     def record_baseline(self, task_mod: tvm.IRModule, name: str, seconds: float) -> None:
         self.baselines[workload_key(task_mod)] = {"task": name, "mdoc_default_s": seconds}
+        self._write_baselines()
+
+    def _write_baselines(self) -> None:
         tmp = self.path / (BASELINES + ".tmp")
         tmp.write_text(json.dumps(self.baselines, indent=1, sort_keys=True) + "\n")
         os.replace(tmp, self.path / BASELINES)
