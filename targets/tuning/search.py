@@ -149,6 +149,9 @@ def make_measurers(spec: TargetSpec, remote: Remote | None):
     if remote is None and spec.arch != host_arch():
         raise MdocError(f"target '{spec.name}' is for {spec.arch}: its kernels must be measured on the board; "
                         "give --rpc-tracker HOST:PORT --rpc-key KEY")
+    # the runner's workers time kernels with as many threads as artifacts run with (TVM's runtime
+    # takes half the cores on x86 unless told)
+    os.environ.setdefault("TVM_NUM_THREADS", str(_cores()))
     cpu_tensor_intrinsics()
     builder_kw = {"initializer": cpu_tensor_intrinsics}
     if spec.cross_compiler:
