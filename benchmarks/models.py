@@ -161,10 +161,13 @@ def worker(engine: str, job: dict) -> dict:
         import mdoc
 
         kwargs = {}
+        takes_db = "tuning_db" in inspect.signature(mdoc.compile).parameters
         if engine == "mdoc-tuned":
-            if "tuning_db" not in inspect.signature(mdoc.compile).parameters:
+            if not takes_db:
                 raise RuntimeError("mdoc.compile takes no tuning database yet (no tuning_db= parameter)")
             kwargs["tuning_db"] = job["tuning_db"]
+        elif takes_db:
+            kwargs["tuning_db"] = False  # untuned, even when ~/.cache/mdoc/tuning has a database
         artifact = mdoc.compile(str(onnx_path), job["target_name"], out / engine, opt_level=2, dims=job["dims"],
                                 show_progress=False, **kwargs)
         compile_s = time.perf_counter() - start

@@ -32,12 +32,15 @@ def optimize(model: Model, level: int = 2, pipeline: str | None = None, verify_e
 def compile(model: Model | str | os.PathLike, target: str = "x86", output: str | os.PathLike = "model.mdoc", *,
             opt_level: int = 2, pipeline: str | None = None, dims: dict[str, int] | None = None,
             inputs: dict[str, np.ndarray] | None = None, arch: str | None = None, backend: str = "tvm",
-            show_progress: bool | None = None) -> Path:
+            show_progress: bool | None = None, tuning_db: str | os.PathLike | bool | None = None) -> Path:
     """Compile a model (path or IR) for `target` into the artifact folder `output`; returns its path.
 
     `dims` fixes symbolic input dims; `inputs` binds graph inputs to constant values
     (operands such as axes that the target needs at compile time), which leave the
-    artifact's signature.
+    artifact's signature. `tuning_db`: a folder written by `mdoc tune`; None uses the
+    target's default database (~/.cache/mdoc/tuning/<target>/) when one exists; False
+    builds without tuning. The manifest's "tuning" entry says how many tuned kernels
+    the build applied.
     """
     if not isinstance(model, Model):
         model = load_model(model)
@@ -48,7 +51,9 @@ def compile(model: Model | str | os.PathLike, target: str = "x86", output: str |
         passes = parse_pipeline(pipeline) if pipeline else pipeline_for_level(opt_level)
         PassManager(passes).run(model)
         text = ",".join(p.spec() for p in passes)
-        return get_backend(backend).compile(model, target, output, arch=arch, pipeline=text, progress=step)
+        db = "auto" if tuning_db is None or tuning_db is True else (None if tuning_db is False else os.fspath(tuning_db))
+        return get_backend(backend).compile(model, target, output, arch=arch, pipeline=text, progress=step,
+                                            tuning_db=db)
 
 
 def load(path: str | os.PathLike) -> Callable[..., dict[str, np.ndarray]]:

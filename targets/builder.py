@@ -11,12 +11,13 @@ from __future__ import annotations
 from .presets import TargetSpec
 
 
-def build_for(mod, spec: TargetSpec):
+def build_for(mod, spec: TargetSpec, *, before_schedule=()):
+    """Build `mod` for `spec`; `before_schedule` passes (CPU only) run just before mdoc's generic schedule."""
     if spec.device == "cuda":
         return build_cuda(mod, spec.tvm)
     from .relax.build import build
 
-    return build(mod, spec.tvm)
+    return build(mod, spec.tvm, before_schedule=before_schedule)
 
 
 def build_cuda(mod, target_dict: dict):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import platform
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mdoc import __version__
 from mdoc.backends import register_backend
@@ -18,6 +19,9 @@ from mdoc.types import TensorType
 
 from . import artifact
 from .presets import resolve_target
+
+if TYPE_CHECKING:  # pragma: no cover
+    import tvm
 
 
 def _sig(v) -> dict:
@@ -35,22 +39,33 @@ class TvmBackend:
     prepare = ("infer-shapes,fold-constants{max-bytes=0},fold-if,decompose-rnn,decompose-scan,decompose-loop,"
                "infer-shapes,fold-constants{max-bytes=0},simplify,cse,dce")
 
-    def compile(self, model: Model, target: str, output: str | Path, *, arch: str | None = None,
-                pipeline: str = "", progress=None) -> Path:
-        import tvm
-
-        from .builder import build_for
+    def lower(self, model: Model, spec) -> "tvm.IRModule":
+        """The Relax module the build starts from (what `compile` builds and `mdoc tune` tunes)."""
         from .relax.cpu_strategy import cpu_kernels_for
         from .relax.lower import lower
 
+        PassManager(parse_pipeline(self.prepare)).run(model)
+        return lower(model, target=spec.tvm, kernels=cpu_kernels_for(spec.tvm) if spec.device == "cpu" else None)
+
+    def compile(self, model: Model, target: str, output: str | Path, *, arch: str | None = None,
+                pipeline: str = "", progress=None, tuning_db: str | Path | None = None) -> Path:
+        """Build `model` into the artifact folder `output`.
+
+        `tuning_db`: a tuning database folder whose kernels replace mdoc's where they measured
+        faster, or "auto" for the target's default database when one exists (None: no tuning).
+        """
+        import tvm
+
+        from .builder import build_for
+
         spec = resolve_target(target, arch)
         step = progress or (lambda name: None)
-        PassManager(parse_pipeline(self.prepare)).run(model)
+        tuned = tuning_for(tuning_db, spec)
         with artifact.StagedArtifact(Path(output)) as staged:
             step("lower to Relax")
-            mod = lower(model, target=spec.tvm, kernels=cpu_kernels_for(spec.tvm) if spec.device == "cpu" else None)
+            mod = self.lower(model, spec)
             step("build with TVM")
-            ex = build_for(mod, spec)
+            ex = build_for(mod, spec, before_schedule=[tuned[0]] if tuned else [])
             step("export library")
             lib = staged.dir / artifact.LIBRARY
             if spec.cross_compiler:
@@ -69,10 +84,27 @@ class TvmBackend:
                 "inputs": [{**_sig(v), "param": p.name} for v, p in zip(model.graph.inputs, mod["main"].params)],
                 "outputs": [_sig(v) for v in model.graph.outputs],
             }
+            if tuned:
+                manifest["tuning"] = tuned[1].as_json()
             return staged.commit(manifest)
 
     def load(self, path: Path):
         return artifact.load(path)
+
+
+def tuning_for(tuning_db, spec):
+    """(ApplyTuned pass, its report) for the database `tuning_db` names, or None."""
+    if tuning_db is None:
+        return None
+    from .tuning import TuningDatabase, applier, default_location
+
+    if tuning_db == "auto":
+        tuning_db = default_location(spec.tvm)
+        if spec.device != "cpu" or not TuningDatabase.exists(tuning_db):
+            return None
+    elif spec.device != "cpu":
+        raise MdocError(f"--tuning-db applies to CPU targets; '{spec.name}' is {spec.device}")
+    return applier(tuning_db, spec.tvm)
 
 
 BACKEND = register_backend(TvmBackend())

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import click
 
 from ..api import compile as compile_model
+from ..backends import MANIFEST
 from ..errors import MdocError
 from ..pass_manager import load_plugin
 from ..specialize import parse_binding
@@ -20,29 +24,41 @@ from .group import cli, dim_option, emit_json, json_option, parse_dims
 @click.option("-p", "--pipeline", help="Textual pass pipeline instead of -O.")
 @click.option("--arch", help="CUDA architecture, e.g. sm_87 (CUDA targets only).")
 @click.option("--plugin", "plugins", multiple=True, type=click.Path(dir_okay=False), help="Load passes from a file.")
+@click.option("--tuning-db", type=click.Path(file_okay=False),
+              help="Tuning database from `mdoc tune`  [default: the target's database in ~/.cache/mdoc/tuning, "
+                   "when there is one]")
+@click.option("--no-tuning", is_flag=True, help="Ignore tuning databases; mdoc's default kernels only.")
 @dim_option
 @click.option("--bind", "binds", multiple=True, metavar="NAME=VALUES",
               help="Bind graph input NAME to a constant: comma-separated numbers or @FILE.npy.")
 @json_option
-def compile_cmd(model, target, output, level, pipeline, arch, plugins, dims, binds, as_json) -> None:
+def compile_cmd(model, target, output, level, pipeline, arch, plugins, tuning_db, no_tuning, dims, binds,
+                as_json) -> None:
     """Optimize MODEL and compile it for TARGET into the artifact folder OUTPUT.
 
     Symbolic input dims are fixed at compile time (--dim NAME=SIZE, default 1).
     Inputs that decide the structure of the computation (a Reduce's axes, Split's
     sizes, ...) are bound to values with --bind NAME=VALUES; they leave the
-    artifact's inputs.
+    artifact's inputs. Kernels tuned with `mdoc tune` are applied where they
+    measured faster than mdoc's defaults.
     """
     for p in plugins:
         load_plugin(p)
     if pipeline and level != 2:
         raise MdocError("give either -O LEVEL or -p PIPELINE, not both")
+    if tuning_db and no_tuning:
+        raise MdocError("give either --tuning-db DIR or --no-tuning, not both")
     inputs = dict(parse_binding(b) for b in binds)
     path = compile_model(model, target, output, opt_level=level, pipeline=pipeline, dims=parse_dims(dims),
-                         inputs=inputs, arch=arch)
+                         inputs=inputs, arch=arch, tuning_db=False if no_tuning else tuning_db)
+    tuning = json.loads((Path(path) / MANIFEST).read_text()).get("tuning")
     if as_json:
-        emit_json({"artifact": str(path)})
-    else:
-        click.echo(f"wrote {path}")
+        emit_json({"artifact": str(path), **({"tuning": tuning} if tuning else {})})
+        return
+    if tuning:
+        click.echo(f"applied {tuning['applied']} tuned kernels from {tuning['database']} "
+                   f"({tuning['kept_mdoc_default']} kept mdoc's faster default)")
+    click.echo(f"wrote {path}")
 
 
 @cli.command("targets")

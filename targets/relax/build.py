@@ -66,7 +66,7 @@ class FastMath:
         return codegen.builder_.get()
 
 
-def _front_passes(target: tvm.target.Target, schedule: bool) -> list:
+def _front_passes(target: tvm.target.Target, schedule: bool, before_schedule=()) -> list:
     passes = [
         # channels-last for the convs left as relax ops (those the kernel strategy in
         # cpu_strategy.py did not take, which keep NCHW): the generic schedule then vectorizes
@@ -86,7 +86,8 @@ def _front_passes(target: tvm.target.Target, schedule: bool) -> list:
         relax.transform.FuseTIR(),
         relax.transform.DeadCodeElimination(),
     ]
-    return passes + ([ScheduleCPU(target)] if schedule else [])
+    # -- hook: tuned kernels (targets/tuning/apply.py) replace PrimFuncs here, before mdoc's schedule --
+    return passes + list(before_schedule) + ([ScheduleCPU(target)] if schedule else [])
 
 
 def _back_passes() -> list:
@@ -105,9 +106,10 @@ def _back_passes() -> list:
     ]
 
 
-def pipeline(target: tvm.target.Target, *, schedule: bool = True) -> tvm.transform.Pass:
+def pipeline(target: tvm.target.Target, *, schedule: bool = True, before_schedule=()) -> tvm.transform.Pass:
     """The Relax pass pipeline `build` runs (exposed for inspection and tests)."""
-    return tvm.transform.Sequential(_front_passes(target, schedule) + _back_passes(), name="mdoc_cpu_pipeline")
+    return tvm.transform.Sequential(_front_passes(target, schedule, before_schedule) + _back_passes(),
+                                    name="mdoc_cpu_pipeline")
 
 
 def optimize(mod: tvm.IRModule, target, *, schedule: bool = True) -> tvm.IRModule:
@@ -117,11 +119,15 @@ def optimize(mod: tvm.IRModule, target, *, schedule: bool = True) -> tvm.IRModul
         return tvm.transform.Sequential(_front_passes(tgt, schedule))(mod)
 
 
-def build(mod: tvm.IRModule, target, *, schedule: bool = True) -> tvm.runtime.Executable:
-    """Compile a module from `lower` for a CPU target dict (see `mdoc.targets.host.host_target`)."""
+def build(mod: tvm.IRModule, target, *, schedule: bool = True, before_schedule=()) -> tvm.runtime.Executable:
+    """Compile a module from `lower` for a CPU target dict (see `mdoc.targets.host.host_target`).
+
+    `before_schedule`: module passes run on the fused PrimFuncs just before mdoc's generic
+    schedule (the tuning database's `ApplyTuned`).
+    """
     tgt = _as_target(target)
     with tgt:
-        return tvm.compile(mod, tgt, relax_pipeline=pipeline(tgt, schedule=schedule))
+        return tvm.compile(mod, tgt, relax_pipeline=pipeline(tgt, schedule=schedule, before_schedule=before_schedule))
 
 
 # -- running ------------------------------------------------------------------
