@@ -1,6 +1,6 @@
 """`mdoc tune` and tuning databases: budget split, database location, tune -> compile, RPC measurement.
 
-The end-to-end tests tune a single 64x64 @ 64x128 matmul + ReLU with a handful of trials
+The end-to-end tests tune a single Conv1d (64 -> 128 channels, length 64) + ReLU with a handful of trials
 (seconds), then check what a later compile does with the database. Whether a few random
 trials beat mdoc's default schedule depends on the machine, so the apply decision is
 tested by rewriting the recorded baseline both ways; the numbers of the tuned kernel are
@@ -28,20 +28,24 @@ from mdoc.targets.tuning.store import BASELINES
 from mdoc.targets.tuning.tasks import allocate
 from mdoc.targets.tvm_backend import tuning_for
 
-X = np.random.default_rng(1).standard_normal((64, 64)).astype(np.float32)
+X = np.random.default_rng(1).standard_normal((1, 64, 64)).astype(np.float32)
 
 
-def matmul_model(path, repeat: int = 1) -> str:
-    """x @ W (64x64 @ 64x128), ReLU; `repeat` times the same layer (W then 128x128 for the rest)."""
+def conv1d_model(path, repeat: int = 1) -> str:
+    """Conv1d (64 -> 128 channels, kernel 3, length 64), ReLU; `repeat` times (128 -> 128 after the first).
+
+    1-d convs are left to mdoc's generic schedule (the hand kernels take 2-d ones), so they are
+    what `mdoc tune` searches."""
     rng = np.random.default_rng(0)
     nodes, inits, prev = [], [], "x"
     for k in range(repeat):
-        n_in = 64 if k == 0 else 128
-        inits.append(numpy_helper.from_array(rng.standard_normal((n_in, 128)).astype(np.float32) / 8, f"w{k}"))
-        nodes += [helper.make_node("MatMul", [prev, f"w{k}"], [f"m{k}"]), helper.make_node("Relu", [f"m{k}"], [f"r{k}"])]
+        c_in = 64 if k == 0 else 128
+        inits.append(numpy_helper.from_array(rng.standard_normal((128, c_in, 3)).astype(np.float32) / 16, f"w{k}"))
+        nodes += [helper.make_node("Conv", [prev, f"w{k}"], [f"m{k}"], pads=[1, 1]),
+                  helper.make_node("Relu", [f"m{k}"], [f"r{k}"])]
         prev = f"r{k}"
-    graph = helper.make_graph(nodes, "mm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64, 64])],
-                              [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [64, 128])], inits)
+    graph = helper.make_graph(nodes, "conv1d", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64, 64])],
+                              [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [1, 128, 64])], inits)
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
     return str(path)
 
@@ -83,7 +87,7 @@ def test_allocate_gives_the_budget_to_the_heavy_tasks():
     (["--trials", "4", "-t", "rpi4"], "its kernels must be measured on the board; give --rpc-tracker"),
 ])
 def test_tune_rejects_bad_options(mdoc_cli, tmp_path, args, message):
-    result = mdoc_cli("tune", matmul_model(tmp_path / "mm.onnx"), "--tuning-db", tmp_path / "db", *args)
+    result = mdoc_cli("tune", conv1d_model(tmp_path / "conv1d.onnx"), "--tuning-db", tmp_path / "db", *args)
     assert result.code == 2, result.err
     assert message in result.err
     assert len(result.err.strip().splitlines()) == 1
@@ -100,7 +104,7 @@ def test_default_database_is_per_target_under_the_cache(monkeypatch, tmp_path):
 
 def test_compile_refuses_a_folder_that_is_not_a_database(mdoc_cli, tmp_path):
     (tmp_path / "empty").mkdir()
-    result = mdoc_cli("compile", matmul_model(tmp_path / "mm.onnx"), "-o", tmp_path / "out",
+    result = mdoc_cli("compile", conv1d_model(tmp_path / "conv1d.onnx"), "-o", tmp_path / "out",
                       "--tuning-db", tmp_path / "empty")
     assert result.code == 2
     assert "not a tuning database (no database_workload.json or database_tuning_record.json)" in result.err
@@ -112,9 +116,9 @@ def test_tasks_are_deduplicated_and_counted(tmp_path):
     from mdoc.targets.tvm_backend import BACKEND
 
     spec = resolve_target("x86")
-    mod = BACKEND.lower(load_model(matmul_model(tmp_path / "mm3.onnx", repeat=3)), spec)
+    mod = BACKEND.lower(load_model(conv1d_model(tmp_path / "conv1d3.onnx", repeat=3)), spec)
     tasks = extract_tasks(mod, spec.tvm)
-    # the first layer (64x64 @ 64x128) differs; the two 128x128 layers are one task called twice
+    # the first layer (64 -> 128 channels) differs; the two 128 -> 128 layers are one task called twice
     assert sorted(t.calls for t in tasks) == [1, 2]
     heavy = max(tasks, key=lambda t: t.calls)
     assert heavy.flops >= 2 * 64 * 128 * 128
@@ -126,7 +130,7 @@ def test_tasks_are_deduplicated_and_counted(tmp_path):
 
 def test_tune_writes_the_default_database_that_compile_applies(mdoc_cli, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    model = matmul_model(tmp_path / "mm.onnx")
+    model = conv1d_model(tmp_path / "conv1d.onnx")
     result = mdoc_cli("tune", model, "-t", "x86", "--trials", "4", "--chunk", "4", "--json")
     assert result.code == 0, result.err
     report = json.loads(result.out)
@@ -227,7 +231,7 @@ def rpc_board(tmp_path):
 def test_tune_measures_on_a_board_through_the_rpc_tracker(mdoc_cli, tmp_path, rpc_board):
     port, key, log = rpc_board
     db_dir = tmp_path / "db"
-    result = mdoc_cli("tune", matmul_model(tmp_path / "mm.onnx"), "-t", "x86", "--trials", "3", "--chunk", "3",
+    result = mdoc_cli("tune", conv1d_model(tmp_path / "conv1d.onnx"), "-t", "x86", "--trials", "3", "--chunk", "3",
                       "--tuning-db", db_dir, "--rpc-tracker", f"127.0.0.1:{port}", "--rpc-key", key, "--json")
     assert result.code == 0, result.err
     [task] = json.loads(result.out)["tasks"]
