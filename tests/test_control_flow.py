@@ -212,3 +212,23 @@ def test_cuda_builds_with_a_loop_and_an_if_in_it(tmp_path):
     art = mdoc.compile(import_model(_loop_model(with_if=True)), "cuda", tmp_path / "loop.cuda", arch="sm_90",
                        show_progress=False)
     assert (art / "model.so").stat().st_size > 0
+
+
+def test_untyped_body_scan_takes_its_element_shape_from_a_probe(tmp_path):
+    """Range as ONNX's function expansion writes it: an untyped body (no shapes) whose scan output's
+    element shape only the lowering learns."""
+    body = graph([h.make_node("Identity", ["c_in"], ["c_out"]), h.make_node("Add", ["prev", "delta"], ["current"]),
+                  h.make_node("Identity", ["prev"], ["item"])],
+                 "body", [vi("i", I64, []), vi("c_in", B, []), h.make_tensor_value_info("prev", F, None)],
+                 [h.make_tensor_value_info("c_out", B, None), h.make_tensor_value_info("current", F, None),
+                  h.make_tensor_value_info("item", F, None)])
+    model = make([h.make_node("Sub", ["limit", "start"], ["span"]), h.make_node("Div", ["span", "delta"], ["q"]),
+                  h.make_node("Ceil", ["q"], ["c"]), h.make_node("Relu", ["c"], ["r"]),
+                  h.make_node("Cast", ["r"], ["n"], to=I64),
+                  h.make_node("Loop", ["n", "", "start"], ["last", "out"], body=body)],
+                 [vi("start", F, []), vi("limit", F, []), vi("delta", F, [])], [vi("out", F, ["k"])], full_check=False)
+    run = compiled(model, tmp_path)
+    for limit in (5.0, 1.0, -2.0):
+        feeds = {"start": np.array(1.0, np.float32), "limit": np.array(limit, np.float32),
+                 "delta": np.array(0.75, np.float32)}
+        assert check(run, model, feeds)[0].shape == (max(int(np.ceil((limit - 1.0) / 0.75)), 0),)

@@ -251,8 +251,14 @@ def _carried_dims(body: Graph, j: int, init: relax.Expr) -> list[Any]:
     return [a if isinstance(a, int) and a == b else None for a, b in zip(first, out)]
 
 
-def _scan_init(ctx: LowerCtx, node: Node, body: Graph, j: int, n: int) -> relax.Expr:
-    """An empty accumulator [0, *element shape] for scan output `j`, from the types the importer inferred."""
+def _scan_init(ctx: LowerCtx, node: Node, body: Graph, j: int, n: int, probe) -> relax.Expr:
+    """An empty accumulator [0, *element shape] for scan output `j`.
+
+    The element shape comes from the types the importer inferred, or, where
+    they do not say (bodies of ONNX functions such as Range's are often
+    untyped), from `probe()`: the body lowered once on the initial values into
+    a block that is then dropped; only int dims are taken from it.
+    """
     result, element = node.outputs[n + j], body.outputs[1 + n + j]
     shape = None
     if isinstance(result.type, TensorType) and result.type.shape is not None:
@@ -260,8 +266,11 @@ def _scan_init(ctx: LowerCtx, node: Node, body: Graph, j: int, n: int) -> relax.
     if isinstance(element.type, TensorType) and element.type.shape is not None:
         shape = list(element.type.shape)
     if shape is None or not all(isinstance(d, int) or (isinstance(d, str) and d in ctx.symbols) for d in shape):
-        raise ctx.error(f"scan output {j} (%{result.name}) needs a known element shape to start its "
-                        f"accumulator (got {element.type}); run infer-shapes or give the model static shapes")
+        probed = probe()[1 + n + j]
+        if probed is None or any(d is None for d in probed):
+            raise ctx.error(f"scan output {j} (%{result.name}) needs a known element shape to start its "
+                            f"accumulator (got {element.type}); run infer-shapes or give the model static shapes")
+        shape = probed
     dims = [d if isinstance(d, int) else ctx.symbols[d] for d in shape]
     dtype = tvm_dtype((result.type if isinstance(result.type, TensorType) else element.type).dtype)
     return ctx.bb.emit(relax.op.zeros(relax.ShapeExpr([0, *dims]), dtype))
@@ -299,7 +308,19 @@ def lower_loop(ctx: LowerCtx, node: Node) -> list:
         if not ctx.has_input(2 + j):
             raise ctx.error(f"loop-carried input {j} is omitted; the Relax target needs a value")
         inits.append(ctx.input(2 + j))
-    accs = [_scan_init(ctx, node, body, j, n) for j in range(k)]
+    probed: list = []
+
+    def probe() -> list:
+        """The static dims of the body's outputs (None: unknown shape), lowered on the initial values."""
+        if not probed:
+            bindings = {body.inputs[0]: relax.const(0, "int64"), body.inputs[1]: cond}
+            bindings.update({body.inputs[2 + j]: e for j, e in enumerate(inits)})
+            dropped = _block(ctx, lambda: bb.emit(relax.Tuple(lower_body(ctx, body, bindings))))
+            probed.extend(_static_dims_of(t) if isinstance(t.shape, relax.ShapeExpr) else None
+                          for t in dropped.body.ty.fields)
+        return probed
+
+    accs = [_scan_init(ctx, node, body, j, n, probe) for j in range(k)]
     captured = _captured(ctx, body)
 
     # parameter types: the state, then what passes through unchanged
