@@ -490,13 +490,19 @@ def _range_runtime(ctx: LowerCtx) -> relax.Expr:
 _PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "replicate", "wrap": "circular"}
 
 
-def _pad(ctx: LowerCtx, pads: list[int], value: float, mode: str, axes: list[int] | None = None):
+def _pad_operand(ctx: LowerCtx, mode: str, axes: list[int] | None):
+    """Pad's data operand, its dims and rank, and the padded axes (all when not given); checks the mode."""
     x = ctx.input(0)
     dims = ctx.shape_of(x)
     rank = len(dims)
     if mode not in _PAD_MODES:
         raise ctx.error(f"pad mode {mode!r} is not one of constant, reflect, edge, wrap")
     axes = list(range(rank)) if axes is None else norm_axes(ctx, axes, rank)
+    return x, dims, rank, axes
+
+
+def _pad(ctx: LowerCtx, pads: list[int], value: float, mode: str, axes: list[int] | None = None):
+    x, dims, rank, axes = _pad_operand(ctx, mode, axes)
     k = len(axes)
     before, after = [0] * rank, [0] * rank
     for j, a in enumerate(axes):
@@ -534,12 +540,7 @@ def pad_v11(ctx: LowerCtx, node: Node):
 def _pad_runtime(ctx: LowerCtx, mode: str, axes: list[int] | None):
     """Pad with run-time pads or value, as one TE compute: each output index reads the input at
     index - pad_before, mapped back into range as the mode says (negative pads crop)."""
-    x = ctx.input(0)
-    dims = ctx.shape_of(x)
-    rank = len(dims)
-    if mode not in _PAD_MODES:
-        raise ctx.error(f"pad mode {mode!r} is not one of constant, reflect, edge, wrap")
-    axes = list(range(rank)) if axes is None else norm_axes(ctx, axes, rank)
+    x, dims, rank, axes = _pad_operand(ctx, mode, axes)
     sym = ctx.sym(1, max_size=1 << 12)
     pads = list(sym.values) if sym is not None else ctx.runtime_dims(ctx.input(1), "pad")
     if len(pads) != 2 * len(axes):
