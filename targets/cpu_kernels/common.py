@@ -351,6 +351,30 @@ class Epilogue:
         return "_".join(parts)
 
 
+def epilogue_inputs(epi: Epilogue, bias_shape: tuple, res_shape: tuple):
+    """The placeholders a fused epilogue reads (bias, residual), as (tensors, Params, bias, residual)."""
+    extra, extra_params = [], []
+    bias = residual = None
+    if epi.bias:
+        bias = te.placeholder(bias_shape, "float32", name="bias")
+        extra.append(bias)
+        extra_params.append(Param("bias", bias_shape))
+    if epi.residual:
+        residual = te.placeholder(res_shape, "float32", name="residual")
+        extra.append(residual)
+        extra_params.append(Param("residual", res_shape))
+    return extra, extra_params, bias, residual
+
+
+def apply_nchw_epilogue(epi: Epilogue, val, bias, residual, i, o, y, x):
+    """An NCHW conv result at (i, o, y, x) with the epilogue's bias, residual and activation applied."""
+    if bias is not None:
+        val = val + bias[o]
+    if residual is not None:
+        val = val + residual[i, o, y, x]
+    return epi.activate(val)
+
+
 def activation_reference(name: str | None, x: np.ndarray, alpha: float | None = None, beta: float | None = None) -> np.ndarray:
     """numpy reference of ACTIVATIONS (tests and benchmarks)."""
     if name is None:

@@ -48,10 +48,12 @@ from .common import (
     Kernel,
     KernelError,
     Param,
+    apply_nchw_epilogue,
     as_pads,
     as_pair,
     ceil_div,
     check_dtype,
+    epilogue_inputs,
     finish,
     largest_divisor,
     window_tag,
@@ -244,28 +246,10 @@ def conv2d(data_shape: Sequence[int], weight, *, strides=1, padding=0, dilation=
     return _build(plan, weight if isinstance(weight, np.ndarray) else None, epilogue, name)
 
 
-def _epilogue_inputs(epi: Epilogue, oc: int, out_shape):
-    extra, extra_params = [], []
-    bias = residual = None
+def _conv_epilogue_inputs(epi: Epilogue, oc: int, out_shape):
     if epi.scale is not None:
         raise KernelError("conv2d: Epilogue.scale is not supported for convolutions; fold it into the weight")
-    if epi.bias:
-        bias = te.placeholder((oc,), "float32", name="bias")
-        extra.append(bias)
-        extra_params.append(Param("bias", (oc,)))
-    if epi.residual:
-        residual = te.placeholder(out_shape, "float32", name="residual")
-        extra.append(residual)
-        extra_params.append(Param("residual", out_shape))
-    return extra, extra_params, bias, residual
-
-
-def _apply_epilogue(epi: Epilogue, val, bias, residual, i, o, y, x):
-    if bias is not None:
-        val = val + bias[o]
-    if residual is not None:
-        val = val + residual[i, o, y, x]
-    return epi.activate(val)
+    return epilogue_inputs(epi, (oc,), out_shape)
 
 
 def _kernel_name(plan: Conv2dPlan, epi: Epilogue, name: str | None) -> str:
@@ -324,9 +308,9 @@ def _build(plan: Conv2dPlan, weight: np.ndarray | None, epi: Epilogue, name: str
             read(i, ic_start(b) + rco * ici + rci, y * sh + rkh * dh, x * sw + rkw * dw) * wparam[b, rco, rkh, rkw, rci, v],
             axis=[rco, rkh, rkw, rci]),
         name="acc")
-    extra, extra_params, bias, residual = _epilogue_inputs(epi, oc, plan.out_shape)
+    extra, extra_params, bias, residual = _conv_epilogue_inputs(epi, oc, plan.out_shape)
     out = te.compute(plan.out_shape,
-                     lambda i, o, y, x: _apply_epilogue(epi, acc[i, o // lanes, y, x, o % lanes], bias, residual, i, o, y, x),
+                     lambda i, o, y, x: apply_nchw_epilogue(epi, acc[i, o // lanes, y, x, o % lanes], bias, residual, i, o, y, x),
                      name="out")
     sch = Schedule(te.create_prim_func([data, wparam, *extra, out]))
     schedule_nchw_tile(sch, "out", "acc", n_reduce=4, lanes=lanes, wb=wb, ocv=plan.ocv)
@@ -374,9 +358,9 @@ def _build_pointwise(plan: Conv2dPlan, weight: np.ndarray | None, epi: Epilogue,
     rk = te.reduce_axis((0, c), "k")
     clamp = (lambda o: tirx.min(o, oc - 1)) if ocp != oc else (lambda o: o)
     acc = te.compute((n, ocp, pixp), lambda i, o, p: te.sum(wparam[clamp(o), rk] * xread(i, rk, p), axis=rk), name="acc")
-    extra, extra_params, bias, residual = _epilogue_inputs(epi, oc, plan.out_shape)
+    extra, extra_params, bias, residual = _conv_epilogue_inputs(epi, oc, plan.out_shape)
     out = te.compute(plan.out_shape,
-                     lambda i, o, y, x: _apply_epilogue(epi, acc[i, o, y * w + x], bias, residual, i, o, y, x),
+                     lambda i, o, y, x: apply_nchw_epilogue(epi, acc[i, o, y * w + x], bias, residual, i, o, y, x),
                      name="out")
     sch = Schedule(te.create_prim_func([data, wparam, *extra, out]))
     sch = flatten_output_spatial(sch, "out")

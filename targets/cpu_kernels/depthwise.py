@@ -33,7 +33,8 @@ import numpy as np
 from tvm import te, tirx
 from tvm.s_tir import Schedule
 
-from .common import CpuSpec, Epilogue, Kernel, KernelError, Param, as_pads, as_pair, ceil_div, check_dtype, finish, window_tag
+from .common import (CpuSpec, Epilogue, Kernel, KernelError, Param, apply_nchw_epilogue, as_pads, as_pair, ceil_div,
+                     check_dtype, epilogue_inputs, finish, window_tag)
 
 __all__ = ["WindowPlan", "depthwise_conv2d", "pack_depthwise_weight", "plan_window", "schedule_window", "window_compute"]
 
@@ -225,24 +226,10 @@ def depthwise_conv2d(data_shape: Sequence[int], weight, *, strides=1, padding=0,
     acc = window_compute(plan, data, tirx.const(0.0, "float32"), te.sum,
                          lambda pad, i, o, y, col, rkh, rkw: pad[i, o, y * sh + rkh * dh, col + rkw * dw] * wparam[o, rkh, rkw])
 
-    extra, extra_params = [], []
-    bias = residual = None
-    if epilogue.bias:
-        bias = te.placeholder((oc,), "float32", name="bias")
-        extra.append(bias)
-        extra_params.append(Param("bias", (oc,)))
-    if epilogue.residual:
-        residual = te.placeholder((n, oc, oh, ow), "float32", name="residual")
-        extra.append(residual)
-        extra_params.append(Param("residual", (n, oc, oh, ow)))
+    extra, extra_params, bias, residual = epilogue_inputs(epilogue, (oc,), (n, oc, oh, ow))
 
     def epi(i, o, y, x):
-        val = acc[i, o, y, x, 0]
-        if bias is not None:
-            val = val + bias[o]
-        if residual is not None:
-            val = val + residual[i, o, y, x]
-        return epilogue.activate(val)
+        return apply_nchw_epilogue(epilogue, acc[i, o, y, x, 0], bias, residual, i, o, y, x)
 
     out = te.compute((n, oc, oh, ow), epi, name="out")
     sch = Schedule(te.create_prim_func([data, wparam, *extra, out]))
@@ -298,24 +285,10 @@ def _depthwise_nchwc(plan: WindowPlan, weight, epilogue: Epilogue, spec: CpuSpec
         lambda i, b, y, x, v: te.sum(packed[i, b, y * sh + rkh * dh, x * sw + rkw * dw, v] * wparam[b, rkh, rkw, v],
                                      axis=[rkh, rkw]),
         name="acc")
-    extra, extra_params = [], []
-    bias = residual = None
-    if epilogue.bias:
-        bias = te.placeholder((oc,), "float32", name="bias")
-        extra.append(bias)
-        extra_params.append(Param("bias", (oc,)))
-    if epilogue.residual:
-        residual = te.placeholder((n, oc, oh, ow), "float32", name="residual")
-        extra.append(residual)
-        extra_params.append(Param("residual", (n, oc, oh, ow)))
+    extra, extra_params, bias, residual = epilogue_inputs(epilogue, (oc,), (n, oc, oh, ow))
 
     def epi(i, o, y, x):
-        val = acc[i, o // lanes, y, x, o % lanes]
-        if bias is not None:
-            val = val + bias[o]
-        if residual is not None:
-            val = val + residual[i, o, y, x]
-        return epilogue.activate(val)
+        return apply_nchw_epilogue(epilogue, acc[i, o // lanes, y, x, o % lanes], bias, residual, i, o, y, x)
 
     out = te.compute((n, oc, oh, ow), epi, name="out")
     sch = Schedule(te.create_prim_func([data, wparam, *extra, out]))

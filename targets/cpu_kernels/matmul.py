@@ -33,7 +33,8 @@ import numpy as np
 from tvm import te, tirx
 from tvm.s_tir import Schedule
 
-from .common import CpuSpec, Epilogue, Kernel, KernelError, Param, ceil_div, check_dtype, finish, flat_spatial
+from .common import (CpuSpec, Epilogue, Kernel, KernelError, Param, ceil_div, check_dtype, epilogue_inputs, finish,
+                     flat_spatial)
 
 __all__ = ["batch_matmul", "dense", "gemm_tile", "pack_dense_weight", "schedule_gemm"]
 
@@ -150,7 +151,7 @@ def dense(a_shape: Sequence[int], weight, *, transpose_b: bool = False, epilogue
     clamp = (lambda i: tirx.min(i, m - 1)) if mp != m else (lambda i: i)
     acc = te.compute((1, mp, np_), lambda b, i, j: te.sum(a2(clamp(i), rk) * w[j // lanes, rk, j % lanes], axis=rk),
                      name="acc")
-    extra, extra_params, bias, residual = _epilogue_inputs(epilogue, (n,), (*lead, n))
+    extra, extra_params, bias, residual = epilogue_inputs(epilogue, (n,), (*lead, n))
     out_shape = (*lead, n)
 
     if len(lead) == 1:
@@ -267,7 +268,7 @@ def batch_matmul(a_shape: Sequence[int], b_shape: Sequence[int], *, transpose_b:
                      lambda bt, i, j: te.sum(a[(*bidx(a_shape, bt), clamp(i), rk)] * bread(bt, rk, j), axis=rk),
                      name="acc")
     out_shape = (*batch, m, n)
-    extra, extra_params, bias, residual = _epilogue_inputs(epilogue, (n,), out_shape)
+    extra, extra_params, bias, residual = epilogue_inputs(epilogue, (n,), out_shape)
 
     def fout(*idx):
         bt = 0
@@ -295,18 +296,6 @@ def batch_matmul(a_shape: Sequence[int], b_shape: Sequence[int], *, transpose_b:
 # --------------------------------------------------------------------------------------------
 
 
-def _epilogue_inputs(epi: Epilogue, bias_shape, res_shape):
-    extra, extra_params = [], []
-    bias = residual = None
-    if epi.bias:
-        bias = te.placeholder(bias_shape, "float32", name="bias")
-        extra.append(bias)
-        extra_params.append(Param("bias", bias_shape))
-    if epi.residual:
-        residual = te.placeholder(res_shape, "float32", name="residual")
-        extra.append(residual)
-        extra_params.append(Param("residual", res_shape))
-    return extra, extra_params, bias, residual
 
 
 def _flat_reader(a: te.Tensor, lead: tuple[int, ...]) -> Callable:
