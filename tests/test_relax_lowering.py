@@ -304,6 +304,19 @@ def test_tensor_ops_attribute_forms_opset11():
     check(g.model(feeds, opset=11), feeds)
 
 
+def test_reduce_max_min_of_only_infinities_are_infinities():
+    # TVM's reductions start from the finite extremes; a fully masked attention row (all -inf) must stay -inf
+    g = GraphSpec()
+    ax = g.const("ax", np.array([1], np.int64))
+    g.add("ReduceMax", ["x", ax])
+    g.add("ReduceMin", ["x", ax], keepdims=0)
+    x = f32(3, 4)
+    x[0] = -np.inf
+    x[1] = np.inf
+    x[2, 0] = -np.inf
+    check(g.model({"x": x}, opset=18), {"x": x})
+
+
 def test_reduce_and_matmul():
     g = GraphSpec()
     ra = g.const("ra", np.array([1, -1], np.int64))

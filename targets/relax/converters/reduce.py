@@ -48,6 +48,8 @@ def _reduce(kind: str, axes_from_input: bool):
             if dt == "bool":  # TVM has no bool max/min: any / all through uint8
                 y = (R.max if kind == "Max" else R.min)(R.astype(x, "uint8"), axes, keep)
                 return [R.astype(y, "bool")]
+            if is_float(dt):
+                return [_float_extreme(ctx, kind, x, axes, keep, dt)]
         if kind == "Mean":
             return [R.mean(x, axes, keep)]
         if kind == "Sum":
@@ -76,6 +78,17 @@ def _reduce(kind: str, axes_from_input: bool):
             return [y]
         raise AssertionError(kind)
     return convert
+
+
+def _float_extreme(ctx: LowerCtx, kind: str, x, axes: list[int] | None, keep: bool, dt: str):
+    """ReduceMax / ReduceMin of floats. TVM's reductions start from the lowest (highest) finite value,
+    so a set of only -inf (+inf) gives -FLT_MAX (FLT_MAX); ONNX gives the infinity, and graphs test
+    for it (a fully masked attention row is all -inf)."""
+    reduce = R.max if kind == "Max" else R.min
+    inf = relax.const(-np.inf if kind == "Max" else np.inf, dt)
+    y = ctx.emit(reduce(x, axes, keep))
+    finite_seen = ctx.emit(R.max(R.astype(R.greater(x, inf) if kind == "Max" else R.less(x, inf), "uint8"), axes, keep))
+    return R.where(R.astype(finite_seen, "bool"), y, inf)
 
 
 def _empty_extreme(ctx: LowerCtx, kind: str, axes: list[int] | None, keep: bool, dt: str):
