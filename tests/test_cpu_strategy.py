@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper
 
 ort = pytest.importorskip("onnxruntime")
 tvm = pytest.importorskip("tvm")
@@ -21,25 +21,17 @@ from mdoc.targets.cpu_kernels import CpuSpec  # noqa: E402
 from mdoc.targets.presets import resolve_target  # noqa: E402
 from mdoc.targets.relax import Kernels, Runner, build, lower, run  # noqa: E402
 from mdoc.targets.relax.cpu_strategy import CpuKernels, cpu_kernels_for  # noqa: E402
+from test_relax_lowering import f32  # noqa: E402
+from test_relax_lowering import make_model as _make_model  # noqa: E402
 
 TARGET = resolve_target("x86").tvm
-RNG = np.random.default_rng(3)
 N = helper.make_node
 
 
-def f32(*shape, scale=1.0):
-    return (RNG.standard_normal(shape) * scale).astype(np.float32)
-
-
 def make_model(nodes, inputs: dict, outputs: list[str], inits: dict, opset: int = 17) -> onnx.ModelProto:
-    """inputs: name -> array (static shape) or name -> shape with str dims (float32)."""
-    vis = [helper.make_tensor_value_info(k, TensorProto.FLOAT, v.shape if isinstance(v, np.ndarray) else v)
-           for k, v in inputs.items()]
-    outs = [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs]
-    graph = helper.make_graph(nodes, "g", vis, outs, [numpy_helper.from_array(v, k) for k, v in inits.items()])
-    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    m.ir_version = 8
-    return m
+    """test_relax_lowering's model builder; inputs given as a shape list are float32."""
+    inputs = {k: v if isinstance(v, np.ndarray) else ("float32", v) for k, v in inputs.items()}
+    return _make_model(nodes, inputs, outputs, inits, opset)
 
 
 def lowered(m: onnx.ModelProto, kernels=None, target=TARGET, **kw):
