@@ -39,13 +39,20 @@ class TvmBackend:
     prepare = ("infer-shapes,fold-constants{max-bytes=0},fold-if,decompose-rnn,decompose-scan,decompose-loop,"
                "infer-shapes,fold-constants{max-bytes=0},simplify,cse,dce")
 
-    def lower(self, model: Model, spec) -> "tvm.IRModule":
-        """The Relax module the build starts from (what `compile` builds and `mdoc tune` tunes)."""
+    def kernels_for(self, spec, tiles=None):
+        """The lowering's kernel strategy for `spec`: mdoc's hand-scheduled CPU kernels (with the
+        tuned register `tiles`, request key -> tile) on CPU targets, TVM's ops elsewhere."""
         from .relax.cpu_strategy import cpu_kernels_for
+
+        return cpu_kernels_for(spec.tvm, tiles) if spec.device == "cpu" else None
+
+    def lower(self, model: Model, spec, kernels=None) -> "tvm.IRModule":
+        """The Relax module the build starts from (what `compile` builds and `mdoc tune` tunes);
+        `kernels` defaults to `kernels_for(spec)`."""
         from .relax.lower import lower
 
         PassManager(parse_pipeline(self.prepare)).run(model)
-        return lower(model, target=spec.tvm, kernels=cpu_kernels_for(spec.tvm) if spec.device == "cpu" else None)
+        return lower(model, target=spec.tvm, kernels=kernels if kernels is not None else self.kernels_for(spec))
 
     def compile(self, model: Model, target: str, output: str | Path, *, arch: str | None = None,
                 pipeline: str = "", progress=None, tuning_db: str | Path | None = None) -> Path:
@@ -63,7 +70,10 @@ class TvmBackend:
         tuned = tuning_for(tuning_db, spec)
         with artifact.StagedArtifact(Path(output)) as staged:
             step("lower to Relax")
-            mod = self.lower(model, spec)
+            kernels = self.kernels_for(spec, tuned[1].tile_choices if tuned else None)
+            mod = self.lower(model, spec, kernels)
+            if tuned:
+                tuned[1].tiled = dict(getattr(kernels, "tiled", {}))
             step("build with TVM")
             ex = build_for(mod, spec, before_schedule=[tuned[0]] if tuned else [])
             step("export library")

@@ -220,7 +220,7 @@ def pack_conv2d_weight(weight: np.ndarray, plan: Conv2dPlan) -> np.ndarray:
 
 def conv2d(data_shape: Sequence[int], weight, *, strides=1, padding=0, dilation=1, groups: int = 1,
            epilogue: Epilogue = Epilogue(), dtype: str = "float32", spec: CpuSpec = CpuSpec(),
-           name: str | None = None, tile: tuple[int, int, int] | None = None) -> Kernel:
+           name: str | None = None, tile: tuple[int, ...] | None = None) -> Kernel:
     """A scheduled NCHW conv2d, optionally with a fused epilogue.
 
     data_shape: (N, C, H, W) of the input.
@@ -231,6 +231,9 @@ def conv2d(data_shape: Sequence[int], weight, *, strides=1, padding=0, dilation=
     groups: ONNX `group`; depthwise convs (C == groups, one input channel per group)
         are routed to `depthwise_conv2d`.
     epilogue: bias [OC], residual [N, OC, OH, OW] and activation, fused before the store.
+    tile: overrides the builder's register tile (what `mdoc tune` searches): (wb, ocv, ici) for
+        the channel-vector path, (mr, nv) for the GEMM path of a pointwise conv, and
+        (rb, rows per task) for a depthwise conv.
     Returns a Kernel whose PrimFunc is `f(data, weight, [bias], [residual], out)`.
     """
     check_dtype("conv2d", dtype)
@@ -239,7 +242,8 @@ def conv2d(data_shape: Sequence[int], weight, *, strides=1, padding=0, dilation=
         from .depthwise import depthwise_conv2d
 
         return depthwise_conv2d(data_shape, weight, strides=strides, padding=padding, dilation=dilation,
-                                epilogue=epilogue, dtype=dtype, spec=spec, name=name)
+                                epilogue=epilogue, dtype=dtype, spec=spec, name=name,
+                                tile=None if tile is None else tuple(tile[:2]))
     plan = plan_conv2d(data_shape, wshape, strides, padding, dilation, groups, spec, tile)
     if plan.pointwise:
         return _build_pointwise(plan, weight if isinstance(weight, np.ndarray) else None, epilogue, name)

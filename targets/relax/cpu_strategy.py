@@ -34,6 +34,8 @@ than float32, batch axes that truly broadcast, weights given at run time (convs)
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -43,7 +45,8 @@ from tvm import relax
 from mdoc.ir import Node
 from mdoc.types import DType, TensorType
 
-from ..cpu_kernels import CpuSpec, Epilogue, Kernel, KernelError, batch_matmul, conv2d, dense, layer_norm, pool2d, softmax
+from ..cpu_kernels import CpuSpec, Epilogue, Kernel, KernelError
+from ..cpu_kernels.request import KernelRequest
 from .epilogue import Tail, match_tail
 from .layer_norm_pattern import match_layer_norm
 from .kernels import Kernels
@@ -54,12 +57,12 @@ if TYPE_CHECKING:  # pragma: no cover
 _RESHAPE = tvm.ir.Op.get("relax.reshape")
 
 
-def cpu_kernels_for(target: dict) -> Kernels:
+def cpu_kernels_for(target: dict, tiles: Mapping[str, tuple] | None = None) -> Kernels:
     """The kernel strategy for a TVM CPU target dict: `CpuKernels` when its vector width is
     known (AVX2, AVX-512, NEON), else the default `Kernels` (a generic x86-64 has no FMA
     vectors worth a hand schedule)."""
     try:
-        return CpuKernels(CpuSpec.from_target(target))
+        return CpuKernels(CpuSpec.from_target(target), tiles)
     except KernelError:
         return Kernels()
 
@@ -67,9 +70,12 @@ def cpu_kernels_for(target: dict) -> Kernels:
 class CpuKernels(Kernels):
     """`Kernels` with matrix products on `targets/cpu_kernels` (see the module docstring)."""
 
-    def __init__(self, spec: CpuSpec):
+    def __init__(self, spec: CpuSpec, tiles: Mapping[str, tuple] | None = None):
         self.spec = spec
-        self._built: dict[tuple, Kernel] = {}
+        self.tiles = dict(tiles or {})  # request key -> register tile chosen by `mdoc tune`
+        self.requests: Counter[KernelRequest] = Counter()  # what the model asked for, and how often
+        self.tiled: dict[str, tuple] = {}  # the tuned tiles this lowering used
+        self._built: dict[KernelRequest, Kernel] = {}
 
     def matmul(self, ctx: "LowerCtx", a: relax.Expr, b: relax.Expr, *, transpose_b: bool = False) -> relax.Expr:
         a_shape, b_shape = _static_shape(ctx, a), _static_shape(ctx, b)
@@ -88,13 +94,13 @@ class CpuKernels(Kernels):
         # leading axes flattened here (free reshapes): the kernels tile one row / one batch loop
         if constant_b:
             a2 = (int(np.prod(a_shape[:-1])), a_shape[-1])
-            built = self._cached(("dense", a2, b_shape, transpose_b, tail.epilogue), lambda: dense(
-                a2, b_shape, transpose_b=transpose_b, epilogue=tail.epilogue, spec=self.spec))
+            built = self._kernel(KernelRequest.of("dense", a2, b_shape, transpose_b=transpose_b,
+                                                  epilogue=tail.epilogue))
             args = [_reshaped(ctx, a, a2), relax.const(built.packers["weight"](b.value.numpy()))]
         else:
             a3, b3 = _flat_batch(a_shape), _flat_batch(b_shape)
-            built = self._cached(("batch_matmul", a3, b3, transpose_b, tail.epilogue), lambda: batch_matmul(
-                a3, b3, transpose_b=transpose_b, epilogue=tail.epilogue, spec=self.spec))
+            built = self._kernel(KernelRequest.of("batch_matmul", a3, b3, transpose_b=transpose_b,
+                                                  epilogue=tail.epilogue))
             args = [_reshaped(ctx, a, a3), _reshaped(ctx, b, b3)]
         if tail.bias is not None:
             args.append(relax.const(tail.bias))
@@ -118,11 +124,10 @@ class CpuKernels(Kernels):
                 if node is not None and node.op == "onnx.Conv" and out_shape == _node_shape(node) else Tail(None))
         epilogue = Epilogue(bias=bias is not None, residual=tail.epilogue.residual, activation=tail.epilogue.activation,
                             alpha=tail.epilogue.alpha, beta=tail.epilogue.beta)
-        key = ("conv2d", x_shape, weight.shape, tuple(strides), tuple(pads), tuple(dilations), groups, epilogue)
         # ONNX pads are (top, left, bottom, right), the builder's order too
-        built = self._cached(key, lambda: conv2d(x_shape, weight.shape, strides=tuple(strides), padding=tuple(pads),
-                                                 dilation=tuple(dilations), groups=groups, epilogue=epilogue,
-                                                 spec=self.spec))
+        built = self._kernel(KernelRequest.of("conv2d", x_shape, _ints(weight.shape), strides=_ints(strides),
+                                              padding=_ints(pads), dilation=_ints(dilations), groups=int(groups),
+                                              epilogue=epilogue))
         args = [x, relax.const(np.ascontiguousarray(built.packers["weight"](weight)))]
         if bias is not None:
             args.append(relax.const(bias.value.numpy().reshape(-1)))
@@ -139,11 +144,9 @@ class CpuKernels(Kernels):
         if len(kernel) != 2 or x_shape is None:
             return super().pool(ctx, x, kind, kernel=kernel, strides=strides, pads=pads, dilations=dilations,
                                 ceil_mode=ceil_mode, count_include_pad=count_include_pad)
-        key = ("pool2d", kind, x_shape, tuple(kernel), tuple(strides), tuple(pads), tuple(dilations), ceil_mode,
-               count_include_pad)
-        built = self._cached(key, lambda: pool2d(x_shape, kind, tuple(kernel), tuple(strides), tuple(pads),
-                                                 dilation=tuple(dilations), ceil_mode=ceil_mode,
-                                                 count_include_pad=count_include_pad, spec=self.spec))
+        built = self._kernel(KernelRequest.of("pool2d", x_shape, kind, _ints(kernel), _ints(strides), _ints(pads),
+                                              dilation=_ints(dilations), ceil_mode=bool(ceil_mode),
+                                              count_include_pad=bool(count_include_pad)))
         return self._call(ctx, built, [x])
 
     def lower_node(self, ctx: "LowerCtx", node: Node) -> list | None:
@@ -174,26 +177,35 @@ class CpuKernels(Kernels):
             if shape is None or len(shape) < 2 or int(node.attrs.get("axis", -1)) not in (-1, len(shape) - 1):
                 return None
             rows = (int(np.prod(shape[:-1])), shape[-1])
-            built = self._cached(("softmax", rows), lambda: softmax(rows, spec=self.spec))
+            built = self._kernel(KernelRequest.of("softmax", rows))
             return [_reshaped(ctx, self._call(ctx, built, [_reshaped(ctx, ctx.input(0), rows)]), shape)]
         return None
 
     def _layer_norm(self, ctx, x, shape, gamma, beta, epsilon: float) -> relax.Expr:
         rows = (int(np.prod(shape[:-1])), shape[-1])  # one row axis: the kernels tile a single row loop
-        built = self._cached(("layer_norm", rows, epsilon), lambda: layer_norm(rows, epsilon=epsilon, spec=self.spec))
+        built = self._kernel(KernelRequest.of("layer_norm", rows, epsilon=epsilon))
         y = self._call(ctx, built, [_reshaped(ctx, x, rows), relax.const(gamma), relax.const(beta)])
         return _reshaped(ctx, y, shape)
 
-    def _cached(self, key: tuple, make) -> Kernel:
-        if key not in self._built:
-            self._built[key] = make()
-        return self._built[key]
+    def _kernel(self, request: KernelRequest) -> Kernel:
+        """The kernel for `request` (built once per model), with the tuned tile when there is one."""
+        self.requests[request] += 1
+        if request not in self._built:
+            tile = self.tiles.get(request.key)
+            self._built[request] = request.build(self.spec, tile)
+            if tile is not None:
+                self.tiled[request.key] = tuple(tile)
+        return self._built[request]
 
     @staticmethod
     def _call(ctx: "LowerCtx", built: Kernel, args: list) -> relax.Var:
         gv = ctx.add_kernel(built.func, built.name)
         return ctx.emit(relax.call_tir(gv, args, relax.TensorType(list(built.output.shape), "float32")))
 
+
+
+def _ints(values) -> tuple[int, ...]:
+    return tuple(int(v) for v in values)
 
 
 def _conv_out_shape(x_shape, w_shape, strides, pads, dilations) -> tuple[int, ...]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import tvm
 from tvm import tirx
 
-from .store import TuningDatabase
+from .store import TuningDatabase, chosen_tile
 from .tasks import is_scheduled
 
 
@@ -27,12 +27,26 @@ class Applied:
     looked_up: int = 0  # PrimFuncs that mdoc would have scheduled generically
     kernels: list = field(default_factory=list)  # (name, tuned s, mdoc default s or None)
     kept_default: int = 0  # tuned, but mdoc's default schedule measured faster
+    tile_records: dict = field(default_factory=dict)  # the database's tile sweep results, by request key
+    tiled: dict = field(default_factory=dict)  # request key -> tile, what the lowering applied
+
+    @property
+    def tile_choices(self) -> dict:
+        """Request key -> tile, for the hand-scheduled kernels whose swept tile won."""
+        return {key: tile for key, r in self.tile_records.items() if (tile := chosen_tile(r)) is not None}
 
     def as_json(self) -> dict:
         return {"database": self.database, "applied": len(self.kernels), "looked_up": self.looked_up,
                 "kept_mdoc_default": self.kept_default,
-                "kernels": [{"name": n, "tuned_us": round(t * 1e6, 2),
-                             "mdoc_default_us": None if d is None else round(d * 1e6, 2)} for n, t, d in self.kernels]}
+                "kernels": [{"name": n, "tuned_us": _us(t), "mdoc_default_us": _us(d)} for n, t, d in self.kernels],
+                "tiles": [{"name": self.tile_records[k]["kernel"], "tile": list(tile),
+                           "tuned_us": _us(self.tile_records[k]["tuned_s"]),
+                           "mdoc_default_us": _us(self.tile_records[k]["mdoc_default_s"])}
+                          for k, tile in self.tiled.items()]}
+
+
+def _us(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1e6, 2)
 
 
 @tvm.transform.module_pass(opt_level=0, name="mdoc.ApplyTuned")
@@ -65,5 +79,6 @@ class ApplyTuned:
 
 def applier(database_dir, target: dict) -> tuple[ApplyTuned, Applied]:
     """The build pass for the database in `database_dir` and the report it fills in."""
-    report = Applied(str(database_dir))
-    return ApplyTuned(TuningDatabase(database_dir, target), report), report
+    database = TuningDatabase(database_dir, target)
+    report = Applied(str(database_dir), tile_records=dict(database.tile_records))
+    return ApplyTuned(database, report), report

@@ -62,10 +62,12 @@ def tune_cmd(model, target, trials, minutes, tuning_db, rpc_tracker, rpc_key, ch
     optimize(ir, level=level, pipeline=pipeline)
     from ..tvm_backend import BACKEND
 
-    mod = BACKEND.lower(ir, spec)
+    kernels = BACKEND.kernels_for(spec)
+    mod = BACKEND.lower(ir, spec, kernels)
     say = (lambda msg: None) if as_json else (lambda msg: click.echo(msg, err=True))
     show = sys.stderr.isatty() if progress is None else progress
-    report = tune(mod, spec, database, budget, remote=remote, chunk=chunk, seed=seed, show_progress=show, say=say)
+    report = tune(mod, spec, database, budget, requests=getattr(kernels, "requests", None), remote=remote,
+                  chunk=chunk, seed=seed, show_progress=show, say=say)
     if as_json:
         emit_json(report.as_json())
     else:
@@ -75,6 +77,12 @@ def tune_cmd(model, target, trials, minutes, tuning_db, rpc_tracker, rpc_key, ch
 def summary(report: TuneReport) -> str:
     """The per-kernel table `mdoc tune` prints."""
     lines = [f"{'kernel':<44} {'calls':>5} {'mdoc us':>10} {'tuned us':>10} {'speedup':>8} {'trials':>6}"]
+    for t in report.tiles:
+        default = "-" if t.default_s is None else f"{t.default_s * 1e6:.1f}"
+        best = "-" if t.tile is None else f"{t.best_s * 1e6:.1f}"
+        speedup = "-" if t.speedup is None else f"{t.speedup:.2f}x"
+        lines.append(f"{t.name[:44]:<44} {t.calls:>5} {default:>10} {best:>10} {speedup:>8} {t.trials:>6}"
+                     + (f"  tile {t.tile}" if t.tile else ""))
     for r in report.results:
         default = "-" if r.task.default_s is None else f"{r.task.default_s * 1e6:.1f}"
         best = "-" if r.best_s is None else f"{r.best_s * 1e6:.1f}"

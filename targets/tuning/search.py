@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,9 +34,12 @@ from tvm.ir.utils import derived_object
 from mdoc.errors import MdocError
 
 from ..artifact import host_arch
+from ..cpu_kernels import CpuSpec
+from ..cpu_kernels.request import KernelRequest
 from ..presets import TargetSpec
 from .store import TuningDatabase, task_module
 from .tasks import Task, allocate, extract_tasks
+from .tile_sweep import TileResult, sweep_tiles
 
 DEFAULT_CHUNK = 32
 # a task given less than this is not worth starting (one round of search and measurement)
@@ -99,14 +103,16 @@ class TaskResult:
 class TuneReport:
     database: Path
     results: list[TaskResult] = field(default_factory=list)
+    tiles: list[TileResult] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
     def trials(self) -> int:
-        return sum(r.trials for r in self.results)
+        return sum(r.trials for r in self.results) + sum(r.trials for r in self.tiles)
 
     def latency_s(self, tuned: bool) -> float:
-        """The tasks' summed time per model call: mdoc's defaults, or the better of default and tuned."""
+        """The kernels' summed time per model call: mdoc's defaults, or what a build now takes
+        (the better of default and tuned schedules; a tile only where it won by MARGIN)."""
         total = 0.0
         for r in self.results:
             d = r.task.default_s
@@ -114,6 +120,9 @@ class TuneReport:
                 continue
             best = min(d, r.best_s) if tuned and r.best_s is not None else d
             total += r.task.calls * best
+        for t in self.tiles:
+            if t.default_s is not None:
+                total += t.calls * (t.best_s if tuned and t.tile is not None else t.default_s)
         return total
 
     def as_json(self) -> dict:
@@ -122,7 +131,10 @@ class TuneReport:
                                      "tuned": round(self.latency_s(True) * 1e3, 3)},
                 "tasks": [{"name": r.task.name, "calls": r.task.calls, "flops": r.task.flops,
                            "mdoc_default_us": _us(r.task.default_s), "tuned_us": _us(r.best_s),
-                           "trials": r.trials} for r in self.results]}
+                           "trials": r.trials} for r in self.results],
+                "tiles": [{"name": t.name, "calls": t.calls, "mdoc_default_us": _us(t.default_s),
+                           "tuned_us": _us(t.best_s), "tile": None if t.tile is None else list(t.tile),
+                           "trials": t.trials, "from_database": t.reused} for t in self.tiles]}
 
 
 def _us(seconds: float | None) -> float | None:
@@ -243,28 +255,51 @@ def measure_defaults(tasks: list[Task], db: TuningDatabase, target, builder, run
 
 
 def tune(mod: tvm.IRModule, spec: TargetSpec, database_dir: str | os.PathLike, budget: Budget, *,
-         remote: Remote | None = None, chunk: int = DEFAULT_CHUNK, seed: int | None = 0,
-         show_progress: bool = False, say=lambda msg: None) -> TuneReport:
-    """Tune the tasks of a lowered module `mod` (from `relax.lower.lower`) into the database at `database_dir`."""
-    from tvm.s_tir import meta_schedule as ms
-
+         requests: Mapping[KernelRequest, int] | None = None, remote: Remote | None = None,
+         chunk: int = DEFAULT_CHUNK, seed: int | None = 0, show_progress: bool = False,
+         say=lambda msg: None) -> TuneReport:
+    """Tune a lowered module `mod` (from `relax.lower.lower`) into the database at `database_dir`:
+    first the register tiles of the hand-scheduled kernels it was lowered with (`requests`,
+    from `CpuKernels.requests`: they hold nearly all of the time), then MetaSchedule on the
+    generically scheduled rest with what is left of the budget."""
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
     start = time.perf_counter()
     deadline = start + budget.seconds
     target = tvm.target.Target(spec.tvm)
     builder, runner = make_measurers(spec, remote)
     db = TuningDatabase(database_dir, spec.tvm, create=True)
-    tasks = extract_tasks(mod, spec.tvm)
     report = TuneReport(Path(database_dir))
-    if not tasks:
-        say("nothing to tune: every kernel of this model is hand-scheduled")
-        return report
+    progress = _Progress(budget, budget.trials, show_progress)
+    try:
+        if requests and remote is not None:
+            say("the hand-scheduled kernels' tiles are swept on this machine only: skipped with --rpc-tracker")
+        elif requests:
+            say(f"{len(requests)} hand-scheduled kernels; measuring their tiles")
+            report.tiles = sweep_tiles(requests, CpuSpec.from_target(spec.tvm), db, deadline=deadline,
+                                       max_trials=budget.trials or math.inf, say=say, advance=progress.advance)
+        _tune_tasks(mod, spec, db, budget, report, deadline, builder, runner, target, chunk, seed, progress, say)
+    finally:
+        progress.close()
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _tune_tasks(mod, spec, db, budget, report, deadline, builder, runner, target, chunk, seed, progress, say) -> None:
+    """MetaSchedule over the generically scheduled tasks, with the budget the tile sweep left."""
+    from tvm.s_tir import meta_schedule as ms
+
+    tasks = extract_tasks(mod, spec.tvm)
+    trials = None if budget.trials is None else budget.trials - sum(t.trials for t in report.tiles)
+    if not tasks or (trials is not None and trials <= 0) or time.perf_counter() >= deadline:
+        if not tasks:
+            say("no generically scheduled kernels: MetaSchedule has nothing to tune")
+        return
     say(f"{len(tasks)} tasks; measuring mdoc's default schedule of each")
     measure_defaults(tasks, db, target, builder, runner)
     tasks.sort(key=lambda t: -t.cost)
     report.results = [TaskResult(t) for t in tasks]
-    if budget.trials is not None:
-        plan = [int(n) for n in allocate([t.cost for t in tasks], budget.trials, min(chunk, budget.trials))]
+    if trials is not None:
+        plan = [int(n) for n in allocate([t.cost for t in tasks], trials, min(chunk, trials))]
     else:
         left = max(0.0, deadline - time.perf_counter())
         plan = allocate([t.cost for t in tasks], left, min(MIN_TASK_SECONDS, left))
@@ -273,30 +308,24 @@ def tune(mod: tvm.IRModule, spec: TargetSpec, database_dir: str | os.PathLike, b
     say(f"budget to {kept} of {len(tasks)} tasks ({share:.0%} of the time of mdoc's default kernels)")
 
     cost_model = ms.cost_model.CostModel.create("xgb", num_tuning_cores=_cores())
-    progress = _Progress(budget, sum(plan) if budget.trials is not None else None, show_progress)
     carry = 0.0  # seconds a task left unused, handed to the next
-    try:
-        for index, (result, part) in enumerate(zip(report.results, plan)):
-            if part <= 0 or time.perf_counter() >= deadline:
+    for index, (result, part) in enumerate(zip(report.results, plan)):
+        if part <= 0 or time.perf_counter() >= deadline:
+            break
+        progress.task(result.task.name, index, kept)
+        task_end = time.perf_counter() + part + carry if budget.trials is None else math.inf
+        trials_left = int(part) if budget.trials is not None else math.inf
+        while trials_left > 0:
+            round_start = time.perf_counter()
+            n = int(min(chunk, trials_left))
+            measured = _search(result, n, target, db, builder, runner, cost_model, seed, progress)
+            trials_left -= n
+            took = time.perf_counter() - round_start
+            # stop when nothing new was measured (space exhausted) or the next round would overrun
+            if not measured or round_start + 2 * took > min(task_end, deadline):
                 break
-            progress.task(result.task.name, index, kept)
-            task_end = time.perf_counter() + part + carry if budget.trials is None else math.inf
-            trials_left = int(part) if budget.trials is not None else math.inf
-            while trials_left > 0:
-                round_start = time.perf_counter()
-                n = int(min(chunk, trials_left))
-                measured = _search(result, n, target, db, builder, runner, cost_model, seed, progress)
-                trials_left -= n
-                took = time.perf_counter() - round_start
-                # stop when nothing new was measured (space exhausted) or the next round would overrun
-                if not measured or round_start + 2 * took > min(task_end, deadline):
-                    break
-            if budget.trials is None:
-                carry = max(0.0, task_end - time.perf_counter())
-    finally:
-        progress.close()
-    report.seconds = time.perf_counter() - start
-    return report
+        if budget.trials is None:
+            carry = max(0.0, task_end - time.perf_counter())
 
 
 def _search(result: TaskResult, trials: int, target, db, builder, runner, cost_model, seed, progress) -> int:

@@ -8,6 +8,10 @@ the measured schedules as replayable traces) and mdoc's `mdoc_baselines.json`: t
 mdoc's own default schedule for each workload, measured by the same runner during tuning.
 A tuned schedule replaces mdoc's only where it measured faster than that baseline, so a
 database can never make a build slower than the untuned one (within measurement noise).
+
+`mdoc_tiles.json` holds the register tiles `tile_sweep` chose for the hand-scheduled
+kernels, keyed by `KernelRequest.key`, with both times; a request whose own tile was
+best is recorded with no tile, so that the next `mdoc tune` does not sweep it again.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from mdoc.errors import MdocError
 
 DB_FILES = ("database_workload.json", "database_tuning_record.json")
 BASELINES = "mdoc_baselines.json"
+TILES = "mdoc_tiles.json"
 # a tuned schedule must beat mdoc's default by this factor to replace it (measurement noise)
 MARGIN = 0.97
 
@@ -59,6 +64,12 @@ def workload_key(task_mod: tvm.IRModule) -> str:
     return format(tvm_ffi.structural_hash(task_mod) & (2**64 - 1), "016x")
 
 
+def chosen_tile(record: dict) -> tuple[int, ...] | None:
+    """The tile a `mdoc_tiles.json` record makes a build use: its tile, if it beat the builder's own by MARGIN."""
+    tile = record.get("tile")
+    return tuple(tile) if tile and record["tuned_s"] < record["mdoc_default_s"] * MARGIN else None
+
+
 @dataclass(frozen=True)
 class Best:
     """The best tuned schedule of one workload, and what mdoc's default took."""
@@ -87,11 +98,8 @@ class TuningDatabase:
         self.target_dict = dict(target)
         self.target = tvm.target.Target(self.target_dict)
         self.ms = ms.database.JSONDatabase(work_dir=str(self.path))
-        baselines = self.path / BASELINES
-        try:
-            self.baselines: dict[str, dict] = json.loads(baselines.read_text()) if baselines.is_file() else {}
-        except ValueError:
-            raise MdocError(f"{baselines}: not valid JSON (delete it to measure the baselines again)") from None
+        self.baselines: dict[str, dict] = _read_json(self.path / BASELINES)
+        self.tile_records: dict[str, dict] = _read_json(self.path / TILES)
 
     @staticmethod
     def exists(path: str | os.PathLike) -> bool:
@@ -107,17 +115,20 @@ class TuningDatabase:
             raise MdocError(f"{path}: already holds a tuning database; prune into an empty folder")
         self.ms.dump_pruned(pruned.ms)
         pruned.baselines = dict(self.baselines)
-        pruned._write_baselines()
+        pruned.tile_records = dict(self.tile_records)
+        _write_json(pruned.path / BASELINES, pruned.baselines)
+        _write_json(pruned.path / TILES, pruned.tile_records)
         return TuningDatabase(path, self.target_dict)
 
     def record_baseline(self, task_mod: tvm.IRModule, name: str, seconds: float) -> None:
         self.baselines[workload_key(task_mod)] = {"task": name, "mdoc_default_s": seconds}
-        self._write_baselines()
+        _write_json(self.path / BASELINES, self.baselines)
 
-    def _write_baselines(self) -> None:
-        tmp = self.path / (BASELINES + ".tmp")
-        tmp.write_text(json.dumps(self.baselines, indent=1, sort_keys=True) + "\n")
-        os.replace(tmp, self.path / BASELINES)
+    def record_tile(self, key: str, kernel: str, tile: tuple | None, tuned_s: float, default_s: float) -> None:
+        self.tile_records[key] = {"kernel": kernel, "tile": None if tile is None else list(tile),
+                                  "tuned_s": tuned_s, "mdoc_default_s": default_s}
+        _write_json(self.path / TILES, self.tile_records)
+
 
     def baseline(self, task_mod: tvm.IRModule) -> float | None:
         entry = self.baselines.get(workload_key(task_mod))
@@ -140,3 +151,16 @@ class TuningDatabase:
             return None
         tuned_s = sum(float(s) for s in record.run_secs) / len(record.run_secs)
         return Best(sch.mod["main"], tuned_s, self.baseline(task_mod))
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        raise MdocError(f"{path}: not valid JSON (delete it to measure again)") from None
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
