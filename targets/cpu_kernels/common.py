@@ -414,6 +414,27 @@ def activation_reference(name: str | None, x: np.ndarray, alpha: float | None = 
 # --------------------------------------------------------------------------------------------
 
 
+LAYOUTS = ("NCHW", "NCHWc")
+
+
+def blocked_shape(shape: Sequence[int], lanes: int) -> tuple[int, int, int, int, int]:
+    """The NCHWc shape of an NCHW activation: (N, C / lanes, H, W, lanes), channel c at [c // lanes, ..., c % lanes].
+
+    Kernels built with layout="NCHWc" take and return activations (data, residual, output)
+    in this layout; their shapes and plans are still stated in NCHW terms.  C must be a
+    whole number of vectors.
+    """
+    n, c, h, w = (int(d) for d in shape)
+    if c % lanes:
+        raise KernelError(f"NCHWc layout needs a whole number of {lanes}-channel vectors; shape {tuple(shape)} has {c}")
+    return (n, c // lanes, h, w, lanes)
+
+
+def check_layout(op: str, layout: str) -> None:
+    if layout not in LAYOUTS:
+        raise KernelError(f"{op}: layout {layout!r} is not one of {', '.join(LAYOUTS)}")
+
+
 def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
