@@ -52,7 +52,9 @@ from .common import (
     as_pads,
     as_pair,
     ceil_div,
+    blocked_shape,
     check_dtype,
+    check_layout,
     epilogue_inputs,
     finish,
     largest_divisor,
@@ -87,6 +89,8 @@ class Conv2dPlan:
     pointwise: bool  # 1x1, stride 1, no padding, one group: a GEMM over the flattened pixels
     mr: int = 0  # pointwise only: GEMM register tile rows (output channels) ...
     nv: int = 0  # ... and vectors (pixels)
+    layout: str = "NCHW"  # of the output and residual; NCHWc: see common.blocked_shape
+    data_layout: str = "NCHW"  # of the input (NCHW under an NCHWc output: a stem conv over 3 channels)
 
     @property
     def out_shape(self) -> tuple[int, int, int, int]:
@@ -115,9 +119,14 @@ class Conv2dPlan:
 
 
 def plan_conv2d(data_shape, weight_shape, strides=1, padding=0, dilation=1, groups=1,
-                spec: CpuSpec = CpuSpec(), tile: tuple[int, int, int] | None = None) -> Conv2dPlan:
-    """Choose the tiling of a dense or grouped conv2d (tile=(wb, ocv, ici) overrides the choice)."""
+                spec: CpuSpec = CpuSpec(), tile: tuple[int, ...] | None = None, layout: str = "NCHW",
+                data_layout: str | None = None) -> Conv2dPlan:
+    """Choose the tiling of a dense or grouped conv2d (tile=(wb, ocv, ici) overrides the choice;
+    NCHWc takes (wb, ocv): its reduction step is one input-channel vector)."""
     op = "conv2d"
+    data_layout = data_layout or layout
+    check_layout(op, layout)
+    check_layout(op, data_layout)
     data_shape = tuple(int(d) for d in data_shape)
     weight_shape = tuple(int(d) for d in weight_shape)
     if len(data_shape) != 4 or len(weight_shape) != 4:
@@ -131,7 +140,12 @@ def plan_conv2d(data_shape, weight_shape, strides=1, padding=0, dilation=1, grou
     if min(strides) < 1 or min(dilation) < 1 or min(pads) < 0:
         raise KernelError(f"{op}: strides {strides} and dilation {dilation} must be >= 1 and pads {pads} >= 0")
     lanes = spec.lanes
-    pointwise = kh == kw == 1 and strides == (1, 1) and pads == (0, 0, 0, 0) and groups == 1
+    if "NCHWc" in (layout, data_layout) and (groups != 1 or oc % lanes or (data_layout == "NCHWc" and c % lanes)):
+        raise KernelError(f"{op}: the NCHWc layout needs one group and channels in whole {lanes}-lane vectors; "
+                          f"got {c} -> {oc} channels, groups={groups}, layouts {data_layout} -> {layout}")
+    if layout == "NCHW" and data_layout == "NCHWc":
+        raise KernelError(f"{op}: an NCHWc input needs an NCHWc output")
+    pointwise = kh == kw == 1 and strides == (1, 1) and pads == (0, 0, 0, 0) and groups == 1 and layout == "NCHW"
     oh = (h + pads[0] + pads[2] - dilation[0] * (kh - 1) - 1) // strides[0] + 1
     ow = (w + pads[1] + pads[3] - dilation[1] * (kw - 1) - 1) // strides[1] + 1
     if oh < 1 or ow < 1:
@@ -152,7 +166,7 @@ def plan_conv2d(data_shape, weight_shape, strides=1, padding=0, dilation=1, grou
     width = ow
     acc = spec.accumulators
     if tile is not None:
-        wb, ocv, ici = tile
+        wb, ocv, ici = tile if len(tile) == 3 else (*tile, lanes)
     else:
         # Half the registers as accumulators: 14 columns x 1 vector on AVX-512 runs as fast as
         # the notes' 28 x 1 (both ~105 GFLOP/s per core, measured on the ResNet-18 shapes) but
@@ -179,12 +193,15 @@ def plan_conv2d(data_shape, weight_shape, strides=1, padding=0, dilation=1, grou
             if lo_oc >= oc:
                 break
             span = max(span, (hi_oc // ocg - lo_oc // ocg + 1) * cg)
-    if ici is None:
+    if data_layout == "NCHWc":
+        ici = lanes  # one input vector per reduction step: rco, rci index the blocked input directly
+    elif ici is None:
         ici = largest_divisor(span, 16)
         if ici < 4 and span > 16:  # awkward channel count: pad the span to a multiple of 8
             ici = 8
     span = ceil_div(span, ici) * ici
-    return Conv2dPlan(data_shape, weight_shape, strides, pads, dilation, groups, lanes, wb, ocv, ici, span, blocks, False)
+    return Conv2dPlan(data_shape, weight_shape, strides, pads, dilation, groups, lanes, wb, ocv, ici, span, blocks,
+                      False, layout=layout, data_layout=data_layout)
 
 
 def pack_conv2d_weight(weight: np.ndarray, plan: Conv2dPlan) -> np.ndarray:
@@ -220,8 +237,9 @@ def pack_conv2d_weight(weight: np.ndarray, plan: Conv2dPlan) -> np.ndarray:
 
 def conv2d(data_shape: Sequence[int], weight, *, strides=1, padding=0, dilation=1, groups: int = 1,
            epilogue: Epilogue = Epilogue(), dtype: str = "float32", spec: CpuSpec = CpuSpec(),
-           name: str | None = None, tile: tuple[int, ...] | None = None) -> Kernel:
-    """A scheduled NCHW conv2d, optionally with a fused epilogue.
+           name: str | None = None, tile: tuple[int, ...] | None = None, layout: str = "NCHW",
+           data_layout: str | None = None) -> Kernel:
+    """A scheduled NCHW (or NCHWc) conv2d, optionally with a fused epilogue.
 
     data_shape: (N, C, H, W) of the input.
     weight: the OIHW weight as a numpy array (packed now, becomes a constant parameter) or
@@ -233,7 +251,12 @@ def conv2d(data_shape: Sequence[int], weight, *, strides=1, padding=0, dilation=
     epilogue: bias [OC], residual [N, OC, OH, OW] and activation, fused before the store.
     tile: overrides the builder's register tile (what `mdoc tune` searches): (wb, ocv, ici) for
         the channel-vector path, (mr, nv) for the GEMM path of a pointwise conv, and
-        (rb, rows per task) for a depthwise conv.
+        (rb, rows per task) for a depthwise conv; (wb, ocv) in NCHWc.
+    layout: "NCHWc" takes and returns activations blocked by the vector width
+        (`common.blocked_shape`; data, residual and output), for chains of convs that never
+        need NCHW between them; one group, channel counts in whole vectors.
+    data_layout: the input's layout when it differs from the output's (an NCHW image into a
+        stem conv whose output starts an NCHWc chain); defaults to `layout`.
     Returns a Kernel whose PrimFunc is `f(data, weight, [bias], [residual], out)`.
     """
     check_dtype("conv2d", dtype)
@@ -243,8 +266,9 @@ def conv2d(data_shape: Sequence[int], weight, *, strides=1, padding=0, dilation=
 
         return depthwise_conv2d(data_shape, weight, strides=strides, padding=padding, dilation=dilation,
                                 epilogue=epilogue, dtype=dtype, spec=spec, name=name,
-                                tile=None if tile is None else tuple(tile[:2]))
-    plan = plan_conv2d(data_shape, wshape, strides, padding, dilation, groups, spec, tile)
+                                tile=None if tile is None else tuple(tile[:2]),
+                                **({} if layout == "NCHW" else {"layout": layout}))
+    plan = plan_conv2d(data_shape, wshape, strides, padding, dilation, groups, spec, tile, layout, data_layout)
     if plan.pointwise:
         return _build_pointwise(plan, weight if isinstance(weight, np.ndarray) else None, epilogue, name)
     return _build(plan, weight if isinstance(weight, np.ndarray) else None, epilogue, name)
@@ -263,6 +287,7 @@ def _kernel_name(plan: Conv2dPlan, epi: Epilogue, name: str | None) -> str:
     oc, _, kh, kw = plan.weight_shape
     tag = f"conv2d_{window_tag((kh, kw), plan.strides, plan.pads, plan.dilation)}_{c}x{h}x{w}_{oc}"
     tag += f"_g{plan.groups}" if plan.groups > 1 else ""
+    tag += {("NCHWc", "NCHWc"): "_nchwc", ("NCHW", "NCHWc"): "_to_nchwc"}.get((plan.data_layout, plan.layout), "")
     return tag + (f"_{epi.tag()}" if epi.tag() else "")
 
 
@@ -275,6 +300,7 @@ def _build(plan: Conv2dPlan, weight: np.ndarray | None, epi: Epilogue, name: str
     lanes, wb, ici, span = plan.lanes, plan.wb, plan.ici, plan.span
     ocg = oc // plan.groups
     zero = tirx.const(0.0, "float32")
+    blocked, blocked_in = plan.layout == "NCHWc", plan.data_layout == "NCHWc"
 
     owp = ceil_div(ow, wb) * wb
     # input extent the (padded) output grid touches
@@ -282,51 +308,62 @@ def _build(plan: Conv2dPlan, weight: np.ndarray | None, epi: Epilogue, name: str
     vh, vw = (oh - 1) * sh + dh * (kh - 1) + 1, (owp - 1) * sw + dw * (kw - 1) + 1
     direct = plan.pads == (0, 0, 0, 0) and vh <= h and vw <= w and need_c <= c
 
-    data = te.placeholder((n, c, h, w), "float32", name="data")
-    if direct:
-        def read(i, ch, y, x):
-            return data[i, ch, y, x]
-        padded = None
+    data_shape = blocked_shape(plan.data_shape, lanes) if blocked_in else plan.data_shape
+    data = te.placeholder(data_shape, "float32", name="data")
+    if blocked_in:  # channel block cb, lane ci: the reduction walks whole input vectors
+        inside = (lambda y, x: tirx.all(y >= pt, y < pt + h, x >= pl, x < pl + w))
+        source = data if direct else te.compute(
+            (n, c // lanes, vh, vw, lanes),
+            lambda i, cb, y, x, v: tirx.if_then_else(inside(y, x), data[i, cb, y - pt, x - pl, v], zero), name="pad")
+
+        def read(i, b, cb, ci, y, x):
+            return source[i, cb, y, x, ci]
     else:
-        padded = te.compute(
+        source = data if direct else te.compute(
             (n, need_c, vh, vw),
             lambda i, ch, y, x: tirx.if_then_else(tirx.all(ch < c, y >= pt, y < pt + h, x >= pl, x < pl + w),
                                                   data[i, ch, y - pt, x - pl], zero),
             name="pad")
 
-        def read(i, ch, y, x):
-            return padded[i, ch, y, x]
+        def read(i, b, cb, ci, y, x):
+            start = 0 if plan.groups == 1 else (b * lanes // ocg) * cg
+            return source[i, start + cb * ici + ci, y, x]
 
     wparam = te.placeholder(plan.packed_weight_shape, "float32", name="weight")
     rco = te.reduce_axis((0, span // ici), "rco")
     rkh = te.reduce_axis((0, kh), "rkh")
     rkw = te.reduce_axis((0, kw), "rkw")
     rci = te.reduce_axis((0, ici), "rci")
-
-    def ic_start(b):
-        return 0 if plan.groups == 1 else (b * lanes // ocg) * cg
-
     acc = te.compute(
         (n, plan.blocks, oh, owp, lanes),
         lambda i, b, y, x, v: te.sum(
-            read(i, ic_start(b) + rco * ici + rci, y * sh + rkh * dh, x * sw + rkw * dw) * wparam[b, rco, rkh, rkw, rci, v],
+            read(i, b, rco, rci, y * sh + rkh * dh, x * sw + rkw * dw) * wparam[b, rco, rkh, rkw, rci, v],
             axis=[rco, rkh, rkw, rci]),
         name="acc")
-    extra, extra_params, bias, residual = _conv_epilogue_inputs(epi, oc, plan.out_shape)
-    out = te.compute(plan.out_shape,
-                     lambda i, o, y, x: apply_nchw_epilogue(epi, acc[i, o // lanes, y, x, o % lanes], bias, residual, i, o, y, x),
-                     name="out")
+    out_shape = blocked_shape(plan.out_shape, lanes) if blocked else plan.out_shape
+    extra, extra_params, bias, residual = _conv_epilogue_inputs(epi, oc, out_shape)
+    if blocked:
+        def fout(i, b, y, x, v):
+            val = acc[i, b, y, x, v]
+            val = val + bias[b * lanes + v] if bias is not None else val
+            val = val + residual[i, b, y, x, v] if residual is not None else val
+            return epi.activate(val)
+    else:
+        def fout(i, o, y, x):
+            return apply_nchw_epilogue(epi, acc[i, o // lanes, y, x, o % lanes], bias, residual, i, o, y, x)
+    out = te.compute(out_shape, fout, name="out")
     sch = Schedule(te.create_prim_func([data, wparam, *extra, out]))
-    schedule_nchw_tile(sch, "out", "acc", n_reduce=4, lanes=lanes, wb=wb, ocv=plan.ocv)
-    if padded is not None:
+    (schedule_nchwc_tile if blocked else schedule_nchw_tile)(sch, "out", "acc", n_reduce=4, lanes=lanes, wb=wb,
+                                                             ocv=plan.ocv)
+    if not direct:
         schedule_copy(sch, "pad", lanes)
 
     kname = _kernel_name(plan, epi, name)
     wvalue = pack_conv2d_weight(weight, plan) if weight is not None else None
-    params = (Param("data", plan.data_shape), Param("weight", plan.packed_weight_shape, value=wvalue),
-              *extra_params, Param("out", plan.out_shape))
+    params = (Param("data", data_shape), Param("weight", plan.packed_weight_shape, value=wvalue),
+              *extra_params, Param("out", out_shape))
     notes = (f"wb={wb} ocv={plan.ocv} ici={ici} span={span} blocks={plan.blocks}"
-             f"{' padded-copy' if padded is not None else ''}")
+             f"{' nchwc' if blocked else ''}{' padded-copy' if not direct else ''}")
     return Kernel(kname, finish(sch.mod["main"], kname), params, plan.flops, notes,
                   packers={"weight": lambda a, _p=plan: pack_conv2d_weight(a, _p)})
 
@@ -421,6 +458,33 @@ def schedule_nchw_tile(sch: Schedule, out: str, acc: str, *, n_reduce: int, lane
     init = sch.decompose_reduction(cb, reds[0])
     iloops = sch.get_loops(init)
     sch.vectorize(iloops[-1])
+
+
+def schedule_nchwc_tile(sch: Schedule, out: str, acc: str, *, n_reduce: int, lanes: int, wb: int, ocv: int) -> None:
+    """`schedule_nchw_tile` for an NCHWc output out[n, block, oh, ow, lane]: the same register tile
+    (ocv channel vectors x wb columns, reductions outside), stored as whole vectors along the
+    lanes, contiguous in memory, where NCHW needs a transposing store."""
+    ob, cb = sch.get_sblock(out), sch.get_sblock(acc)
+    i, b, y, x, v = sch.get_loops(ob)
+    bo, bi = sch.split(b, [None, ocv])
+    xo, xi = sch.split(x, [None, wb])
+    sch.reorder(i, bo, y, xo, bi, xi, v)
+    task = sch.fuse(i, bo, y, xo)
+    sch.compute_at(cb, task, preserve_unit_loops=True)
+    sch.set_scope(cb, 0, "local")
+    loops = sch.get_loops(cb)[1:]
+    cn, cb_, cy, cx, cv = loops[:5]
+    reds = loops[5:5 + n_reduce]
+    sch.reorder(*reds, cn, cb_, cy, cx, cv)
+    sch.unroll(cb_)
+    sch.unroll(cx)
+    sch.vectorize(cv)
+    sch.parallel(task)
+    sch.unroll(bi)
+    sch.unroll(xi)
+    sch.vectorize(v)
+    init = sch.decompose_reduction(cb, reds[0])
+    sch.vectorize(sch.get_loops(init)[-1])
 
 
 def flatten_output_spatial(sch: Schedule, block: str) -> Schedule:

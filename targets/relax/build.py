@@ -68,6 +68,8 @@ class FastMath:
 
 def _front_passes(target: tvm.target.Target, schedule: bool, before_schedule=()) -> list:
     passes = [
+        # the NCHW copies of NCHWc kernel results that nothing reads (cpu_strategy._unpack)
+        relax.transform.DeadCodeElimination(),
         # channels-last for the convs left as relax ops (those the kernel strategy in
         # cpu_strategy.py did not take, which keep NCHW): the generic schedule then vectorizes
         # over output channels, for any width, stride and group count

@@ -49,6 +49,7 @@ from ..cpu_kernels import CpuSpec, Epilogue, Kernel, KernelError
 from ..cpu_kernels.request import KernelRequest
 from .epilogue import Tail, match_tail
 from .layer_norm_pattern import match_layer_norm
+from .layout_plan import LayoutPlan, plan_layouts
 from .kernels import Kernels
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -76,6 +77,13 @@ class CpuKernels(Kernels):
         self.requests: Counter[KernelRequest] = Counter()  # what the model asked for, and how often
         self.tiled: dict[str, tuple] = {}  # the tuned tiles this lowering used
         self._built: dict[KernelRequest, Kernel] = {}
+        self.plan = LayoutPlan()
+        self.blocked: dict[relax.Expr, relax.Expr] = {}  # NCHW value -> the same in NCHWc
+
+    def start(self, model) -> None:
+        self.plan = plan_layouts(model.graph, self.spec)
+        self.blocked = {}
+        self.requests.clear()
 
     def matmul(self, ctx: "LowerCtx", a: relax.Expr, b: relax.Expr, *, transpose_b: bool = False) -> relax.Expr:
         a_shape, b_shape = _static_shape(ctx, a), _static_shape(ctx, b)
@@ -124,16 +132,26 @@ class CpuKernels(Kernels):
                 if node is not None and node.op == "onnx.Conv" and out_shape == _node_shape(node) else Tail(None))
         epilogue = Epilogue(bias=bias is not None, residual=tail.epilogue.residual, activation=tail.epilogue.activation,
                             alpha=tail.epilogue.alpha, beta=tail.epilogue.beta)
+        layouts = {}
+        if node in self.plan.blocked:
+            # a depthwise kernel reads NCHWc only; a dense one reads NCHW too (packing costs a copy)
+            if x not in self.blocked and groups > 1:
+                self._pack(ctx, x, x_shape)
+            layouts = {"layout": "NCHWc", "data_layout": "NCHWc" if x in self.blocked else "NCHW"}
         # ONNX pads are (top, left, bottom, right), the builder's order too
         built = self._kernel(KernelRequest.of("conv2d", x_shape, _ints(weight.shape), strides=_ints(strides),
                                               padding=_ints(pads), dilation=_ints(dilations), groups=int(groups),
-                                              epilogue=epilogue))
-        args = [x, relax.const(np.ascontiguousarray(built.packers["weight"](weight)))]
+                                              epilogue=epilogue, **layouts))
+        args = [self.blocked[x] if layouts.get("data_layout") == "NCHWc" else x,
+                relax.const(np.ascontiguousarray(built.packers["weight"](weight)))]
         if bias is not None:
             args.append(relax.const(bias.value.numpy().reshape(-1)))
         if tail.residual is not None:
-            args.append(ctx.lookup(tail.residual))
+            residual = ctx.lookup(tail.residual)
+            args.append(self._pack(ctx, residual, out_shape) if layouts else residual)
         y = self._call(ctx, built, args)
+        if layouts:
+            y = self._unpack(ctx, y, out_shape)
         if tail.nodes:
             ctx.absorb(tail.nodes, tail.result, y)
         return y
@@ -144,10 +162,29 @@ class CpuKernels(Kernels):
         if len(kernel) != 2 or x_shape is None:
             return super().pool(ctx, x, kind, kernel=kernel, strides=strides, pads=pads, dilations=dilations,
                                 ceil_mode=ceil_mode, count_include_pad=count_include_pad)
+        blocked = ctx.node in self.plan.blocked
         built = self._kernel(KernelRequest.of("pool2d", x_shape, kind, _ints(kernel), _ints(strides), _ints(pads),
                                               dilation=_ints(dilations), ceil_mode=bool(ceil_mode),
-                                              count_include_pad=bool(count_include_pad)))
-        return self._call(ctx, built, [x])
+                                              count_include_pad=bool(count_include_pad),
+                                              **({"layout": "NCHWc"} if blocked else {})))
+        if not blocked:
+            return self._call(ctx, built, [x])
+        y = self._call(ctx, built, [self._pack(ctx, x, x_shape)])
+        return self._unpack(ctx, y, tuple(_nchw_of(built.output.shape)))
+
+    def _pack(self, ctx: "LowerCtx", x: relax.Expr, shape: tuple[int, ...]) -> relax.Expr:
+        """`x` (NCHW) in NCHWc: the kernel that computed it blocked, or one copy per value."""
+        if x not in self.blocked:
+            self.blocked[x] = self._call(ctx, self._kernel(KernelRequest.of("to_nchwc", _ints(shape))), [x])
+        return self.blocked[x]
+
+    def _unpack(self, ctx: "LowerCtx", y: relax.Expr, shape: tuple[int, ...]) -> relax.Var:
+        """The NCHW view of a blocked kernel result, for the graph's other consumers; the blocked
+        value stays at hand for NCHWc consumers (`_pack` finds it), and an unpack that no one
+        reads is dead code the build removes."""
+        nchw = self._call(ctx, self._kernel(KernelRequest.of("from_nchwc", _ints(shape))), [y])
+        self.blocked[nchw] = y
+        return nchw
 
     def lower_node(self, ctx: "LowerCtx", node: Node) -> list | None:
         """Softmax over the last axis and LayerNorm (the ONNX op or its exported decomposition)."""
@@ -202,6 +239,11 @@ class CpuKernels(Kernels):
         gv = ctx.add_kernel(built.func, built.name)
         return ctx.emit(relax.call_tir(gv, args, relax.TensorType(list(built.output.shape), "float32")))
 
+
+
+def _nchw_of(blocked: tuple[int, ...]) -> tuple[int, int, int, int]:
+    n, cb, h, w, lanes = blocked
+    return (n, cb * lanes, h, w)
 
 
 def _ints(values) -> tuple[int, ...]:

@@ -49,6 +49,9 @@ _LAYOUTS = {1: ("NCW", "OIW"), 2: ("NCHW", "OIHW"), 3: ("NCDHW", "OIDHW")}
 class Kernels:
     """Default kernels: plain Relax ops, scheduled later by the generic CPU schedule."""
 
+    def start(self, model) -> None:
+        """Called once per lowering of `model`, before its first node (whole-graph plans go here)."""
+
     def conv(self, ctx: "LowerCtx", x: relax.Expr, w: relax.Expr, *, strides: Sequence[int],
              pads: Sequence[int], dilations: Sequence[int], groups: int,
              bias: relax.Expr | None = None) -> relax.Expr:

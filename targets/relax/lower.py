@@ -107,6 +107,7 @@ def _lower(model: Model, params_as_constants: bool, target: dict | None, kernels
 
     weight_values = [] if params_as_constants else param_constants(model)
     ctx = LowerCtx(bb, model, target=target, kernels=kernels or Kernels(), param_values=set(weight_values))
+    ctx.kernels.start(model)
     params: list[relax.Var] = []
     used_names: set[str] = set()
 

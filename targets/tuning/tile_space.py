@@ -68,14 +68,17 @@ def conv_tiles(data_shape, weight_shape, kw: dict, spec: CpuSpec) -> list[tuple[
         plan = plan_window("depthwise_conv2d", data_shape, weight_shape[0], weight_shape[2:], strides, padding,
                            dilation, spec)
         return window_tiles(plan, spec)
-    plan = plan_conv2d(data_shape, weight_shape, strides, padding, dilation, groups, spec)
+    layouts = {k: kw[k] for k in ("layout", "data_layout") if k in kw}
+    plan = plan_conv2d(data_shape, weight_shape, strides, padding, dilation, groups, spec, **layouts)
     _, oc, oh, ow = plan.out_shape
+    channel = channel_tiles(ow, ceil_div(oc, spec.lanes), plan.span, spec)
+    if plan.data_layout == "NCHWc":  # the reduction step is one input vector: (wb, ocv) only
+        return list(dict.fromkeys(t[:2] for t in channel))[:MAX_TILES]
     tiles: list[tuple[int, ...]] = []
-    if plan.pointwise or (weight_shape[2:] == (1, 1) and plan.strides == (1, 1) and groups == 1
-                          and plan.pads == (0, 0, 0, 0)):
+    if plan.layout == "NCHW" and weight_shape[2:] == (1, 1) and plan.strides == (1, 1) and groups == 1 \
+            and plan.pads == (0, 0, 0, 0):
         tiles += gemm_tiles(oc, oh * ow, spec)[:MAX_TILES // 2]
-    tiles += channel_tiles(ow, ceil_div(oc, spec.lanes), plan.span, spec)[:MAX_TILES - len(tiles)]
-    return tiles
+    return tiles + channel[:MAX_TILES - len(tiles)]
 
 
 def channel_tiles(width: int, nvec: int, span: int, spec: CpuSpec) -> list[tuple[int, int, int]]:

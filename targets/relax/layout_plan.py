@@ -1,0 +1,190 @@
+"""Which convs and pools run on NCHWc activations: the CPU layout choice, by a cost model.
+
+Why: the hand-scheduled conv kernels read NCHW activations one input channel at a time,
+a row `H * W * 4` bytes away from the last: 16 cache lines and pages per 16 channels,
+where NCHWc (`cpu_kernels.common.blocked_shape`) reads the same 16 channels from one
+line.  Measured on this host (2 Zen 4 cores, best tile each, weights flushed as in a
+model run; /work/scratch-style runs recorded in the issue notes): MobileNetV2's
+pointwise convs on 14x14 and 7x7 run 15-25% faster NCHWc, on 56x56 5-15%; ResNet-18's
+3x3 convs 3-8%.  But a layout change costs a copy of the tensor, so NCHWc only pays
+where neighbours share it: a chain of convs converted once at each end.
+
+The model.  A candidate is a node whose kernel has an NCHWc form: a 2-D Conv with constant
+weights, static float32 shapes and output channels in whole vectors, dense (one group)
+or depthwise (C == groups == output channels), and 2-D MaxPool / AveragePool.  Its gain
+is `GAIN[kind]` times its estimated time (FLOPs at `RATE` per core).  Candidates are
+joined by the activations they pass each other: the data input, and the residual a
+kernel fuses from its tail (Add of another activation; `epilogue.match_tail`).  Each
+joined group is one decision: it runs NCHWc when its gains exceed its copies, one per
+tensor that crosses between layouts (`COPY_BYTES_PER_S`, read and write):
+
+  * an input from an NCHW producer: packed once, except into a dense conv, which reads
+    NCHW and writes NCHWc itself (the stem conv over an image's 3 channels);
+  * a result that an NCHW node reads or the graph returns: unpacked once.
+
+The plan is advice with no effect on numbers: `CpuKernels` packs and unpacks wherever
+a kernel's neighbour disagrees, and an unpack nobody reads is removed by the build.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mdoc.ir import Graph, Node, Value
+from mdoc.types import DType, TensorType
+
+from ..cpu_kernels import CpuSpec
+
+RATE = 100e9  # FLOP/s per core of the conv kernels (ResNet-18's layers, AVX-512)
+COPY_BYTES_PER_S = 20e9  # a layout copy, read + write, cold
+GAIN = {"pointwise": 0.15, "conv": 0.04, "depthwise": 0.10, "pool": 0.0}
+_TAIL_OPS = {"onnx.Add", "onnx.Relu", "onnx.Clip", "onnx.Sigmoid", "onnx.Tanh", "onnx.LeakyRelu",
+             "onnx.HardSigmoid", "onnx.HardSwish"}
+
+
+@dataclass
+class Group:
+    """Candidates joined by the activations they pass each other, and the decision on them."""
+
+    nodes: list[Node]
+    gain_s: float
+    copy_s: float
+
+    @property
+    def blocked(self) -> bool:
+        return self.gain_s > self.copy_s
+
+
+@dataclass
+class LayoutPlan:
+    blocked: set[Node] = field(default_factory=set)  # nodes whose kernels run NCHWc
+    groups: list[Group] = field(default_factory=list)
+
+    def summary(self) -> str:
+        kept = [g for g in self.groups if g.blocked]
+        return (f"NCHWc for {len(self.blocked)} nodes in {len(kept)} of {len(self.groups)} groups "
+                f"(est. gain {sum(g.gain_s for g in kept) * 1e6:.0f} us, copies {sum(g.copy_s for g in kept) * 1e6:.0f} us)")
+
+
+def plan_layouts(graph: Graph, spec: CpuSpec) -> LayoutPlan:
+    """The layout of every candidate of `graph`'s top level (see the module docstring)."""
+    kinds = {node: kind for node in graph.nodes() if (kind := candidate_kind(node, spec.lanes)) is not None}
+    ends = {node: _tail_end(graph, node) for node in kinds}
+    made_by = {end: node for node, end in ends.items()}
+    parent = {node: node for node in kinds}
+
+    def find(n):
+        while parent[n] is not n:
+            parent[n] = parent[parent[n]]
+            n = parent[n]
+        return n
+
+    for node in kinds:
+        for value in _activation_inputs(graph, node, ends[node]):
+            if value in made_by:
+                parent[find(node)] = find(made_by[value])
+    members: dict[Node, list[Node]] = {}
+    for node in kinds:
+        members.setdefault(find(node), []).append(node)
+
+    plan = LayoutPlan()
+    rate = RATE * spec.cores
+    for nodes in members.values():
+        inside = set(nodes)
+        fused = {user for n in nodes for user in _tail_nodes(n, ends[n])}
+        gain = sum(GAIN[kinds[n]] * _flops(n, kinds[n]) / rate for n in nodes)
+        packed, unpacked = set(), set()
+        for n in nodes:
+            for i, value in enumerate(_activation_inputs(graph, n, ends[n])):
+                dense_data = i == 0 and kinds[n] in ("conv", "pointwise")
+                if made_by.get(value) not in inside and not dense_data:
+                    packed.add(value)
+            end = ends[n]
+            if any(user not in inside and user not in fused for user, _ in end.uses()) \
+                    or any(o is end for o in graph.outputs):
+                unpacked.add(end)
+        copies = sum(_bytes(v) for v in packed | unpacked) * 2 / COPY_BYTES_PER_S
+        group = Group(nodes, gain, copies)
+        plan.groups.append(group)
+        if group.blocked:
+            plan.blocked |= inside
+    return plan
+
+
+def candidate_kind(node: Node, lanes: int) -> str | None:
+    """"pointwise", "conv", "depthwise" or "pool" when `node` has an NCHWc kernel, else None."""
+    if node.op in ("onnx.MaxPool", "onnx.AveragePool"):
+        shape = _shape(node.inputs[0])
+        ok = shape is not None and len(shape) == 4 and shape[1] % lanes == 0 and len(node.outputs) == 1
+        return "pool" if ok and len(node.attrs.get("kernel_shape", ())) == 2 else None
+    if node.op != "onnx.Conv":
+        return None
+    x, w = _shape(node.inputs[0]), node.inputs[1].const_value
+    bias = node.inputs[2] if len(node.inputs) > 2 else None
+    out = _shape(node.output)
+    if x is None or out is None or w is None or w.ndim != 4 or len(x) != 4 or out[1] % lanes:
+        return None
+    if bias is not None and bias.const_value is None:
+        return None
+    groups = int(node.attrs.get("group", 1))
+    if groups == 1:
+        return "pointwise" if w.shape[2:] == (1, 1) else "conv"
+    if groups == x[1] == out[1] and w.shape[1] == 1 and x[1] % lanes == 0:
+        return "depthwise"
+    return None
+
+
+def _tail_end(graph: Graph, node: Node) -> Value:
+    """The value a kernel for `node` would compute with its elementwise tail fused (approximately
+    `epilogue.match_tail`: single-use Adds and activations of the same shape)."""
+    value, shape = node.output, _shape(node.output)
+    while True:
+        uses = value.uses()
+        if len(uses) != 1 or any(o is value for o in graph.outputs):
+            return value
+        user = uses[0][0]
+        if user.op not in _TAIL_OPS or _shape(user.output) != shape:
+            return value
+        value = user.output
+
+
+def _tail_nodes(node: Node, end: Value) -> list[Node]:
+    """The elementwise nodes between `node` and its tail end (fused into its kernel)."""
+    nodes, value = [], node.output
+    while value is not end:
+        nodes.append(value.uses()[0][0])
+        value = nodes[-1].output
+    return nodes
+
+
+def _activation_inputs(graph: Graph, node: Node, end: Value) -> list[Value]:
+    """The activations a kernel for `node` reads: its data, then any residual its tail adds."""
+    inputs, value = [node.inputs[0]], node.output
+    for user in _tail_nodes(node, end):
+        if user.op == "onnx.Add":
+            inputs += [v for v in user.inputs if v is not value and v.const_value is None]
+        value = user.output
+    return inputs
+
+
+def _flops(node: Node, kind: str) -> float:
+    out = _shape(node.output)
+    if kind == "pool":
+        return 0.0
+    w = node.inputs[1].const_value
+    return 2.0 * out[0] * out[1] * out[2] * out[3] * w.shape[1] * w.shape[2] * w.shape[3]
+
+
+def _shape(value: Value | None) -> tuple[int, ...] | None:
+    t = value.type if value is not None else None
+    if not isinstance(t, TensorType) or t.shape is None or t.dtype != DType.F32:
+        return None
+    return tuple(t.shape) if all(isinstance(d, int) for d in t.shape) else None
+
+
+def _bytes(value: Value) -> int:
+    shape = _shape(value)
+    size = 1
+    for d in shape or ():
+        size *= d
+    return 4 * size
