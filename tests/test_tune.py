@@ -24,7 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from mdoc.targets.presets import resolve_target
 from mdoc.targets.tuning import TuningDatabase, default_location, target_key
-from mdoc.targets.tuning.store import BASELINES
+from mdoc.targets.tuning.store import BASELINES, TILES
 from mdoc.targets.tuning.tasks import allocate
 from mdoc.targets.tvm_backend import tuning_for
 
@@ -173,6 +173,52 @@ def test_tune_writes_the_default_database_that_compile_applies(mdoc_cli, tmp_pat
     assert "tuning" not in manifest(out)
     assert tuning_for("auto", resolve_target("x86-avx2")) is None
     assert tuning_for("auto", resolve_target("x86")) is not None
+
+
+def conv2d_model(path) -> str:
+    """A 1x1 Conv2d (16 -> 32 channels, 14x14) + ReLU: one hand-scheduled kernel, whose tile mdoc tune sweeps."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((32, 16, 1, 1)).astype(np.float32) / 4, "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Relu", ["c"], ["y"])],
+                              "conv2d", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 14, 14])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, 14, 14])], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+    return str(path)
+
+
+def test_tune_sweeps_the_tiles_of_hand_kernels_and_compile_applies_the_winner(mdoc_cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    model = conv2d_model(tmp_path / "conv2d.onnx")
+    result = mdoc_cli("tune", model, "-t", "x86", "--trials", "3", "--json")
+    assert result.code == 0, result.err
+    [tiles] = json.loads(result.out)["tiles"]
+    assert tiles["name"].startswith("conv2d_1x1s1p0_16x14x14_32") and tiles["trials"] == 3
+    assert tiles["mdoc_default_us"] > 0 and tiles["from_database"] is False
+    db_dir = default_location(resolve_target("x86").tvm)
+    records = json.loads((db_dir / TILES).read_text())
+    [(key, record)] = records.items()
+    assert record["kernel"] == tiles["name"] and record["mdoc_default_s"] > 0
+
+    # a tile recorded as the faster one is built in, and computes the same
+    record.update(tile=[7, 2], tuned_s=record["mdoc_default_s"] / 2)
+    (db_dir / TILES).write_text(json.dumps(records))
+    out = tmp_path / "tuned"
+    result = mdoc_cli("compile", model, "-t", "x86", "-o", out)
+    assert result.code == 0, result.err
+    assert [t["tile"] for t in manifest(out)["tuning"]["tiles"]] == [[7, 2]]
+    import mdoc
+
+    x = np.random.default_rng(2).standard_normal((1, 16, 14, 14)).astype(np.float32)
+    expected = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(mdoc.load(out)(x=x)["y"], expected, rtol=1e-4, atol=1e-5)
+
+    # a tile that did not beat the builder's own by the margin is not used; a second tune reuses the sweep
+    record.update(tuned_s=record["mdoc_default_s"])
+    (db_dir / TILES).write_text(json.dumps(records))
+    assert mdoc_cli("compile", model, "-t", "x86", "-o", out).code == 0
+    assert manifest(out)["tuning"]["tiles"] == []
+    result = mdoc_cli("tune", model, "-t", "x86", "--trials", "3", "--json")
+    assert json.loads(result.out)["tiles"][0]["from_database"] is True
 
 
 # -- RPC ----------------------------------------------------------------------------------
