@@ -43,11 +43,12 @@ from .store import default_location
 @json_option
 def tune_cmd(model, target, trials, minutes, tuning_db, rpc_tracker, rpc_key, chunk, seed, level, pipeline,
              progress, dims, as_json) -> None:
-    """Tune MODEL's kernels for TARGET with MetaSchedule; later `mdoc compile` runs apply them.
+    """Tune MODEL's kernels for TARGET; later `mdoc compile` runs apply them.
 
-    The budget goes to kernels in proportion to their share of the latency (mdoc's
-    default schedule of each is measured first); a tuned kernel is used only where it
-    measured faster than mdoc's own.
+    First the register tiles of mdoc's hand-scheduled kernels are swept, the costliest
+    kernel first; then MetaSchedule searches the generically scheduled rest, its budget
+    split in proportion to each kernel's share of the latency.  A tuned tile or kernel is
+    used only where it measured faster than mdoc's own.
     """
     budget = Budget(trials=trials, minutes=minutes)
     if pipeline and level != 2:
