@@ -1,5 +1,8 @@
 """Depthwise conv2d (one input channel per group, any channel multiplier) on NCHW activations.
 
+(With layout="NCHWc" the activations are channel-blocked and the kernel is `blocked_window`'s;
+the rest of this docstring is about NCHW.)
+
 Why a kernel of its own: a depthwise conv has no reduction over channels, so the dense
 conv's register tile (broadcast one input value into a vector of output channels) would
 multiply mostly zeros, and a channels-last repack (NCHW16c) costs a full transposition on

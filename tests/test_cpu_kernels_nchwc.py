@@ -1,0 +1,126 @@
+"""NCHWc variants of the depthwise conv and pooling kernels (targets/cpu_kernels/blocked_window.py).
+
+Each kernel runs on blocked data (N, C / lanes, H, W, lanes) and its result, unblocked with a
+numpy reshape + transpose, is compared with the float64 references of test_cpu_kernels.py
+(and with the NCHW kernel of the same op).  Small shapes that hit every path: stride 2, a
+ragged last column tile, rows per task below the height, no padding (input read in place),
+ceil_mode past the input, and the fused epilogue.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mdoc.targets.cpu_kernels import CpuSpec, Epilogue, KernelError, depthwise_conv2d, global_avg_pool2d, pool2d
+from mdoc.targets.cpu_kernels.common import activation_reference, blocked_shape
+
+from test_cpu_kernels import _pool_ref, close, conv_ref, rand
+
+SPEC = CpuSpec()
+L = SPEC.lanes
+
+
+def to_blocked(x: np.ndarray) -> np.ndarray:
+    n, c, h, w = x.shape
+    return np.ascontiguousarray(x.reshape(n, c // L, L, h, w).transpose(0, 1, 3, 4, 2))
+
+
+def from_blocked(x: np.ndarray) -> np.ndarray:
+    n, cb, h, w, lanes = x.shape
+    return x.transpose(0, 1, 4, 2, 3).reshape(n, cb * lanes, h, w)
+
+
+def test_blocked_layout_helpers_agree_with_blocked_shape():
+    x = rand(2, 2 * L, 3, 5)
+    xb = to_blocked(x)
+    assert xb.shape == blocked_shape(x.shape, L)
+    assert xb[1, 1, 2, 4, 3] == x[1, L + 3, 2, 4]
+    np.testing.assert_array_equal(from_blocked(xb), x)
+
+
+# ------------------------------------------------------------------------------------------
+# depthwise
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape, stride, pads, tile", [
+    ((1, 2 * L, 13, 13), 1, (1, 1, 1, 1), None),  # ragged last column tile
+    ((1, 2 * L, 13, 13), 2, (1, 1, 1, 1), None),  # stride 2
+    ((2, 3 * L, 9, 10), 2, (1, 0, 2, 1), (4, 3, 1)),  # batch 2, asymmetric pads, 3 vectors in a tile, row tasks
+    ((1, L, 8, 8), 1, (0, 0, 0, 0), (4, 1, 2)),  # no padding but 6 columns in 4-wide tiles: padded band
+    ((1, 2 * L, 8, 10), 1, (0, 0, 0, 0), (4, 2, 3)),  # no padding, whole tiles: input read in place
+])
+def test_depthwise_nchwc(shape, stride, pads, tile):
+    c = shape[1]
+    x, w, b = rand(*shape), rand(c, 1, 3, 3), rand(c)
+    epi = Epilogue(bias=True, activation="relu6")
+    k = depthwise_conv2d(x.shape, w, strides=stride, padding=pads, epilogue=epi, layout="NCHWc", tile=tile, spec=SPEC)
+    assert k.name.startswith("dwconv2d_nchwc") and k.params[0].shape == blocked_shape(shape, L)
+    assert ("padded-band" in k.notes) == (tile != (4, 2, 3))
+    got = from_blocked(k.compile()(to_blocked(x), b))
+    want = np.clip(conv_ref(x, w, (stride, stride), pads, groups=c) + b[None, :, None, None], 0, 6)
+    close(got, want)
+    nchw = depthwise_conv2d(x.shape, w, strides=stride, padding=pads, epilogue=epi, spec=SPEC)
+    assert nchw.name != k.name
+    close(got, nchw.compile()(x, b))
+
+
+def test_depthwise_nchwc_residual_activation_and_runtime_weight():
+    x, w, res = rand(1, 2 * L, 10, 10), rand(2 * L, 1, 3, 3), rand(1, 2 * L, 5, 5)
+    k = depthwise_conv2d(x.shape, w.shape, strides=2, padding=1, layout="NCHWc", spec=SPEC,
+                         epilogue=Epilogue(residual=True, activation="silu"))
+    assert k.params[2].name == "residual" and k.params[2].shape == blocked_shape(res.shape, L)
+    got = k.compile()(to_blocked(x), k.packers["weight"](w), to_blocked(res))
+    want = activation_reference("silu", conv_ref(x, w, (2, 2), (1, 1, 1, 1), groups=2 * L).astype(np.float64) + res)
+    close(from_blocked(got), want)
+
+
+def test_depthwise_nchwc_refuses_what_it_cannot_block():
+    with pytest.raises(KernelError, match=r"NCHWc layout needs C a multiple of 16 lanes; data \(1, 24, 8, 8\) has C=24"):
+        depthwise_conv2d((1, 24, 8, 8), (24, 1, 3, 3), padding=1, layout="NCHWc", spec=SPEC)
+    with pytest.raises(KernelError, match="NCHWc layout needs channel multiplier 1"):
+        depthwise_conv2d((1, L, 8, 8), (2 * L, 1, 3, 3), padding=1, layout="NCHWc", spec=SPEC)
+    with pytest.raises(KernelError, match="ocv dividing 2 channel vectors"):
+        depthwise_conv2d((1, 2 * L, 8, 8), (2 * L, 1, 3, 3), padding=1, layout="NCHWc", tile=(4, 3), spec=SPEC)
+    with pytest.raises(KernelError, match="layout 'NHWC' is not one of NCHW, NCHWc"):
+        depthwise_conv2d((1, L, 8, 8), (L, 1, 3, 3), layout="NHWC", spec=SPEC)
+
+
+# ------------------------------------------------------------------------------------------
+# pooling
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind, k, s, p, cm, cip", [
+    ("max", 3, 2, 1, False, False),  # ResNet's stem pool
+    ("avg", 3, 2, 1, False, False),
+    ("avg", 3, 1, 1, False, True),
+    ("max", 3, 2, 0, True, False),  # ceil_mode: the last window runs past the input
+    ("avg", 2, 2, 0, False, False),  # no padding: read in place
+])
+def test_pool2d_nchwc(kind, k, s, p, cm, cip):
+    x = rand(2, 2 * L, 12, 13)
+    kern = pool2d(x.shape, kind, k, s, p, ceil_mode=cm, count_include_pad=cip, layout="NCHWc", spec=SPEC)
+    assert kern.name.startswith(f"{kind}pool2d_nchwc")
+    got = from_blocked(kern.compile()(to_blocked(x)))
+    close(got, _pool_ref(x, kind, k, s, p, cm, cip), rtol=1e-5, atol=1e-5)
+    close(got, pool2d(x.shape, kind, k, s, p, ceil_mode=cm, count_include_pad=cip, spec=SPEC).compile()(x),
+          rtol=1e-5, atol=1e-6)
+
+
+def test_global_avg_pool_nchwc():
+    for shape in [(2, 2 * L, 7, 7), (1, L, 3, 1)]:  # 49 pixels: 4 chains with a ragged last step; 3 < 4 chains
+        x = rand(*shape)
+        k = global_avg_pool2d(x.shape, layout="NCHWc", spec=SPEC)
+        assert k.name.startswith("global_avg_pool2d_nchwc") and k.output.shape == (shape[0], shape[1] // L, 1, 1, L)
+        close(from_blocked(k.compile()(to_blocked(x))), x.mean(axis=(2, 3), keepdims=True), rtol=1e-5, atol=1e-6)
+
+
+def test_pooling_nchwc_errors():
+    with pytest.raises(KernelError, match="needs C a multiple of 16 lanes"):
+        pool2d((1, 20, 8, 8), "max", 3, 2, 1, layout="NCHWc", spec=SPEC)
+    with pytest.raises(KernelError, match=r"whole number of 16-channel vectors; shape \(1, 20, 7, 7\) has 20"):
+        global_avg_pool2d((1, 20, 7, 7), layout="NCHWc", spec=SPEC)
+    with pytest.raises(KernelError, match="keeps the spatial dims"):
+        global_avg_pool2d((1, L, 7, 7), keepdims=False, layout="NCHWc", spec=SPEC)
