@@ -26,13 +26,15 @@ from tvm.s_tir import Schedule
 
 from .blocked_window import blocked_window_compute, plan_blocked_window, schedule_blocked_window
 from .common import (CpuSpec, Kernel, KernelError, Param, blocked_shape, ceil_div, check_dtype, check_layout, finish,
-                     shape_of, window_tag)
+                     largest_divisor, shape_of, window_tag)
 from .depthwise import plan_window, schedule_window, window_compute
 
 __all__ = ["global_avg_pool2d", "pool2d"]
 
 # independent partial sums per channel vector in the NCHWc global average pool
 _GAP_CHAINS = 4
+# tasks per core of the NCHWc global average pool (a 7x7 channel vector alone is ~50 loads: all overhead)
+_GAP_TASKS_PER_CORE = 4
 
 
 def pool2d(data_shape: Sequence[int], kind: str, kernel, strides=1, padding=0, *, dilation=1,
@@ -227,11 +229,13 @@ def _global_avg_pool2d_blocked(data_shape: tuple[int, ...], keepdims: bool, spec
     out = te.compute(out_shape, lambda i, b, y, x, v: total[i, b, v] * inv, name="out")
     sch = Schedule(te.create_prim_func([data, out]))
     i, b, y, x, v = sch.get_loops(sch.get_sblock("out"))
-    task = sch.fuse(i, b, y, x)
+    # a few tasks per core, each a run of channel vectors (one per task is all overhead at 7x7)
+    per = largest_divisor(n * cb, max(1, n * cb // (_GAP_TASKS_PER_CORE * spec.cores)))
+    task, vec = sch.split(sch.fuse(i, b, y, x), [None, per])
     sch.parallel(task)
     sch.vectorize(v)
     for st in ("total", "part"):
-        sch.compute_at(sch.get_sblock(st), task, preserve_unit_loops=True)
+        sch.compute_at(sch.get_sblock(st), vec, preserve_unit_loops=True)
     pblk = sch.get_sblock("part")
     *_, pk, pv, prs = sch.get_loops(pblk)
     sch.reorder(prs, pk, pv)
@@ -246,4 +250,4 @@ def _global_avg_pool2d_blocked(data_shape: tuple[int, ...], keepdims: bool, spec
         sch.vectorize(sch.get_loops(sch.decompose_reduction(blk, first))[-1])
     kname = name or f"global_avg_pool2d_nchwc_{c}x{h}x{w}"
     return Kernel(kname, finish(sch.mod["main"], kname), (Param("data", shape), Param("out", out_shape)),
-                  n * c * hw, f"nchwc chains={chains}")
+                  n * c * hw, f"nchwc chains={chains} vectors/task={per}")
