@@ -21,9 +21,9 @@ SPEC = CpuSpec()
 L = SPEC.lanes
 
 
-def to_blocked(x: np.ndarray) -> np.ndarray:
+def to_blocked(x: np.ndarray, lanes: int = L) -> np.ndarray:
     n, c, h, w = x.shape
-    return np.ascontiguousarray(x.reshape(n, c // L, L, h, w).transpose(0, 1, 3, 4, 2))
+    return np.ascontiguousarray(x.reshape(n, c // lanes, lanes, h, w).transpose(0, 1, 3, 4, 2))
 
 
 def from_blocked(x: np.ndarray) -> np.ndarray:
@@ -64,6 +64,28 @@ def test_depthwise_nchwc(shape, stride, pads, tile):
     nchw = depthwise_conv2d(x.shape, w, strides=stride, padding=pads, epilogue=epi, spec=SPEC)
     assert nchw.name != k.name
     close(got, nchw.compile()(x, b))
+
+
+def test_depthwise_nchwc_dilation():
+    x, w = rand(1, L, 11, 12), rand(L, 1, 3, 3)
+    k = depthwise_conv2d(x.shape, w, padding=2, dilation=2, layout="NCHWc", spec=SPEC)
+    close(from_blocked(k.compile()(to_blocked(x))), conv_ref(x, w, pads=(2, 2, 2, 2), dil=(2, 2), groups=L))
+
+
+@pytest.mark.parametrize("spec", [CpuSpec(lanes=8, vector_registers=16, target={"kind": "llvm", "mcpu": "haswell"}),
+                                  CpuSpec(lanes=4, vector_registers=32)])
+def test_window_ops_nchwc_narrower_vectors(spec):
+    # AVX2 (8 lanes) and NEON-sized (4 lanes) blocks, run on this x86 host
+    lanes = spec.lanes
+    x, w, b = rand(1, 3 * lanes, 9, 9), rand(3 * lanes, 1, 3, 3), rand(3 * lanes)
+    k = depthwise_conv2d(x.shape, w, strides=2, padding=1, epilogue=Epilogue(bias=True), layout="NCHWc", spec=spec)
+    got = k.compile(spec.target)(to_blocked(x, lanes), b)
+    assert got.shape == blocked_shape((1, 3 * lanes, 5, 5), lanes)
+    close(from_blocked(got), conv_ref(x, w, (2, 2), (1, 1, 1, 1), groups=3 * lanes) + b[None, :, None, None])
+    p = pool2d(x.shape, "max", 3, 2, 1, layout="NCHWc", spec=spec)
+    close(from_blocked(p.compile(spec.target)(to_blocked(x, lanes))), _pool_ref(x, "max", 3, 2, 1))
+    g = global_avg_pool2d(x.shape, layout="NCHWc", spec=spec)
+    close(from_blocked(g.compile(spec.target)(to_blocked(x, lanes))), x.mean(axis=(2, 3), keepdims=True), atol=1e-5)
 
 
 def test_depthwise_nchwc_residual_activation_and_runtime_weight():
@@ -107,6 +129,13 @@ def test_pool2d_nchwc(kind, k, s, p, cm, cip):
     close(got, _pool_ref(x, kind, k, s, p, cm, cip), rtol=1e-5, atol=1e-5)
     close(got, pool2d(x.shape, kind, k, s, p, ceil_mode=cm, count_include_pad=cip, spec=SPEC).compile()(x),
           rtol=1e-5, atol=1e-6)
+
+
+def test_pool2d_nchwc_dilation_matches_nchw_kernel():
+    x = rand(1, L, 10, 11)
+    kw = dict(dilation=2, ceil_mode=True, spec=SPEC)
+    k = pool2d(x.shape, "max", 2, 2, (1, 0, 0, 1), layout="NCHWc", **kw)
+    close(from_blocked(k.compile()(to_blocked(x))), pool2d(x.shape, "max", 2, 2, (1, 0, 0, 1), **kw).compile()(x))
 
 
 def test_global_avg_pool_nchwc():
