@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from mdoc.targets.cpu_kernels import CpuSpec, Epilogue, KernelError, depthwise_conv2d, global_avg_pool2d, pool2d
+from mdoc.targets.cpu_kernels.blocked_window import blocked_window_tiles, plan_blocked_window
 from mdoc.targets.cpu_kernels.common import activation_reference, blocked_shape
 
 from test_cpu_kernels import _pool_ref, close, conv_ref, rand
@@ -96,6 +97,18 @@ def test_depthwise_nchwc_residual_activation_and_runtime_weight():
     got = k.compile()(to_blocked(x), k.packers["weight"](w), to_blocked(res))
     want = activation_reference("silu", conv_ref(x, w, (2, 2), (1, 1, 1, 1), groups=2 * L).astype(np.float64) + res)
     close(from_blocked(got), want)
+
+
+def test_blocked_window_tiles_are_legal_and_correct():
+    shape, w = (1, 2 * L, 28, 28), rand(2 * L, 1, 3, 3)
+    plan = plan_blocked_window("depthwise_conv2d", shape, 3, 2, 1, 1, SPEC)
+    tiles = blocked_window_tiles(plan, SPEC)
+    assert 4 <= len(tiles) <= 12 and (plan.wb, plan.ocv, plan.rows) not in tiles
+    for t in tiles:  # each one a legal plan
+        assert plan_blocked_window("depthwise_conv2d", shape, 3, 2, 1, 1, SPEC, tile=t).wb == t[0]
+    x = rand(*shape)
+    k = depthwise_conv2d(shape, w, strides=2, padding=1, layout="NCHWc", tile=tiles[-1], spec=SPEC)
+    close(from_blocked(k.compile()(to_blocked(x))), conv_ref(x, w, (2, 2), (1, 1, 1, 1), groups=2 * L))
 
 
 def test_depthwise_nchwc_refuses_what_it_cannot_block():

@@ -28,7 +28,8 @@ from tvm.s_tir import Schedule
 
 from .common import CpuSpec, KernelError, blocked_shape, ceil_div, pick_block, window_geometry
 
-__all__ = ["BlockedWindowPlan", "blocked_window_compute", "plan_blocked_window", "schedule_blocked_window"]
+__all__ = ["BlockedWindowPlan", "blocked_window_compute", "blocked_window_tiles", "plan_blocked_window",
+           "schedule_blocked_window"]
 
 # a task's padded input band should stay in L2 (1 MB per core on Zen 4).  Every task copies
 # the (kh - 1) * dh rows it shares with the next one again, so larger bands copy less: measured
@@ -132,6 +133,21 @@ def plan_blocked_window(op: str, data_shape, kernel, strides, padding, dilation,
             if oh % r == 0 and band <= _BAND_BYTES and tasks >= 4 * spec.cores and balanced:
                 rows = r
     return BlockedWindowPlan(n, c, h, w, kh, kw, (sh, sw), pads, (dh, dw), oh, ow, lanes, wb, ocv, rows)
+
+
+def blocked_window_tiles(plan: BlockedWindowPlan, spec: CpuSpec, limit: int = 12) -> list[tuple[int, int, int]]:
+    """(wb, ocv, rows per task) tiles worth measuring for `plan` (for `mdoc tune`), the plan's own
+    excluded: 7 to 16 columns x 1 or 2 channel vectors (within half the accumulators), and the
+    plan's task height, half or double it, or single rows (dividing the output height)."""
+    half = spec.accumulators // 2 + 2
+    widths = sorted({wb for wb in (7, 8, 14, 16, plan.ow) if wb <= plan.ow} or {plan.ow})
+    ocvs = [v for v in (1, 2) if plan.cb % v == 0]
+    rows = sorted({r for r in (1, plan.rows, plan.rows // 2, plan.rows * 2) if r >= 1 and plan.oh % r == 0})
+    own = (plan.wb, plan.ocv, plan.rows)
+    tiles = [(wb, v, r) for wb in widths for v in ocvs for r in rows if wb * v <= half and (wb, v, r) != own]
+    # fewest padded columns, then the plan's own task height, then the fuller tiles
+    tiles.sort(key=lambda t: (ceil_div(plan.ow, t[0]) * t[0] - plan.ow, t[2] != plan.rows, -t[0] * t[1]))
+    return tiles[:limit]
 
 
 def blocked_window_compute(plan: BlockedWindowPlan, data: te.Tensor, pad_value, reduce, term, name: str = "acc"):
