@@ -375,6 +375,16 @@ def apply_nchw_epilogue(epi: Epilogue, val, bias, residual, i, o, y, x):
     return epi.activate(val)
 
 
+def apply_nchwc_epilogue(epi: Epilogue, val, bias, residual, lanes: int, i, b, y, x, v):
+    """An NCHWc result at (i, b, y, x, v) (channel b * lanes + v) with the epilogue applied; the
+    residual is blocked like the output, the bias stays per channel."""
+    if bias is not None:
+        val = val + bias[b * lanes + v]
+    if residual is not None:
+        val = val + residual[i, b, y, x, v]
+    return epi.activate(val)
+
+
 def activation_reference(name: str | None, x: np.ndarray, alpha: float | None = None, beta: float | None = None) -> np.ndarray:
     """numpy reference of ACTIVATIONS (tests and benchmarks)."""
     if name is None:

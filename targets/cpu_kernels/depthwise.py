@@ -31,14 +31,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 from tvm import te, tirx
 from tvm.s_tir import Schedule
 
 from .blocked_window import blocked_window_compute, plan_blocked_window, schedule_blocked_window
-from .common import (CpuSpec, Epilogue, Kernel, KernelError, Param, apply_nchw_epilogue, ceil_div, check_dtype,
-                     check_layout, epilogue_inputs, finish, window_geometry, window_tag)
+from .common import (CpuSpec, Epilogue, Kernel, KernelError, Param, apply_nchw_epilogue, apply_nchwc_epilogue, ceil_div,
+                     check_dtype, check_layout, epilogue_inputs, finish, window_geometry, window_tag)
 
 __all__ = ["WindowPlan", "depthwise_conv2d", "pack_depthwise_weight", "plan_window", "schedule_window", "window_compute"]
 
@@ -217,7 +218,7 @@ def depthwise_conv2d(data_shape: Sequence[int], weight, *, strides=1, padding=0,
         return _depthwise_blocked(data_shape, weight, strides, padding, dilation, epilogue, spec, name, tile)
     plan = plan_window(op, data_shape, oc, (kh, kw), strides, padding, dilation, spec, tile)
     if tile is None and plan.ow * 2 <= spec.lanes:
-        return _depthwise_nchwc(plan, weight, epilogue, spec, name)
+        return _depthwise_channel_vectors(plan, weight, epilogue, spec, name)
     n, c, h, w = data_shape
     oh, ow = plan.oh, plan.ow
     (sh, _), (dh, dw) = plan.strides, plan.dilation
@@ -245,8 +246,8 @@ def depthwise_conv2d(data_shape: Sequence[int], weight, *, strides=1, padding=0,
                   packers={"weight": pack_depthwise_weight})
 
 
-def _depthwise_nchwc(plan: WindowPlan, weight, epilogue: Epilogue, spec: CpuSpec, name: str | None) -> Kernel:
-    """Tiny planes (a row fills at most half a vector, 7x7 in MobileNetV2): vectors over channels.
+def _depthwise_channel_vectors(plan: WindowPlan, weight, epilogue: Epilogue, spec: CpuSpec, name: str | None) -> Kernel:
+    """NCHW in and out, tiny planes (a row fills at most half a vector, 7x7 in MobileNetV2): vectors over channels.
 
     A width vector would be mostly padding there and the per-channel task overhead dominates,
     so one copy stage transposes the input into padded [N, C / lanes, H', W', lanes] and the
@@ -298,9 +299,7 @@ def _depthwise_nchwc(plan: WindowPlan, weight, epilogue: Epilogue, spec: CpuSpec
     sch.parallel(sch.fuse(i, cb, y))
     sch.vectorize(v)
 
-    def packer(a, _l=lanes, _b=blocks):
-        return pack_depthwise_weight_blocked(a, _l, _b)
-
+    packer = partial(pack_depthwise_weight_blocked, lanes=lanes, blocks=blocks)
     kname = name or _kernel_name(plan, oc, epilogue)
     wvalue = packer(weight) if isinstance(weight, np.ndarray) else None
     params = (Param("data", (n, c, h, w)), Param("weight", (blocks, kh, kw, lanes), value=wvalue), *extra_params,
@@ -326,21 +325,14 @@ def _depthwise_blocked(data_shape, weight, strides, padding, dilation, epilogue:
         lambda read, i, b, y, x, v, rkh, rkw: read(i, b, y * sh + rkh * dh, x * sw + rkw * dw, v) * wparam[b, rkh, rkw, v])
     extra, extra_params, bias, residual = epilogue_inputs(epilogue, (c,), plan.out_shape)
 
-    def epi(i, b, y, x, v):
-        val = acc[i, b, y, x, v]
-        if bias is not None:
-            val = val + bias[b * lanes + v]
-        if residual is not None:
-            val = val + residual[i, b, y, x, v]
-        return epilogue.activate(val)
-
-    out = te.compute(plan.out_shape, epi, name="out")
+    out = te.compute(plan.out_shape,
+                     lambda i, b, y, x, v: apply_nchwc_epilogue(epilogue, acc[i, b, y, x, v], bias, residual, lanes,
+                                                                i, b, y, x, v),
+                     name="out")
     sch = Schedule(te.create_prim_func([data, wparam, *extra, out]))
     schedule_blocked_window(sch, plan)
 
-    def packer(a, _l=lanes, _b=cb):
-        return pack_depthwise_weight_blocked(a, _l, _b)
-
+    packer = partial(pack_depthwise_weight_blocked, lanes=lanes, blocks=cb)
     kname = name or _kernel_name(plan, c, epilogue, "_nchwc")
     params = (Param("data", plan.data_shape),
               Param("weight", (cb, kh, kw, lanes), value=packer(weight) if isinstance(weight, np.ndarray) else None),
