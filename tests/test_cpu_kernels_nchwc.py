@@ -166,3 +166,37 @@ def test_pooling_nchwc_errors():
         global_avg_pool2d((1, 20, 7, 7), layout="NCHWc", spec=SPEC)
     with pytest.raises(KernelError, match="keeps the spatial dims"):
         global_avg_pool2d((1, L, 7, 7), keepdims=False, layout="NCHWc", spec=SPEC)
+
+
+def test_nchwc_chain_through_relax():
+    """A chain that stays NCHWc end to end, built the way the lowering builds kernels (add_func +
+    call_tir): depthwise (bias, relu6) -> 3x3/2 max pool -> depthwise + residual -> global average pool."""
+    import tvm
+    from tvm import relax
+
+    c = 2 * L
+    x, w1, b1, w2 = rand(1, c, 12, 12), rand(c, 1, 3, 3), rand(c), rand(c, 1, 3, 3)
+    dw1 = depthwise_conv2d(x.shape, w1, padding=1, epilogue=Epilogue(bias=True, activation="relu6"), layout="NCHWc",
+                           spec=SPEC)
+    pool = pool2d(x.shape, "max", 3, 2, 1, layout="NCHWc", spec=SPEC)
+    dw2 = depthwise_conv2d((1, c, 6, 6), w2, padding=1, epilogue=Epilogue(residual=True), layout="NCHWc", spec=SPEC)
+    gap = global_avg_pool2d((1, c, 6, 6), layout="NCHWc", spec=SPEC)
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType(blocked_shape(x.shape, L), "float32"))
+
+    def call(k, *args):
+        return bb.emit(relax.call_tir(bb.add_func(k.func, k.name), list(args), relax.TensorType(k.output.shape, "float32")))
+
+    with bb.function("main", [xv]):
+        with bb.dataflow():
+            h = call(dw1, xv, relax.const(dw1.constant("weight")), relax.const(b1))
+            p = call(pool, h)
+            r = call(dw2, p, relax.const(dw2.constant("weight")), p)
+            out = bb.emit_output(call(gap, r))
+        bb.emit_func_output(out)
+    vm = relax.VirtualMachine(tvm.compile(bb.get(), tvm.target.Target(CpuSpec.host().target)), tvm.cpu())
+    got = from_blocked(vm["main"](tvm.runtime.tensor(to_blocked(x), tvm.cpu())).numpy())
+    h = np.clip(conv_ref(x, w1, pads=(1, 1, 1, 1), groups=c) + b1[None, :, None, None], 0, 6)
+    p = _pool_ref(h, "max", 3, 2, 1)
+    r = conv_ref(p, w2, pads=(1, 1, 1, 1), groups=c) + p
+    close(got, r.mean(axis=(2, 3), keepdims=True))
