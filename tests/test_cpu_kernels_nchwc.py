@@ -132,6 +132,7 @@ def test_depthwise_nchwc_refuses_what_it_cannot_block():
     ("avg", 3, 2, 1, False, False),
     ("avg", 3, 1, 1, False, True),
     ("max", 3, 2, 0, True, False),  # ceil_mode: the last window runs past the input
+    ("avg", 3, 2, 1, True, True),  # ... and past the padding, which does not count
     ("avg", 2, 2, 0, False, False),  # no padding: read in place
 ])
 def test_pool2d_nchwc(kind, k, s, p, cm, cip):
