@@ -375,6 +375,16 @@ def apply_nchw_epilogue(epi: Epilogue, val, bias, residual, i, o, y, x):
     return epi.activate(val)
 
 
+def apply_nchwc_epilogue(epi: Epilogue, val, bias, residual, lanes: int, i, b, y, x, v):
+    """An NCHWc result at (i, b, y, x, v) (channel b * lanes + v) with the epilogue applied; the
+    residual is blocked like the output, the bias stays per channel."""
+    if bias is not None:
+        val = val + bias[b * lanes + v]
+    if residual is not None:
+        val = val + residual[i, b, y, x, v]
+    return epi.activate(val)
+
+
 def activation_reference(name: str | None, x: np.ndarray, alpha: float | None = None, beta: float | None = None) -> np.ndarray:
     """numpy reference of ACTIVATIONS (tests and benchmarks)."""
     if name is None:
@@ -497,6 +507,28 @@ def finish(func: tirx.PrimFunc, name: str) -> tirx.PrimFunc:  # noqa: ARG001 - n
     # op_pattern 8 (kOpaque): Relax's FuseOps must not merge a scheduled kernel with its
     # neighbours (FuseTIR would rebuild it unscheduled); AnnotateTIROpPattern keeps a set pattern
     return func.with_attrs({"mdoc.scheduled": True, "tir.is_scheduled": True, "op_pattern": 8})
+
+
+def window_geometry(op: str, data_shape, kernel, strides, padding, dilation, ceil_mode: bool = False):
+    """Check a window op's attributes and return ((kh, kw), (sh, sw), pads, (dh, dw), (oh, ow)) for NCHW data_shape."""
+    _, _, h, w = (int(d) for d in data_shape)
+    kh, kw = as_pair(kernel, "kernel", op)
+    (sh, sw), (dh, dw), pads = as_pair(strides, "strides", op), as_pair(dilation, "dilation", op), as_pads(padding, op)
+    if min(sh, sw, dh, dw, kh, kw) < 1 or min(pads) < 0:
+        raise KernelError(f"{op}: kernel {kernel}, strides {strides} and dilation {dilation} must be >= 1 "
+                          f"and pads {pads} >= 0")
+    pt, pl, pb, pr = pads
+    rnd = (lambda a, b: ceil_div(a, b)) if ceil_mode else (lambda a, b: a // b)
+    oh = rnd(h + pt + pb - dh * (kh - 1) - 1, sh) + 1
+    ow = rnd(w + pl + pr - dw * (kw - 1) - 1, sw) + 1
+    if ceil_mode:  # the last window must start inside the input or its left padding (ONNX / PyTorch)
+        if (oh - 1) * sh >= h + pt:
+            oh -= 1
+        if (ow - 1) * sw >= w + pl:
+            ow -= 1
+    if oh < 1 or ow < 1:
+        raise KernelError(f"{op}: output would be empty ({oh}x{ow}) for input {h}x{w} and kernel {kh}x{kw}")
+    return (kh, kw), (sh, sw), pads, (dh, dw), (oh, ow)
 
 
 def window_tag(kernel, strides, pads, dilation) -> str:

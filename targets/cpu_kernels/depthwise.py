@@ -1,5 +1,8 @@
 """Depthwise conv2d (one input channel per group, any channel multiplier) on NCHW activations.
 
+(With layout="NCHWc" the activations are channel-blocked and the kernel is `blocked_window`'s;
+the rest of this docstring is about NCHW.)
+
 Why a kernel of its own: a depthwise conv has no reduction over channels, so the dense
 conv's register tile (broadcast one input value into a vector of output channels) would
 multiply mostly zeros, and a channels-last repack (NCHW16c) costs a full transposition on
@@ -28,13 +31,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 from tvm import te, tirx
 from tvm.s_tir import Schedule
 
-from .common import (CpuSpec, Epilogue, Kernel, KernelError, Param, apply_nchw_epilogue, as_pads, as_pair, ceil_div,
-                     check_dtype, epilogue_inputs, finish, window_tag)
+from .blocked_window import blocked_window_compute, plan_blocked_window, schedule_blocked_window
+from .common import (CpuSpec, Epilogue, Kernel, KernelError, Param, apply_nchw_epilogue, apply_nchwc_epilogue, ceil_div,
+                     check_dtype, check_layout, epilogue_inputs, finish, window_geometry, window_tag)
 
 __all__ = ["WindowPlan", "depthwise_conv2d", "pack_depthwise_weight", "plan_window", "schedule_window", "window_compute"]
 
@@ -92,22 +97,8 @@ class WindowPlan:
 def plan_window(op: str, data_shape, oc: int, kernel, strides, padding, dilation, spec: CpuSpec,
                 tile: tuple[int, int] | None = None, ceil_mode: bool = False) -> WindowPlan:
     n, c, h, w = (int(d) for d in data_shape)
-    kh, kw = as_pair(kernel, "kernel", op)
-    (sh, sw), (dh, dw), pads = as_pair(strides, "strides", op), as_pair(dilation, "dilation", op), as_pads(padding, op)
-    if min(sh, sw, dh, dw, kh, kw) < 1 or min(pads) < 0:
-        raise KernelError(f"{op}: kernel {kernel}, strides {strides} and dilation {dilation} must be >= 1 "
-                          f"and pads {pads} >= 0")
-    pt, pl, pb, pr = pads
-    rnd = (lambda a, b: ceil_div(a, b)) if ceil_mode else (lambda a, b: a // b)
-    oh = rnd(h + pt + pb - dh * (kh - 1) - 1, sh) + 1
-    ow = rnd(w + pl + pr - dw * (kw - 1) - 1, sw) + 1
-    if ceil_mode:  # the last window must start inside the input or its left padding (ONNX / PyTorch)
-        if (oh - 1) * sh >= h + pt:
-            oh -= 1
-        if (ow - 1) * sw >= w + pl:
-            ow -= 1
-    if oh < 1 or ow < 1:
-        raise KernelError(f"{op}: output would be empty ({oh}x{ow}) for input {h}x{w} and kernel {kh}x{kw}")
+    (kh, kw), (sh, sw), pads, (dh, dw), (oh, ow) = window_geometry(op, data_shape, kernel, strides, padding, dilation,
+                                                                   ceil_mode)
     lanes, budget = spec.lanes, spec.accumulators
     full_cols = ceil_div((ow - 1) * sw + 1, lanes) * lanes
     full = sw > 1 and full_cols // lanes <= budget
@@ -196,16 +187,22 @@ def schedule_window(sch: Schedule, plan: WindowPlan, out: str = "out", acc: str 
 
 def depthwise_conv2d(data_shape: Sequence[int], weight, *, strides=1, padding=0, dilation=1,
                      epilogue: Epilogue = Epilogue(), dtype: str = "float32", spec: CpuSpec = CpuSpec(),
-                     name: str | None = None, tile: tuple[int, int] | None = None) -> Kernel:
-    """A scheduled NCHW depthwise conv2d (groups == C, weight [C * m, 1, KH, KW]).
+                     name: str | None = None, tile: tuple[int, ...] | None = None, layout: str = "NCHW") -> Kernel:
+    """A scheduled depthwise conv2d (groups == C, weight [C * m, 1, KH, KW]).
 
-    weight: numpy array (becomes a constant parameter [C * m, KH, KW]) or its shape (the
-        kernel then takes that array at run time; `kernel.packers["weight"]` reshapes it).
-    tile: (rb, rows per task) overrides the register tile's row count and the task height.
+    data_shape: the NCHW shape of the input, whatever the layout.
+    weight: numpy array (becomes a constant parameter) or its shape (the kernel then takes
+        the packed array at run time; `kernel.packers["weight"]` packs it).
+    layout: "NCHW", or "NCHWc": data, residual and output in `blocked_shape(.., spec.lanes)`,
+        channel multiplier 1 and C a multiple of the lanes (see blocked_window.py).
+    tile: NCHW: (rb, rows per task), the register tile's row count and the task height;
+        NCHWc: (wb, ocv) or (wb, ocv, rows per task), the register tile's output columns and
+        channel vectors and the task height.
     Returns a Kernel `f(data, weight, [bias], [residual], out)`.
     """
     op = "depthwise_conv2d"
     check_dtype(op, dtype)
+    check_layout(op, layout)
     data_shape = tuple(int(d) for d in data_shape)
     wshape = tuple(int(d) for d in (weight.shape if isinstance(weight, np.ndarray) else weight))
     if len(data_shape) != 4 or len(wshape) != 4 or wshape[1] != 1 or wshape[0] % data_shape[1]:
@@ -214,9 +211,14 @@ def depthwise_conv2d(data_shape: Sequence[int], weight, *, strides=1, padding=0,
     if epilogue.scale is not None:
         raise KernelError(f"{op}: Epilogue.scale is not supported for convolutions; fold it into the weight")
     oc, _, kh, kw = wshape
+    if layout == "NCHWc":
+        if oc != data_shape[1]:
+            raise KernelError(f"{op}: NCHWc layout needs channel multiplier 1; weight {wshape} for data {data_shape} "
+                              f"has {oc // data_shape[1]}")
+        return _depthwise_blocked(data_shape, weight, strides, padding, dilation, epilogue, spec, name, tile)
     plan = plan_window(op, data_shape, oc, (kh, kw), strides, padding, dilation, spec, tile)
     if tile is None and plan.ow * 2 <= spec.lanes:
-        return _depthwise_nchwc(plan, weight, epilogue, spec, name)
+        return _depthwise_channel_vectors(plan, weight, epilogue, spec, name)
     n, c, h, w = data_shape
     oh, ow = plan.oh, plan.ow
     (sh, _), (dh, dw) = plan.strides, plan.dilation
@@ -235,8 +237,7 @@ def depthwise_conv2d(data_shape: Sequence[int], weight, *, strides=1, padding=0,
     sch = Schedule(te.create_prim_func([data, wparam, *extra, out]))
     schedule_window(sch, plan)
 
-    kname = name or (f"dwconv2d_{window_tag((kh, kw), plan.strides, plan.pads, plan.dilation)}_{c}x{h}x{w}" + (f"_m{oc // c}" if oc > c else "")
-                     + (f"_{epilogue.tag()}" if epilogue.tag() else ""))
+    kname = name or _kernel_name(plan, oc, epilogue)
     wvalue = pack_depthwise_weight(weight) if isinstance(weight, np.ndarray) else None
     params = (Param("data", data_shape), Param("weight", (oc, kh, kw), value=wvalue), *extra_params,
               Param("out", (n, oc, oh, ow)))
@@ -245,8 +246,8 @@ def depthwise_conv2d(data_shape: Sequence[int], weight, *, strides=1, padding=0,
                   packers={"weight": pack_depthwise_weight})
 
 
-def _depthwise_nchwc(plan: WindowPlan, weight, epilogue: Epilogue, spec: CpuSpec, name: str | None) -> Kernel:
-    """Tiny planes (a row fills at most half a vector, 7x7 in MobileNetV2): vectors over channels.
+def _depthwise_channel_vectors(plan: WindowPlan, weight, epilogue: Epilogue, spec: CpuSpec, name: str | None) -> Kernel:
+    """NCHW in and out, tiny planes (a row fills at most half a vector, 7x7 in MobileNetV2): vectors over channels.
 
     A width vector would be mostly padding there and the per-channel task overhead dominates,
     so one copy stage transposes the input into padded [N, C / lanes, H', W', lanes] and the
@@ -298,19 +299,60 @@ def _depthwise_nchwc(plan: WindowPlan, weight, epilogue: Epilogue, spec: CpuSpec
     sch.parallel(sch.fuse(i, cb, y))
     sch.vectorize(v)
 
-    def packer(a, _l=lanes, _b=blocks):
-        flat = pack_depthwise_weight(a)  # [oc, kh, kw]
-        full = np.zeros((_b * _l, *flat.shape[1:]), "float32")
-        full[: flat.shape[0]] = flat
-        return np.ascontiguousarray(full.reshape(_b, _l, *flat.shape[1:]).transpose(0, 2, 3, 1))
-
-    kname = name or (f"dwconv2d_{window_tag((kh, kw), plan.strides, plan.pads, plan.dilation)}_{c}x{h}x{w}"
-                     + (f"_m{mult}" if mult > 1 else "") + (f"_{epilogue.tag()}" if epilogue.tag() else ""))
+    packer = partial(pack_depthwise_weight_blocked, lanes=lanes, blocks=blocks)
+    kname = name or _kernel_name(plan, oc, epilogue)
     wvalue = packer(weight) if isinstance(weight, np.ndarray) else None
     params = (Param("data", (n, c, h, w)), Param("weight", (blocks, kh, kw, lanes), value=wvalue), *extra_params,
               Param("out", (n, oc, oh, ow)))
     return Kernel(kname, finish(sch.mod["main"], kname), params, 2 * n * oc * oh * ow * kh * kw,
                   f"channel-vectors wb={wb} ocv={ocv} blocks={blocks}", packers={"weight": packer})
+
+
+def _depthwise_blocked(data_shape, weight, strides, padding, dilation, epilogue: Epilogue, spec: CpuSpec,
+                       name: str | None, tile) -> Kernel:
+    """NCHWc in and out: `blocked_window`'s (columns x channel vectors) register tile, weights [C / lanes, KH, KW, lanes]."""
+    op = "depthwise_conv2d"
+    c = data_shape[1]
+    kh, kw = (int(d) for d in (weight.shape if isinstance(weight, np.ndarray) else weight)[2:])
+    plan = plan_blocked_window(op, data_shape, (kh, kw), strides, padding, dilation, spec, tile)
+    (sh, sw), (dh, dw) = plan.strides, plan.dilation
+    lanes, cb = plan.lanes, plan.cb
+
+    data = te.placeholder(plan.data_shape, "float32", name="data")
+    wparam = te.placeholder((cb, kh, kw, lanes), "float32", name="weight")
+    _, acc = blocked_window_compute(
+        plan, data, tirx.const(0.0, "float32"), te.sum,
+        lambda read, i, b, y, x, v, rkh, rkw: read(i, b, y * sh + rkh * dh, x * sw + rkw * dw, v) * wparam[b, rkh, rkw, v])
+    extra, extra_params, bias, residual = epilogue_inputs(epilogue, (c,), plan.out_shape)
+
+    out = te.compute(plan.out_shape,
+                     lambda i, b, y, x, v: apply_nchwc_epilogue(epilogue, acc[i, b, y, x, v], bias, residual, lanes,
+                                                                i, b, y, x, v),
+                     name="out")
+    sch = Schedule(te.create_prim_func([data, wparam, *extra, out]))
+    schedule_blocked_window(sch, plan)
+
+    packer = partial(pack_depthwise_weight_blocked, lanes=lanes, blocks=cb)
+    kname = name or _kernel_name(plan, c, epilogue, "_nchwc")
+    params = (Param("data", plan.data_shape),
+              Param("weight", (cb, kh, kw, lanes), value=packer(weight) if isinstance(weight, np.ndarray) else None),
+              *extra_params, Param("out", plan.out_shape))
+    return Kernel(kname, finish(sch.mod["main"], kname), params, 2 * plan.n * c * plan.oh * plan.ow * kh * kw,
+                  plan.notes, packers={"weight": packer})
+
+
+def _kernel_name(plan, oc: int, epilogue: Epilogue, suffix: str = "") -> str:
+    mult = oc // plan.c
+    return (f"dwconv2d{suffix}_{window_tag((plan.kh, plan.kw), plan.strides, plan.pads, plan.dilation)}"
+            f"_{plan.c}x{plan.h}x{plan.w}" + (f"_m{mult}" if mult > 1 else "") + (f"_{epilogue.tag()}" if epilogue.tag() else ""))
+
+
+def pack_depthwise_weight_blocked(weight: np.ndarray, lanes: int, blocks: int) -> np.ndarray:
+    """[C * m, 1, KH, KW] -> [blocks, KH, KW, lanes], channel o at [o // lanes, .., o % lanes], zeros past C * m."""
+    flat = pack_depthwise_weight(weight)  # [oc, kh, kw]
+    full = np.zeros((blocks * lanes, *flat.shape[1:]), "float32")
+    full[: flat.shape[0]] = flat
+    return np.ascontiguousarray(full.reshape(blocks, lanes, *flat.shape[1:]).transpose(0, 2, 3, 1))
 
 
 def pack_depthwise_weight(weight: np.ndarray) -> np.ndarray:
