@@ -32,6 +32,10 @@ REQUESTS = {
                               dilation=(1, 1), groups=1, epilogue=RELU, layout="NCHWc", data_layout="NCHWc"),
     "depthwise": KernelRequest.of("conv2d", (1, 32, 15, 15), (32, 1, 3, 3), strides=(2, 2), padding=(1, 1, 1, 1),
                                   dilation=(1, 1), groups=32, epilogue=RELU),
+    "depthwise_nchwc": KernelRequest.of("conv2d", (1, 32, 15, 15), (32, 1, 3, 3), strides=(1, 1), padding=(1, 1, 1, 1),
+                                        dilation=(1, 1), groups=32, epilogue=RELU, layout="NCHWc"),
+    "maxpool_nchwc": KernelRequest.of("pool2d", (1, 32, 17, 17), "max", (3, 3), (2, 2), (1, 1, 1, 1), dilation=(1, 1),
+                                      ceil_mode=False, count_include_pad=False, layout="NCHWc"),
     "maxpool": KernelRequest.of("pool2d", (1, 16, 17, 17), "max", (3, 3), (2, 2), (1, 1, 1, 1), dilation=(1, 1),
                                 ceil_mode=False, count_include_pad=False),
 }

@@ -22,8 +22,11 @@ The Relax lowering plugs one in with
     y = bb.emit(relax.call_tir(gv, args, relax.TensorType(kernel.output.shape, "float32")))
 
 The PrimFuncs carry `mdoc.scheduled` / `tir.is_scheduled` (the generic schedule leaves them
-alone) and no `global_symbol` (Relax names them after the GlobalVar).  Activations stay
-NCHW; weights are packed into the kernel's own layout.
+alone) and no `global_symbol` (Relax names them after the GlobalVar).  Activations are
+NCHW, or with `layout="NCHWc"` (conv2d, depthwise, pool2d, global_avg_pool2d) blocked by the
+vector width (`common.blocked_shape`; `layout.py` converts), which the lowering uses for
+chains of convs (`targets/relax/layout_plan.py`); weights are packed into each kernel's own
+layout.
 
 Builders (float32):
     conv2d(data_shape, weight, strides, padding, dilation, groups, epilogue)   conv.py

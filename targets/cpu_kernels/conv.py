@@ -264,10 +264,10 @@ def conv2d(data_shape: Sequence[int], weight, *, strides=1, padding=0, dilation=
     if groups > 1 and len(wshape) == 4 and wshape[1] == 1 and groups == int(data_shape[1]):
         from .depthwise import depthwise_conv2d
 
+        if tile is not None and layout == "NCHW":
+            tile = tuple(tile[:2])  # (rb, rows per task); NCHWc takes (wb, ocv[, rows per task])
         return depthwise_conv2d(data_shape, weight, strides=strides, padding=padding, dilation=dilation,
-                                epilogue=epilogue, dtype=dtype, spec=spec, name=name,
-                                tile=None if tile is None else tuple(tile[:2]),
-                                **({} if layout == "NCHW" else {"layout": layout}))
+                                epilogue=epilogue, dtype=dtype, spec=spec, name=name, tile=tile, layout=layout)
     plan = plan_conv2d(data_shape, wshape, strides, padding, dilation, groups, spec, tile, layout, data_layout)
     if plan.pointwise:
         return _build_pointwise(plan, weight if isinstance(weight, np.ndarray) else None, epilogue, name)

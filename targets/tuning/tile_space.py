@@ -11,7 +11,7 @@ Tiles, per builder (the `tile=` argument each takes):
   dense, batch_matmul, pointwise conv2d   (mr, nv): rows x vectors of the GEMM tile
   conv2d                                   (wb, ocv, ici): output columns x channel
                                            vectors of the tile, input channels per step
-  depthwise conv2d, pool2d                 (rb, rows per task)
+  depthwise conv2d, pool2d                 (rb, rows per task); NCHWc: (wb, ocv, rows per task)
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 
 from ..cpu_kernels import CpuSpec, KernelError
+from ..cpu_kernels.blocked_window import blocked_window_tiles, plan_blocked_window
 from ..cpu_kernels.common import ceil_div
 from ..cpu_kernels.conv import plan_conv2d
 from ..cpu_kernels.depthwise import plan_window
@@ -39,6 +40,10 @@ def tile_space(request: KernelRequest, spec: CpuSpec) -> list[tuple[int, ...]]:
             return gemm_tiles(m, b_shape[1] if kw.get("transpose_b") else b_shape[2], spec)
         if request.builder == "pool2d":
             data_shape, _, kernel, strides, padding = args
+            if kw.get("layout") == "NCHWc":
+                return blocked_window_tiles(plan_blocked_window("pool2d", data_shape, kernel, strides, padding,
+                                                                kw.get("dilation", 1), spec,
+                                                                ceil_mode=kw.get("ceil_mode", False)), spec)
             return window_tiles(plan_window("pool2d", data_shape, data_shape[1], kernel, strides, padding,
                                             kw.get("dilation", 1), spec, ceil_mode=kw.get("ceil_mode", False)), spec)
         if request.builder == "conv2d":
@@ -65,6 +70,9 @@ def conv_tiles(data_shape, weight_shape, kw: dict, spec: CpuSpec) -> list[tuple[
     groups = int(kw.get("groups", 1))
     strides, padding, dilation = kw.get("strides", 1), kw.get("padding", 0), kw.get("dilation", 1)
     if groups > 1 and weight_shape[1] == 1 and groups == data_shape[1]:
+        if kw.get("layout") == "NCHWc":
+            return blocked_window_tiles(plan_blocked_window("depthwise_conv2d", data_shape, weight_shape[2:], strides,
+                                                            padding, dilation, spec), spec)
         plan = plan_window("depthwise_conv2d", data_shape, weight_shape[0], weight_shape[2:], strides, padding,
                            dilation, spec)
         return window_tiles(plan, spec)
