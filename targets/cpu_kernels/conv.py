@@ -28,6 +28,12 @@ parity with onnxruntime (~200 GFLOP/s on 2 Zen 4 cores) directly, for any static
   for every grouping and costs no extra work when a group holds a whole number of
   vectors (ResNeXt, grouped 1x1); depthwise convs go to `depthwise.py` instead.
 
+Tasks by rows: every parallel loop here (and in depthwise.py, blocked_window.py) puts the
+output rows outside the channel blocks, so TVM's static split gives each core a band of rows
+with all its channels.  The next layer's core then finds most of its input in its own L2,
+written there by the layer before; split by channels, every layer reads half its input from
+the other core.  A chain of thirty 1x1 convs (32 channels, 56x56) went from 2.5 to 1.6 ms.
+
 Remainders (OC not a multiple of `lanes`, width not a multiple of `wb`, ragged input
 channel blocks) are handled by padding the packed weight and the intermediate buffers,
 never by requiring divisibility.
@@ -439,7 +445,7 @@ def schedule_nchw_tile(sch: Schedule, out: str, acc: str, *, n_reduce: int, lane
     i, o, y, x = sch.get_loops(ob)
     bo, bi, v = sch.split(o, [None, ocv, lanes])
     xo, xi = sch.split(x, [None, wb])
-    outer = [i, bo, y, xo]
+    outer = [i, y, xo, bo]  # rows outermost: see "Tasks by rows" in the module docstring
     sch.reorder(*outer, bi, v, xi)
     task = sch.fuse(*outer)
     sch.compute_at(cb, task, preserve_unit_loops=True)
@@ -468,8 +474,8 @@ def schedule_nchwc_tile(sch: Schedule, out: str, acc: str, *, n_reduce: int, lan
     i, b, y, x, v = sch.get_loops(ob)
     bo, bi = sch.split(b, [None, ocv])
     xo, xi = sch.split(x, [None, wb])
-    sch.reorder(i, bo, y, xo, bi, xi, v)
-    task = sch.fuse(i, bo, y, xo)
+    sch.reorder(i, y, xo, bo, bi, xi, v)  # rows outermost, as in schedule_nchw_tile
+    task = sch.fuse(i, y, xo, bo)
     sch.compute_at(cb, task, preserve_unit_loops=True)
     sch.set_scope(cb, 0, "local")
     loops = sch.get_loops(cb)[1:]
@@ -509,6 +515,9 @@ def schedule_copy(sch: Schedule, block: str, lanes: int, vectorize_whole_row: bo
     """
     b = sch.get_sblock(block)
     loops = sch.get_loops(b)
+    if len(loops) >= 4:  # (n, channel, row, ...): rows before channels, as the kernels split their tasks
+        sch.reorder(loops[0], loops[2], loops[1])
+        loops = sch.get_loops(b)
     outer = sch.fuse(*loops[:-1]) if len(loops) > 1 else None
     inner = loops[-1]
     ext = int(sch.get(inner).extent)
