@@ -290,9 +290,11 @@ def _tune_tasks(mod, spec, db, budget, report, deadline, builder, runner, target
 
     tasks = extract_tasks(mod, spec.tvm)
     trials = None if budget.trials is None else budget.trials - sum(t.trials for t in report.tiles)
-    if not tasks or (trials is not None and trials <= 0) or time.perf_counter() >= deadline:
-        if not tasks:
-            say("no generically scheduled kernels: MetaSchedule has nothing to tune")
+    if not tasks:
+        say("no generically scheduled kernels: MetaSchedule has nothing to tune")
+        return
+    if (trials is not None and trials <= 0) or deadline - time.perf_counter() < MIN_TASK_SECONDS:
+        say("the tile sweep took the budget: MetaSchedule is not started")
         return
     say(f"{len(tasks)} tasks; measuring mdoc's default schedule of each")
     measure_defaults(tasks, db, target, builder, runner)
