@@ -122,15 +122,17 @@ def plan_blocked_window(op: str, data_shape, kernel, strides, padding, dilation,
         ocv = 1
         rows = None
     if rows is None:
-        # the most rows whose padded band fits, keeping at least 4 tasks per core and the cores
-        # evenly loaded (9 tasks on 2 cores ran 20% slower than 18)
+        # the most rows whose padded band fits, keeping at least 4 tasks per core, the cores
+        # evenly loaded (9 tasks on 2 cores ran 20% slower than 18) and a band of rows per
+        # core at least, so that each core reads the rows it wrote in the layer before
+        # (conv.py, "Tasks by rows")
         vw = (ceil_div(ow, wb) * wb - 1) * sw + dw * (kw - 1) + 1
         rows = 1
         for r in range(2, oh + 1):
             band = ocv * ((r - 1) * sh + dh * (kh - 1) + 1) * vw * lanes * 4
             tasks = n * (cb // ocv) * (oh // r)
             balanced = ceil_div(tasks, spec.cores) * spec.cores <= 1.05 * tasks
-            if oh % r == 0 and band <= _BAND_BYTES and tasks >= 4 * spec.cores and balanced:
+            if oh % r == 0 and band <= _BAND_BYTES and tasks >= 4 * spec.cores and balanced and oh // r >= spec.cores:
                 rows = r
     return BlockedWindowPlan(n, c, h, w, kh, kw, (sh, sw), pads, (dh, dw), oh, ow, lanes, wb, ocv, rows)
 
