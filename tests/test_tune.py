@@ -150,7 +150,7 @@ def test_tune_writes_the_default_database_that_compile_applies(mdoc_cli, tmp_pat
     tuning = manifest(out)["tuning"]
     assert tuning["database"] == str(db_dir) and tuning["looked_up"] == 1
     assert tuning["applied"] + tuning["kept_mdoc_default"] == 1
-    assert f"tuned kernels from {db_dir}" in result.out
+    assert f"tuned tiles from {db_dir}" in result.out
 
     # mdoc's default recorded as slower: the tuned kernel is built in, and computes the same
     set_baseline(db_dir, 1e3)

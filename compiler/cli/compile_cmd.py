@@ -56,8 +56,8 @@ def compile_cmd(model, target, output, level, pipeline, arch, plugins, tuning_db
         emit_json({"artifact": str(path), **({"tuning": tuning} if tuning else {})})
         return
     if tuning:
-        click.echo(f"applied {tuning['applied']} tuned kernels from {tuning['database']} "
-                   f"({tuning['kept_mdoc_default']} kept mdoc's faster default)")
+        click.echo(f"applied {tuning['applied']} tuned kernels and {len(tuning.get('tiles', []))} tuned tiles "
+                   f"from {tuning['database']} ({tuning['kept_mdoc_default']} kept mdoc's faster default)")
     click.echo(f"wrote {path}")
 
 
