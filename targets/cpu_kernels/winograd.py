@@ -171,7 +171,7 @@ class WinogradPlan:
 
 def plan_winograd(data_shape, weight_shape, padding=1, spec: CpuSpec = CpuSpec(),
                   tile: tuple[int, ...] | None = None) -> WinogradPlan:
-    """Check the conv is one Winograd handles and choose (m, mr, nv); tile=(m, mr, nv) overrides."""
+    """Check the conv is one Winograd handles and choose (m, mr, nv); tile=(m,) or (m, mr, nv) overrides."""
     op = "winograd_conv2d"
     data_shape = tuple(int(d) for d in data_shape)
     weight_shape = tuple(int(d) for d in weight_shape)
@@ -192,19 +192,19 @@ def plan_winograd(data_shape, weight_shape, padding=1, spec: CpuSpec = CpuSpec()
     if h + pads[0] + pads[2] < 3 or w + pads[1] + pads[3] < 3:
         raise KernelError(f"{op}: output would be empty for input {h}x{w} with pads {pads}")
     nvec = oc // lanes
-    if tile is not None:
-        if len(tile) != 3:
-            raise KernelError(f"{op}: tile is (m, mr, nv), got {tuple(tile)}")
-        m, mr, nv = (int(t) for t in tile)
-        winograd_matrices(m)
+    if tile is not None and len(tile) not in (1, 3):
+        raise KernelError(f"{op}: tile is (m,) or (m, mr, nv), got {tuple(tile)}")
+    m = int(tile[0]) if tile is not None else 4
+    winograd_matrices(m)
+    if tile is not None and len(tile) == 3:
+        mr, nv = int(tile[1]), int(tile[2])
         if mr < 1 or nv < 1 or nvec % nv:
             raise KernelError(f"{op}: tile {tuple(tile)}: need mr >= 1 and nv dividing the {nvec} output-channel vectors")
         return WinogradPlan(data_shape, oc, pads, lanes, m, mr, nv)
-    probe = WinogradPlan(data_shape, oc, pads, lanes, 4, 1, 1)
-    mr, nv = gemm_tile(probe.tiles, oc, spec)
+    mr, nv = gemm_tile(WinogradPlan(data_shape, oc, pads, lanes, m, 1, 1).tiles, oc, spec)
     while nvec % nv:
         nv -= 1
-    return WinogradPlan(data_shape, oc, pads, lanes, 4, mr, nv)
+    return WinogradPlan(data_shape, oc, pads, lanes, m, mr, nv)
 
 
 def pack_winograd_weight(weight: np.ndarray, plan: WinogradPlan) -> np.ndarray:
@@ -236,7 +236,7 @@ def winograd_conv2d(data_shape: Sequence[int], weight, *, padding=1, epilogue: E
     padding: int, (h, w) or ONNX (top, left, bottom, right).
     epilogue: bias [OC], residual (NCHWc, like the output) and activation, fused into the
         output transform.
-    tile: (m, mr, nv): output tile 2 or 4, GEMM register tile mr tiles x nv channel vectors.
+    tile: (m,) or (m, mr, nv): output tile 2 or 4, GEMM register tile mr tiles x nv channel vectors.
     Returns a Kernel `f(data, weight, [bias], [residual], out)`.
     """
     op = "winograd_conv2d"
