@@ -9,7 +9,7 @@ in C (input) and OC (output) and with a weight that grows from 9 to (m + 2)^2 va
 Three stages, one PrimFunc (alpha = m + 2, E = alpha^2 transform points, P tiles):
 
     pad   [N, C/L, th*m + 2, tw*m + 2, L]   zero-padded input covering every tile (L = lanes)
-    V     [E, P, C/L, L]     V = B^T d B per tile and channel; vectors along the input channels
+    V     [alpha, alpha, P, C/L, L]   V = B^T d B per tile and channel, vectors along the channels
     M     [E, P, OC/L, L]    M[e] = V[e] @ U[e], E independent GEMMs (P x C) @ (C x OC) with the
                              register tile of matmul.py: mr tiles x nv channel vectors
     out   [N, OC/L, OH, OW, L]   Y = A^T M A per tile, epilogue fused, written NCHWc
@@ -17,10 +17,13 @@ Three stages, one PrimFunc (alpha = m + 2, E = alpha^2 transform points, P tiles
 U = G g G^T is computed at compile time in float64 and packed [E, OC/L, C/L, L, L] (block ob,
 input channel, lane = output channel) so each GEMM k step loads nv whole vectors.
 
-The transforms are small constant matrices; their products are written out in Python with the
-zero coefficients dropped, separably (rows, then columns, so the row sums are shared across a
-tile's columns once the loops are unrolled and LLVM merges the identical expressions).  Each
-stage picks its element with a Select on the unrolled transform indices, which folds away.
+The transforms are small constant matrices, applied separably: first the rows (R = B^T d, and
+S = A^T M for the output), computed per tile and transform row into alpha vectors that stay
+in registers (compute_at), then the columns.  Each product is written out in Python with the
+zero coefficients dropped and picks its row with a Select on an unrolled loop index, which
+folds away.  (Written as one 2-D expression instead, the unrolled bodies repeat the shared row
+sums and TVM's common-subexpression pass took 2 of the 3 s an F(4x4) kernel needed to build;
+separably it builds in 0.3 s.)
 
 Every stage runs its parallel loop over tiles (rows of tiles before channels: see conv.py's
 "Tasks by rows"), so each core transforms, multiplies and writes back its own band of rows.
@@ -98,21 +101,13 @@ def _lincomb(coeffs, terms):
     return acc if acc is not None else tirx.const(0.0, "float32")
 
 
-def _sandwich(left: np.ndarray, right: np.ndarray, read, row, col):
-    """(left @ X @ right^T)[row, col] for X[k, l] = read(k, l), `row` and `col` loop variables.
-
-    Written as a Select over every (r, c) pair so that unrolling row and col leaves one
-    expression each; the row combinations (left @ X)[r, l] are built identically for every c,
-    so LLVM computes them once per r.
-    """
-    rows, cols = left.shape[0], right.shape[0]
-    kk, ll = left.shape[1], right.shape[1]
+def _rows(mat: np.ndarray, read, row):
+    """(mat @ x)[row] for x[k] = read(k) and `row` a loop variable: a Select over the rows, each a
+    sum over that row's nonzero coefficients, which folds to one sum once `row` is unrolled."""
     result = None
-    for r in reversed(range(rows)):
-        partial = [_lincomb(left[r], [read(k, l) for k in range(kk)]) for l in range(ll)]
-        for c in reversed(range(cols)):
-            val = _lincomb(right[c], partial)
-            result = val if result is None else tirx.Select(tirx.all(row == r, col == c), val, result)
+    for r in reversed(range(mat.shape[0])):
+        val = _lincomb(mat[r], [read(k) for k in range(mat.shape[1])])
+        result = val if result is None else tirx.Select(row == r, val, result)
     return result
 
 
@@ -273,33 +268,40 @@ def _build(plan: WinogradPlan, weight: np.ndarray | None, epi: Epilogue, name: s
         p = tirx.min(p, tiles - 1) if tiles_p != tiles else p
         return p // (th * tw), (p // tw) % th * m, p % tw * m
 
-    def v_body(e, p, cb, v):
-        i, y0, x0 = tile_origin(p)
-        return _sandwich(bt, bt, lambda k, l: pad[i, cb, y0 + k, x0 + l, v], e // alpha, e % alpha)
+    def r_body(i, p, cb, l, v):  # (B^T d)[i, l]: the tile's rows combined
+        img, y0, x0 = tile_origin(p)
+        return _rows(bt, lambda k: pad[img, cb, y0 + k, x0 + l, v], i)
 
-    vt = te.compute((e_count, tiles_p, cb_count, lanes), v_body, name="V")
+    rows = te.compute((alpha, tiles_p, cb_count, alpha, lanes), r_body, name="R")
+    vt = te.compute((alpha, alpha, tiles_p, cb_count, lanes),  # (B^T d B)[i, j]
+                    lambda i, j, p, cb, v: _rows(bt, lambda l: rows[i, p, cb, l, v], j), name="V")
 
     u = te.placeholder(plan.packed_weight_shape, "float32", name="weight")
     kb = te.reduce_axis((0, cb_count), "kb")
     kv = te.reduce_axis((0, lanes), "kv")
     macc = te.compute((e_count, tiles_p, ob_count, lanes),
-                      lambda e, p, ob, v: te.sum(vt[e, p, kb, kv] * u[e, ob, kb, kv, v], axis=[kb, kv]), name="Macc")
+                      lambda e, p, ob, v: te.sum(vt[e // alpha, e % alpha, p, kb, kv] * u[e, ob, kb, kv, v], axis=[kb, kv]), name="Macc")
     mt = te.compute((e_count, tiles_p, ob_count, lanes), lambda e, p, ob, v: macc[e, p, ob, v], name="M")
 
     out_shape = blocked_shape(plan.out_shape, lanes)
     extra, extra_params, bias, residual = epilogue_inputs(epi, (oc,), out_shape)
 
-    def out_body(i, ob, y, x, v):
-        p = (i * th + y // m) * tw + x // m
-        val = _sandwich(at, at, lambda k, l: mt[k * alpha + l, p, ob, v], y % m, x % m)
+    def s_body(i, ob, y, tx, l, v):  # (A^T M)[y % m, l] of tile (y // m, tx)
+        p = (i * th + y // m) * tw + tx
+        return _rows(at, lambda k: mt[k * alpha + l, p, ob, v], y % m)
+
+    srows = te.compute((n, ob_count, th * m, tw, alpha, lanes), s_body, name="S")
+
+    def out_body(i, ob, y, x, v):  # (A^T M A)[y % m, x % m], then the epilogue
+        val = _rows(at, lambda l: srows[i, ob, y, x // m, l, v], x % m)
         return apply_nchwc_epilogue(epi, val, bias, residual, lanes, i, ob, y, x, v)
 
     out = te.compute(out_shape, out_body, name="out")
     sch = Schedule(te.create_prim_func([data, u, *extra, out]))
     schedule_copy(sch, "pad", lanes)
-    _schedule_input_transform(sch, "V")
+    _schedule_input_transform(sch, "V", "R")
     _schedule_batched_gemm(sch, "M", "Macc", mr=plan.mr, nv=plan.nv)
-    _schedule_output_transform(sch, "out", m)
+    _schedule_output_transform(sch, "out", "S", m)
 
     kname = name or (f"conv2d_wino{m}_{window_tag((3, 3), (1, 1), plan.pads, (1, 1))}_{c}x{h}x{w}_{oc}_nchwc"
                      + (f"_{epi.tag()}" if epi.tag() else ""))
@@ -311,14 +313,26 @@ def _build(plan: WinogradPlan, weight: np.ndarray | None, epi: Epilogue, name: s
                   packers={"weight": lambda a, _p=plan: pack_winograd_weight(a, _p)})
 
 
-def _schedule_input_transform(sch: Schedule, block: str) -> None:
-    """V[e, p, cb, v]: parallel over (tile, channel block), all E points unrolled, lanes vectorized."""
+def _schedule_input_transform(sch: Schedule, block: str, rows: str) -> None:
+    """V[i, j, p, cb, v]: parallel over (tile, channel block); for each unrolled i the row
+    combinations R[i, l] (alpha vectors, registers) then the alpha columns; lanes vectorized."""
     b = sch.get_sblock(block)
-    e, p, cb, v = sch.get_loops(b)
-    sch.reorder(p, cb, e, v)
+    i, j, p, cb, v = sch.get_loops(b)
+    sch.reorder(p, cb, i, j, v)
     sch.parallel(sch.fuse(p, cb))
-    sch.unroll(e)
+    _unrolled_rows(sch, rows, i)
+    sch.unroll(i)
+    sch.unroll(j)
     sch.vectorize(v)
+
+
+def _unrolled_rows(sch: Schedule, rows: str, loop) -> None:
+    """Compute the row-combination block `rows` under `loop`: its alpha vectors unrolled, lanes vectorized."""
+    r = sch.get_sblock(rows)
+    sch.compute_at(r, loop)
+    loops = sch.get_loops(r)
+    sch.unroll(loops[-2])
+    sch.vectorize(loops[-1])
 
 
 def _schedule_batched_gemm(sch: Schedule, out: str, acc: str, *, mr: int, nv: int) -> None:
@@ -345,15 +359,17 @@ def _schedule_batched_gemm(sch: Schedule, out: str, acc: str, *, mr: int, nv: in
     sch.vectorize(sch.get_loops(init)[-1])
 
 
-def _schedule_output_transform(sch: Schedule, block: str, m: int) -> None:
-    """out[n, ob, y, x, v]: parallel over (image, tile row, channel block), the m x m tile unrolled,
-    lanes vectorized; ragged tiles at the bottom and right edge are predicated."""
+def _schedule_output_transform(sch: Schedule, block: str, rows: str, m: int) -> None:
+    """out[n, ob, y, x, v]: parallel over (image, tile row, channel block); per tile and unrolled
+    output row the row combinations S (alpha vectors) then the m columns with the epilogue; lanes
+    vectorized.  Ragged tiles at the bottom and right edge are predicated."""
     b = sch.get_sblock(block)
     i, ob, y, x, v = sch.get_loops(b)
     ty, yi = sch.split(y, [None, m])
     tx, xi = sch.split(x, [None, m])
     sch.reorder(i, ty, ob, tx, yi, xi, v)
     sch.parallel(sch.fuse(i, ty, ob))
+    _unrolled_rows(sch, rows, yi)
     sch.unroll(yi)
     sch.unroll(xi)
     sch.vectorize(v)
