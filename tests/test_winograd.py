@@ -71,7 +71,7 @@ def test_winograd_residual_relu_and_runtime_weight():
     bias = RNG.standard_normal(oc).astype(np.float32)
     res = RNG.standard_normal(blocked_shape((1, oc, 10, 10), L)).astype(np.float32)
     epi = Epilogue(bias=True, residual=True, activation="relu")
-    k = winograd_conv2d(shape, wt.shape, epilogue=epi, spec=SPEC)
+    k = winograd_conv2d(shape, wt.shape, epilogue=epi, spec=SPEC, tile=(4,))
     assert k.name == f"conv2d_wino4_3x3s1p1_{2 * L}x10x10_{2 * L}_nchwc_bias_res_relu"
     assert [p.name for p in k.params] == ["data", "weight", "bias", "residual", "out"]
     packed = k.packers["weight"](wt)
@@ -114,3 +114,9 @@ def test_pack_winograd_weight_is_g_g_gt():
 def test_winograd_refuses_what_it_cannot_compute(kwargs, message):
     with pytest.raises(KernelError, match=message):
         winograd_conv2d(kwargs.pop("data_shape"), kwargs.pop("weight"), spec=SPEC, **kwargs)
+
+
+def test_default_output_tile_follows_the_tile_count():
+    """F(4x4) where there are many tiles, F(2x2) where the transformed weight outweighs them."""
+    assert [plan_winograd((1, c, h, h), (c, c, 3, 3), 1, SPEC).m for c, h in ((64, 56), (128, 28), (256, 14), (512, 7))] \
+        == [4, 4, 2, 2]

@@ -36,7 +36,7 @@ inputs with weights ~N(0, 1/(9C)) both stay within rtol 1e-3 / atol 1e-4 of the 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction as Fr
 
 import numpy as np
@@ -166,7 +166,11 @@ class WinogradPlan:
 
 def plan_winograd(data_shape, weight_shape, padding=1, spec: CpuSpec = CpuSpec(),
                   tile: tuple[int, ...] | None = None) -> WinogradPlan:
-    """Check the conv is one Winograd handles and choose (m, mr, nv); tile=(m,) or (m, mr, nv) overrides."""
+    """Check the conv is one Winograd handles and choose (m, mr, nv); tile=(m,) or (m, mr, nv) overrides.
+
+    The output tile m is the one with the fewest GEMM rows times transform points, counting the
+    weight stream as `_WEIGHT_STREAM_TILES` more rows.
+    """
     op = "winograd_conv2d"
     data_shape = tuple(int(d) for d in data_shape)
     weight_shape = tuple(int(d) for d in weight_shape)
@@ -189,17 +193,32 @@ def plan_winograd(data_shape, weight_shape, padding=1, spec: CpuSpec = CpuSpec()
     nvec = oc // lanes
     if tile is not None and len(tile) not in (1, 3):
         raise KernelError(f"{op}: tile is (m,) or (m, mr, nv), got {tuple(tile)}")
-    m = int(tile[0]) if tile is not None else 4
-    winograd_matrices(m)
     if tile is not None and len(tile) == 3:
-        mr, nv = int(tile[1]), int(tile[2])
+        m, mr, nv = (int(t) for t in tile)
+        winograd_matrices(m)
         if mr < 1 or nv < 1 or nvec % nv:
             raise KernelError(f"{op}: tile {tuple(tile)}: need mr >= 1 and nv dividing the {nvec} output-channel vectors")
         return WinogradPlan(data_shape, oc, pads, lanes, m, mr, nv)
-    mr, nv = gemm_tile(WinogradPlan(data_shape, oc, pads, lanes, m, 1, 1).tiles, oc, spec)
-    while nvec % nv:
+    if tile is not None:
+        winograd_matrices(int(tile[0]))
+    plans = [_default_tiles(WinogradPlan(data_shape, oc, pads, lanes, m, 1, 1), spec)
+             for m in ((int(tile[0]),) if tile is not None else OUTPUT_TILES)]
+    return min(plans, key=lambda p: p.alpha ** 2 * (p.tiles_padded + _WEIGHT_STREAM_TILES))
+
+
+# What streaming the transformed weight U (alpha^2 * C * OC) once per call costs, in GEMM rows
+# (tiles): with few tiles the kernel reads more weight than it multiplies.  16 makes the choice
+# measured on ResNet-18 (benchmarks/winograd.py): F(4x4) at 56x56 and 28x28, F(2x2) at 14x14
+# (F(4x4) pads its 16 tiles to 16x16 pixels, and is no faster) and 7x7 (F(4x4) 10% slower).
+_WEIGHT_STREAM_TILES = 16
+
+
+def _default_tiles(plan: WinogradPlan, spec: CpuSpec) -> WinogradPlan:
+    """`plan` with matmul.gemm_tile's register tile, nv shrunk to divide the channel vectors."""
+    mr, nv = gemm_tile(plan.tiles, plan.oc, spec)
+    while (plan.oc // plan.lanes) % nv:
         nv -= 1
-    return WinogradPlan(data_shape, oc, pads, lanes, m, mr, nv)
+    return replace(plan, mr=mr, nv=nv)
 
 
 def pack_winograd_weight(weight: np.ndarray, plan: WinogradPlan) -> np.ndarray:
