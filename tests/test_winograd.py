@@ -15,7 +15,8 @@ import pytest
 
 from mdoc.targets.cpu_kernels import CpuSpec, Epilogue, KernelError, conv2d
 from mdoc.targets.cpu_kernels.common import blocked_shape
-from mdoc.targets.cpu_kernels.winograd import pack_winograd_weight, plan_winograd, winograd_conv2d, winograd_matrices
+from mdoc.targets.cpu_kernels.winograd import (pack_winograd_weight, plan_winograd, winograd_conv2d, winograd_matrices,
+                                              winograd_tiles)
 
 from test_cpu_kernels import conv_ref
 from test_cpu_kernels_nchwc import from_blocked, to_blocked
@@ -120,3 +121,21 @@ def test_default_output_tile_follows_the_tile_count():
     """F(4x4) where there are many tiles, F(2x2) where the transformed weight outweighs them."""
     assert [plan_winograd((1, c, h, h), (c, c, 3, 3), 1, SPEC).m for c, h in ((64, 56), (128, 28), (256, 14), (512, 7))] \
         == [4, 4, 2, 2]
+
+
+def test_estimated_speedup_falls_with_the_tile_count():
+    est = [plan_winograd((1, c, h, h), (c, c, 3, 3), 1, SPEC).estimated_speedup
+           for c, h in ((64, 56), (128, 28), (256, 14), (512, 7))]
+    assert est == sorted(est, reverse=True) and est[0] > 3 and est[-1] < 1
+
+
+def test_winograd_tiles_are_legal_and_correct():
+    shape, oc = (1, L, 9, 9), 2 * L
+    plan = plan_winograd(shape, (oc, L, 3, 3), 1, SPEC)
+    tiles = winograd_tiles(plan, SPEC)
+    assert tiles and (plan.m, plan.mr, plan.nv) not in tiles
+    assert all(mr * nv * L * 4 < 1024 and (oc // L) % nv == 0 for _, mr, nv in tiles)
+    x, wt = _case(shape, oc)
+    for tile in (tiles[0], next(t for t in tiles if t[0] != plan.m)):
+        got = winograd_conv2d(shape, wt, spec=SPEC, tile=tile).compile()(to_blocked(x))
+        np.testing.assert_allclose(got, _direct(x, wt, 1, Epilogue()), rtol=1e-3, atol=1e-4)

@@ -59,7 +59,8 @@ from .common import (
 )
 from .matmul import gemm_tile
 
-__all__ = ["WinogradPlan", "pack_winograd_weight", "plan_winograd", "winograd_conv2d", "winograd_matrices"]
+__all__ = ["WinogradPlan", "pack_winograd_weight", "plan_winograd", "winograd_conv2d", "winograd_matrices",
+           "winograd_tiles"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -157,6 +158,24 @@ class WinogradPlan:
         return (self.alpha ** 2, self.oc // lanes, c // lanes, lanes, lanes)
 
     @property
+    def cost(self) -> int:
+        """GEMM rows (tiles) x transform points, plus the weight stream counted as
+        `_WEIGHT_STREAM_TILES` rows: the model that picks m, in units of C x OC multiply-adds."""
+        return self.alpha ** 2 * (self.tiles_padded + _WEIGHT_STREAM_TILES)
+
+    @property
+    def estimated_speedup(self) -> float:
+        """The direct conv's multiply-adds (9 per output pixel and channel pair) over `cost`.
+
+        Measured on ResNet-18 (benchmarks/winograd.py, 2 Zen 4 cores): estimates 3.7, 3.0, 1.7 and
+        0.75 for 56x56, 28x28, 14x14 and 512x7x7 against hot-loop speedups of about 3.2, 3.5, 2.1
+        and 1.1 (cold: slower than direct at 512x7x7, where U is 17 MB), so a caller routing
+        convs here should ask for an estimate well above 1.
+        """
+        n, _, oh, ow = self.out_shape
+        return 9 * n * oh * ow / self.cost
+
+    @property
     def flops(self) -> int:
         """FLOPs of the direct conv (so GFLOP/s compare with it)."""
         n, oc, oh, ow = self.out_shape
@@ -202,7 +221,7 @@ def plan_winograd(data_shape, weight_shape, padding=1, spec: CpuSpec = CpuSpec()
         winograd_matrices(int(tile[0]))
     plans = [_default_tiles(WinogradPlan(data_shape, oc, pads, lanes, m, 1, 1), spec)
              for m in ((int(tile[0]),) if tile is not None else OUTPUT_TILES)]
-    return min(plans, key=lambda p: p.alpha ** 2 * (p.tiles_padded + _WEIGHT_STREAM_TILES))
+    return min(plans, key=lambda p: p.cost)
 
 
 # What streaming the transformed weight U (alpha^2 * C * OC) once per call costs, in GEMM rows
@@ -218,6 +237,20 @@ def _default_tiles(plan: WinogradPlan, spec: CpuSpec) -> WinogradPlan:
     while (plan.oc // plan.lanes) % nv:
         nv -= 1
     return replace(plan, mr=mr, nv=nv)
+
+
+def winograd_tiles(plan: WinogradPlan, spec: CpuSpec, limit: int = 12) -> list[tuple[int, int, int]]:
+    """(m, mr, nv) tiles worth measuring for `plan` (for `mdoc tune`), the plan's own excluded:
+    both output tiles x register tiles of 4 to 14 tiles by 1, 2 or 4 channel vectors whose
+    accumulators stay under 1 KB (see matmul.gemm_tile)."""
+    nvec = plan.oc // plan.lanes
+    max_acc = min(spec.accumulators, 1024 // (plan.lanes * 4) - 1)
+    own = (plan.m, plan.mr, plan.nv)
+    tiles = [(m, mr, nv) for m in OUTPUT_TILES for nv in (1, 2, 4) if nvec % nv == 0
+             for mr in (4, 6, 7, 8, 12, 14) if mr * nv <= max_acc and (m, mr, nv) != own]
+    # the plan's output tile first, then the fuller register tiles
+    tiles.sort(key=lambda t: (t[0] != plan.m, -t[1] * t[2], t[1]))
+    return tiles[:limit]
 
 
 def pack_winograd_weight(weight: np.ndarray, plan: WinogradPlan) -> np.ndarray:
