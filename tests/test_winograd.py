@@ -139,3 +139,18 @@ def test_winograd_tiles_are_legal_and_correct():
     for tile in (tiles[0], next(t for t in tiles if t[0] != plan.m)):
         got = winograd_conv2d(shape, wt, spec=SPEC, tile=tile).compile()(to_blocked(x))
         np.testing.assert_allclose(got, _direct(x, wt, 1, Epilogue()), rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("spec", [CpuSpec(lanes=8, vector_registers=16, target={"kind": "llvm", "mcpu": "haswell"}),
+                                  CpuSpec(lanes=4, vector_registers=32, target={"kind": "llvm", "mcpu": "znver4"})])
+def test_winograd_narrower_vectors(spec):
+    """AVX2 (8 lanes) and NEON-width (4 lanes) blocking, run on this x86 host."""
+    lanes = spec.lanes
+    shape, oc = (1, 2 * lanes, 7, 9), 3 * lanes
+    x, wt = _case(shape, oc)
+    bias = RNG.standard_normal(oc).astype(np.float32)
+    epi = Epilogue(bias=True, activation="relu")
+    xb = to_blocked(x, lanes)
+    got = winograd_conv2d(shape, wt, epilogue=epi, spec=spec).compile(spec.target)(xb, bias)
+    want = conv2d(shape, wt, padding=1, epilogue=epi, layout="NCHWc", spec=spec).compile(spec.target)(xb, bias)
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
