@@ -118,15 +118,16 @@ def test_winograd_refuses_what_it_cannot_compute(kwargs, message):
 
 
 def test_default_output_tile_follows_the_tile_count():
-    """F(4x4) where there are many tiles, F(2x2) where the transformed weight outweighs them."""
+    """F(4x4) with many tiles or few (where U's size dominates either way), F(2x2) at 14x14, where
+    F(4x4) would pad 196 output pixels to 256."""
     assert [plan_winograd((1, c, h, h), (c, c, 3, 3), 1, SPEC).m for c, h in ((64, 56), (128, 28), (256, 14), (512, 7))] \
-        == [4, 4, 2, 2]
+        == [4, 4, 2, 4]
 
 
 def test_estimated_speedup_falls_with_the_tile_count():
     est = [plan_winograd((1, c, h, h), (c, c, 3, 3), 1, SPEC).estimated_speedup
            for c, h in ((64, 56), (128, 28), (256, 14), (512, 7))]
-    assert est == sorted(est, reverse=True) and est[0] > 3 and est[-1] < 1
+    assert est == sorted(est, reverse=True) and est[0] > 3 and 1 < est[-1] < 2
 
 
 def test_winograd_tiles_are_legal_and_correct():
