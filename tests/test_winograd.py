@@ -27,7 +27,7 @@ RNG = np.random.default_rng(7)
 
 
 def _case(shape, oc):
-    n, c, h, w = shape
+    c = shape[1]
     x = RNG.standard_normal(shape).astype(np.float32)
     wt = (RNG.standard_normal((oc, c, 3, 3)) / np.sqrt(9 * c)).astype(np.float32)
     return x, wt

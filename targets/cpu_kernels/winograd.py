@@ -340,7 +340,9 @@ def _build(plan: WinogradPlan, weight: np.ndarray | None, epi: Epilogue, name: s
     kb = te.reduce_axis((0, cb_count), "kb")
     kv = te.reduce_axis((0, lanes), "kv")
     macc = te.compute((e_count, tiles_p, ob_count, lanes),
-                      lambda e, p, ob, v: te.sum(vt[e // alpha, e % alpha, p, kb, kv] * u[e, ob, kb, kv, v], axis=[kb, kv]), name="Macc")
+                      lambda e, p, ob, v: te.sum(vt[e // alpha, e % alpha, p, kb, kv] * u[e, ob, kb, kv, v],
+                                                 axis=[kb, kv]),
+                      name="Macc")
     mt = te.compute((e_count, tiles_p, ob_count, lanes), lambda e, p, ob, v: macc[e, p, ob, v], name="M")
 
     out_shape = blocked_shape(plan.out_shape, lanes)
