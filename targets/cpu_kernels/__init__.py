@@ -31,6 +31,7 @@ layout.
 Builders (float32):
     conv2d(data_shape, weight, strides, padding, dilation, groups, epilogue)   conv.py
     depthwise_conv2d(...)                                                     depthwise.py
+    winograd_conv2d(data_shape, weight, padding, epilogue, tile): 3x3 stride 1, NCHWc  winograd.py
     dense(a_shape, weight, transpose_b, epilogue); batch_matmul(a_shape, b_shape, ...)  matmul.py
     pool2d(data_shape, "max" | "avg", kernel, strides, padding, ...); global_avg_pool2d   pooling.py
     softmax(shape); layer_norm(shape, epsilon)                                reductions.py
@@ -47,6 +48,7 @@ from .generic import schedule_generic
 from .matmul import batch_matmul, dense, pack_dense_weight
 from .pooling import global_avg_pool2d, pool2d
 from .reductions import layer_norm, softmax
+from .winograd import winograd_conv2d
 
 __all__ = [
     "Conv2dPlan",
@@ -69,4 +71,5 @@ __all__ = [
     "pool2d",
     "schedule_generic",
     "softmax",
+    "winograd_conv2d",
 ]
