@@ -41,7 +41,7 @@ class TvmBackend:
 
     def kernels_for(self, spec, tiles=None):
         """The lowering's kernel strategy for `spec`: mdoc's hand-scheduled CPU kernels (with the
-        tuned register `tiles`, request key -> tile) on CPU targets, TVM's ops elsewhere."""
+        tuned register `tiles`, request key -> (tile, default kernel it beat)) on CPU targets, TVM's ops elsewhere."""
         from .relax.cpu_strategy import cpu_kernels_for
 
         return cpu_kernels_for(spec.tvm, tiles) if spec.device == "cpu" else None

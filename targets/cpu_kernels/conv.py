@@ -257,7 +257,9 @@ def conv2d(data_shape: Sequence[int], weight, *, strides=1, padding=0, dilation=
     epilogue: bias [OC], residual [N, OC, OH, OW] and activation, fused before the store.
     tile: overrides the builder's register tile (what `mdoc tune` searches): (wb, ocv, ici) for
         the channel-vector path, (mr, nv) for the GEMM path of a pointwise conv, and
-        (rb, rows per task) for a depthwise conv; (wb, ocv) in NCHWc.
+        (rb, rows per task) for a depthwise conv; (wb, ocv) in NCHWc, where a 3x3 stride-1 conv
+        takes (m,) or (m, mr, nv) for Winograd F(m x m, 3 x 3) (`winograd.py`, also chosen
+        without a tile where it pays, see `winograd_applies`).
     layout: "NCHWc" takes and returns activations blocked by the vector width
         (`common.blocked_shape`; data, residual and output), for chains of convs that never
         need NCHW between them; one group, channel counts in whole vectors.
@@ -274,10 +276,39 @@ def conv2d(data_shape: Sequence[int], weight, *, strides=1, padding=0, dilation=
             tile = tuple(tile[:2])  # (rb, rows per task); NCHWc takes (wb, ocv[, rows per task])
         return depthwise_conv2d(data_shape, weight, strides=strides, padding=padding, dilation=dilation,
                                 epilogue=epilogue, dtype=dtype, spec=spec, name=name, tile=tile, layout=layout)
+    if winograd_applies(data_shape, wshape, strides, dilation, groups, layout, data_layout, spec, padding, tile):
+        from .winograd import winograd_conv2d
+
+        return winograd_conv2d(data_shape, weight, padding=padding, epilogue=epilogue, spec=spec, name=name,
+                               tile=tile)
     plan = plan_conv2d(data_shape, wshape, strides, padding, dilation, groups, spec, tile, layout, data_layout)
     if plan.pointwise:
         return _build_pointwise(plan, weight if isinstance(weight, np.ndarray) else None, epilogue, name)
     return _build(plan, weight if isinstance(weight, np.ndarray) else None, epilogue, name)
+
+
+# Winograd is the default where its cost model expects at least this speedup over the direct
+# kernel: measured 3.1x / 3.4x / 2.1x on ResNet-18's 56, 28 and 14 layers (predicted 3.9 / 3.7 /
+# 2.1), but only 5-10% at 512x7x7 with cold caches (predicted 1.5; its 38 MB weight streams from
+# memory), which stays direct unless `mdoc tune` measures otherwise
+WINOGRAD_MIN_SPEEDUP = 2.0
+
+
+def winograd_applies(data_shape, weight_shape, strides, dilation, groups, layout, data_layout, spec, padding,
+                     tile) -> bool:
+    """Whether conv2d routes to `winograd.winograd_conv2d`: a 3x3 stride-1 NCHWc conv whose tile
+    asks for it ((m,) or (m, mr, nv)), or, with no tile, where its estimated speedup is large."""
+    if (layout, data_layout or layout) != ("NCHWc", "NCHWc") or tuple(weight_shape[2:]) != (3, 3) or groups != 1 \
+            or as_pair(strides, "strides", "conv2d") != (1, 1) or as_pair(dilation, "dilation", "conv2d") != (1, 1):
+        return False
+    if tile is not None:
+        return len(tile) in (1, 3)
+    from .winograd import plan_winograd
+
+    try:
+        return plan_winograd(data_shape, weight_shape, padding, spec).estimated_speedup >= WINOGRAD_MIN_SPEEDUP
+    except KernelError:
+        return False
 
 
 def _conv_epilogue_inputs(epi: Epilogue, oc: int, out_shape):

@@ -49,7 +49,7 @@ from ..cpu_kernels import CpuSpec, Epilogue, Kernel, KernelError
 from ..cpu_kernels.request import KernelRequest
 from .epilogue import Tail, match_tail
 from .layer_norm_pattern import match_layer_norm
-from .layout_plan import LayoutPlan, plan_layouts
+from .layout_plan import LayoutPlan, candidate_kind, plan_layouts
 from .kernels import Kernels
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -58,7 +58,7 @@ if TYPE_CHECKING:  # pragma: no cover
 _RESHAPE = tvm.ir.Op.get("relax.reshape")
 
 
-def cpu_kernels_for(target: dict, tiles: Mapping[str, tuple] | None = None) -> Kernels:
+def cpu_kernels_for(target: dict, tiles: Mapping[str, tuple[tuple, str]] | None = None) -> Kernels:
     """The kernel strategy for a TVM CPU target dict: `CpuKernels` when its vector width is
     known (AVX2, AVX-512, NEON), else the default `Kernels` (a generic x86-64 has no FMA
     vectors worth a hand schedule)."""
@@ -71,9 +71,10 @@ def cpu_kernels_for(target: dict, tiles: Mapping[str, tuple] | None = None) -> K
 class CpuKernels(Kernels):
     """`Kernels` with matrix products on `targets/cpu_kernels` (see the module docstring)."""
 
-    def __init__(self, spec: CpuSpec, tiles: Mapping[str, tuple] | None = None):
+    def __init__(self, spec: CpuSpec, tiles: Mapping[str, tuple[tuple, str]] | None = None):
         self.spec = spec
-        self.tiles = dict(tiles or {})  # request key -> register tile chosen by `mdoc tune`
+        # request key -> (register tile chosen by `mdoc tune`, name of the default kernel it beat)
+        self.tiles = dict(tiles or {})
         self.requests: Counter[KernelRequest] = Counter()  # what the model asked for, and how often
         self.tiled: dict[str, tuple] = {}  # the tuned tiles this lowering used
         self._built: dict[KernelRequest, Kernel] = {}
@@ -134,8 +135,8 @@ class CpuKernels(Kernels):
                             alpha=tail.epilogue.alpha, beta=tail.epilogue.beta)
         layouts = {}
         if node in self.plan.blocked:
-            # a depthwise kernel reads NCHWc only; a dense one reads NCHW too (packing costs a copy)
-            if x not in self.blocked and groups > 1:
+            # depthwise and Winograd kernels read NCHWc only; a direct one reads NCHW too (packing costs a copy)
+            if x not in self.blocked and candidate_kind(node, self.spec.lanes) in ("depthwise", "winograd"):
                 self._pack(ctx, x, x_shape)
             layouts = {"layout": "NCHWc", "data_layout": "NCHWc" if x in self.blocked else "NCHW"}
         # ONNX pads are (top, left, bottom, right), the builder's order too
@@ -228,10 +229,14 @@ class CpuKernels(Kernels):
         """The kernel for `request` (built once per model), with the tuned tile when there is one."""
         self.requests[request] += 1
         if request not in self._built:
-            tile = self.tiles.get(request.key)
-            self._built[request] = request.build(self.spec, tile)
-            if tile is not None:
+            kernel = request.build(self.spec)
+            tile, measured_against = self.tiles.get(request.key, (None, None))
+            # a tile won against the default kernel of its time; after mdoc's default changed
+            # (another algorithm, another tile rule) the record says nothing about the new one
+            if tile is not None and measured_against == kernel.name:
+                kernel = request.build(self.spec, tile)
                 self.tiled[request.key] = tuple(tile)
+            self._built[request] = kernel
         return self._built[request]
 
     @staticmethod

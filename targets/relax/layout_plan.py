@@ -6,7 +6,8 @@ where NCHWc (`cpu_kernels.common.blocked_shape`) reads the same 16 channels from
 line.  Measured on this host (2 Zen 4 cores, best tile each, weights flushed as in a
 model run; /work/scratch-style runs recorded in the issue notes): MobileNetV2's
 pointwise convs on 14x14 and 7x7 run 15-25% faster NCHWc, on 56x56 5-15%; ResNet-18's
-3x3 convs 3-8%.  But a layout change costs a copy of the tensor, so NCHWc only pays
+3x3 convs 3-8%, and their stride-1 ones can use Winograd only on NCHWc (2-3x, `winograd.py`).
+But a layout change costs a copy of the tensor, so NCHWc only pays
 where neighbours share it: a chain of convs converted once at each end.
 
 The model.  A candidate is a node whose kernel has an NCHWc form: a 2-D Conv with constant
@@ -37,7 +38,7 @@ from ..cpu_kernels import CpuSpec
 
 RATE = 100e9  # FLOP/s per core of the conv kernels (ResNet-18's layers, AVX-512)
 COPY_BYTES_PER_S = 20e9  # a layout copy, read + write, cold
-GAIN = {"pointwise": 0.15, "conv": 0.04, "depthwise": 0.10, "pool": 0.0}
+GAIN = {"pointwise": 0.15, "conv": 0.04, "winograd": 0.5, "depthwise": 0.10, "pool": 0.0}
 _TAIL_OPS = {"onnx.Add", "onnx.Relu", "onnx.Clip", "onnx.Sigmoid", "onnx.Tanh", "onnx.LeakyRelu",
              "onnx.HardSigmoid", "onnx.HardSwish"}
 
@@ -96,7 +97,7 @@ def plan_layouts(graph: Graph, spec: CpuSpec) -> LayoutPlan:
         packed, unpacked = set(), set()
         for n in nodes:
             for i, value in enumerate(_activation_inputs(graph, n, ends[n])):
-                dense_data = i == 0 and kinds[n] in ("conv", "pointwise")
+                dense_data = i == 0 and kinds[n] in ("conv", "pointwise")  # they read NCHW themselves
                 if made_by.get(value) not in inside and not dense_data:
                     packed.add(value)
             end = ends[n]
@@ -128,7 +129,10 @@ def candidate_kind(node: Node, lanes: int) -> str | None:
         return None
     groups = int(node.attrs.get("group", 1))
     if groups == 1:
-        return "pointwise" if w.shape[2:] == (1, 1) else "conv"
+        if w.shape[2:] == (1, 1):
+            return "pointwise"
+        simple = all(int(v) == 1 for v in list(node.attrs.get("strides", [1, 1])) + list(node.attrs.get("dilations", [1, 1])))
+        return "winograd" if w.shape[2:] == (3, 3) and simple and x[1] % lanes == 0 else "conv"
     if groups == x[1] == out[1] and w.shape[1] == 1 and x[1] % lanes == 0:
         return "depthwise"
     return None

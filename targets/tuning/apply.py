@@ -32,8 +32,9 @@ class Applied:
 
     @property
     def tile_choices(self) -> dict:
-        """Request key -> tile, for the hand-scheduled kernels whose swept tile won."""
-        return {key: tile for key, r in self.tile_records.items() if (tile := chosen_tile(r)) is not None}
+        """Request key -> (tile, the default kernel it beat), for the hand-scheduled kernels whose swept tile won."""
+        return {key: (tile, r["kernel"]) for key, r in self.tile_records.items()
+                if (tile := chosen_tile(r)) is not None}
 
     def as_json(self) -> dict:
         return {"database": self.database, "applied": len(self.kernels), "looked_up": self.looked_up,

@@ -10,7 +10,9 @@ fewer, each one legal for the builder, so `tile_sweep` can measure all of them.
 Tiles, per builder (the `tile=` argument each takes):
   dense, batch_matmul, pointwise conv2d   (mr, nv): rows x vectors of the GEMM tile
   conv2d                                   (wb, ocv, ici): output columns x channel
-                                           vectors of the tile, input channels per step
+                                           vectors of the tile, input channels per step;
+                                           NCHWc (wb, ocv), and for 3x3 stride 1 also
+                                           Winograd's (m, mr, nv)
   depthwise conv2d, pool2d                 (rb, rows per task); NCHWc: (wb, ocv, rows per task)
 """
 
@@ -21,7 +23,8 @@ import math
 from ..cpu_kernels import CpuSpec, KernelError
 from ..cpu_kernels.blocked_window import blocked_window_tiles, plan_blocked_window
 from ..cpu_kernels.common import ceil_div
-from ..cpu_kernels.conv import plan_conv2d
+from ..cpu_kernels.conv import plan_conv2d, winograd_applies
+from ..cpu_kernels.winograd import plan_winograd, winograd_tiles
 from ..cpu_kernels.depthwise import plan_window
 from ..cpu_kernels.request import KernelRequest
 
@@ -81,7 +84,16 @@ def conv_tiles(data_shape, weight_shape, kw: dict, spec: CpuSpec) -> list[tuple[
     _, oc, oh, ow = plan.out_shape
     channel = channel_tiles(ow, ceil_div(oc, spec.lanes), plan.span, spec)
     if plan.data_layout == "NCHWc":  # the reduction step is one input vector: (wb, ocv) only
-        return list(dict.fromkeys(t[:2] for t in channel))[:MAX_TILES]
+        direct = list(dict.fromkeys(t[:2] for t in channel))
+        if not winograd_applies(data_shape, weight_shape, strides, dilation, groups, "NCHWc", "NCHWc", spec,
+                                padding, (2,)):
+            return direct[:MAX_TILES]
+        wplan = plan_winograd(data_shape, weight_shape, padding, spec)
+        winograd = winograd_tiles(wplan, spec)
+        if winograd_applies(data_shape, weight_shape, strides, dilation, groups, "NCHWc", "NCHWc", spec, padding,
+                            None):  # Winograd is the default: the direct kernel is a candidate too
+            return winograd[:MAX_TILES - 3] + direct[:3]
+        return [(wplan.m, wplan.mr, wplan.nv)] + winograd[:MAX_TILES // 2 - 1] + direct[:MAX_TILES // 2]
     tiles: list[tuple[int, ...]] = []
     if plan.layout == "NCHW" and weight_shape[2:] == (1, 1) and plan.strides == (1, 1) and groups == 1 \
             and plan.pads == (0, 0, 0, 0):
