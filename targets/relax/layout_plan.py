@@ -61,11 +61,6 @@ class LayoutPlan:
     blocked: set[Node] = field(default_factory=set)  # nodes whose kernels run NCHWc
     groups: list[Group] = field(default_factory=list)
 
-    def summary(self) -> str:
-        kept = [g for g in self.groups if g.blocked]
-        return (f"NCHWc for {len(self.blocked)} nodes in {len(kept)} of {len(self.groups)} groups "
-                f"(est. gain {sum(g.gain_s for g in kept) * 1e6:.0f} us, copies {sum(g.copy_s for g in kept) * 1e6:.0f} us)")
-
 
 def plan_layouts(graph: Graph, spec: CpuSpec) -> LayoutPlan:
     """The layout of every candidate of `graph`'s top level (see the module docstring)."""
@@ -113,7 +108,7 @@ def plan_layouts(graph: Graph, spec: CpuSpec) -> LayoutPlan:
 
 
 def candidate_kind(node: Node, lanes: int) -> str | None:
-    """"pointwise", "conv", "depthwise" or "pool" when `node` has an NCHWc kernel, else None."""
+    """The kind of NCHWc kernel `node` has (a key of GAIN), or None."""
     if node.op in ("onnx.MaxPool", "onnx.AveragePool"):
         shape = _shape(node.inputs[0])
         ok = shape is not None and len(shape) == 4 and shape[1] % lanes == 0 and len(node.outputs) == 1
@@ -131,7 +126,8 @@ def candidate_kind(node: Node, lanes: int) -> str | None:
     if groups == 1:
         if w.shape[2:] == (1, 1):
             return "pointwise"
-        simple = all(int(v) == 1 for v in list(node.attrs.get("strides", [1, 1])) + list(node.attrs.get("dilations", [1, 1])))
+        steps = list(node.attrs.get("strides", [1, 1])) + list(node.attrs.get("dilations", [1, 1]))
+        simple = all(int(v) == 1 for v in steps)
         return "winograd" if w.shape[2:] == (3, 3) and simple and x[1] % lanes == 0 else "conv"
     if groups == x[1] == out[1] and w.shape[1] == 1 and x[1] % lanes == 0:
         return "depthwise"
