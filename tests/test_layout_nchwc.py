@@ -56,11 +56,30 @@ def test_nchwc_conv_matches_the_nchw_kernel(c, hw, oc, k, stride, pad, residual,
     assert "nchwc" in nchwc.name and nchwc.name != nchw.name
 
 
-def test_nchwc_needs_channels_in_whole_vectors():
-    with pytest.raises(KernelError, match="whole 16-lane vectors"):
-        conv2d((1, 16, 8, 8), (24, 16, 1, 1), spec=SPEC, layout="NCHWc")
+def test_nchwc_refuses_groups_and_an_nchw_output_of_a_blocked_input():
+    with pytest.raises(KernelError, match="dense convs .one group. here, got groups=2"):
+        conv2d((1, 32, 8, 8), (32, 16, 1, 1), groups=2, spec=SPEC, layout="NCHWc")
     with pytest.raises(KernelError, match="an NCHWc input needs an NCHWc output"):
         conv2d((1, 16, 8, 8), (16, 16, 1, 1), spec=SPEC, data_layout="NCHWc")
+
+
+@pytest.mark.parametrize("c, oc", [(24, 40), (16, 24), (24, 16)])
+def test_channels_that_are_not_whole_vectors_pad_the_last_one(c, oc):
+    # MobileNetV2's 24-channel layers: the padded lanes of the input are weighed by zero
+    x = RNG.standard_normal((1, c, 6, 7)).astype(np.float32)
+    w = (RNG.standard_normal((oc, c, 3, 3)) * 0.1).astype(np.float32)
+    bias = RNG.standard_normal(oc).astype(np.float32)
+    epi = Epilogue(bias=True, residual=True, activation="relu")
+    nchw = conv2d(x.shape, w, padding=1, epilogue=epi, spec=SPEC)
+    nchwc = conv2d(x.shape, w, padding=1, epilogue=epi, spec=SPEC, layout="NCHWc")
+    r = RNG.standard_normal(nchw.output.shape).astype(np.float32)
+    pack = to_nchwc(x.shape, spec=SPEC).compile(SPEC.target)
+    unpack = from_nchwc(nchw.output.shape, spec=SPEC).compile(SPEC.target)
+    blocked_x = pack(x)
+    blocked_x[:, -1, ..., c % L or L:] = 7.0  # whatever the padded lanes hold, it must not matter
+    got = nchwc.compile(SPEC.target)(blocked_x, bias, to_nchwc(r.shape, spec=SPEC).compile(SPEC.target)(r))
+    expected = nchw.compile(SPEC.target)(x, bias, r)
+    np.testing.assert_allclose(unpack(got), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_layout_copies_round_trip():

@@ -428,16 +428,17 @@ LAYOUTS = ("NCHW", "NCHWc")
 
 
 def blocked_shape(shape: Sequence[int], lanes: int) -> tuple[int, int, int, int, int]:
-    """The NCHWc shape of an NCHW activation: (N, C / lanes, H, W, lanes), channel c at [c // lanes, ..., c % lanes].
+    """The NCHWc shape of an NCHW activation: (N, ceil(C / lanes), H, W, lanes), channel c at
+    [c // lanes, ..., c % lanes].
 
     Kernels built with layout="NCHWc" take and return activations (data, residual, output)
-    in this layout; their shapes and plans are still stated in NCHW terms.  C must be a
-    whole number of vectors.
+    in this layout; their shapes and plans are still stated in NCHW terms.  When C is not a
+    whole number of vectors (MobileNetV2's 24 channels) the last vector is padded: its extra
+    lanes hold finite values that no reader uses (a dense conv weighs them by zero, the copy
+    back to NCHW drops them).  The per-channel kernels (depthwise, pooling) need whole vectors.
     """
     n, c, h, w = (int(d) for d in shape)
-    if c % lanes:
-        raise KernelError(f"NCHWc layout needs a whole number of {lanes}-channel vectors; shape {tuple(shape)} has {c}")
-    return (n, c // lanes, h, w, lanes)
+    return (n, ceil_div(c, lanes), h, w, lanes)
 
 
 def check_layout(op: str, layout: str) -> None:

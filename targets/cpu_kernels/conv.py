@@ -146,9 +146,9 @@ def plan_conv2d(data_shape, weight_shape, strides=1, padding=0, dilation=1, grou
     if min(strides) < 1 or min(dilation) < 1 or min(pads) < 0:
         raise KernelError(f"{op}: strides {strides} and dilation {dilation} must be >= 1 and pads {pads} >= 0")
     lanes = spec.lanes
-    if "NCHWc" in (layout, data_layout) and (groups != 1 or oc % lanes or (data_layout == "NCHWc" and c % lanes)):
-        raise KernelError(f"{op}: the NCHWc layout needs one group and channels in whole {lanes}-lane vectors; "
-                          f"got {c} -> {oc} channels, groups={groups}, layouts {data_layout} -> {layout}")
+    if "NCHWc" in (layout, data_layout) and groups != 1:
+        raise KernelError(f"{op}: the NCHWc layout takes dense convs (one group) here, got groups={groups}; "
+                          "depthwise convs have their own NCHWc kernel")
     if layout == "NCHW" and data_layout == "NCHWc":
         raise KernelError(f"{op}: an NCHWc input needs an NCHWc output")
     pointwise = kh == kw == 1 and strides == (1, 1) and pads == (0, 0, 0, 0) and groups == 1 and layout == "NCHW"
@@ -350,7 +350,7 @@ def _build(plan: Conv2dPlan, weight: np.ndarray | None, epi: Epilogue, name: str
     if blocked_in:  # channel block cb, lane ci: the reduction walks whole input vectors
         inside = (lambda y, x: tirx.all(y >= pt, y < pt + h, x >= pl, x < pl + w))
         source = data if direct else te.compute(
-            (n, c // lanes, vh, vw, lanes),
+            (n, ceil_div(c, lanes), vh, vw, lanes),
             lambda i, cb, y, x, v: tirx.if_then_else(inside(y, x), data[i, cb, y - pt, x - pl, v], zero), name="pad")
 
         def read(i, b, cb, ci, y, x):
@@ -382,7 +382,10 @@ def _build(plan: Conv2dPlan, weight: np.ndarray | None, epi: Epilogue, name: str
     if blocked:
         def fout(i, b, y, x, v):
             val = acc[i, b, y, x, v]
-            val = val + bias[b * lanes + v] if bias is not None else val
+            if bias is not None:  # a padded last vector (oc % lanes) adds 0 in its extra lanes
+                o = b * lanes + v
+                val = val + (bias[o] if oc % lanes == 0 else
+                             tirx.if_then_else(o < oc, bias[tirx.min(o, oc - 1)], tirx.const(0.0, "float32")))
             val = val + residual[i, b, y, x, v] if residual is not None else val
             return epi.activate(val)
     else:

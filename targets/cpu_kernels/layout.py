@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from tvm import te
+from tvm import te, tirx
 from tvm.s_tir import Schedule
 
 from .common import CpuSpec, Kernel, KernelError, Param, blocked_shape, finish
@@ -24,7 +24,12 @@ def to_nchwc(shape: Sequence[int], *, spec: CpuSpec = CpuSpec(), name: str | Non
     nchw, lanes = _check(shape, spec), spec.lanes
     blocked = blocked_shape(nchw, lanes)
     data = te.placeholder(nchw, "float32", name="data")
-    out = te.compute(blocked, lambda i, cb, y, x, v: data[i, cb * lanes + v, y, x], name="out")
+    c = nchw[1]
+    if c % lanes:  # the padded lanes of the last vector get zeros
+        out = te.compute(blocked, lambda i, cb, y, x, v: tirx.if_then_else(
+            cb * lanes + v < c, data[i, tirx.min(cb * lanes + v, c - 1), y, x], tirx.const(0.0, "float32")), name="out")
+    else:
+        out = te.compute(blocked, lambda i, cb, y, x, v: data[i, cb * lanes + v, y, x], name="out")
     sch = Schedule(te.create_prim_func([data, out]))
     i, cb, y, x, v = sch.get_loops(sch.get_sblock("out"))
     sch.parallel(sch.fuse(i, cb, y))
@@ -52,7 +57,6 @@ def _check(shape, spec: CpuSpec) -> tuple[int, int, int, int]:
     shape = tuple(int(d) for d in shape)
     if len(shape) != 4:
         raise KernelError(f"NCHWc layout copies take 4-D NCHW shapes, got {shape}")
-    blocked_shape(shape, spec.lanes)  # channels in whole vectors
     return shape
 
 

@@ -207,6 +207,8 @@ def _global_avg_pool2d_blocked(data_shape: tuple[int, ...], keepdims: bool, spec
                           "reshape the (N, C / lanes, 1, 1, lanes) result instead")
     n, c, h, w = data_shape
     lanes = spec.lanes
+    if c % lanes:
+        raise KernelError(f"{op}: NCHWc layout needs C a multiple of {lanes} lanes; data {tuple(data_shape)} has C={c}")
     shape = blocked_shape(data_shape, lanes)
     cb, hw = c // lanes, h * w
     chains = min(_GAP_CHAINS, hw)
