@@ -120,10 +120,10 @@ def test_a_conv_chain_runs_nchwc_converted_once_at_its_end():
 
 
 def test_the_cost_model_leaves_a_lone_small_conv_nchw():
-    # one 1x1 conv on a 4x4 image whose result the graph returns: the unpack would cost more
-    # than NCHWc saves
-    inits = {"w": (RNG.standard_normal((L, L, 1, 1)) * 0.1).astype(np.float32)}
-    m = make_model([N("Conv", ["x", "w"], ["y"])], {"x": [1, L, 4, 4]}, ["y"], inits)
+    # one strided 3x3 conv on a 4x4 image whose result the graph returns: the unpack would
+    # cost more than NCHWc saves
+    inits = {"w": (RNG.standard_normal((L, L, 3, 3)) * 0.1).astype(np.float32)}
+    m = make_model([N("Conv", ["x", "w"], ["y"], strides=[2, 2], pads=[1, 1, 1, 1])], {"x": [1, L, 4, 4]}, ["y"], inits)
     plan = plan_layouts(import_model(m).graph, SPEC)
     assert not plan.blocked and len(plan.groups) == 1
     assert plan.groups[0].copy_s > plan.groups[0].gain_s > 0
