@@ -481,23 +481,10 @@ def schedule_nchw_tile(sch: Schedule, out: str, acc: str, *, n_reduce: int, lane
     xo, xi = sch.split(x, [None, wb])
     outer = [i, y, xo, bo]  # rows outermost: see "Tasks by rows" in the module docstring
     sch.reorder(*outer, bi, v, xi)
-    task = sch.fuse(*outer)
-    sch.compute_at(cb, task, preserve_unit_loops=True)
-    sch.set_scope(cb, 0, "local")
-    loops = sch.get_loops(cb)[1:]  # below the fused task loop: n, block, row, col, lane, reductions
-    cn, cb_, cy, cx, cv = loops[:5]
-    reds = loops[5:5 + n_reduce]
-    sch.reorder(*reds, cn, cb_, cy, cx, cv)
-    sch.unroll(cb_)
-    sch.unroll(cx)
-    sch.vectorize(cv)
-    sch.parallel(task)
+    _register_tile(sch, cb, sch.fuse(*outer), n_reduce)
     sch.unroll(bi)
     sch.unroll(v)
     sch.vectorize(xi)
-    init = sch.decompose_reduction(cb, reds[0])
-    iloops = sch.get_loops(init)
-    sch.vectorize(iloops[-1])
 
 
 def schedule_nchwc_tile(sch: Schedule, out: str, acc: str, *, n_reduce: int, lanes: int, wb: int, ocv: int) -> None:
@@ -509,10 +496,19 @@ def schedule_nchwc_tile(sch: Schedule, out: str, acc: str, *, n_reduce: int, lan
     bo, bi = sch.split(b, [None, ocv])
     xo, xi = sch.split(x, [None, wb])
     sch.reorder(i, y, xo, bo, bi, xi, v)  # rows outermost, as in schedule_nchw_tile
-    task = sch.fuse(i, y, xo, bo)
+    _register_tile(sch, cb, sch.fuse(i, y, xo, bo), n_reduce)
+    sch.unroll(bi)
+    sch.unroll(xi)
+    sch.vectorize(v)
+
+
+def _register_tile(sch: Schedule, cb, task, n_reduce: int) -> None:
+    """The accumulator acc[n, block, row, col, lane] of both tile schedules, computed per parallel
+    `task` into registers: reductions outside, the tile's blocks and columns unrolled, lanes
+    vectorized, initialised by a vector store."""
     sch.compute_at(cb, task, preserve_unit_loops=True)
     sch.set_scope(cb, 0, "local")
-    loops = sch.get_loops(cb)[1:]
+    loops = sch.get_loops(cb)[1:]  # below the fused task loop: n, block, row, col, lane, reductions
     cn, cb_, cy, cx, cv = loops[:5]
     reds = loops[5:5 + n_reduce]
     sch.reorder(*reds, cn, cb_, cy, cx, cv)
@@ -520,9 +516,6 @@ def schedule_nchwc_tile(sch: Schedule, out: str, acc: str, *, n_reduce: int, lan
     sch.unroll(cx)
     sch.vectorize(cv)
     sch.parallel(task)
-    sch.unroll(bi)
-    sch.unroll(xi)
-    sch.vectorize(v)
     init = sch.decompose_reduction(cb, reds[0])
     sch.vectorize(sch.get_loops(init)[-1])
 
