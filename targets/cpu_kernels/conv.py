@@ -294,12 +294,20 @@ def conv2d(data_shape: Sequence[int], weight, *, strides=1, padding=0, dilation=
 WINOGRAD_MIN_SPEEDUP = 2.0
 
 
+def winograd_eligible(data_shape, weight_shape, strides, dilation, groups, lanes: int) -> bool:
+    """Whether `winograd.winograd_conv2d` takes this conv at all: 3x3, stride 1, no dilation,
+    one group, channels in whole vectors (on NCHWc activations)."""
+    return (tuple(weight_shape[2:]) == (3, 3) and groups == 1 and data_shape[1] % lanes == 0
+            and weight_shape[0] % lanes == 0 and as_pair(strides, "strides", "conv2d") == (1, 1)
+            and as_pair(dilation, "dilation", "conv2d") == (1, 1))
+
+
 def winograd_applies(data_shape, weight_shape, strides, dilation, groups, layout, data_layout, spec, padding,
                      tile) -> bool:
-    """Whether conv2d routes to `winograd.winograd_conv2d`: a 3x3 stride-1 NCHWc conv whose tile
-    asks for it ((m,) or (m, mr, nv)), or, with no tile, where its estimated speedup is large."""
-    if (layout, data_layout or layout) != ("NCHWc", "NCHWc") or tuple(weight_shape[2:]) != (3, 3) or groups != 1 \
-            or as_pair(strides, "strides", "conv2d") != (1, 1) or as_pair(dilation, "dilation", "conv2d") != (1, 1):
+    """Whether conv2d routes to `winograd.winograd_conv2d`: an eligible NCHWc conv whose tile asks
+    for it ((m,) or (m, mr, nv)), or, with no tile, where its estimated speedup is large."""
+    if (layout, data_layout or layout) != ("NCHWc", "NCHWc") or \
+            not winograd_eligible(data_shape, weight_shape, strides, dilation, groups, spec.lanes):
         return False
     if tile is not None:
         return len(tile) in (1, 3)

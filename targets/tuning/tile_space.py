@@ -23,7 +23,7 @@ import math
 from ..cpu_kernels import CpuSpec, KernelError
 from ..cpu_kernels.blocked_window import blocked_window_tiles, plan_blocked_window
 from ..cpu_kernels.common import ceil_div
-from ..cpu_kernels.conv import plan_conv2d, winograd_applies
+from ..cpu_kernels.conv import plan_conv2d, winograd_applies, winograd_eligible
 from ..cpu_kernels.winograd import plan_winograd, winograd_tiles
 from ..cpu_kernels.depthwise import plan_window
 from ..cpu_kernels.request import KernelRequest
@@ -85,8 +85,7 @@ def conv_tiles(data_shape, weight_shape, kw: dict, spec: CpuSpec) -> list[tuple[
     channel = channel_tiles(ow, ceil_div(oc, spec.lanes), plan.span, spec)
     if plan.data_layout == "NCHWc":  # the reduction step is one input vector: (wb, ocv) only
         direct = list(dict.fromkeys(t[:2] for t in channel))
-        if not winograd_applies(data_shape, weight_shape, strides, dilation, groups, "NCHWc", "NCHWc", spec,
-                                padding, (2,)):
+        if not winograd_eligible(data_shape, weight_shape, strides, dilation, groups, spec.lanes):
             return direct[:MAX_TILES]
         wplan = plan_winograd(data_shape, weight_shape, padding, spec)
         winograd = winograd_tiles(wplan, spec)
