@@ -14,6 +14,7 @@ from typing import Any
 
 from .common import CpuSpec, Kernel, KernelError
 from .conv import conv2d
+from .inverted_residual import inverted_residual
 from .layout import from_nchwc, to_nchwc
 from .matmul import batch_matmul, dense
 from .pooling import pool2d
@@ -22,7 +23,8 @@ from .reductions import layer_norm, softmax
 __all__ = ["BUILDERS", "KernelRequest"]
 
 BUILDERS = {"conv2d": conv2d, "dense": dense, "batch_matmul": batch_matmul, "pool2d": pool2d,
-            "softmax": softmax, "layer_norm": layer_norm, "to_nchwc": to_nchwc, "from_nchwc": from_nchwc}
+            "softmax": softmax, "layer_norm": layer_norm, "to_nchwc": to_nchwc, "from_nchwc": from_nchwc,
+            "inverted_residual": inverted_residual}
 
 
 @dataclass(frozen=True)

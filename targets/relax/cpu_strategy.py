@@ -48,6 +48,7 @@ from mdoc.types import DType, TensorType
 from ..cpu_kernels import CpuSpec, Epilogue, Kernel, KernelError
 from ..cpu_kernels.request import KernelRequest
 from .epilogue import Tail, match_tail
+from .inverted_residual_pattern import match_inverted_residual
 from .layer_norm_pattern import match_layer_norm
 from .layout_plan import LayoutPlan, candidate_kind, plan_layouts
 from .kernels import Kernels
@@ -134,6 +135,9 @@ class CpuKernels(Kernels):
         epilogue = Epilogue(bias=bias is not None, residual=tail.epilogue.residual, activation=tail.epilogue.activation,
                             alpha=tail.epilogue.alpha, beta=tail.epilogue.beta)
         layouts = {}
+        fused = self._inverted_residual(ctx, node, x, x_shape, weight, bias) if node in self.plan.blocked else None
+        if fused is not None:
+            return fused
         if node in self.plan.blocked:
             # depthwise and Winograd kernels read NCHWc only; a direct one reads NCHW too (packing costs a copy)
             if x not in self.blocked and candidate_kind(node, self.spec.lanes) in ("depthwise", "winograd"):
@@ -155,6 +159,38 @@ class CpuKernels(Kernels):
             y = self._unpack(ctx, y, out_shape)
         if tail.nodes:
             ctx.absorb(tail.nodes, tail.result, y)
+        return y
+
+    def _inverted_residual(self, ctx: "LowerCtx", node: Node, x: relax.Expr, x_shape, weight: np.ndarray,
+                           bias: relax.Expr | None) -> relax.Expr | None:
+        """The block that starts at `node` as one fused kernel (`inverted_residual_pattern`), its
+        nodes absorbed; None where there is none or a tail does not fuse."""
+        block = match_inverted_residual(ctx.model.graph, node, self.spec)
+        if block is None or not all(n in self.plan.blocked for n in block.convs):
+            return None
+        dw, project = block.depthwise, block.project
+        expand_tail = match_tail(ctx, node.output, _node_shape(node), stages=("activation",))
+        dw_tail = match_tail(ctx, dw.output, _node_shape(dw), stages=("activation",))
+        out_shape = _node_shape(project)
+        project_tail = match_tail(ctx, project.output, out_shape, stages=("residual", "activation"))
+        if expand_tail.result is not dw.inputs[0] or dw_tail.result is not project.inputs[0]:
+            return None
+        w_dw, w_project = (np.asarray(n.inputs[1].const_value, np.float32) for n in (dw, project))
+        data_layout = "NCHWc" if x in self.blocked else "NCHW"
+        built = self._kernel(KernelRequest.of(
+            "inverted_residual", x_shape, _ints(weight.shape), _ints(w_dw.shape), _ints(w_project.shape),
+            strides=_ints(dw.attrs.get("strides", (1, 1))), padding=_ints(dw.attrs.get("pads", (0, 0, 0, 0))),
+            expand=expand_tail.epilogue, depthwise=dw_tail.epilogue, project=project_tail.epilogue,
+            data_layout=data_layout))
+        values = {"expand_weight": weight, "dw_weight": w_dw, "weight": w_project,
+                  "expand_bias": bias.value.numpy() if bias is not None else _conv_bias(node),
+                  "dw_bias": _conv_bias(dw), "bias": _conv_bias(project)}
+        args = [self.blocked[x] if data_layout == "NCHWc" else x]
+        args += [relax.const(built.packers[p.name](values[p.name])) for p in built.params[1:7]]
+        if project_tail.residual is not None:
+            args.append(self._pack(ctx, ctx.lookup(project_tail.residual), out_shape))
+        y = self._unpack(ctx, self._call(ctx, built, args), out_shape)
+        ctx.absorb(expand_tail.nodes + [dw] + dw_tail.nodes + [project] + project_tail.nodes, project_tail.result, y)
         return y
 
     def pool(self, ctx: "LowerCtx", x: relax.Expr, kind: str, *, kernel, strides, pads, dilations, ceil_mode: bool,
@@ -261,6 +297,14 @@ def _conv_out_shape(x_shape, w_shape, strides, pads, dilations) -> tuple[int, ..
     oh = (h + pads[0] + pads[2] - dilations[0] * (kh - 1) - 1) // strides[0] + 1
     ow = (w + pads[1] + pads[3] - dilations[1] * (kw - 1) - 1) // strides[1] + 1
     return (n, int(w_shape[0]), oh, ow)
+
+
+def _conv_bias(node: Node) -> np.ndarray:
+    """A Conv node's constant bias, zeros when it has none."""
+    bias = node.inputs[2] if len(node.inputs) > 2 else None
+    if bias is None:
+        return np.zeros(int(node.inputs[1].const_value.shape[0]), np.float32)
+    return np.asarray(bias.const_value, np.float32).reshape(-1)
 
 
 def _node_shape(node: Node) -> tuple | None:

@@ -13,7 +13,8 @@ where neighbours share it: a chain of convs converted once at each end.
 The model.  A candidate is a node whose kernel has an NCHWc form: a 2-D Conv with constant
 weights and static float32 shapes, dense (one group; any channel count, the last vector
 padded: `blocked_shape`) or depthwise (C == groups == output channels, in whole vectors),
-and 2-D MaxPool / AveragePool over whole vectors.  Its gain
+and 2-D MaxPool / AveragePool over whole vectors; the three convs of an inverted residual
+block (`inverted_residual_pattern`), whose fused kernel runs NCHWc only.  Its gain
 is `GAIN[kind]` times its estimated time (FLOPs at `RATE` per core).  Candidates are
 joined by the activations they pass each other: the data input, and the residual a
 kernel fuses from its tail (Add of another activation; `epilogue.match_tail`).  Each
@@ -36,10 +37,13 @@ from mdoc.ir import Graph, Node, Value
 from mdoc.types import DType, TensorType
 
 from ..cpu_kernels import CpuSpec
+from .inverted_residual_pattern import match_inverted_residual
 
 RATE = 100e9  # FLOP/s per core of the conv kernels (ResNet-18's layers, AVX-512)
 COPY_BYTES_PER_S = 20e9  # a layout copy, read + write, cold
-GAIN = {"pointwise": 0.15, "conv": 0.04, "winograd": 0.5, "depthwise": 0.10, "pool": 0.0}
+# an inverted residual block (`inverted_residual_pattern`) has only an NCHWc kernel, 1.4-2x faster than
+# its three convs apart: its whole time counts as the gain
+GAIN = {"pointwise": 0.15, "conv": 0.04, "winograd": 0.5, "depthwise": 0.10, "pool": 0.0, "inverted_residual": 1.0}
 _TAIL_OPS = {"onnx.Add", "onnx.Relu", "onnx.Clip", "onnx.Sigmoid", "onnx.Tanh", "onnx.LeakyRelu",
              "onnx.HardSigmoid", "onnx.HardSwish"}
 
@@ -66,6 +70,9 @@ class LayoutPlan:
 def plan_layouts(graph: Graph, spec: CpuSpec) -> LayoutPlan:
     """The layout of every candidate of `graph`'s top level (see the module docstring)."""
     kinds = {node: kind for node in graph.nodes() if (kind := candidate_kind(node, spec.lanes)) is not None}
+    for node in list(graph.nodes()):
+        if (block := match_inverted_residual(graph, node, spec)) is not None:
+            kinds.update(dict.fromkeys(block.convs, "inverted_residual"))
     ends = {node: _tail_end(graph, node) for node in kinds}
     made_by = {end: node for node, end in ends.items()}
     parent = {node: node for node in kinds}
@@ -93,7 +100,8 @@ def plan_layouts(graph: Graph, spec: CpuSpec) -> LayoutPlan:
         packed, unpacked = set(), set()
         for n in nodes:
             for i, value in enumerate(_activation_inputs(graph, n, ends[n])):
-                dense_data = i == 0 and kinds[n] in ("conv", "pointwise")  # they read NCHW themselves
+                # they read NCHW themselves
+                dense_data = i == 0 and kinds[n] in ("conv", "pointwise", "inverted_residual")
                 if made_by.get(value) not in inside and not dense_data:
                     packed.add(value)
             end = ends[n]

@@ -14,6 +14,7 @@ Tiles, per builder (the `tile=` argument each takes):
                                            NCHWc (wb, ocv), and for 3x3 stride 1 also
                                            Winograd's (m, mr, nv)
   depthwise conv2d, pool2d                 (rb, rows per task); NCHWc: (wb, ocv, rows per task)
+  inverted_residual                        (rows per task,)
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ..cpu_kernels import CpuSpec, KernelError
 from ..cpu_kernels.blocked_window import blocked_window_tiles, plan_blocked_window
 from ..cpu_kernels.common import ceil_div
 from ..cpu_kernels.conv import plan_conv2d, winograd_applies, winograd_eligible
+from ..cpu_kernels.inverted_residual import inverted_residual_tiles, plan_inverted_residual
 from ..cpu_kernels.winograd import plan_winograd, winograd_tiles
 from ..cpu_kernels.depthwise import plan_window
 from ..cpu_kernels.request import KernelRequest
@@ -51,6 +53,12 @@ def tile_space(request: KernelRequest, spec: CpuSpec) -> list[tuple[int, ...]]:
                                             kw.get("dilation", 1), spec, ceil_mode=kw.get("ceil_mode", False)), spec)
         if request.builder == "conv2d":
             return conv_tiles(args[0], args[1], kw, spec)
+        if request.builder == "inverted_residual":
+            data_shape, expand_shape, dw_shape, project_shape = args
+            plan = plan_inverted_residual(data_shape, expand_shape[0], project_shape[0], dw_shape[2:],
+                                          kw.get("strides", 1), kw.get("padding", 0), spec,
+                                          data_layout=kw.get("data_layout", "NCHWc"))
+            return [t for t in inverted_residual_tiles(plan, spec) if t != (plan.rows,)] if plan else []
     except KernelError:
         return []
     return []
