@@ -37,22 +37,25 @@ def from_blocked(x: np.ndarray, c: int) -> np.ndarray:
     return x.transpose(0, 1, 4, 2, 3).reshape(n, cb * lanes, h, w)[:, :c]
 
 
-def block_ref(x, we, be, wd, bd, wp, bp, stride, pads, acts, residual=None):
-    e = activation_reference(acts[0], conv_ref(x, we) + be[None, :, None, None])
+def block_ref(x, we, be, wd, bd, wp, bp, stride, pads, acts, residual=None, first=(1, (0, 0, 0, 0))):
+    s1, p1 = first
+    e = activation_reference(acts[0], conv_ref(x, we, (s1, s1), p1) + be[None, :, None, None])
     d = activation_reference(acts[1], conv_ref(e, wd, (stride, stride), pads, groups=wd.shape[0]) + bd[None, :, None, None])
     p = conv_ref(d, wp) + bp[None, :, None, None]
     return activation_reference(acts[2], p + residual if residual is not None else p)
 
 
 def run(c, h, w, m, co, *, k=3, stride=1, pads=(1, 1, 1, 1), residual=False, data_layout="NCHWc", tile=None,
-        acts=("relu6", "relu6", None)):
+        acts=("relu6", "relu6", None), first=(1, 1, (0, 0, 0, 0))):
+    k1, s1, p1 = first
     x = rand(1, c, h, w)
-    we, be, wd, bd = rand(m, c, 1, 1, scale=0.3), rand(m), rand(m, 1, k, k, scale=0.3), rand(m)
+    we, be, wd, bd = rand(m, c, k1, k1, scale=0.3), rand(m), rand(m, 1, k, k, scale=0.3), rand(m)
     wp, bp = rand(co, m, 1, 1, scale=0.2), rand(co)
     epis = [Epilogue(bias=True, activation=a) for a in acts]
     project = Epilogue(bias=True, residual=residual, activation=acts[2])
-    kern = inverted_residual(x.shape, we.shape, wd.shape, wp.shape, strides=stride, padding=pads, expand=epis[0],
-                             depthwise=epis[1], project=project, spec=SPEC, tile=tile, data_layout=data_layout)
+    kern = inverted_residual(x.shape, we.shape, wd.shape, wp.shape, strides=stride, padding=pads, expand_strides=s1,
+                             expand_padding=p1, expand=epis[0], depthwise=epis[1], project=project, spec=SPEC,
+                             tile=tile, data_layout=data_layout)
     oh, ow = kern.output.shape[2:4]
     res = rand(1, co, oh, ow) if residual else None
     consts = {"expand_weight": we, "expand_bias": be, "dw_weight": wd, "dw_bias": bd, "weight": wp, "bias": bp}
@@ -66,7 +69,7 @@ def run(c, h, w, m, co, *, k=3, stride=1, pads=(1, 1, 1, 1), residual=False, dat
     compiled.fn(*targs)
     got = targs[-1].numpy()
     assert got.shape == blocked_shape((1, co, oh, ow), L)
-    want = block_ref(x, we, be, wd, bd, wp, bp, stride, pads, acts, res)
+    want = block_ref(x, we, be, wd, bd, wp, bp, stride, pads, acts, res, (s1, p1))
     close(from_blocked(got, co), want, rtol=1e-3, atol=1e-3)
     if co % L:  # the padded lanes of the last output vector are zeros, as to_nchwc writes them
         assert not np.any(got[:, -1, :, :, co % L:])
@@ -82,6 +85,13 @@ def run(c, h, w, m, co, *, k=3, stride=1, pads=(1, 1, 1, 1), residual=False, dat
 def test_inverted_residual_matches_numpy(c, h, w, m, co, stride, residual, data_layout, tile):
     kern = run(c, h, w, m, co, stride=stride, residual=residual, data_layout=data_layout, tile=tile)
     assert kern.name.startswith("invres_") and kern.flops > 0
+
+
+@pytest.mark.parametrize("data_layout", ["NCHW", "NCHWc"])
+def test_inverted_residual_behind_a_strided_3x3_conv(data_layout):
+    # MobileNetV2's stem and first block: 3x3 stride 2 over the image's 3 channels, then depthwise and project
+    kern = run(3, 32, 32, 32, 16, first=(3, 2, (1, 1, 1, 1)), data_layout=data_layout, acts=("relu6", "relu6", None))
+    assert "_k3x3s2_" in kern.name
 
 
 def test_inverted_residual_5x5_asymmetric_padding_and_activations():

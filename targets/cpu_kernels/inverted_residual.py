@@ -51,6 +51,7 @@ from .common import (
     check_layout,
     finish,
 )
+from .conv import schedule_copy
 
 L2_BAND_BYTES = 1_300_000  # the expanded band a task keeps (x the rows it needs); L2 is 2 MB a core here
 MAX_ROWS = 14
@@ -62,18 +63,28 @@ class InvertedResidualPlan:
     data_shape: tuple[int, int, int, int]  # NCHW
     expanded: int  # M, the depthwise conv's channels
     out_channels: int
-    kernel: tuple[int, int]
+    kernel: tuple[int, int]  # the depthwise conv's window, strides and pads
     strides: tuple[int, int]
     pads: tuple[int, int, int, int]
     lanes: int
     rows: int  # output rows per task
     data_layout: str
+    expand_kernel: tuple[int, int] = (1, 1)  # the first conv's (1x1 for MobileNetV2's expand)
+    expand_strides: tuple[int, int] = (1, 1)
+    expand_pads: tuple[int, int, int, int] = (0, 0, 0, 0)
+
+    @property
+    def pointwise_expand(self) -> bool:
+        return self.expand_kernel == (1, 1) and self.expand_strides == (1, 1) and not any(self.expand_pads)
+
+    @property
+    def expanded_hw(self) -> tuple[int, int]:
+        _, _, h, w = self.data_shape
+        return _conv_hw((h, w), self.expand_kernel, self.expand_strides, self.expand_pads)
 
     @property
     def out_hw(self) -> tuple[int, int]:
-        _, _, h, w = self.data_shape
-        (kh, kw), (sh, sw), (pt, pl, pb, pr) = self.kernel, self.strides, self.pads
-        return (h + pt + pb - kh) // sh + 1, (w + pl + pr - kw) // sw + 1
+        return _conv_hw(self.expanded_hw, self.kernel, self.strides, self.pads)
 
     @property
     def out_shape(self) -> tuple[int, int, int, int]:
@@ -87,10 +98,15 @@ class InvertedResidualPlan:
 
     @property
     def flops(self) -> int:
-        n, c, h, w = self.data_shape
-        oh, ow = self.out_hw
-        m, kh, kw = self.expanded, *self.kernel
-        return 2 * n * (m * c * h * w + m * kh * kw * oh * ow + self.out_channels * m * oh * ow)
+        n, c = self.data_shape[:2]
+        (eh, ew), (oh, ow) = self.expanded_hw, self.out_hw
+        m, (kh, kw), (k1h, k1w) = self.expanded, self.kernel, self.expand_kernel
+        return 2 * n * (m * c * k1h * k1w * eh * ew + m * kh * kw * oh * ow + self.out_channels * m * oh * ow)
+
+
+def _conv_hw(hw, kernel, strides, pads) -> tuple[int, int]:
+    (h, w), (kh, kw), (sh, sw), (pt, pl, pb, pr) = hw, kernel, strides, pads
+    return (h + pt + pb - kh) // sh + 1, (w + pl + pr - kw) // sw + 1
 
 
 def _largest_divisor(n: int, limit: int) -> int:
@@ -98,22 +114,25 @@ def _largest_divisor(n: int, limit: int) -> int:
 
 
 def plan_inverted_residual(data_shape, expanded: int, out_channels: int, kernel, strides, padding,
-                           spec: CpuSpec, tile: tuple[int, ...] | None = None,
-                           data_layout: str = "NCHWc") -> InvertedResidualPlan | None:
+                           spec: CpuSpec, tile: tuple[int, ...] | None = None, data_layout: str = "NCHWc",
+                           expand_kernel=1, expand_strides=1, expand_padding=0) -> InvertedResidualPlan | None:
     """The plan of one fused block, or None where fusing does not pay (see the module docstring):
     the output rows must split into equal bands, at least one per core, of at least 4 rows
-    (of `tile[0]` rows when given), whose expanded input rows fit `L2_BAND_BYTES`."""
+    (of `tile[0]` rows when given), whose expanded rows fit `L2_BAND_BYTES`."""
     check_layout("inverted_residual", data_layout)
     n, c, h, w = (int(d) for d in data_shape)
-    kh, kw = as_pair(kernel, "kernel", "inverted_residual")
-    sh, sw = as_pair(strides, "strides", "inverted_residual")
-    pads = as_pads(padding, "inverted_residual")
+    op = "inverted_residual"
+    geometry = dict(kernel=as_pair(kernel, "kernel", op), strides=as_pair(strides, "strides", op),
+                    pads=as_pads(padding, op), expand_kernel=as_pair(expand_kernel, "expand_kernel", op),
+                    expand_strides=as_pair(expand_strides, "expand_strides", op),
+                    expand_pads=as_pads(expand_padding, op))
     lanes = spec.lanes
-    oh = (h + pads[0] + pads[2] - kh) // sh + 1
-    ow = (w + pads[1] + pads[3] - kw) // sw + 1
-    if n != 1 or oh < 1 or ow < 1 or _largest_divisor(w, MAX_WB) < 4 or _largest_divisor(ow, MAX_WB) < 4:
+    (eh, ew) = _conv_hw((h, w), geometry["expand_kernel"], geometry["expand_strides"], geometry["expand_pads"])
+    oh, ow = _conv_hw((eh, ew), geometry["kernel"], geometry["strides"], geometry["pads"])
+    if n != 1 or min(eh, ew, oh, ow) < 1 or _largest_divisor(ew, MAX_WB) < 4 or _largest_divisor(ow, MAX_WB) < 4:
         return None
-    width = ceil_div(expanded, lanes) * lanes * w * 4
+    (kh, _), (sh, _) = geometry["kernel"], geometry["strides"]
+    width = ceil_div(expanded, lanes) * lanes * ew * 4
 
     def fits(r):
         return ((r - 1) * sh + kh) * width <= L2_BAND_BYTES
@@ -130,8 +149,8 @@ def plan_inverted_residual(data_shape, expanded: int, out_channels: int, kernel,
         if not options:
             return None
         rows = max(options)
-    return InvertedResidualPlan((n, c, h, w), int(expanded), int(out_channels), (kh, kw), (sh, sw), pads, lanes,
-                                rows, data_layout)
+    return InvertedResidualPlan((n, c, h, w), int(expanded), int(out_channels), lanes=lanes, rows=rows,
+                                data_layout=data_layout, **geometry)
 
 
 def inverted_residual_tiles(plan: InvertedResidualPlan, spec: CpuSpec, limit: int = 6) -> list[tuple[int]]:
@@ -142,26 +161,28 @@ def inverted_residual_tiles(plan: InvertedResidualPlan, spec: CpuSpec, limit: in
 
 
 def inverted_residual(data_shape: Sequence[int], expand_shape: Sequence[int], depthwise_shape: Sequence[int],
-                      project_shape: Sequence[int], *, strides=1, padding=0, expand: Epilogue = Epilogue(),
-                      depthwise: Epilogue = Epilogue(), project: Epilogue = Epilogue(),
-                      spec: CpuSpec = CpuSpec(), name: str | None = None, tile: tuple[int, ...] | None = None,
-                      data_layout: str = "NCHWc") -> Kernel:
-    """The fused block; weights by their ONNX shapes ([M, C, 1, 1], [M, 1, kh, kw], [CO, M, 1, 1]).
+                      project_shape: Sequence[int], *, strides=1, padding=0, expand_strides=1, expand_padding=0,
+                      expand: Epilogue = Epilogue(), depthwise: Epilogue = Epilogue(),
+                      project: Epilogue = Epilogue(), spec: CpuSpec = CpuSpec(), name: str | None = None,
+                      tile: tuple[int, ...] | None = None, data_layout: str = "NCHWc") -> Kernel:
+    """The fused block; weights by their ONNX shapes ([M, C, k1h, k1w], [M, 1, kh, kw], [CO, M, 1, 1]).
 
-    The kernel is `f(data, expand_weight, expand_bias, dw_weight, dw_bias, weight, bias,
+    The first conv is MobileNetV2's 1x1 expand, or any dense conv (`expand_strides`,
+    `expand_padding`; the network's stem, 3x3 stride 2 over the image, before the first
+    depthwise conv); `strides` and `padding` are the depthwise conv's.  The kernel is `f(data, expand_weight, expand_bias, dw_weight, dw_bias, weight, bias,
     [residual], out)`; every weight and bias is packed by `kernel.packers[name]` from its ONNX
     array (a bias from its [channels] vector).  Raises KernelError where the block does not fuse
     (`plan_inverted_residual`).
     """
     m, c = int(expand_shape[0]), int(expand_shape[1])
     co = int(project_shape[0])
-    if (tuple(expand_shape[2:]) != (1, 1) or tuple(project_shape[2:]) != (1, 1) or int(data_shape[1]) != c
+    if (len(expand_shape) != 4 or tuple(project_shape[2:]) != (1, 1) or int(data_shape[1]) != c
             or int(depthwise_shape[0]) != m or int(depthwise_shape[1]) != 1 or int(project_shape[1]) != m):
         raise KernelError(f"inverted_residual: weights {tuple(expand_shape)}, {tuple(depthwise_shape)}, "
-                          f"{tuple(project_shape)} do not chain a 1x1 conv, a depthwise conv and a 1x1 conv "
+                          f"{tuple(project_shape)} do not chain a conv, a depthwise conv and a 1x1 conv "
                           f"over data {tuple(data_shape)}")
     plan = plan_inverted_residual(data_shape, m, co, tuple(depthwise_shape[2:]), strides, padding, spec, tile,
-                                  data_layout)
+                                  data_layout, tuple(expand_shape[2:]), expand_strides, expand_padding)
     if plan is None:
         raise KernelError(f"inverted_residual: {tuple(data_shape)} -> {m} -> {co} does not split into bands "
                           "of rows that pay for fusion; use the three kernels")
@@ -171,17 +192,17 @@ def inverted_residual(data_shape: Sequence[int], expand_shape: Sequence[int], de
     out_shape = blocked_shape(plan.out_shape, lanes)
     kh, kw = plan.kernel
     params = [Param("data", blocked_shape(plan.data_shape, lanes) if data_layout == "NCHWc" else plan.data_shape),
-              Param("expand_weight", (mb, plan.reduce_in, lanes)), Param("expand_bias", (mb, lanes)),
+              Param("expand_weight", (mb, *plan.expand_kernel, plan.reduce_in, lanes)), Param("expand_bias", (mb, lanes)),
               Param("dw_weight", (mb, kh, kw, lanes)), Param("dw_bias", (mb, lanes)),
               Param("weight", (ob, mb * lanes, lanes)), Param("bias", (ob, lanes))]
     if project.residual:
         params.append(Param("residual", out_shape))
     params.append(Param("out", out_shape))
-    packers = {"expand_weight": lambda a: _pack_pointwise(a, lanes, plan.reduce_in),
+    packers = {"expand_weight": lambda a: _pack_dense(a, lanes, plan.reduce_in),
                "expand_bias": lambda a: _pack_bias(a, lanes),
                "dw_weight": lambda a: _pack_depthwise(a, lanes),
                "dw_bias": lambda a: _pack_bias(a, lanes),
-               "weight": lambda a: _pack_pointwise(a, lanes, mb * lanes),
+               "weight": lambda a: _pack_dense(a, lanes, mb * lanes).reshape(ob, mb * lanes, lanes),
                "bias": lambda a: _pack_bias(a, lanes)}
     notes = f"rows={plan.rows} {data_layout}->NCHWc"
     return Kernel(kname, finish(func, kname), tuple(params), plan.flops, notes, packers=packers)
@@ -190,16 +211,17 @@ def inverted_residual(data_shape: Sequence[int], expand_shape: Sequence[int], de
 def _kernel_name(plan: InvertedResidualPlan, project: Epilogue) -> str:
     _, c, h, w = plan.data_shape
     (kh, kw), (sh, _) = plan.kernel, plan.strides
+    first = "" if plan.pointwise_expand else f"_k{plan.expand_kernel[0]}x{plan.expand_kernel[1]}s{plan.expand_strides[0]}"
     tail = "_res" if project.residual else ""
-    return f"invres_{c}x{h}x{w}_{plan.expanded}_dw{kh}x{kw}s{sh}_{plan.out_channels}{tail}"
+    return f"invres_{c}x{h}x{w}_{plan.expanded}{first}_dw{kh}x{kw}s{sh}_{plan.out_channels}{tail}"
 
 
-def _pack_pointwise(weight: np.ndarray, lanes: int, reduce: int) -> np.ndarray:
-    """[O, K, 1, 1] -> [ceil(O / lanes), reduce, lanes], zeros for padded outputs and inputs."""
-    o, k = weight.shape[:2]
-    full = np.zeros((ceil_div(o, lanes) * lanes, reduce), np.float32)
-    full[:o, :k] = weight.reshape(o, k)
-    return np.ascontiguousarray(full.reshape(-1, lanes, reduce).transpose(0, 2, 1))
+def _pack_dense(weight: np.ndarray, lanes: int, reduce: int) -> np.ndarray:
+    """[O, K, kh, kw] -> [ceil(O / lanes), kh, kw, reduce, lanes], zeros for padded outputs and inputs."""
+    o, k, kh, kw = weight.shape
+    full = np.zeros((ceil_div(o, lanes) * lanes, reduce, kh, kw), np.float32)
+    full[:o, :k] = weight
+    return np.ascontiguousarray(full.reshape(-1, lanes, reduce, kh, kw).transpose(0, 3, 4, 2, 1))
 
 
 def _pack_depthwise(weight: np.ndarray, lanes: int) -> np.ndarray:
@@ -221,13 +243,15 @@ def _schedule(plan: InvertedResidualPlan, expand: Epilogue, depthwise: Epilogue,
     lanes = plan.lanes
     mb, ob = ceil_div(plan.expanded, lanes), ceil_div(plan.out_channels, lanes)
     (kh, kw), (sh, sw), (pt, pl, pb, _) = plan.kernel, plan.strides, plan.pads
+    (k1h, k1w), (s1h, s1w), (p1t, p1l, p1b, p1r) = plan.expand_kernel, plan.expand_strides, plan.expand_pads
+    eh, ew = plan.expanded_hw
     oh, ow = plan.out_hw
-    he = h + pt + pb  # the expanded rows, offset by the top padding; the pad rows are masked below
+    he = eh + pt + pb  # the expanded rows, offset by the top padding; the pad rows are masked below
     blocked_in = plan.data_layout == "NCHWc"
     zero = tirx.const(0.0, "float32")
 
     data = te.placeholder(blocked_shape(plan.data_shape, lanes) if blocked_in else plan.data_shape, name="data")
-    we = te.placeholder((mb, plan.reduce_in, lanes), name="expand_weight")
+    we = te.placeholder((mb, k1h, k1w, plan.reduce_in, lanes), name="expand_weight")
     be = te.placeholder((mb, lanes), name="expand_bias")
     wd = te.placeholder((mb, kh, kw, lanes), name="dw_weight")
     bd = te.placeholder((mb, lanes), name="dw_bias")
@@ -236,26 +260,40 @@ def _schedule(plan: InvertedResidualPlan, expand: Epilogue, depthwise: Epilogue,
     out_shape = blocked_shape(plan.out_shape, lanes)
     residual = te.placeholder(out_shape, name="residual") if project.residual else None
 
-    def row(y):  # the input row of expanded row y, clamped (its value is masked when out of range)
-        return tirx.max(tirx.min(y - pt, h - 1), 0)
+    def row(y):  # the first conv's output row of expanded row y, clamped (masked below when out of range)
+        return tirx.max(tirx.min(y - pt, eh - 1), 0)
+
+    source = data
+    if not plan.pointwise_expand and any(plan.expand_pads):  # zero-padded copy of the input, made once
+        hpad, wpad = h + p1t + p1b, w + p1l + p1r
+
+        def inside(y, x):
+            return tirx.all(y >= p1t, y < p1t + h, x >= p1l, x < p1l + w)
+
+        if blocked_in:
+            source = te.compute((n, data.shape[1], hpad, wpad, lanes), lambda i, cb, y, x, v: tirx.if_then_else(
+                inside(y, x), data[i, cb, y - p1t, x - p1l, v], zero), name="pad")
+        else:
+            source = te.compute((n, c, hpad, wpad), lambda i, ch, y, x: tirx.if_then_else(
+                inside(y, x), data[i, ch, y - p1t, x - p1l], zero), name="pad")
 
     rc = te.reduce_axis((0, plan.reduce_in), "rc")
-    if blocked_in:
-        def x_at(i, ch, y, x):
-            return data[i, ch // lanes, row(y), x, ch % lanes]
-    else:
-        def x_at(i, ch, y, x):
-            return data[i, ch, row(y), x]
-    acc_e = te.compute((n, mb, he, w, lanes),
-                       lambda i, b, y, x, v: te.sum(x_at(i, rc, y, x) * we[b, rc, v], axis=rc), name="acc_e")
-    expanded = te.compute((n, mb, he, w, lanes),
+    r1h, r1w = te.reduce_axis((0, k1h), "r1h"), te.reduce_axis((0, k1w), "r1w")
+
+    def x_at(i, ch, y, x):
+        yy, xx = row(y) * s1h + r1h, x * s1w + r1w
+        return source[i, ch // lanes, yy, xx, ch % lanes] if blocked_in else source[i, ch, yy, xx]
+
+    acc_e = te.compute((n, mb, he, ew, lanes), lambda i, b, y, x, v: te.sum(
+        x_at(i, rc, y, x) * we[b, r1h, r1w, rc, v], axis=[r1h, r1w, rc]), name="acc_e")
+    expanded = te.compute((n, mb, he, ew, lanes),
                           lambda i, b, y, x, v: expand.activate(acc_e[i, b, y, x, v] + be[b, v]), name="expanded")
     rh, rw = te.reduce_axis((0, kh), "rh"), te.reduce_axis((0, kw), "rw")
 
     def tap(i, b, y, x, v):
         col = x - pl
-        inside = tirx.all(y >= pt, y < pt + h, col >= 0, col < w)
-        return tirx.if_then_else(inside, expanded[i, b, y, tirx.max(tirx.min(col, w - 1), 0), v], zero)
+        inside = tirx.all(y >= pt, y < pt + eh, col >= 0, col < ew)
+        return tirx.if_then_else(inside, expanded[i, b, y, tirx.max(tirx.min(col, ew - 1), 0), v], zero)
 
     acc_d = te.compute((n, mb, oh, ow, lanes), lambda i, b, y, x, v: te.sum(
         tap(i, b, y * sh + rh, x * sw + rw, v) * wd[b, rh, rw, v], axis=[rh, rw]), name="acc_d")
@@ -273,6 +311,8 @@ def _schedule(plan: InvertedResidualPlan, expand: Epilogue, depthwise: Epilogue,
     args = [data, we, be, wd, bd, wp, bp] + ([residual] if residual is not None else []) + [out]
     sch = Schedule(te.create_prim_func(args))
     _schedule_bands(sch, plan, ob)
+    if source is not data:
+        schedule_copy(sch, "pad", lanes)
     return sch.mod["main"]
 
 
@@ -281,7 +321,7 @@ def _schedule_bands(sch: Schedule, plan: InvertedResidualPlan, ob: int) -> None:
     register-tiled (`wb` columns x channel vectors, reductions outside, lanes vectorized) and
     computed only for the rows the band needs (TVM's compute_at infers the halo)."""
     g = sch.get_sblock
-    _, w = plan.data_shape[2:]
+    _, w = plan.expanded_hw
     _, ow = plan.out_hw
     wb_e, wb_o = _largest_divisor(w, MAX_WB), _largest_divisor(ow, MAX_WB)
     ocv = 2 if ob % 2 == 0 and 2 * wb_o <= MAX_WB else 1
@@ -298,7 +338,7 @@ def _schedule_bands(sch: Schedule, plan: InvertedResidualPlan, ob: int) -> None:
     _tile_stage(sch, "expanded", "acc_e", wb_e, channels_inside=True)
     _tile_stage(sch, "dw", "acc_d", wb_o, channels_inside=False)
     sch.parallel(band)
-    for block, n_reduce in (("acc_e", 1), ("acc_d", 2), ("acc_p", 1)):
+    for block, n_reduce in (("acc_e", 3), ("acc_d", 2), ("acc_p", 1)):
         _register_tile(sch, g(block), n_reduce)
     sch.unroll(bi)
     sch.unroll(xi)

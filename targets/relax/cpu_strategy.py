@@ -135,7 +135,8 @@ class CpuKernels(Kernels):
         epilogue = Epilogue(bias=bias is not None, residual=tail.epilogue.residual, activation=tail.epilogue.activation,
                             alpha=tail.epilogue.alpha, beta=tail.epilogue.beta)
         layouts = {}
-        fused = self._inverted_residual(ctx, node, x, x_shape, weight, bias) if node in self.plan.blocked else None
+        fused = (self._inverted_residual(ctx, node, x, x_shape, weight, bias, strides, pads)
+                 if node in self.plan.blocked else None)
         if fused is not None:
             return fused
         if node in self.plan.blocked:
@@ -162,7 +163,7 @@ class CpuKernels(Kernels):
         return y
 
     def _inverted_residual(self, ctx: "LowerCtx", node: Node, x: relax.Expr, x_shape, weight: np.ndarray,
-                           bias: relax.Expr | None) -> relax.Expr | None:
+                           bias: relax.Expr | None, strides, pads) -> relax.Expr | None:
         """The block that starts at `node` as one fused kernel (`inverted_residual_pattern`), its
         nodes absorbed; None where there is none or a tail does not fuse."""
         block = match_inverted_residual(ctx.model.graph, node, self.spec)
@@ -180,7 +181,7 @@ class CpuKernels(Kernels):
         built = self._kernel(KernelRequest.of(
             "inverted_residual", x_shape, _ints(weight.shape), _ints(w_dw.shape), _ints(w_project.shape),
             strides=_ints(dw.attrs.get("strides", (1, 1))), padding=_ints(dw.attrs.get("pads", (0, 0, 0, 0))),
-            expand=expand_tail.epilogue, depthwise=dw_tail.epilogue, project=project_tail.epilogue,
+            expand_strides=_ints(strides), expand_padding=_ints(pads), expand=expand_tail.epilogue, depthwise=dw_tail.epilogue, project=project_tail.epilogue,
             data_layout=data_layout))
         values = {"expand_weight": weight, "dw_weight": w_dw, "weight": w_project,
                   "expand_bias": bias.value.numpy() if bias is not None else _conv_bias(node),

@@ -7,7 +7,8 @@ block's first conv; both ask this one structural match, on the mdoc graph, so th
 A block is three Convs with constant weights (and constant biases, or none) chained through
 single-use activations:
 
-    Conv 1x1 (expand, one group) -> [activation] -> Conv kxk depthwise (group = channels)
+    Conv (expand: one group, 1x1 in MobileNetV2's blocks, the 3x3 stride-2 stem before its
+      first depthwise conv) -> [activation] -> Conv kxk depthwise (group = channels)
       -> [activation] -> Conv 1x1 (project, one group) -> [residual Add] [activation]
 
 with static float32 NCHW shapes, explicit pads (no auto_pad), no dilation, and rows that
@@ -44,7 +45,7 @@ class InvertedResidualMatch:
 def match_inverted_residual(graph: Graph, node: Node, spec: CpuSpec) -> InvertedResidualMatch | None:
     """The block that starts at `node` (its expand conv), or None."""
     x = _shape(node.inputs[0]) if node.op == "onnx.Conv" else None
-    if x is None or len(x) != 4 or not _pointwise(node):
+    if x is None or len(x) != 4 or not _plain_conv(node) or int(node.attrs.get("group", 1)) != 1:
         return None
     depthwise = _next_conv(graph, node)
     if depthwise is None or not _depthwise(depthwise, _weight(node).shape[0]):
@@ -54,7 +55,8 @@ def match_inverted_residual(graph: Graph, node: Node, spec: CpuSpec) -> Inverted
         return None
     w = _weight(depthwise)
     plan = plan_inverted_residual(x, w.shape[0], _weight(project).shape[0], w.shape[2:], _ints(depthwise, "strides"),
-                                  _ints(depthwise, "pads", 4, 0), spec)
+                                  _ints(depthwise, "pads", 4, 0), spec, expand_kernel=_weight(node).shape[2:],
+                                  expand_strides=_ints(node, "strides"), expand_padding=_ints(node, "pads", 4, 0))
     return InvertedResidualMatch(node, depthwise, project) if plan is not None else None
 
 

@@ -57,7 +57,9 @@ def tile_space(request: KernelRequest, spec: CpuSpec) -> list[tuple[int, ...]]:
             data_shape, expand_shape, dw_shape, project_shape = args
             plan = plan_inverted_residual(data_shape, expand_shape[0], project_shape[0], dw_shape[2:],
                                           kw.get("strides", 1), kw.get("padding", 0), spec,
-                                          data_layout=kw.get("data_layout", "NCHWc"))
+                                          data_layout=kw.get("data_layout", "NCHWc"), expand_kernel=expand_shape[2:],
+                                          expand_strides=kw.get("expand_strides", 1),
+                                          expand_padding=kw.get("expand_padding", 0))
             return [t for t in inverted_residual_tiles(plan, spec) if t != (plan.rows,)] if plan else []
     except KernelError:
         return []
