@@ -200,6 +200,27 @@ def test_convs_with_fused_tails():
     assert want <= names and "dwconv2d_3x3s2p1_16x10x10_bias_clip" in names, names
 
 
+def test_mobilenet_blocks_fuse_into_one_kernel_each():
+    """The stem and the depthwise block after it, then an inverted residual block with its residual,
+    each run as one NCHWc kernel (`inverted_residual`); the pooled head reads the blocked result."""
+    x = f32(1, 3, 32, 32)
+    inits = {"ws": f32(16, 3, 3, 3, scale=0.3), "bs": f32(16), "wd1": f32(16, 1, 3, 3, scale=0.3), "bd1": f32(16),
+             "wp1": f32(16, 16, 1, 1, scale=0.3), "bp1": f32(16), "we": f32(64, 16, 1, 1, scale=0.3), "be": f32(64),
+             "wd2": f32(64, 1, 3, 3, scale=0.3), "bd2": f32(64), "wp2": f32(16, 64, 1, 1, scale=0.2), "bp2": f32(16),
+             "lo": np.array(0.0, np.float32), "hi": np.array(6.0, np.float32)}
+    nodes = [N("Conv", ["x", "ws", "bs"], ["s"], strides=[2, 2], pads=[1, 1, 1, 1]), N("Clip", ["s", "lo", "hi"], ["s6"]),
+             N("Conv", ["s6", "wd1", "bd1"], ["d1"], group=16, pads=[1, 1, 1, 1]), N("Clip", ["d1", "lo", "hi"], ["d16"]),
+             N("Conv", ["d16", "wp1", "bp1"], ["p1"]),
+             N("Conv", ["p1", "we", "be"], ["e"]), N("Clip", ["e", "lo", "hi"], ["e6"]),
+             N("Conv", ["e6", "wd2", "bd2"], ["d2"], group=64, pads=[1, 1, 1, 1]), N("Clip", ["d2", "lo", "hi"], ["d26"]),
+             N("Conv", ["d26", "wp2", "bp2"], ["p2"]), N("Add", ["p1", "p2"], ["block"]),
+             N("GlobalAveragePool", ["block"], ["pooled"])]
+    names = check(make_model(nodes, {"x": x}, ["pooled"], inits), {"x": x}, rtol=1e-4, atol=1e-4)
+    want = {"invres_3x32x32_16_k3x3s2_dw3x3s1_16", "invres_16x16x16_64_dw3x3s1_16_res",
+            "global_avg_pool2d_nchwc_16x16x16"}
+    assert want <= names and not any(n.startswith("conv2d") or n.startswith("dwconv") for n in names), names
+
+
 def test_conv_fallbacks():
     """1-d convs, weights given at run time and a residual defined after the conv keep working."""
     x1, x2 = f32(1, 4, 12), f32(1, 4, 6, 6)

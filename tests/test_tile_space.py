@@ -38,6 +38,12 @@ REQUESTS = {
                                       ceil_mode=False, count_include_pad=False, layout="NCHWc"),
     "maxpool": KernelRequest.of("pool2d", (1, 16, 17, 17), "max", (3, 3), (2, 2), (1, 1, 1, 1), dilation=(1, 1),
                                 ceil_mode=False, count_include_pad=False),
+    # several packed parameters, each packed from its own logical shape (Kernel.logical_shapes)
+    "inverted_residual": KernelRequest.of("inverted_residual", (1, 24, 16, 16), (64, 24, 1, 1), (64, 1, 3, 3),
+                                          (24, 64, 1, 1), strides=(1, 1), padding=(1, 1, 1, 1),
+                                          expand_strides=(1, 1), expand_padding=(0, 0, 0, 0),
+                                          expand=Epilogue(activation="relu6"), depthwise=Epilogue(activation="relu6"),
+                                          project=Epilogue(residual=True), data_layout="NCHWc"),
 }
 
 

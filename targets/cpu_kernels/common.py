@@ -181,6 +181,8 @@ class Kernel:
     notes: the tiling decisions taken, for logs and benchmark tables.
     packers: for a parameter whose packed layout the kernel expects but whose value was not
         given at build time, `packers[name](array)` packs it (e.g. a conv weight known later).
+    logical_shapes: the shape `packers[name]` takes, for kernels with several packed
+        parameters (otherwise it is the weight shape the kernel's request names).
     """
 
     name: str
@@ -189,6 +191,7 @@ class Kernel:
     flops: int
     notes: str = ""
     packers: dict = field(default_factory=dict, compare=False, repr=False)
+    logical_shapes: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def inputs(self) -> tuple[Param, ...]:

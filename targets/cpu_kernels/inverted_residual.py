@@ -204,8 +204,11 @@ def inverted_residual(data_shape: Sequence[int], expand_shape: Sequence[int], de
                "dw_bias": lambda a: _pack_bias(a, lanes),
                "weight": lambda a: _pack_dense(a, lanes, mb * lanes).reshape(ob, mb * lanes, lanes),
                "bias": lambda a: _pack_bias(a, lanes)}
+    logical = {"expand_weight": tuple(expand_shape), "expand_bias": (m,), "dw_weight": tuple(depthwise_shape),
+               "dw_bias": (m,), "weight": tuple(project_shape), "bias": (co,)}
     notes = f"rows={plan.rows} {data_layout}->NCHWc"
-    return Kernel(kname, finish(func, kname), tuple(params), plan.flops, notes, packers=packers)
+    return Kernel(kname, finish(func, kname), tuple(params), plan.flops, notes, packers=packers,
+                  logical_shapes={k: tuple(int(d) for d in v) for k, v in logical.items()})
 
 
 def _kernel_name(plan: InvertedResidualPlan, project: Epilogue) -> str:
@@ -334,7 +337,7 @@ def _schedule_bands(sch: Schedule, plan: InvertedResidualPlan, ob: int) -> None:
     band = sch.fuse(i, yo)
     sch.compute_at(g("acc_p"), sch.fuse(yi, xo, bo), preserve_unit_loops=True)
     for block in ("dw", "acc_d", "expanded", "acc_e"):  # consumers first: each sizes its producer's rows
-        sch.compute_at(g(block), band)
+        sch.compute_at(g(block), band, preserve_unit_loops=True)  # a single channel block keeps its loop
     _tile_stage(sch, "expanded", "acc_e", wb_e, channels_inside=True)
     _tile_stage(sch, "dw", "acc_d", wb_o, channels_inside=False)
     sch.parallel(band)
@@ -348,7 +351,7 @@ def _schedule_bands(sch: Schedule, plan: InvertedResidualPlan, ob: int) -> None:
 def _tile_stage(sch: Schedule, out: str, acc: str, wb: int, channels_inside: bool) -> None:
     """Split a stage's output loops (channel block, row, column, lane) into register tiles of
     `wb` columns and put its accumulator under the tile loop."""
-    b, r, col, v = sch.get_loops(sch.get_sblock(out))[-4:]
+    _, b, r, col, v = sch.get_loops(sch.get_sblock(out))[-5:]
     co, ci = sch.split(col, [None, wb])
     if channels_inside:  # the expand tile: rows, columns, then channel blocks (its input row stays hot)
         sch.reorder(r, co, b, ci, v)

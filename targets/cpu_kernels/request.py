@@ -17,14 +17,14 @@ from .conv import conv2d
 from .inverted_residual import inverted_residual
 from .layout import from_nchwc, to_nchwc
 from .matmul import batch_matmul, dense
-from .pooling import pool2d
+from .pooling import global_avg_pool2d, pool2d
 from .reductions import layer_norm, softmax
 
 __all__ = ["BUILDERS", "KernelRequest"]
 
 BUILDERS = {"conv2d": conv2d, "dense": dense, "batch_matmul": batch_matmul, "pool2d": pool2d,
             "softmax": softmax, "layer_norm": layer_norm, "to_nchwc": to_nchwc, "from_nchwc": from_nchwc,
-            "inverted_residual": inverted_residual}
+            "inverted_residual": inverted_residual, "global_avg_pool2d": global_avg_pool2d}
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,11 @@ and the elementwise tail fused into the register tile.
 * Conv with 2-D windows and constant weights (`conv2d`: dense, grouped, strided, dilated,
   1x1 as a GEMM, depthwise): NCHW activations in and out, weights packed into the kernel's
   blocked layout, the conv's bias fused.
-* MaxPool / AveragePool with 2-D windows (`pool2d`), NCHW like the convs.
+* MaxPool / AveragePool with 2-D windows (`pool2d`), NCHW like the convs; GlobalAveragePool
+  over 2-D planes (`global_avg_pool2d`).
+* MobileNet-style blocks (a conv, a depthwise conv, a 1x1 conv; `inverted_residual_pattern`)
+  as one kernel per block (`cpu_kernels.inverted_residual`), where the layout plan runs them
+  NCHWc.
 * Softmax over the last axis and LayerNorm (the ONNX op, or the nine ops exporters write,
   `layer_norm_pattern.py`) as one-task-per-row kernels (`lower_node`).
 * For MatMul and Conv nodes, the tail `epilogue.match_tail` finds (MatMul: scale, bias,
@@ -225,7 +229,18 @@ class CpuKernels(Kernels):
         return nchw
 
     def lower_node(self, ctx: "LowerCtx", node: Node) -> list | None:
-        """Softmax over the last axis and LayerNorm (the ONNX op or its exported decomposition)."""
+        """Softmax over the last axis, LayerNorm (the ONNX op or its exported decomposition) and a
+        2-D GlobalAveragePool (NCHWc when its input was computed blocked: no unpack of the wide
+        input, only of the pooled vector)."""
+        if node.op == "onnx.GlobalAveragePool":
+            shape = _value_shape(node.inputs[0])
+            if shape is None or len(shape) != 4:
+                return None
+            x = ctx.input(0)
+            if x in self.blocked and shape[1] % self.spec.lanes == 0:
+                built = self._kernel(KernelRequest.of("global_avg_pool2d", shape, layout="NCHWc"))
+                return [self._unpack(ctx, self._call(ctx, built, [self.blocked[x]]), (shape[0], shape[1], 1, 1))]
+            return [self._call(ctx, self._kernel(KernelRequest.of("global_avg_pool2d", shape)), [x])]
         if node.op == "onnx.ReduceMean":
             match = match_layer_norm(ctx, node)
             x = ctx.input(0) if match is not None else None

@@ -90,7 +90,7 @@ def logical_inputs(kernel: Kernel, request: KernelRequest, seed: int = 0) -> dic
     rng = np.random.default_rng(seed)
     values = {}
     for p in kernel.inputs:
-        shape = tuple(request.args[1]) if p.name in kernel.packers else p.shape
+        shape = kernel.logical_shapes.get(p.name, tuple(request.args[1])) if p.name in kernel.packers else p.shape
         values[p.name] = rng.uniform(-1.0, 1.0, shape).astype(p.dtype)
     return values
 
