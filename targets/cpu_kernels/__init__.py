@@ -32,6 +32,8 @@ Builders (float32):
     conv2d(data_shape, weight, strides, padding, dilation, groups, epilogue)   conv.py
     depthwise_conv2d(...)                                                     depthwise.py
     winograd_conv2d(data_shape, weight, padding, epilogue, tile): 3x3 stride 1, NCHWc  winograd.py
+    inverted_residual(data_shape, expand, depthwise, project shapes, ...): a conv, a depthwise
+        conv and a 1x1 conv in one kernel, per band of rows (MobileNetV2's blocks)  inverted_residual.py
     dense(a_shape, weight, transpose_b, epilogue); batch_matmul(a_shape, b_shape, ...)  matmul.py
     pool2d(data_shape, "max" | "avg", kernel, strides, padding, ...); global_avg_pool2d   pooling.py
     softmax(shape); layer_norm(shape, epsilon)                                reductions.py

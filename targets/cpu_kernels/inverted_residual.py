@@ -1,5 +1,8 @@
 """MobileNetV2's inverted residual block in one kernel: 1x1 expand, depthwise kxk, 1x1 project.
 
+(The first conv may be any dense conv: the network's 3x3 stride-2 stem and the depthwise
+block after it run as one kernel too.)
+
 Why: the block widens its input six times (16 -> 96 channels at 112x112 is 4.8 MB), and run
 as three kernels that wide activation goes to memory and back twice.  On this host the
 layers then run at half their in-cache speed inside a model, and onnxruntime, which has the
