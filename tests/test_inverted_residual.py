@@ -25,11 +25,11 @@ SPEC = CpuSpec()
 L = SPEC.lanes
 
 
-def to_blocked(x: np.ndarray) -> np.ndarray:
+def to_blocked(x: np.ndarray, lanes: int = L) -> np.ndarray:
     n, c, h, w = x.shape
-    padded = np.zeros((n, blocked_shape(x.shape, L)[1] * L, h, w), x.dtype)
+    padded = np.zeros((n, blocked_shape(x.shape, lanes)[1] * lanes, h, w), x.dtype)
     padded[:, :c] = x
-    return np.ascontiguousarray(padded.reshape(n, -1, L, h, w).transpose(0, 1, 3, 4, 2))
+    return np.ascontiguousarray(padded.reshape(n, -1, lanes, h, w).transpose(0, 1, 3, 4, 2))
 
 
 def from_blocked(x: np.ndarray, c: int) -> np.ndarray:
@@ -46,7 +46,7 @@ def block_ref(x, we, be, wd, bd, wp, bp, stride, pads, acts, residual=None, firs
 
 
 def run(c, h, w, m, co, *, k=3, stride=1, pads=(1, 1, 1, 1), residual=False, data_layout="NCHWc", tile=None,
-        acts=("relu6", "relu6", None), first=(1, 1, (0, 0, 0, 0))):
+        acts=("relu6", "relu6", None), first=(1, 1, (0, 0, 0, 0)), spec=SPEC):
     k1, s1, p1 = first
     x = rand(1, c, h, w)
     we, be, wd, bd = rand(m, c, k1, k1, scale=0.3), rand(m), rand(m, 1, k, k, scale=0.3), rand(m)
@@ -54,25 +54,26 @@ def run(c, h, w, m, co, *, k=3, stride=1, pads=(1, 1, 1, 1), residual=False, dat
     epis = [Epilogue(bias=True, activation=a) for a in acts]
     project = Epilogue(bias=True, residual=residual, activation=acts[2])
     kern = inverted_residual(x.shape, we.shape, wd.shape, wp.shape, strides=stride, padding=pads, expand_strides=s1,
-                             expand_padding=p1, expand=epis[0], depthwise=epis[1], project=project, spec=SPEC,
+                             expand_padding=p1, expand=epis[0], depthwise=epis[1], project=project, spec=spec,
                              tile=tile, data_layout=data_layout)
     oh, ow = kern.output.shape[2:4]
     res = rand(1, co, oh, ow) if residual else None
     consts = {"expand_weight": we, "expand_bias": be, "dw_weight": wd, "dw_bias": bd, "weight": wp, "bias": bp}
-    args = [to_blocked(x) if data_layout == "NCHWc" else x]
+    lanes = spec.lanes
+    args = [to_blocked(x, lanes) if data_layout == "NCHWc" else x]
     args += [kern.packers[p.name](consts[p.name]) for p in kern.params[1:7]]
     if residual:
-        args.append(to_blocked(res))
+        args.append(to_blocked(res, lanes))
     compiled = kern.compile()
     targs = compiled.prepare(*args)
     targs[-1] = tvm.runtime.tensor(np.full(kern.output.shape, np.nan, np.float32))  # every element must be written
     compiled.fn(*targs)
     got = targs[-1].numpy()
-    assert got.shape == blocked_shape((1, co, oh, ow), L)
+    assert got.shape == blocked_shape((1, co, oh, ow), lanes)
     want = block_ref(x, we, be, wd, bd, wp, bp, stride, pads, acts, res, (s1, p1))
     close(from_blocked(got, co), want, rtol=1e-3, atol=1e-3)
-    if co % L:  # the padded lanes of the last output vector are zeros, as to_nchwc writes them
-        assert not np.any(got[:, -1, :, :, co % L:])
+    if co % lanes:  # the padded lanes of the last output vector are zeros, as to_nchwc writes them
+        assert not np.any(got[:, -1, :, :, co % lanes:])
     return kern
 
 
@@ -92,6 +93,13 @@ def test_inverted_residual_behind_a_strided_3x3_conv(data_layout):
     # MobileNetV2's stem and first block: 3x3 stride 2 over the image's 3 channels, then depthwise and project
     kern = run(3, 32, 32, 32, 16, first=(3, 2, (1, 1, 1, 1)), data_layout=data_layout, acts=("relu6", "relu6", None))
     assert "_k3x3s2_" in kern.name
+
+
+def test_inverted_residual_neon_lanes():
+    # aarch64's schedule (4 lanes, 4 cores), checked on this host: 6 expanded channels pad to two vectors
+    neon = CpuSpec(lanes=4, cores=4)
+    kern = run(5, 16, 12, 6, 7, residual=True, spec=neon)
+    assert kern.params[0].shape == blocked_shape((1, 5, 16, 12), 4)
 
 
 def test_inverted_residual_5x5_asymmetric_padding_and_activations():
