@@ -172,8 +172,8 @@ def inverted_residual(data_shape: Sequence[int], expand_shape: Sequence[int], de
 
     The first conv is MobileNetV2's 1x1 expand, or any dense conv (`expand_strides`,
     `expand_padding`; the network's stem, 3x3 stride 2 over the image, before the first
-    depthwise conv); `strides` and `padding` are the depthwise conv's.  The kernel is `f(data, expand_weight, expand_bias, dw_weight, dw_bias, weight, bias,
-    [residual], out)`; every weight and bias is packed by `kernel.packers[name]` from its ONNX
+    depthwise conv); `strides` and `padding` are the depthwise conv's.  The kernel is
+    `f(data, expand_weight, expand_bias, dw_weight, dw_bias, weight, bias, [residual], out)`; every weight and bias is packed by `kernel.packers[name]` from its ONNX
     array (a bias from its [channels] vector).  Raises KernelError where the block does not fuse
     (`plan_inverted_residual`).
     """
@@ -195,7 +195,8 @@ def inverted_residual(data_shape: Sequence[int], expand_shape: Sequence[int], de
     out_shape = blocked_shape(plan.out_shape, lanes)
     kh, kw = plan.kernel
     params = [Param("data", blocked_shape(plan.data_shape, lanes) if data_layout == "NCHWc" else plan.data_shape),
-              Param("expand_weight", (mb, *plan.expand_kernel, plan.reduce_in, lanes)), Param("expand_bias", (mb, lanes)),
+              Param("expand_weight", (mb, *plan.expand_kernel, plan.reduce_in, lanes)),
+              Param("expand_bias", (mb, lanes)),
               Param("dw_weight", (mb, kh, kw, lanes)), Param("dw_bias", (mb, lanes)),
               Param("weight", (ob, mb * lanes, lanes)), Param("bias", (ob, lanes))]
     if project.residual:
@@ -217,7 +218,8 @@ def inverted_residual(data_shape: Sequence[int], expand_shape: Sequence[int], de
 def _kernel_name(plan: InvertedResidualPlan, project: Epilogue) -> str:
     _, c, h, w = plan.data_shape
     (kh, kw), (sh, _) = plan.kernel, plan.strides
-    first = "" if plan.pointwise_expand else f"_k{plan.expand_kernel[0]}x{plan.expand_kernel[1]}s{plan.expand_strides[0]}"
+    (k1h, k1w), (s1, _) = plan.expand_kernel, plan.expand_strides
+    first = "" if plan.pointwise_expand else f"_k{k1h}x{k1w}s{s1}"
     tail = "_res" if project.residual else ""
     return f"invres_{c}x{h}x{w}_{plan.expanded}{first}_dw{kh}x{kw}s{sh}_{plan.out_channels}{tail}"
 

@@ -52,7 +52,6 @@ from mdoc.types import DType, TensorType
 from ..cpu_kernels import CpuSpec, Epilogue, Kernel, KernelError
 from ..cpu_kernels.request import KernelRequest
 from .epilogue import Tail, match_tail
-from .inverted_residual_pattern import match_inverted_residual
 from .layer_norm_pattern import match_layer_norm
 from .layout_plan import LayoutPlan, candidate_kind, plan_layouts
 from .kernels import Kernels
@@ -168,9 +167,9 @@ class CpuKernels(Kernels):
 
     def _inverted_residual(self, ctx: "LowerCtx", node: Node, x: relax.Expr, x_shape, weight: np.ndarray,
                            bias: relax.Expr | None, strides, pads) -> relax.Expr | None:
-        """The block that starts at `node` as one fused kernel (`inverted_residual_pattern`), its
-        nodes absorbed; None where there is none or a tail does not fuse."""
-        block = match_inverted_residual(ctx.model.graph, node, self.spec)
+        """The block that starts at `node` (found by the layout plan, `inverted_residual_pattern`) as
+        one fused kernel, its nodes absorbed; None where there is none or a tail does not fuse."""
+        block = self.plan.blocks.get(node)
         if block is None or not all(n in self.plan.blocked for n in block.convs):
             return None
         dw, project = block.depthwise, block.project
@@ -185,8 +184,8 @@ class CpuKernels(Kernels):
         built = self._kernel(KernelRequest.of(
             "inverted_residual", x_shape, _ints(weight.shape), _ints(w_dw.shape), _ints(w_project.shape),
             strides=_ints(dw.attrs.get("strides", (1, 1))), padding=_ints(dw.attrs.get("pads", (0, 0, 0, 0))),
-            expand_strides=_ints(strides), expand_padding=_ints(pads), expand=expand_tail.epilogue, depthwise=dw_tail.epilogue, project=project_tail.epilogue,
-            data_layout=data_layout))
+            expand_strides=_ints(strides), expand_padding=_ints(pads), expand=expand_tail.epilogue,
+            depthwise=dw_tail.epilogue, project=project_tail.epilogue, data_layout=data_layout))
         values = {"expand_weight": weight, "dw_weight": w_dw, "weight": w_project,
                   "expand_bias": bias.value.numpy() if bias is not None else _conv_bias(node),
                   "dw_bias": _conv_bias(dw), "bias": _conv_bias(project)}

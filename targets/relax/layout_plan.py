@@ -37,7 +37,7 @@ from mdoc.ir import Graph, Node, Value
 from mdoc.types import DType, TensorType
 
 from ..cpu_kernels import CpuSpec
-from .inverted_residual_pattern import match_inverted_residual
+from .inverted_residual_pattern import InvertedResidualMatch, match_inverted_residual
 
 RATE = 100e9  # FLOP/s per core of the conv kernels (ResNet-18's layers, AVX-512)
 COPY_BYTES_PER_S = 20e9  # a layout copy, read + write, cold
@@ -65,14 +65,17 @@ class Group:
 class LayoutPlan:
     blocked: set[Node] = field(default_factory=set)  # nodes whose kernels run NCHWc
     groups: list[Group] = field(default_factory=list)
+    blocks: dict[Node, InvertedResidualMatch] = field(default_factory=dict)  # by first conv: fused kernels
 
 
 def plan_layouts(graph: Graph, spec: CpuSpec) -> LayoutPlan:
     """The layout of every candidate of `graph`'s top level (see the module docstring)."""
     kinds = {node: kind for node in graph.nodes() if (kind := candidate_kind(node, spec.lanes)) is not None}
+    blocks = {}
     for node in list(graph.nodes()):
         if (block := match_inverted_residual(graph, node, spec)) is not None:
             kinds.update(dict.fromkeys(block.convs, "inverted_residual"))
+            blocks[node] = block
     ends = {node: _tail_end(graph, node) for node in kinds}
     made_by = {end: node for node, end in ends.items()}
     parent = {node: node for node in kinds}
@@ -91,7 +94,7 @@ def plan_layouts(graph: Graph, spec: CpuSpec) -> LayoutPlan:
     for node in kinds:
         members.setdefault(find(node), []).append(node)
 
-    plan = LayoutPlan()
+    plan = LayoutPlan(blocks=blocks)
     rate = RATE * spec.cores
     for nodes in members.values():
         inside = set(nodes)
