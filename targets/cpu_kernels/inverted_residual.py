@@ -53,6 +53,7 @@ from .common import (
     ceil_div,
     check_layout,
     finish,
+    largest_divisor,
 )
 from .conv import schedule_copy
 
@@ -112,10 +113,6 @@ def _conv_hw(hw, kernel, strides, pads) -> tuple[int, int]:
     return (h + pt + pb - kh) // sh + 1, (w + pl + pr - kw) // sw + 1
 
 
-def _largest_divisor(n: int, limit: int) -> int:
-    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
-
-
 def plan_inverted_residual(data_shape, expanded: int, out_channels: int, kernel, strides, padding,
                            spec: CpuSpec, tile: tuple[int, ...] | None = None, data_layout: str = "NCHWc",
                            expand_kernel=1, expand_strides=1, expand_padding=0) -> InvertedResidualPlan | None:
@@ -132,7 +129,7 @@ def plan_inverted_residual(data_shape, expanded: int, out_channels: int, kernel,
     lanes = spec.lanes
     (eh, ew) = _conv_hw((h, w), geometry["expand_kernel"], geometry["expand_strides"], geometry["expand_pads"])
     oh, ow = _conv_hw((eh, ew), geometry["kernel"], geometry["strides"], geometry["pads"])
-    if n != 1 or min(eh, ew, oh, ow) < 1 or _largest_divisor(ew, MAX_WB) < 4 or _largest_divisor(ow, MAX_WB) < 4:
+    if n != 1 or min(eh, ew, oh, ow) < 1 or largest_divisor(ew, MAX_WB) < 4 or largest_divisor(ow, MAX_WB) < 4:
         return None
     (kh, _), (sh, _) = geometry["kernel"], geometry["strides"]
     width = ceil_div(expanded, lanes) * lanes * ew * 4
@@ -331,7 +328,7 @@ def _schedule_bands(sch: Schedule, plan: InvertedResidualPlan, ob: int) -> None:
     g = sch.get_sblock
     _, w = plan.expanded_hw
     _, ow = plan.out_hw
-    wb_e, wb_o = _largest_divisor(w, MAX_WB), _largest_divisor(ow, MAX_WB)
+    wb_e, wb_o = largest_divisor(w, MAX_WB), largest_divisor(ow, MAX_WB)
     ocv = 2 if ob % 2 == 0 and 2 * wb_o <= MAX_WB else 1
 
     i, b, y, x, v = sch.get_loops(g("out"))
