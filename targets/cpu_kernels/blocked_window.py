@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from tvm import te, tirx
 from tvm.s_tir import Schedule
 
-from .common import CpuSpec, KernelError, blocked_shape, ceil_div, pick_block, window_geometry
+from .common import CpuSpec, KernelError, batch_dims, blocked_shape, planned, ceil_div, pick_block, window_geometry
 
 __all__ = ["BlockedWindowPlan", "blocked_window_compute", "blocked_window_tiles", "plan_blocked_window",
            "schedule_blocked_window"]
@@ -98,7 +98,7 @@ def plan_blocked_window(op: str, data_shape, kernel, strides, padding, dilation,
     tile: (wb, ocv) or (wb, ocv, rows per task) overrides the choice; wb is rounded to the
     output width when larger, ocv must divide C / lanes and rows must divide the output height.
     """
-    n, c, h, w = (int(d) for d in data_shape)
+    n, c, h, w = batch_dims(op, data_shape)
     lanes = spec.lanes
     if c % lanes:
         raise KernelError(f"{op}: NCHWc layout needs C a multiple of {lanes} lanes; data {tuple(data_shape)} has C={c}")
@@ -130,7 +130,7 @@ def plan_blocked_window(op: str, data_shape, kernel, strides, padding, dilation,
         rows = 1
         for r in range(2, oh + 1):
             band = ocv * ((r - 1) * sh + dh * (kh - 1) + 1) * vw * lanes * 4
-            tasks = n * (cb // ocv) * (oh // r)
+            tasks = planned(n) * (cb // ocv) * (oh // r)
             balanced = ceil_div(tasks, spec.cores) * spec.cores <= 1.05 * tasks
             if oh % r == 0 and band <= _BAND_BYTES and tasks >= 4 * spec.cores and balanced and oh // r >= spec.cores:
                 rows = r

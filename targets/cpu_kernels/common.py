@@ -241,16 +241,19 @@ class CompiledKernel:
                               f"({', '.join(p.name for p in rt)}), got {len(arrays)}")
         it = iter(arrays)
         args = []
+        sizes: dict = {}  # symbolic extent -> its size in this call
         for p in self.kernel.inputs:
             if p.is_constant:
                 args.append(self._consts[p.name])
             else:
                 a = np.ascontiguousarray(next(it), dtype=p.dtype)
-                if a.shape != p.shape:
+                if len(a.shape) != len(p.shape) or any(
+                        sizes.setdefault(d, n) != n if is_symbolic(d) else d != n for d, n in zip(p.shape, a.shape)):
                     raise KernelError(f"kernel {self.kernel.name}: input {p.name} has shape {a.shape}, expected {p.shape}")
                 args.append(tvm.runtime.tensor(a, self.dev))
         out = self.kernel.output
-        args.append(tvm.runtime.tensor(np.zeros(out.shape, out.dtype), self.dev))
+        shape = tuple(sizes[d] if is_symbolic(d) else d for d in out.shape)
+        args.append(tvm.runtime.tensor(np.zeros(shape, out.dtype), self.dev))
         return args
 
     def __call__(self, *arrays: np.ndarray) -> np.ndarray:
@@ -430,6 +433,51 @@ def activation_reference(name: str | None, x: np.ndarray, alpha: float | None = 
 LAYOUTS = ("NCHW", "NCHWc")
 
 
+def as_dims(shape: Sequence) -> tuple:
+    """A request's shape as the builders' TE extents: ints stay ints, a name (str) is a
+    symbolic extent, an int32 TIR var of that name (one var per name within a call).
+
+    Why int32: the kernels' other extents are int32 constants, and a schedule that mixes an
+    int64 var into them casts the fused loop index, which the schedule primitives then refuse
+    as not quasi-affine. Relax binds the var from the int64 shape of the argument at the call.
+    """
+    vars_: dict[str, tirx.Var] = {}
+    out = []
+    for d in shape:
+        if isinstance(d, str):
+            out.append(vars_.setdefault(d, tirx.Var(d, "int32")))
+        elif isinstance(d, tirx.Var):
+            out.append(d)
+        else:
+            out.append(int(d))
+    return tuple(out)
+
+
+def batch_dims(op: str, shape: Sequence) -> tuple:
+    """An activation's shape for a kernel that may take a run-time batch: the first dim may be
+    symbolic (`as_dims`), the others must be static (the tiling needs them)."""
+    shape = as_dims(shape)
+    require_static(op, "all dims but the batch", *shape[1:])
+    return shape
+
+
+def planned(d) -> int:
+    """The size a plan's choices (tiles, cost models) assume for a dim: its own, or one for a
+    run-time batch (the kernels' work per image does not depend on the batch)."""
+    return 1 if is_symbolic(d) else int(d)
+
+
+def is_symbolic(d) -> bool:
+    """Whether an extent (of `as_dims`, or a product of them) is known only at run time."""
+    return not isinstance(d, (int, np.integer))
+
+
+def require_static(op: str, what: str, *dims) -> None:
+    """Refuse symbolic extents where a builder's tiling needs the size (the caller falls back)."""
+    if any(is_symbolic(d) for d in dims):
+        raise KernelError(f"{op}: {what} must be static for this kernel, got {tuple(dims)}")
+
+
 def blocked_shape(shape: Sequence[int], lanes: int) -> tuple[int, int, int, int, int]:
     """The NCHWc shape of an NCHW activation: (N, ceil(C / lanes), H, W, lanes), channel c at
     [c // lanes, ..., c % lanes].
@@ -440,8 +488,9 @@ def blocked_shape(shape: Sequence[int], lanes: int) -> tuple[int, int, int, int,
     lanes hold finite values that no reader uses (a dense conv weighs them by zero, the copy
     back to NCHW drops them).  The per-channel kernels (depthwise, pooling) need whole vectors.
     """
-    n, c, h, w = (int(d) for d in shape)
-    return (n, ceil_div(c, lanes), h, w, lanes)
+    n, c, h, w = shape
+    require_static("NCHWc", "channels and spatial size", c, h, w)
+    return (n, ceil_div(int(c), lanes), int(h), int(w), lanes)
 
 
 def check_layout(op: str, layout: str) -> None:
@@ -450,7 +499,8 @@ def check_layout(op: str, layout: str) -> None:
 
 
 def ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
+    # (a + b - 1) // b for a symbolic `a`: the form TVM's region analysis proves covers `a`
+    return (a + b - 1) // b if is_symbolic(a) else -(-a // b)
 
 
 def check_dtype(op: str, dtype: str) -> None:
@@ -515,7 +565,7 @@ def finish(func: tirx.PrimFunc, name: str) -> tirx.PrimFunc:  # noqa: ARG001 - n
 
 def window_geometry(op: str, data_shape, kernel, strides, padding, dilation, ceil_mode: bool = False):
     """Check a window op's attributes and return ((kh, kw), (sh, sw), pads, (dh, dw), (oh, ow)) for NCHW data_shape."""
-    _, _, h, w = (int(d) for d in data_shape)
+    _, _, h, w = batch_dims(op, data_shape)
     kh, kw = as_pair(kernel, "kernel", op)
     (sh, sw), (dh, dw), pads = as_pair(strides, "strides", op), as_pair(dilation, "dilation", op), as_pads(padding, op)
     if min(sh, sw, dh, dw, kh, kw) < 1 or min(pads) < 0:
@@ -547,8 +597,12 @@ def window_tag(kernel, strides, pads, dilation) -> str:
 
 
 def shape_of(t: te.Tensor) -> tuple[int, ...]:
-    return tuple(int(s) for s in t.shape)
+    return tuple(int(s) if isinstance(s, tirx.IntImm) else s for s in t.shape)
 
 
 def flat_spatial(shape: Sequence[int]) -> int:
-    return int(np.prod(shape)) if len(shape) else 1
+    """The product of `shape` (1 for none); a TIR expression when a dim is symbolic."""
+    size = 1
+    for d in shape:
+        size = size * (int(d) if not is_symbolic(d) else d)
+    return size

@@ -57,6 +57,7 @@ from .common import (
     apply_nchw_epilogue,
     as_pads,
     as_pair,
+    batch_dims,
     ceil_div,
     blocked_shape,
     check_dtype,
@@ -133,7 +134,7 @@ def plan_conv2d(data_shape, weight_shape, strides=1, padding=0, dilation=1, grou
     data_layout = data_layout or layout
     check_layout(op, layout)
     check_layout(op, data_layout)
-    data_shape = tuple(int(d) for d in data_shape)
+    data_shape = batch_dims(op, data_shape)
     weight_shape = tuple(int(d) for d in weight_shape)
     if len(data_shape) != 4 or len(weight_shape) != 4:
         raise KernelError(f"{op}: expects NCHW data and OIHW weight, got data {data_shape} and weight {weight_shape}")
@@ -555,9 +556,12 @@ def schedule_copy(sch: Schedule, block: str, lanes: int, vectorize_whole_row: bo
         loops = sch.get_loops(b)
     outer = sch.fuse(*loops[:-1]) if len(loops) > 1 else None
     inner = loops[-1]
-    ext = int(sch.get(inner).extent)
-    if vectorize_whole_row or ext % lanes == 0:
-        if ext % lanes == 0 and ext > 4 * lanes:
+    ext = sch.get(inner).extent
+    if not isinstance(ext, tirx.IntImm):  # a run-time row (padded to whole vectors): vector by vector
+        _, inner = sch.split(inner, [None, lanes])
+        sch.vectorize(inner)
+    elif vectorize_whole_row or int(ext) % lanes == 0:
+        if int(ext) % lanes == 0 and int(ext) > 4 * lanes:
             _, inner = sch.split(inner, [None, 4 * lanes])
         sch.vectorize(inner)
     if outer is not None:

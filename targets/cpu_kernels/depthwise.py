@@ -38,7 +38,7 @@ from tvm import te, tirx
 from tvm.s_tir import Schedule
 
 from .blocked_window import blocked_window_compute, plan_blocked_window, schedule_blocked_window
-from .common import (CpuSpec, Epilogue, Kernel, KernelError, Param, apply_nchw_epilogue, apply_nchwc_epilogue, ceil_div,
+from .common import (CpuSpec, Epilogue, Kernel, KernelError, Param, apply_nchw_epilogue, apply_nchwc_epilogue, batch_dims, ceil_div,
                      check_dtype, check_layout, epilogue_inputs, finish, window_geometry, window_tag)
 
 __all__ = ["WindowPlan", "depthwise_conv2d", "pack_depthwise_weight", "plan_window", "schedule_window", "window_compute"]
@@ -96,7 +96,7 @@ class WindowPlan:
 
 def plan_window(op: str, data_shape, oc: int, kernel, strides, padding, dilation, spec: CpuSpec,
                 tile: tuple[int, int] | None = None, ceil_mode: bool = False) -> WindowPlan:
-    n, c, h, w = (int(d) for d in data_shape)
+    n, c, h, w = batch_dims("depthwise_conv2d", data_shape)
     (kh, kw), (sh, sw), pads, (dh, dw), (oh, ow) = window_geometry(op, data_shape, kernel, strides, padding, dilation,
                                                                    ceil_mode)
     lanes, budget = spec.lanes, spec.accumulators
@@ -203,7 +203,7 @@ def depthwise_conv2d(data_shape: Sequence[int], weight, *, strides=1, padding=0,
     op = "depthwise_conv2d"
     check_dtype(op, dtype)
     check_layout(op, layout)
-    data_shape = tuple(int(d) for d in data_shape)
+    data_shape = batch_dims("depthwise_conv2d", data_shape)
     wshape = tuple(int(d) for d in (weight.shape if isinstance(weight, np.ndarray) else weight))
     if len(data_shape) != 4 or len(wshape) != 4 or wshape[1] != 1 or wshape[0] % data_shape[1]:
         raise KernelError(f"{op}: weight {wshape} for data {data_shape} is not depthwise "

@@ -48,6 +48,7 @@ from .common import (
     KernelError,
     Param,
     as_pads,
+    batch_dims,
     as_pair,
     blocked_shape,
     ceil_div,
@@ -120,7 +121,7 @@ def plan_inverted_residual(data_shape, expanded: int, out_channels: int, kernel,
     the output rows must split into equal bands, at least one per core, of at least 4 rows
     (of `tile[0]` rows when given), whose expanded rows fit `L2_BAND_BYTES`."""
     check_layout("inverted_residual", data_layout)
-    n, c, h, w = (int(d) for d in data_shape)
+    n, c, h, w = batch_dims("inverted_residual", data_shape)
     op = "inverted_residual"
     geometry = dict(kernel=as_pair(kernel, "kernel", op), strides=as_pair(strides, "strides", op),
                     pads=as_pads(padding, op), expand_kernel=as_pair(expand_kernel, "expand_kernel", op),

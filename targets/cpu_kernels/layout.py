@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from tvm import te, tirx
 from tvm.s_tir import Schedule
 
-from .common import CpuSpec, Kernel, KernelError, Param, blocked_shape, finish
+from .common import CpuSpec, Kernel, KernelError, Param, batch_dims, blocked_shape, finish
 
 __all__ = ["from_nchwc", "to_nchwc"]
 
@@ -54,7 +54,7 @@ def from_nchwc(shape: Sequence[int], *, spec: CpuSpec = CpuSpec(), name: str | N
 
 
 def _check(shape, spec: CpuSpec) -> tuple[int, int, int, int]:
-    shape = tuple(int(d) for d in shape)
+    shape = batch_dims("layout copy", shape)
     if len(shape) != 4:
         raise KernelError(f"NCHWc layout copies take 4-D NCHW shapes, got {shape}")
     return shape

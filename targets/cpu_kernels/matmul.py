@@ -33,8 +33,8 @@ import numpy as np
 from tvm import te, tirx
 from tvm.s_tir import Schedule
 
-from .common import (CpuSpec, Epilogue, Kernel, KernelError, Param, ceil_div, check_dtype, epilogue_inputs, finish,
-                     flat_spatial)
+from .common import (CpuSpec, Epilogue, Kernel, KernelError, Param, as_dims, ceil_div, check_dtype, epilogue_inputs,
+                     finish, flat_spatial, is_symbolic, require_static)
 
 __all__ = ["batch_matmul", "dense", "gemm_tile", "pack_dense_weight", "schedule_gemm"]
 
@@ -51,8 +51,10 @@ def gemm_tile(m: int, n: int, spec: CpuSpec) -> tuple[int, int]:
     """
     lanes = spec.lanes
     max_acc = min(spec.accumulators, 1024 // (lanes * 4) - 1)
-    nvec = ceil_div(n, lanes)
+    nvec = ceil_div(n, lanes) if not is_symbolic(n) else 1 << 30  # columns known at run time: assume many
     nv = min(2 if lanes >= 16 else 3, nvec)
+    if is_symbolic(m):  # rows known at run time: the full tile, the last one clamped
+        return max(1, min(max_acc // nv, 8)), nv
     mr = max(1, min(m, max_acc // nv, 8))
     if m > mr:
         # prefer a row count that divides M when one is close
@@ -120,6 +122,8 @@ def dense(a_shape: Sequence[int], weight, *, transpose_b: bool = False, epilogue
           tile: tuple[int, int] | None = None) -> Kernel:
     """Y[..., N] = epilogue(A[..., K] @ W) with W constant.
 
+    a_shape: the leading dims may be names (symbolic, known at run time); the rows then run
+        in full tiles with the last one clamped, as for a static M that is not a multiple.
     weight: numpy [K, N] (ONNX MatMul; [N, K] with transpose_b=True, as in Gemm transB=1 or
         torch Linear) packed now into a constant; or its shape, then the kernel takes the
         packed weight at run time (`kernel.packers["weight"]` packs it).
@@ -127,7 +131,8 @@ def dense(a_shape: Sequence[int], weight, *, transpose_b: bool = False, epilogue
     Returns a Kernel `f(a, weight, [bias], [residual], out)`.
     """
     check_dtype("dense", dtype)
-    a_shape = tuple(int(d) for d in a_shape)
+    a_shape = as_dims(a_shape)
+    require_static("dense", "K", a_shape[-1])
     wshape = tuple(int(d) for d in (weight.shape if isinstance(weight, np.ndarray) else weight))
     if len(a_shape) < 2 or len(wshape) != 2:
         raise KernelError(f"dense: expects A [..., M, K] (at least 2 dims) and a 2-D weight, got A {a_shape} "
@@ -137,6 +142,8 @@ def dense(a_shape: Sequence[int], weight, *, transpose_b: bool = False, epilogue
         raise KernelError(f"dense: A {a_shape} has K={a_shape[-1]} but the weight {wshape}"
                           f"{' (transposed)' if transpose_b else ''} has K={k}")
     lead = a_shape[:-1]
+    if len(lead) > 1:
+        require_static("dense", "leading dims of a 3-D or wider A (flatten them first)", *lead)
     m = flat_spatial(lead)
     lanes = spec.lanes
     mr, nv = tile or gemm_tile(m, n, spec)
@@ -148,7 +155,7 @@ def dense(a_shape: Sequence[int], weight, *, transpose_b: bool = False, epilogue
     a2 = (lambda i, kk: a[i, kk]) if len(a_shape) == 2 else _flat_reader(a, lead)
     w = te.placeholder((blocks, k, lanes), "float32", name="weight")
     rk = te.reduce_axis((0, k), "k")
-    clamp = (lambda i: tirx.min(i, m - 1)) if mp != m else (lambda i: i)
+    clamp = (lambda i: tirx.min(i, m - 1)) if is_symbolic(m) or mp != m else (lambda i: i)
     acc = te.compute((1, mp, np_), lambda b, i, j: te.sum(a2(clamp(i), rk) * w[j // lanes, rk, j % lanes], axis=rk),
                      name="acc")
     extra, extra_params, bias, residual = epilogue_inputs(epilogue, (n,), (*lead, n))
@@ -196,18 +203,16 @@ def batch_matmul(a_shape: Sequence[int], b_shape: Sequence[int], *, transpose_b:
     """
     op = "batch_matmul"
     check_dtype(op, dtype)
-    a_shape, b_shape = tuple(int(d) for d in a_shape), tuple(int(d) for d in b_shape)
+    dims = as_dims((*a_shape, *b_shape))  # one var per name across both operands
+    a_shape, b_shape = dims[:len(a_shape)], dims[len(a_shape):]
     if len(a_shape) < 2 or len(b_shape) < 2:
         raise KernelError(f"{op}: operands need at least 2 dims, got {a_shape} and {b_shape}")
     m, k = a_shape[-2:]
     n, kb = (b_shape[-2], b_shape[-1]) if transpose_b else (b_shape[-1], b_shape[-2])
-    if kb != k:
+    if not _same_extent(kb, k):
         raise KernelError(f"{op}: contraction sizes differ: A {a_shape} has K={k}, B {b_shape} has K={kb}"
                           f"{' (B transposed)' if transpose_b else ''}")
-    try:
-        batch = tuple(int(d) for d in np.broadcast_shapes(a_shape[:-2], b_shape[:-2]))
-    except ValueError:
-        raise KernelError(f"{op}: batch axes of A {a_shape} and B {b_shape} do not broadcast") from None
+    batch = _broadcast_batch(op, a_shape, b_shape)
     nb = flat_spatial(batch)
     lanes = spec.lanes
     mr, nv = tile or gemm_tile(m, n, spec)
@@ -228,11 +233,11 @@ def batch_matmul(a_shape: Sequence[int], b_shape: Sequence[int], *, transpose_b:
             rem = rem // ext
         coords = list(reversed(coords))
         for ax in range(len(batch) - nd, len(batch)):
-            idx.append(coords[ax] if full[ax] != 1 else 0)
+            idx.append(coords[ax] if is_symbolic(full[ax]) or full[ax] != 1 else 0)
         return idx
 
-    clamp = (lambda i: tirx.min(i, m - 1)) if mp != m else (lambda i: i)
-    direct_b = not transpose_b and np_ == n
+    clamp = (lambda i: tirx.min(i, m - 1)) if is_symbolic(m) or mp != m else (lambda i: i)
+    direct_b = not transpose_b and not is_symbolic(n) and np_ == n
     if direct_b:
         def bread(bt, kk, j):
             return b[(*bidx(b_shape, bt), kk, j)]
@@ -256,7 +261,7 @@ def batch_matmul(a_shape: Sequence[int], b_shape: Sequence[int], *, transpose_b:
 
         def bread(bt, kk, j):
             bb = 0
-            if nb_b > 1:
+            if is_symbolic(nb_b) or nb_b > 1:
                 # the flattened batch index of B for output batch bt
                 bb = 0
                 for ax, ext in zip(bidx(b_shape, bt), bbatch):
@@ -296,6 +301,25 @@ def batch_matmul(a_shape: Sequence[int], b_shape: Sequence[int], *, transpose_b:
 # --------------------------------------------------------------------------------------------
 
 
+
+
+def _same_extent(a, b) -> bool:
+    return a is b if is_symbolic(a) or is_symbolic(b) else a == b
+
+
+def _broadcast_batch(op: str, a_shape: tuple, b_shape: tuple) -> tuple:
+    """numpy broadcasting of the batch axes; a symbolic axis meets itself or a 1."""
+    a, b = a_shape[:-2], b_shape[:-2]
+    a, b = (1,) * (len(b) - len(a)) + a, (1,) * (len(a) - len(b)) + b
+    out = []
+    for x, y in zip(a, b):
+        if _same_extent(x, y) or (not is_symbolic(y) and y == 1):
+            out.append(x)
+        elif not is_symbolic(x) and x == 1:
+            out.append(y)
+        else:
+            raise KernelError(f"{op}: batch axes of A {a_shape} and B {b_shape} do not broadcast")
+    return tuple(out)
 
 
 def _flat_reader(a: te.Tensor, lead: tuple[int, ...]) -> Callable:

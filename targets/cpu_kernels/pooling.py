@@ -25,7 +25,7 @@ from tvm import te, tirx
 from tvm.s_tir import Schedule
 
 from .blocked_window import blocked_window_compute, plan_blocked_window, schedule_blocked_window
-from .common import (CpuSpec, Kernel, KernelError, Param, blocked_shape, ceil_div, check_dtype, check_layout, finish,
+from .common import (CpuSpec, Kernel, KernelError, Param, batch_dims, blocked_shape, is_symbolic, planned, ceil_div, check_dtype, check_layout, finish,
                      largest_divisor, shape_of, window_tag)
 from .depthwise import plan_window, schedule_window, window_compute
 
@@ -56,7 +56,7 @@ def pool2d(data_shape: Sequence[int], kind: str, kernel, strides=1, padding=0, *
     check_layout(op, layout)
     if kind not in ("max", "avg"):
         raise KernelError(f"pool2d: kind must be 'max' or 'avg', got {kind!r}")
-    data_shape = tuple(int(d) for d in data_shape)
+    data_shape = batch_dims("pool2d", data_shape)
     if len(data_shape) != 4:
         raise KernelError(f"{op}: expects NCHW data, got shape {data_shape}")
     n, c, h, w = data_shape
@@ -130,7 +130,7 @@ def global_avg_pool2d(data_shape: Sequence[int], *, keepdims: bool = True, dtype
     op = "global_avg_pool2d"
     check_dtype(op, dtype)
     check_layout(op, layout)
-    data_shape = tuple(int(d) for d in data_shape)
+    data_shape = batch_dims("global_avg_pool2d", data_shape)
     if layout == "NCHWc":
         return _global_avg_pool2d_blocked(data_shape, keepdims, spec, name)
     if len(data_shape) < 3:
@@ -232,7 +232,8 @@ def _global_avg_pool2d_blocked(data_shape: tuple[int, ...], keepdims: bool, spec
     sch = Schedule(te.create_prim_func([data, out]))
     i, b, y, x, v = sch.get_loops(sch.get_sblock("out"))
     # a few tasks per core, each a run of channel vectors (one per task is all overhead at 7x7)
-    per = largest_divisor(n * cb, max(1, n * cb // (_GAP_TASKS_PER_CORE * spec.cores)))
+    # (a run-time batch: runs within one image's channel vectors, so the split stays exact)
+    per = largest_divisor(cb if is_symbolic(n) else n * cb, max(1, planned(n) * cb // (_GAP_TASKS_PER_CORE * spec.cores)))
     task, vec = sch.split(sch.fuse(i, b, y, x), [None, per])
     sch.parallel(task)
     sch.vectorize(v)

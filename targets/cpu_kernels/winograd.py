@@ -57,6 +57,8 @@ from .common import (
     KernelError,
     Param,
     apply_nchwc_epilogue,
+    batch_dims,
+    planned,
     as_pads,
     blocked_shape,
     ceil_div,
@@ -168,7 +170,9 @@ class WinogradPlan:
     def cost(self) -> int:
         """GEMM rows (tiles) x transform points, plus the weight stream counted as
         `_WEIGHT_STREAM_TILES` rows: the model that picks m, in units of C x OC multiply-adds."""
-        return self.alpha ** 2 * (self.tiles_padded + _WEIGHT_STREAM_TILES)
+        th, tw = self.tile_grid
+        tiles = planned(self.data_shape[0]) * th * tw
+        return self.alpha ** 2 * (ceil_div(tiles, self.mr) * self.mr + _WEIGHT_STREAM_TILES)
 
     @property
     def estimated_speedup(self) -> float:
@@ -181,7 +185,7 @@ class WinogradPlan:
         should ask for an estimate comfortably above 1 (2, say).
         """
         n, _, oh, ow = self.out_shape
-        return 9 * n * oh * ow / self.cost
+        return 9 * planned(n) * oh * ow / self.cost
 
     @property
     def flops(self) -> int:
@@ -198,7 +202,7 @@ def plan_winograd(data_shape, weight_shape, padding=1, spec: CpuSpec = CpuSpec()
     weight stream as `_WEIGHT_STREAM_TILES` more rows.
     """
     op = "winograd_conv2d"
-    data_shape = tuple(int(d) for d in data_shape)
+    data_shape = batch_dims("winograd_conv2d", data_shape)
     weight_shape = tuple(int(d) for d in weight_shape)
     if len(data_shape) != 4 or len(weight_shape) != 4:
         raise KernelError(f"{op}: expects NCHW data and OIHW weight shapes, got data {data_shape} and weight {weight_shape}")

@@ -44,15 +44,18 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import tvm
-from tvm import relax
+import tvm_ffi
+from tvm import relax, tirx
 
 from mdoc.ir import Node
-from mdoc.types import DType, TensorType
+from mdoc.types import TensorType
 
 from ..cpu_kernels import CpuSpec, Epilogue, Kernel, KernelError
+from ..cpu_kernels.common import is_symbolic
 from ..cpu_kernels.request import KernelRequest
 from .epilogue import Tail, match_tail
 from .layer_norm_pattern import match_layer_norm
+from .context import is_static
 from .layout_plan import LayoutPlan, candidate_kind, plan_layouts
 from .kernels import Kernels
 
@@ -91,34 +94,37 @@ class CpuKernels(Kernels):
         self.requests.clear()
 
     def matmul(self, ctx: "LowerCtx", a: relax.Expr, b: relax.Expr, *, transpose_b: bool = False) -> relax.Expr:
-        a_shape, b_shape = _static_shape(ctx, a), _static_shape(ctx, b)
-        if a_shape is None or b_shape is None or len(a_shape) < 2 or len(b_shape) < 2:
+        constant_b = isinstance(b, tvm.ir.GenericConst) and b.ty.ndim == 2
+        # dims may be symbolic (batch, sequence): one kernel serves every size; a dense layer's
+        # K and N are its weight's
+        a_shape, b_shape = _f32_shape(ctx, a), _f32_shape(ctx, b)
+        if (a_shape is None or b_shape is None or len(a_shape) < 2 or len(b_shape) < 2
+                or (constant_b and not is_static(a_shape[-1]))):
             return super().matmul(ctx, a, b, transpose_b=transpose_b)
-        constant_b = isinstance(b, tvm.ir.GenericConst) and len(b_shape) == 2
         n = b_shape[-2] if transpose_b else b_shape[-1]
         batch = _batch_axes(a_shape, b_shape)
         if batch is None:
             return super().matmul(ctx, a, b, transpose_b=transpose_b)
-        out_shape = (*a_shape[:-1], n) if constant_b else (*map(int, batch), a_shape[-2], n)
+        out_shape = (*a_shape[:-1], n) if constant_b else (*batch, a_shape[-2], n)
         node = ctx.node
-        tail = (match_tail(ctx, node.output, out_shape) if node is not None and node.op == "onnx.MatMul"
-                else Tail(None))
+        tail = (match_tail(ctx, node.output, _node_shape(node)) if node is not None and node.op == "onnx.MatMul"
+                and _agrees(_node_shape(node), out_shape) else Tail(None))
         residual = ctx.lookup(tail.residual) if tail.residual is not None else None
         # leading axes flattened here (free reshapes): the kernels tile one row / one batch loop
         if constant_b:
-            a2 = (int(np.prod(a_shape[:-1])), a_shape[-1])
-            built = self._kernel(KernelRequest.of("dense", a2, b_shape, transpose_b=transpose_b,
+            a2 = (_product(a_shape[:-1]), a_shape[-1])
+            built = self._kernel(KernelRequest.of("dense", *_request_dims(a2), b_shape, transpose_b=transpose_b,
                                                   epilogue=tail.epilogue))
             args = [_reshaped(ctx, a, a2), relax.const(built.packers["weight"](b.value.numpy()))]
         else:
             a3, b3 = _flat_batch(a_shape), _flat_batch(b_shape)
-            built = self._kernel(KernelRequest.of("batch_matmul", a3, b3, transpose_b=transpose_b,
+            built = self._kernel(KernelRequest.of("batch_matmul", *_request_dims(a3, b3), transpose_b=transpose_b,
                                                   epilogue=tail.epilogue))
             args = [_reshaped(ctx, a, a3), _reshaped(ctx, b, b3)]
         if tail.bias is not None:
             args.append(relax.const(tail.bias))
         if residual is not None:
-            args.append(_reshaped(ctx, residual, built.output.shape))
+            args.append(_reshaped(ctx, residual, (*args[0].ty.shape.values[:-1], n)))
         y = _reshaped(ctx, self._call(ctx, built, args), out_shape)
         if tail.nodes:
             ctx.absorb(tail.nodes, tail.result, y)
@@ -126,15 +132,16 @@ class CpuKernels(Kernels):
 
     def conv(self, ctx: "LowerCtx", x: relax.Expr, w: relax.Expr, *, strides, pads, dilations, groups: int,
              bias: relax.Expr | None = None) -> relax.Expr:
-        x_shape = _static_shape(ctx, x)
+        x_shape = _batch_shape(ctx, x)
         constant = isinstance(w, tvm.ir.GenericConst) and (bias is None or isinstance(bias, tvm.ir.GenericConst))
         if len(strides) != 2 or x_shape is None or not constant or str(w.ty.dtype) != "float32":
             return super().conv(ctx, x, w, strides=strides, pads=pads, dilations=dilations, groups=groups, bias=bias)
         weight = w.value.numpy()
         out_shape = _conv_out_shape(x_shape, weight.shape, strides, pads, dilations)
         node = ctx.node
-        tail = (match_tail(ctx, node.output, out_shape, stages=("residual", "activation"))
-                if node is not None and node.op == "onnx.Conv" and out_shape == _node_shape(node) else Tail(None))
+        tail = (match_tail(ctx, node.output, _node_shape(node), stages=("residual", "activation"))
+                if node is not None and node.op == "onnx.Conv" and _agrees(_node_shape(node), out_shape)
+                else Tail(None))
         epilogue = Epilogue(bias=bias is not None, residual=tail.epilogue.residual, activation=tail.epilogue.activation,
                             alpha=tail.epilogue.alpha, beta=tail.epilogue.beta)
         layouts = {}
@@ -145,10 +152,11 @@ class CpuKernels(Kernels):
         if node in self.plan.blocked:
             # depthwise and Winograd kernels read NCHWc only; a direct one reads NCHW too (packing costs a copy)
             if x not in self.blocked and candidate_kind(node, self.spec.lanes) in ("depthwise", "winograd"):
-                self._pack(ctx, x, x_shape)
+                self._pack(ctx, x)
             layouts = {"layout": "NCHWc", "data_layout": "NCHWc" if x in self.blocked else "NCHW"}
         # ONNX pads are (top, left, bottom, right), the builder's order too
-        built = self._kernel(KernelRequest.of("conv2d", x_shape, _ints(weight.shape), strides=_ints(strides),
+        built = self._kernel(KernelRequest.of("conv2d", *_request_dims(x_shape), _ints(weight.shape),
+                                              strides=_ints(strides),
                                               padding=_ints(pads), dilation=_ints(dilations), groups=int(groups),
                                               epilogue=epilogue, **layouts))
         args = [self.blocked[x] if layouts.get("data_layout") == "NCHWc" else x,
@@ -157,7 +165,7 @@ class CpuKernels(Kernels):
             args.append(relax.const(bias.value.numpy().reshape(-1)))
         if tail.residual is not None:
             residual = ctx.lookup(tail.residual)
-            args.append(self._pack(ctx, residual, out_shape) if layouts else residual)
+            args.append(self._pack(ctx, residual) if layouts else residual)
         y = self._call(ctx, built, args)
         if layouts:
             y = self._unpack(ctx, y, out_shape)
@@ -182,7 +190,7 @@ class CpuKernels(Kernels):
         w_dw, w_project = (np.asarray(n.inputs[1].const_value, np.float32) for n in (dw, project))
         data_layout = "NCHWc" if x in self.blocked else "NCHW"
         built = self._kernel(KernelRequest.of(
-            "inverted_residual", x_shape, _ints(weight.shape), _ints(w_dw.shape), _ints(w_project.shape),
+            "inverted_residual", *_request_dims(x_shape), _ints(weight.shape), _ints(w_dw.shape), _ints(w_project.shape),
             strides=_ints(dw.attrs.get("strides", (1, 1))), padding=_ints(dw.attrs.get("pads", (0, 0, 0, 0))),
             expand_strides=_ints(strides), expand_padding=_ints(pads), expand=expand_tail.epilogue,
             depthwise=dw_tail.epilogue, project=project_tail.epilogue, data_layout=data_layout))
@@ -192,38 +200,41 @@ class CpuKernels(Kernels):
         args = [self.blocked[x] if data_layout == "NCHWc" else x]
         args += [relax.const(built.packers[p.name](values[p.name])) for p in built.params[1:7]]
         if project_tail.residual is not None:
-            args.append(self._pack(ctx, ctx.lookup(project_tail.residual), out_shape))
+            args.append(self._pack(ctx, ctx.lookup(project_tail.residual)))
         y = self._unpack(ctx, self._call(ctx, built, args), out_shape)
         ctx.absorb(expand_tail.nodes + [dw] + dw_tail.nodes + [project] + project_tail.nodes, project_tail.result, y)
         return y
 
     def pool(self, ctx: "LowerCtx", x: relax.Expr, kind: str, *, kernel, strides, pads, dilations, ceil_mode: bool,
              count_include_pad: bool) -> relax.Expr:
-        x_shape = _static_shape(ctx, x)
+        x_shape = _batch_shape(ctx, x)
         if len(kernel) != 2 or x_shape is None:
             return super().pool(ctx, x, kind, kernel=kernel, strides=strides, pads=pads, dilations=dilations,
                                 ceil_mode=ceil_mode, count_include_pad=count_include_pad)
         blocked = ctx.node in self.plan.blocked
-        built = self._kernel(KernelRequest.of("pool2d", x_shape, kind, _ints(kernel), _ints(strides), _ints(pads),
+        built = self._kernel(KernelRequest.of("pool2d", *_request_dims(x_shape), kind, _ints(kernel), _ints(strides), _ints(pads),
                                               dilation=_ints(dilations), ceil_mode=bool(ceil_mode),
                                               count_include_pad=bool(count_include_pad),
                                               **({"layout": "NCHWc"} if blocked else {})))
         if not blocked:
             return self._call(ctx, built, [x])
-        y = self._call(ctx, built, [self._pack(ctx, x, x_shape)])
-        return self._unpack(ctx, y, tuple(_nchw_of(built.output.shape)))
+        y = self._call(ctx, built, [self._pack(ctx, x)])
+        return self._unpack(ctx, y, _nchw_of(ctx.shape_of(y)))
 
-    def _pack(self, ctx: "LowerCtx", x: relax.Expr, shape: tuple[int, ...]) -> relax.Expr:
+    def _pack(self, ctx: "LowerCtx", x: relax.Expr) -> relax.Expr:
         """`x` (NCHW) in NCHWc: the kernel that computed it blocked, or one copy per value."""
         if x not in self.blocked:
-            self.blocked[x] = self._call(ctx, self._kernel(KernelRequest.of("to_nchwc", _ints(shape))), [x])
+            request = KernelRequest.of("to_nchwc", *_request_dims(ctx.shape_of(x)))
+            self.blocked[x] = self._call(ctx, self._kernel(request), [x])
         return self.blocked[x]
 
-    def _unpack(self, ctx: "LowerCtx", y: relax.Expr, shape: tuple[int, ...]) -> relax.Var:
-        """The NCHW view of a blocked kernel result, for the graph's other consumers; the blocked
-        value stays at hand for NCHWc consumers (`_pack` finds it), and an unpack that no one
-        reads is dead code the build removes."""
-        nchw = self._call(ctx, self._kernel(KernelRequest.of("from_nchwc", _ints(shape))), [y])
+    def _unpack(self, ctx: "LowerCtx", y: relax.Expr, shape: tuple) -> relax.Var:
+        """The NCHW view of a blocked kernel result (NCHW `shape`: its channels, height and width;
+        the batch is the result's own), for the graph's other consumers; the blocked value stays
+        at hand for NCHWc consumers (`_pack` finds it), and an unpack that no one reads is dead
+        code the build removes."""
+        dims = (ctx.shape_of(y)[0], *_ints(shape[1:]))
+        nchw = self._call(ctx, self._kernel(KernelRequest.of("from_nchwc", *_request_dims(dims))), [y])
         self.blocked[nchw] = y
         return nchw
 
@@ -232,24 +243,24 @@ class CpuKernels(Kernels):
         2-D GlobalAveragePool (NCHWc when its input was computed blocked: no unpack of the wide
         input, only of the pooled vector)."""
         if node.op == "onnx.GlobalAveragePool":
-            shape = _value_shape(node.inputs[0])
+            x = ctx.input(0)
+            shape = _batch_shape(ctx, x) if isinstance(x, relax.Expr) else None
             if shape is None or len(shape) != 4:
                 return None
-            x = ctx.input(0)
             if x in self.blocked and shape[1] % self.spec.lanes == 0:
-                built = self._kernel(KernelRequest.of("global_avg_pool2d", shape, layout="NCHWc"))
+                built = self._kernel(KernelRequest.of("global_avg_pool2d", *_request_dims(shape), layout="NCHWc"))
                 return [self._unpack(ctx, self._call(ctx, built, [self.blocked[x]]), (shape[0], shape[1], 1, 1))]
-            return [self._call(ctx, self._kernel(KernelRequest.of("global_avg_pool2d", shape)), [x])]
+            return [self._call(ctx, self._kernel(KernelRequest.of("global_avg_pool2d", *_request_dims(shape))), [x])]
         if node.op == "onnx.ReduceMean":
             match = match_layer_norm(ctx, node)
             x = ctx.input(0) if match is not None else None
-            if match is None or _value_shape(match.x) is None or not isinstance(x, relax.Expr):
+            if match is None or not isinstance(x, relax.Expr) or _rows_shape(ctx, x) is None:
                 return None
-            y = self._layer_norm(ctx, x, _value_shape(match.x), match.gamma, match.beta, match.epsilon)
+            y = self._layer_norm(ctx, x, match.gamma, match.beta, match.epsilon)
             ctx.absorb(match.nodes[1:], match.result, y)
             return [None]  # the mean itself is read only inside the pattern
         if node.op == "onnx.LayerNormalization":
-            shape = _value_shape(node.inputs[0])
+            shape = _rows_shape(ctx, ctx.input(0))
             scale, bias = (node.inputs + (None,))[1:3]
             axis = int(node.attrs.get("axis", -1))
             if (shape is None or axis not in (-1, len(shape) - 1) or any(v.has_uses() for v in node.outputs[1:])
@@ -260,19 +271,20 @@ class CpuKernels(Kernels):
                     else np.zeros_like(gamma))
             if gamma.shape != (shape[-1],) or beta.shape != (shape[-1],):
                 return None
-            return [self._layer_norm(ctx, ctx.input(0), shape, gamma, beta, float(node.attrs.get("epsilon", 1e-5)))]
+            return [self._layer_norm(ctx, ctx.input(0), gamma, beta, float(node.attrs.get("epsilon", 1e-5)))]
         if node.op == "onnx.Softmax" and ctx.opset >= 13:
-            shape = _value_shape(node.inputs[0])
-            if shape is None or len(shape) < 2 or int(node.attrs.get("axis", -1)) not in (-1, len(shape) - 1):
+            shape = _rows_shape(ctx, ctx.input(0), static_row=False)
+            if shape is None or int(node.attrs.get("axis", -1)) not in (-1, len(shape) - 1):
                 return None
-            rows = (int(np.prod(shape[:-1])), shape[-1])
-            built = self._kernel(KernelRequest.of("softmax", rows))
+            rows = (_product(shape[:-1]), shape[-1])
+            built = self._kernel(KernelRequest.of("softmax", *_request_dims(rows)))
             return [_reshaped(ctx, self._call(ctx, built, [_reshaped(ctx, ctx.input(0), rows)]), shape)]
         return None
 
-    def _layer_norm(self, ctx, x, shape, gamma, beta, epsilon: float) -> relax.Expr:
-        rows = (int(np.prod(shape[:-1])), shape[-1])  # one row axis: the kernels tile a single row loop
-        built = self._kernel(KernelRequest.of("layer_norm", rows, epsilon=epsilon))
+    def _layer_norm(self, ctx, x, gamma, beta, epsilon: float) -> relax.Expr:
+        shape = ctx.shape_of(x)
+        rows = (_product(shape[:-1]), shape[-1])  # one row axis: the kernels tile a single row loop
+        built = self._kernel(KernelRequest.of("layer_norm", *_request_dims(rows), epsilon=epsilon))
         y = self._call(ctx, built, [_reshaped(ctx, x, rows), relax.const(gamma), relax.const(beta)])
         return _reshaped(ctx, y, shape)
 
@@ -293,7 +305,8 @@ class CpuKernels(Kernels):
     @staticmethod
     def _call(ctx: "LowerCtx", built: Kernel, args: list) -> relax.Var:
         gv = ctx.add_kernel(built.func, built.name)
-        return ctx.emit(relax.call_tir(gv, args, relax.TensorType(list(built.output.shape), "float32")))
+        shape = _output_dims(ctx, built, args)
+        return ctx.emit(relax.call_tir(gv, args, relax.TensorType(shape, "float32")))
 
 
 
@@ -327,35 +340,106 @@ def _node_shape(node: Node) -> tuple | None:
     return tuple(t.shape) if isinstance(t, TensorType) and t.shape is not None else None
 
 
-def _value_shape(value) -> tuple[int, ...] | None:
-    """The static shape of a float32 graph value, else None."""
-    t = value.type if value is not None else None
-    if not isinstance(t, TensorType) or t.shape is None or t.dtype != DType.F32:
-        return None
-    return tuple(t.shape) if all(isinstance(d, int) for d in t.shape) else None
-
-
-def _batch_axes(a_shape, b_shape) -> tuple[int, ...] | None:
+def _batch_axes(a_shape, b_shape) -> tuple | None:
     """The output's batch axes when one side's batch is all ones or both sides' are equal (the
     batch then flattens to one axis), else None (a true broadcast: left to the default)."""
     a, b = tuple(a_shape[:-2]), tuple(b_shape[:-2])
-    if a == b or all(d == 1 for d in b):
+    ones = (lambda dims: all(is_static(d) and d == 1 for d in dims))
+    if _same_dims(a, b) or ones(b):
         return a if len(a) >= len(b) else (1,) * (len(b) - len(a)) + a
-    if all(d == 1 for d in a):
+    if ones(a):
         return b if len(b) >= len(a) else (1,) * (len(a) - len(b)) + b
     return None
 
 
-def _flat_batch(shape: tuple[int, ...]) -> tuple[int, int, int]:
-    return (int(np.prod(shape[:-2])), *shape[-2:])
+def _flat_batch(shape: tuple) -> tuple:
+    return (_product(shape[:-2]), *shape[-2:])
+
+
+def _output_dims(ctx: "LowerCtx", built: Kernel, args: list) -> list:
+    """The Relax shape of a kernel's output: its static dims, and each symbolic extent of the
+    kernel (`cpu_kernels.common.as_dims`) as the Relax dim of the argument it came in with."""
+    sizes: dict = {}
+    for p, arg in zip(built.inputs, args):
+        for d, e in zip(p.shape, ctx.shape_of(arg)):
+            if is_symbolic(d):
+                sizes.setdefault(d, e)
+    if not sizes:
+        return list(built.output.shape)
+    cast = {var: tirx.Cast("int32", e) if not is_static(e) else int(e) for var, e in sizes.items()}
+
+    def dim(d):
+        if not is_symbolic(d):
+            return d
+        if d in sizes:
+            return sizes[d]
+        return tvm.arith.Analyzer().simplify(tirx.Cast("int64", tirx.stmt_functor.substitute(d, cast)))
+
+    return [dim(d) for d in built.output.shape]
+
+
+def _same_dims(a, b) -> bool:
+    """Whether two Relax shapes are equal: ints equal, symbolic dims structurally equal."""
+    if len(a) != len(b):
+        return False
+    return all(int(x) == int(y) if is_static(x) and is_static(y)
+               else not is_static(x) and not is_static(y) and tvm_ffi.structural_equal(x, y) for x, y in zip(a, b))
+
+
+def _agrees(node_shape, dims) -> bool:
+    """Whether an mdoc type's shape (symbols are names) matches Relax `dims` (symbols are TIR
+    expressions): the same rank, the same static sizes, symbolic where the other is."""
+    return node_shape is not None and len(node_shape) == len(dims) and all(
+        (is_static(d) and x == int(d)) if isinstance(x, int) else (isinstance(x, str) and not is_static(d))
+        for x, d in zip(node_shape, dims))
+
+
+def _product(dims) -> object:
+    """The product of Relax dims: an int when all are static."""
+    size = 1
+    for d in dims:
+        size = size * (int(d) if is_static(d) else d)
+    return size
+
+
+def _request_dims(*shapes) -> list[tuple]:
+    """Relax shapes as a kernel request states them: ints, and a name for each distinct
+    symbolic dim, shared across the shapes (the kernel gets a run-time extent there; the call
+    binds it from the argument's shape; equal dims keep one name, so the kernel knows them equal)."""
+    names: list = []
+
+    def name(d) -> str:
+        for i, seen in enumerate(names):
+            if tvm_ffi.structural_equal(seen, d):
+                return f"d{i}"
+        names.append(d)
+        return f"d{len(names) - 1}"
+
+    return [tuple(int(d) if is_static(d) else name(d) for d in shape) for shape in shapes]
+
+
+def _f32_shape(ctx: "LowerCtx", expr: relax.Expr) -> tuple | None:
+    """The float32 shape of `expr` with its symbolic dims, or None (another dtype, unknown rank)."""
+    ty = expr.ty
+    if not isinstance(ty, relax.TensorType) or str(ty.dtype) != "float32" or ty.ndim < 0:
+        return None
+    return tuple(ctx.shape_of(expr))
+
+
+def _rows_shape(ctx: "LowerCtx", expr, static_row: bool = True) -> tuple | None:
+    """The shape of a row-wise kernel's input (layer norm, softmax): float32, at least 2-D; the
+    rows may be symbolic, the row length too unless `static_row`."""
+    shape = _f32_shape(ctx, expr) if isinstance(expr, relax.Expr) else None
+    ok = shape is not None and len(shape) >= 2 and (is_static(shape[-1]) or not static_row)
+    return shape if ok else None
 
 
 def _reshaped(ctx: "LowerCtx", expr: relax.Expr, shape: tuple[int, ...]) -> relax.Expr:
     """`expr` as `shape`; a reshape of a reshape reshapes the original instead (kernels in a row
     would otherwise unflatten and flatten their rows between them, and FuseOps makes such a
     pair a copy, where a single reshape is a free view)."""
-    shape = tuple(int(d) for d in shape)
-    if tuple(ctx.shape_of(expr)) == shape:
+    shape = tuple(int(d) if is_static(d) else d for d in shape)
+    if _same_dims(tuple(ctx.shape_of(expr)), shape):
         return expr
     bound = ctx.bb.lookup_binding(expr) if isinstance(expr, relax.Var) else None
     if isinstance(bound, relax.Call) and bound.op.same_as(_RESHAPE):
@@ -363,10 +447,8 @@ def _reshaped(ctx: "LowerCtx", expr: relax.Expr, shape: tuple[int, ...]) -> rela
     return ctx.emit(relax.op.reshape(expr, list(shape)))
 
 
-def _static_shape(ctx: "LowerCtx", expr: relax.Expr) -> tuple[int, ...] | None:
-    """The static float32 shape of `expr`, or None (symbolic dims, other dtypes)."""
-    ty = expr.ty
-    if not isinstance(ty, relax.TensorType) or str(ty.dtype) != "float32":
-        return None
-    dims = ctx.shape_of(expr)
-    return tuple(dims) if all(isinstance(d, int) for d in dims) else None
+def _batch_shape(ctx: "LowerCtx", expr: relax.Expr) -> tuple | None:
+    """The float32 shape of an activation for the conv-family kernels: static but for the batch
+    (`cpu_kernels.common.batch_dims`), else None."""
+    shape = _f32_shape(ctx, expr)
+    return shape if shape is not None and len(shape) > 1 and all(is_static(d) for d in shape[1:]) else None

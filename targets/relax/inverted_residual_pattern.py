@@ -22,10 +22,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mdoc.ir import Graph, Node, Value
-from mdoc.types import DType, TensorType
 
 from ..cpu_kernels import CpuSpec
 from ..cpu_kernels.inverted_residual import plan_inverted_residual
+from .values import activation_shape as _shape
 
 _ACTIVATION_OPS = {"onnx.Relu", "onnx.Clip", "onnx.Sigmoid", "onnx.Tanh", "onnx.LeakyRelu", "onnx.HardSigmoid",
                    "onnx.HardSwish", "onnx.Gelu"}
@@ -109,10 +109,3 @@ def _weight(node: Node):
 
 def _ints(node: Node, attr: str, n: int = 2, default: int = 1) -> tuple[int, ...]:
     return tuple(int(v) for v in node.attrs.get(attr, [default] * n))
-
-
-def _shape(value: Value | None) -> tuple[int, ...] | None:
-    t = value.type if value is not None else None
-    if not isinstance(t, TensorType) or t.shape is None or t.dtype != DType.F32:
-        return None
-    return tuple(t.shape) if all(isinstance(d, int) for d in t.shape) else None

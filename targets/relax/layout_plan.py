@@ -34,10 +34,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mdoc.ir import Graph, Node, Value
-from mdoc.types import DType, TensorType
 
 from ..cpu_kernels import CpuSpec
+from ..cpu_kernels.common import planned
 from .inverted_residual_pattern import InvertedResidualMatch, match_inverted_residual
+from .values import activation_shape as _shape
 
 RATE = 100e9  # FLOP/s per core of the conv kernels (ResNet-18's layers, AVX-512)
 COPY_BYTES_PER_S = 20e9  # a layout copy, read + write, cold
@@ -188,19 +189,12 @@ def _flops(node: Node, kind: str) -> float:
     if kind == "pool":
         return 0.0
     w = node.inputs[1].const_value
-    return 2.0 * out[0] * out[1] * out[2] * out[3] * w.shape[1] * w.shape[2] * w.shape[3]
-
-
-def _shape(value: Value | None) -> tuple[int, ...] | None:
-    t = value.type if value is not None else None
-    if not isinstance(t, TensorType) or t.shape is None or t.dtype != DType.F32:
-        return None
-    return tuple(t.shape) if all(isinstance(d, int) for d in t.shape) else None
+    return 2.0 * planned(out[0]) * out[1] * out[2] * out[3] * w.shape[1] * w.shape[2] * w.shape[3]
 
 
 def _bytes(value: Value) -> int:
     shape = _shape(value)
     size = 1
     for d in shape or ():
-        size *= d
+        size *= planned(d)
     return 4 * size

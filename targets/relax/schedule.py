@@ -168,6 +168,11 @@ def _schedule_spatial(sch, info: _BlockInfo, lanes: int) -> None:
         if factor > lanes:
             _, vec = sch.split(vec, [None, lanes])
         sch.vectorize(vec)
+    elif len(loops) > 1 and _static(sch.get(inner).extent) is None:
+        # a row of run-time length stays a plain inner loop, which LLVM vectorizes with a
+        # remainder; fused into the parallel loop it would cost a div and mod per element
+        # (a [N, 4, S, S] mask add at S=128: 227 us fused, against 14 us static)
+        _parallel(sch, loops[:-1])
     else:
         _parallel(sch, loops)
 
