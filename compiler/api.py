@@ -20,7 +20,7 @@ from .ir import Model
 from .model_io import load_model
 from .pass_manager import PassManager, PassRecord, parse_pipeline, pipeline_for_level
 from .progress import Steps
-from .specialize import bind_dims, bind_inputs
+from .specialize import bind_dims, bind_inputs, specialize_shapes
 
 
 def optimize(model: Model, level: int = 2, pipeline: str | None = None, verify_each: bool = True) -> list[PassRecord]:
@@ -31,13 +31,15 @@ def optimize(model: Model, level: int = 2, pipeline: str | None = None, verify_e
 
 def compile(model: Model | str | os.PathLike, target: str = "x86", output: str | os.PathLike = "model.mdoc", *,
             opt_level: int = 2, pipeline: str | None = None, dims: dict[str, int] | None = None,
-            inputs: dict[str, np.ndarray] | None = None, arch: str | None = None, backend: str = "tvm",
+            shapes: dict[str, tuple] | None = None, inputs: dict[str, np.ndarray] | None = None, arch: str | None = None, backend: str = "tvm",
             show_progress: bool | None = None, tuning_db: str | os.PathLike | bool | None = None) -> Path:
     """Compile a model (path or IR) for `target` into the artifact folder `output`; returns its path.
 
-    `dims` fixes symbolic input dims; `inputs` binds graph inputs to constant values
-    (operands such as axes that the target needs at compile time), which leave the
-    artifact's signature. `tuning_db`: a folder written by `mdoc tune`; None uses the
+    Symbolic input dims stay symbolic: the artifact takes every size the model declares
+    (the manifest's "dynamic_dims" lists them). `dims` fixes symbols to sizes ({"N": 1}),
+    `shapes` an input's dims ({"image": (1, 3, None, None)}, None keeps a dim); `inputs`
+    binds graph inputs to constant values (operands such as axes that the target needs at
+    compile time), which leave the artifact's signature. `tuning_db`: a folder written by `mdoc tune`; None uses the
     target's default database (~/.cache/mdoc/tuning/<target>/) when one exists; False
     builds without tuning. The manifest's "tuning" entry says how many tuned kernels
     the build applied.
@@ -47,6 +49,7 @@ def compile(model: Model | str | os.PathLike, target: str = "x86", output: str |
     with Steps(["optimize", "lower to Relax", "build with TVM", "export library"], show_progress) as step:
         step("optimize")
         bind_dims(model, dims)
+        specialize_shapes(model, shapes or {})
         bind_inputs(model, inputs or {})
         passes = parse_pipeline(pipeline) if pipeline else pipeline_for_level(opt_level)
         PassManager(passes).run(model)

@@ -1,9 +1,12 @@
 """Binding symbolic input dims to sizes, and input values to constants, before compilation.
 
-Hand-scheduled kernels need static shapes, and most deployments run one batch
-size, so `mdoc compile` fixes every symbolic input dim (to the size given with
-`--dim NAME=SIZE`, 1 otherwise) and lets shape inference and constant folding
-carry the sizes through the graph.
+Symbolic dims stay symbolic unless the user asks otherwise: one artifact then takes
+every size the model declares (its kernels take run-time extents). Specializing is a
+choice, made with `--dim NAME=SIZE` (a symbol, wherever it appears) or `--shape
+INPUT=1x3x480x640` (one input's dims; `?` keeps a dim symbolic), and shape inference
+and constant folding carry the sizes through the graph; a static shape can buy speed
+where a kernel tiles better at a known size. `mdoc tune` measures kernels at concrete
+sizes, so it binds the dims it is not told (to 1, `default`).
 
 Some operands decide the structure of the computation itself: a Reduce's `axes`
 input with keepdims=0 decides the output's rank, Split's sizes the number of
@@ -26,8 +29,9 @@ from .ir import Model
 from .types import TensorType
 
 
-def bind_dims(model: Model, dims: dict[str, int] | None = None, default: int = 1) -> dict[str, int]:
-    """Replace symbolic and unknown dims of the graph inputs; returns the binding used."""
+def bind_dims(model: Model, dims: dict[str, int] | None = None, default: int | None = None) -> dict[str, int]:
+    """Fix the named symbolic dims of the graph inputs (and, with `default`, every other
+    symbolic or unknown one) to sizes; returns the binding used."""
     dims = dict(dims or {})
     seen = set()
     for v in model.graph.inputs:
@@ -38,8 +42,9 @@ def bind_dims(model: Model, dims: dict[str, int] | None = None, default: int = 1
         for d in t.shape:
             if isinstance(d, str):
                 seen.add(d)
-                d = dims.setdefault(d, default)
-            elif d is None:
+                if d in dims or default is not None:
+                    d = dims.setdefault(d, default)
+            elif d is None and default is not None:
                 d = default
             shape.append(d)
         v.type = TensorType(t.dtype, tuple(shape))
@@ -48,6 +53,50 @@ def bind_dims(model: Model, dims: dict[str, int] | None = None, default: int = 1
         raise MdocError(f"--dim names {', '.join(sorted(unknown))}, which no input uses "
                         f"(symbolic dims: {', '.join(sorted(seen)) or 'none'})")
     return {k: v for k, v in dims.items() if k in seen}
+
+
+def parse_shape(text: str) -> tuple[str, tuple[int | None, ...]]:
+    """`image=1x3x?x?` -> ("image", (1, 3, None, None)); `?` keeps a dim as the model declares it."""
+    name, eq, value = text.rpartition("=")
+    dims = value.strip().lower().split("x") if value.strip() else []
+    if not eq or not name.strip() or not dims or not all(d == "?" or d.isdigit() for d in dims):
+        raise MdocError(f"--shape '{text}' is not INPUT=DIMS with DIMS like 1x3x224x224 (? keeps a dim symbolic)")
+    return name.strip(), tuple(None if d == "?" else int(d) for d in dims)
+
+
+def specialize_shapes(model: Model, shapes: Mapping[str, tuple[int | None, ...]]) -> None:
+    """Give the named graph inputs the static dims of `shapes` (None keeps the model's dim).
+
+    A dim that is static in the model must match; a symbolic one becomes the size, for
+    that input alone (other inputs sharing the symbol keep it, and the artifact checks
+    at run time that they agree).
+    """
+    by_name = {v.name: v for v in model.graph.inputs}
+    for name, dims in shapes.items():
+        v = by_name.get(name)
+        if v is None:
+            raise MdocError(f"--shape names '{name}', which is not a graph input "
+                            f"(inputs: {', '.join(by_name) or 'none'})")
+        t = v.type
+        if not isinstance(t, TensorType) or (t.shape is not None and len(t.shape) != len(dims)):
+            raise MdocError(f"--shape {name}: {len(dims)} dims given, input '{name}' is {t}")
+        old = t.shape if t.shape is not None else (None,) * len(dims)
+        for axis, (want, have) in enumerate(zip(dims, old)):
+            if want is not None and isinstance(have, int) and have != want:
+                raise MdocError(f"--shape {name}: dim {axis} is {have} in the model, not {want}")
+        v.type = TensorType(t.dtype, tuple(have if want is None else want for want, have in zip(dims, old)))
+
+
+def dynamic_dims(model: Model) -> dict[str, list]:
+    """Each graph input's dims known only at run time: {input: [axis or symbol, ...]}, for the manifest."""
+    out = {}
+    for v in model.graph.inputs:
+        t = v.type
+        if isinstance(t, TensorType) and t.shape is not None:
+            dyn = [d if isinstance(d, str) else axis for axis, d in enumerate(t.shape) if not isinstance(d, int)]
+            if dyn:
+                out[v.name] = dyn
+    return out
 
 
 def parse_binding(text: str) -> tuple[str, np.ndarray | list[float]]:

@@ -15,6 +15,7 @@ from mdoc.backends import register_backend
 from mdoc.errors import MdocError
 from mdoc.ir import Model
 from mdoc.pass_manager import PassManager, parse_pipeline
+from mdoc.specialize import dynamic_dims
 from mdoc.types import TensorType
 
 from . import artifact
@@ -93,6 +94,8 @@ class TvmBackend:
                 "pipeline": ",".join(filter(None, [pipeline, self.prepare])),
                 "inputs": [{**_sig(v), "param": p.name} for v, p in zip(model.graph.inputs, mod["main"].params)],
                 "outputs": [_sig(v) for v in model.graph.outputs],
+                # inputs whose dims the artifact takes at run time (axes, or the model's symbols)
+                "dynamic_dims": dynamic_dims(model),
             }
             if tuned:
                 manifest["tuning"] = tuned[1].as_json()

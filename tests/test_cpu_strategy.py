@@ -116,20 +116,38 @@ def test_attention_batch_matmuls():
 
 
 def test_fallbacks_to_default_kernels():
-    """Symbolic rows, a 1-D operand, a true batch broadcast and int matmuls keep the default path."""
+    """A 1-D operand and a true batch broadcast keep the default path."""
     a, b = f32(2, 1, 4, 8), f32(1, 3, 8, 5)
     vec = f32(24)
-    nodes = [N("MatMul", ["xs", "w"], ["sym"]), N("MatMul", ["vec", "w"], ["onedim"]),
-             N("MatMul", ["a", "b"], ["bcast"])]
-    m = make_model(nodes, {"xs": ["n", 24], "vec": vec, "a": a, "b": b}, ["sym", "onedim", "bcast"],
-                   {"w": f32(24, 16)})
-    feeds = {"xs": f32(5, 24), "vec": vec, "a": a, "b": b}
+    nodes = [N("MatMul", ["vec", "w"], ["onedim"]), N("MatMul", ["a", "b"], ["bcast"])]
+    m = make_model(nodes, {"vec": vec, "a": a, "b": b}, ["onedim", "bcast"], {"w": f32(24, 16)})
+    feeds = {"vec": vec, "a": a, "b": b}
     model, mod = lowered(m)
     assert not any(n.startswith(("dense", "batch_matmul")) for n in kernel_names(mod))
     got = run(build(mod, TARGET), feeds, model)
     sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-    for name, r in zip(["sym", "onedim", "bcast"], sess.run(None, feeds)):
+    for name, r in zip(["onedim", "bcast"], sess.run(None, feeds)):
         np.testing.assert_allclose(got[name], r, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_symbolic_dims_reach_the_kernels():
+    """Rows, batch and key length known only at run time: one build of the dense, batch matmul,
+    softmax and layer norm kernels serves two sizes."""
+    nodes = [N("MatMul", ["x", "w"], ["h"]), N("Add", ["h", "bias"], ["hb"]),
+             N("Transpose", ["hb"], ["ht"], perm=[0, 2, 1]), N("MatMul", ["hb", "ht"], ["s"]),
+             N("Softmax", ["s"], ["p"], axis=-1), N("MatMul", ["p", "hb"], ["c"]),
+             N("LayerNormalization", ["c", "gamma", "beta"], ["y"], axis=-1)]
+    m = make_model(nodes, {"x": ["n", "s", 24]}, ["y"], {"w": f32(24, 16), "bias": f32(16), "gamma": f32(16),
+                                                          "beta": f32(16)})
+    model, mod = lowered(m)
+    names = kernel_names(mod)
+    assert {"dense_d0x24x16_bias", "batch_matmul_d0xd1x16xd1", "batch_matmul_d0xd1xd1x16", "softmax_d0xd1",
+            "layer_norm_d0x16"} <= names, names
+    ex = build(mod, TARGET)
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    for shape in ((1, 5, 24), (3, 17, 24)):
+        feeds = {"x": f32(*shape)}
+        np.testing.assert_allclose(run(ex, feeds, model)["y"], sess.run(None, feeds)[0], rtol=1e-4, atol=1e-4)
 
 
 def test_weights_as_parameters_use_batch_matmul():

@@ -31,10 +31,14 @@ from .group import cli, dim_option, emit_json, json_option, parse_dims
 @dim_option
 @json_option
 def bench_cmd(model, target, level, rounds, calls, threads, rtol, atol, dims, as_json) -> None:
-    """Compile MODEL for TARGET and report median latency of mdoc and onnxruntime, their ratio and agreement."""
+    """Compile MODEL for TARGET and report median latency of mdoc and onnxruntime, their ratio and agreement.
+
+    Both run at one shape: symbolic dims take the --dim sizes (1 when not given), and the
+    artifact is specialized to them, as a deployment at that shape would be.
+    """
     dims = parse_dims(dims)
     ir = load_model(model)
-    bound = bind_dims(ir, dims)
+    bound = bind_dims(ir, dims, default=1)
     feeds = random_inputs(ir, dims=bound)
     with tempfile.TemporaryDirectory(prefix="mdoc-bench-") as tmp:
         start = time.perf_counter()

@@ -11,7 +11,7 @@ from ..api import compile as compile_model
 from ..backends import MANIFEST
 from ..errors import MdocError
 from ..pass_manager import load_plugin
-from ..specialize import parse_binding
+from ..specialize import parse_binding, parse_shape
 from .group import cli, dim_option, emit_json, json_option, parse_dims
 
 
@@ -29,15 +29,18 @@ from .group import cli, dim_option, emit_json, json_option, parse_dims
                    "when there is one]")
 @click.option("--no-tuning", is_flag=True, help="Ignore tuning databases; mdoc's default kernels only.")
 @dim_option
+@click.option("--shape", "shapes", multiple=True, metavar="INPUT=DIMS",
+              help="Specialize an input's dims, e.g. image=1x3x480x640 (? keeps a dim symbolic).")
 @click.option("--bind", "binds", multiple=True, metavar="NAME=VALUES",
               help="Bind graph input NAME to a constant: comma-separated numbers or @FILE.npy.")
 @json_option
-def compile_cmd(model, target, output, level, pipeline, arch, plugins, tuning_db, no_tuning, dims, binds,
+def compile_cmd(model, target, output, level, pipeline, arch, plugins, tuning_db, no_tuning, dims, shapes, binds,
                 as_json) -> None:
     """Optimize MODEL and compile it for TARGET into the artifact folder OUTPUT.
 
-    Symbolic input dims are fixed at compile time (--dim NAME=SIZE, default 1).
-    Inputs that decide the structure of the computation (a Reduce's axes, Split's
+    Symbolic input dims stay symbolic: the artifact takes every size the model
+    declares. --dim NAME=SIZE fixes a symbol, --shape INPUT=1x3x224x224 an input's
+    dims, where a static kernel is worth it. Inputs that decide the structure of the computation (a Reduce's axes, Split's
     sizes, ...) are bound to values with --bind NAME=VALUES; they leave the
     artifact's inputs. Kernels tuned with `mdoc tune` are applied where they
     measured faster than mdoc's defaults.
@@ -50,7 +53,7 @@ def compile_cmd(model, target, output, level, pipeline, arch, plugins, tuning_db
         raise MdocError("give either --tuning-db DIR or --no-tuning, not both")
     inputs = dict(parse_binding(b) for b in binds)
     path = compile_model(model, target, output, opt_level=level, pipeline=pipeline, dims=parse_dims(dims),
-                         inputs=inputs, arch=arch, tuning_db=False if no_tuning else tuning_db)
+                         shapes=dict(parse_shape(s) for s in shapes), inputs=inputs, arch=arch, tuning_db=False if no_tuning else tuning_db)
     tuning = json.loads((Path(path) / MANIFEST).read_text()).get("tuning")
     if as_json:
         emit_json({"artifact": str(path), **({"tuning": tuning} if tuning else {})})

@@ -53,5 +53,5 @@ def parse_dims(items: tuple[str, ...]) -> dict[str, int]:
 
 
 dim_option = click.option("--dim", "dims", multiple=True, metavar="NAME=SIZE",
-                          help="Size for a symbolic input dimension (default 1).")
+                          help="Size for a symbolic input dimension.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")

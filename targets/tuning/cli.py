@@ -59,7 +59,7 @@ def tune_cmd(model, target, trials, minutes, tuning_db, rpc_tracker, rpc_key, ch
     spec = resolve_target(target)
     database = tuning_db or str(default_location(spec.tvm))
     ir = load_model(model)
-    bind_dims(ir, parse_dims(dims))
+    bind_dims(ir, parse_dims(dims), default=1)  # kernels are measured at concrete sizes
     optimize(ir, level=level, pipeline=pipeline)
     from ..tvm_backend import BACKEND
 
