@@ -11,10 +11,11 @@ contraction dims are equal, Concat's other dims are equal.
 
 So after ONNX's inference, `unify_dims` collects those equalities (union-find), and
 rewrites every type with one representative per class: an int where the class holds one,
-else the symbol of a graph input (`N`, `S`), else the first name seen. This is what
-onnxruntime's symbolic shape inference does too (its "suggested merges"). It assumes a
-symbolic dim that meets another in a broadcast is not 1 at run time; a model that relies
-on broadcasting a symbolic 1 gets a clear shape error from the artifact's input checks.
+else the symbol of a graph input (`N`, `S`), else the first name seen. Only sound facts
+count: a broadcast of two different symbols says nothing (a position embedding's
+[unk, S, 256] meets the tokens' [N, S, 256] with unk = 1 at run time; merging unk with N,
+as onnxruntime's symbolic inference suggests, made the exported model's shapes lie), while
+a broadcast of a symbol with 1s, or of symbols already known equal, names the result.
 """
 
 from __future__ import annotations
@@ -73,9 +74,13 @@ def unify_dims(model: Model) -> bool:
     """Rewrite the types of `model` with one dim per class of equal dims; whether any changed."""
     classes = _Classes()
     graphs = list(_graphs(model.graph))
-    for graph in graphs:
-        for node in graph:
-            _constraints(node, classes)
+    while True:  # a broadcast's constraint may hold only once other classes merged
+        before = len({classes.find(d) for d in list(classes.parent)}), len(classes.size)
+        for graph in graphs:
+            for node in graph:
+                _constraints(node, classes)
+        if (len({classes.find(d) for d in list(classes.parent)}), len(classes.size)) == before:
+            break
     preferred = [d for v in model.graph.inputs for d in _dims(v) if isinstance(d, str)]
     names: dict[str, object] = {}
     for d in preferred:
@@ -110,9 +115,15 @@ def _constraints(node: Node, classes: _Classes) -> None:
             return
         for k in range(1, len(out) + 1):
             dims = [s[-k] for s in shapes if len(s) >= k]
-            bigger = [d for d in dims if d != 1]
-            for d in bigger:  # every dim that is not 1 equals the result
-                classes.equal(out[-k], d)
+            if any(d is None for d in dims):
+                continue
+            sizes = {d for d in dims if isinstance(d, int) and d != 1}
+            symbols = {classes.find(d) for d in dims if isinstance(d, str)}
+            if sizes:  # the others are that size or 1
+                classes.equal(out[-k], next(iter(sizes)))
+            elif len(symbols) == 1:  # one symbol, the rest 1: the result is it
+                classes.equal(out[-k], next(iter(symbols)))
+            # two different symbols may be 1 and N at run time: nothing follows
     elif node.op in SAME_SHAPE_OPS:
         x = _dims(node.inputs[0]) if node.inputs and node.inputs[0] is not None else None
         if x is not None and out is not None and len(x) == len(out):
