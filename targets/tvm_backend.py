@@ -36,7 +36,7 @@ def _sig(v) -> dict:
 class TvmBackend:
     name = "tvm"
     # What TVM cannot take as it is, mdoc rewrites first: constant Ifs are inlined, recurrent
-    # layers, Scans and bounded Loops unrolled (shapes are static by now), then cleaned up.
+    # layers, Scans and bounded Loops unrolled, then cleaned up.
     prepare = ("infer-shapes,fold-constants{max-bytes=0},fold-if,decompose-rnn,decompose-scan,decompose-loop,"
                "infer-shapes,fold-constants{max-bytes=0},simplify,cse,dce")
 
@@ -97,6 +97,8 @@ class TvmBackend:
                 # inputs whose dims the artifact takes at run time (axes, or the model's symbols)
                 "dynamic_dims": dynamic_dims(model),
             }
+            if getattr(kernels, "fallbacks", None):  # hand kernels that run-time dims kept out
+                manifest["generic_kernels"] = list(kernels.fallbacks)
             if tuned:
                 manifest["tuning"] = tuned[1].as_json()
             return staged.commit(manifest)

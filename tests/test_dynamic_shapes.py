@@ -108,3 +108,24 @@ def test_unify_dims_names_what_the_graph_makes_equal():
     types = {v.name: v.type.shape for node in model.graph for v in node.outputs}
     assert types["h"] == ("B", "S", 4)
     assert not unify_dims(model)  # nothing left to do
+
+
+def test_compile_reports_generic_kernels(mdoc_cli, tmp_path):
+    """A conv over run-time H and W takes the generic kernel, and `mdoc compile` says so."""
+    rng = np.random.default_rng(1)
+    node = helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, "H", "W"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(rng.standard_normal((8, 8, 3, 3)).astype(np.float32), "w")])
+    model = tmp_path / "conv.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
+    r = mdoc_cli("compile", str(model), "-o", str(tmp_path / "conv.x86"), "--no-tuning")
+    assert r.code == 0, r.err
+    assert "1 node took generic kernels for dims known only at run time (onnx.Conv" in r.out
+    manifest = json.loads((tmp_path / "conv.x86" / "manifest.json").read_text())
+    assert manifest["dynamic_dims"] == {"x": ["H", "W"]} and len(manifest["generic_kernels"]) == 1
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    run = mdoc.load(tmp_path / "conv.x86")
+    for h, w in ((5, 7), (12, 9)):
+        x = rng.standard_normal((1, 8, h, w)).astype(np.float32)
+        np.testing.assert_allclose(run(x=x)["y"], sess.run(None, {"x": x})[0], rtol=1e-3, atol=1e-4)

@@ -54,10 +54,16 @@ def compile_cmd(model, target, output, level, pipeline, arch, plugins, tuning_db
     inputs = dict(parse_binding(b) for b in binds)
     path = compile_model(model, target, output, opt_level=level, pipeline=pipeline, dims=parse_dims(dims),
                          shapes=dict(parse_shape(s) for s in shapes), inputs=inputs, arch=arch, tuning_db=False if no_tuning else tuning_db)
-    tuning = json.loads((Path(path) / MANIFEST).read_text()).get("tuning")
+    manifest = json.loads((Path(path) / MANIFEST).read_text())
+    tuning, generic = manifest.get("tuning"), manifest.get("generic_kernels", [])
     if as_json:
-        emit_json({"artifact": str(path), **({"tuning": tuning} if tuning else {})})
+        emit_json({"artifact": str(path), "dynamic_dims": manifest.get("dynamic_dims", {}),
+                   **({"tuning": tuning} if tuning else {}), **({"generic_kernels": generic} if generic else {})})
         return
+    if generic:
+        click.echo(f"{len(generic)} node{'s' if len(generic) > 1 else ''} took generic kernels for dims known only at "
+                   f"run time ({generic[0]}{', ...' if len(generic) > 1 else ''}; manifest.json lists them; "
+                   "--shape or --dim specializes)")
     if tuning:
         click.echo(f"applied {tuning['applied']} tuned kernels and {len(tuning.get('tiles', []))} tuned tiles "
                    f"from {tuning['database']} ({tuning['kept_mdoc_default']} kept mdoc's faster default)")

@@ -87,11 +87,13 @@ class CpuKernels(Kernels):
         self._built: dict[KernelRequest, Kernel] = {}
         self.plan = LayoutPlan()
         self.blocked: dict[relax.Expr, relax.Expr] = {}  # NCHW value -> the same in NCHWc
+        self.fallbacks: list[str] = []  # nodes left to the generic kernels by run-time dims
 
     def start(self, model) -> None:
         self.plan = plan_layouts(model.graph, self.spec)
         self.blocked = {}
         self.requests.clear()
+        self.fallbacks = []
 
     def matmul(self, ctx: "LowerCtx", a: relax.Expr, b: relax.Expr, *, transpose_b: bool = False) -> relax.Expr:
         constant_b = isinstance(b, tvm.ir.GenericConst) and b.ty.ndim == 2
@@ -100,6 +102,7 @@ class CpuKernels(Kernels):
         a_shape, b_shape = _f32_shape(ctx, a), _f32_shape(ctx, b)
         if (a_shape is None or b_shape is None or len(a_shape) < 2 or len(b_shape) < 2
                 or (constant_b and not is_static(a_shape[-1]))):
+            self._note_symbolic(ctx, a, b)
             return super().matmul(ctx, a, b, transpose_b=transpose_b)
         n = b_shape[-2] if transpose_b else b_shape[-1]
         batch = _batch_axes(a_shape, b_shape)
@@ -135,6 +138,7 @@ class CpuKernels(Kernels):
         x_shape = _batch_shape(ctx, x)
         constant = isinstance(w, tvm.ir.GenericConst) and (bias is None or isinstance(bias, tvm.ir.GenericConst))
         if len(strides) != 2 or x_shape is None or not constant or str(w.ty.dtype) != "float32":
+            self._note_symbolic(ctx, x)
             return super().conv(ctx, x, w, strides=strides, pads=pads, dilations=dilations, groups=groups, bias=bias)
         weight = w.value.numpy()
         out_shape = _conv_out_shape(x_shape, weight.shape, strides, pads, dilations)
@@ -209,6 +213,7 @@ class CpuKernels(Kernels):
              count_include_pad: bool) -> relax.Expr:
         x_shape = _batch_shape(ctx, x)
         if len(kernel) != 2 or x_shape is None:
+            self._note_symbolic(ctx, x)
             return super().pool(ctx, x, kind, kernel=kernel, strides=strides, pads=pads, dilations=dilations,
                                 ceil_mode=ceil_mode, count_include_pad=count_include_pad)
         blocked = ctx.node in self.plan.blocked
@@ -220,6 +225,15 @@ class CpuKernels(Kernels):
             return self._call(ctx, built, [x])
         y = self._call(ctx, built, [self._pack(ctx, x)])
         return self._unpack(ctx, y, _nchw_of(ctx.shape_of(y)))
+
+    def _note_symbolic(self, ctx: "LowerCtx", *operands: relax.Expr) -> None:
+        """Record a node that takes the generic kernel because an operand's dims are known only
+        at run time where its kernel needs them (the compile report lists these)."""
+        shapes = [_f32_shape(ctx, x) for x in operands]
+        dynamic = [s for s in shapes if s is not None and not all(is_static(d) for d in s)]
+        if ctx.node is not None and dynamic:
+            dims = " and ".join("[" + ", ".join(str(d) for d in s) + "]" for s in dynamic)
+            self.fallbacks.append(f"{ctx.node.op} '{ctx.node.name}' on {dims}")
 
     def _pack(self, ctx: "LowerCtx", x: relax.Expr) -> relax.Expr:
         """`x` (NCHW) in NCHWc: the kernel that computed it blocked, or one copy per value."""
