@@ -1,8 +1,8 @@
 """PyTorch front doors: an ExportedProgram (.pt2), a TorchScript file (.pt) and live modules, through torch.onnx.
 
 An ExportedProgram carries its example inputs and dynamic dims, so it goes to the
-dynamo exporter as it is; a --dynamic axis it fixed makes mdoc re-export its module
-with that axis as a `torch.export.Dim`. A TorchScript file keeps no shapes, so every
+dynamo exporter as it is; --dynamic names its dims, but cannot free an axis the
+export fixed (its graph has the size baked into views and reshapes). A TorchScript file keeps no shapes, so every
 input needs --input, and it goes through the TorchScript exporter (the dynamo one
 cannot trace a ScriptModule). PyTorch is imported inside the functions only.
 """
@@ -36,25 +36,12 @@ def convert_exported_program(path: Path, inputs: list[InputSpec], dynamic: list[
     names = [name for name in program.graph_signature.user_inputs if name in placeholders]
     check_names(where, [d.input for d in dynamic], names, "--dynamic")
     shapes = {name: tuple(placeholders[name].meta["val"].shape) for name in names}
-    fixed = [d for d in dynamic if d.axis < len(shapes[d.input]) and isinstance(shapes[d.input][d.axis], int)]
-    if fixed:
-        program = _reexport(torch, where, program, names, shapes, by_input(dynamic))
+    for d in dynamic:
+        if d.axis < len(shapes[d.input]) and isinstance(shapes[d.input][d.axis], int):
+            raise MdocError(f"{where}: axis {d.axis} of '{d.input}' was fixed to {shapes[d.input][d.axis]} when "
+                            "the program was exported; export it again with dynamic_shapes="
+                            f"{{'{d.input}': {{{d.axis}: torch.export.Dim('{d.dim}')}}}}")
     return _export(torch, where, program, (), None, opset)
-
-
-def _reexport(torch, where, program, names, shapes, axes):
-    """Export the program's module again with the --dynamic axes (and the ones it had) as dims."""
-    args, kwargs = program.example_inputs or ((), {})
-    if kwargs or len(args) != len(names):
-        raise MdocError(f"{where}: making a fixed axis dynamic needs an ExportedProgram with positional "
-                        "example inputs; re-export it with torch.export and dynamic_shapes")
-    dynamic_shapes = []
-    for name in names:
-        spec = {a: torch.export.Dim.DYNAMIC for a, d in enumerate(shapes[name]) if not isinstance(d, int)}
-        spec.update({a: torch.export.Dim(dim) for a, dim in axes.get(name, {}).items()})
-        dynamic_shapes.append(spec or None)
-    with converting(where, "torch.export"):
-        return torch.export.export(program.module(), tuple(args), dynamic_shapes=tuple(dynamic_shapes))
 
 
 def convert_torchscript(path: Path, inputs: list[InputSpec], dynamic: list[DynamicAxis],
