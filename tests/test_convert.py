@@ -71,7 +71,7 @@ def test_other_commands_detect_the_formats(mdoc_cli, tmp_path, command):
 
 @pytest.mark.parametrize("name, make, hidden, install", [
     ("m.tflite", _tflite, "tensorflow", "pip install 'mdoc[tensorflow]'"),
-    ("m.keras", lambda p: _zip(p, ["config.json"]), "tf2onnx", "pip install 'mdoc[tensorflow]'"),
+    ("m.keras", lambda p: _zip(p, ["config.json"]), "tensorflow", "pip install 'mdoc[tensorflow]'"),
     ("m.pt2", lambda p: _zip(p, ["m/archive_format"]), "torch", "pip install torch==2.13.0 && pip install 'mdoc[torch]'"),
     ("m.pt", lambda p: _zip(p, ["m/code/__torch__.py"]), "torch", "pip install torch==2.13.0"),
 ])

@@ -107,3 +107,12 @@ def test_corrupt_tflite_body(mdoc_cli, tmp_path):
     r = mdoc_cli("import", src, "-o", out)
     assert r.code == 2 and len(r.err.strip().splitlines()) == 1, r.err
     assert "m.tflite: tf2onnx could not convert it" in r.err and not out.exists()
+
+
+def test_bench_and_compare_take_a_keras_file(mdoc_cli, tmp_path, model):
+    src, out = tmp_path / "m.keras", tmp_path / "m.onnx"
+    model.save(src)
+    assert mdoc_cli("import", src, "-o", out).code == 0
+    assert mdoc_cli("compare", src, out).code == 0
+    r = mdoc_cli("bench", src, "--rounds", "1", "--calls", "1", "--json")
+    assert r.code == 0 and '"agrees": true' in r.out, r.err
