@@ -8,8 +8,8 @@ by name.
 
 __version__ = "0.1.0"
 
-from .api import compile, load, optimize  # noqa: E402
+from .api import compile, from_torch, load, optimize  # noqa: E402
 from .errors import CheckFailed, MdocError  # noqa: E402
 from .model_io import load_model, save_model  # noqa: E402
 
-__all__ = ["CheckFailed", "MdocError", "compile", "load", "load_model", "optimize", "save_model"]
+__all__ = ["CheckFailed", "MdocError", "compile", "from_torch", "load", "load_model", "optimize", "save_model"]

@@ -5,6 +5,7 @@
     mdoc.optimize(model, level=2)
     mdoc.compile("resnet18.onnx", target="x86", output="r18.x86")
     outputs = mdoc.load("r18.x86")(image=batch)      # {output name: numpy array}
+    model = mdoc.from_torch(net, (x,), dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 from .backends import get_backend, load_artifact
 from .ir import Model
 from .model_io import load_model
+from .onnx_import import import_model
 from .pass_manager import PassManager, PassRecord, parse_pipeline, pipeline_for_level
 from .progress import Steps
 from .specialize import bind_dims, bind_inputs, specialize_shapes
@@ -57,6 +59,24 @@ def compile(model: Model | str | os.PathLike, target: str = "x86", output: str |
         db = "auto" if tuning_db is None or tuning_db is True else (None if tuning_db is False else os.fspath(tuning_db))
         return get_backend(backend).compile(model, target, output, arch=arch, pipeline=text, progress=step,
                                             tuning_db=db)
+
+
+def from_torch(module, example_inputs, dynamic_shapes=None, *, opset: int | None = None,
+               output: str | os.PathLike | None = None) -> Model | Path:
+    """A PyTorch module (or ExportedProgram) through the dynamo ONNX exporter: the mdoc Model, or the ONNX file.
+
+    `example_inputs` is a tensor or a tuple of them; `dynamic_shapes` is what
+    `torch.export.export` takes, and each `torch.export.Dim`'s name becomes the ONNX
+    dim's name. With `output`, the ONNX file is written (whole or not at all) and its
+    path returned. Needs torch (`pip install torch==2.13.0`) and `mdoc[torch]`.
+    """
+    from .convert import write_onnx
+    from .convert.torch_formats import from_torch_module
+
+    proto = from_torch_module(module, example_inputs, dynamic_shapes, opset)
+    if output is not None:
+        return write_onnx(proto, output)
+    return import_model(proto, name=f"mdoc.from_torch({type(module).__name__})")
 
 
 def load(path: str | os.PathLike) -> Callable[..., dict[str, np.ndarray]]:

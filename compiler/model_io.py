@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .convert import convert_to_onnx, detect_format
 from .errors import MdocError
 from .ir import Model
 from .onnx_export import save_onnx
@@ -16,9 +17,12 @@ SUFFIXES = (".onnx", ".mdir")
 
 
 def load_model(path: str | os.PathLike) -> Model:
+    """Read .mdir text, .onnx, or a TensorFlow/PyTorch file converted to ONNX in memory (`mdoc.convert`)."""
     path = Path(path)
     if path.suffix == ".mdir":
         return load_mdir(path)
+    if detect_format(path) is not None:
+        return import_model(convert_to_onnx(path), name=str(path))
     return import_model(path)
 
 

@@ -28,21 +28,22 @@ from .types import UNKNOWN, DType, TensorType, tensor_type_of, type_from_onnx
 MIN_OPSET, MAX_OPSET = 7, onnx.defs.onnx_opset_version()
 
 
-def import_model(source: str | os.PathLike | onnx.ModelProto, *, infer_shapes: bool = True) -> Model:
-    """Import an ONNX model from a path or a ModelProto."""
+def import_model(source: str | os.PathLike | onnx.ModelProto, *, infer_shapes: bool = True,
+                 name: str | None = None) -> Model:
+    """Import an ONNX model from a path or a ModelProto; `name` is what messages call a proto (its source file)."""
     if isinstance(source, onnx.ModelProto):
         proto, path = source, None
     else:
         path = Path(source)
         proto = read_model_proto(path)
-    return _Importer(proto, path).run(infer_shapes)
+    return _Importer(proto, path, name).run(infer_shapes)
 
 
 class _Importer:
-    def __init__(self, proto: onnx.ModelProto, path: Path | None):
+    def __init__(self, proto: onnx.ModelProto, path: Path | None, name: str | None = None):
         self.proto = proto
         self.path = path
-        self.where = str(path) if path is not None else f"model '{proto.graph.name or 'main'}'"
+        self.where = name or (str(path) if path is not None else f"model '{proto.graph.name or 'main'}'")
         self.opsets = {op.domain or "": op.version for op in proto.opset_import}
 
     def fail(self, message: str):

@@ -11,6 +11,7 @@ import click
 from ..api import compile as compile_model
 from ..backends import load_artifact
 from ..bench import interleaved, max_difference, ort_session
+from ..convert import convert_to_onnx, detect_format, write_onnx
 from ..errors import CheckFailed
 from ..model_io import load_model
 from ..reference import compare_outputs
@@ -37,15 +38,18 @@ def bench_cmd(model, target, level, rounds, calls, threads, rtol, atol, dims, as
     artifact is specialized to them, as a deployment at that shape would be.
     """
     dims = parse_dims(dims)
-    ir = load_model(model)
-    bound = bind_dims(ir, dims, default=1)
-    feeds = random_inputs(ir, dims=bound)
     with tempfile.TemporaryDirectory(prefix="mdoc-bench-") as tmp:
+        source = model
+        if detect_format(model) is not None:  # convert a TensorFlow/PyTorch file once, for both engines
+            source = str(write_onnx(convert_to_onnx(model), os.path.join(tmp, "model.onnx")))
+        ir = load_model(source)
+        bound = bind_dims(ir, dims, default=1)
+        feeds = random_inputs(ir, dims=bound)
         start = time.perf_counter()
-        artifact = compile_model(model, target, os.path.join(tmp, "artifact"), opt_level=level, dims=bound)
+        artifact = compile_model(source, target, os.path.join(tmp, "artifact"), opt_level=level, dims=bound)
         compile_s = time.perf_counter() - start
         run = load_artifact(artifact)
-        session = ort_session(model, threads)
+        session = ort_session(source, threads)
         names = [o.name for o in session.get_outputs()]
         expected = dict(zip(names, session.run(names, feeds)))
         got = run(**feeds)
