@@ -185,7 +185,7 @@ class _Runner:
                 return t
         staged = self._staging[index]
         if staged is None or staged[0].shape != a.shape:
-            staged = self._staging[index] = _aligned(a.shape, a.dtype, self._from_dlpack)
+            staged = self._staging[index] = aligned(a.shape, a.dtype)
         staged[0][...] = a
         return staged[1]
 
@@ -193,8 +193,10 @@ class _Runner:
 ALIGNMENT = 64  # bytes; what TVM's kernels assume of every buffer they are given
 
 
-def _aligned(shape: tuple, dtype: np.dtype, from_dlpack) -> tuple[np.ndarray, object]:
+def aligned(shape: tuple, dtype: np.dtype) -> tuple[np.ndarray, object]:
     """An uninitialized array of `shape` at an ALIGNMENT-byte address, and the TVM tensor that views it."""
+    from tvm_ffi import from_dlpack
+
     nbytes = math.prod(shape) * dtype.itemsize
     raw = np.empty(nbytes + ALIGNMENT, np.uint8)
     start = -raw.ctypes.data % ALIGNMENT
