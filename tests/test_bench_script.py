@@ -1,4 +1,4 @@
-"""Smoke test of benchmarks/models.py: it runs end to end and writes its table. No timing assertions."""
+"""Smoke tests of the benchmark scripts: they run end to end and print or write their tables. No timing assertions."""
 
 from __future__ import annotations
 
@@ -24,3 +24,13 @@ def test_quick_run_on_sample_writes_table(tmp_path):
     assert cells[5] == "no tuning database"
     assert "mdoc -O2 yes" in cells[-1]
     assert "load average" in table
+
+
+def test_call_overhead_runs_on_both_models():
+    script = SCRIPT.parent / "call_overhead.py"
+    proc = subprocess.run([sys.executable, str(script), "--rounds", "1", "--calls", "1", "--gap", "0"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = {line.split()[0]: line for line in proc.stdout.splitlines() if line.split()[:1] in (["sample"], ["silero_vad"])}
+    assert set(rows) == {"sample", "silero_vad"} and all("max abs diff" in r for r in rows.values())
+    assert "load average" in proc.stdout
