@@ -80,12 +80,17 @@ def _check_window(ctx: LowerCtx, in_dims, kernel, strides, dilations, pads, ceil
             continue
         num = int(in_dims[i]) + int(pads[i]) + int(pads[nd + i]) - (kernel[i] - 1) * dilations[i] - 1
         outs.append((-(-num // strides[i]) if ceil_mode else num // strides[i]) + 1)
+    _refuse_empty(ctx, in_dims, outs, f"kernel {list(kernel)} with strides {list(strides)}, dilations "
+                                      f"{list(dilations)} and pads {list(pads)}")
+
+
+def _refuse_empty(ctx: LowerCtx, in_dims, outs: list, window: str) -> None:
+    """The MdocError for output spatial dims `outs` (None: known at run time) that leave nothing."""
     if all(o is None or o > 0 for o in outs):
         return
-    raise ctx.error(f"input %{ctx.node.input(0).name} has spatial dims {list(in_dims)}, too small for "
-                    f"kernel {list(kernel)} with strides {list(strides)}, dilations {list(dilations)} and pads "
-                    f"{list(pads)}: the output would have spatial dims {[o if o is not None else '?' for o in outs]}; "
-                    f"if the model leaves its input sizes open, {ctx.size_hint(0)}")
+    raise ctx.error(f"input %{ctx.node.input(0).name} has spatial dims {list(in_dims)}, too small for {window}: "
+                    f"the output would have spatial dims {['?' if o is None else o for o in outs]}; if the model "
+                    f"leaves its input sizes open, {ctx.size_hint(0)}")
 
 
 # -- convolution --------------------------------------------------------------
@@ -168,11 +173,7 @@ def _check_transposed(ctx: LowerCtx, in_dims, kernel, strides, dilations, pads, 
     nd = len(kernel)
     outs = [strides[i] * (int(in_dims[i]) - 1) + out_pad[i] + (kernel[i] - 1) * dilations[i] + 1
             - pads[i] - pads[nd + i] if is_static(in_dims[i]) else None for i in range(nd)]
-    if all(o is None or o > 0 for o in outs):
-        return
-    raise ctx.error(f"input %{ctx.node.input(0).name} has spatial dims {list(in_dims)}, too small for pads "
-                    f"{list(pads)}: the output would have spatial dims {[o if o is not None else '?' for o in outs]}; "
-                    f"if the model leaves its input sizes open, {ctx.size_hint(0)}")
+    _refuse_empty(ctx, in_dims, outs, f"pads {list(pads)}")
 
 
 # -- pooling ------------------------------------------------------------------
