@@ -58,8 +58,9 @@ def with_log(error: MdocError, log: str | None) -> MdocError:
     return error
 
 
-def first_line(e: BaseException, limit: int = 300) -> str:
-    """`Type: first non-empty line of the message` (at most `limit` characters), for one-line reports."""
-    line = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
+def first_line(e: BaseException, limit: int = 300, message: str | None = None) -> str:
+    """`Type: first non-empty line of the message` (at most `limit` characters), for one-line reports;
+    `message` replaces `str(e)` (a cleaned-up version of it)."""
+    line = next((ln.strip() for ln in (str(e) if message is None else message).splitlines() if ln.strip()), "")
     text = f"{type(e).__name__}: {line}" if line else type(e).__name__
     return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -158,6 +158,17 @@ def test_window_larger_than_input_names_input_and_flag(mdoc_fd, tmp_path, dims):
                     "output would have spatial dims [-1]", "--shape x=", "--dim NAME=SIZE")
 
 
+def test_relax_refusal_names_node_and_op_not_its_repr(mdoc_fd, tmp_path):
+    nodes = [h.make_node("Add", ["a", "b"], ["y"], name="bad_add")]
+    path = tmp_path / "bad_add.onnx"
+    onnx.save(make(nodes, [vi("a", F, [2, 3]), vi("b", F, [4, 3])], [vi("y", F, None)]), path)
+    code, _, err = mdoc_fd("compile", path, "-o", tmp_path / "a")
+    assert code == 2
+    line = assert_one_line(err, "onnx.Add (node 'bad_add'): Relax rejected the conversion: ValueError: relax.add: ",
+                           "not broadcastable")
+    assert "ir.Op(" not in line
+
+
 def test_converter_bug_is_internal_error(mdoc_fd, tmp_path, monkeypatch):
     import importlib
 

@@ -169,6 +169,16 @@ def _lower(model: Model, params_as_constants: bool, target: dict | None, kernels
     return mod, ctx
 
 
+# TVM opens its inference errors with the op's whole repr: "In ir.Op(span=None, ..., name="relax.add",
+# ..., support_level=10), the first input shape at dim 0 is ..."
+_OP_REPR = re.compile(r'In ir\.Op\(.*?name="(?P<op>[\w.]+)".*?support_level=\d+\), ')
+
+
+def _reason(e: Exception) -> str:
+    """TVM's error in one line, its op named by name rather than by repr."""
+    return first_line(e, message=_OP_REPR.sub(lambda m: f"{m['op']}: ", str(e), count=1))
+
+
 @contextlib.contextmanager
 def _closed_on_error(bb: relax.BlockBuilder):
     """Around `bb.function(...)`: when lowering raises, close the block and the scope that it leaves open.
@@ -193,17 +203,21 @@ def convert_node(ctx: LowerCtx, node: Node) -> None:
     if node in ctx.absorbed:
         return
     ctx.node = node
-    fn = lookup(node.op, ctx.opset)
     try:
-        results = ctx.kernels.lower_node(ctx, node)
-        if results is None:
-            results = fn(ctx, node)
+        _convert(ctx, node)
     except MdocError:
         raise
     except _BUGS as e:  # the converter's own mistake: exit 3, naming where
         raise InternalError(f"{node.op} (node '{node.name}'): its Relax converter failed: {first_line(e)}") from e
     except Exception as e:  # TVM refusing what the model asks for (shapes that do not fit, ...)
-        raise MdocError(f"{node.op} (node '{node.name}'): Relax rejected the conversion: {first_line(e)}") from e
+        raise MdocError(f"{node.op} (node '{node.name}'): Relax rejected the conversion: {_reason(e)}") from e
+
+
+def _convert(ctx: LowerCtx, node: Node) -> None:
+    """The converter's (or a kernel's) results for `node`, emitted (Relax infers their types here) and bound."""
+    results = ctx.kernels.lower_node(ctx, node)
+    if results is None:
+        results = lookup(node.op, ctx.opset)(ctx, node)
     if len(results) < len(node.outputs):
         results = list(results) + [None] * (len(node.outputs) - len(results))
     for value, expr in zip(node.outputs, results):
