@@ -14,6 +14,7 @@ capture.
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import os
 import sys
 import tempfile
@@ -29,15 +30,27 @@ class NativeLog:
 
     @contextlib.contextmanager
     def capture(self) -> Iterator[None]:
-        """Send fd 2 (TVM's C++ log, and Python's stderr) to this log until the block ends."""
+        """Send fd 2 (TVM's C++ log, and Python's stderr) to this log until the block ends.
+
+        Should TVM crash the process meanwhile (a segfault in a pass), `faulthandler` reports it
+        on the real stderr, so the user does not see the build end without a word.
+        """
         sys.stderr.flush()
         saved = os.dup(2)
+        terminal = os.fdopen(saved, "w", closefd=False)
+        was_enabled = faulthandler.is_enabled()
         try:
             os.dup2(self._file.fileno(), 2)
+            faulthandler.enable(file=terminal)
             yield
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
+            if not was_enabled:
+                faulthandler.disable()
+            elif sys.__stderr__ is not None:  # (where it reported before is not recorded: fd 2 then)
+                faulthandler.enable(file=sys.__stderr__)
+            terminal.close()
             os.close(saved)
 
     def text(self) -> str:
