@@ -61,7 +61,21 @@ class TvmBackend:
 
         `tuning_db`: a tuning database folder whose kernels replace mdoc's where they measured
         faster, or "auto" for the target's default database when one exists (None: no tuning).
+        TVM's own log lines go to the artifact's build.log, or, when the build fails, to a file
+        that the error names (`MdocError.log`).
         """
+        log = NativeLog()
+        try:
+            return self._compile(model, target, output, arch=arch, pipeline=pipeline, progress=progress,
+                                 tuning_db=tuning_db, log=log)
+        except MdocError as e:
+            with_log(e, log.keep())
+            raise
+        finally:
+            log.close()
+
+    def _compile(self, model: Model, target: str, output: str | Path, *, arch, pipeline, progress, tuning_db,
+                 log: NativeLog) -> Path:
         import tvm
 
         from .builder import build_for
@@ -69,40 +83,33 @@ class TvmBackend:
         spec = resolve_target(target, arch)
         step = progress or (lambda name: None)
         tuned = tuning_for(tuning_db, spec)
-        log = NativeLog()  # TVM's C++ log lines: into the artifact, or a file the error names
-        try:
-            with artifact.StagedArtifact(Path(output)) as staged:
-                step("lower to Relax")
-                with log.capture():
-                    kernels = self.kernels_for(spec, tuned[1].tile_choices if tuned else None)
-                    mod = _lowered(self, model, spec, kernels)
-                if tuned:
-                    tuned[1].tiled = dict(getattr(kernels, "tiled", {}))
-                step("build with TVM")
-                with log.capture():
-                    ex = build_for(mod, spec, before_schedule=[tuned[0]] if tuned else [])
-                step("export library")
-                with log.capture():
-                    _export(ex, staged.dir / artifact.LIBRARY, spec)
-                log.write(staged.dir / BUILD_LOG)
-                manifest = {
-                    "backend": self.name,
-                    "mdoc_version": __version__,
-                    "tvm_version": tvm.__version__,
-                    "built_on": platform.machine(),
-                    "target": spec.as_json(),
-                    "pipeline": ",".join(filter(None, [pipeline, self.prepare])),
-                    "inputs": [{**_sig(v), "param": p.name} for v, p in zip(model.graph.inputs, mod["main"].params)],
-                    "outputs": [_sig(v) for v in model.graph.outputs],
-                }
-                if tuned:
-                    manifest["tuning"] = tuned[1].as_json()
-                return staged.commit(manifest)
-        except MdocError as e:
-            with_log(e, log.keep())
-            raise
-        finally:
-            log.close()
+        with artifact.StagedArtifact(Path(output)) as staged:
+            step("lower to Relax")
+            with log.capture():
+                kernels = self.kernels_for(spec, tuned[1].tile_choices if tuned else None)
+                mod = _lowered(self, model, spec, kernels)
+            if tuned:
+                tuned[1].tiled = dict(getattr(kernels, "tiled", {}))
+            step("build with TVM")
+            with log.capture():
+                ex = build_for(mod, spec, before_schedule=[tuned[0]] if tuned else [])
+            step("export library")
+            with log.capture():
+                _export(ex, staged.dir / artifact.LIBRARY, spec)
+            log.write(staged.dir / BUILD_LOG)
+            manifest = {
+                "backend": self.name,
+                "mdoc_version": __version__,
+                "tvm_version": tvm.__version__,
+                "built_on": platform.machine(),
+                "target": spec.as_json(),
+                "pipeline": ",".join(filter(None, [pipeline, self.prepare])),
+                "inputs": [{**_sig(v), "param": p.name} for v, p in zip(model.graph.inputs, mod["main"].params)],
+                "outputs": [_sig(v) for v in model.graph.outputs],
+            }
+            if tuned:
+                manifest["tuning"] = tuned[1].as_json()
+            return staged.commit(manifest)
 
     def load(self, path: Path):
         return artifact.load(path)
