@@ -37,7 +37,16 @@ def build_for(mod, spec: TargetSpec, *, before_schedule=()):
         raise
     except Exception as e:  # noqa: BLE001  (TVM's errors and whatever its passes let through)
         where = f"TVM pass {trail.where()}" if trail.running else "tvm.compile"
-        raise InternalError(f"building for {spec.name}: {where} failed: {first_line(e)}") from e
+        raise InternalError(f"building for {spec.name}: {where} failed: {first_line(e)}{_offending(e)}") from e
+
+
+def _offending(e: Exception) -> str:
+    """The call TVM's VM codegen names on the line after "Offending call:" (a Relax op left unlowered)."""
+    lines = str(e).splitlines()
+    for k, line in enumerate(lines[:-1]):
+        if line.strip() == "Offending call:":
+            return f" (offending call: {lines[k + 1].strip()[:120]})"
+    return ""
 
 
 @tvm.instrument.pass_instrument

@@ -206,6 +206,21 @@ def test_failing_tvm_pass_is_named(tiny_path):
         build_for(BACKEND.lower(model, spec), spec, before_schedule=[refuses])
 
 
+def test_op_left_unlowered_is_named():
+    """An op Relax cannot legalize (its output shape unknown) reaches VM codegen: the error quotes the call."""
+    from tvm import relax
+
+    from mdoc.targets.builder import build_for
+    from mdoc.targets.presets import resolve_target
+
+    a, b = (relax.Var(n, relax.TensorType(ndim=2, dtype="float32")) for n in "ab")
+    bb = relax.BlockBuilder()
+    with bb.function("main", [a, b]):
+        bb.emit_func_output(bb.emit(relax.op.add(a, b)))
+    with pytest.raises(InternalError, match=r"tvm.compile failed: .*\(offending call: R.add\(a, b\)\)"):
+        build_for(bb.get(), resolve_target("x86"))
+
+
 def _embedding_model() -> onnx.ModelProto:
     """A Gather of a constant table by run-time indices: TVM logs "Fast mode segfaults ..." building it."""
     table = RNG.standard_normal((10, 4)).astype(np.float32)
