@@ -3,8 +3,8 @@
 The CLI turns `MdocError` into `mdoc: error: <message>` and exit status 2,
 `CheckFailed` into exit status 1 and `InternalError` (a failure mdoc can place but
 should not have: a TVM pass that rejects what mdoc built) into exit status 3;
-nothing a user feeds in should surface as a traceback. Messages say what happened, where (file, node, op) and, when it helps,
-how to fix it.
+nothing a user feeds in should surface as a traceback. Messages say what happened,
+where (file, node, op) and, when it helps, how to fix it.
 """
 
 from __future__ import annotations
