@@ -94,8 +94,11 @@ def _branch(nodes, out):
 
 def _nested_if_model() -> onnx.ModelProto:
     """outer If (run-time condition) -> else_branch: inner If -> then_branch: the refused MaxPool."""
-    plain = lambda out: [h.make_node("MaxPool", ["x"], [out], kernel_shape=[2, 2], name=f"pool_{out}")]  # noqa: E731
-    inner = h.make_node("If", ["c"], ["i"], name="inner_if", then_branch=_branch(_pool_with_indices("pool_in_if", "t"), "t"),
+    def plain(out):
+        return [h.make_node("MaxPool", ["x"], [out], kernel_shape=[2, 2], name=f"pool_{out}")]
+
+    inner = h.make_node("If", ["c"], ["i"], name="inner_if",
+                        then_branch=_branch(_pool_with_indices("pool_in_if", "t"), "t"),
                         else_branch=_branch(plain("e"), "e"))
     outer = h.make_node("If", ["c"], ["y"], name="outer_if", then_branch=_branch(plain("o"), "o"),
                         else_branch=_branch([inner], "i"))
