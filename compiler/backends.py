@@ -17,6 +17,7 @@ import numpy as np
 from .errors import MdocError
 
 MANIFEST = "manifest.json"
+BUILD_LOG = "build.log"  # in an artifact: what the backend's native code logged while building it
 
 
 class Backend(Protocol):

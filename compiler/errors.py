@@ -1,9 +1,10 @@
 """mdoc's exceptions: every problem a user can cause is one of these, with a one-line message.
 
-The CLI turns `MdocError` into `mdoc: error: <message>` and exit status 2, and
-`CheckFailed` into exit status 1; nothing a user feeds in should surface as a
-traceback. Messages say what happened, where (file, node, op) and, when it helps,
-how to fix it.
+The CLI turns `MdocError` into `mdoc: error: <message>` and exit status 2,
+`CheckFailed` into exit status 1 and `InternalError` (a failure mdoc can place but
+should not have: a TVM pass that rejects what mdoc built) into exit status 3;
+nothing a user feeds in should surface as a traceback. Messages say what happened,
+where (file, node, op) and, when it helps, how to fix it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ class MdocError(Exception):
     """Bad input or usage: the message is one line that names the problem."""
 
     exit_code = 2
+    log: str | None = None  # a file holding TVM's log from when it happened (see `with_log`)
 
 
 class CheckFailed(MdocError):
@@ -34,3 +36,31 @@ class VerifyError(MdocError):
 
 class ParseError(MdocError):
     """The textual IR could not be read; the message names the line and column."""
+
+
+class InternalError(MdocError):
+    """A bug in mdoc, or in TVM on what mdoc gave it, placed by the stage that failed (node, op, TVM pass).
+
+    Exit status 3: the user cannot fix it by changing the input, only report it.
+    """
+
+    exit_code = 3
+
+
+def with_log(error: MdocError, log: str | None) -> MdocError:
+    """`error` with the path of the native (TVM) log captured while it happened appended to its line.
+
+    The message stays one line; `error.log` keeps the path for `--verbose`, which prints the log.
+    """
+    if log:
+        error.args = (f"{error.args[0]} (TVM's log: {log})", *error.args[1:])
+        error.log = log
+    return error
+
+
+def first_line(e: BaseException, limit: int = 300, message: str | None = None) -> str:
+    """`Type: first non-empty line of the message` (at most `limit` characters), for one-line reports;
+    `message` replaces `str(e)` (a cleaned-up version of it)."""
+    line = next((ln.strip() for ln in (str(e) if message is None else message).splitlines() if ln.strip()), "")
+    text = f"{type(e).__name__}: {line}" if line else type(e).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -4,20 +4,66 @@ GPU PrimFuncs do not build at all without thread bindings, so the CUDA route
 legalizes and fuses with TVM's zero pipeline and then applies dlight's default
 GPU rules to every PrimFunc before `tvm.compile`. The wheel compiles CUDA with
 NVRTC, so this works on a machine without a GPU.
+
+A module that `lower` produced should always build; when a TVM pass fails on it
+anyway, that is a bug (in mdoc's lowering, its schedules, or TVM), and
+`build_for` reports it as an `InternalError` that names the pass.
 """
 
 from __future__ import annotations
+
+import tvm
+
+from mdoc.errors import InternalError, MdocError, first_line
 
 from .presets import TargetSpec
 
 
 def build_for(mod, spec: TargetSpec, *, before_schedule=()):
     """Build `mod` for `spec`; `before_schedule` passes (CPU only) run just before mdoc's generic schedule."""
-    if spec.device == "cuda":
-        return build_cuda(mod, spec.tvm)
-    from .relax.build import build
+    trail = PassTrail()
+    outer = tvm.transform.PassContext.current()
+    context = tvm.transform.PassContext(opt_level=outer.opt_level, required_pass=list(outer.required_pass),
+                                        disabled_pass=list(outer.disabled_pass),
+                                        instruments=[*outer.instruments, trail], config=dict(outer.config))
+    try:
+        with context:
+            if spec.device == "cuda":
+                return build_cuda(mod, spec.tvm)
+            from .relax.build import build
 
-    return build(mod, spec.tvm, before_schedule=before_schedule)
+            return build(mod, spec.tvm, before_schedule=before_schedule)
+    except MdocError:
+        raise
+    except Exception as e:  # noqa: BLE001  (TVM's errors and whatever its passes let through)
+        where = f"TVM pass {trail.where()}" if trail.running else "tvm.compile"
+        raise InternalError(f"building for {spec.name}: {where} failed: {first_line(e)}{_offending(e)}") from e
+
+
+def _offending(e: Exception) -> str:
+    """The call TVM's VM codegen names on the line after "Offending call:" (a Relax op left unlowered)."""
+    lines = str(e).splitlines()
+    for k, line in enumerate(lines[:-1]):
+        if line.strip() == "Offending call:":
+            return f" (offending call: {lines[k + 1].strip()[:120]})"
+    return ""
+
+
+@tvm.instrument.pass_instrument
+class PassTrail:
+    """Records the TVM passes that are running, so a failure can name the innermost one."""
+
+    def __init__(self):
+        self.running: list[str] = []  # outermost first; a pass that raised is never popped
+
+    def run_before_pass(self, mod, info) -> None:
+        self.running.append(info.name)
+
+    def run_after_pass(self, mod, info) -> None:
+        self.running.pop()
+
+    def where(self) -> str:
+        return " > ".join(self.running)
 
 
 def build_cuda(mod, target_dict: dict):

@@ -11,14 +11,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mdoc import __version__
-from mdoc.backends import register_backend
-from mdoc.errors import MdocError
+from mdoc.backends import BUILD_LOG, register_backend
+from mdoc.errors import InternalError, MdocError, first_line, with_log
 from mdoc.ir import Model
 from mdoc.pass_manager import PassManager, parse_pipeline
 from mdoc.specialize import dynamic_dims
 from mdoc.types import TensorType
 
 from . import artifact
+from .native_log import NativeLog
 from .presets import resolve_target
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -61,7 +62,21 @@ class TvmBackend:
 
         `tuning_db`: a tuning database folder whose kernels replace mdoc's where they measured
         faster, or "auto" for the target's default database when one exists (None: no tuning).
+        TVM's own log lines go to the artifact's build.log, or, when the build fails, to a file
+        that the error names (`MdocError.log`).
         """
+        log = NativeLog()
+        try:
+            return self._compile(model, target, output, arch=arch, pipeline=pipeline, progress=progress,
+                                 tuning_db=tuning_db, log=log)
+        except MdocError as e:
+            with_log(e, log.keep())
+            raise
+        finally:
+            log.close()
+
+    def _compile(self, model: Model, target: str, output: str | Path, *, arch, pipeline, progress, tuning_db,
+                 log: NativeLog) -> Path:
         import tvm
 
         from .builder import build_for
@@ -71,20 +86,18 @@ class TvmBackend:
         tuned = tuning_for(tuning_db, spec)
         with artifact.StagedArtifact(Path(output)) as staged:
             step("lower to Relax")
-            kernels = self.kernels_for(spec, tuned[1].tile_choices if tuned else None)
-            mod = self.lower(model, spec, kernels)
+            with log.capture():
+                kernels = self.kernels_for(spec, tuned[1].tile_choices if tuned else None)
+                mod = _lowered(self, model, spec, kernels)
             if tuned:
                 tuned[1].tiled = dict(getattr(kernels, "tiled", {}))
             step("build with TVM")
-            ex = build_for(mod, spec, before_schedule=[tuned[0]] if tuned else [])
+            with log.capture():
+                ex = build_for(mod, spec, before_schedule=[tuned[0]] if tuned else [])
             step("export library")
-            lib = staged.dir / artifact.LIBRARY
-            if spec.cross_compiler:
-                from tvm.support import cc  # tvm.contrib.cc is gone in 0.27
-
-                ex.export_library(str(lib), fcompile=cc.cross_compiler(spec.cross_compiler))
-            else:
-                ex.export_library(str(lib))
+            with log.capture():
+                _export(ex, staged.dir / artifact.LIBRARY, spec)
+            log.write(staged.dir / BUILD_LOG)
             manifest = {
                 "backend": self.name,
                 "mdoc_version": __version__,
@@ -105,6 +118,30 @@ class TvmBackend:
 
     def load(self, path: Path):
         return artifact.load(path)
+
+
+def _lowered(backend: TvmBackend, model: Model, spec, kernels) -> "tvm.IRModule":
+    """`backend.lower(...)`; a failure that is not an MdocError is a bug, reported as the stage that failed."""
+    try:
+        return backend.lower(model, spec, kernels)
+    except MdocError:
+        raise
+    except Exception as e:  # noqa: BLE001  (mdoc's own bugs outside a converter: kernel plans, prepare passes)
+        raise InternalError(f"lowering to Relax for {spec.name}: {first_line(e)}") from e
+
+
+def _export(ex, lib: Path, spec) -> None:
+    """Write the built executable as a shared library (cross-compiled for other architectures)."""
+    try:
+        if spec.cross_compiler:
+            from tvm.support import cc  # tvm.contrib.cc is gone in 0.27
+
+            ex.export_library(str(lib), fcompile=cc.cross_compiler(spec.cross_compiler))
+        else:
+            ex.export_library(str(lib))
+    except Exception as e:  # noqa: BLE001  (the C compiler's failures arrive as RuntimeError)
+        compiler = spec.cross_compiler or "the host C compiler"
+        raise MdocError(f"exporting the library for {spec.name} with {compiler} failed: {first_line(e)}") from e
 
 
 def tuning_for(tuning_db, spec):

@@ -1,9 +1,10 @@
 """The `mdoc` command: a thin click layer over the Python API.
 
 Exit status: 0 success, 1 a comparison or check failed, 2 bad input or usage.
-Every `MdocError` becomes one line on stderr (`mdoc: error: ...`); anything
-else is a bug in mdoc and is reported as one line too (exit 3), with the
-traceback only when MDOC_DEBUG=1.
+Every `MdocError` becomes one line on stderr (`mdoc: error: ...`); an
+`InternalError` (a stage mdoc can name failed where it should not have) and
+anything else are bugs in mdoc, reported as one line too (exit 3) that asks for
+a report, with the traceback only when MDOC_DEBUG=1.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ import sys
 
 import click
 
-from ..errors import MdocError, VerifyError
+from ..errors import InternalError, MdocError, VerifyError
 from .commands import cli
+
+REPORT = "this is a bug in mdoc: please report it with the model (MDOC_DEBUG=1 shows the traceback)"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -28,6 +31,11 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as e:
         click.echo(f"mdoc: error: {e.format_message()}", err=True)
         sys.exit(2)
+    except InternalError as e:
+        if os.environ.get("MDOC_DEBUG"):
+            raise
+        click.echo(f"mdoc: internal error: {e}; {REPORT}", err=True)
+        sys.exit(e.exit_code)
     except MdocError as e:
         click.echo(f"mdoc: error: {e}", err=True)
         if isinstance(e, VerifyError) and e.context:
@@ -39,6 +47,6 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as e:  # a bug in mdoc: one line unless asked for more
         if os.environ.get("MDOC_DEBUG"):
             raise
-        click.echo(f"mdoc: internal error: {type(e).__name__}: {' '.join(str(e).split())[:300]} "
-                   "(set MDOC_DEBUG=1 for a traceback)", err=True)
+        click.echo(f"mdoc: internal error: {type(e).__name__}: {' '.join(str(e).split())[:300]}; {REPORT}",
+                   err=True)
         sys.exit(3)

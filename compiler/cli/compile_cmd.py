@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ..api import compile as compile_model
-from ..backends import MANIFEST
+from ..backends import BUILD_LOG, MANIFEST
 from ..errors import MdocError
 from ..pass_manager import load_plugin
 from ..specialize import parse_binding, parse_shape
@@ -33,9 +33,11 @@ from .group import cli, dim_option, emit_json, json_option, parse_dims
               help="Specialize an input's dims, e.g. image=1x3x480x640 (? keeps a dim symbolic).")
 @click.option("--bind", "binds", multiple=True, metavar="NAME=VALUES",
               help="Bind graph input NAME to a constant: comma-separated numbers or @FILE.npy.")
+@click.option("-v", "--verbose", is_flag=True,
+              help="Print TVM's own log of the build (kept in the artifact's build.log) on stderr.")
 @json_option
 def compile_cmd(model, target, output, level, pipeline, arch, plugins, tuning_db, no_tuning, dims, shapes, binds,
-                as_json) -> None:
+                verbose, as_json) -> None:
     """Optimize MODEL and compile it for TARGET into the artifact folder OUTPUT.
 
     Symbolic input dims stay symbolic: the artifact takes every size the model
@@ -43,7 +45,9 @@ def compile_cmd(model, target, output, level, pipeline, arch, plugins, tuning_db
     dims, where a static kernel is worth it. Inputs that decide the structure of the computation (a Reduce's axes, Split's
     sizes, ...) are bound to values with --bind NAME=VALUES; they leave the
     artifact's inputs. Kernels tuned with `mdoc tune` are applied where they
-    measured faster than mdoc's defaults.
+    measured faster than mdoc's defaults. TVM's own log lines are kept off the
+    terminal: in the artifact's build.log, or, when the build fails, in a file the
+    error names; --verbose prints them.
     """
     for p in plugins:
         load_plugin(p)
@@ -52,8 +56,16 @@ def compile_cmd(model, target, output, level, pipeline, arch, plugins, tuning_db
     if tuning_db and no_tuning:
         raise MdocError("give either --tuning-db DIR or --no-tuning, not both")
     inputs = dict(parse_binding(b) for b in binds)
-    path = compile_model(model, target, output, opt_level=level, pipeline=pipeline, dims=parse_dims(dims),
-                         shapes=dict(parse_shape(s) for s in shapes), inputs=inputs, arch=arch, tuning_db=False if no_tuning else tuning_db)
+    try:
+        path = compile_model(model, target, output, opt_level=level, pipeline=pipeline, dims=parse_dims(dims),
+                             shapes=dict(parse_shape(s) for s in shapes), inputs=inputs, arch=arch,
+                             tuning_db=False if no_tuning else tuning_db)
+    except MdocError as e:
+        if verbose and e.log:
+            _echo_log(Path(e.log))
+        raise
+    if verbose:
+        _echo_log(Path(path) / BUILD_LOG)
     manifest = json.loads((Path(path) / MANIFEST).read_text())
     tuning, generic = manifest.get("tuning"), manifest.get("generic_kernels", [])
     if as_json:
@@ -68,6 +80,15 @@ def compile_cmd(model, target, output, level, pipeline, arch, plugins, tuning_db
         click.echo(f"applied {tuning['applied']} tuned kernels and {len(tuning.get('tiles', []))} tuned tiles "
                    f"from {tuning['database']} ({tuning['kept_mdoc_default']} kept mdoc's faster default)")
     click.echo(f"wrote {path}")
+
+
+def _echo_log(path: Path) -> None:
+    """TVM's log of a build on stderr, framed so it is not mistaken for mdoc's own lines."""
+    text = path.read_text() if path.is_file() else ""
+    click.echo(f"-- TVM's log ({path}) --" if text else "-- TVM logged nothing --", err=True)
+    if text:
+        click.echo(text.rstrip("\n"), err=True)
+        click.echo("-- end of TVM's log --", err=True)
 
 
 @cli.command("targets")

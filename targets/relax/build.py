@@ -73,7 +73,10 @@ def _front_passes(target: tvm.target.Target, schedule: bool, before_schedule=())
         # channels-last for the convs left as relax ops (those the kernel strategy in
         # cpu_strategy.py did not take, which keep NCHW): the generic schedule then vectorizes
         # over output channels, for any width, stride and group count
-        relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]}),
+        # (conv2d_transpose stays NCHW: TOPI legalizes no other layout of it, and an NHWC one
+        # inherited from a conv before it reached VM codegen unlowered)
+        relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"],
+                                       "relax.nn.conv2d_transpose": ["NCHW", "IOHW"]}),
         relax.transform.Normalize(),
         FoldConstantsNumpy(),  # the weight transposes above, in numpy (FoldConstant compiles each)
         # exp / erf / tanh / softmax as TOPI's polynomial versions: they vectorize, where the

@@ -455,6 +455,23 @@ class LowerCtx:
             return MdocError(f"graph outputs: {message}")
         return MdocError(f"{self.node.op} (node '{self.node.name}'): {message}")
 
+    def static_dim(self, i: int, k: int, why: str) -> int:
+        """Dim `k` of operand `i` as an int; when it is only known at run time, the MdocError that says
+        which input, which dim, what needs it static (`why`) and the flag that fixes it."""
+        d = self.shape(i)[k]
+        if is_static(d):
+            return int(d)
+        raise self.error(f"dim {k} of %{self._operand(i).name} is {d}, known only at run time, but {why} needs "
+                         f"it at compile time; {self.size_hint(i)}")
+
+    def size_hint(self, i: int) -> str:
+        """How to give the sizes of the graph inputs that operand `i` is computed from (for errors)."""
+        sources = upstream_inputs(self.model, self._operand(i))
+        named = ", ".join(f"'{n}'" for n in sources) or "the model's inputs"
+        example = sources[0] if sources else "NAME"
+        return (f"give the sizes of {named} with mdoc compile --shape {example}=DIMS (or --dim NAME=SIZE "
+                f"for a named dim)")
+
     def need_const(self, i: int, what: str) -> MdocError:
         """The error for an operand that must be known at compile time but is not.
 
@@ -512,3 +529,23 @@ def feeding_inputs(model: Model, value: Value) -> tuple[str, ...]:
             return ()  # RandomNormal and the like: binding inputs would not make it constant
         stack.extend(x for x in producer.inputs if x is not None)
     return tuple(sorted(found))
+
+
+def upstream_inputs(model: Model, value: Value | None) -> list[str]:
+    """The names of the graph inputs that `value` is computed from (through any ops), in graph order."""
+    graph_inputs = {id(v): v.name for v in model.graph.inputs}
+    found: set[int] = set()
+    seen: set[int] = set()
+    stack = [value] if value is not None else []
+    while stack:
+        v = stack.pop()
+        if id(v) in seen:
+            continue
+        seen.add(id(v))
+        if id(v) in graph_inputs:
+            found.add(id(v))
+            continue
+        producer = v.producer()
+        if producer is not None:
+            stack.extend(x for x in producer.inputs if x is not None)
+    return [v.name for v in model.graph.inputs if id(v) in found]

@@ -45,6 +45,7 @@ import numpy as np
 import tvm
 from tvm import relax, tirx
 
+from mdoc.errors import MdocError
 from mdoc.ir import CONSTANT, Graph, Node, Value
 from mdoc.types import TensorType
 
@@ -73,7 +74,8 @@ def lower_body(ctx: LowerCtx, body: Graph, bindings: dict[Value, Any]) -> list[r
     The lowering environment is restored afterwards: bindings made while
     lowering the body (its own values, and outer values that a converter
     materialized or match-cast inside it) are scoped to the body's block and
-    must not leak to the enclosing graph.
+    must not leak to the enclosing graph. An error while lowering the body names the body and
+    its If or Loop after the failing node.
     """
     from .lower import convert_node, output_expr  # lower.py imports this module
 
@@ -86,6 +88,11 @@ def lower_body(ctx: LowerCtx, body: Graph, bindings: dict[Value, Any]) -> list[r
                 convert_node(ctx, node)
         ctx.node = None
         return [output_expr(ctx, value) for value in body.outputs]
+    except MdocError as e:
+        if saved_node is not None:  # say which body of which If or Loop the failing node is in
+            key = next((k for k, v in saved_node.attrs.items() if v is body), "body")
+            e.args = (f"{e.args[0]} (in the {key} of {saved_node.op} '{saved_node.name}')", *e.args[1:])
+        raise
     finally:
         ctx.env, ctx.node = saved_env, saved_node
 

@@ -41,7 +41,7 @@ import numpy as np
 import tvm
 from tvm import relax, tirx
 
-from mdoc.errors import MdocError
+from mdoc.errors import InternalError, MdocError, first_line
 from mdoc.ir import CONSTANT, Model, Node, Value
 from mdoc.types import TensorType
 
@@ -52,6 +52,10 @@ from .kernels import Kernels
 from .registry import lookup
 
 PARAM_MIN_ELEMENTS = 1024
+
+# Exceptions that only a converter's own bug raises (TVM reports what it refuses as
+# RuntimeError or ValueError): they are InternalErrors, the others bad input.
+_BUGS = (AssertionError, AttributeError, IndexError, KeyError, NameError, TypeError, ZeroDivisionError)
 
 
 def sanitize(name: str, fallback: str = "v") -> str:
@@ -143,7 +147,7 @@ def _lower(model: Model, params_as_constants: bool, target: dict | None, kernels
         weight_vars.append(var)
 
     attrs = {"num_input": num_input} if weight_values else None
-    with bb.function("main", params + weight_vars, attrs=attrs):
+    with _closed_on_error(bb), bb.function("main", params + weight_vars, attrs=attrs):
         for value, var in zip(graph.inputs, params):
             ctx.bind(value, var)
         for value, var in zip(weight_values, weight_vars):
@@ -165,6 +169,33 @@ def _lower(model: Model, params_as_constants: bool, target: dict | None, kernels
     return mod, ctx
 
 
+# TVM opens its inference errors with the op's whole repr: "In ir.Op(span=None, ..., name="relax.add",
+# ..., support_level=10), the first input shape at dim 0 is ..."
+_OP_REPR = re.compile(r'In ir\.Op\(.*?name="(?P<op>[\w.]+)".*?support_level=\d+\), ')
+
+
+def _reason(e: Exception) -> str:
+    """TVM's error in one line, its op named by name rather than by repr."""
+    return first_line(e, message=_OP_REPR.sub(lambda m: f"{m['op']}: ", str(e), count=1))
+
+
+@contextlib.contextmanager
+def _closed_on_error(bb: relax.BlockBuilder):
+    """Around `bb.function(...)`: when lowering raises, close the block and the scope that it leaves open.
+
+    TVM's function scope does not end its binding block (nor its variable scope) when the body
+    raises, and the BlockBuilder's destructor then logs "BlockBuilder destroyed with remaining
+    blocks!" on stderr, whenever Python collects it: after mdoc's error line, or in place of it.
+    The bodies of If and Loop close their own blocks and scopes (`control_flow._block`, `_function`).
+    """
+    try:
+        yield
+    except BaseException:
+        bb._end_block()
+        bb.end_scope()
+        raise
+
+
 def convert_node(ctx: LowerCtx, node: Node) -> None:
     """Lower one node into the current block and bind its results (also used for If/Loop bodies).
 
@@ -172,16 +203,21 @@ def convert_node(ctx: LowerCtx, node: Node) -> None:
     if node in ctx.absorbed:
         return
     ctx.node = node
-    fn = lookup(node.op, ctx.opset)
     try:
-        results = ctx.kernels.lower_node(ctx, node)
-        if results is None:
-            results = fn(ctx, node)
+        _convert(ctx, node)
     except MdocError:
         raise
-    except Exception as e:  # TVM's own errors (InternalError, ...) and bugs: one line naming the node
-        first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
-        raise MdocError(f"{node.op} (node '{node.name}'): Relax rejected the conversion: {first}") from e
+    except _BUGS as e:  # the converter's own mistake: exit 3, naming where
+        raise InternalError(f"{node.op} (node '{node.name}'): its Relax converter failed: {first_line(e)}") from e
+    except Exception as e:  # TVM refusing what the model asks for (shapes that do not fit, ...)
+        raise MdocError(f"{node.op} (node '{node.name}'): Relax rejected the conversion: {_reason(e)}") from e
+
+
+def _convert(ctx: LowerCtx, node: Node) -> None:
+    """The converter's (or a kernel's) results for `node`, emitted (Relax infers their types here) and bound."""
+    results = ctx.kernels.lower_node(ctx, node)
+    if results is None:
+        results = lookup(node.op, ctx.opset)(ctx, node)
     if len(results) < len(node.outputs):
         results = list(results) + [None] * (len(node.outputs) - len(results))
     for value, expr in zip(node.outputs, results):

@@ -148,8 +148,17 @@ def _pick_factor(extent: int | None, candidates) -> int | None:
 
 
 def _parallel(sch, loops) -> None:
+    """Fuse the outer `loops` into one parallel loop, stopping before a second run-time extent.
+
+    TVM's iter-map analysis cannot split a loop whose extent is a product of two run-time
+    extents: fusing the padded rows and columns of a conv's `pad_temp`, (h + 2) * (w + 2) * c,
+    fails `tvm.compile` ("The padding factor ... is not divisible"). Rows alone feed the cores.
+    """
     if not loops:
         return
+    symbolic = [k for k, loop in enumerate(loops) if _static(sch.get(loop).extent) is None]
+    if len(symbolic) > 1:
+        loops = loops[:symbolic[1]]
     fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
     sch.parallel(fused)
 

@@ -7,11 +7,11 @@ hand-scheduled kernels can replace the default `relax.op.nn` calls.
 from __future__ import annotations
 
 import numpy as np
-from tvm import relax
+from tvm import relax, tirx, topi
 
 from mdoc.ir import Node
 
-from ..context import LowerCtx, is_static
+from ..context import LowerCtx, is_float, is_static, prim, simplify
 from ..kernels import POOL_LAYOUTS as _POOL_LAYOUT
 from ..kernels import POOL_OPS as _POOL
 from ..registry import converter
@@ -20,8 +20,13 @@ from ._common import attr_ints, attr_str, float_const, norm_axis, prod, static_i
 R = relax.op
 
 
-def _auto_pads(ctx: LowerCtx, in_dims, kernel, strides, dilations) -> list[int] | None:
-    """ONNX pads (begins then ends) for auto_pad, or None for NOTSET (use the pads attribute)."""
+def _auto_pads(ctx: LowerCtx, in_dims, kernel, strides, dilations) -> list | None:
+    """ONNX pads (begins then ends) for auto_pad, or None for NOTSET (use the pads attribute).
+
+    SAME pads a run-time size n by (-n) mod s more than a multiple of the stride s needs, so
+    with symbolic spatial dims they are TIR expressions (static again when s is 1); the
+    converters then pad explicitly (`_padded_input`).
+    """
     mode = attr_str(ctx, "auto_pad", "NOTSET")
     nd = len(kernel)
     if mode in ("NOTSET", ""):
@@ -32,10 +37,13 @@ def _auto_pads(ctx: LowerCtx, in_dims, kernel, strides, dilations) -> list[int] 
         raise ctx.error(f"auto_pad {mode!r} is not one of NOTSET, SAME_UPPER, SAME_LOWER, VALID")
     begins, ends = [], []
     for i in range(nd):
-        size = static_int(ctx, in_dims[i], f"spatial dim {i} (auto_pad {mode})")
-        out = -(-size // strides[i])
-        total = max(0, (out - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 - size)
-        small, big = total // 2, total - total // 2
+        size, s, eff = in_dims[i], strides[i], (kernel[i] - 1) * dilations[i] + 1
+        if is_static(size):
+            out = -(-int(size) // s)
+            total = max(0, (out - 1) * s + eff - int(size))
+        else:  # (-n) mod s: what the ceil division adds to n
+            total = simplify(tirx.Max(prim(0), eff - s + tirx.floormod(prim(0) - size, prim(s))))
+        small, big = simplify(total // 2), simplify(total - total // 2)
         begins.append(small if mode == "SAME_UPPER" else big)
         ends.append(big if mode == "SAME_UPPER" else small)
     return begins + ends
@@ -51,6 +59,40 @@ def _spatial_attrs(ctx: LowerCtx, in_dims, kernel):
     return strides, dilations, pads
 
 
+def _padded_input(ctx: LowerCtx, x: relax.Expr, pads: list, value: float = 0.0) -> relax.Expr:
+    """`x` with ONNX `pads` (begins, then ends; ints or TIR expressions) added around its spatial dims."""
+    nd = len(pads) // 2
+    return ctx.bb.emit_te(topi.nn.pad, x, [0, 0, *pads[:nd]], [0, 0, *pads[nd:]], value,
+                          primfunc_name_hint="window_pad")
+
+
+def _check_window(ctx: LowerCtx, in_dims, kernel, strides, dilations, pads, ceil_mode: bool = False) -> None:
+    """MdocError naming the input and its sizes when a static spatial dim leaves the window op no output.
+
+    (TVM's legalization would otherwise stop the build with "Invalid conv parameters: negative
+    output shape", an error that names neither the node nor the input.)
+    """
+    nd = len(kernel)
+    outs = []
+    for i in range(nd):
+        if not (is_static(in_dims[i]) and is_static(pads[i]) and is_static(pads[nd + i])):
+            outs.append(None)
+            continue
+        num = int(in_dims[i]) + int(pads[i]) + int(pads[nd + i]) - (kernel[i] - 1) * dilations[i] - 1
+        outs.append((-(-num // strides[i]) if ceil_mode else num // strides[i]) + 1)
+    _refuse_empty(ctx, in_dims, outs, f"kernel {list(kernel)} with strides {list(strides)}, dilations "
+                                      f"{list(dilations)} and pads {list(pads)}")
+
+
+def _refuse_empty(ctx: LowerCtx, in_dims, outs: list, window: str) -> None:
+    """The MdocError for output spatial dims `outs` (None: known at run time) that leave nothing."""
+    if all(o is None or o > 0 for o in outs):
+        return
+    raise ctx.error(f"input %{ctx.node.input(0).name} has spatial dims {list(in_dims)}, too small for {window}: "
+                    f"the output would have spatial dims {['?' if o is None else o for o in outs]}; if the model "
+                    f"leaves its input sizes open, {ctx.size_hint(0)}")
+
+
 # -- convolution --------------------------------------------------------------
 
 
@@ -63,6 +105,9 @@ def conv(ctx: LowerCtx, node: Node):
         raise ctx.error(f"{nd}-d convolution is not supported (1-d, 2-d and 3-d are)")
     kernel = attr_ints(ctx, "kernel_shape") or [static_int(ctx, d, "kernel size") for d in ws[2:]]
     strides, dilations, pads = _spatial_attrs(ctx, xs[2:], kernel)
+    _check_window(ctx, xs[2:], kernel, strides, dilations, pads)
+    if not all(is_static(p) for p in pads):
+        x, pads = _padded_input(ctx, x, pads), [0] * len(pads)
     groups = int(ctx.attr("group", 1))
     bias = ctx.input(2) if ctx.has_input(2) else None  # the kernel adds it (and may fuse it)
     return [ctx.kernels.conv(ctx, x, w, strides=strides, pads=pads, dilations=dilations, groups=groups, bias=bias)]
@@ -88,13 +133,15 @@ def conv_transpose(ctx: LowerCtx, node: Node):
     out_shape = attr_ints(ctx, "output_shape")
     if out_shape is not None and len(out_shape) > nd:
         out_shape = out_shape[-nd:]
-    if out_shape is None and mode in ("SAME_UPPER", "SAME_LOWER"):
-        out_shape = [static_int(ctx, xs[2 + i], "spatial dim") * strides[i] for i in range(nd)]
-    if out_shape is not None:
+    if out_shape is not None or mode in ("SAME_UPPER", "SAME_LOWER"):
         begins, ends = [], []
         for i in range(nd):
-            size = static_int(ctx, xs[2 + i], "spatial dim")
-            total = strides[i] * (size - 1) + out_pad[i] + (kernel[i] - 1) * dilations[i] + 1 - out_shape[i]
+            eff = (kernel[i] - 1) * dilations[i] + 1
+            if out_shape is None:  # SAME: the output is input * stride, whatever the input's size
+                total = out_pad[i] + eff - strides[i]
+            else:
+                size = ctx.static_dim(0, 2 + i, "ConvTranspose's output_shape attribute")
+                total = strides[i] * (size - 1) + out_pad[i] + eff - out_shape[i]
             if total < 0:
                 out_pad[i] -= total
                 total = 0
@@ -107,6 +154,7 @@ def conv_transpose(ctx: LowerCtx, node: Node):
         pads = [0] * (2 * nd)
     else:
         pads = attr_ints(ctx, "pads") or [0] * (2 * nd)
+    _check_transposed(ctx, xs[2:], kernel, strides, dilations, pads, out_pad)
     fn, data_layout, kernel_layout = _CONV_T[nd]
     # Relax requires output_padding < stride; larger paddings extend the output with zeros below.
     extra = [max(0, p - (s - 1)) for p, s in zip(out_pad, strides)]
@@ -118,6 +166,14 @@ def conv_transpose(ctx: LowerCtx, node: Node):
     if ctx.has_input(2):
         y = R.add(y, _per_channel(ctx, ctx.input(2), nd + 2))
     return [y]
+
+
+def _check_transposed(ctx: LowerCtx, in_dims, kernel, strides, dilations, pads, out_pad) -> None:
+    """MdocError when pads larger than the transposed convolution's full output leave nothing."""
+    nd = len(kernel)
+    outs = [strides[i] * (int(in_dims[i]) - 1) + out_pad[i] + (kernel[i] - 1) * dilations[i] + 1
+            - pads[i] - pads[nd + i] if is_static(in_dims[i]) else None for i in range(nd)]
+    _refuse_empty(ctx, in_dims, outs, f"pads {list(pads)}")
 
 
 # -- pooling ------------------------------------------------------------------
@@ -138,12 +194,20 @@ def _pool(ctx: LowerCtx, node: Node, kind: str):
     strides, dilations, pads = _spatial_attrs(ctx, xs[2:], kernel)
     ceil_mode = bool(ctx.attr("ceil_mode", 0))
     count_include_pad = bool(ctx.attr("count_include_pad", 0))
+    _check_window(ctx, xs[2:], kernel, strides, dilations, pads, ceil_mode)
     if ceil_mode:
         ceil_mode = _ceil_matters(ctx, xs[2:], kernel, strides, dilations, pads)
-    if kind == "avg" and ceil_mode and count_include_pad:
-        return [_avg_pool_ceil_include_pad(ctx, x, xs, kernel, strides, dilations, pads)]
+    if kind == "avg" and (count_include_pad and ceil_mode or not all(is_static(p) for p in pads)):
+        return [_avg_pool_padded(ctx, x, kernel, strides, dilations, pads, ceil_mode, count_include_pad)]
+    if not all(is_static(p) for p in pads):  # SAME on run-time sizes: max over explicit -inf padding
+        x, pads = _padded_input(ctx, x, pads, _lowest(str(x.ty.dtype))), [0] * len(pads)
     return [ctx.kernels.pool(ctx, x, kind, kernel=kernel, strides=strides, pads=pads, dilations=dilations,
                              ceil_mode=ceil_mode, count_include_pad=count_include_pad)]
+
+
+def _lowest(dtype: str) -> float:
+    """The padding value a max pool never picks."""
+    return float("-inf") if is_float(dtype) else float(np.iinfo(dtype).min)
 
 
 def _out_size(size, k, s, d, pb, pe, ceil_mode):
@@ -164,32 +228,28 @@ def _ceil_matters(ctx, in_dims, kernel, strides, dilations, pads) -> bool:
                for i in range(nd))
 
 
-def _avg_pool_ceil_include_pad(ctx, x, xs, kernel, strides, dilations, pads):
-    """AveragePool, ceil_mode=1, count_include_pad=1 as onnxruntime computes it: the divisor counts
-    the explicit padding but not the extra cells that ceil mode adds past the end padding."""
+def _avg_pool_padded(ctx, x, kernel, strides, dilations, pads, ceil_mode: bool, count_include_pad: bool):
+    """AveragePool with its padding made explicit, for the cases Relax's own padding gets wrong.
+
+    * ceil_mode with count_include_pad, as onnxruntime computes it: the divisor counts the
+      explicit padding but not the extra cells that ceil mode adds past the end padding. Padding
+      with zeros first and then averaging without padding, excluding what lies outside, is
+      exactly that.
+    * pads that are TIR expressions (SAME on run-time sizes): zeros padded explicitly; when the
+      padding must not be counted, the divisor is the same pool over ones padded the same way.
+    """
     nd = len(kernel)
-    ins = [static_int(ctx, d, "spatial dim (ceil_mode with count_include_pad)") for d in xs[2:]]
-    outs = [_out_size(ins[i], kernel[i], strides[i], dilations[i], pads[i], pads[nd + i], True) for i in range(nd)]
-    # sum pool over the explicitly padded input, extended with zeros so that every ceil window fits
-    extra = [max(0, (outs[i] - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1
-                 - (ins[i] + pads[i] + pads[nd + i])) for i in range(nd)]
-    width = [0, 0, 0, 0] + [v for i in range(nd) for v in (pads[i], pads[nd + i] + extra[i])]
-    padded = ctx.emit(R.nn.pad(x, width))
-    avg = ctx.emit(_POOL["avg"][nd](padded, pool_size=kernel, strides=strides, padding=[0] * (2 * nd),
-                                    dilation=dilations, ceil_mode=False, count_include_pad=True,
-                                    layout=_POOL_LAYOUT[nd]))
-    # divisor per output cell: the window's size clipped at the end of the explicit padding
-    counts = np.ones(outs, dtype=np.float64)
-    for i in range(nd):
-        limit = ins[i] + pads[i] + pads[nd + i]
-        starts = np.arange(outs[i]) * strides[i]
-        taps = starts[:, None] + np.arange(kernel[i])[None, :] * dilations[i]
-        c = (taps < limit).sum(axis=1).astype(np.float64)
-        shape = [1] * nd
-        shape[i] = outs[i]
-        counts = counts * c.reshape(shape)
-    scale = (float(np.prod(kernel)) / counts).astype(str(x.ty.dtype))
-    return R.multiply(avg, relax.const(scale))
+    dt = str(x.ty.dtype)
+    padded = _padded_input(ctx, x, pads)
+    pool = _POOL["avg"][nd]
+    attrs = dict(pool_size=kernel, strides=strides, padding=[0] * (2 * nd), dilation=dilations,
+                 ceil_mode=ceil_mode, layout=_POOL_LAYOUT[nd])
+    if count_include_pad:
+        return pool(padded, count_include_pad=False, **attrs)
+    summed = ctx.emit(pool(padded, count_include_pad=True, **attrs))
+    ones = ctx.emit(R.ones(relax.ShapeExpr([1, 1, *[prim(d) for d in ctx.shape_of(x)[2:]]]), dt))
+    share = ctx.emit(pool(_padded_input(ctx, ones, pads), count_include_pad=True, **attrs))
+    return R.divide(summed, share)
 
 
 @converter("onnx.MaxPool", since=1)
@@ -222,8 +282,11 @@ def lp_pool(ctx: LowerCtx, node: Node):
     nd = len(xs) - 2
     kernel = attr_ints(ctx, "kernel_shape")
     strides, dilations, pads = _spatial_attrs(ctx, xs[2:], kernel)
+    _check_window(ctx, xs[2:], kernel, strides, dilations, pads, bool(ctx.attr("ceil_mode", 0)))
     dt = str(x.ty.dtype)
     xp = ctx.emit(R.power(R.abs(x), float_const(float(p), dt)))
+    if not all(is_static(d) for d in pads):  # SAME on run-time sizes: zeros add nothing to the sum
+        xp, pads = _padded_input(ctx, xp, pads), [0] * len(pads)
     s = ctx.emit(_POOL["avg"][nd](xp, pool_size=kernel, strides=strides, padding=pads, dilation=dilations,
                                   ceil_mode=bool(ctx.attr("ceil_mode", 0)), count_include_pad=True,
                                   layout=_POOL_LAYOUT[nd]))
