@@ -51,6 +51,7 @@ from mdoc.types import DType, TensorType
 
 from ..cpu_kernels import CpuSpec, Epilogue, Kernel, KernelError
 from ..cpu_kernels.request import KernelRequest
+from .cpu_transformer import LOWER as TRANSFORMER_OPS
 from .epilogue import Tail, match_tail
 from .layer_norm_pattern import match_layer_norm
 from .layout_plan import LayoutPlan, candidate_kind, plan_layouts
@@ -230,7 +231,9 @@ class CpuKernels(Kernels):
     def lower_node(self, ctx: "LowerCtx", node: Node) -> list | None:
         """Softmax over the last axis, LayerNorm (the ONNX op or its exported decomposition) and a
         2-D GlobalAveragePool (NCHWc when its input was computed blocked: no unpack of the wide
-        input, only of the pooled vector)."""
+        input, only of the pooled vector); mdoc's transformer ops (`cpu_transformer`)."""
+        if node.op in TRANSFORMER_OPS:
+            return TRANSFORMER_OPS[node.op](self, ctx, node)
         if node.op == "onnx.GlobalAveragePool":
             shape = _value_shape(node.inputs[0])
             if shape is None or len(shape) != 4:
