@@ -86,8 +86,9 @@ def _normalize(x: np.ndarray, axes: tuple[int, ...], epsilon: float) -> np.ndarr
 
 def _layer_norm_onnx(e, x: str, gamma: str, beta: str, axis: int, rank: int | None, epsilon: float,
                      out: list[str], dtype) -> None:
-    """LayerNormalization (opset >= 17), else ReduceMean/Sub/Mul/ReduceMean/Add/Sqrt/Div/Mul/Add."""
-    if e.opset >= 17:
+    """LayerNormalization (opset >= 17, or any opset in onnxruntime, which defines it from opset 1 on),
+    else ReduceMean/Sub/Mul/ReduceMean/Add/Sqrt/Div/Mul/Add."""
+    if e.opset >= 17 or e.runtime_ops:
         e.emit("LayerNormalization", [x, gamma] + ([beta] if beta else []), out, axis=axis, epsilon=float(epsilon))
         return
     axes = [-1] if rank is None else list(range(axis % rank, rank))  # the verifier wants the rank for axis != -1
