@@ -19,8 +19,9 @@ and the elementwise tail fused into the register tile.
 * MobileNet-style blocks (a conv, a depthwise conv, a 1x1 conv; `inverted_residual_pattern`)
   as one kernel per block (`cpu_kernels.inverted_residual`), where the layout plan runs them
   NCHWc.
-* Softmax over the last axis and LayerNorm (the ONNX op, or the nine ops exporters write,
-  `layer_norm_pattern.py`) as one-task-per-row kernels (`lower_node`).
+* Softmax over the last axis and LayerNorm (the ONNX op, mdoc.layer_norm, or the nine ops
+  exporters write, `layer_norm_pattern.py`) as one-task-per-row kernels (`lower_node`);
+  mdoc.attention as batch_matmul + softmax kernels (`cpu_transformer.py`).
 * For MatMul and Conv nodes, the tail `epilogue.match_tail` finds (MatMul: scale, bias,
   residual, activation; Conv: residual, activation) is fused and its nodes are absorbed;
   Gemm keeps its own alpha / beta / C.
