@@ -1,9 +1,10 @@
-"""mdoc's transformer ops: what the fuse-* passes produce and the backend translates one to one.
+"""mdoc's transformer ops (and SiLU): what the fuse-* passes produce and the backend translates one to one.
 
     mdoc.layer_norm(x, gamma, beta?)                   {axis = -1, epsilon = 1e-05}
     mdoc.skip_layer_norm(x, skip, gamma, beta?, bias?) {epsilon = 1e-05}   -> (y, sum?)
     mdoc.gelu(x, bias?)                                {approximate = "none" | "tanh"}
     mdoc.attention(q, k, v, mask?)                     {num_heads = H, scale = s}
+    mdoc.silu(x)
 
 Why ops and not a backend pattern: a fusion that the IR shows can be printed,
 tested as golden IR, exported and explained (`mdoc opt --trace-rewrites`), and
@@ -22,6 +23,7 @@ writes the same computation as ONNX):
   q [B, Sq, H*D], k [B, Sk, H*D], v [B, Sk, H*Dv] are split into `num_heads`
   heads, softmax(q k^T * scale + mask) v is computed per head (mask additive,
   broadcast to [B, H, Sq, Sk]), and the heads are merged back: [B, Sq, H*Dv].
+- silu is x * sigmoid(x) (exported as that: ONNX's Swish needs opset 24).
 
 Export: the standard ONNX op where the model's opset has one
 (LayerNormalization >= 17, Gelu >= 20, Attention >= 23), onnxruntime's contrib
@@ -341,3 +343,19 @@ ATTENTION = define_op(OpDef(
     "mdoc.attention", "multi-head softmax(q k^T * scale + mask) v on merged heads [batch, seq, heads * dim]",
     inputs=(3, 4), outputs=(1, 1), attrs={"num_heads": int, "scale": (float, int)}, required=("num_heads", "scale"),
     check=_check_attention, evaluate=_eval_attention, export=_export_attention))
+
+
+# -- mdoc.silu -------------------------------------------------------------------------
+def _eval_silu(node, arrays):
+    x = arrays[0].astype(np.float64)
+    return [(x / (1.0 + np.exp(-x))).astype(arrays[0].dtype)]
+
+
+def _export_silu(node, e) -> None:
+    (s,) = e.emit("Sigmoid", [e.inputs[0]])
+    e.emit("Mul", [e.inputs[0], s], e.outputs)
+
+
+SILU = define_op(OpDef(
+    "mdoc.silu", "SiLU (swish): x * sigmoid(x)", inputs=(1, 1), outputs=(1, 1),
+    check=lambda node: _float_operands(node, ("x",)), evaluate=_eval_silu, export=_export_silu))

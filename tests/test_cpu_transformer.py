@@ -89,3 +89,16 @@ def test_skip_layer_norm_on_either_path_matches_its_export(strategy):
     assert any(n.startswith("layer_norm_") for n in names) == (strategy == "cpu")
     for name, want in onnxruntime_outputs(export_model(model), feeds).items():
         np.testing.assert_allclose(got[name], want, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_silu_is_fused_into_the_conv_kernels():
+    proto = build("detector_head", **{**ZOO["detector_head"].test_kwargs, "batch": 1})  # static: conv kernels
+    feeds = example_inputs(proto)
+    model = import_model(proto)
+    PassManager(pipeline_for_level(2)).run(model)
+    kernels = CpuKernels(CpuSpec.from_target(TARGET))
+    _, got = compiled(model, kernels, feeds)
+    # each of the 12 conv + BatchNorm + SiLU blocks is one conv kernel with a silu epilogue
+    assert sum(r.builder == "conv2d" and "silu" in r.key for r in kernels.requests.elements()) == 12
+    for name, want in onnxruntime_outputs(proto, feeds).items():
+        np.testing.assert_allclose(got[name], want, rtol=1e-4, atol=1e-5, err_msg=name)

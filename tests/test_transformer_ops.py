@@ -54,6 +54,7 @@ CASES = {
     "attention-mask": ("mdoc.attention", [(2, 5, 8), (2, 6, 8), (2, 6, 8), (2, 1, 1, 6)],
                        {"num_heads": 2, "scale": 0.5}, set(), 1),
     "attention": ("mdoc.attention", [(2, 5, 8), (2, 5, 8), (2, 5, 12)], {"num_heads": 4, "scale": 0.7}, set(), 1),
+    "silu": ("mdoc.silu", [(2, 5, 8)], {}, set(), 1),
 }
 
 

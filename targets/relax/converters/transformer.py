@@ -1,4 +1,4 @@
-"""mdoc's transformer ops (`mdoc.layer_norm`, `skip_layer_norm`, `gelu`, `attention`) as Relax ops.
+"""mdoc's transformer ops (`mdoc.layer_norm`, `skip_layer_norm`, `gelu`, `silu`, `attention`) as Relax ops.
 
 These are the translations for every target and for symbolic shapes; the CPU
 strategy (`cpu_strategy.CpuKernels.lower_node`) sends the static float32 cases
@@ -56,6 +56,12 @@ def gelu(ctx: LowerCtx, node: Node):
     if ctx.has_input(1):
         x = ctx.emit(R.add(x, ctx.input(1)))
     return [R.nn.gelu_tanh(x) if attr_str(ctx, "approximate", "none") == "tanh" else R.nn.gelu(x)]
+
+
+@converter("mdoc.silu", since=1)
+def silu(ctx: LowerCtx, node: Node):
+    x = ctx.input(0)
+    return [R.multiply(x, R.sigmoid(x))]
 
 
 @converter("mdoc.attention", since=1)
