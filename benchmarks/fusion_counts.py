@@ -97,7 +97,8 @@ def export_hf(path: str, config: str, exporter: str, attention: str, seq: int = 
         kw["dynamic_shapes"] = (dims, dims)
     else:
         kw["dynamic_axes"] = {"input_ids": {0: "N", 1: "S"}, "attention_mask": {0: "N", 1: "S"}}
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    quiet = contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO())
+    with warnings.catch_warnings(), quiet[0], quiet[1]:
         warnings.simplefilter("ignore")
         torch.onnx.export(Encoder().eval(), (ids, mask), path, dynamo=dynamo, **names, **kw)
 
@@ -177,7 +178,8 @@ def main() -> int:
     print("| --- | ---: | ---: | ---: | ---: | --- |")
     behind, failed = [], []
     for name, path, heads, hidden in sources(only, folder, failed):
-        opset = next(o.version for o in onnx.load(path, load_external_data=False).opset_import if o.domain in ("", "ai.onnx"))
+        imports = onnx.load(path, load_external_data=False).opset_import
+        opset = next(o.version for o in imports if o.domain in ("", "ai.onnx"))
         mine, same = mdoc_counts(path)
         theirs = ort_counts(path, heads, hidden)
         cells = " | ".join(f"{mine[k]} / {theirs[k]}" for k in KINDS)

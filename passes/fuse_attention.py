@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 
 from mdoc.pass_manager import register_pass
 from mdoc.rewrite import RewritePass, Rule, rewrite_rule

@@ -132,7 +132,8 @@ class _Affine(Rule):
         if np.asarray(k).ndim > len(shape) or last_axis_vector(k, shape[-1]) is None:
             return f"the {self.op_type} operand has shape {list(np.shape(k))}, not a vector over the last axis"
         if np.asarray(k).dtype != np.asarray(m.const("g")).dtype:
-            return f"the {self.op_type} operand is {np.asarray(k).dtype}, the LayerNorm {np.asarray(m.const('g')).dtype}"
+            dtypes = np.asarray(k).dtype, np.asarray(m.const("g")).dtype
+            return f"the {self.op_type} operand is {dtypes[0]}, the LayerNorm {dtypes[1]}"
         return None
 
     def vectors(self, m):
