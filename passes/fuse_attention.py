@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
 from mdoc.pass_manager import register_pass
 from mdoc.rewrite import RewritePass, Rule, rewrite_rule
 
