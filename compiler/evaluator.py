@@ -27,6 +27,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .ir import Node, Value
+from .ops import MDOC_OPS
 from .types import DType, TensorType
 
 # Ops whose results are random, or that exist only for their effect: never evaluated ahead of time.
@@ -80,7 +81,11 @@ def is_deterministic(node: Node) -> bool:
 
 
 def can_fold(node: Node) -> bool:
-    """Whether `node`'s op may ever be evaluated ahead of time (ignores its operands)."""
+    """Whether `node`'s op may ever be evaluated ahead of time (ignores its operands); mdoc ops can when
+    their definition gives their numpy meaning (`OpDef.evaluate`)."""
+    if node.domain == "mdoc":
+        opdef = MDOC_OPS.get(node.op)
+        return opdef is not None and opdef.evaluate is not None
     return (node.op.startswith("onnx.") and node.op.count(".") == 1 and node.op != "onnx.Constant"
             and is_deterministic(node) and not any(True for _ in node.subgraphs()))
 
@@ -123,14 +128,14 @@ def try_fold(node: Node, opset: int, inputs: Sequence[np.ndarray | None] | None 
         return None
     try:
         with np.errstate(all="ignore"):
-            fn = _KERNELS.get(op)
+            fn = _mdoc_kernel(node) if node.domain == "mdoc" else _KERNELS.get(op)
             plain = all(a is None or a.dtype in _PLAIN_DTYPES for a in inputs)
             if fn is not None and plain:
                 try:
                     results = fn(node, inputs, opset)
                 except _Fallback:
                     results = _reference(node, inputs, opset)
-            elif op in ("Shape", "Size"):
+            elif op in ("Shape", "Size") or node.domain == "mdoc":
                 results = None
             else:
                 results = _reference(node, inputs, opset)
@@ -152,6 +157,11 @@ def try_fold(node: Node, opset: int, inputs: Sequence[np.ndarray | None] | None 
             return None
         out.append(r if r.flags.c_contiguous else r.copy(order="C"))
     return out
+
+
+def _mdoc_kernel(node: Node) -> Kernel:
+    evaluate = MDOC_OPS[node.op].evaluate
+    return lambda node, inputs, opset: evaluate(node, inputs)
 
 
 def shape_dims(value: Value) -> list | None:

@@ -67,6 +67,7 @@ class Snapshots(Instrument):
     dot_after: str | None = None
     changes: list[dict[str, int]] = field(default_factory=list)
     records: list[PassRecord] = field(default_factory=list)
+    ops_after: dict[str, int] = field(default_factory=dict)  # the op histogram after the last pass
     _ops: dict[str, int] = field(default_factory=dict)
 
     def before(self, p: GraphPass, model: Model) -> None:
@@ -78,5 +79,6 @@ class Snapshots(Instrument):
         ops = model_stats(model).ops
         delta = {op: ops.get(op, 0) - self._ops.get(op, 0) for op in set(ops) | set(self._ops)}
         self.changes.append({op: d for op, d in sorted(delta.items()) if d})
+        self.ops_after = ops
         self.records.append(record)
         self.dot_after = graph_dot(model.graph)

@@ -26,11 +26,12 @@ def load_model(path: str | os.PathLike) -> Model:
     return import_model(path)
 
 
-def save_model(model: Model, path: str | os.PathLike) -> None:
+def save_model(model: Model, path: str | os.PathLike, *, runtime_ops: bool = False) -> None:
+    """Write `.mdir` or `.onnx` by extension; `runtime_ops` writes mdoc ops as onnxruntime contrib ops."""
     path = Path(path)
     if path.suffix == ".mdir":
         save_mdir(model, path)
     elif path.suffix == ".onnx":
-        save_onnx(model, path)
+        save_onnx(model, path, runtime_ops=runtime_ops)
     else:
         raise MdocError(f"{path}: unknown output format '{path.suffix}' (use {' or '.join(SUFFIXES)})")

@@ -6,6 +6,12 @@ tensors by them), every other value gets its hint when it is free and a fresh
 name otherwise. An output that is also an input, a captured outer value, or a
 repeat of another output is written through an Identity so that ONNX's
 one-name-one-tensor rule holds. Top-level constants become initializers.
+
+mdoc's own ops (`mdoc.layer_norm`, ...) are written by their export rule
+(`OpDef.export`, given an `OpEmitter`): the standard ONNX op where the model's
+opset has one, onnxruntime's contrib op (domain com.microsoft) when the caller
+asks for `runtime_ops`, else the expansion into primitive ONNX ops. So an
+optimized file always runs in onnxruntime, whatever mdoc fused.
 """
 
 from __future__ import annotations
@@ -21,16 +27,18 @@ from onnx import AttributeProto, helper, numpy_helper
 from . import __version__
 from .errors import MdocError
 from .ir import CONSTANT, Graph, Model, Value, split_op
-from .ops import schema_of
+from .ops import MDOC_OPS, schema_of
 from .types import type_to_onnx
 
 # Protobuf refuses messages over 2 GiB; leave room for the graph itself.
 EXTERNAL_DATA_THRESHOLD = 1 << 30
 
 
-def export_model(model: Model, value_names: dict[Value, str] | None = None) -> onnx.ModelProto:
-    """The ModelProto of `model`; when `value_names` is given, it receives the ONNX name of every value named."""
-    exporter = _Exporter(model)
+def export_model(model: Model, value_names: dict[Value, str] | None = None, *,
+                 runtime_ops: bool = False) -> onnx.ModelProto:
+    """The ModelProto of `model`; when `value_names` is given, it receives the ONNX name of every value named.
+    `runtime_ops` writes mdoc ops as onnxruntime contrib ops where one exists (`mdoc opt --onnx-runtime-ops`)."""
+    exporter = _Exporter(model, runtime_ops)
     graph = exporter.graph(model.graph, top=True)
     if value_names is not None:
         value_names.update(exporter.values)
@@ -49,7 +57,8 @@ def export_model(model: Model, value_names: dict[Value, str] | None = None) -> o
     return proto
 
 
-def save_onnx(model: Model | onnx.ModelProto, path: str | os.PathLike, value_info: bool = False) -> None:
+def save_onnx(model: Model | onnx.ModelProto, path: str | os.PathLike, value_info: bool = False, *,
+              runtime_ops: bool = False) -> None:
     """Write atomically: a failure leaves no partial file; weights go to `<name>.data` past 1 GiB.
 
     The types of intermediate values (`value_info`) of an exported model are left out
@@ -59,7 +68,7 @@ def save_onnx(model: Model | onnx.ModelProto, path: str | os.PathLike, value_inf
     if isinstance(model, onnx.ModelProto):
         proto = model
     else:
-        proto = export_model(model)
+        proto = export_model(model, runtime_ops=runtime_ops)
         if not value_info:
             del proto.graph.value_info[:]
     path = Path(path)
@@ -80,8 +89,9 @@ def save_onnx(model: Model | onnx.ModelProto, path: str | os.PathLike, value_inf
 
 
 class _Exporter:
-    def __init__(self, model: Model):
+    def __init__(self, model: Model, runtime_ops: bool = False):
         self.model = model
+        self.runtime_ops = runtime_ops
         self.names: dict[int, str] = {}
         self.values: dict[Value, str] = {}
         self.used: set[str] = set()
@@ -130,7 +140,7 @@ class _Exporter:
             if top and node.op == CONSTANT:
                 inits.append(self._tensor(node.attrs["value"], self.name_of(node.output)))
                 continue
-            nodes.append(self._node(node))
+            nodes.extend(self._nodes(node))
             for o in node.outputs:
                 if not any(o is x for x in g.outputs):
                     info = self._value_info(o, self.name_of(o), optional=True)
@@ -158,6 +168,14 @@ class _Exporter:
         return numpy_helper.from_array(array if array.flags.c_contiguous else array.copy(order="C"), name)
 
     # -- nodes ---------------------------------------------------------------
+    def _nodes(self, node) -> list[onnx.NodeProto]:
+        opdef = MDOC_OPS.get(node.op)
+        if opdef is None or opdef.export is None:
+            return [self._node(node)]
+        emitter = OpEmitter(self, node)
+        opdef.export(node, emitter)
+        return emitter.protos
+
     def _node(self, node) -> onnx.NodeProto:
         domain, op_type = split_op(node.op)
         if domain not in ("",):
@@ -204,3 +222,39 @@ class _Exporter:
         if kind == AttributeProto.FLOAT:
             value = float(value)
         return helper.make_attribute(name, value, attr_type=kind)
+
+
+class OpEmitter:
+    """What an mdoc op's export rule writes with: the node's operand and result names, the opset,
+    whether contrib ops are wanted, and `emit` / `const` to add ONNX nodes.
+
+    The last node an export rule emits must write `outputs` (the mdoc node's results keep their names).
+    """
+
+    def __init__(self, exporter: _Exporter, node):
+        self._exporter = exporter
+        self.node = node
+        self.opset = exporter.model.opset_of("onnx.Add")
+        self.runtime_ops = exporter.runtime_ops
+        self.inputs = ["" if v is None else exporter.name_of(v) for v in node.inputs]
+        self.outputs = [exporter.name_of(o) for o in node.outputs]
+        self.protos: list[onnx.NodeProto] = []
+        self._base = node.name or node.op_type
+
+    def emit(self, op_type: str, inputs, outputs: int | list[str] = 1, domain: str = "", **attrs) -> list[str]:
+        """Add one ONNX node; returns its result names (fresh ones when `outputs` is a count)."""
+        if domain:
+            self._exporter.domains.add(domain)
+        names = outputs if isinstance(outputs, list) else [self._exporter.fresh(f"{self._base}/{op_type}")
+                                                           for _ in range(outputs)]
+        attrs = {k: v for k, v in attrs.items() if v is not None}
+        self.protos.append(helper.make_node(op_type, list(inputs), names, domain=domain or None,
+                                            name=self._exporter._node_name(f"{self._base}/{op_type}"), **attrs))
+        return names
+
+    def const(self, value, dtype) -> str:
+        """A Constant node holding `value` as `dtype`."""
+        name = self._exporter.fresh(f"{self._base}/const")
+        tensor = self._exporter._tensor(np.asarray(value, dtype=dtype), name)
+        self.protos.append(helper.make_node("Constant", [], [name], value=tensor))
+        return name

@@ -22,7 +22,8 @@ _ONNX_DOMAINS = ("", "ai.onnx.ml", "ai.onnx.preview.training")
 
 @dataclass(frozen=True)
 class OpDef:
-    """What the verifier knows of an mdoc op: arity, attributes and an optional extra check."""
+    """An mdoc op: arity, attributes and an optional extra check (what the verifier knows), its meaning as a
+    numpy function (the reference evaluator's), and how it is written back as ONNX (the exporter's)."""
 
     name: str
     doc: str
@@ -31,6 +32,8 @@ class OpDef:
     attrs: dict[str, type | tuple] = field(default_factory=dict)  # name -> accepted Python type(s)
     required: tuple[str, ...] = ()
     check: Callable | None = None  # check(node) -> reason string or None
+    evaluate: Callable | None = None  # evaluate(node, arrays) -> result arrays: the op's meaning, in numpy
+    export: Callable | None = None  # export(node, emitter): the op written as ONNX (`onnx_export.OpEmitter`)
 
 
 MDOC_OPS: dict[str, OpDef] = {}
@@ -85,3 +88,6 @@ ATTR_PY_TYPES = {
     AttributeProto.TYPE_PROTO: onnx.TypeProto,
     AttributeProto.TYPE_PROTOS: ("list", onnx.TypeProto),
 }
+
+
+from . import transformer_ops  # noqa: E402,F401 - registers mdoc's transformer ops (layer_norm, gelu, attention)

@@ -38,13 +38,22 @@ _loaded = False
 # (fuse-conv-bn, fuse-conv-affine) before cse: cse would merge convs that differ only by
 # the normalization after them, which then no longer fold. The fusions never grow the
 # model's constants (their max-bytes is 0 at every level).
+# -O2 and -O3 also fuse the transformer blocks exporters decompose (fuse-layer-norm, fuse-gelu,
+# fuse-silu, fuse-attention) into mdoc.layer_norm / gelu / silu / attention, which the backends lower to
+# their kernels and the exporter writes back as ONNX; they run before fuse-conv-affine, which would
+# otherwise fold LayerNorm's gamma and beta into the next MatMul, and in both rounds: attention's
+# reshapes often become checkable only after the first round's folding.
 OPT_LEVELS = {
     0: "",
     1: "infer-shapes,fold-constants{max-bytes=0},simplify,cse,dce",
-    2: "infer-shapes,fold-constants{max-bytes=0},simplify,fuse-conv-bn,fuse-conv-affine,cse,dce,"
-       "infer-shapes,fold-constants{max-bytes=0},simplify,fuse-conv-bn,fuse-conv-affine,cse,dce",
-    3: "infer-shapes,fold-constants,simplify,fuse-conv-bn,fuse-conv-affine,cse,dce,"
-       "infer-shapes,fold-constants{max-bytes=0},simplify,fuse-conv-bn,fuse-conv-affine,cse,dce",
+    2: "infer-shapes,fold-constants{max-bytes=0},simplify,fuse-layer-norm,fuse-gelu,fuse-silu,fuse-attention,"
+       "fuse-conv-bn,fuse-conv-affine,cse,dce,"
+       "infer-shapes,fold-constants{max-bytes=0},simplify,fuse-layer-norm,fuse-gelu,fuse-silu,fuse-attention,"
+       "fuse-conv-bn,fuse-conv-affine,cse,dce",
+    3: "infer-shapes,fold-constants,simplify,fuse-layer-norm,fuse-gelu,fuse-silu,fuse-attention,"
+       "fuse-conv-bn,fuse-conv-affine,cse,dce,"
+       "infer-shapes,fold-constants{max-bytes=0},simplify,fuse-layer-norm,fuse-gelu,fuse-silu,fuse-attention,"
+       "fuse-conv-bn,fuse-conv-affine,cse,dce",
 }
 
 

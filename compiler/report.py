@@ -1,7 +1,8 @@
 """`mdoc opt --report report.html`: one page a person reads to see what the optimizer did.
 
 Per pass: whether it changed the graph, the ops it added or removed, time, node
-count, parameter bytes and (with --check-each) output drift; and a picture of
+count, parameter bytes and (with --check-each) output drift; the fusions the
+optimized model holds (its mdoc.* ops, e.g. mdoc.layer_norm: 9); and a picture of
 the graph before and after, drawn by graphviz's `dot` when it is installed.
 """
 
@@ -81,6 +82,9 @@ def write_report(path: str | os.PathLike, title: str, snapshots, records) -> Non
             f"<td>{html.escape(delta)}</td><td>{rec.seconds * 1000:.1f}</td>"
             f"<td>{rec.nodes_before} &rarr; {rec.nodes_after}</td>"
             f"<td>{rec.bytes_before:,} &rarr; {rec.bytes_after:,}</td><td>{drift}</td></tr>")
+    fused = sorted((op, n) for op, n in snapshots.ops_after.items() if op.startswith("mdoc."))
+    fusions = "".join(f"<tr><td>{html.escape(op)}</td><td>{n}</td></tr>" for op, n in fused) \
+        or "<tr><td>none</td><td>0</td></tr>"
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>mdoc report: {html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
@@ -91,6 +95,8 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}} .pics{{display:fl
 <th>parameter bytes</th><th>max drift</th></tr>
 {''.join(rows)}
 </table>
+<h2>fusions</h2>
+<table><tr><th>mdoc op</th><th>count</th></tr>{fusions}</table>
 <div class="pics"><div><h2>before</h2>{render_svg(snapshots.dot_before)}</div>
 <div><h2>after</h2>{render_svg(snapshots.dot_after)}</div></div>
 </body></html>

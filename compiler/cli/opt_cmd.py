@@ -11,7 +11,8 @@ from ..onnx_export import export_model
 from ..pass_manager import PassManager, load_plugin, parse_pipeline, pipeline_for_level
 from ..reference import run_onnxruntime
 from ..report import write_report
-from ..rewrite import trace_rewrites
+from ..rewrite import RewritePass, get_rule, trace_rewrites
+from ..rewrite import explain as explain_rule
 from ..tensors import random_inputs
 from .group import cli, dim_option, emit_json, json_option, parse_dims
 
@@ -33,17 +34,25 @@ from .group import cli, dim_option, emit_json, json_option, parse_dims
 @click.option("--report", type=click.Path(dir_okay=False), help="Write an HTML report of what each pass did.")
 @click.option("--trace-rewrites", "trace", is_flag=False, flag_value="", default=None, metavar="[RULE,...]",
               help="Show every rewrite that fires; with rule names, also their nearest misses and why.")
+@click.option("--explain", "explain_rules", default=None, metavar="RULE,...",
+              help="After the pipeline, say where each rule (or each rule of a fuse-* pass) would still fire "
+                   "and why its nearest candidates do not match (stderr).")
+@click.option("--onnx-runtime-ops", "runtime_ops", is_flag=True,
+              help="Write mdoc's fused ops as onnxruntime contrib ops (com.microsoft) where one exists.")
 @dim_option
 @json_option
 def opt_cmd(input, output, level, pipeline, plugins, before, after, print_ir_after_all, verify_each, timing,
-            check_each, rtol, atol, report, trace, dims, as_json) -> None:
+            check_each, rtol, atol, report, trace, explain_rules, runtime_ops, dims, as_json) -> None:
     """Optimize INPUT and write OUTPUT (.onnx or .mdir, by extension)."""
     if not output.endswith(SUFFIXES):
         raise MdocError(f"{output}: unknown output format (use {' or '.join(SUFFIXES)})")
+    if runtime_ops and not output.endswith(".onnx"):
+        raise MdocError(f"{output}: --onnx-runtime-ops applies to .onnx output only")
     if level is not None and pipeline:
         raise MdocError("give either -O LEVEL or -p PIPELINE, not both")
     for p in plugins:
         load_plugin(p)
+    explained = rules_to_explain(explain_rules) if explain_rules is not None else []
     passes = parse_pipeline(pipeline) if pipeline else pipeline_for_level(2 if level is None else level)
     model = load_model(input)
     instruments = []
@@ -63,7 +72,10 @@ def opt_cmd(input, output, level, pipeline, plugins, before, after, print_ir_aft
         explain = [r for r in trace.split(",") if r.strip()]
         with trace_rewrites(write=lambda line: click.echo(line, err=True), explain=explain):
             records = manager.run(model)
-    save_model(model, output)
+    for rule in explained:
+        for line in explain_rule(model.graph, rule, model):
+            click.echo(f"rule {rule}: {line}", err=True)
+    save_model(model, output, runtime_ops=runtime_ops)
     if report:
         write_report(report, input, snapshots, records)
     if as_json:
@@ -76,3 +88,20 @@ def opt_cmd(input, output, level, pipeline, plugins, before, after, print_ir_aft
                        f"{f'{r.nodes_before}->{r.nodes_after}':>16}{f'{r.bytes_before}->{r.bytes_after}':>26}")
         click.echo(f"total {sum(r.seconds for r in records) * 1000:.1f} ms")
     click.echo(f"wrote {output}")
+
+
+def rules_to_explain(text: str) -> list[str]:
+    """Rule names from `--explain`: a rule's name, or a rewrite pass's name for all of its rules."""
+    from ..pass_manager import PASSES, load_passes
+
+    load_passes()
+    names = []
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        cls = PASSES.get(item)
+        if cls is not None and issubclass(cls, RewritePass) and cls.rule_names:
+            names += [r if isinstance(r, str) else r.name for r in cls.rule_names]
+        else:
+            names.append(get_rule(item).name)  # an unknown name is a one-line error listing the rules
+    if not names:
+        raise MdocError("--explain needs a rule or pass name (see `mdoc passes`)")
+    return names

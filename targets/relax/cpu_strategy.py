@@ -19,8 +19,9 @@ and the elementwise tail fused into the register tile.
 * MobileNet-style blocks (a conv, a depthwise conv, a 1x1 conv; `inverted_residual_pattern`)
   as one kernel per block (`cpu_kernels.inverted_residual`), where the layout plan runs them
   NCHWc.
-* Softmax over the last axis and LayerNorm (the ONNX op, or the nine ops exporters write,
-  `layer_norm_pattern.py`) as one-task-per-row kernels (`lower_node`).
+* Softmax over the last axis and LayerNorm (the ONNX op, mdoc.layer_norm, or the nine ops
+  exporters write, `layer_norm_pattern.py`) as one-task-per-row kernels (`lower_node`);
+  mdoc.attention as batch_matmul + softmax kernels (`cpu_transformer.py`).
 * For MatMul and Conv nodes, the tail `epilogue.match_tail` finds (MatMul: scale, bias,
   residual, activation; Conv: residual, activation) is fused and its nodes are absorbed;
   Gemm keeps its own alpha / beta / C.
@@ -53,6 +54,7 @@ from mdoc.types import TensorType
 from ..cpu_kernels import CpuSpec, Epilogue, Kernel, KernelError
 from ..cpu_kernels.common import is_symbolic
 from ..cpu_kernels.request import KernelRequest
+from .cpu_transformer import LOWER as TRANSFORMER_OPS
 from .epilogue import Tail, match_tail
 from .layer_norm_pattern import match_layer_norm
 from .context import is_static
@@ -255,7 +257,9 @@ class CpuKernels(Kernels):
     def lower_node(self, ctx: "LowerCtx", node: Node) -> list | None:
         """Softmax over the last axis, LayerNorm (the ONNX op or its exported decomposition) and a
         2-D GlobalAveragePool (NCHWc when its input was computed blocked: no unpack of the wide
-        input, only of the pooled vector)."""
+        input, only of the pooled vector); mdoc's transformer ops (`cpu_transformer`)."""
+        if node.op in TRANSFORMER_OPS:
+            return TRANSFORMER_OPS[node.op](self, ctx, node)
         if node.op == "onnx.GlobalAveragePool":
             x = ctx.input(0)
             shape = _batch_shape(ctx, x) if isinstance(x, relax.Expr) else None

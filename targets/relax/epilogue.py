@@ -12,7 +12,8 @@ most one of each, in the order the kernels apply them:
     scale       Mul / Div by a scalar constant            (attention's 1 / sqrt(d))
     bias        Add of a constant broadcast along the last axis only ([N], [1, N], ...)
     residual    Add of an already-lowered tensor of exactly the output's shape
-    activation  Relu, Tanh, Sigmoid, Gelu, Clip with constant bounds, or the exported GELU
+    activation  Relu, Tanh, Sigmoid, mdoc.silu, Gelu (or mdoc.gelu without a bias), Clip with constant bounds,
+                or the exported GELU
                 x * 0.5 * (1 + erf(x / sqrt(2))) written as
                 Mul(Mul(x, Add(Erf(Div(x, 1.414..)), 1)), 0.5) (Div may be Mul by 0.707..)
 
@@ -37,7 +38,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .context import LowerCtx
 
 _STAGES = ("scale", "bias", "residual", "activation")
-_SIMPLE_ACTIVATIONS = {"onnx.Relu": "relu", "onnx.Tanh": "tanh", "onnx.Sigmoid": "sigmoid"}
+_SIMPLE_ACTIVATIONS = {"onnx.Relu": "relu", "onnx.Tanh": "tanh", "onnx.Sigmoid": "sigmoid", "mdoc.silu": "silu"}
 
 
 @dataclass
@@ -157,7 +158,7 @@ def _activation(ctx, value, out_shape):
         return _gelu(ctx, value, out_shape)
     if node.op in _SIMPLE_ACTIVATIONS and node.inputs[0] is value:
         return [node], node.output, {"epilogue": {"activation": _SIMPLE_ACTIVATIONS[node.op]}}
-    if node.op == "onnx.Gelu" and node.inputs[0] is value:
+    if node.op in ("onnx.Gelu", "mdoc.gelu") and node.inputs[0] is value and node.input(1) is None:
         mode = node.attrs.get("approximate", "none")
         mode = mode.decode() if isinstance(mode, bytes) else str(mode)
         if mode in ("none", "tanh"):

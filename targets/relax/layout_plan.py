@@ -46,7 +46,7 @@ COPY_BYTES_PER_S = 20e9  # a layout copy, read + write, cold
 # its three convs apart: its whole time counts as the gain
 GAIN = {"pointwise": 0.15, "conv": 0.04, "winograd": 0.5, "depthwise": 0.10, "pool": 0.0, "inverted_residual": 1.0}
 _TAIL_OPS = {"onnx.Add", "onnx.Relu", "onnx.Clip", "onnx.Sigmoid", "onnx.Tanh", "onnx.LeakyRelu",
-             "onnx.HardSigmoid", "onnx.HardSwish"}
+             "onnx.HardSigmoid", "onnx.HardSwish", "mdoc.silu", "mdoc.gelu"}
 
 
 @dataclass

@@ -369,7 +369,7 @@ def _batch_norm_training(ctx: LowerCtx) -> list:
     return [y, running(mean, batch_mean), running(var, batch_var)]
 
 
-def _normalize(ctx: LowerCtx, x: relax.Expr, axes: list[int], eps: float):
+def normalize(ctx: LowerCtx, x: relax.Expr, axes: list[int], eps: float):
     """(x - mean) / sqrt(var + eps) over `axes`, with the mean and 1/std (keepdims) as well."""
     dt = str(x.ty.dtype)
     mean = ctx.emit(R.mean(x, axis=axes, keepdims=True))
@@ -383,7 +383,7 @@ def _normalize(ctx: LowerCtx, x: relax.Expr, axes: list[int], eps: float):
 def instance_norm(ctx: LowerCtx, node: Node):
     x = ctx.input(0)
     rank = ctx.rank(0)
-    y, _, _ = _normalize(ctx, x, list(range(2, rank)), float(ctx.attr("epsilon", 1e-5)))
+    y, _, _ = normalize(ctx, x, list(range(2, rank)), float(ctx.attr("epsilon", 1e-5)))
     y = ctx.emit(R.multiply(y, _per_channel(ctx, ctx.input(1), rank)))
     return [R.add(y, _per_channel(ctx, ctx.input(2), rank))]
 
@@ -396,7 +396,7 @@ def layer_norm(ctx: LowerCtx, node: Node):
     dt = str(x.ty.dtype)
     stash = int(ctx.attr("stash_type", 1))
     xc = ctx.emit(R.astype(x, "float32")) if stash == 1 and dt != "float32" else x
-    y, mean, inv_std = _normalize(ctx, xc, list(range(axis, rank)), float(ctx.attr("epsilon", 1e-5)))
+    y, mean, inv_std = normalize(ctx, xc, list(range(axis, rank)), float(ctx.attr("epsilon", 1e-5)))
     if xc is not x:
         y = ctx.emit(R.astype(y, dt))
     y = ctx.emit(R.multiply(y, ctx.input(1)))
@@ -413,7 +413,7 @@ def group_norm(ctx: LowerCtx, node: Node):
     groups = int(ctx.attr("num_groups"))
     c = static_int(ctx, xs[1], "channel dim")
     grouped = ctx.emit(R.reshape(x, [xs[0], groups, c // groups] + list(xs[2:])))
-    y, _, _ = _normalize(ctx, grouped, list(range(2, rank + 1)), float(ctx.attr("epsilon", 1e-5)))
+    y, _, _ = normalize(ctx, grouped, list(range(2, rank + 1)), float(ctx.attr("epsilon", 1e-5)))
     scale, bias = ctx.input(1), ctx.input(2)
     if ctx.opset < 21:  # scale and bias per group
         y = ctx.emit(R.multiply(y, R.reshape(scale, [groups] + [1] * (rank - 1))))
@@ -429,7 +429,7 @@ def mean_variance_norm(ctx: LowerCtx, node: Node):
     x = ctx.input(0)
     rank = ctx.rank(0)
     axes = [norm_axis(ctx, a, rank) for a in (attr_ints(ctx, "axes") or [0, 2, 3])]
-    y, _, _ = _normalize(ctx, x, axes, 1e-9)
+    y, _, _ = normalize(ctx, x, axes, 1e-9)
     return [y]
 
 
