@@ -19,6 +19,7 @@ import numpy as np
 from tvm import relax
 
 from mdoc.ir import Node
+from mdoc.types import DType, TensorType
 
 from ..cpu_kernels import Epilogue
 from ..cpu_kernels.request import KernelRequest
@@ -40,20 +41,26 @@ def _vectors(node: Node, gamma_at: int, shape) -> tuple[np.ndarray, np.ndarray] 
     return (g, b) if g.shape == (shape[-1],) == b.shape else None
 
 
-def layer_norm(kernels: "CpuKernels", ctx: "LowerCtx", node: Node) -> list | None:
-    from .cpu_strategy import _value_shape
+def _value_shape(value) -> tuple[int, ...] | None:
+    """The static shape of a float32 graph value, else None (these kernels take static shapes;
+    symbolic ones go to the generic converters)."""
+    t = value.type if value is not None else None
+    if not isinstance(t, TensorType) or t.shape is None or t.dtype != DType.F32:
+        return None
+    return tuple(t.shape) if all(isinstance(d, int) for d in t.shape) else None
 
+
+def layer_norm(kernels: "CpuKernels", ctx: "LowerCtx", node: Node) -> list | None:
     shape = _value_shape(node.inputs[0])
     if shape is None or int(node.attrs.get("axis", -1)) not in (-1, len(shape) - 1):
         return None
     vectors = _vectors(node, 1, shape)
     if vectors is None:
         return None
-    return [kernels._layer_norm(ctx, ctx.input(0), shape, *vectors, float(node.attrs.get("epsilon", 1e-5)))]
+    return [kernels._layer_norm(ctx, ctx.input(0), *vectors, float(node.attrs.get("epsilon", 1e-5)))]
 
 
 def skip_layer_norm(kernels: "CpuKernels", ctx: "LowerCtx", node: Node) -> list | None:
-    from .cpu_strategy import _value_shape
     from .converters.transformer import skip_sum
 
     shape = _value_shape(node.inputs[0])
@@ -63,11 +70,11 @@ def skip_layer_norm(kernels: "CpuKernels", ctx: "LowerCtx", node: Node) -> list 
     if vectors is None:
         return None
     s = skip_sum(ctx)
-    return [kernels._layer_norm(ctx, s, shape, *vectors, float(node.attrs.get("epsilon", 1e-5))), s]
+    return [kernels._layer_norm(ctx, s, *vectors, float(node.attrs.get("epsilon", 1e-5))), s]
 
 
 def attention(kernels: "CpuKernels", ctx: "LowerCtx", node: Node) -> list | None:
-    from .cpu_strategy import _reshaped, _value_shape
+    from .cpu_strategy import _reshaped
 
     shapes = [_value_shape(node.input(i)) for i in range(3)]
     if any(s is None for s in shapes) or (node.input(3) is not None and _value_shape(node.input(3)) is None):
