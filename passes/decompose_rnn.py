@@ -32,14 +32,16 @@ a body that reads outer values may leave even after infer-shapes), takes the
 generic path: the input projections are computed for all steps as above, and
 one cell step becomes the body of an onnx.Loop whose trip count is read from
 Shape(X) at run time, carrying h (and c) and stacking the Y rows as its scan
-output (a reverse direction's rows are flipped back with a Slice). Zero
-initial states are Expanded to the run-time batch size; sequence_lens masks
-inside the body. The TVM target lowers that Loop to a Relax while loop.
+output. What a step reads per position (its projections, its sequence_lens
+mask) is computed for every position before the Loop, in the order the
+direction visits them (a reverse direction Gathers by a reversed Range, and
+its Y rows back after the Loop). Zero initial states are Expanded to the
+run-time batch size. The TVM target lowers that Loop to a Relax while loop.
 
 Refused with an MdocError naming the node: malformed attributes, an X whose
 rank is known and not 3, Affine/ScaledTanh/ThresholdedRelu without their
 alpha/beta (onnxruntime's defaults differ from ONNX's), and a reverse
-direction over a run-time length before opset 10.
+direction or sequence_lens over a run-time length before opset 11.
 """
 
 from __future__ import annotations
@@ -380,34 +382,41 @@ class _Unroll:
 
     # -- a Loop over a sequence known at run time --------------------------------------------
     def _check_loop(self) -> None:
-        lens = self.node.input(4)
-        if lens is not None and self.opset < 9:
-            self.fail(f"masking by sequence_lens needs Where (opset 9); the model is opset {self.opset}")
-        if any(self.reverse) and self.opset < 10:
-            self.fail(f"the sequence length is known only at run time, and running it in reverse needs "
-                      f"Slice with steps (opset 10); the model is opset {self.opset}")
+        needs = ["sequence_lens"] if self.node.input(4) is not None else []
+        needs += ["a reverse direction"] if any(self.reverse) else []
+        if needs and self.opset < 11:
+            self.fail(f"the sequence length is known only at run time, and {' and '.join(needs)} over it "
+                      f"needs Range (opset 11); the model is opset {self.opset}")
 
     def _looped(self):
         """Per direction (Y [seq, batch, hidden] in time order, last h, last c), the steps an onnx.Loop.
 
         The trip count and the zero initial states take their sizes from Shape(X) at
-        run time; the body reads the projections of all steps from the enclosing graph
-        and gathers its position's row.
+        run time. Everything a step reads per position is computed for all positions
+        before the Loop, in the order the direction visits them (a reverse direction
+        Gathers its projections, masks and, after the Loop, its Y rows by a reversed
+        Range), so the body only gathers row i of each.
         """
         b, hsz, node = self.b, self.hidden, self.node
         i64, dtype = DType.I64, self.dtype
         shape = b.emit("onnx.Shape", [node.input(0)], {}, TensorType(i64, (3,)))
         seq = b.gather(shape, self.seq_axis, 0)
         batch = b.emit("onnx.Gather", [shape, b.i64([1 - self.seq_axis])], {"axis": 0}, TensorType(i64, (1,)))
-        last = b.sub(seq, b.i64(1)) if any(self.reverse) else None
-        lens = node.input(4)
-        col = None if lens is None else b.unsqueeze(lens, 1)
         state_type = TensorType(dtype, (self.batch, hsz))
+        positions = {}
+        if any(self.reverse) or node.input(4) is not None:
+            steps = TensorType(i64, (None,))
+            positions[False] = b.emit("onnx.Range", [b.i64(0), seq, b.i64(1)], {}, steps)
+            positions[True] = b.emit("onnx.Range", [b.sub(seq, b.i64(1)), b.i64(-1), b.i64(-1)], {}, steps)
         out = []
         for d in range(len(self.reverse)):
+            reverse = self.reverse[d]
             xws, step, h, c = self._cell(d)
             if self.layout == 1:  # the body gathers positions along axis 0
                 xws = [b.transpose(xw, (1, 0, 2)) for xw in xws]
+            if reverse:
+                xws = [b.emit("onnx.Gather", [xw, positions[True]], {"axis": 0}, xw.type) for xw in xws]
+            masks = self._loop_masks(positions.get(reverse))
             zeros = None
             if h is None or (c is None and self.op == "onnx.LSTM"):
                 size = b.concat([batch, b.i64([hsz])], 0)
@@ -421,14 +430,9 @@ class _Unroll:
             states = [body.add_input(state_type, n) for n in ("h", "c")[:len(carried)]]
             self.b = Builder(body, None, self.opset, "decompose-rnn", f"{node.name}/step" if node.name else "")
             try:
-                t = self.b.sub(last, i) if self.reverse[d] else i
                 h_in, c_in = states[0], states[1] if len(states) > 1 else None
-                new_h, new_c = step([self.b.gather(xw, t, 0) for xw in xws], h_in, c_in)
-                mask = None
-                if col is not None:
-                    ltype = DType.from_numpy(col.dtype) if isinstance(col, np.ndarray) else col.type.dtype
-                    at = self.b.emit("onnx.Cast", [t], {"to": ltype.value}, TensorType(ltype, ()))
-                    mask = self.b.emit("onnx.Greater", [col, at], {}, TensorType(DType.BOOL, (self.batch, 1)))
+                new_h, new_c = step([self.b.gather(xw, i, 0) for xw in xws], h_in, c_in)
+                mask = None if masks is None else self.b.gather(masks, i, 0)
                 results = []
                 if new_c is not None:
                     results.append(self._masked(mask, new_c, c_in)[0])
@@ -439,11 +443,22 @@ class _Unroll:
             loop = b.emit("onnx.Loop", [seq, None, *carried], {"body": body},
                           [state_type] * len(carried) + [TensorType(dtype, (None, self.batch, hsz))])
             ys = loop[-1]
-            if self.reverse[d]:  # the Loop stacked the rows last position first
-                ys = b.emit("onnx.Slice", [ys, b.i64([-1]), b.i64([np.iinfo(np.int64).min]), b.i64([0]),
-                                           b.i64([-1])], {}, ys.type)
+            if reverse:  # the Loop stacked the rows last position first
+                ys = b.emit("onnx.Gather", [ys, positions[True]], {"axis": 0}, ys.type)
             out.append((ys, loop[0], loop[1] if len(carried) > 1 else None))
         return out
+
+    def _loop_masks(self, positions: Value | None) -> Value | None:
+        """bool [seq, batch, 1]: row k says which batch entries still run at the k-th position visited."""
+        lens = self.node.input(4)
+        if lens is None:
+            return None
+        b = self.b
+        ltype = lens.type.dtype if isinstance(lens.type, TensorType) else DType.I32
+        col = b.unsqueeze(b.unsqueeze(lens, 0), 2)  # [1, batch, 1]
+        at = b.emit("onnx.Cast", [positions], {"to": ltype.value}, TensorType(ltype, (None,)))
+        at = b.unsqueeze(b.unsqueeze(at, 1), 2)  # [seq, 1, 1]
+        return b.emit("onnx.Greater", [col, at], {}, TensorType(DType.BOOL, (None, self.batch, 1)))
 
     def _finish_loop(self, per_direction) -> None:
         b, node = self.b, self.node

@@ -277,10 +277,10 @@ def test_looped_cell_variants(kw):
     check_looped(kw.pop("op"), **kw)
 
 
-def test_looped_reverse_before_opset_10_is_refused():
-    proto, _, _ = recurrent_model("RNN", seq_dim="S", direction="reverse", opset=9)
+def test_looped_reverse_before_opset_11_is_refused():
+    proto, _, _ = recurrent_model("RNN", seq_dim="S", direction="reverse", opset=10)
     with pytest.raises(MdocError, match=r"RNN node 'rnn': the sequence length is known only at run time, and "
-                                        r"running it in reverse needs Slice with steps \(opset 10\)"):
+                                        r"a reverse direction over it needs Range \(opset 11\)"):
         decompose(proto)
 
 
