@@ -128,6 +128,8 @@ class _Unroll:
         self.seq_axis = self.layout  # X is [seq, batch, input] (layout 0) or [batch, seq, input]
         steps = None if shape is None else shape[self.seq_axis]
         self.steps = steps if isinstance(steps, int) else None  # None: known at run time only, a Loop
+        # a symbolic length names the Loop's results' dims, so the backend can prove the directions agree
+        self.seq_dim = steps if isinstance(steps, str) else None
         if self.steps is not None and self.steps < 1:
             self.fail(f"sequence length is {steps}; there is nothing to unroll")
         self.batch = None if shape is None else shape[1 - self.seq_axis]
@@ -405,9 +407,10 @@ class _Unroll:
         state_type = TensorType(dtype, (self.batch, hsz))
         positions = {}
         if any(self.reverse) or node.input(4) is not None:
-            steps = TensorType(i64, (None,))
+            steps = TensorType(i64, (self.seq_dim,))
             positions[False] = b.emit("onnx.Range", [b.i64(0), seq, b.i64(1)], {}, steps)
-            positions[True] = b.emit("onnx.Range", [b.sub(seq, b.i64(1)), b.i64(-1), b.i64(-1)], {}, steps)
+            # last - [0, 1, ...] rather than a Range counting down, whose length TVM cannot prove is seq
+            positions[True] = b.sub(b.sub(seq, b.i64(1)), positions[False])
         out = []
         for d in range(len(self.reverse)):
             reverse = self.reverse[d]
@@ -441,7 +444,7 @@ class _Unroll:
             finally:
                 self.b = outer
             loop = b.emit("onnx.Loop", [seq, None, *carried], {"body": body},
-                          [state_type] * len(carried) + [TensorType(dtype, (None, self.batch, hsz))])
+                          [state_type] * len(carried) + [TensorType(dtype, (self.seq_dim, self.batch, hsz))])
             ys = loop[-1]
             if reverse:  # the Loop stacked the rows last position first
                 ys = b.emit("onnx.Gather", [ys, positions[True]], {"axis": 0}, ys.type)
@@ -458,7 +461,7 @@ class _Unroll:
         col = b.unsqueeze(b.unsqueeze(lens, 0), 2)  # [1, batch, 1]
         at = b.emit("onnx.Cast", [positions], {"to": ltype.value}, TensorType(ltype, (None,)))
         at = b.unsqueeze(b.unsqueeze(at, 1), 2)  # [seq, 1, 1]
-        return b.emit("onnx.Greater", [col, at], {}, TensorType(DType.BOOL, (None, self.batch, 1)))
+        return b.emit("onnx.Greater", [col, at], {}, TensorType(DType.BOOL, (self.seq_dim, self.batch, 1)))
 
     def _finish_loop(self, per_direction) -> None:
         b, node = self.b, self.node

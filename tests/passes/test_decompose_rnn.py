@@ -17,7 +17,7 @@ import mdoc.models
 from mdoc.errors import MdocError
 from mdoc.onnx_export import export_model
 from mdoc.onnx_import import import_model
-from mdoc.pass_manager import PassManager, parse_pipeline
+from mdoc.pass_manager import PassManager, parse_pipeline, pipeline_for_level
 from mdoc.reference import compare_outputs, run_onnxruntime
 from mdoc.specialize import bind_dims
 
@@ -275,6 +275,26 @@ def test_looped_sequence_lens_and_state(op):
                                 dict(op="GRU", opset=9, direction="forward")])
 def test_looped_cell_variants(kw):
     check_looped(kw.pop("op"), **kw)
+
+
+@pytest.mark.parametrize("op,kw", [("LSTM", dict(direction="bidirectional", outputs=("Y", "Y_h", "Y_c"))),
+                                   ("GRU", dict(direction="reverse", lens="input", linear_before_reset=1)),
+                                   ("RNN", dict(layout=1, initial=True))])
+def test_recurrent_layer_over_a_run_time_length_compiles(op, kw, tmp_path):
+    """decompose-rnn's Loop path through TVM: one artifact, run at three sequence lengths."""
+    pytest.importorskip("tvm")
+    from mdoc.backends import get_backend, load_artifact
+
+    proto, _, _ = recurrent_model(op, seq_dim="S", **kw)
+    model = import_model(proto)
+    # mdoc.compile would bind S to 1 (it binds every symbolic dim until they stay symbolic): build directly
+    PassManager(pipeline_for_level(2)).run(model)  # the backend's own passes run decompose-rnn
+    run = load_artifact(get_backend("tvm").compile(model, "x86", tmp_path / "art"))
+    for seq in (1, 3, 6):
+        _, reference, feeds = recurrent_model(op, seq=seq, **kw)
+        bad = [d for d in compare_outputs(run_onnxruntime(reference, feeds), run(**feeds), rtol=1e-4, atol=1e-5)
+               if not d.ok]
+        assert not bad, f"{op} at sequence length {seq}: {bad}"
 
 
 def test_looped_reverse_before_opset_11_is_refused():
