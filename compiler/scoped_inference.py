@@ -79,6 +79,7 @@ class _Refiner:
         self.opsets = [helper.make_opsetid(d, v) for d, v in sorted(model.opset_imports.items())]
         self.known: dict[Value, np.ndarray] = {}
         self.undo: list[tuple[Value, Type | None]] = []  # (value, old type), or (value, None) for a known value
+        self.refined: set[Value] = set()  # values whose type this run changed
         self.changed = False
 
     # -- bookkeeping ---------------------------------------------------------------
@@ -90,6 +91,7 @@ class _Refiner:
         if merged != v.type and _consistent(v.type, merged):
             self.undo.append((v, v.type))
             v.type = merged
+            self.refined.add(v)
             self.changed = True
 
     def set_known(self, v: Value, array: np.ndarray) -> None:
@@ -126,8 +128,8 @@ class _Refiner:
 
     def plain_node(self, node: Node) -> None:
         """ONNX's inference of this one node, from the operand types and small operand values mdoc has."""
-        if all(isinstance(o.type, TensorType) and o.type.is_static for o in node.outputs):
-            return
+        if all(_complete(o.type) for o in node.outputs) and not any(v in self.refined for v in node.inputs):
+            return  # ONNX typed it fully and nothing it reads changed since
         schema = schema_of(node.op, self.model.opset_imports)
         if schema is None:
             return
@@ -287,6 +289,11 @@ class _Refiner:
 
 def _type(v: Value | None) -> Type:
     return UNKNOWN if v is None else v.type
+
+
+def _complete(t: Type) -> bool:
+    """A tensor type with every dim known (an int or a symbol)."""
+    return isinstance(t, TensorType) and t.shape is not None and all(d is not None for d in t.shape)
 
 
 def _consistent(old: Type, new: Type) -> bool:
