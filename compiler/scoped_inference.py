@@ -58,7 +58,7 @@ def refine_types(model: Model) -> bool:
     """Fill types ONNX left unknown, inside bodies too; return whether any type changed."""
     refiner = _Refiner(model)
     refiner.graph(model.graph)
-    return refiner.changed
+    return any(v.type != t for v, t in refiner.original.items())
 
 
 def join(a: Type, b: Type) -> Type:
@@ -79,8 +79,8 @@ class _Refiner:
         self.opsets = [helper.make_opsetid(d, v) for d, v in sorted(model.opset_imports.items())]
         self.known: dict[Value, np.ndarray] = {}
         self.undo: list[tuple[Value, Type | None]] = []  # (value, old type), or (value, None) for a known value
-        self.refined: set[Value] = set()  # values whose type this run changed
-        self.changed = False
+        self.refined: set[Value] = set()  # values whose type this run changed (some maybe undone since)
+        self.original: dict[Value, Type] = {}  # the type each changed value had before this run
 
     # -- bookkeeping ---------------------------------------------------------------
     def refine(self, v: Value, new: Type) -> None:
@@ -90,9 +90,9 @@ class _Refiner:
         merged = merge(v.type, new)
         if merged != v.type and _consistent(v.type, merged):
             self.undo.append((v, v.type))
+            self.original.setdefault(v, v.type)
             v.type = merged
             self.refined.add(v)
-            self.changed = True
 
     def set_known(self, v: Value, array: np.ndarray) -> None:
         self.known[v] = array

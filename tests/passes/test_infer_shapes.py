@@ -260,3 +260,59 @@ graph @g(%x: f32[?], %shape: i64[3], %w: f32[1,8,3], %r: f32[1,8,2], %k: f32[4,3
   %p = onnx.MatMul(%xr, %b) : f32[unk__0,3,5]
   return %y, %z, %p
 }""")
+
+
+def test_shape_values_computed_outside_reach_the_body():
+    # data propagation stops at a body's edge in ONNX (the Reshape gets rank 2 only); mdoc carries Shape(%x) in
+    assert_golden("infer-shapes", """
+graph @g(%c: bool[], %x: f32[3,4], %z: f32[12]) -> (%y: ?) {
+  %s = onnx.Shape(%x)
+  %y = onnx.If(%c) {else_branch = graph @e() -> (?) {
+    %n = onnx.Neg(%x)
+    return %n
+  }, then_branch = graph @t() -> (?) {
+    %r = onnx.Reshape(%z, %s)
+    return %r
+  }}
+  return %y
+}""", """
+graph @g(%c: bool[], %x: f32[3,4], %z: f32[12]) -> (%y: f32[3,4]) {
+  %s = onnx.Shape(%x) : i64[2]
+  %y = onnx.If(%c) {else_branch = graph @e() -> (%n: f32[3,4]) {
+    %n = onnx.Neg(%x) : f32[3,4]
+    return %n
+  }, then_branch = graph @t() -> (%r: f32[3,4]) {
+    %r = onnx.Reshape(%z, %s) : f32[3,4]
+    return %r
+  }} : f32[3,4]
+  return %y
+}""")
+
+
+def test_scoped_inference_is_idempotent_and_honest():
+    from mdoc.parser import parse_model
+    from mdoc.scoped_inference import refine_types
+
+    model = parse_model("""
+graph @g(%n: i64[], %h0: f32[N,2], %a0: f32[0,2], %x: f32[N,2], %w: f32[2,2]) -> (%h: ?, %a: ?) {
+  %h, %a = onnx.Loop(%n, none, %h0, %a0) {body = graph @step(%i: ?, %cond: ?, %hc: ?, %ac: ?) -> (?, ?, ?) {
+    %m = onnx.MatMul(%hc, %w)
+    %an = onnx.Concat(%ac, %x) {axis = 0}
+    return %cond, %m, %an
+  }}
+  return %h, %a
+}""")
+    assert refine_types(model)
+    assert not refine_types(model)  # nothing left to add
+    body = model.graph.nodes()[0].attrs["body"]
+    assert [str(v.type) for v in body.inputs] == ["i64[]", "bool[]", "f32[N,2]", "f32[?,2]"]
+
+
+def test_join():
+    from mdoc.scoped_inference import join
+
+    f = DType.F32
+    assert join(TensorType(f, (2, "N")), TensorType(f, (3, "N"))) == TensorType(f, (None, "N"))
+    assert join(TensorType(f, (2,)), TensorType(f, (2, 1))) == TensorType(f, None)
+    assert join(TensorType(f, (2,)), TensorType(DType.I64, (2,))) == UNKNOWN
+    assert join(UNKNOWN, TensorType(f, (2,))) == UNKNOWN
