@@ -349,3 +349,11 @@ def test_unnamed_node_is_named_by_its_result():
     with pytest.raises(MdocError) as e:
         decompose(proto)
     assert str(e.value) == "decompose-rnn: unnamed LSTM node (result %Y): layout=2 is not 0 or 1"
+
+
+def test_x_of_another_rank_is_refused():
+    proto, _, _ = recurrent_model("GRU")
+    proto.graph.input[0].type.tensor_type.shape.dim.pop()
+    with pytest.raises(MdocError) as e:
+        decompose(proto)
+    assert str(e.value) == "decompose-rnn: GRU node 'rnn': X has type f32[3,2]; it must have rank 3"
