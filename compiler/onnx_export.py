@@ -88,6 +88,23 @@ def save_onnx(model: Model | onnx.ModelProto, path: str | os.PathLike, value_inf
         os.replace(staged, path)
 
 
+class NodeWriter:
+    """Single nodes as NodeProtos, their values named consistently from one call to the next.
+
+    For per-node ONNX inference (`mdoc.scoped_inference`), which needs a node and
+    the types of its operands by name, not a whole model.
+    """
+
+    def __init__(self, model: Model):
+        self._exporter = _Exporter(model)
+
+    def name(self, v: Value) -> str:
+        return self._exporter.name_of(v)
+
+    def node(self, node) -> onnx.NodeProto:
+        return self._exporter._node(node)
+
+
 class _Exporter:
     def __init__(self, model: Model, runtime_ops: bool = False):
         self.model = model

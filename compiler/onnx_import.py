@@ -5,7 +5,8 @@ form, `value_float` to `sparse_value`, is normalized to a dense `value` array);
 graph inputs that shadow an initializer (old exporters list weights as inputs)
 take the initializer; local functions are inlined; If/Loop/Scan bodies become
 nested graphs whose nodes use outer values directly; ops of custom domains stay
-opaque with their attributes. ONNX's own shape inference fills in the types.
+opaque with their attributes. ONNX's own shape inference fills in the types,
+then mdoc's (`mdoc.scoped_inference`) what ONNX leaves unknown inside bodies.
 What the importer cannot check it refuses with a one-line error naming the
 file, node and op.
 """
@@ -23,6 +24,7 @@ from .errors import MdocError
 from .ir import CONSTANT, Graph, Model, op_name
 from .onnx_load import load_external_array, read_model_proto
 from .ops import is_onnx_domain, known_onnx_op
+from .scoped_inference import refine_types
 from .types import UNKNOWN, DType, TensorType, tensor_type_of, type_from_onnx
 
 MIN_OPSET, MAX_OPSET = 7, onnx.defs.onnx_opset_version()
@@ -64,7 +66,10 @@ class _Importer:
         self._collect_types(proto.graph)
         graph = self._graph(proto.graph, scopes=[], top=True)
         meta = {p.key: p.value for p in proto.metadata_props}
-        return Model(graph, self.opsets, proto.ir_version, proto.producer_name, proto.producer_version, meta)
+        model = Model(graph, self.opsets, proto.ir_version, proto.producer_name, proto.producer_version, meta)
+        if infer_shapes:
+            refine_types(model)  # what ONNX left unknown, mostly inside bodies that read outer values
+        return model
 
     def _inline(self, proto: onnx.ModelProto) -> onnx.ModelProto:
         try:

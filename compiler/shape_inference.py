@@ -6,6 +6,9 @@ known), and copies each inferred type back onto the value the exporter named.
 Types only ever gain information: a dim ONNX leaves unknown or symbolic keeps
 what mdoc already knew, a rank ONNX does not know keeps mdoc's shape. Graph
 inputs keep their declared types, constants keep the type of their array.
+
+What ONNX leaves unknown, mostly inside If/Loop/Scan bodies that read outer
+values, mdoc's own node-by-node inference then fills (`mdoc.scoped_inference`).
 """
 
 from __future__ import annotations
@@ -16,11 +19,19 @@ from onnx import AttributeProto, helper
 
 from .ir import CONSTANT, Graph, Model, Value
 from .onnx_export import export_model
-from .types import UNKNOWN, OptionalType, SequenceType, TensorType, Type, type_from_onnx
+from .scoped_inference import refine_types
+from .types import merge, type_from_onnx
+
+__all__ = ["infer_types", "merge"]
 
 
 def infer_types(model: Model) -> bool:
     """Refine value types in place from ONNX shape inference; return whether any type changed."""
+    changed = _onnx_types(model)
+    return refine_types(model) or changed
+
+
+def _onnx_types(model: Model) -> bool:
     names: dict[Value, str] = {}
     try:
         proto = export_model(model, value_names=names)
@@ -62,33 +73,6 @@ def _weights_as_inputs(g: onnx.GraphProto, limit: int = 1024) -> None:
     if len(keep) != len(g.initializer):
         del g.initializer[:]
         g.initializer.extend(keep)
-
-
-def merge(old: Type, new: Type) -> Type:
-    """The more precise of two descriptions of one value's type (`new` wins where they disagree)."""
-    if new == UNKNOWN:
-        return old
-    if old == UNKNOWN or type(old) is not type(new):
-        return new
-    if isinstance(new, (SequenceType, OptionalType)):
-        return type(new)(merge(old.elem, new.elem))
-    if old.dtype is not new.dtype:
-        return new
-    if new.shape is None:
-        return old
-    if old.shape is None or len(old.shape) != len(new.shape):
-        return new
-    return TensorType(new.dtype, tuple(_dim(a, b) for a, b in zip(old.shape, new.shape)))
-
-
-def _dim(old, new):
-    if isinstance(new, int):
-        return new
-    if isinstance(old, int):
-        return old  # mdoc proved a size ONNX could not: keep it
-    if old is not None:
-        return old  # keep mdoc's symbol rather than a fresh one (same meaning, less churn)
-    return new
 
 
 def _collect(g: onnx.GraphProto, types: dict[str, onnx.TypeProto]) -> None:

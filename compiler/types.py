@@ -198,3 +198,30 @@ def type_to_onnx(t: Type) -> onnx.TypeProto | None:
         elem = type_to_onnx(t.elem)
         return None if elem is None else helper.make_optional_type_proto(elem)
     return None
+
+
+def merge(old: Type, new: Type) -> Type:
+    """The more precise of two descriptions of one value's type (`new` wins where they disagree)."""
+    if new == UNKNOWN:
+        return old
+    if old == UNKNOWN or type(old) is not type(new):
+        return new
+    if isinstance(new, (SequenceType, OptionalType)):
+        return type(new)(merge(old.elem, new.elem))
+    if old.dtype is not new.dtype:
+        return new
+    if new.shape is None:
+        return old
+    if old.shape is None or len(old.shape) != len(new.shape):
+        return new
+    return TensorType(new.dtype, tuple(_dim(a, b) for a, b in zip(old.shape, new.shape)))
+
+
+def _dim(old, new):
+    if isinstance(new, int):
+        return new
+    if isinstance(old, int):
+        return old  # mdoc proved a size ONNX could not: keep it
+    if old is not None:
+        return old  # keep mdoc's symbol rather than a fresh one (same meaning, less churn)
+    return new

@@ -1,4 +1,4 @@
-"""decompose-rnn: LSTM, GRU and RNN become their cell equations, unrolled over the (static) sequence.
+"""decompose-rnn: LSTM, GRU and RNN become their cell equations, unrolled over a static sequence, else a Loop.
 
 TVM has no recurrent ops. For each direction, the input projection of every
 step is one MatMul before the loop (X·Wᵀ plus both biases, folded into one
@@ -27,10 +27,21 @@ Concat of the steps and a Reshape; Y_h and Y_c one Concat and Reshape each;
 outputs nothing reads are not built. Weights that are constants are sliced and
 transposed at compile time; weights computed at run time get Gather/Transpose.
 
-Refused with an MdocError naming the node: a sequence length that is symbolic
-(compile binds symbolic dims to sizes before passes, so that is rare) or
-unknown, malformed attributes, and Affine/ScaledTanh/ThresholdedRelu without
-their alpha/beta (onnxruntime's defaults differ from ONNX's).
+A sequence length that is symbolic or unknown, or an X of unknown rank (what
+a body that reads outer values may leave even after infer-shapes), takes the
+generic path: the input projections are computed for all steps as above, and
+one cell step becomes the body of an onnx.Loop whose trip count is read from
+Shape(X) at run time, carrying h (and c) and stacking the Y rows as its scan
+output. What a step reads per position (its projections, its sequence_lens
+mask) is computed for every position before the Loop, in the order the
+direction visits them (a reverse direction Gathers by a reversed Range, and
+its Y rows back after the Loop). Zero initial states are Expanded to the
+run-time batch size. The TVM target lowers that Loop to a Relax while loop.
+
+Refused with an MdocError naming the node: malformed attributes, an X whose
+rank is known and not 3, Affine/ScaledTanh/ThresholdedRelu without their
+alpha/beta (onnxruntime's defaults differ from ONNX's), and a reverse
+direction or sequence_lens over a run-time length before opset 11.
 """
 
 from __future__ import annotations
@@ -66,7 +77,7 @@ ACTIVATIONS = {
 @register_pass("decompose-rnn")
 @dataclass(frozen=True)
 class DecomposeRnn(GraphPass):
-    """Unroll LSTM, GRU and RNN over their static sequence length into MatMul, Gemm and pointwise ops."""
+    """LSTM, GRU and RNN into MatMul, Gemm and pointwise ops: unrolled over a static length, else a Loop."""
 
     def run(self, graph: Graph, ctx: PassContext) -> bool:
         return _walk(graph, ctx)
@@ -109,23 +120,23 @@ class _Unroll:
         node, attrs = self.node, self.node.attrs
         x = node.input(0)
         shape = shape_of(x)
-        if shape is None or len(shape) != 3:
-            self.fail(f"X has type {x.type}; unrolling needs its rank-3 shape (run infer-shapes first)")
+        if shape is not None and len(shape) != 3:
+            self.fail(f"X has type {x.type}; it must have rank 3")
         self.layout = attrs.get("layout", 0)
         if self.layout not in (0, 1):
             self.fail(f"layout={self.layout} is not 0 or 1")
         self.seq_axis = self.layout  # X is [seq, batch, input] (layout 0) or [batch, seq, input]
-        steps = shape[self.seq_axis]
-        if not isinstance(steps, int):
-            dim = f"'{steps}'" if isinstance(steps, str) else "unknown"
-            hint = f" (mdoc compile --dim {steps}=SIZE)" if isinstance(steps, str) else ""
-            self.fail(f"sequence length (dim {self.seq_axis} of X) is {dim}, not a static size; "
-                      f"bind it before decompose-rnn{hint}")
-        if steps < 1:
+        steps = None if shape is None else shape[self.seq_axis]
+        self.steps = steps if isinstance(steps, int) else None  # None: known at run time only, a Loop
+        # a symbolic length names the Loop's results' dims, so the backend can prove the directions agree
+        self.seq_dim = steps if isinstance(steps, str) else None
+        if self.steps is not None and self.steps < 1:
             self.fail(f"sequence length is {steps}; there is nothing to unroll")
-        self.steps = steps
-        self.batch = shape[1 - self.seq_axis]
-        self.dtype = x.type.dtype
+        self.batch = None if shape is None else shape[1 - self.seq_axis]
+        typed = next((v.type for v in (x, node.input(1)) if isinstance(v.type, TensorType)), None)
+        if typed is None:
+            self.fail("neither X nor W has a known element type")
+        self.dtype = typed.dtype
         direction = attrs.get("direction", "forward")
         if direction not in ("forward", "reverse", "bidirectional"):
             self.fail(f"direction '{direction}' is not forward, reverse or bidirectional")
@@ -136,10 +147,12 @@ class _Unroll:
         for flag in ("input_forget", "linear_before_reset"):
             if attrs.get(flag, 0) not in (0, 1):
                 self.fail(f"{flag}={attrs[flag]} is not 0 or 1")
+        if self.steps is None:
+            self._check_loop()  # the last check; from here on nodes are emitted
+            self._finish_loop(self._looped())
+            return
         self.mask = self._masks()  # the last check; from here on nodes are emitted
-
-        results = {"onnx.LSTM": self._lstm, "onnx.GRU": self._gru, "onnx.RNN": self._rnn}[self.op]()
-        self._finish(results)
+        self._finish(self._unrolled())
 
     def _hidden_from_r(self) -> int:
         shape = shape_of(self.node.input(2))
@@ -239,17 +252,26 @@ class _Unroll:
             return b.mul(b.unary("onnx.Tanh", b.mul(x, one(act.beta))), one(act.alpha))
         raise AssertionError(name)
 
-    def _masked(self, t: int, new: Value, old: Value | None) -> tuple[Value, Value]:
-        """(state after position t, Y row at t): the new state where the entry runs, else the old one and 0."""
-        if self.mask is None or self.mask[t] is None:
+    def _masked(self, mask: Operand | None, new: Value, old: Value | None) -> tuple[Value, Value]:
+        """(state after a position, its Y row): the new state where `mask` says the entry runs, else the old
+        one and 0; `mask` None: every entry runs."""
+        if mask is None:
             return new, new
         zero = np.zeros((), self.dtype.numpy)
-        y = self.b.emit("onnx.Where", [self.mask[t], new, zero], {}, new.type)
+        y = self.b.emit("onnx.Where", [mask, new, zero], {}, new.type)
         if old is None:
             return y, y
-        return self.b.emit("onnx.Where", [self.mask[t], new, old], {}, new.type), y
+        return self.b.emit("onnx.Where", [mask, new, old], {}, new.type), y
 
     # -- the three cells -----------------------------------------------------------------
+    # Each `_<cell>_cell(d)` emits what direction `d` computes once (the input projections for all
+    # steps, the transposed recurrent weights) and returns them with the step function:
+    # `step(inputs, h, c) -> (new h, new c)`, where `inputs` are the projections' rows of one
+    # position and h / c the state before it (None: a zero initial state). The step emits through
+    # `self.b`, the builder of the graph being built: the node's own, or a Loop body's.
+    def _cell(self, d: int):
+        return {"onnx.LSTM": self._lstm_cell, "onnx.GRU": self._gru_cell, "onnx.RNN": self._rnn_cell}[self.op](d)
+
     def _biases(self, d: int, gates: int) -> tuple[Operand | None, Operand | None]:
         bias = self._direction(3, d)
         if bias is None:
@@ -257,105 +279,202 @@ class _Unroll:
         n = gates * self.hidden
         return tuple(self.b.split(bias, [n, n], 0))
 
-    def _lstm(self):
+    def _initial(self, index: int, d: int) -> Value | None:
+        v = self._direction(index, d)
+        return None if v is None else self.b.value(v)
+
+    def _lstm_cell(self, d: int):
         b, hsz = self.b, self.hidden
         couple = bool(self.node.attrs.get("input_forget", 0))
         one = np.ones((), self.dtype.numpy)
+        f, g, h_act = self.acts[d]
+        wb, rb = self._biases(d, 4)
+        xw = self._projection(d, None if wb is None else b.add(wb, rb))
+        rt = b.transpose(self._direction(2, d), (1, 0))
+        peep = self._direction(7, d)
+        pi, po, pf = b.split(peep, [hsz] * 3, 0) if peep is not None else (None, None, None)
+
+        def step(inputs, h, c):
+            b = self.b
+            gates = inputs[0]
+            if h is not None:
+                gates = b.gemm(h, rt, gates)
+            if peep is None and not couple:  # i, o, f are contiguous: one activation for the three
+                gates, gc = b.split(gates, [3 * hsz, hsz], 1)
+                i, o, forget = b.split(self._f(f, gates), [hsz] * 3, 1)
+            else:
+                gi, go, gf, gc = b.split(gates, [hsz] * 4, 1)
+                if peep is not None and c is not None:
+                    gi, gf = b.add(gi, b.mul(c, pi)), b.add(gf, b.mul(c, pf))
+                i = self._f(f, gi)
+                forget = None if c is None else b.sub(one, i) if couple else self._f(f, gf)
+            new_c = b.mul(i, self._f(g, gc))
+            if c is not None:
+                new_c = b.add(b.mul(forget, c), new_c)
+            if peep is not None or couple:
+                if peep is not None:
+                    go = b.add(go, b.mul(new_c, po))
+                o = self._f(f, go)
+            return b.mul(o, self._f(h_act, new_c, clip=False)), new_c
+
+        return [xw], step, self._initial(5, d), self._initial(6, d)
+
+    def _gru_cell(self, d: int):
+        b, hsz = self.b, self.hidden
+        lbr = self.node.attrs.get("linear_before_reset", 0)
+        f, g = self.acts[d]
+        wb, rb = self._biases(d, 3)
+        rb_h = None
+        if wb is None:
+            bias = None
+        elif lbr:  # Rbh stays inside r·(h·Rhᵀ + Rbh)
+            rb_zr, rb_h = b.split(rb, [2 * hsz, hsz], 0)
+            bias = b.add(wb, b.concat([rb_zr, np.zeros(hsz, self.dtype.numpy)], 0))
+        else:
+            bias = b.add(wb, rb)
+        xw_zr, xw_n = b.split(self._projection(d, bias), [2 * hsz, hsz], 2)
+        rt_zr, rt_n = b.split(b.transpose(self._direction(2, d), (1, 0)), [2 * hsz, hsz], 1)
+
+        def step(inputs, h, c):
+            b = self.b
+            zr, n = inputs
+            if h is not None:
+                zr = b.gemm(h, rt_zr, zr)
+            z, r = b.split(self._f(f, zr), [hsz, hsz], 1)
+            if lbr and h is not None:
+                hr = b.gemm(h, rt_n, rb_h if rb_h is not None else np.zeros(hsz, self.dtype.numpy))
+                n = b.add(n, b.mul(r, hr))
+            elif lbr and rb_h is not None:
+                n = b.add(n, b.mul(r, rb_h))
+            elif h is not None:
+                n = b.gemm(b.mul(r, h), rt_n, n)
+            n = self._f(g, n)
+            return (b.add(n, b.mul(z, b.sub(h, n))) if h is not None else b.sub(n, b.mul(z, n))), None
+
+        return [xw_zr, xw_n], step, self._initial(5, d), None
+
+    def _rnn_cell(self, d: int):
+        b = self.b
+        (f,) = self.acts[d]
+        wb, rb = self._biases(d, 1)
+        xw = self._projection(d, None if wb is None else b.add(wb, rb))
+        rt = b.transpose(self._direction(2, d), (1, 0))
+
+        def step(inputs, h, c):
+            pre = inputs[0] if h is None else self.b.gemm(h, rt, inputs[0])
+            return self._f(f, pre), None
+
+        return [xw], step, self._initial(5, d), None
+
+    # -- unrolled over a static sequence ---------------------------------------------------
+    def _unrolled(self):
+        """Per direction (Y row per position, last h, last c), every step its own nodes."""
         out = []
         for d in range(len(self.reverse)):
-            f, g, h_act = self.acts[d]
-            wb, rb = self._biases(d, 4)
-            xw = self._projection(d, None if wb is None else b.add(wb, rb))
-            rt = b.transpose(self._direction(2, d), (1, 0))
-            peep = self._direction(7, d)
-            pi, po, pf = b.split(peep, [hsz] * 3, 0) if peep is not None else (None, None, None)
-            h, c = self._direction(5, d), self._direction(6, d)
-            h = None if h is None else b.value(h)
-            c = None if c is None else b.value(c)
+            xws, step, h, c = self._cell(d)
             ys = [None] * self.steps
             for t in self._positions(d):
-                gates = self._step_input(xw, t)
-                if h is not None:
-                    gates = b.gemm(h, rt, gates)
-                if peep is None and not couple:  # i, o, f are contiguous: one activation for the three
-                    gates, gc = b.split(gates, [3 * hsz, hsz], 1)
-                    i, o, forget = b.split(self._f(f, gates), [hsz] * 3, 1)
-                else:
-                    gi, go, gf, gc = b.split(gates, [hsz] * 4, 1)
-                    if peep is not None and c is not None:
-                        gi, gf = b.add(gi, b.mul(c, pi)), b.add(gf, b.mul(c, pf))
-                    i = self._f(f, gi)
-                    forget = None if c is None else b.sub(one, i) if couple else self._f(f, gf)
-                new_c = b.mul(i, self._f(g, gc))
-                if c is not None:
-                    new_c = b.add(b.mul(forget, c), new_c)
-                if peep is not None or couple:
-                    if peep is not None:
-                        go = b.add(go, b.mul(new_c, po))
-                    o = self._f(f, go)
-                new_h = b.mul(o, self._f(h_act, new_c, clip=False))
-                c, _ = self._masked(t, new_c, c)
-                h, ys[t] = self._masked(t, new_h, h)
+                new_h, new_c = step([self._step_input(xw, t) for xw in xws], h, c)
+                mask = None if self.mask is None else self.mask[t]
+                if new_c is not None:
+                    c, _ = self._masked(mask, new_c, c)
+                h, ys[t] = self._masked(mask, new_h, h)
             out.append((ys, h, c))
         return out
 
-    def _gru(self):
-        b, hsz = self.b, self.hidden
-        lbr = self.node.attrs.get("linear_before_reset", 0)
+    # -- a Loop over a sequence known at run time --------------------------------------------
+    def _check_loop(self) -> None:
+        needs = ["sequence_lens"] if self.node.input(4) is not None else []
+        needs += ["a reverse direction"] if any(self.reverse) else []
+        if needs and self.opset < 11:
+            self.fail(f"the sequence length is known only at run time, and {' and '.join(needs)} over it "
+                      f"needs Range (opset 11); the model is opset {self.opset}")
+
+    def _looped(self):
+        """Per direction (Y [seq, batch, hidden] in time order, last h, last c), the steps an onnx.Loop.
+
+        The trip count and the zero initial states take their sizes from Shape(X) at
+        run time. Everything a step reads per position is computed for all positions
+        before the Loop, in the order the direction visits them (a reverse direction
+        Gathers its projections, masks and, after the Loop, its Y rows by a reversed
+        Range), so the body only gathers row i of each.
+        """
+        b, hsz, node = self.b, self.hidden, self.node
+        i64, dtype = DType.I64, self.dtype
+        shape = b.emit("onnx.Shape", [node.input(0)], {}, TensorType(i64, (3,)))
+        seq = b.gather(shape, self.seq_axis, 0)
+        batch = b.emit("onnx.Gather", [shape, b.i64([1 - self.seq_axis])], {"axis": 0}, TensorType(i64, (1,)))
+        state_type = TensorType(dtype, (self.batch, hsz))
+        positions = {}
+        if any(self.reverse) or node.input(4) is not None:
+            steps = TensorType(i64, (self.seq_dim,))
+            positions[False] = b.emit("onnx.Range", [b.i64(0), seq, b.i64(1)], {}, steps)
+            # last - [0, 1, ...] rather than a Range counting down, whose length TVM cannot prove is seq
+            positions[True] = b.sub(b.sub(seq, b.i64(1)), positions[False])
         out = []
         for d in range(len(self.reverse)):
-            f, g = self.acts[d]
-            wb, rb = self._biases(d, 3)
-            rb_h = None
-            if wb is None:
-                bias = None
-            elif lbr:  # Rbh stays inside r·(h·Rhᵀ + Rbh)
-                rb_zr, rb_h = b.split(rb, [2 * hsz, hsz], 0)
-                bias = b.add(wb, b.concat([rb_zr, np.zeros(hsz, self.dtype.numpy)], 0))
-            else:
-                bias = b.add(wb, rb)
-            xw_zr, xw_n = b.split(self._projection(d, bias), [2 * hsz, hsz], 2)
-            rt_zr, rt_n = b.split(b.transpose(self._direction(2, d), (1, 0)), [2 * hsz, hsz], 1)
-            h = self._direction(5, d)
-            h = None if h is None else b.value(h)
-            ys = [None] * self.steps
-            for t in self._positions(d):
-                zr = self._step_input(xw_zr, t)
-                n = self._step_input(xw_n, t)
-                if h is not None:
-                    zr = b.gemm(h, rt_zr, zr)
-                z, r = b.split(self._f(f, zr), [hsz, hsz], 1)
-                if lbr and h is not None:
-                    hr = b.gemm(h, rt_n, rb_h if rb_h is not None else np.zeros(hsz, self.dtype.numpy))
-                    n = b.add(n, b.mul(r, hr))
-                elif lbr and rb_h is not None:
-                    n = b.add(n, b.mul(r, rb_h))
-                elif h is not None:
-                    n = b.gemm(b.mul(r, h), rt_n, n)
-                n = self._f(g, n)
-                new_h = b.add(n, b.mul(z, b.sub(h, n))) if h is not None else b.sub(n, b.mul(z, n))
-                h, ys[t] = self._masked(t, new_h, h)
-            out.append((ys, h, None))
+            reverse = self.reverse[d]
+            xws, step, h, c = self._cell(d)
+            if self.layout == 1:  # the body gathers positions along axis 0
+                xws = [b.transpose(xw, (1, 0, 2)) for xw in xws]
+            if reverse:
+                xws = [b.emit("onnx.Gather", [xw, positions[True]], {"axis": 0}, xw.type) for xw in xws]
+            masks = self._loop_masks(positions.get(reverse))
+            zeros = None
+            if h is None or (c is None and self.op == "onnx.LSTM"):
+                size = b.concat([batch, b.i64([hsz])], 0)
+                zeros = b.emit("onnx.Expand", [np.zeros((), dtype.numpy), size], {}, state_type)
+            carried = [h if h is not None else zeros]
+            if self.op == "onnx.LSTM":
+                carried.append(c if c is not None else zeros)
+            body, outer = Graph(f"{self.kind.lower()}_step"), self.b
+            i = body.add_input(TensorType(i64, ()), "i")
+            cond = body.add_input(TensorType(DType.BOOL, ()), "cond")
+            states = [body.add_input(state_type, n) for n in ("h", "c")[:len(carried)]]
+            self.b = Builder(body, None, self.opset, "decompose-rnn", f"{node.name}/step" if node.name else "")
+            try:
+                h_in, c_in = states[0], states[1] if len(states) > 1 else None
+                new_h, new_c = step([self.b.gather(xw, i, 0) for xw in xws], h_in, c_in)
+                mask = None if masks is None else self.b.gather(masks, i, 0)
+                results = []
+                if new_c is not None:
+                    results.append(self._masked(mask, new_c, c_in)[0])
+                h_out, y = self._masked(mask, new_h, h_in)
+                body.outputs = [cond, h_out, *results, y]
+            finally:
+                self.b = outer
+            loop = b.emit("onnx.Loop", [seq, None, *carried], {"body": body},
+                          [state_type] * len(carried) + [TensorType(dtype, (self.seq_dim, self.batch, hsz))])
+            ys = loop[-1]
+            if reverse:  # the Loop stacked the rows last position first
+                ys = b.emit("onnx.Gather", [ys, positions[True]], {"axis": 0}, ys.type)
+            out.append((ys, loop[0], loop[1] if len(carried) > 1 else None))
         return out
 
-    def _rnn(self):
+    def _loop_masks(self, positions: Value | None) -> Value | None:
+        """bool [seq, batch, 1]: row k says which batch entries still run at the k-th position visited."""
+        lens = self.node.input(4)
+        if lens is None:
+            return None
         b = self.b
-        out = []
-        for d in range(len(self.reverse)):
-            (f,) = self.acts[d]
-            wb, rb = self._biases(d, 1)
-            xw = self._projection(d, None if wb is None else b.add(wb, rb))
-            rt = b.transpose(self._direction(2, d), (1, 0))
-            h = self._direction(5, d)
-            h = None if h is None else b.value(h)
-            ys = [None] * self.steps
-            for t in self._positions(d):
-                pre = self._step_input(xw, t)
-                if h is not None:
-                    pre = b.gemm(h, rt, pre)
-                h, ys[t] = self._masked(t, self._f(f, pre), h)
-            out.append((ys, h, None))
-        return out
+        ltype = lens.type.dtype if isinstance(lens.type, TensorType) else DType.I32
+        col = b.unsqueeze(b.unsqueeze(lens, 0), 2)  # [1, batch, 1]
+        at = b.emit("onnx.Cast", [positions], {"to": ltype.value}, TensorType(ltype, (None,)))
+        at = b.unsqueeze(b.unsqueeze(at, 1), 2)  # [seq, 1, 1]
+        return b.emit("onnx.Greater", [col, at], {}, TensorType(DType.BOOL, (self.seq_dim, self.batch, 1)))
+
+    def _finish_loop(self, per_direction) -> None:
+        b, node = self.b, self.node
+        nd = len(per_direction)
+        new: list[Value | None] = [None] * len(node.outputs)
+        if is_read(node.outputs[0]):  # [seq, dirs, batch, hidden], or [batch, seq, dirs, hidden] in layout 1
+            y = b.concat([b.unsqueeze(ys, 1) for ys, _, _ in per_direction], 1)
+            new[0] = b.transpose(y, (2, 0, 1, 3)) if self.layout == 1 else y
+        for k in (1, 2):
+            if k < len(node.outputs) and is_read(node.outputs[k]):
+                last = b.concat([b.unsqueeze(r[k], 0) for r in per_direction], 0)
+                new[k] = b.transpose(last, (1, 0, 2)) if self.layout == 1 else last
+        self._replace(new)
 
     # -- outputs ---------------------------------------------------------------------------
     def _finish(self, per_direction) -> None:
@@ -379,6 +498,10 @@ class _Unroll:
                     new[k] = b.reshape(joined, [nd, batch, hsz], (nd, known, hsz))
                 else:
                     new[k] = b.reshape(joined, [batch, nd, hsz], (known, nd, hsz))
+        self._replace(new)
+
+    def _replace(self, new: list[Value | None]) -> None:
+        node = self.node
         for old, v in zip(node.outputs, new):
             if v is not None:
                 v.type = merge(old.type, v.type)

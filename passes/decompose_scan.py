@@ -6,9 +6,11 @@ returned; the scan outputs are the per-iteration values, each Unsqueezed on its
 output axis and Concatenated in iteration order (reversed for a reverse
 output). The body's constants are copied once and shared by all iterations.
 
-A Scan stays as it is (with a note in the pass log) when the iteration count is
-not a static size, is 0, or is above `max-iterations`, and for the opset 8 form
-of Scan (batched, with sequence_lens); the TVM lowering then reports it.
+A Scan whose iteration count is known only at run time becomes an onnx.Loop
+over its body instead (see `_as_loop`), which the TVM target lowers to a Relax
+while loop. A Scan stays as it is (with a note in the pass log) when it runs 0
+or more than `max-iterations` iterations, and for the opset 8 form of Scan
+(batched, with sequence_lens); the TVM lowering then reports it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from mdoc.ir import Graph, Node, Value
 from mdoc.pass_manager import GraphPass, PassContext, register_pass
 from mdoc.passes.decompose_util import Builder, describe, normalize_axis, shape_of, unroll_all
 from mdoc.shape_inference import merge
+from mdoc.types import DType, TensorType
 
 
 @register_pass("decompose-scan")
@@ -68,12 +71,9 @@ def _unroll(node: Node, ctx: PassContext, limit: int) -> str:
                 raise MdocError(f"decompose-scan: {describe(node)}: scan inputs have {count} and {shape[axis]} "
                                 "slices along their scan axes; they must agree")
             count = shape[axis]
-    if count is None:
-        sizes = [shape_of(x)[a] if shape_of(x) is not None else "?" for x, a in zip(inputs[n:], axes)]
-        return f"the number of iterations is not static (scan axis sizes: {', '.join(map(str, sizes))})"
     if count == 0:
         return "it runs 0 iterations (the scan outputs' shapes are unknown)"
-    if count > limit:
+    if count is not None and count > limit:
         return f"it runs {count} iterations, more than max-iterations={limit}"
     ranks = []
     for j, out in enumerate(body.outputs[n:]):
@@ -81,6 +81,8 @@ def _unroll(node: Node, ctx: PassContext, limit: int) -> str:
         if shape is None and out_axes[j] < 0:
             return f"scan output {j} has unknown rank, so its axis {out_axes[j]} cannot be resolved"
         ranks.append(None if shape is None else len(shape) + 1)
+    if count is None:
+        return _as_loop(node, ctx, n, axes, in_dirs, out_axes, out_dirs, ranks)
 
     graph = node.graph
     b = Builder(graph, node, ctx.model.opset, "decompose-scan", node.name)
@@ -110,5 +112,70 @@ def _unroll(node: Node, ctx: PassContext, limit: int) -> str:
         outs.append(b.value(out))
     operands = node.inputs
     replace_results(node, states + outs, provenance="decompose-scan")
+    erase_unused_constants(operands)
+    return ""
+
+
+def _as_loop(node: Node, ctx: PassContext, n: int, axes: list[int], in_dirs, out_axes, out_dirs,
+             ranks: list[int | None]) -> str:
+    """A Scan of a run-time length becomes an onnx.Loop (which the TVM target lowers); return why not instead.
+
+    The trip count is the first scan input's size along its axis, read at run time;
+    iteration i binds the Scan body's slices to row i of each scan input (inputs
+    read in reverse are reversed first, by a Gather of last - Range(0, count)), and
+    the Loop stacks each scan output on axis 0, which is then reversed or moved to
+    its output axis.
+    """
+    opset = ctx.model.opset
+    reverse = any(in_dirs) or any(out_dirs)
+    if reverse and opset < 11:
+        return (f"the number of iterations is known only at run time, and reversing a scan input or output "
+                f"needs Range (opset 11); the model is opset {opset}")
+    for j, axis in enumerate(out_axes):
+        if axis != 0 and ranks[j] is None:
+            return f"scan output {j} has unknown rank, so it cannot be moved to its axis {axis}"
+    body: Graph = node.attrs["body"]
+    graph, inputs = node.graph, node.inputs
+    b = Builder(graph, node, opset, "decompose-scan", node.name)
+    first, i64 = inputs[n], DType.I64
+    dims = shape_of(first)
+    shape = b.emit("onnx.Shape", [first], {}, TensorType(i64, (None if dims is None else len(dims),)))
+    count = b.gather(shape, axes[0], 0)
+    length = None if dims is None else dims[axes[0]]
+    backwards = None
+    if reverse:
+        ahead = b.emit("onnx.Range", [b.i64(0), count, b.i64(1)], {}, TensorType(i64, (length,)))
+        backwards = b.sub(b.sub(count, b.i64(1)), ahead)
+    scanned = [b.emit("onnx.Gather", [x, backwards], {"axis": axes[j]}, x.type) if in_dirs[j] else x
+               for j, x in enumerate(inputs[n:])]
+
+    loop_body = Graph(f"{body.name}_loop")
+    i = loop_body.add_input(TensorType(i64, ()), "i")
+    cond = loop_body.add_input(TensorType(DType.BOOL, ()), "cond")
+    vm = {v: loop_body.add_input(v.type, v.name) for v in body.inputs[:n]}
+    inner = Builder(loop_body, None, opset, "decompose-scan", f"{node.name}/step" if node.name else "")
+    for j, x in enumerate(scanned):
+        piece = inner.gather(x, i, axes[j])
+        piece.type = merge(body.inputs[n + j].type, piece.type)
+        vm[body.inputs[n + j]] = piece
+    results = clone_graph_into(body, loop_body, None, vm, name_prefix=f"{node.name}/" if node.name else "",
+                               provenance="decompose-scan")
+    loop_body.outputs = [cond, *results]
+    stacked = [TensorType(t.dtype, None if t.shape is None else (length, *t.shape)) if isinstance(t, TensorType)
+               else t for t in (v.type for v in body.outputs[n:])]
+    loop = b.emit("onnx.Loop", [count, None, *inputs[:n]], {"body": loop_body},
+                  [v.type for v in node.outputs[:n]] + stacked)
+    loop = list(loop) if isinstance(loop, tuple) else [loop]
+    outs = list(loop[:n])
+    for j, v in enumerate(loop[n:]):
+        if out_dirs[j]:
+            v = b.emit("onnx.Gather", [v, backwards], {"axis": 0}, v.type)
+        axis = normalize_axis(out_axes[j], ranks[j]) if ranks[j] is not None else out_axes[j]
+        if axis != 0:
+            v = b.transpose(v, [*range(1, axis + 1), 0, *range(axis + 1, ranks[j])])
+        v.type = merge(node.outputs[n + j].type, v.type)
+        outs.append(v)
+    operands = node.inputs
+    replace_results(node, outs, provenance="decompose-scan")
     erase_unused_constants(operands)
     return ""

@@ -64,13 +64,14 @@ class Builder:
         return np.asarray(values, np.int64)
 
     # -- shape ops ---------------------------------------------------------------
-    def gather(self, x: Operand, index: int, axis: int) -> Operand:
-        """`x` at position `index` of `axis`; the axis goes away."""
-        if isinstance(x, np.ndarray):
+    def gather(self, x: Operand, index: int | Value, axis: int) -> Operand:
+        """`x` at position `index` (a number, or a scalar computed at run time) of `axis`; the axis goes away."""
+        if isinstance(x, np.ndarray) and not isinstance(index, Value):
             return np.take(x, index, axis=axis)
         shape = shape_of(x)
         out = None if shape is None else shape[:axis] + shape[axis + 1:]
-        return self.emit("onnx.Gather", [x, self.i64(index)], {"axis": axis}, tensor(x, out))
+        at = index if isinstance(index, Value) else self.i64(index)
+        return self.emit("onnx.Gather", [x, at], {"axis": axis}, tensor(x, out))
 
     def unsqueeze(self, x: Operand, axis: int) -> Operand:
         if isinstance(x, np.ndarray):

@@ -17,7 +17,7 @@ import mdoc.models
 from mdoc.errors import MdocError
 from mdoc.onnx_export import export_model
 from mdoc.onnx_import import import_model
-from mdoc.pass_manager import PassManager, parse_pipeline
+from mdoc.pass_manager import PassManager, parse_pipeline, pipeline_for_level
 from mdoc.reference import compare_outputs, run_onnxruntime
 from mdoc.specialize import bind_dims
 
@@ -241,13 +241,78 @@ def test_symbolic_batch_is_fine():
     assert all(d.ok for d in compare_outputs(run_onnxruntime(reference, feeds), got))
 
 
-def test_symbolic_sequence_length_is_refused():
-    proto, _, _ = recurrent_model("GRU", seq_dim="S")
-    with pytest.raises(MdocError) as e:
+def check_looped(op: str, lengths=(3, 5), **kw) -> onnx.ModelProto:
+    """A node whose sequence length is the symbol S becomes an onnx.Loop; checked at several lengths."""
+    proto, _, _ = recurrent_model(op, seq_dim="S", **kw)
+    model = import_model(proto)
+    records = PassManager(parse_pipeline("decompose-rnn")).run(model)
+    ops = [n.op for n in model.graph.walk()]
+    assert records[0].changed and "onnx.Loop" in ops and not set(ops) & {"onnx.LSTM", "onnx.GRU", "onnx.RNN"}
+    out = export_model(model)
+    onnx.checker.check_model(out, full_check=True)
+    for seq in lengths:
+        _, reference, feeds = recurrent_model(op, seq=seq, **kw)
+        want, got = run_onnxruntime(reference, feeds), run_onnxruntime(out, feeds)
+        bad = [d for d in compare_outputs(want, got, rtol=1e-4, atol=1e-5) if not d.ok]
+        assert not bad, f"{op} {kw} at sequence length {seq}: {bad}"
+    return out
+
+
+@pytest.mark.parametrize("op,direction,layout", list(itertools.product(["LSTM", "GRU", "RNN"], DIRECTIONS, [0, 1])))
+def test_sequence_known_at_run_time_becomes_a_loop(op, direction, layout):
+    outputs = ("Y", "Y_h", "Y_c") if op == "LSTM" else ("Y", "Y_h")
+    check_looped(op, direction=direction, layout=layout, outputs=outputs, initial=layout == 1)
+
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
+def test_looped_sequence_lens_and_state(op):
+    check_looped(op, lens="input", direction="bidirectional", outputs=("Y", "Y_h"), lengths=(1, 4))
+    check_looped(op, bias=False, initial=True)
+
+
+@pytest.mark.parametrize("kw", [dict(op="LSTM", peephole=True, initial=True), dict(op="LSTM", input_forget=1),
+                                dict(op="GRU", linear_before_reset=1), dict(op="LSTM", weights_as_inputs=True),
+                                dict(op="GRU", opset=9, direction="forward")])
+def test_looped_cell_variants(kw):
+    check_looped(kw.pop("op"), **kw)
+
+
+@pytest.mark.parametrize("op,kw", [("LSTM", dict(direction="bidirectional", outputs=("Y", "Y_h", "Y_c"))),
+                                   ("GRU", dict(direction="reverse", lens="input", linear_before_reset=1)),
+                                   ("RNN", dict(layout=1, initial=True))])
+def test_recurrent_layer_over_a_run_time_length_compiles(op, kw, tmp_path):
+    """decompose-rnn's Loop path through TVM: one artifact, run at three sequence lengths."""
+    pytest.importorskip("tvm")
+    from mdoc.backends import get_backend, load_artifact
+
+    proto, _, _ = recurrent_model(op, seq_dim="S", **kw)
+    model = import_model(proto)
+    # mdoc.compile would bind S to 1 (it binds every symbolic dim until they stay symbolic): build directly
+    PassManager(pipeline_for_level(2)).run(model)  # the backend's own passes run decompose-rnn
+    run = load_artifact(get_backend("tvm").compile(model, "x86", tmp_path / "art"))
+    for seq in (1, 3, 6):
+        _, reference, feeds = recurrent_model(op, seq=seq, **kw)
+        bad = [d for d in compare_outputs(run_onnxruntime(reference, feeds), run(**feeds), rtol=1e-4, atol=1e-5)
+               if not d.ok]
+        assert not bad, f"{op} at sequence length {seq}: {bad}"
+
+
+def test_looped_reverse_before_opset_11_is_refused():
+    proto, _, _ = recurrent_model("RNN", seq_dim="S", direction="reverse", opset=10)
+    with pytest.raises(MdocError, match=r"RNN node 'rnn': the sequence length is known only at run time, and "
+                                        r"a reverse direction over it needs Range \(opset 11\)"):
         decompose(proto)
-    msg = str(e.value)
-    assert msg == ("decompose-rnn: GRU node 'rnn': sequence length (dim 0 of X) is 'S', not a static size; "
-                   "bind it before decompose-rnn (mdoc compile --dim S=SIZE)")
+
+
+def test_unknown_rank_of_x_is_fine():
+    # what a body sees when nothing typed X: the Loop takes every size from Shape(X) at run time
+    proto, reference, feeds = recurrent_model("LSTM", direction="bidirectional", outputs=("Y", "Y_h", "Y_c"))
+    proto.graph.input[0].type.tensor_type.ClearField("shape")
+    model = import_model(proto, infer_shapes=False)
+    PassManager(parse_pipeline("decompose-rnn")).run(model)
+    assert "onnx.Loop" in [n.op for n in model.graph.walk()]
+    got = run_onnxruntime(export_model(model), feeds)
+    assert all(d.ok for d in compare_outputs(run_onnxruntime(reference, feeds), got))
 
 
 def test_bad_activation_count_is_refused():
@@ -279,10 +344,16 @@ def test_activation_without_its_parameters_is_refused(name):
 
 
 def test_unnamed_node_is_named_by_its_result():
-    proto, _, _ = recurrent_model("LSTM", seq_dim=None)
+    proto, _, _ = recurrent_model("LSTM", layout=2)
     proto.graph.node[0].name = ""
-    proto.graph.input[0].type.tensor_type.shape.dim[0].Clear()
     with pytest.raises(MdocError) as e:
         decompose(proto)
-    assert str(e.value) == ("decompose-rnn: unnamed LSTM node (result %Y): sequence length (dim 0 of X) is unknown, "
-                            "not a static size; bind it before decompose-rnn")
+    assert str(e.value) == "decompose-rnn: unnamed LSTM node (result %Y): layout=2 is not 0 or 1"
+
+
+def test_x_of_another_rank_is_refused():
+    proto, _, _ = recurrent_model("GRU")
+    proto.graph.input[0].type.tensor_type.shape.dim.pop()
+    with pytest.raises(MdocError) as e:
+        decompose(proto)
+    assert str(e.value) == "decompose-rnn: GRU node 'rnn': X has type f32[3,2]; it must have rank 3"

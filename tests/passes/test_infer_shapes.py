@@ -135,3 +135,184 @@ def test_properties(data):
         return model
 
     assert_properties(make, "infer-shapes")
+
+
+# -- what ONNX's inference leaves unknown: bodies that read outer values, operands typed by weights --------
+
+def test_nested_if_bodies_reading_outer_values():
+    # Silero's shape: inside nested Ifs, an Unsqueeze whose axes are an outer constant (ONNX: f32[*]
+    # from there on) feeds an LSTM whose state comes from an outer input
+    assert_golden("infer-shapes", """
+graph @g(%x: f32[?,3], %st: f32[2,?,2], %w: f32[1,8,3], %r: f32[1,8,2], %c: bool[]) -> (%y: ?, %h: ?) {
+  %ax0 = onnx.Constant() {value = dense<[0]>} : i64[1]
+  %i0 = onnx.Constant() {value = dense<0>} : i64[]
+  %y, %h = onnx.If(%c) {else_branch = graph @outer_else() -> (?, ?) {
+    %g0 = onnx.Gather(%st, %i0) {axis = 0}
+    %g0u = onnx.Unsqueeze(%g0, %ax0)
+    return %g0, %g0u
+  }, then_branch = graph @outer_then() -> (?, ?) {
+    %o, %oh = onnx.If(%c) {else_branch = graph @inner_else() -> (?, ?) {
+      %z = onnx.Gather(%st, %i0) {axis = 0}
+      %zu = onnx.Unsqueeze(%z, %ax0)
+      return %z, %zu
+    }, then_branch = graph @inner_then() -> (?, ?) {
+      %seq = onnx.Unsqueeze(%x, %ax0)
+      %h0 = onnx.Gather(%st, %i0) {axis = 0}
+      %h0u = onnx.Unsqueeze(%h0, %ax0)
+      %ly, %lh = onnx.LSTM(%seq, %w, %r, none, none, %h0u) {hidden_size = 2}
+      %sq = onnx.Squeeze(%lh, %ax0)
+      return %sq, %lh
+    }}
+    return %o, %oh
+  }}
+  return %y, %h
+}""", """
+graph @g(%x: f32[?,3], %st: f32[2,?,2], %w: f32[1,8,3], %r: f32[1,8,2], %c: bool[]) -> (%y: f32[?,2], %h: f32[1,?,2]) {
+  %ax0 = onnx.Constant() {value = dense<[0]>} : i64[1]
+  %i0 = onnx.Constant() {value = dense<0>} : i64[]
+  %y, %h = onnx.If(%c) {else_branch = graph @outer_else() -> (%g0: f32[unk__5,2], %g0u: f32[1,unk__5,2]) {
+    %g0 = onnx.Gather(%st, %i0) {axis = 0} : f32[unk__5,2]
+    %g0u = onnx.Unsqueeze(%g0, %ax0) : f32[1,unk__5,2]
+    return %g0, %g0u
+  }, then_branch = graph @outer_then() -> (%o: f32[?,2], %oh: f32[1,?,2]) {
+    %o, %oh = onnx.If(%c) {else_branch = graph @inner_else() -> (%z: f32[unk__4,2], %zu: f32[1,unk__4,2]) {
+      %z = onnx.Gather(%st, %i0) {axis = 0} : f32[unk__4,2]
+      %zu = onnx.Unsqueeze(%z, %ax0) : f32[1,unk__4,2]
+      return %z, %zu
+    }, then_branch = graph @inner_then() -> (%sq: f32[unk__3,2], %lh: f32[1,unk__3,2]) {
+      %seq = onnx.Unsqueeze(%x, %ax0) : f32[1,?,3]
+      %h0 = onnx.Gather(%st, %i0) {axis = 0} : f32[unk__0,2]
+      %h0u = onnx.Unsqueeze(%h0, %ax0) : f32[1,unk__0,2]
+      %ly, %lh = onnx.LSTM(%seq, %w, %r, none, none, %h0u) {hidden_size = 2} : f32[1,1,unk__2,2], f32[1,unk__3,2]
+      %sq = onnx.Squeeze(%lh, %ax0) : f32[unk__3,2]
+      return %sq, %lh
+    }} : f32[?,2], f32[1,?,2]
+    return %o, %oh
+  }} : f32[?,2], f32[1,?,2]
+  return %y, %h
+}""")
+
+
+def test_loop_body_types_from_carried_values():
+    # %hc keeps its shape from one iteration to the next; %ac grows (Concat), so its first dim is forgotten
+    assert_golden("infer-shapes", """
+graph @g(%n: i64[], %h0: f32[N,2], %a0: f32[0,2], %x: f32[N,2], %w: f32[2,2]) -> (%h: ?, %a: ?, %ys: ?) {
+  %ax0 = onnx.Constant() {value = dense<[0]>} : i64[1]
+  %h, %a, %ys = onnx.Loop(%n, none, %h0, %a0) {body = graph @step(%i: ?, %cond: ?, %hc: ?, %ac: ?) -> (?, ?, ?, ?) {
+    %m = onnx.MatMul(%hc, %w)
+    %hn = onnx.Tanh(%m)
+    %an = onnx.Concat(%ac, %x) {axis = 0}
+    %y = onnx.Unsqueeze(%hn, %ax0)
+    return %cond, %hn, %an, %y
+  }}
+  return %h, %a, %ys
+}""", """
+graph @g(%n: i64[], %h0: f32[N,2], %a0: f32[0,2], %x: f32[N,2], %w: f32[2,2]) -> (%h: f32[N,2], %a: f32[?,2], %ys: f32[?,1,N,2]) {
+  %ax0 = onnx.Constant() {value = dense<[0]>} : i64[1]
+  %h, %a, %ys = onnx.Loop(%n, none, %h0, %a0) {body = graph @step(%i: i64[], %cond: bool[], %hc: f32[N,2], %ac: f32[?,2]) -> (%cond: bool[], %hn: f32[N,2], %an: f32[?,2], %y: f32[1,N,2]) {
+    %m = onnx.MatMul(%hc, %w) : f32[N,2]
+    %hn = onnx.Tanh(%m) : f32[N,2]
+    %an = onnx.Concat(%ac, %x) {axis = 0} : f32[?,2]
+    %y = onnx.Unsqueeze(%hn, %ax0) : f32[1,N,2]
+    return %cond, %hn, %an, %y
+  }} : f32[N,2], f32[?,2], f32[?,1,N,2]
+  return %h, %a, %ys
+}""")
+
+
+def test_scan_body_types_from_state_and_slices():
+    # the body sees one [N,2] slice of %xs; the scan output gets T at scan_output_axes
+    assert_golden("infer-shapes", """
+graph @g(%s0: f32[N,2], %xs: f32[T,N,2]) -> (%s: ?, %ys: ?) {
+  %ax1 = onnx.Constant() {value = dense<[1]>} : i64[1]
+  %s, %ys = onnx.Scan(%s0, %xs) {body = graph @step(%sc: ?, %xt: ?) -> (?, ?) {
+    %sn = onnx.Add(%sc, %xt)
+    %y = onnx.Unsqueeze(%sn, %ax1)
+    return %sn, %y
+  }, num_scan_inputs = 1, scan_output_axes = [1]}
+  return %s, %ys
+}""", """
+graph @g(%s0: f32[N,2], %xs: f32[T,N,2]) -> (%s: f32[N,2], %ys: f32[N,T,1,2]) {
+  %ax1 = onnx.Constant() {value = dense<[1]>} : i64[1]
+  %s, %ys = onnx.Scan(%s0, %xs) {body = graph @step(%sc: f32[N,2], %xt: f32[N,2]) -> (%sn: f32[N,2], %y: f32[N,1,2]) {
+    %sn = onnx.Add(%sc, %xt) : f32[N,2]
+    %y = onnx.Unsqueeze(%sn, %ax1) : f32[N,1,2]
+    return %sn, %y
+  }, num_scan_inputs = 1, scan_output_axes = [1]} : f32[N,2], f32[N,T,1,2]
+  return %s, %ys
+}""")
+
+
+def test_weights_type_their_operands():
+    # a Reshape to a run-time shape gives rank 3 only; the LSTM's W, the Conv's W and MatMul's B give the rest
+    assert_golden("infer-shapes", """
+graph @g(%x: f32[?], %shape: i64[3], %w: f32[1,8,3], %r: f32[1,8,2], %k: f32[4,3,1], %b: f32[3,5]) -> (%y: ?, %z: ?, %p: ?) {
+  %xr = onnx.Reshape(%x, %shape)
+  %y, %yh = onnx.LSTM(%xr, %w, %r) {hidden_size = 2}
+  %z = onnx.Conv(%xr, %k)
+  %p = onnx.MatMul(%xr, %b)
+  return %y, %z, %p
+}""", """
+graph @g(%x: f32[?], %shape: i64[3], %w: f32[1,8,3], %r: f32[1,8,2], %k: f32[4,3,1], %b: f32[3,5]) -> (%y: f32[unk__0,1,unk__1,2], %z: f32[unk__0,4,3], %p: f32[unk__0,3,5]) {
+  %xr = onnx.Reshape(%x, %shape) : f32[unk__0,3,3]
+  %y, %yh = onnx.LSTM(%xr, %w, %r) {hidden_size = 2} : f32[unk__0,1,unk__1,2], f32[1,unk__1,2]
+  %z = onnx.Conv(%xr, %k) : f32[unk__0,4,3]
+  %p = onnx.MatMul(%xr, %b) : f32[unk__0,3,5]
+  return %y, %z, %p
+}""")
+
+
+def test_shape_values_computed_outside_reach_the_body():
+    # data propagation stops at a body's edge in ONNX (the Reshape gets rank 2 only); mdoc carries Shape(%x) in
+    assert_golden("infer-shapes", """
+graph @g(%c: bool[], %x: f32[3,4], %z: f32[12]) -> (%y: ?) {
+  %s = onnx.Shape(%x)
+  %y = onnx.If(%c) {else_branch = graph @e() -> (?) {
+    %n = onnx.Neg(%x)
+    return %n
+  }, then_branch = graph @t() -> (?) {
+    %r = onnx.Reshape(%z, %s)
+    return %r
+  }}
+  return %y
+}""", """
+graph @g(%c: bool[], %x: f32[3,4], %z: f32[12]) -> (%y: f32[3,4]) {
+  %s = onnx.Shape(%x) : i64[2]
+  %y = onnx.If(%c) {else_branch = graph @e() -> (%n: f32[3,4]) {
+    %n = onnx.Neg(%x) : f32[3,4]
+    return %n
+  }, then_branch = graph @t() -> (%r: f32[3,4]) {
+    %r = onnx.Reshape(%z, %s) : f32[3,4]
+    return %r
+  }} : f32[3,4]
+  return %y
+}""")
+
+
+def test_scoped_inference_is_idempotent_and_honest():
+    from mdoc.parser import parse_model
+    from mdoc.scoped_inference import refine_types
+
+    model = parse_model("""
+graph @g(%n: i64[], %h0: f32[N,2], %a0: f32[0,2], %x: f32[N,2], %w: f32[2,2]) -> (%h: ?, %a: ?) {
+  %h, %a = onnx.Loop(%n, none, %h0, %a0) {body = graph @step(%i: ?, %cond: ?, %hc: ?, %ac: ?) -> (?, ?, ?) {
+    %m = onnx.MatMul(%hc, %w)
+    %an = onnx.Concat(%ac, %x) {axis = 0}
+    return %cond, %m, %an
+  }}
+  return %h, %a
+}""")
+    assert refine_types(model)
+    assert not refine_types(model)  # nothing left to add
+    body = model.graph.nodes()[0].attrs["body"]
+    assert [str(v.type) for v in body.inputs] == ["i64[]", "bool[]", "f32[N,2]", "f32[?,2]"]
+
+
+def test_join():
+    from mdoc.scoped_inference import join
+
+    f = DType.F32
+    assert join(TensorType(f, (2, "N")), TensorType(f, (3, "N"))) == TensorType(f, (None, "N"))
+    assert join(TensorType(f, (2,)), TensorType(f, (2, 1))) == TensorType(f, None)
+    assert join(TensorType(f, (2,)), TensorType(DType.I64, (2,))) == UNKNOWN
+    assert join(UNKNOWN, TensorType(f, (2,))) == UNKNOWN
