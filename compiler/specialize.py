@@ -73,10 +73,7 @@ def specialize_shapes(model: Model, shapes: Mapping[str, tuple[int | None, ...]]
     """
     by_name = {v.name: v for v in model.graph.inputs}
     for name, dims in shapes.items():
-        v = by_name.get(name)
-        if v is None:
-            raise MdocError(f"--shape names '{name}', which is not a graph input "
-                            f"(inputs: {', '.join(by_name) or 'none'})")
+        v = _graph_input(by_name, name, "--shape")
         t = v.type
         if not isinstance(t, TensorType) or (t.shape is not None and len(t.shape) != len(dims)):
             raise MdocError(f"--shape {name}: {len(dims)} dims given, input '{name}' is {t}")
@@ -128,10 +125,7 @@ def bind_inputs(model: Model, values: Mapping[str, np.ndarray | list[float]]) ->
     by_name = {v.name: v for v in graph.inputs}
     first = next(iter(graph), None)
     for name, given in values.items():
-        v = by_name.get(name)
-        if v is None:
-            raise MdocError(f"--bind names '{name}', which is not a graph input "
-                            f"(inputs: {', '.join(by_name) or 'none'})")
+        v = _graph_input(by_name, name, "--bind")
         t = v.type
         if not isinstance(t, TensorType) or t.shape is None:
             raise MdocError(f"input '{name}' has unknown type ({t}); its value cannot be bound")
@@ -159,3 +153,10 @@ def _fit(name: str, given: np.ndarray | list[float], t: TensorType) -> np.ndarra
             isinstance(d, int) and d != n for d, n in zip(t.shape, array.shape)):
         raise MdocError(f"--bind {name}: the value has shape {list(array.shape)}, input '{name}' is {t}")
     return array
+
+
+def _graph_input(by_name: dict, name: str, flag: str):
+    """The graph input `flag` names, or a one-line error listing the inputs there are."""
+    if name not in by_name:
+        raise MdocError(f"{flag} names '{name}', which is not a graph input (inputs: {', '.join(by_name) or 'none'})")
+    return by_name[name]

@@ -46,13 +46,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import tvm
 import tvm_ffi
-from tvm import relax, tirx
+from tvm import relax
 
 from mdoc.ir import Node
 from mdoc.types import TensorType
 
 from ..cpu_kernels import CpuSpec, Epilogue, Kernel, KernelError
-from ..cpu_kernels.common import is_symbolic
+from ..cpu_kernels.common import flat_spatial, is_symbolic
 from ..cpu_kernels.request import KernelRequest
 from .cpu_transformer import LOWER as TRANSFORMER_OPS
 from .epilogue import Tail, match_tail
@@ -117,7 +117,7 @@ class CpuKernels(Kernels):
         residual = ctx.lookup(tail.residual) if tail.residual is not None else None
         # leading axes flattened here (free reshapes): the kernels tile one row / one batch loop
         if constant_b:
-            a2 = (_product(a_shape[:-1]), a_shape[-1])
+            a2 = (flat_spatial(a_shape[:-1]), a_shape[-1])
             built = self._kernel(KernelRequest.of("dense", *_request_dims(a2), b_shape, transpose_b=transpose_b,
                                                   epilogue=tail.epilogue))
             args = [_reshaped(ctx, a, a2), relax.const(built.packers["weight"](b.value.numpy()))]
@@ -294,14 +294,14 @@ class CpuKernels(Kernels):
             shape = _rows_shape(ctx, ctx.input(0), static_row=False)
             if shape is None or int(node.attrs.get("axis", -1)) not in (-1, len(shape) - 1):
                 return None
-            rows = (_product(shape[:-1]), shape[-1])
+            rows = (flat_spatial(shape[:-1]), shape[-1])
             built = self._kernel(KernelRequest.of("softmax", *_request_dims(rows)))
             return [_reshaped(ctx, self._call(ctx, built, [_reshaped(ctx, ctx.input(0), rows)]), shape)]
         return None
 
     def _layer_norm(self, ctx, x, gamma, beta, epsilon: float) -> relax.Expr:
         shape = ctx.shape_of(x)
-        rows = (_product(shape[:-1]), shape[-1])  # one row axis: the kernels tile a single row loop
+        rows = (flat_spatial(shape[:-1]), shape[-1])  # one row axis: the kernels tile a single row loop
         built = self._kernel(KernelRequest.of("layer_norm", *_request_dims(rows), epsilon=epsilon))
         y = self._call(ctx, built, [_reshaped(ctx, x, rows), relax.const(gamma), relax.const(beta)])
         return _reshaped(ctx, y, shape)
@@ -371,7 +371,7 @@ def _batch_axes(a_shape, b_shape) -> tuple | None:
 
 
 def _flat_batch(shape: tuple) -> tuple:
-    return (_product(shape[:-2]), *shape[-2:])
+    return (flat_spatial(shape[:-2]), *shape[-2:])
 
 
 def _output_dims(ctx: "LowerCtx", built: Kernel, args: list) -> list:
@@ -382,18 +382,8 @@ def _output_dims(ctx: "LowerCtx", built: Kernel, args: list) -> list:
         for d, e in zip(p.shape, ctx.shape_of(arg)):
             if is_symbolic(d):
                 sizes.setdefault(d, e)
-    if not sizes:
-        return list(built.output.shape)
-    cast = {var: tirx.Cast("int32", e) if not is_static(e) else int(e) for var, e in sizes.items()}
-
-    def dim(d):
-        if not is_symbolic(d):
-            return d
-        if d in sizes:
-            return sizes[d]
-        return tvm.arith.Analyzer().simplify(tirx.Cast("int64", tirx.stmt_functor.substitute(d, cast)))
-
-    return [dim(d) for d in built.output.shape]
+    # every kernel's output extents are its inputs' own (a run-time batch, rows, keys)
+    return [sizes[d] if is_symbolic(d) else d for d in built.output.shape]
 
 
 def _same_dims(a, b) -> bool:
@@ -410,14 +400,6 @@ def _agrees(node_shape, dims) -> bool:
     return node_shape is not None and len(node_shape) == len(dims) and all(
         (is_static(d) and x == int(d)) if isinstance(x, int) else (isinstance(x, str) and not is_static(d))
         for x, d in zip(node_shape, dims))
-
-
-def _product(dims) -> object:
-    """The product of Relax dims: an int when all are static."""
-    size = 1
-    for d in dims:
-        size = size * (int(d) if is_static(d) else d)
-    return size
 
 
 def _request_dims(*shapes) -> list[tuple]:
