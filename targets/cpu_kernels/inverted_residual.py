@@ -54,6 +54,7 @@ from .common import (
     ceil_div,
     check_layout,
     finish,
+    is_symbolic,
     largest_divisor,
 )
 from .conv import schedule_copy
@@ -130,7 +131,9 @@ def plan_inverted_residual(data_shape, expanded: int, out_channels: int, kernel,
     lanes = spec.lanes
     (eh, ew) = _conv_hw((h, w), geometry["expand_kernel"], geometry["expand_strides"], geometry["expand_pads"])
     oh, ow = _conv_hw((eh, ew), geometry["kernel"], geometry["strides"], geometry["pads"])
-    if n != 1 or min(eh, ew, oh, ow) < 1 or largest_divisor(ew, MAX_WB) < 4 or largest_divisor(ow, MAX_WB) < 4:
+    # one image per call (a run-time batch takes the separate kernels, which loop over images)
+    if (is_symbolic(n) or n != 1 or min(eh, ew, oh, ow) < 1 or largest_divisor(ew, MAX_WB) < 4
+            or largest_divisor(ow, MAX_WB) < 4):
         return None
     (kh, _), (sh, _) = geometry["kernel"], geometry["strides"]
     width = ceil_div(expanded, lanes) * lanes * ew * 4
