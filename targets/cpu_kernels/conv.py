@@ -47,6 +47,7 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import te, tirx
 from tvm.s_tir import Schedule
+from tvm.s_tir.schedule import ScheduleError
 
 from .common import (
     CpuSpec,
@@ -59,6 +60,7 @@ from .common import (
     as_pair,
     batch_dims,
     ceil_div,
+    is_symbolic,
     blocked_shape,
     check_dtype,
     check_layout,
@@ -280,8 +282,14 @@ def conv2d(data_shape: Sequence[int], weight, *, strides=1, padding=0, dilation=
     if winograd_applies(data_shape, wshape, strides, dilation, groups, layout, data_layout, spec, padding, tile):
         from .winograd import winograd_conv2d
 
-        return winograd_conv2d(data_shape, weight, padding=padding, epilogue=epilogue, spec=spec, name=name,
-                               tile=tile)
+        try:
+            return winograd_conv2d(data_shape, weight, padding=padding, epilogue=epilogue, spec=spec, name=name,
+                                   tile=tile)
+        except ScheduleError:
+            # the input transform's row unrolling does not always schedule over a run-time batch
+            # (YOLOv8's 64x80x80 head conv): the direct kernel takes it, as where Winograd does not pay
+            if tile is not None or not is_symbolic(data_shape[0]):
+                raise
     plan = plan_conv2d(data_shape, wshape, strides, padding, dilation, groups, spec, tile, layout, data_layout)
     if plan.pointwise:
         return _build_pointwise(plan, weight if isinstance(weight, np.ndarray) else None, epilogue, name)
