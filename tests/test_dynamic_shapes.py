@@ -129,3 +129,26 @@ def test_compile_reports_generic_kernels(mdoc_cli, tmp_path):
     for h, w in ((5, 7), (12, 9)):
         x = rng.standard_normal((1, 8, h, w)).astype(np.float32)
         np.testing.assert_allclose(run(x=x)["y"], sess.run(None, {"x": x})[0], rtol=1e-3, atol=1e-4)
+
+
+def test_lstm_with_symbolic_batch_and_length(tmp_path):
+    """decompose-rnn's Loop carries [N, H] state: inside the body's Relax function N must be the
+    function's own var, shared by every parameter of that size, or Relax cannot prove h and c
+    agree and their product fails to legalize (it did, exit 3, with N and S symbolic)."""
+    rng = np.random.default_rng(0)
+    hidden, features = 16, 8
+    inits = [numpy_helper.from_array((rng.standard_normal(s) * 0.3).astype(np.float32), name)
+             for name, s in (("W", (1, 4 * hidden, features)), ("R", (1, 4 * hidden, hidden)), ("B", (1, 8 * hidden)))]
+    node = helper.make_node("LSTM", ["x", "W", "R", "B"], ["y", "y_h"], hidden_size=hidden)
+    graph = helper.make_graph([node], "lstm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["S", "N", features])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["S", 1, "N", hidden]),
+                               helper.make_tensor_value_info("y_h", TensorProto.FLOAT, [1, "N", hidden])], inits)
+    model = tmp_path / "lstm.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
+    art = mdoc.compile(str(model), "x86", tmp_path / "lstm.x86")
+    run, sess = mdoc.load(art), ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    for s, n in ((5, 1), (9, 3)):
+        x = rng.standard_normal((s, n, features)).astype(np.float32)
+        got = run(x=x)
+        for name, want in zip(("y", "y_h"), sess.run(None, {"x": x})):
+            np.testing.assert_allclose(got[name], want, rtol=1e-3, atol=1e-4)

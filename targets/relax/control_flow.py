@@ -39,6 +39,7 @@ dataflow blocks (`ConvertToDataflow`), where fusion still applies.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -175,11 +176,43 @@ def _captured(ctx: LowerCtx, body: Graph) -> list[tuple[Value, relax.Expr]]:
     return [(v, e) for v in captured_values(body) if (e := _outer_expr(ctx, v)) is not None]
 
 
-def _captured_params(ctx: LowerCtx, body: Graph) -> tuple[list[tuple[Value, relax.Expr]], list[relax.Var]]:
-    """`_captured(ctx, body)` and a parameter for each."""
+def _captured_params(ctx: LowerCtx, body: Graph, scope: dict[str, tirx.Var]
+                     ) -> tuple[list[tuple[Value, relax.Expr]], list[relax.Var]]:
+    """`_captured(ctx, body)` and a parameter for each, its symbolic dims taken from `scope`."""
     captured = _captured(ctx, body)
-    params = [relax.Var(f"c{j}", _param_type(e.ty, f"c{j}", _static_dims(e))) for j, (_, e) in enumerate(captured)]
+    params = [relax.Var(f"c{j}", _param_type(e.ty, f"c{j}", _captured_dims(ctx, v, e), scope))
+              for j, (v, e) in enumerate(captured)]
     return captured, params
+
+
+def _captured_dims(ctx: LowerCtx, value: Value, expr: relax.Expr) -> list[Any]:
+    """The dims of the parameter that takes a captured value: ints where Relax knows them, the
+    graph's symbols where mdoc's type names one (the value is passed unchanged), None elsewhere.
+    (A scan output's accumulator takes its element dims the same way.)"""
+    return [d if d is not None else s for d, s in zip(_static_dims(expr), _shared_symbols(ctx, value.type, expr.ty.ndim))]
+
+
+def _shared_symbols(ctx: LowerCtx, t: Any, ndim: int) -> list[str | None]:
+    """Per axis of mdoc type `t`, the graph symbol it names (one of `ctx.symbols`, never an
+    inferred unk__N), else None."""
+    dims = _dims(t) if len(_dims(t)) == ndim else [None] * ndim
+    return [d if isinstance(d, str) and d in ctx.symbols else None for d in dims]
+
+
+@contextmanager
+def _symbol_scope(ctx: LowerCtx, scope: dict[str, tirx.Var]):
+    """Lower a function's body with the graph's symbols mapped to the function's own TIR vars.
+
+    A TIR var belongs to one function; inside a body, the symbol N of the graph
+    must be the var the function's parameters bind, or Relax cannot prove that
+    two operands of shape [N, 128] agree (and an elementwise op on them then
+    fails to legalize)."""
+    saved = ctx.symbols
+    ctx.symbols = scope
+    try:
+        yield
+    finally:
+        ctx.symbols = saved
 
 
 def _function(ctx: LowerCtx, params: list[relax.Var], emit, ret: relax.Type | None = None) -> relax.Function:
@@ -202,9 +235,11 @@ def _branch(ctx: LowerCtx, node: Node, key: str) -> relax.SeqExpr:
     body: Graph = node.attrs[key]
     if len(body.outputs) != len(node.outputs):
         raise ctx.error(f"{key} has {len(body.outputs)} outputs, the If has {len(node.outputs)}")
-    captured, params = _captured_params(ctx, body)
+    scope: dict[str, tirx.Var] = {}
+    captured, params = _captured_params(ctx, body, scope)
     bindings = {v: p for (v, _), p in zip(captured, params)}
-    func = _function(ctx, params, lambda: ctx.bb.emit(relax.Tuple(lower_body(ctx, body, bindings))))
+    with _symbol_scope(ctx, scope):
+        func = _function(ctx, params, lambda: ctx.bb.emit(relax.Tuple(lower_body(ctx, body, bindings))))
     gv = ctx.bb.add_func(func, ctx.bb.get_unique_name(f"mdoc_if_{key.split('_')[0]}"))
     return _block(ctx, lambda: ctx.bb.emit(relax.Call(gv, [e for _, e in captured])))
 
@@ -224,11 +259,20 @@ def lower_if(ctx: LowerCtx, node: Node) -> list:
 # -- Loop -----------------------------------------------------------------------
 
 
-def _param_type(ty: relax.TensorType, name: str, static: list[Any]) -> relax.TensorType:
-    """`ty` with the dims of `static` that are ints kept and every other dim a fresh var of `name`."""
+def _param_type(ty: relax.TensorType, name: str, static: list[Any],
+                scope: dict[str, tirx.Var] | None = None) -> relax.TensorType:
+    """`ty` with the dims of `static` that are ints kept, those that name a symbol given the
+    function's var for it (`scope`, one var per symbol), and every other dim a fresh var of `name`."""
     static = static if len(static) == ty.ndim else [None] * ty.ndim
-    shape = [d if isinstance(d, int) else tirx.Var(f"{name}_d{k}", "int64") for k, d in enumerate(static)]
-    return relax.TensorType(shape, ty.dtype)
+
+    def dim(k: int, d: Any) -> Any:
+        if isinstance(d, int):
+            return d
+        if isinstance(d, str) and scope is not None:
+            return scope.setdefault(d, tirx.Var(d, "int64"))
+        return tirx.Var(f"{name}_d{k}", "int64")
+
+    return relax.TensorType([dim(k, d) for k, d in enumerate(static)], ty.dtype)
 
 
 def _dims(t: Any) -> list[Any]:
@@ -246,13 +290,18 @@ def _static_dims_of(ty: relax.TensorType) -> list[Any]:
     return [int(d) if is_static(d) else None for d in ty.shape.values]
 
 
-def _carried_dims(body: Graph, j: int, init: relax.Expr) -> list[Any]:
+def _carried_dims(ctx: LowerCtx, node: Node, j: int, init: relax.Expr) -> list[Any]:
     """The dims of loop-carried value `j` that stay fixed: declared by the body's input, or, where
-    the body leaves its input undeclared, the initial value's dims that the body's output keeps."""
-    declared = _dims(body.inputs[2 + j].type)
+    the body leaves its input undeclared, the initial value's dims that the body's output keeps.
+    A graph symbol stays (shared with the function's other parameters) only where the initial
+    value, the body's input and the body's output all name it: the value then keeps that size."""
+    body: Graph = node.attrs["body"]
+    declared, out = _dims(body.inputs[2 + j].type), _dims(body.outputs[1 + j].type)
+    outer = _shared_symbols(ctx, node.inputs[2 + j].type, init.ty.ndim)
     if declared:
-        return declared
-    out, first = _dims(body.outputs[1 + j].type), _static_dims(init)
+        return [d if isinstance(d, int) or (d in outer and len(out) == len(declared) and out[k] == d) else None
+                for k, d in enumerate(declared)]
+    first = _static_dims(init)
     if len(out) != len(first):
         return []
     return [a if isinstance(a, int) and a == b else None for a, b in zip(first, out)]
@@ -332,18 +381,24 @@ def lower_loop(ctx: LowerCtx, node: Node) -> list:
 
     # parameter types: the state, then what passes through unchanged
     scalar = [relax.TensorType([], "int64"), relax.TensorType([], "bool")]
-    carried = [_carried_dims(body, j, e) for j, e in enumerate(inits)]
-    state_types = [*scalar, *(_param_type(e.ty, f"v{j}", d) for j, (e, d) in enumerate(zip(inits, carried))),
-                   *(_param_type(e.ty, f"acc{j}", [None, *_static_dims(e)[1:]]) for j, e in enumerate(accs))]
-    fixed_types = [relax.TensorType([], "int64"), *(_param_type(e.ty, f"c{j}", _static_dims(e)) for _, e in captured)]
+    # per parameter, its dims: ints, graph symbols (one var per symbol in each function) or None
+    state_dims = [[], [], *(_carried_dims(ctx, node, j, e) for j, e in enumerate(inits)),
+                  *([None, *_captured_dims(ctx, node.outputs[n + j], e)[1:]] for j, e in enumerate(accs))]
+    fixed_dims = [[], *(_captured_dims(ctx, v, e) for v, e in captured)]
+    state_types = [*scalar, *(_param_type(e.ty, f"v{j}", d) for j, (e, d) in enumerate(zip(inits, state_dims[2:]))),
+                   *(_param_type(e.ty, f"acc{j}", d) for j, (e, d) in enumerate(zip(accs, state_dims[2 + n:])))]
+    fixed_types = [relax.TensorType([], "int64"), *(_param_type(e.ty, f"c{j}", d)
+                                                   for j, ((_, e), d) in enumerate(zip(captured, fixed_dims[1:])))]
     state_names = ["i", "cond", *(f"v{j}" for j in range(n)), *(f"acc{j}" for j in range(k))]
     fixed_names = ["trip_count", *(f"c{j}" for j in range(len(captured)))]
     ret = relax.TupleType([*scalar, *(relax.TensorType(dtype=t.dtype, ndim=t.ndim) for t in state_types[2:])])
 
-    def fresh(types, names) -> list[relax.Var]:
-        """New parameters (Relax refuses one Var as the parameter of two functions), with new dims."""
-        return [relax.Var(name, _param_type(t, name, [d if isinstance(d, int) else None for d in _static_dims_of(t)]))
-                for t, name in zip(types, names)]
+    def fresh(scope: dict[str, tirx.Var]) -> tuple[list[relax.Var], list[relax.Var]]:
+        """New parameters of one function (Relax refuses one Var as the parameter of two functions),
+        with new dims: the graph's symbols are the vars of `scope`."""
+        def params(types, names, dims) -> list[relax.Var]:
+            return [relax.Var(name, _param_type(t, name, d, scope)) for t, name, d in zip(types, names, dims)]
+        return params(state_types, state_names, state_dims), params(fixed_types, fixed_names, fixed_dims)
 
     def call(gv, state, fixed) -> list[relax.Var]:
         result = bb.emit(relax.Call(gv, [*state, *fixed]))
@@ -353,14 +408,16 @@ def lower_loop(ctx: LowerCtx, node: Node) -> list:
         """A function that returns `then(state, fixed)` while the loop runs and its state once it stops."""
         gv = relax.GlobalVar(bb.get_unique_name(name))
         relax.expr._update_type(gv, relax.FuncType([*state_types, *fixed_types], ret))
-        state, fixed = fresh(state_types, state_names), fresh(fixed_types, fixed_names)
+        scope: dict[str, tirx.Var] = {}
+        state, fixed = fresh(scope)
 
         def emit() -> relax.Var:
             go = bb.emit(relax.op.logical_and(state[1], relax.op.less(state[0], fixed[0])))
             running = _block(ctx, lambda: bb.emit(relax.Tuple(then(gv, state, fixed))))
             return bb.emit(relax.If(go, running, _block(ctx, lambda: bb.emit(relax.Tuple(state)))))
 
-        bb.update_func(gv, _function(ctx, [*state, *fixed], emit, ret))
+        with _symbol_scope(ctx, scope):
+            bb.update_func(gv, _function(ctx, [*state, *fixed], emit, ret))
         return gv
 
     def iterate(state, fixed) -> list[relax.Expr]:
@@ -381,8 +438,10 @@ def lower_loop(ctx: LowerCtx, node: Node) -> list:
 
     # the body is a function of its own, called from the step's If branch: FuseOps fails on some
     # bindings inside If branches (a match_cast to a shape), and no branch then allocates memory
-    state, fixed = fresh(state_types, state_names), fresh(fixed_types, fixed_names)
-    body_func = _function(ctx, [*state, *fixed], lambda: bb.emit(relax.Tuple(iterate(state, fixed))), ret)
+    scope: dict[str, tirx.Var] = {}
+    state, fixed = fresh(scope)
+    with _symbol_scope(ctx, scope):
+        body_func = _function(ctx, [*state, *fixed], lambda: bb.emit(relax.Tuple(iterate(state, fixed))), ret)
     body_gv = bb.add_func(body_func, bb.get_unique_name("mdoc_loop_body"))
     step = define("mdoc_loop_step", lambda gv, state, fixed: call(body_gv, state, fixed))
     for level in range(LOOP_LEVELS):
