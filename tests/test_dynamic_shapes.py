@@ -152,3 +152,28 @@ def test_lstm_with_symbolic_batch_and_length(tmp_path):
         got = run(x=x)
         for name, want in zip(("y", "y_h"), sess.run(None, {"x": x})):
             np.testing.assert_allclose(got[name], want, rtol=1e-3, atol=1e-4)
+
+
+def test_symbolic_spatial_dims_that_relax_cannot_prove_equal(tmp_path):
+    """An FPN-style Add and Concat of a stride-2 conv's output with an upsampled deeper map: over
+    run-time H and W their dims are different expressions ((h - 1) // 2 + 1 against 2 * ...), which
+    Relax cannot prove equal, and the Add failed to legalize (exit 3). The operands are match-cast
+    to one shape, checked at run time."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array((rng.standard_normal(s) * 0.2).astype(np.float32), name)
+             for name, s in (("w1", (8, 3, 3, 3)), ("w2", (8, 8, 3, 3)))]
+    inits.append(numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"))
+    N = helper.make_node
+    nodes = [N("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], strides=[2, 2]),
+             N("Conv", ["c1", "w2"], ["c2"], pads=[1, 1, 1, 1], strides=[2, 2]),
+             N("Resize", ["c2", "", "scales"], ["up"], mode="nearest"),
+             N("Add", ["c1", "up"], ["sum"]), N("Concat", ["sum", "up"], ["y"], axis=1)]
+    graph = helper.make_graph(nodes, "fpn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, "H", "W"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = tmp_path / "fpn.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
+    art = mdoc.compile(str(model), "x86", tmp_path / "fpn.x86")
+    run, sess = mdoc.load(art), ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    for hw in ((32, 32), (24, 40)):
+        x = rng.standard_normal((1, 3, *hw)).astype(np.float32)
+        np.testing.assert_allclose(run(x=x)["y"], sess.run(None, {"x": x})[0], rtol=1e-3, atol=1e-4)

@@ -440,6 +440,40 @@ class LowerCtx:
     def emit(self, expr: relax.Expr, name_hint: str = "") -> relax.Var:
         return self.bb.emit(expr, name_hint)
 
+    def aligned(self, *operands: relax.Expr, concat_axis: int | None = None) -> list[relax.Expr]:
+        """`operands` of a broadcasting op, each match-cast (checked at run time) so that Relax can
+        infer the op's shape: where two dims of an axis are run-time sizes Relax cannot prove equal
+        (a stride-2 conv's `(h - 1) // 2 + 1` against an upsampled `w // 4 * 2`), or one is a
+        run-time size and the other a static size above 1, the later operand takes the earlier's dim.
+
+        ONNX requires such dims to be equal or 1; Relax, unable to tell, infers no shape and the op
+        then fails to legalize. The cast assumes "equal": a run-time 1 broadcast against a larger
+        size is refused at run time, not computed (broadcasting against a static 1 is unaffected).
+        With `concat_axis` (Concat's operands, of one rank) no axis broadcasts and that axis is left alone.
+        """
+        shapes = [self.shape_of(x) if isinstance(x.ty, relax.TensorType) and x.ty.ndim >= 0 else None
+                  for x in operands]
+        if any(s is None for s in shapes):
+            return list(operands)
+        n = max(len(s) for s in shapes)
+        chosen: list[Any] = [None] * n  # per output axis, the first dim that is not a static 1
+        out = []
+        for x, shape in zip(operands, shapes):
+            dims, changed = list(shape), False
+            for k, d in enumerate(shape):
+                axis = n - len(shape) + k
+                if axis == concat_axis or (concat_axis is None and is_static(d) and int(d) == 1):
+                    continue
+                first = chosen[axis]
+                if first is None:
+                    chosen[axis] = d
+                elif not (is_static(first) and is_static(d)) and not _ANALYZER.can_prove_equal(prim(first), prim(d)):
+                    dims[k], changed = first, True
+            if changed and isinstance(x.ty.shape, relax.ShapeExpr):
+                x = self.bb.match_cast(x, relax.TensorType([simplify(d) for d in dims], x.ty.dtype))
+            out.append(x)
+        return out
+
     def ensure_shape(self, expr: relax.Expr, dims: list[Any]) -> relax.Expr:
         """`expr` emitted; when Relax could not infer its shape, match-cast to `dims` (checked at run time)."""
         var = expr if isinstance(expr, (relax.Var, tvm.ir.GenericConst)) else self.bb.emit(expr)

@@ -46,6 +46,7 @@ def _binary(relax_fn, np_fn, tir_fn=None, bool_out=False):
         a, b = ctx.input(0), ctx.input(1)
         if ctx.opset < 7:
             b = _legacy_align(ctx, a, b)
+        a, b = ctx.aligned(a, b)
         return [_broadcasting(ctx, relax_fn(a, b), a, b)]
     return convert
 
@@ -162,6 +163,7 @@ def _variadic(relax_fn, np_fn, finish=None):
         xs = [x for x in ctx.inputs() if x is not None]
         acc = xs[0]
         for x in xs[1:]:
+            acc, x = ctx.aligned(acc, x)
             acc = _broadcasting(ctx, relax_fn(acc, x), acc, x)
         if finish is not None:
             acc = finish(acc, len(xs))
@@ -411,5 +413,6 @@ def where(ctx: LowerCtx, node: Node):
     cond, a, b = ctx.input(0), ctx.input(1), ctx.input(2)
     if str(cond.ty.dtype) != "bool":
         cond = ctx.emit(R.astype(cond, "bool"))
+    cond, a, b = ctx.aligned(cond, a, b)
     return [_broadcasting(ctx, R.where(cond, a, b), cond, a, b)]
 

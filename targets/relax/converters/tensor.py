@@ -198,7 +198,7 @@ def concat(ctx: LowerCtx, node: Node):
     xs = [ctx.input(i) for i in keep]
     if len(xs) == 1:
         return [xs[0]]
-    return [R.concat(xs, axis=axis)]
+    return [R.concat(ctx.aligned(*xs, concat_axis=axis), axis=axis)]
 
 
 @converter("onnx.Split", since=1)
