@@ -134,15 +134,17 @@ def test_compile_reports_generic_kernels(mdoc_cli, tmp_path):
 def test_lstm_with_symbolic_batch_and_length(tmp_path):
     """decompose-rnn's Loop carries [N, H] state: inside the body's Relax function N must be the
     function's own var, shared by every parameter of that size, or Relax cannot prove h and c
-    agree and their product fails to legalize (it did, exit 3, with N and S symbolic)."""
+    agree and their product fails to legalize (it did, exit 3, with N and S symbolic). Bidirectional:
+    the reverse direction's outputs are gathered back with run-time indices over the loop's
+    run-time length (a Gather whose index wrap failed in TVM's FuseTIR, PP-OCR's recognizer)."""
     rng = np.random.default_rng(0)
     hidden, features = 16, 8
     inits = [numpy_helper.from_array((rng.standard_normal(s) * 0.3).astype(np.float32), name)
-             for name, s in (("W", (1, 4 * hidden, features)), ("R", (1, 4 * hidden, hidden)), ("B", (1, 8 * hidden)))]
-    node = helper.make_node("LSTM", ["x", "W", "R", "B"], ["y", "y_h"], hidden_size=hidden)
+             for name, s in (("W", (2, 4 * hidden, features)), ("R", (2, 4 * hidden, hidden)), ("B", (2, 8 * hidden)))]
+    node = helper.make_node("LSTM", ["x", "W", "R", "B"], ["y", "y_h"], hidden_size=hidden, direction="bidirectional")
     graph = helper.make_graph([node], "lstm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["S", "N", features])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["S", 1, "N", hidden]),
-                               helper.make_tensor_value_info("y_h", TensorProto.FLOAT, [1, "N", hidden])], inits)
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["S", 2, "N", hidden]),
+                               helper.make_tensor_value_info("y_h", TensorProto.FLOAT, [2, "N", hidden])], inits)
     model = tmp_path / "lstm.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
     art = mdoc.compile(str(model), "x86", tmp_path / "lstm.x86")
@@ -176,4 +178,30 @@ def test_symbolic_spatial_dims_that_relax_cannot_prove_equal(tmp_path):
     run, sess = mdoc.load(art), ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     for hw in ((32, 32), (24, 40)):
         x = rng.standard_normal((1, 3, *hw)).astype(np.float32)
+        np.testing.assert_allclose(run(x=x)["y"], sess.run(None, {"x": x})[0], rtol=1e-3, atol=1e-4)
+
+
+def test_recognizer_over_a_run_time_width(tmp_path):
+    """A CRNN text recognizer (PP-OCR's shape): a conv over an image of run-time width W, its
+    columns as a sequence into a bidirectional LSTM. The reverse direction gathers its outputs with
+    run-time indices over a length that a match_cast defined; normalizing them through a
+    shape_to_tensor of that length failed in TVM's FuseTIR (exit 3)."""
+    rng = np.random.default_rng(0)
+    c, hidden = 8, 8
+    inits = [numpy_helper.from_array((rng.standard_normal(s) * 0.3).astype(np.float32), name)
+             for name, s in (("wc", (c, 3, 8, 3)), ("W", (2, 4 * hidden, c)), ("R", (2, 4 * hidden, hidden)),
+                             ("B", (2, 8 * hidden)))]
+    inits.append(numpy_helper.from_array(np.array([2], np.int64), "axis2"))
+    N = helper.make_node
+    nodes = [N("Conv", ["x", "wc"], ["f"], strides=[8, 2]),
+             N("Squeeze", ["f", "axis2"], ["s"]), N("Transpose", ["s"], ["seq"], perm=[2, 0, 1]),
+             N("LSTM", ["seq", "W", "R", "B"], ["y"], hidden_size=hidden, direction="bidirectional")]
+    graph = helper.make_graph(nodes, "crnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, "W"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = tmp_path / "crnn.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
+    art = mdoc.compile(str(model), "x86", tmp_path / "crnn.x86")
+    run, sess = mdoc.load(art), ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    for w in (40, 96):
+        x = rng.standard_normal((1, 3, 8, w)).astype(np.float32)
         np.testing.assert_allclose(run(x=x)["y"], sess.run(None, {"x": x})[0], rtol=1e-3, atol=1e-4)

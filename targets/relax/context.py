@@ -441,36 +441,51 @@ class LowerCtx:
         return self.bb.emit(expr, name_hint)
 
     def aligned(self, *operands: relax.Expr, concat_axis: int | None = None) -> list[relax.Expr]:
-        """`operands` of a broadcasting op, each match-cast (checked at run time) so that Relax can
-        infer the op's shape: where two dims of an axis are run-time sizes Relax cannot prove equal
-        (a stride-2 conv's `(h - 1) // 2 + 1` against an upsampled `w // 4 * 2`), or one is a
-        run-time size and the other a static size above 1, the later operand takes the earlier's dim.
+        """`operands` of a broadcasting op, match-cast (checked at run time) so that Relax can infer
+        the op's shape: on an axis where two operands' run-time sizes are not provably equal (a
+        stride-2 conv's `(h - 1) // 2 + 1` against an upsampled `w // 4 * 2`), or a run-time size
+        meets a static size above 1, the operands that do not broadcast there take one size: the
+        static one, else the first operand's.
 
         ONNX requires such dims to be equal or 1; Relax, unable to tell, infers no shape and the op
         then fails to legalize. The cast assumes "equal": a run-time 1 broadcast against a larger
         size is refused at run time, not computed (broadcasting against a static 1 is unaffected).
-        With `concat_axis` (Concat's operands, of one rank) no axis broadcasts and that axis is left alone.
+        With `concat_axis` (Concat's operands, of one rank) no axis broadcasts and that axis is left
+        alone.
         """
         shapes = [self.shape_of(x) if isinstance(x.ty, relax.TensorType) and x.ty.ndim >= 0 else None
                   for x in operands]
-        if any(s is None for s in shapes):
+        if any(s is None for s in shapes) or not all(isinstance(x.ty.shape, relax.ShapeExpr) for x in operands):
             return list(operands)
         n = max(len(s) for s in shapes)
-        chosen: list[Any] = [None] * n  # per output axis, the first dim that is not a static 1
+
+        def joined(shape: list[Any], k: int) -> bool:  # does dim k take part in its axis's size
+            axis = n - len(shape) + k
+            return axis != concat_axis and not (concat_axis is None and is_static(shape[k]) and int(shape[k]) == 1)
+
+        sizes: list[list[Any]] = [[] for _ in range(n)]
+        for shape in shapes:
+            for k, d in enumerate(shape):
+                if joined(shape, k):
+                    sizes[n - len(shape) + k].append(d)
+        target: dict[int, Any] = {}  # axis -> the size its operands are cast to: a static one, else the first's
+        for axis, ds in enumerate(sizes):
+            if any(not (is_static(ds[0]) and is_static(d)) and not _ANALYZER.can_prove_equal(prim(ds[0]), prim(d))
+                   for d in ds[1:]):
+                target[axis] = next((int(d) for d in ds if is_static(d)), ds[0])
+        if not target:
+            return list(operands)
         out = []
         for x, shape in zip(operands, shapes):
-            dims, changed = list(shape), False
-            for k, d in enumerate(shape):
-                axis = n - len(shape) + k
-                if axis == concat_axis or (concat_axis is None and is_static(d) and int(d) == 1):
-                    continue
-                first = chosen[axis]
-                if first is None:
-                    chosen[axis] = d
-                elif not (is_static(first) and is_static(d)) and not _ANALYZER.can_prove_equal(prim(first), prim(d)):
-                    dims[k], changed = first, True
-            if changed and isinstance(x.ty.shape, relax.ShapeExpr):
-                x = self.bb.match_cast(x, relax.TensorType([simplify(d) for d in dims], x.ty.dtype))
+            dims = [target.get(n - len(shape) + k, d) if joined(shape, k) else d for k, d in enumerate(shape)]
+            if any(not (is_static(d) and is_static(e) and int(d) == int(e)) and d is not e for d, e in zip(dims, shape)):
+                x = self.bb.match_cast(x, relax.TensorType(dims, x.ty.dtype))
+            elif any(isinstance(d, tirx.Var) and target.get(n - len(shape) + k) is d for k, d in enumerate(shape)):
+                # TVM's CanonicalizeBindings (ConvertToDataflow runs it) takes the first cast that
+                # names a var it has not seen matched as that var's definition, rewrites the var to
+                # the cast value's dim and then drops the cast as trivial; a cast of the operand
+                # that already has the var, to its own shape, comes first and keeps the others.
+                x = self.bb.match_cast(x, relax.TensorType(shape, x.ty.dtype))
             out.append(x)
         return out
 

@@ -386,6 +386,11 @@ def gather(ctx: LowerCtx, node: Node):
         n = len(sym.values)
         picked = [sym.values[int(k) + n if int(k) < 0 else int(k)] for k in idx.reshape(-1)]
         return [SymTensor(sym.dtype, tuple(idx.shape), picked)]
+    if ctx.const(1) is None and not is_static(dims[axis]):
+        # run-time indices into a run-time axis: take's "wrap" mode maps [-n, n) onto [0, n) with n
+        # read off the data's own shape (the where of `_normalized_indices` needs n as a tensor, a
+        # shape_to_tensor that TVM's FuseTIR fails on when n is a var a match_cast defined)
+        return [R.take(ctx.input(0), ctx.input(1), axis=axis, mode="wrap")]
     indices = _normalized_indices(ctx, 1, dims[axis])
     return [R.take(ctx.input(0), indices, axis=axis)]
 
