@@ -287,6 +287,8 @@ def _clamp_index(v, dim, step, is_begin):
         return -d - 1 if v == -1 else v
     if step > 0 and v >= (1 << 31) - 1:
         return dim
+    if step > 0 and v >= 1 << 16:  # an "open end" sentinel below INT32_MAX (tf2onnx writes 1e9)
+        return tirx.min(prim(dim), v)
     if step < 0 and v <= -(1 << 31):
         return -(1 << 62)
     if v < 0 and step > 0:

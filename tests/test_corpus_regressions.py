@@ -1,0 +1,57 @@
+"""Tiny reproductions of what the real-model corpus (benchmarks/corpus.py) found failing.
+
+Each test builds the few nodes of one failure class the way the exporter wrote them,
+compiles them once through `mdoc.compile` with the dims symbolic (as `mdoc compile` does)
+and checks the one artifact against onnxruntime at two shapes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import mdoc
+
+N = helper.make_node
+
+
+def _model(nodes, inputs, outputs, inits, opset=17) -> onnx.ModelProto:
+    """inputs / outputs: name -> (onnx elem type, shape with str dims); inits: name -> array."""
+    graph = helper.make_graph(nodes, "corpus_case",
+                              [helper.make_tensor_value_info(k, t, s) for k, (t, s) in inputs.items()],
+                              [helper.make_tensor_value_info(k, t, s) for k, (t, s) in outputs.items()],
+                              [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 8
+    onnx.checker.check_model(m, full_check=True)
+    return m
+
+
+def check_two_shapes(m: onnx.ModelProto, feeds: list[dict], tmp_path) -> None:
+    """Compile `m` once (dims symbolic), run every feed dict, compare with onnxruntime."""
+    path = tmp_path / "case.onnx"
+    onnx.save(m, path)
+    run = mdoc.load(mdoc.compile(str(path), "x86", tmp_path / "case.x86", show_progress=False))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    for f in feeds:
+        got = run(**f)
+        for name, want in zip(names, session.run(names, f)):
+            np.testing.assert_allclose(got[name], want, rtol=1e-3, atol=1e-4, err_msg=f"{name} at {f.keys()}")
+
+
+def _f32(*shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def test_slice_end_sentinel_on_a_symbolic_dim(tmp_path):
+    """tf2onnx (magika) writes an open slice end as 1e9, below INT32_MAX: on a run-time batch the
+    end must still clamp to the dim, or the slice claims a 1e9-long axis."""
+    m = _model([N("Slice", ["x", "starts", "ends", "axes"], ["s"]), N("Relu", ["s"], ["y"])],
+               {"x": (TensorProto.FLOAT, ["N", 4, 3])}, {"y": (TensorProto.FLOAT, ["N", 4, 3])},
+               {"starts": np.zeros(3, np.int32), "ends": np.full(3, 1_000_000_000, np.int32),
+                "axes": np.arange(3, dtype=np.int32)})
+    check_two_shapes(m, [{"x": _f32(1, 4, 3)}, {"x": _f32(3, 4, 3, seed=1)}], tmp_path)
