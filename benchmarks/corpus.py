@@ -41,8 +41,19 @@ ROOT = HERE.parent
 RESULTS = HERE / "results" / "corpus.md"
 RTOL, ATOL = 1e-3, 1e-4
 
-sys.path.insert(0, str(HERE))
-from zoo_check import _mdoc  # noqa: E402  (the `mdoc` command in a subprocess)
+
+def _sibling(name: str):
+    """A module of benchmarks/ by file, without putting benchmarks/ on sys.path (its kernels.py
+    would shadow the `kernels` package that transformers imports)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"_corpus_{name}", HERE / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_mdoc = _sibling("zoo_check")._mdoc  # the `mdoc` command in a subprocess
 
 Feeds = Callable[[int], dict]  # shape index (0 or 1) -> {input name: array}
 
