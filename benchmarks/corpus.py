@@ -41,10 +41,13 @@ ROOT = HERE.parent
 RESULTS = HERE / "results" / "corpus.md"
 RTOL, ATOL = 1e-3, 1e-4
 
+# `python benchmarks/corpus.py` puts benchmarks/ first on sys.path, where its kernels.py would
+# shadow the `kernels` package that transformers imports: siblings are loaded by file instead.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+
 
 def _sibling(name: str):
-    """A module of benchmarks/ by file, without putting benchmarks/ on sys.path (its kernels.py
-    would shadow the `kernels` package that transformers imports)."""
+    """A module of benchmarks/, loaded by its file."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(f"_corpus_{name}", HERE / f"{name}.py")
@@ -453,7 +456,8 @@ def _entries() -> list[Entry]:
                 hf_classifier("ResNet", layer_type="basic", depths=[2, 2, 2, 2], hidden_sizes=[64, 128, 256, 512]),
                 True, images("image", [(1, 3, 224, 224), (2, 3, 160, 192)]), ("1x3x224x224", "2x3x160x192"))
     torch_entry("hf_efficientnet_b0", "CNN classifier (EfficientNet-B0: SiLU, SE, depthwise)", "transformers seeded",
-                hf_classifier("EfficientNet"), False,
+                hf_classifier("EfficientNet", width_coefficient=1.0, depth_coefficient=1.0, image_size=224,
+                              dropout_rate=0.2), False,
                 images("image", [(1, 3, 224, 224), (2, 3, 192, 160)]), ("1x3x224x224", "2x3x192x160"))
     torch_entry("hf_convnext_dynamo", "CNN classifier (ConvNeXt-atto: LayerNorm, GELU)", "transformers seeded",
                 hf_classifier("ConvNext", depths=[2, 2, 6, 2], hidden_sizes=[40, 80, 160, 320]), True,

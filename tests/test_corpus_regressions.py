@@ -70,3 +70,21 @@ def test_shape_cast_to_int32_and_back(tmp_path):
                 "rest": np.array([8, 1], np.int32), "one_f": np.array(1, np.int32)})
     feeds = [{"x": np.random.default_rng(i).integers(0, 3, (n, 8)).astype(np.int32)} for i, n in enumerate((1, 3))]
     check_two_shapes(m, feeds, tmp_path)
+
+
+def test_if_branch_broadcasts_captured_values_sharing_a_dim(tmp_path):
+    """silero-vad (op18, one If on the sample rate): the branch adds the audio's features to the
+    LSTM state, both [batch, ...] outside; the branch's parameters must keep one batch var, or
+    Relax cannot broadcast them and the add is left unlowered ("CodeGenVM cannot emit")."""
+    then = helper.make_graph([N("Gather", ["state", "zero"], ["h"]), N("Relu", ["x"], ["rx"]),
+                              N("Add", ["rx", "h"], ["t"])], "then", [],
+                             [helper.make_tensor_value_info("t", TensorProto.FLOAT, ["B", 4])])
+    other = helper.make_graph([N("Relu", ["x"], ["e"])], "else", [],
+                              [helper.make_tensor_value_info("e", TensorProto.FLOAT, ["B", 4])])
+    nodes = [N("Equal", ["sr", "sr16k"], ["c"]), N("If", ["c"], ["y"], then_branch=then, else_branch=other)]
+    m = _model(nodes, {"x": (TensorProto.FLOAT, ["B", 4]), "state": (TensorProto.FLOAT, [2, "B", 4]),
+                       "sr": (TensorProto.INT64, [])}, {"y": (TensorProto.FLOAT, ["B", 4])},
+               {"zero": np.array(0, np.int64), "sr16k": np.array(16000, np.int64)})
+    feeds = [{"x": _f32(b, 4, seed=b), "state": _f32(2, b, 4, seed=b + 1), "sr": np.array(sr, np.int64)}
+             for b, sr in ((1, 16000), (2, 8000), (3, 16000))]
+    check_two_shapes(m, feeds, tmp_path)

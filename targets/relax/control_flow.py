@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 import tvm
+import tvm_ffi
 from tvm import relax, tirx
 
 from mdoc.errors import MdocError
@@ -176,9 +177,29 @@ def _captured(ctx: LowerCtx, body: Graph) -> list[tuple[Value, relax.Expr]]:
 
 
 def _captured_params(ctx: LowerCtx, body: Graph) -> tuple[list[tuple[Value, relax.Expr]], list[relax.Var]]:
-    """`_captured(ctx, body)` and a parameter for each."""
+    """`_captured(ctx, body)` and a parameter for each. A symbolic dim that captured values share
+    outside (silero-vad's batch, in its audio and its LSTM state) is one var of the branch too, so
+    the branch can still broadcast them against each other."""
     captured = _captured(ctx, body)
-    params = [relax.Var(f"c{j}", _param_type(e.ty, f"c{j}", _static_dims(e))) for j, (_, e) in enumerate(captured)]
+    shared: list[tuple[Any, tirx.Var]] = []
+
+    def dim(d: Any, name: str) -> Any:
+        if is_static(d):
+            return int(d)
+        for outer, var in shared:
+            if tvm_ffi.structural_equal(outer, d):
+                return var
+        shared.append((d, tirx.Var(name, "int64")))
+        return shared[-1][1]
+
+    params = []
+    for j, (_, e) in enumerate(captured):
+        ty = e.ty
+        if isinstance(ty, relax.TensorType) and isinstance(ty.shape, relax.ShapeExpr):
+            ty = relax.TensorType([dim(d, f"c{j}_d{k}") for k, d in enumerate(ty.shape.values)], ty.dtype)
+        else:
+            ty = _param_type(ty, f"c{j}", _static_dims(e))
+        params.append(relax.Var(f"c{j}", ty))
     return captured, params
 
 
