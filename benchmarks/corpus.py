@@ -295,7 +295,7 @@ def gru_keyword_spotter():
     return (KWS(), (torch.rand(1, 40, 50),), ["mel"], ["logits"], {"mel": {0: "N", 2: "T"}, "logits": {0: "N"}})
 
 
-def keras_app(app: str, **kwargs) -> Callable[[Path], None]:
+def keras_app(app: str, classes: int = 100, **kwargs) -> Callable[[Path], None]:
     """A keras.applications model (weights=None, seeded), batch and image size left free, through tf2onnx."""
 
     def make(out: Path) -> None:
@@ -303,7 +303,11 @@ def keras_app(app: str, **kwargs) -> Callable[[Path], None]:
         import tf2onnx
 
         tf.keras.utils.set_random_seed(0)
-        model = getattr(tf.keras.applications, app)(weights=None, input_shape=(None, None, 3), **kwargs)
+        # a static input_shape is required with the applications' own top: their top-less body
+        # with global pooling and a Dense classifier keeps the image size free
+        body = getattr(tf.keras.applications, app)(weights=None, include_top=False, pooling="avg",
+                                                   input_shape=(None, None, 3), **kwargs)
+        model = tf.keras.Model(body.input, tf.keras.layers.Dense(classes, activation="softmax")(body.output))
         spec = (tf.TensorSpec((None, None, None, 3), tf.float32, name="image"),)
         tf2onnx.convert.from_keras(model, input_signature=spec, opset=17, output_path=str(out))
 
@@ -473,10 +477,10 @@ def _entries() -> list[Entry]:
     torch_entry("gru_kws", "keyword spotter (conv + GRU)", "torch seeded", gru_keyword_spotter, False,
                 mel_frames, ("1x40x50", "3x40x98"))
     e.append(Entry("keras_mobilenetv2", "CNN classifier (Keras MobileNetV2 0.35)", "keras.applications seeded",
-                   "tf2onnx", keras_app("MobileNetV2", alpha=0.35, classes=100),
+                   "tf2onnx", keras_app("MobileNetV2", alpha=0.35),
                    images("image", [(1, 160, 160, 3), (2, 128, 192, 3)]), ("1x160x160x3", "2x128x192x3")))
     e.append(Entry("keras_efficientnet_b0", "CNN classifier (Keras EfficientNetB0)", "keras.applications seeded",
-                   "tf2onnx", keras_app("EfficientNetB0", classes=100),
+                   "tf2onnx", keras_app("EfficientNetB0"),
                    images("image", [(1, 224, 224, 3), (2, 160, 160, 3)], False), ("1x224x224x3", "2x160x160x3")))
     return e
 

@@ -88,3 +88,25 @@ def test_if_branch_broadcasts_captured_values_sharing_a_dim(tmp_path):
     feeds = [{"x": _f32(b, 4, seed=b), "state": _f32(2, b, 4, seed=b + 1), "sr": np.array(sr, np.int64)}
              for b, sr in ((1, 16000), (2, 8000), (3, 16000))]
     check_two_shapes(m, feeds, tmp_path)
+
+
+@pytest.mark.xfail(strict=True, reason="ConvertToDataflow (control_flow.finish) drops the match_cast that tells "
+                   "Relax the two directions' lengths agree; the Concat is then left without a shape")
+def test_bidirectional_lstm_over_a_run_time_sequence(tmp_path):
+    """ddddocr / PP-OCR recognizers: a bidirectional LSTM over a sequence known at run time. Its two
+    directions come out of two loops whose lengths Relax cannot prove equal, and their Concat was
+    left unlowered ("CodeGenVM cannot emit R.concat"). The Concat converter now match-casts the
+    second direction to the first's length, which fixed ddddocr in the corpus; here, with the
+    sequence computed by a strided conv, the match_cast is lost in ConvertToDataflow."""
+    rng = np.random.default_rng(0)
+    hidden, feat = 8, 6
+    w = lambda *s: (rng.standard_normal(s) * 0.3).astype(np.float32)  # noqa: E731
+    m = _model([N("Conv", ["x", "k"], ["c"], strides=[1, 2], pads=[0, 1, 0, 1]),  # [1, feat, 1, (W - 1) // 2 + 1]
+                N("Squeeze", ["c", "two"], ["q"]), N("Transpose", ["q"], ["s"], perm=[2, 0, 1]),
+                N("LSTM", ["s", "W", "R", "B"], ["y"], hidden_size=hidden, direction="bidirectional"),
+                N("Transpose", ["y"], ["t"], perm=[0, 2, 1, 3]), N("Reshape", ["t", "flat"], ["z"])],
+               {"x": (TensorProto.FLOAT, [1, 1, 2, "W"])}, {"z": (TensorProto.FLOAT, [None, 1, 2 * hidden])},
+               {"k": w(feat, 1, 2, 3), "W": w(2, 4 * hidden, feat), "R": w(2, 4 * hidden, hidden),
+                "B": w(2, 8 * hidden), "flat": np.array([0, 1, -1], np.int64), "two": np.array([2], np.int64)},
+               opset=13)
+    check_two_shapes(m, [{"x": _f32(1, 1, 2, 10)}, {"x": _f32(1, 1, 2, 17, seed=1)}], tmp_path)

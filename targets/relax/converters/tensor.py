@@ -10,6 +10,7 @@ Expand receive the dims as integers and TIR expressions.
 from __future__ import annotations
 
 import numpy as np
+import tvm_ffi
 from tvm import relax, te, tirx
 
 from mdoc.ir import Node
@@ -195,10 +196,25 @@ def concat(ctx: LowerCtx, node: Node):
     # ONNX allows empty operands (e.g. a [0] shape piece); Relax does not need them
     keep = [i for i in present if not (is_static(ctx.shape(i)[axis]) and int(ctx.shape(i)[axis]) == 0)]
     keep = keep or present[:1]
-    xs = [ctx.input(i) for i in keep]
-    if len(xs) == 1:
-        return [xs[0]]
+    if len(keep) == 1:
+        return [ctx.input(keep[0])]
+    first = ctx.shape(keep[0])
+    xs = [ctx.input(keep[0])]
+    for i in keep[1:]:
+        x, dims = ctx.input(i), ctx.shape(i)
+        if any(k != axis and not _same_dim(d, first[k]) for k, d in enumerate(dims)):
+            # ONNX makes the dims off the axis equal; Relax cannot prove two run-time dims equal
+            # (a bidirectional LSTM's two loops), so say it with a checked match_cast
+            want = [d if k == axis else first[k] for k, d in enumerate(dims)]
+            x = ctx.bb.match_cast(x, relax.TensorType(relax_dims(want), x.ty.dtype))
+        xs.append(x)
     return [R.concat(xs, axis=axis)]
+
+
+def _same_dim(a, b) -> bool:
+    if is_static(a) or is_static(b):
+        return is_static(a) and is_static(b) and int(a) == int(b)
+    return bool(tvm_ffi.structural_equal(a, b))
 
 
 @converter("onnx.Split", since=1)
