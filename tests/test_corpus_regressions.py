@@ -110,3 +110,21 @@ def test_bidirectional_lstm_over_a_run_time_sequence(tmp_path):
                 "B": w(2, 8 * hidden), "flat": np.array([0, 1, -1], np.int64), "two": np.array([2], np.int64)},
                opset=13)
     check_two_shapes(m, [{"x": _f32(1, 1, 2, 10)}, {"x": _f32(1, 1, 2, 17, seed=1)}], tmp_path)
+
+
+def test_nms_over_a_run_time_batch_and_box_count(tmp_path):
+    """A YOLO end2end export: NonMaxSuppression over [N, A, 4] boxes, A set by the image size. TOPI
+    sized its output with a Python `if` on the dims ("Cannot use and / or / not operator to Expr")."""
+    m = _model([N("NonMaxSuppression", ["boxes", "scores", "limit", "iou", "thr"], ["sel"])],
+               {"boxes": (TensorProto.FLOAT, ["N", "A", 4]), "scores": (TensorProto.FLOAT, ["N", 3, "A"])},
+               {"sel": (TensorProto.INT64, ["K", 3])},
+               {"limit": np.array([5], np.int64), "iou": np.array([0.5], np.float32),
+                "thr": np.array([0.2], np.float32)})
+
+    def feeds(n, a, seed):
+        rng = np.random.default_rng(seed)
+        corner = rng.random((n, a, 2), dtype=np.float32) * 10
+        boxes = np.concatenate([corner, corner + 1 + rng.random((n, a, 2), dtype=np.float32) * 3], axis=2)
+        return {"boxes": boxes, "scores": rng.random((n, 3, a), dtype=np.float32)}
+
+    check_two_shapes(m, [feeds(1, 30, 0), feeds(2, 57, 1)], tmp_path)
