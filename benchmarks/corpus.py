@@ -460,7 +460,7 @@ def _entries() -> list[Entry]:
                 hf_classifier("ResNet", layer_type="basic", depths=[2, 2, 2, 2], hidden_sizes=[64, 128, 256, 512]),
                 True, images("image", [(1, 3, 224, 224), (2, 3, 160, 192)]), ("1x3x224x224", "2x3x160x192"))
     torch_entry("hf_efficientnet_b0", "CNN classifier (EfficientNet-B0: SiLU, SE, depthwise)", "transformers seeded",
-                hf_classifier("EfficientNet", width_coefficient=1.0, depth_coefficient=1.0, image_size=224,
+                hf_classifier("EfficientNet", width_coefficient=1.0, depth_coefficient=1.0, image_size=224, hidden_dim=1280,
                               dropout_rate=0.2), False,
                 images("image", [(1, 3, 224, 224), (2, 3, 192, 160)]), ("1x3x224x224", "2x3x192x160"))
     torch_entry("hf_convnext_dynamo", "CNN classifier (ConvNeXt-atto: LayerNorm, GELU)", "transformers seeded",

@@ -128,3 +128,17 @@ def test_nms_over_a_run_time_batch_and_box_count(tmp_path):
         return {"boxes": boxes, "scores": rng.random((n, 3, a), dtype=np.float32)}
 
     check_two_shapes(m, [feeds(1, 30, 0), feeds(2, 57, 1)], tmp_path)
+
+
+def test_fpn_adds_an_upsampled_map_to_a_lateral_one(tmp_path):
+    """PP-OCR's text detectors (DBNet FPN): a stride-4 map upsampled 2x by Resize is added to a
+    stride-2 map. Relax cannot prove 2 * (H // 4) equal to H // 2 and left the Add unlowered
+    ("CodeGenVM cannot emit R.add")."""
+    rng = np.random.default_rng(0)
+    k = lambda: (rng.standard_normal((4, 4, 3, 3)) * 0.2).astype(np.float32)  # noqa: E731
+    conv = dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2])
+    nodes = [N("Conv", ["x", "k1"], ["c2"], **conv), N("Conv", ["c2", "k2"], ["c4"], **conv),
+             N("Resize", ["c4", "", "scales"], ["up"], mode="nearest"), N("Add", ["up", "c2"], ["y"])]
+    m = _model(nodes, {"x": (TensorProto.FLOAT, ["N", 4, "H", "W"])}, {"y": (TensorProto.FLOAT, ["N", 4, None, None])},
+               {"k1": k(), "k2": k(), "scales": np.array([1, 1, 2, 2], np.float32)})
+    check_two_shapes(m, [{"x": _f32(1, 4, 32, 32)}, {"x": _f32(2, 4, 16, 24, seed=1)}], tmp_path)

@@ -9,11 +9,12 @@ subgraph), the op is evaluated during lowering instead of emitted.
 from __future__ import annotations
 
 import numpy as np
+import tvm_ffi
 from tvm import relax, tirx
 
 from mdoc.ir import Node
 
-from ..context import LowerCtx, broadcast_dims, is_float, pdtype, prim
+from ..context import LowerCtx, broadcast_dims, is_float, is_static, pdtype, prim
 from ..registry import converter
 from ._common import attr_str, cast_if_needed, float_const, sym_eval
 
@@ -46,8 +47,27 @@ def _binary(relax_fn, np_fn, tir_fn=None, bool_out=False):
         a, b = ctx.input(0), ctx.input(1)
         if ctx.opset < 7:
             b = _legacy_align(ctx, a, b)
+        b = _agree(ctx, a, b)
         return [_broadcasting(ctx, relax_fn(a, b), a, b)]
     return convert
+
+
+def _agree(ctx: LowerCtx, a: relax.Expr, b: relax.Expr) -> relax.Expr:
+    """`b`, match-cast to `a`'s dims where both are symbolic and differ (an FPN adds an upsampled
+    map, [N, C, 2 * (H // 32), ...], to a lateral one, [N, C, H // 16, ...]): Relax cannot broadcast
+    two unrelated run-time dims, and an op whose shape it lost is never lowered. ONNX lets such dims
+    differ only where one is 1; the match_cast checks at run time that they are equal."""
+    da, db = ctx.shape_of(a), ctx.shape_of(b)
+    if not da or not db:
+        return b
+    n = min(len(da), len(db))
+    pairs = list(zip(da[len(da) - n:], db[len(db) - n:]))
+    if not any(not is_static(x) and not is_static(y) and not tvm_ffi.structural_equal(x, y) for x, y in pairs):
+        return b
+    lead = list(db[:len(db) - n])
+    want = lead + [x if not is_static(x) and not is_static(y) else y for x, y in pairs]
+    return ctx.bb.match_cast(b, relax.TensorType([prim(d) if not isinstance(d, int) else d for d in want],
+                                                 b.ty.dtype))
 
 
 def _broadcasting(ctx: LowerCtx, expr: relax.Expr, *operands: relax.Expr) -> relax.Expr:
