@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 import tvm
+import tvm_ffi
 from tvm import relax, tirx
 
 from mdoc.errors import MdocError
@@ -176,39 +177,51 @@ def _captured(ctx: LowerCtx, body: Graph) -> list[tuple[Value, relax.Expr]]:
     return [(v, e) for v in captured_values(body) if (e := _outer_expr(ctx, v)) is not None]
 
 
-def _captured_params(ctx: LowerCtx, body: Graph, scope: dict[str, tirx.Var]
+def _captured_params(ctx: LowerCtx, body: Graph, scope: "_Scope"
                      ) -> tuple[list[tuple[Value, relax.Expr]], list[relax.Var]]:
-    """`_captured(ctx, body)` and a parameter for each, its symbolic dims taken from `scope`."""
+    """`_captured(ctx, body)` and a parameter for each, its run-time dims the vars of `scope`."""
     captured = _captured(ctx, body)
-    params = [relax.Var(f"c{j}", _param_type(e.ty, f"c{j}", _captured_dims(ctx, v, e), scope))
-              for j, (v, e) in enumerate(captured)]
+    params = [relax.Var(f"c{j}", _param_type(e.ty, f"c{j}", _outer_dims(e), scope)) for j, (_, e) in enumerate(captured)]
     return captured, params
 
 
-def _captured_dims(ctx: LowerCtx, value: Value, expr: relax.Expr) -> list[Any]:
-    """The dims of the parameter that takes a captured value: ints where Relax knows them, the
-    graph's symbols where mdoc's type names one (the value is passed unchanged), None elsewhere.
-    (A scan output's accumulator takes its element dims the same way.)"""
-    return [d if d is not None else s for d, s in zip(_static_dims(expr), _shared_symbols(ctx, value.type, expr.ty.ndim))]
+def _outer_dims(expr: relax.Expr) -> list[Any]:
+    """The dims of a value the caller passes unchanged: ints, and the caller's run-time sizes, which
+    the function's parameters share (silero-vad's batch, in its audio and its LSTM state)."""
+    if not isinstance(expr.ty.shape, relax.ShapeExpr):
+        return []
+    return [int(d) if is_static(d) else d for d in expr.ty.shape.values]
 
 
-def _shared_symbols(ctx: LowerCtx, t: Any, ndim: int) -> list[str | None]:
-    """Per axis of mdoc type `t`, the graph symbol it names (one of `ctx.symbols`, never an
-    inferred unk__N), else None."""
-    dims = _dims(t) if len(_dims(t)) == ndim else [None] * ndim
-    return [d if isinstance(d, str) and d in ctx.symbols else None for d in dims]
+class _Scope:
+    """The TIR vars of one function's parameters: one per run-time size of the caller.
+
+    A TIR var belongs to one function. Inside a body, a size that two parameters share outside
+    (the graph's N in [N, 128] states, a conv's (w - 3) // 4 + 1 in two captured maps) must be
+    one var, or Relax cannot prove that they agree and an elementwise op on them fails to
+    legalize. Sizes are matched by structural equality of the caller's expressions."""
+
+    def __init__(self):
+        self.dims: list[tuple[Any, tirx.Var]] = []
+
+    def var(self, outer: Any, hint: str) -> tirx.Var:
+        for expr, var in self.dims:
+            if tvm_ffi.structural_equal(expr, outer):
+                return var
+        self.dims.append((outer, tirx.Var(hint, "int64")))
+        return self.dims[-1][1]
+
+    def symbols(self, outer: dict[str, tirx.Var]) -> dict[str, tirx.Var]:
+        """The graph's symbols (name -> the caller's var) that are sizes of this function, as its vars."""
+        return {name: var for name, o in outer.items() for expr, var in self.dims if tvm_ffi.structural_equal(expr, o)}
 
 
 @contextmanager
-def _symbol_scope(ctx: LowerCtx, scope: dict[str, tirx.Var]):
-    """Lower a function's body with the graph's symbols mapped to the function's own TIR vars.
-
-    A TIR var belongs to one function; inside a body, the symbol N of the graph
-    must be the var the function's parameters bind, or Relax cannot prove that
-    two operands of shape [N, 128] agree (and an elementwise op on them then
-    fails to legalize)."""
+def _symbol_scope(ctx: LowerCtx, scope: _Scope):
+    """Lower a function's body with the graph's symbols mapped to the function's own TIR vars
+    (`_with_shape` match-casts lost shapes to them)."""
     saved = ctx.symbols
-    ctx.symbols = scope
+    ctx.symbols = scope.symbols(saved)
     try:
         yield
     finally:
@@ -235,7 +248,7 @@ def _branch(ctx: LowerCtx, node: Node, key: str) -> relax.SeqExpr:
     body: Graph = node.attrs[key]
     if len(body.outputs) != len(node.outputs):
         raise ctx.error(f"{key} has {len(body.outputs)} outputs, the If has {len(node.outputs)}")
-    scope: dict[str, tirx.Var] = {}
+    scope = _Scope()
     captured, params = _captured_params(ctx, body, scope)
     bindings = {v: p for (v, _), p in zip(captured, params)}
     with _symbol_scope(ctx, scope):
@@ -259,17 +272,16 @@ def lower_if(ctx: LowerCtx, node: Node) -> list:
 # -- Loop -----------------------------------------------------------------------
 
 
-def _param_type(ty: relax.TensorType, name: str, static: list[Any],
-                scope: dict[str, tirx.Var] | None = None) -> relax.TensorType:
-    """`ty` with the dims of `static` that are ints kept, those that name a symbol given the
-    function's var for it (`scope`, one var per symbol), and every other dim a fresh var of `name`."""
+def _param_type(ty: relax.TensorType, name: str, static: list[Any], scope: _Scope | None = None) -> relax.TensorType:
+    """`ty` with the dims of `static` that are ints kept, those that are the caller's run-time sizes
+    given the function's var for them (`scope`), and every other dim a fresh var of `name`."""
     static = static if len(static) == ty.ndim else [None] * ty.ndim
 
     def dim(k: int, d: Any) -> Any:
         if isinstance(d, int):
             return d
-        if isinstance(d, str) and scope is not None:
-            return scope.setdefault(d, tirx.Var(d, "int64"))
+        if d is not None and scope is not None:
+            return scope.var(d, f"{name}_d{k}")
         return tirx.Var(f"{name}_d{k}", "int64")
 
     return relax.TensorType([dim(k, d) for k, d in enumerate(static)], ty.dtype)
@@ -290,18 +302,21 @@ def _static_dims_of(ty: relax.TensorType) -> list[Any]:
     return [int(d) if is_static(d) else None for d in ty.shape.values]
 
 
-def _carried_dims(ctx: LowerCtx, node: Node, j: int, init: relax.Expr) -> list[Any]:
+def _carried_dims(node: Node, j: int, init: relax.Expr) -> list[Any]:
     """The dims of loop-carried value `j` that stay fixed: declared by the body's input, or, where
     the body leaves its input undeclared, the initial value's dims that the body's output keeps.
-    A graph symbol stays (shared with the function's other parameters) only where the initial
-    value, the body's input and the body's output all name it: the value then keeps that size."""
+    A run-time size of the initial value stays (shared with the function's other parameters) only
+    where its mdoc type, the body's input and the body's output all name one symbol there: the
+    value then keeps that size from iteration to iteration."""
     body: Graph = node.attrs["body"]
-    declared, out = _dims(body.inputs[2 + j].type), _dims(body.outputs[1 + j].type)
-    outer = _shared_symbols(ctx, node.inputs[2 + j].type, init.ty.ndim)
+    declared, out, outer = (_dims(body.inputs[2 + j].type), _dims(body.outputs[1 + j].type),
+                            _dims(node.inputs[2 + j].type))
+    first = _outer_dims(init)
     if declared:
-        return [d if isinstance(d, int) or (d in outer and len(out) == len(declared) and out[k] == d) else None
+        same = len(out) == len(declared) == len(outer) == len(first)
+        return [d if isinstance(d, int) else
+                first[k] if same and isinstance(d, str) and out[k] == d == outer[k] else None
                 for k, d in enumerate(declared)]
-    first = _static_dims(init)
     if len(out) != len(first):
         return []
     return [a if isinstance(a, int) and a == b else None for a, b in zip(first, out)]
@@ -381,10 +396,10 @@ def lower_loop(ctx: LowerCtx, node: Node) -> list:
 
     # parameter types: the state, then what passes through unchanged
     scalar = [relax.TensorType([], "int64"), relax.TensorType([], "bool")]
-    # per parameter, its dims: ints, graph symbols (one var per symbol in each function) or None
-    state_dims = [[], [], *(_carried_dims(ctx, node, j, e) for j, e in enumerate(inits)),
-                  *([None, *_captured_dims(ctx, node.outputs[n + j], e)[1:]] for j, e in enumerate(accs))]
-    fixed_dims = [[], *(_captured_dims(ctx, v, e) for v, e in captured)]
+    # per parameter, its dims: ints, the caller's run-time sizes (one var each in every function) or None
+    state_dims = [[], [], *(_carried_dims(node, j, e) for j, e in enumerate(inits)),
+                  *([None, *_outer_dims(e)[1:]] for e in accs)]
+    fixed_dims = [[], *(_outer_dims(e) for _, e in captured)]
     state_types = [*scalar, *(_param_type(e.ty, f"v{j}", d) for j, (e, d) in enumerate(zip(inits, state_dims[2:]))),
                    *(_param_type(e.ty, f"acc{j}", d) for j, (e, d) in enumerate(zip(accs, state_dims[2 + n:])))]
     fixed_types = [relax.TensorType([], "int64"), *(_param_type(e.ty, f"c{j}", d)
@@ -393,9 +408,9 @@ def lower_loop(ctx: LowerCtx, node: Node) -> list:
     fixed_names = ["trip_count", *(f"c{j}" for j in range(len(captured)))]
     ret = relax.TupleType([*scalar, *(relax.TensorType(dtype=t.dtype, ndim=t.ndim) for t in state_types[2:])])
 
-    def fresh(scope: dict[str, tirx.Var]) -> tuple[list[relax.Var], list[relax.Var]]:
+    def fresh(scope: _Scope) -> tuple[list[relax.Var], list[relax.Var]]:
         """New parameters of one function (Relax refuses one Var as the parameter of two functions),
-        with new dims: the graph's symbols are the vars of `scope`."""
+        with new dims: the caller's run-time sizes are the vars of `scope`."""
         def params(types, names, dims) -> list[relax.Var]:
             return [relax.Var(name, _param_type(t, name, d, scope)) for t, name, d in zip(types, names, dims)]
         return params(state_types, state_names, state_dims), params(fixed_types, fixed_names, fixed_dims)
@@ -408,7 +423,7 @@ def lower_loop(ctx: LowerCtx, node: Node) -> list:
         """A function that returns `then(state, fixed)` while the loop runs and its state once it stops."""
         gv = relax.GlobalVar(bb.get_unique_name(name))
         relax.expr._update_type(gv, relax.FuncType([*state_types, *fixed_types], ret))
-        scope: dict[str, tirx.Var] = {}
+        scope = _Scope()
         state, fixed = fresh(scope)
 
         def emit() -> relax.Var:
@@ -438,7 +453,7 @@ def lower_loop(ctx: LowerCtx, node: Node) -> list:
 
     # the body is a function of its own, called from the step's If branch: FuseOps fails on some
     # bindings inside If branches (a match_cast to a shape), and no branch then allocates memory
-    scope: dict[str, tirx.Var] = {}
+    scope = _Scope()
     state, fixed = fresh(scope)
     with _symbol_scope(ctx, scope):
         body_func = _function(ctx, [*state, *fixed], lambda: bb.emit(relax.Tuple(iterate(state, fixed))), ret)

@@ -28,7 +28,7 @@ from tvm import relax, te, tirx
 from mdoc.ir import Node
 from mdoc.types import DType
 
-from ..context import LowerCtx, SymTensor, is_stored, prim, tvm_dtype
+from ..context import LowerCtx, SymTensor, is_static, is_stored, pdtype, prim, tvm_dtype
 from ..registry import converter
 from ._common import attr_str
 
@@ -177,6 +177,18 @@ def _low_bits(ctx: LowerCtx, v: relax.Expr, bits: int, signed: bool) -> relax.Ex
     return ctx.emit(R.bitwise_and(v, relax.const((1 << bits) - 1, "int32")))
 
 
+def _cast_dim(v, src: str, dtype: str):
+    """A shape value cast from `src` to the integer `dtype`: a number stays a number, and a cast
+    back to the type an expression was cast from is dropped (tf2onnx's shape subgraphs go int64 ->
+    int32 -> int64, and FuseTIR wants plain dims, not casts)."""
+    if is_static(v):
+        return int(np.array(int(v)).astype(dtype))
+    v = prim(v, src)
+    if isinstance(v, tirx.Cast) and pdtype(v.value) == dtype:
+        return v.value
+    return tirx.Cast(dtype, v)
+
+
 def _cast(ctx: LowerCtx, node: Node, dst: DType, *, saturate: bool = True, round_mode: str = "up"):
     sym = ctx.sym(0)
     if sym is not None and not is_stored(dst):
@@ -186,6 +198,8 @@ def _cast(ctx: LowerCtx, node: Node, dst: DType, *, saturate: bool = True, round
             return SymTensor.from_array(array.astype(dtype))
         if dtype == "bool":
             return SymTensor(dtype, sym.shape, [tirx.NE(prim(v), prim(0)) for v in sym.values])
+        if dtype.startswith(("int", "uint")):
+            return SymTensor(dtype, sym.shape, [_cast_dim(v, sym.dtype, dtype) for v in sym.values])
         return SymTensor(dtype, sym.shape, [tirx.Cast(dtype, prim(v, sym.dtype)) for v in sym.values])
     src = ctx.input_type(0)
     if src is None:

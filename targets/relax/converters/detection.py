@@ -13,11 +13,12 @@ from tvm import relax, topi
 
 from mdoc.ir import Node
 
-from ..context import LowerCtx
+from ..context import LowerCtx, is_static
 from ..registry import converter
 from ._common import attr_str
 
 R = relax.op
+_MAX_PER_CLASS = 4096  # selected boxes per class when the box count is known only at run time
 
 
 def _scalar(ctx: LowerCtx, i: int, dtype: str, default: float, shape: list[int]) -> relax.Expr:
@@ -36,8 +37,21 @@ def non_max_suppression(ctx: LowerCtx, node: Node):
         half = ctx.emit(R.divide(ctx.emit(R.strided_slice(boxes, axes=[2], begin=[2], end=[4], assume_inbound=True)),
                                  relax.const(2.0, str(boxes.ty.dtype))))
         boxes = ctx.emit(R.concat([ctx.emit(R.subtract(center, half)), ctx.emit(R.add(center, half))], axis=2))
-    # TOPI directly (Relax's legalization reads max_output_boxes_per_class only from a constant)
-    out = ctx.bb.emit_te(topi.vision.all_class_non_max_suppression, boxes, scores, _scalar(ctx, 2, "int64", 0, [1]),
+    # TOPI directly (Relax's legalization reads max_output_boxes_per_class only from a constant).
+    # A constant limit goes in as an int: given a tensor, TOPI sizes its output from a guess of
+    # the detections per class (a Python `if` on the dims, which a run-time batch or box count
+    # cannot answer, and a guess that can drop boxes).
+    limit = ctx.const(2) if ctx.has_input(2) else None
+    if limit is not None and limit.size == 1:
+        boxes_dim = ctx.shape(1)[2]
+        limit = max(0, int(limit.reshape(-1)[0]))
+        # the output has rows for `limit` boxes per class: no more than there are boxes, and, for a
+        # box count known only at run time, at most _MAX_PER_CLASS (a sentinel such as INT64_MAX
+        # would allocate without end)
+        limit = min(limit, int(boxes_dim) if is_static(boxes_dim) else _MAX_PER_CLASS)
+    else:
+        limit = _scalar(ctx, 2, "int64", 0, [1])
+    out = ctx.bb.emit_te(topi.vision.all_class_non_max_suppression, boxes, scores, limit,
                          _scalar(ctx, 3, "float32", 0.0, []), _scalar(ctx, 4, "float32", float("-inf"), []),
                          "onnx")
     _mark_scheduled(ctx, out)

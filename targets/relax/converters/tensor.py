@@ -285,7 +285,9 @@ def _clamp_index(v, dim, step, is_begin):
         v = min(max(v, -1), d - 1)
         # Relax reads a negative index as counting from the end: "before index 0" must be -d - 1
         return -d - 1 if v == -1 else v
-    if step > 0 and v >= (1 << 31) - 1:
+    if step > 0 and v >= 10**9:
+        # "to the end": INT32_MAX / INT64_MAX, or tf2onnx's 1e9. min(dim, v) would be exact, but
+        # Relax cannot broadcast min(N, 1e9) against N, so a dim that long is taken as impossible.
         return dim
     if step < 0 and v <= -(1 << 31):
         return -(1 << 62)

@@ -1,0 +1,141 @@
+"""Tiny reproductions of what the real-model corpus (benchmarks/corpus.py) found failing.
+
+Each test builds the few nodes of one failure class the way the exporter wrote them,
+compiles them once through `mdoc.compile` with the dims symbolic (as `mdoc compile` does)
+and checks the one artifact against onnxruntime at two shapes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+import mdoc
+
+N = helper.make_node
+
+
+def _model(nodes, inputs, outputs, inits, opset=17) -> onnx.ModelProto:
+    """inputs / outputs: name -> (onnx elem type, shape with str dims); inits: name -> array."""
+    graph = helper.make_graph(nodes, "corpus_case",
+                              [helper.make_tensor_value_info(k, t, s) for k, (t, s) in inputs.items()],
+                              [helper.make_tensor_value_info(k, t, s) for k, (t, s) in outputs.items()],
+                              [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 8
+    onnx.checker.check_model(m, full_check=True)
+    return m
+
+
+def check_two_shapes(m: onnx.ModelProto, feeds: list[dict], tmp_path) -> None:
+    """Compile `m` once (dims symbolic), run every feed dict, compare with onnxruntime."""
+    path = tmp_path / "case.onnx"
+    onnx.save(m, path)
+    run = mdoc.load(mdoc.compile(str(path), "x86", tmp_path / "case.x86", show_progress=False))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    for f in feeds:
+        got = run(**f)
+        for name, want in zip(names, session.run(names, f)):
+            np.testing.assert_allclose(got[name], want, rtol=1e-3, atol=1e-4, err_msg=f"{name} at {f.keys()}")
+
+
+def _f32(*shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def test_slice_end_sentinel_on_a_symbolic_dim(tmp_path):
+    """tf2onnx (magika) writes an open slice end as 1e9, below INT32_MAX: on a run-time batch the
+    end must still clamp to the dim, or the slice claims a 1e9-long axis."""
+    m = _model([N("Slice", ["x", "starts", "ends", "axes"], ["s"]), N("Relu", ["s"], ["y"])],
+               {"x": (TensorProto.FLOAT, ["N", 4, 3])}, {"y": (TensorProto.FLOAT, ["N", 4, 3])},
+               {"starts": np.zeros(3, np.int32), "ends": np.full(3, 1_000_000_000, np.int32),
+                "axes": np.arange(3, dtype=np.int32)})
+    check_two_shapes(m, [{"x": _f32(1, 4, 3)}, {"x": _f32(3, 4, 3, seed=1)}], tmp_path)
+
+
+def test_shape_cast_to_int32_and_back(tmp_path):
+    """jax2tf / tf2onnx shape subgraphs cast Shape to int32 and back to int64 before Expand: the
+    round trip must leave the run-time batch a plain dim (FuseTIR refused Cast(int64, Cast(int32, N)))."""
+    nodes = [N("Shape", ["x"], ["s"]), N("Cast", ["s"], ["s32"], to=TensorProto.INT32),
+             N("Slice", ["s32", "zero", "one"], ["n"]), N("Concat", ["n", "rest"], ["shape32"], axis=0),
+             N("Cast", ["shape32"], ["shape"], to=TensorProto.INT64),
+             N("Reshape", ["x", "shape"], ["r"]), N("Expand", ["r", "shape"], ["e"]),
+             N("Equal", ["e", "one_f"], ["eq"]), N("Cast", ["eq"], ["y"], to=TensorProto.FLOAT)]
+    m = _model(nodes, {"x": (TensorProto.INT32, ["N", 8])}, {"y": (TensorProto.FLOAT, ["N", 8, 1])},
+               {"zero": np.array([0], np.int32), "one": np.array([1], np.int32),
+                "rest": np.array([8, 1], np.int32), "one_f": np.array(1, np.int32)})
+    feeds = [{"x": np.random.default_rng(i).integers(0, 3, (n, 8)).astype(np.int32)} for i, n in enumerate((1, 3))]
+    check_two_shapes(m, feeds, tmp_path)
+
+
+def test_if_branch_broadcasts_captured_values_sharing_a_dim(tmp_path):
+    """silero-vad (op18, one If on the sample rate): the branch adds the audio's features to the
+    LSTM state, both [batch, ...] outside; the branch's parameters must keep one batch var, or
+    Relax cannot broadcast them and the add is left unlowered ("CodeGenVM cannot emit")."""
+    then = helper.make_graph([N("Gather", ["state", "zero"], ["h"]), N("Relu", ["x"], ["rx"]),
+                              N("Add", ["rx", "h"], ["t"])], "then", [],
+                             [helper.make_tensor_value_info("t", TensorProto.FLOAT, ["B", 4])])
+    other = helper.make_graph([N("Relu", ["x"], ["e"])], "else", [],
+                              [helper.make_tensor_value_info("e", TensorProto.FLOAT, ["B", 4])])
+    nodes = [N("Equal", ["sr", "sr16k"], ["c"]), N("If", ["c"], ["y"], then_branch=then, else_branch=other)]
+    m = _model(nodes, {"x": (TensorProto.FLOAT, ["B", 4]), "state": (TensorProto.FLOAT, [2, "B", 4]),
+                       "sr": (TensorProto.INT64, [])}, {"y": (TensorProto.FLOAT, ["B", 4])},
+               {"zero": np.array(0, np.int64), "sr16k": np.array(16000, np.int64)})
+    feeds = [{"x": _f32(b, 4, seed=b), "state": _f32(2, b, 4, seed=b + 1), "sr": np.array(sr, np.int64)}
+             for b, sr in ((1, 16000), (2, 8000), (3, 16000))]
+    check_two_shapes(m, feeds, tmp_path)
+
+
+def test_bidirectional_lstm_over_a_run_time_sequence(tmp_path):
+    """ddddocr / PP-OCR recognizers: a bidirectional LSTM over a sequence known at run time. Its two
+    directions come out of two loops whose lengths Relax cannot prove equal, and their Concat was
+    left unlowered ("CodeGenVM cannot emit R.concat"). The Concat converter match-casts the
+    directions to one length (`LowerCtx.aligned`); with the sequence computed by a strided conv,
+    ConvertToDataflow's CanonicalizeBindings dropped that cast until `aligned` pinned the first."""
+    rng = np.random.default_rng(0)
+    hidden, feat = 8, 6
+    w = lambda *s: (rng.standard_normal(s) * 0.3).astype(np.float32)  # noqa: E731
+    m = _model([N("Conv", ["x", "k"], ["c"], strides=[1, 2], pads=[0, 1, 0, 1]),  # [1, feat, 1, (W - 1) // 2 + 1]
+                N("Squeeze", ["c", "two"], ["q"]), N("Transpose", ["q"], ["s"], perm=[2, 0, 1]),
+                N("LSTM", ["s", "W", "R", "B"], ["y"], hidden_size=hidden, direction="bidirectional"),
+                N("Transpose", ["y"], ["t"], perm=[0, 2, 1, 3]), N("Reshape", ["t", "flat"], ["z"])],
+               {"x": (TensorProto.FLOAT, [1, 1, 2, "W"])}, {"z": (TensorProto.FLOAT, [None, 1, 2 * hidden])},
+               {"k": w(feat, 1, 2, 3), "W": w(2, 4 * hidden, feat), "R": w(2, 4 * hidden, hidden),
+                "B": w(2, 8 * hidden), "flat": np.array([0, 1, -1], np.int64), "two": np.array([2], np.int64)},
+               opset=13)
+    check_two_shapes(m, [{"x": _f32(1, 1, 2, 10)}, {"x": _f32(1, 1, 2, 17, seed=1)}], tmp_path)
+
+
+def test_nms_over_a_run_time_batch_and_box_count(tmp_path):
+    """A YOLO end2end export: NonMaxSuppression over [N, A, 4] boxes, A set by the image size. TOPI
+    sized its output with a Python `if` on the dims ("Cannot use and / or / not operator to Expr")."""
+    m = _model([N("NonMaxSuppression", ["boxes", "scores", "limit", "iou", "thr"], ["sel"])],
+               {"boxes": (TensorProto.FLOAT, ["N", "A", 4]), "scores": (TensorProto.FLOAT, ["N", 3, "A"])},
+               {"sel": (TensorProto.INT64, ["K", 3])},
+               {"limit": np.array([5], np.int64), "iou": np.array([0.5], np.float32),
+                "thr": np.array([0.2], np.float32)})
+
+    def feeds(n, a, seed):
+        rng = np.random.default_rng(seed)
+        corner = rng.random((n, a, 2), dtype=np.float32) * 10
+        boxes = np.concatenate([corner, corner + 1 + rng.random((n, a, 2), dtype=np.float32) * 3], axis=2)
+        return {"boxes": boxes, "scores": rng.random((n, 3, a), dtype=np.float32)}
+
+    check_two_shapes(m, [feeds(1, 30, 0), feeds(2, 57, 1)], tmp_path)
+
+
+def test_fpn_adds_an_upsampled_map_to_a_lateral_one(tmp_path):
+    """PP-OCR's text detectors (DBNet FPN): a stride-4 map upsampled 2x by Resize is added to a
+    stride-2 map. Relax cannot prove 2 * (H // 4) equal to H // 2 and left the Add unlowered
+    ("CodeGenVM cannot emit R.add")."""
+    rng = np.random.default_rng(0)
+    k = lambda: (rng.standard_normal((4, 4, 3, 3)) * 0.2).astype(np.float32)  # noqa: E731
+    conv = dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2])
+    nodes = [N("Conv", ["x", "k1"], ["c2"], **conv), N("Conv", ["c2", "k2"], ["c4"], **conv),
+             N("Resize", ["c4", "", "scales"], ["up"], mode="nearest"), N("Add", ["up", "c2"], ["y"])]
+    m = _model(nodes, {"x": (TensorProto.FLOAT, ["N", 4, "H", "W"])}, {"y": (TensorProto.FLOAT, ["N", 4, None, None])},
+               {"k1": k(), "k2": k(), "scales": np.array([1, 1, 2, 2], np.float32)})
+    check_two_shapes(m, [{"x": _f32(1, 4, 32, 32)}, {"x": _f32(2, 4, 16, 24, seed=1)}], tmp_path)
