@@ -2,6 +2,7 @@
 
     python benchmarks/quantize_accuracy.py                        # resnet18, mobilenetv2
     python benchmarks/quantize_accuracy.py --models resnet18 --calib 64 --method percentile
+    python benchmarks/quantize_accuracy.py --max-drop 0.02     # with mdoc's accuracy guard
 
 For each zoo model: seeded calibration and evaluation inputs; `mdoc quantize` (the
 command, per-channel weights, u8 activations unless --activations s8) and
@@ -63,6 +64,7 @@ def main() -> int:
     p.add_argument("--eval", type=int, default=16, help="evaluation samples")
     p.add_argument("--method", default="minmax", choices=["minmax", "percentile"])
     p.add_argument("--activations", default="u8", choices=["u8", "s8"])
+    p.add_argument("--max-drop", type=float, default=None, help="mdoc's accuracy guard (held-out: the eval inputs)")
     args = p.parse_args()
     from mdoc.models.zoo import build
 
@@ -79,10 +81,12 @@ def main() -> int:
             calib = rng.standard_normal((args.calib, *shape)).astype(np.float32)
             x = rng.standard_normal((args.eval, *shape)).astype(np.float32)
             np.savez(tmp / "calib.npz", **{name: calib})
+            np.savez(tmp / "eval.npz", **{name: x[:, None]})
+            guard = ["--max-drop", str(args.max_drop), "--eval", str(tmp / "eval.npz")] if args.max_drop else []
             ours, theirs = tmp / f"{model}.mdoc-int8.onnx", tmp / f"{model}.ort-int8.onnx"
             subprocess.run([sys.executable, "-c", "from mdoc.cli import main; main()", "quantize", str(src), "-o", str(ours), "--calib",
-                            str(tmp / "calib.npz"), "--method", args.method, "--activations", args.activations],
-                           check=True, stdout=subprocess.DEVNULL)
+                            str(tmp / "calib.npz"), "--method", args.method, "--activations", args.activations, *guard],
+                           check=True, stdout=sys.stderr if args.max_drop else subprocess.DEVNULL)
             _ort_quantize(src, theirs, name, calib)
             ref = _run(src, name, x)
             size = _weight_bytes(src)

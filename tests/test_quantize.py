@@ -104,3 +104,18 @@ def test_calibration_data_that_does_not_fit_is_one_line(mdoc_cli, tmp_path):
     assert r.code == 2
     assert "no array for input x (it has image)" in r.err and len(r.err.strip().splitlines()) == 1
     assert not (tmp_path / "q.onnx").exists()
+
+
+def test_accuracy_guard_returns_the_costliest_ops_to_float(mdoc_cli, tmp_path):
+    src, out = tmp_path / "cnn.onnx", tmp_path / "cnn.int8.onnx"
+    onnx.save(_cnn(), src)
+    np.savez(tmp_path / "calib.npz", x=_samples(4, 0))
+    np.savez(tmp_path / "eval.npz", x=_samples(8, 1))
+    r = mdoc_cli("quantize", src, "-o", out, "--calib", tmp_path / "calib.npz", "--eval", tmp_path / "eval.npz",
+                 "--max-drop", "0.0005", "--json")
+    assert r.code == 0, r.err
+    import json
+    summary = json.loads(r.out)
+    assert summary["fp32_fallback"] and summary["within_budget"]
+    assert summary["accuracy"] >= 1 - 0.0005
+    assert summary["quantized_ops"] == 4 - len(summary["fp32_fallback"])
