@@ -89,5 +89,3 @@ ATTR_PY_TYPES = {
     AttributeProto.TYPE_PROTOS: ("list", onnx.TypeProto),
 }
 
-
-from . import transformer_ops  # noqa: E402,F401 - registers mdoc's transformer ops (layer_norm, gelu, attention)

@@ -20,7 +20,7 @@ from mdoc.types import TensorType
 
 from . import artifact
 from .native_log import NativeLog
-from .presets import resolve_target
+from .presets import list_presets, resolve_target
 
 if TYPE_CHECKING:  # pragma: no cover
     import tvm
@@ -118,6 +118,9 @@ class TvmBackend:
 
     def load(self, path: Path):
         return artifact.load(path)
+
+    def targets(self) -> dict:
+        return list_presets()
 
 
 def _lowered(backend: TvmBackend, model: Model, spec, kernels) -> "tvm.IRModule":
