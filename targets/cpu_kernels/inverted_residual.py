@@ -57,7 +57,7 @@ from .common import (
     is_symbolic,
     largest_divisor,
 )
-from .conv import schedule_copy
+from .tile_schedules import schedule_copy
 
 L2_BAND_BYTES = 1_300_000  # the expanded band a task keeps (x the rows it needs); L2 is 2 MB a core here
 MAX_ROWS = 14

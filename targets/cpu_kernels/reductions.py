@@ -23,6 +23,7 @@ from tvm.s_tir import Schedule
 
 from .common import (CpuSpec, Kernel, KernelError, Param, as_dims, check_dtype, fast_exp, finish, flat_spatial,
                      is_symbolic, require_static)
+from .tile_schedules import flatten_leading
 
 __all__ = ["layer_norm", "softmax"]
 
@@ -99,9 +100,7 @@ def _vectorize_row(sch: Schedule, loop, lanes: int) -> None:
 def _flat_out(sch: Schedule, lead: tuple[int, ...]) -> Schedule:
     if len(lead) == 1:
         return sch
-    from .matmul import _flatten_leading
-
-    return _flatten_leading(sch, "out", lead)
+    return flatten_leading(sch, "out", lead)
 
 
 def softmax(shape: Sequence[int], *, axis: int = -1, dtype: str = "float32", spec: CpuSpec = CpuSpec(),

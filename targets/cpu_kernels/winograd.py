@@ -380,7 +380,7 @@ def _build(plan: WinogradPlan, weight: np.ndarray | None, epi: Epilogue, name: s
 
 
 def _schedule_pad(sch: Schedule, block: str) -> None:
-    """pad[n, cb, y, x, v]: parallel over rows (conv.schedule_copy would make each 16-lane vector a
+    """pad[n, cb, y, x, v]: parallel over rows (tile_schedules.schedule_copy would make each 16-lane vector a
     task of its own, decoding its index with divisions: 13% of an F(4x4) kernel), lanes vectorized."""
     b = sch.get_sblock(block)
     i, cb, y, x, v = sch.get_loops(b)
