@@ -46,7 +46,7 @@ class TvmBackend:
         tuned register `tiles`, request key -> (tile, default kernel it beat)) on CPU targets, TVM's ops elsewhere."""
         from .relax.cpu_strategy import cpu_kernels_for
 
-        return cpu_kernels_for(spec.tvm, tiles) if spec.device == "cpu" else None
+        return cpu_kernels_for(spec.cpu, tiles) if spec.device == "cpu" else None
 
     def lower(self, model: Model, spec, kernels=None) -> "tvm.IRModule":
         """The Relax module the build starts from (what `compile` builds and `mdoc tune` tunes);

@@ -132,10 +132,11 @@ class Conv2dPlan:
 
 
 def plan_conv2d(data_shape, weight_shape, strides=1, padding=0, dilation=1, groups=1,
-                spec: CpuSpec = CpuSpec(), tile: tuple[int, ...] | None = None, layout: str = "NCHW",
+                spec: CpuSpec | None = None, tile: tuple[int, ...] | None = None, layout: str = "NCHW",
                 data_layout: str | None = None) -> Conv2dPlan:
     """Choose the tiling of a dense or grouped conv2d (tile=(wb, ocv, ici) overrides the choice;
     NCHWc takes (wb, ocv): its reduction step is one input-channel vector)."""
+    spec = spec or CpuSpec.host()
     op = "conv2d"
     data_layout = data_layout or layout
     check_layout(op, layout)
@@ -247,7 +248,7 @@ def pack_conv2d_weight(weight: np.ndarray, plan: Conv2dPlan) -> np.ndarray:
 
 
 def conv2d(data_shape: Sequence[int], weight, *, strides=1, padding=0, dilation=1, groups: int = 1,
-           epilogue: Epilogue = Epilogue(), dtype: str = "float32", spec: CpuSpec = CpuSpec(),
+           epilogue: Epilogue = Epilogue(), dtype: str = "float32", spec: CpuSpec | None = None,
            name: str | None = None, tile: tuple[int, ...] | None = None, layout: str = "NCHW",
            data_layout: str | None = None) -> Kernel:
     """A scheduled NCHW (or NCHWc) conv2d, optionally with a fused epilogue.
@@ -272,6 +273,7 @@ def conv2d(data_shape: Sequence[int], weight, *, strides=1, padding=0, dilation=
         stem conv whose output starts an NCHWc chain); defaults to `layout`.
     Returns a Kernel whose PrimFunc is `f(data, weight, [bias], [residual], out)`.
     """
+    spec = spec or CpuSpec.host()
     check_dtype("conv2d", dtype)
     wshape = tuple(int(d) for d in (weight.shape if isinstance(weight, np.ndarray) else weight))
     if groups > 1 and len(wshape) == 4 and wshape[1] == 1 and groups == int(data_shape[1]):

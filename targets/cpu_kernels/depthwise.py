@@ -187,7 +187,7 @@ def schedule_window(sch: Schedule, plan: WindowPlan, out: str = "out", acc: str 
 
 
 def depthwise_conv2d(data_shape: Sequence[int], weight, *, strides=1, padding=0, dilation=1,
-                     epilogue: Epilogue = Epilogue(), dtype: str = "float32", spec: CpuSpec = CpuSpec(),
+                     epilogue: Epilogue = Epilogue(), dtype: str = "float32", spec: CpuSpec | None = None,
                      name: str | None = None, tile: tuple[int, ...] | None = None, layout: str = "NCHW") -> Kernel:
     """A scheduled depthwise conv2d (groups == C, weight [C * m, 1, KH, KW]).
 
@@ -201,6 +201,7 @@ def depthwise_conv2d(data_shape: Sequence[int], weight, *, strides=1, padding=0,
         channel vectors and the task height.
     Returns a Kernel `f(data, weight, [bias], [residual], out)`.
     """
+    spec = spec or CpuSpec.host()
     op = "depthwise_conv2d"
     check_dtype(op, dtype)
     check_layout(op, layout)

@@ -167,7 +167,7 @@ def inverted_residual_tiles(plan: InvertedResidualPlan, spec: CpuSpec, limit: in
 def inverted_residual(data_shape: Sequence[int], expand_shape: Sequence[int], depthwise_shape: Sequence[int],
                       project_shape: Sequence[int], *, strides=1, padding=0, expand_strides=1, expand_padding=0,
                       expand: Epilogue = Epilogue(), depthwise: Epilogue = Epilogue(),
-                      project: Epilogue = Epilogue(), spec: CpuSpec = CpuSpec(), name: str | None = None,
+                      project: Epilogue = Epilogue(), spec: CpuSpec | None = None, name: str | None = None,
                       tile: tuple[int, ...] | None = None, data_layout: str = "NCHWc") -> Kernel:
     """The fused block; weights by their ONNX shapes ([M, C, k1h, k1w], [M, 1, kh, kw], [CO, M, 1, 1]).
 
@@ -178,6 +178,7 @@ def inverted_residual(data_shape: Sequence[int], expand_shape: Sequence[int], de
     array (a bias from its [channels] vector).  Raises KernelError where the block does not fuse
     (`plan_inverted_residual`).
     """
+    spec = spec or CpuSpec.host()
     m, c = int(expand_shape[0]), int(expand_shape[1])
     co = int(project_shape[0])
     if (len(expand_shape) != 4 or tuple(project_shape[2:]) != (1, 1) or int(data_shape[1]) != c

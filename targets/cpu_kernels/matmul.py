@@ -119,7 +119,7 @@ def _epilogue_value(epi: Epilogue, val, bias, residual, j, res_index):
 
 
 def dense(a_shape: Sequence[int], weight, *, transpose_b: bool = False, epilogue: Epilogue = Epilogue(),
-          dtype: str = "float32", spec: CpuSpec = CpuSpec(), name: str | None = None,
+          dtype: str = "float32", spec: CpuSpec | None = None, name: str | None = None,
           tile: tuple[int, int] | None = None) -> Kernel:
     """Y[..., N] = epilogue(A[..., K] @ W) with W constant.
 
@@ -131,6 +131,7 @@ def dense(a_shape: Sequence[int], weight, *, transpose_b: bool = False, epilogue
     epilogue: scale, bias [N], residual [..., N], activation.
     Returns a Kernel `f(a, weight, [bias], [residual], out)`.
     """
+    spec = spec or CpuSpec.host()
     check_dtype("dense", dtype)
     a_shape = as_dims(a_shape)
     require_static("dense", "K", a_shape[-1])
@@ -192,7 +193,7 @@ def dense(a_shape: Sequence[int], weight, *, transpose_b: bool = False, epilogue
 
 
 def batch_matmul(a_shape: Sequence[int], b_shape: Sequence[int], *, transpose_b: bool = False,
-                 epilogue: Epilogue = Epilogue(), dtype: str = "float32", spec: CpuSpec = CpuSpec(),
+                 epilogue: Epilogue = Epilogue(), dtype: str = "float32", spec: CpuSpec | None = None,
                  name: str | None = None, tile: tuple[int, int] | None = None) -> Kernel:
     """C[..., M, N] = epilogue(A[..., M, K] @ B[..., K, N]) for two run-time operands.
 
@@ -202,6 +203,7 @@ def batch_matmul(a_shape: Sequence[int], b_shape: Sequence[int], *, transpose_b:
     mask, say), activation.
     Returns a Kernel `f(a, b, [bias], [residual], out)`.
     """
+    spec = spec or CpuSpec.host()
     op = "batch_matmul"
     check_dtype(op, dtype)
     dims = as_dims((*a_shape, *b_shape))  # one var per name across both operands

@@ -29,6 +29,7 @@ from mdoc.errors import MdocError
 from mdoc.ir import Model, Node, Value
 from mdoc.types import DType, TensorType
 
+from ..cpu_description import CpuSpec
 from ..storage import storage_of, to_storage
 
 # ---------------------------------------------------------------------------
@@ -195,6 +196,9 @@ class LowerCtx:
         self.bb = bb
         self.model = model
         self.target = target
+        # the CPU the generic schedule will vectorize for (None for a GPU target; no target: this host)
+        self.cpu = CpuSpec.host() if target is None else (
+            CpuSpec.from_target(target) if target.get("kind") == "llvm" else None)
         self.kernels = kernels
         self.node: Node | None = None  # the node being converted
         self.runtime_shapes = False  # some dims were bound at run time (`runtime_dims`; see `lower`)

@@ -51,7 +51,7 @@ from tvm import relax
 from mdoc.ir import Node
 from mdoc.types import TensorType
 
-from ..cpu_kernels import CpuSpec, Epilogue, Kernel, KernelError
+from ..cpu_kernels import CpuSpec, Epilogue, Kernel
 from ..cpu_kernels.common import flat_spatial, is_symbolic
 from ..cpu_kernels.request import KernelRequest
 from .cpu_transformer import LOWER as TRANSFORMER_OPS
@@ -64,14 +64,10 @@ from .kernels import Kernels
 if TYPE_CHECKING:  # pragma: no cover
     from .context import LowerCtx
 
-def cpu_kernels_for(target: dict, tiles: Mapping[str, tuple[tuple, str]] | None = None) -> Kernels:
-    """The kernel strategy for a TVM CPU target dict: `CpuKernels` when its vector width is
-    known (AVX2, AVX-512, NEON), else the default `Kernels` (a generic x86-64 has no FMA
-    vectors worth a hand schedule)."""
-    try:
-        return CpuKernels(CpuSpec.from_target(target), tiles)
-    except KernelError:
-        return Kernels()
+def cpu_kernels_for(cpu: CpuSpec, tiles: Mapping[str, tuple[tuple, str]] | None = None) -> Kernels:
+    """The kernel strategy for the target's CPU: `CpuKernels` where it has FMA vectors (AVX2,
+    AVX-512, NEON), else the default `Kernels` (a generic x86-64 has none worth a hand schedule)."""
+    return CpuKernels(cpu, tiles) if cpu.fma_vectors else Kernels()
 
 
 class CpuKernels(Kernels):
