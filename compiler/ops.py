@@ -1,4 +1,4 @@
-"""The op registry: ONNX ops checked against `onnx.defs`, mdoc's own ops declared with `@define_op`.
+"""The op registry: ONNX ops checked against `onnx.defs`, mdoc's own ops declared with `define_op(OpDef(...))`.
 
 One spelling per op: the importer turns every ONNX node into `onnx.<OpType>` (or
 `<domain>.<OpType>`), and mdoc's passes create `mdoc.<name>` ops declared here or

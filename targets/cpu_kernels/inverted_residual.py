@@ -11,8 +11,7 @@ This kernel computes the block per band of output rows: each task expands the in
 band needs into a buffer of its own (a few hundred KB, kept in the core's L2), runs the
 depthwise conv on it into a second one, and projects that into the output.  Only the block's
 narrow input and output touch memory.  Measured against the three NCHWc kernels chained
-(`python /work/scratch/fuse/ab.py` recipe in the issue notes; cold = caches flushed before
-each call, as inside a model): 16x112x112 -> 96 s2 -> 24: 848 -> 393 us; 24x56x56 -> 144 s1
+(cold = caches flushed before each call, as inside a model): 16x112x112 -> 96 s2 -> 24: 848 -> 393 us; 24x56x56 -> 144 s1
 -> 24 (+ residual): 531 -> 359; 32x28x28 -> 192 s1 -> 32: 243 -> 148.
 
 The price is recomputing the expanded rows a band shares with its neighbour (the depthwise
@@ -373,7 +372,7 @@ def _tile_stage(sch: Schedule, out: str, acc: str, wb: int, channels_inside: boo
 
 def _register_tile(sch: Schedule, block, n_reduce: int) -> None:
     """The accumulator in registers: reductions outside the tile, blocks and columns unrolled,
-    lanes vectorized, initialised by a vector store (as `conv._register_tile`, without the
+    lanes vectorized, initialised by a vector store (as `tile_schedules._register_tile`, without the
     parallel task, which is the band here)."""
     sch.set_scope(block, 0, "local")
     loops = sch.get_loops(block)[-5 - n_reduce:]

@@ -40,7 +40,7 @@ def _as_target(target) -> tvm.target.Target:
         return target
     if isinstance(target, str):
         raise MdocError(f"target {target!r}: TVM 0.27 takes targets as dicts, e.g. "
-                        f"{{'kind': 'llvm', 'mcpu': 'znver4'}} (see mdoc.targets.host.host_target())")
+                        f"{{'kind': 'llvm', 'mcpu': 'znver4'}} (or mdoc.targets.presets.resolve_target("x86").tvm)")
     return tvm.target.Target(dict(target))
 
 
@@ -129,7 +129,7 @@ def optimize(mod: tvm.IRModule, target, *, schedule: bool = True) -> tvm.IRModul
 
 def build(mod: tvm.IRModule, target, *, schedule: bool = True, before_schedule=(),
           cpu: CpuSpec | None = None) -> tvm.runtime.Executable:
-    """Compile a module from `lower` for a CPU target dict (see `mdoc.targets.host.host_target`).
+    """Compile a module from `lower` for a CPU target dict (`mdoc.targets.presets.resolve_target("x86").tvm`).
 
     `before_schedule`: module passes run on the fused PrimFuncs just before mdoc's generic
     schedule (the tuning database's `ApplyTuned`).
