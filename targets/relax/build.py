@@ -40,7 +40,7 @@ def _as_target(target) -> tvm.target.Target:
         return target
     if isinstance(target, str):
         raise MdocError(f"target {target!r}: TVM 0.27 takes targets as dicts, e.g. "
-                        f"{{'kind': 'llvm', 'mcpu': 'znver4'}} (or mdoc.targets.presets.resolve_target("x86").tvm)")
+                        f"{{'kind': 'llvm', 'mcpu': 'znver4'}} (see mdoc.targets.presets.resolve_target)")
     return tvm.target.Target(dict(target))
 
 

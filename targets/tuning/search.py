@@ -221,7 +221,7 @@ def _cross_builder_worker() -> None:
         return path
 
 
-def measure_defaults(tasks: list[Task], db: TuningDatabase, target, builder, runner) -> None:
+def measure_defaults(tasks: list[Task], db: TuningDatabase, target, cpu: CpuSpec, builder, runner) -> None:
     """Build and time mdoc's default schedule of every task (reusing the database's baselines)."""
     from tvm.s_tir import meta_schedule as ms
 
@@ -235,7 +235,7 @@ def measure_defaults(tasks: list[Task], db: TuningDatabase, target, builder, run
     if not todo:
         return
     with target:  # (the pass edits the module it is given: each gets a fresh one)
-        scheduled = [ScheduleCPU(CpuSpec.from_target(target))(task_module(t.func)) for t in todo]
+        scheduled = [ScheduleCPU(cpu)(task_module(t.func)) for t in todo]
     built = builder.build([ms.builder.BuilderInput(m, target) for m in scheduled])
     inputs, waiting = [], []
     for task, b in zip(todo, built):
@@ -297,7 +297,7 @@ def _tune_tasks(mod, spec, db, budget, report, deadline, builder, runner, target
         say("the tile sweep took the budget: MetaSchedule is not started")
         return
     say(f"{len(tasks)} tasks; measuring mdoc's default schedule of each")
-    measure_defaults(tasks, db, target, builder, runner)
+    measure_defaults(tasks, db, target, spec.cpu, builder, runner)
     tasks.sort(key=lambda t: -t.cost)
     report.results = [TaskResult(t) for t in tasks]
     if trials is not None:
