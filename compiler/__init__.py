@@ -12,4 +12,5 @@ from .errors import CheckFailed, MdocError
 from .model_io import load_model, save_model
 from .version import __version__
 
-__all__ = ["__version__", "CheckFailed", "MdocError", "compile", "from_torch", "load", "load_model", "optimize", "save_model"]
+__all__ = ["__version__", "CheckFailed", "MdocError", "compile", "from_torch", "load", "load_model", "optimize",
+           "save_model"]
