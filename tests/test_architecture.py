@@ -22,11 +22,17 @@ when that is a module, else to `pkg`; importing `a.b.c` is not counted as import
 from __future__ import annotations
 
 import ast
-import tomllib
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import networkx as nx
+import pytest
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    tomllib = pytest.importorskip("tomli")
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,6 +54,7 @@ def _package_dirs() -> dict[str, Path]:
     return dirs
 
 
+@lru_cache(maxsize=1)
 def _modules() -> dict[str, Path]:
     """Every module of the mdoc namespace: dotted name -> file."""
     dirs = _package_dirs()
