@@ -43,7 +43,7 @@ _DOT_PRODUCT = {
     "i8mm": ("cortex-a710", "cortex-x2", "neoverse-n2", "neoverse-v1", "apple-m2"),
 }
 # mattr features (LLVM spelling) that name a vector ISA or a dot product
-_MATTR_ISA = (("avx512f", "avx512"), ("avx2", "avx2"), ("neon", "neon"))
+_MATTR_ISA = (("avx512f", "avx512"), ("avx2", "avx2"))
 _MATTR_DOT = {"avx512vnni": "avx512_vnni", "avxvnni": "avx_vnni", "dotprod": "dotprod", "i8mm": "i8mm"}
 # /proc/cpuinfo flags of the same (x86 "flags", aarch64 "Features")
 _FLAG_DOT = {"avx512_vnni": "avx512_vnni", "avx_vnni": "avx_vnni", "asimddp": "dotprod", "i8mm": "i8mm"}
@@ -98,12 +98,11 @@ class CpuSpec:
         cfg = _target_dict(target)
         mcpu = str(cfg.get("mcpu", "") or "")
         mattr = [str(a).lstrip("+") for a in (cfg.get("mattr") or []) if not str(a).startswith("-")]
-        arm = str(cfg.get("mtriple", "") or "").startswith(("aarch64", "arm64"))
-        isa = next((name for flag, name in _MATTR_ISA if flag in mattr), None)
-        if arm:
-            isa = "neon"
-        elif isa is None:
-            isa = next((name for name, cpus in _X86_CPUS.items() if mcpu in cpus), None)
+        arm = str(cfg.get("mtriple", "") or "").startswith(("aarch64", "arm64")) or "neon" in mattr
+        # the widest of what mcpu names and what mattr adds
+        named_isas = [name for flag, name in _MATTR_ISA if flag in mattr]
+        named_isas += [name for name, cpus in _X86_CPUS.items() if mcpu in cpus]
+        isa = "neon" if arm else next((name for name in _X86_CPUS if name in named_isas), None)
         if isa is None:
             known = ", ".join(c for cpus in _X86_CPUS.values() for c in cpus if c)
             raise MdocError(f"target {cfg!r}: cannot tell the vector width of mcpu '{mcpu}'; name one of {known}, "
