@@ -90,20 +90,6 @@ def can_fold(node: Node) -> bool:
             and is_deterministic(node) and not any(True for _ in node.subgraphs()))
 
 
-def operand_arrays(node: Node) -> list[np.ndarray | None] | None:
-    """The constant arrays of `node`'s operands (None for omitted ones), or None if one is not constant."""
-    arrays = []
-    for v in node.inputs:
-        if v is None:
-            arrays.append(None)
-            continue
-        a = v.const_value
-        if a is None:
-            return None
-        arrays.append(a)
-    return arrays
-
-
 def try_fold(node: Node, opset: int, inputs: Sequence[np.ndarray | None] | None = None) -> list[np.ndarray] | None:
     """The results of `node` computed from constant operands (or `inputs`), or None when it cannot fold.
 

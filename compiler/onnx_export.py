@@ -24,11 +24,11 @@ import numpy as np
 import onnx
 from onnx import AttributeProto, helper, numpy_helper
 
-from . import __version__
 from .errors import MdocError
 from .ir import CONSTANT, Graph, Model, Value, split_op
 from .ops import MDOC_OPS, schema_of
 from .types import type_to_onnx
+from .version import __version__
 
 # Protobuf refuses messages over 2 GiB; leave room for the graph itself.
 EXTERNAL_DATA_THRESHOLD = 1 << 30

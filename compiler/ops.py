@@ -1,4 +1,4 @@
-"""The op registry: ONNX ops checked against `onnx.defs`, mdoc's own ops declared with `@define_op`.
+"""The op registry: ONNX ops checked against `onnx.defs`, mdoc's own ops declared with `define_op(OpDef(...))`.
 
 One spelling per op: the importer turns every ONNX node into `onnx.<OpType>` (or
 `<domain>.<OpType>`), and mdoc's passes create `mdoc.<name>` ops declared here or
@@ -88,7 +88,3 @@ ATTR_PY_TYPES = {
     AttributeProto.TYPE_PROTO: onnx.TypeProto,
     AttributeProto.TYPE_PROTOS: ("list", onnx.TypeProto),
 }
-
-
-from . import transformer_ops  # noqa: E402,F401 - registers mdoc's transformer ops (layer_norm, gelu, attention)
-from . import quant_ops  # noqa: E402,F401 - registers mdoc.observe

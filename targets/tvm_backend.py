@@ -20,7 +20,7 @@ from mdoc.types import TensorType
 
 from . import artifact
 from .native_log import NativeLog
-from .presets import resolve_target
+from .presets import list_presets, resolve_target
 
 if TYPE_CHECKING:  # pragma: no cover
     import tvm
@@ -46,7 +46,7 @@ class TvmBackend:
         tuned register `tiles`, request key -> (tile, default kernel it beat)) on CPU targets, TVM's ops elsewhere."""
         from .relax.cpu_strategy import cpu_kernels_for
 
-        return cpu_kernels_for(spec.tvm, tiles) if spec.device == "cpu" else None
+        return cpu_kernels_for(spec.cpu, tiles) if spec.device == "cpu" else None
 
     def lower(self, model: Model, spec, kernels=None) -> "tvm.IRModule":
         """The Relax module the build starts from (what `compile` builds and `mdoc tune` tunes);
@@ -118,6 +118,9 @@ class TvmBackend:
 
     def load(self, path: Path):
         return artifact.load(path)
+
+    def targets(self) -> dict:
+        return list_presets()
 
 
 def _lowered(backend: TvmBackend, model: Model, spec, kernels) -> "tvm.IRModule":

@@ -162,9 +162,9 @@ def test_weights_as_parameters_use_batch_matmul():
 
 
 def test_strategy_choice_per_target():
-    assert isinstance(cpu_kernels_for(TARGET), CpuKernels)
-    assert cpu_kernels_for(resolve_target("aarch64").tvm).spec.lanes == 4
-    generic = cpu_kernels_for({"kind": "llvm", "mcpu": "x86-64"})  # no vector width worth a hand kernel
+    assert isinstance(cpu_kernels_for(CpuSpec.from_target(TARGET)), CpuKernels)
+    assert cpu_kernels_for(resolve_target("aarch64").cpu).spec.lanes == 4
+    generic = cpu_kernels_for(CpuSpec.from_target({"kind": "llvm", "mcpu": "x86-64"}))  # no FMA vectors
     assert type(generic) is Kernels
 
 
@@ -183,7 +183,7 @@ def test_aarch64_artifact_matches_onnxruntime(tmp_path):
              N("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]), N("MatMul", ["k", "kt"], ["kk"])]
     m = make_model(nodes, {"x": x, "k": k}, ["y", "kk"], inits)
     spec = resolve_target("aarch64")
-    names = kernel_names(lower(import_model(m), target=spec.tvm, kernels=cpu_kernels_for(spec.tvm)))
+    names = kernel_names(lower(import_model(m), target=spec.tvm, kernels=cpu_kernels_for(spec.cpu)))
     assert {"dense_8x24x20_bias_gelu", "batch_matmul_2x8x12x8"} <= names, names
     onnx.save(m, tmp_path / "m.onnx")
     art = mdoc.compile(tmp_path / "m.onnx", "aarch64", tmp_path / "m.arm", show_progress=False)

@@ -69,7 +69,7 @@ def test_symbolic_batch_takes_the_hand_kernels(tmp_path):
     model = import_model(_cnn())
     PassManager(parse_pipeline("infer-shapes,fold-constants,fuse-conv-bn,dce")).run(model)
     spec = resolve_target("x86")
-    mod = lower(model, target=spec.tvm, kernels=cpu_kernels_for(spec.tvm))
+    mod = lower(model, target=spec.tvm, kernels=cpu_kernels_for(spec.cpu))
     names = [gv.name_hint for gv in mod.get_global_vars()]
     assert any(n.startswith("conv2d_") and "nchwc" in n for n in names), names
     assert any(n.startswith("dwconv2d_") for n in names), names

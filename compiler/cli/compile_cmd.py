@@ -8,11 +8,12 @@ from pathlib import Path
 import click
 
 from ..api import compile as compile_model
-from ..backends import BUILD_LOG, MANIFEST
+from ..backends import BUILD_LOG, MANIFEST, list_targets
 from ..errors import MdocError
 from ..pass_manager import load_plugin
 from ..specialize import parse_binding, parse_shape
-from .group import cli, dim_option, emit_json, json_option, parse_dims
+from ..cli_options import dim_option, emit_json, json_option, parse_dims
+from .group import cli
 
 
 @cli.command("compile")
@@ -95,9 +96,7 @@ def _echo_log(path: Path) -> None:
 @json_option
 def targets_cmd(as_json: bool) -> None:
     """List the target presets."""
-    from mdoc.targets.presets import list_presets
-
-    presets = list_presets()
+    presets = list_targets()
     if as_json:
         emit_json({n: {"description": p.description, "tvm": p.tvm} for n, p in presets.items()})
         return

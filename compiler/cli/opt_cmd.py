@@ -14,7 +14,8 @@ from ..report import write_report
 from ..rewrite import RewritePass, get_rule, trace_rewrites
 from ..rewrite import explain as explain_rule
 from ..tensors import random_inputs
-from .group import cli, dim_option, emit_json, json_option, parse_dims
+from ..cli_options import dim_option, emit_json, json_option, parse_dims
+from .group import cli
 
 
 @cli.command("opt")

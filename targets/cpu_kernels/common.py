@@ -1,12 +1,12 @@
-"""What every CPU kernel builder shares: the machine description, the kernel record, epilogues.
+"""What every CPU kernel builder shares: the machine it builds for, the kernel record, epilogues.
 
 Why this file exists: the conv, matmul and pooling builders all need the same three
 things, and they must agree on them so that the Relax lowering can treat every kernel
 alike.
 
-* `CpuSpec` says how wide a vector is, how many vector registers there are (this sizes
-  the register tile) and how many cores run the parallel loop.  `CpuSpec.from_target`
-  reads it off a TVM target so that the builders never guess.
+* `CpuSpec` (`targets/cpu_description.py`, the target's one description of the CPU) says
+  how wide a vector is, how many vector registers there are (this sizes the register tile)
+  and how many cores run the parallel loop.  A builder given no spec builds for this host.
 * `Kernel` is what a builder returns: a scheduled PrimFunc plus its ordered parameters,
   the constants that were packed at compile time, and a FLOP count.  `Kernel.compile`
   builds it for quick checks and benchmarks; the lowering uses `func` and `params`.
@@ -28,6 +28,8 @@ from tvm import te, tirx
 
 from mdoc.errors import MdocError
 
+from ..cpu_description import CpuSpec
+
 __all__ = [
     "ACTIVATIONS",
     "CpuSpec",
@@ -48,91 +50,6 @@ class KernelError(MdocError):
 # --------------------------------------------------------------------------------------------
 # The machine
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CpuSpec:
-    """What the kernel builders need to know about the CPU.
-
-    lanes: fp32 lanes in one vector register (16 for AVX-512, 8 for AVX2, 4 for NEON).
-    cores: threads the parallel outer loop is cut for.
-    vector_registers: architectural vector registers (32 for AVX-512 and NEON, 16 for AVX2);
-        the register tile keeps `vector_registers - 4` accumulators.
-    target: the TVM target (a JSON dict) that `Kernel.compile` builds for.
-    """
-
-
-    lanes: int = 16
-    cores: int = 2
-    vector_registers: int = 32
-    target: dict = field(default_factory=lambda: {"kind": "llvm", "mcpu": "znver4", "num-cores": 2})
-
-    def __post_init__(self):
-        if self.lanes not in (4, 8, 16):
-            raise KernelError(f"CpuSpec.lanes={self.lanes}: expected 4 (NEON), 8 (AVX2) or 16 (AVX-512) fp32 lanes")
-        if self.cores < 1 or self.vector_registers < 8:
-            raise KernelError(f"CpuSpec: cores={self.cores} and vector_registers={self.vector_registers} must be >= 1 and >= 8")
-
-    @property
-    def accumulators(self) -> int:
-        """Vector registers a register tile may hold as accumulators (the rest feed the FMAs)."""
-        return self.vector_registers - 4
-
-    @classmethod
-    def from_target(cls, target) -> CpuSpec:
-        """Read lanes, registers and cores off a TVM target (a `tvm.target.Target` or its JSON dict)."""
-        t = target if isinstance(target, tvm.target.Target) else tvm.target.Target(target)
-        cfg = dict(t.export())
-        mcpu = str(cfg.get("mcpu", "") or "")
-        mattr = [str(a) for a in (cfg.get("mattr") or [])]
-        triple = str(cfg.get("mtriple", "") or "")
-        cores = int(cfg.get("num-cores", 0) or 0) or (os.cpu_count() or 1)
-        avx512_cpus = ("znver4", "znver5", "skylake-avx512", "cascadelake", "cooperlake", "icelake", "sapphirerapids",
-                       "tigerlake", "rocketlake", "graniterapids", "emeraldrapids", "x86-64-v4")
-        avx2_cpus = ("haswell", "broadwell", "skylake", "znver1", "znver2", "znver3", "alderlake", "x86-64-v3")
-        if triple.startswith(("aarch64", "arm64")) or any("neon" in a for a in mattr):
-            lanes, regs = 4, 32
-        elif any("avx512f" in a for a in mattr) or mcpu.startswith(avx512_cpus):
-            lanes, regs = 16, 32
-        elif any("avx2" in a for a in mattr) or mcpu.startswith(avx2_cpus):
-            lanes, regs = 8, 16
-        else:
-            raise KernelError(
-                f"CpuSpec.from_target: cannot tell the vector width of target {cfg!r}; "
-                "pass a real mcpu (znver4, skylake-avx512, haswell, ...) or build CpuSpec(lanes=..., ...) by hand")
-        return cls(lanes=lanes, cores=cores, vector_registers=regs, target={k: v for k, v in cfg.items()
-                                                                            if k in ("kind", "mcpu", "mattr", "mtriple", "num-cores")})
-
-    @classmethod
-    def host(cls) -> CpuSpec:
-        """The machine this process runs on (x86 via /proc/cpuinfo flags, aarch64 via the platform)."""
-        import platform
-
-        cores = os.cpu_count() or 1
-        if platform.machine() in ("aarch64", "arm64"):
-            return cls(lanes=4, cores=cores, vector_registers=32,
-                       target={"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"], "num-cores": cores})
-        flags, vendor = "", ""
-        try:
-            with open("/proc/cpuinfo") as f:
-                for line in f:
-                    if line.startswith("flags") and not flags:
-                        flags = line
-                    elif line.startswith("vendor_id") and not vendor:
-                        vendor = line
-        except OSError:
-            pass
-        amd = "AMD" in vendor
-        if " avx512f" in flags:
-            mcpu = "znver4" if amd else "skylake-avx512"
-            return cls(16, cores, 32, {"kind": "llvm", "mcpu": mcpu, "num-cores": cores})
-        if " avx2" in flags:
-            mcpu = "znver2" if amd else "haswell"
-            return cls(8, cores, 16, {"kind": "llvm", "mcpu": mcpu, "num-cores": cores})
-        raise KernelError("CpuSpec.host: this CPU has neither AVX2 nor AVX-512; build CpuSpec(lanes=4, ...) by hand")
-
-    def tvm_target(self) -> tvm.target.Target:
-        return tvm.target.Target(self.target)
 
 
 def ensure_runtime_threads(cores: int) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import tvm
+import tvm_ffi
 from tvm import relax, tirx
 from tvm.sym import Analyzer
 
@@ -28,6 +29,7 @@ from mdoc.errors import MdocError
 from mdoc.ir import Model, Node, Value
 from mdoc.types import DType, TensorType
 
+from ..cpu_description import CpuSpec
 from ..storage import storage_of, to_storage
 
 # ---------------------------------------------------------------------------
@@ -194,6 +196,9 @@ class LowerCtx:
         self.bb = bb
         self.model = model
         self.target = target
+        # the CPU the generic schedule will vectorize for (None for a GPU target; no target: this host)
+        self.cpu = CpuSpec.host() if target is None else (
+            CpuSpec.from_target(target) if target.get("kind") == "llvm" else None)
         self.kernels = kernels
         self.node: Node | None = None  # the node being converted
         self.runtime_shapes = False  # some dims were bound at run time (`runtime_dims`; see `lower`)
@@ -539,6 +544,30 @@ class LowerCtx:
         binds = " ".join(f"--bind {n}=VALUES" for n in inputs)
         return NeedsInputValue(str(self.error(f"{message}; {which}: bind its value at compile time "
                                               f"(mdoc compile {binds})")), inputs)
+
+
+_RESHAPE = tvm.ir.Op.get("relax.reshape")
+
+
+def same_dims(a, b) -> bool:
+    """Whether two Relax shapes are equal: ints equal, symbolic dims structurally equal."""
+    if len(a) != len(b):
+        return False
+    return all(int(x) == int(y) if is_static(x) and is_static(y)
+               else not is_static(x) and not is_static(y) and tvm_ffi.structural_equal(x, y) for x, y in zip(a, b))
+
+
+def reshaped(ctx: LowerCtx, expr: relax.Expr, shape: tuple[int, ...]) -> relax.Expr:
+    """`expr` as `shape`; a reshape of a reshape reshapes the original instead (kernels in a row
+    would otherwise unflatten and flatten their rows between them, and FuseOps makes such a
+    pair a copy, where a single reshape is a free view)."""
+    shape = tuple(int(d) if is_static(d) else d for d in shape)
+    if same_dims(tuple(ctx.shape_of(expr)), shape):
+        return expr
+    bound = ctx.bb.lookup_binding(expr) if isinstance(expr, relax.Var) else None
+    if isinstance(bound, relax.Call) and bound.op.same_as(_RESHAPE):
+        return reshaped(ctx, bound.args[0], shape)
+    return ctx.emit(relax.op.reshape(expr, list(shape)))
 
 
 class NeedsInputValue(MdocError):

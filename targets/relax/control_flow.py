@@ -12,7 +12,7 @@ is data dependent, and becomes Relax control flow here:
   other, or after the If, and the VM then crashes on the path that never
   allocated it. The two branches must agree on the element type and rank of
   every output; where their shapes differ, Relax joins them to a shape it does
-  not know and the If's results are match-cast (by `lower.convert_node`) to
+  not know and the If's results are match-cast (by `node_lowering.convert_node`) to
   the importer's inferred shape or to fresh symbolic dims.
 * **Loop** -> private Relax functions, a while loop written as recursion
   over the loop state `(i, cond, carried..., accumulators...)`: the body's
@@ -52,6 +52,7 @@ from mdoc.ir import CONSTANT, Graph, Node, Value
 from mdoc.types import TensorType
 
 from .context import LowerCtx, SymTensor, is_static, tvm_dtype
+from .node_lowering import convert_node, output_expr
 from .registry import converter
 
 CONTROL_FLOW_OPS = frozenset({"onnx.If", "onnx.Loop"})
@@ -79,8 +80,6 @@ def lower_body(ctx: LowerCtx, body: Graph, bindings: dict[Value, Any]) -> list[r
     must not leak to the enclosing graph. An error while lowering the body names the body and
     its If or Loop after the failing node.
     """
-    from .lower import convert_node, output_expr  # lower.py imports this module
-
     saved_env, saved_node = dict(ctx.env), ctx.node
     try:
         for value, expr in bindings.items():

@@ -51,30 +51,23 @@ from tvm import relax
 from mdoc.ir import Node
 from mdoc.types import TensorType
 
-from ..cpu_kernels import CpuSpec, Epilogue, Kernel, KernelError
+from ..cpu_kernels import CpuSpec, Epilogue, Kernel
 from ..cpu_kernels.common import flat_spatial, is_symbolic
 from ..cpu_kernels.request import KernelRequest
 from .cpu_transformer import LOWER as TRANSFORMER_OPS
 from .epilogue import Tail, match_tail
 from .layer_norm_pattern import match_layer_norm
-from .context import is_static
+from .context import is_static, reshaped as _reshaped, same_dims as _same_dims
 from .layout_plan import LayoutPlan, candidate_kind, plan_layouts
 from .kernels import Kernels
 
 if TYPE_CHECKING:  # pragma: no cover
     from .context import LowerCtx
 
-_RESHAPE = tvm.ir.Op.get("relax.reshape")
-
-
-def cpu_kernels_for(target: dict, tiles: Mapping[str, tuple[tuple, str]] | None = None) -> Kernels:
-    """The kernel strategy for a TVM CPU target dict: `CpuKernels` when its vector width is
-    known (AVX2, AVX-512, NEON), else the default `Kernels` (a generic x86-64 has no FMA
-    vectors worth a hand schedule)."""
-    try:
-        return CpuKernels(CpuSpec.from_target(target), tiles)
-    except KernelError:
-        return Kernels()
+def cpu_kernels_for(cpu: CpuSpec, tiles: Mapping[str, tuple[tuple, str]] | None = None) -> Kernels:
+    """The kernel strategy for the target's CPU: `CpuKernels` where it has FMA vectors (AVX2,
+    AVX-512, NEON), else the default `Kernels` (a generic x86-64 has none worth a hand schedule)."""
+    return CpuKernels(cpu, tiles) if cpu.fma_vectors else Kernels()
 
 
 class CpuKernels(Kernels):
@@ -386,14 +379,6 @@ def _output_dims(ctx: "LowerCtx", built: Kernel, args: list) -> list:
     return [sizes[d] if is_symbolic(d) else d for d in built.output.shape]
 
 
-def _same_dims(a, b) -> bool:
-    """Whether two Relax shapes are equal: ints equal, symbolic dims structurally equal."""
-    if len(a) != len(b):
-        return False
-    return all(int(x) == int(y) if is_static(x) and is_static(y)
-               else not is_static(x) and not is_static(y) and tvm_ffi.structural_equal(x, y) for x, y in zip(a, b))
-
-
 def _agrees(node_shape, dims) -> bool:
     """Whether an mdoc type's shape (symbols are names) matches Relax `dims` (symbols are TIR
     expressions): the same rank, the same static sizes, symbolic where the other is."""
@@ -432,19 +417,6 @@ def _rows_shape(ctx: "LowerCtx", expr, static_row: bool = True) -> tuple | None:
     shape = _f32_shape(ctx, expr) if isinstance(expr, relax.Expr) else None
     ok = shape is not None and len(shape) >= 2 and (is_static(shape[-1]) or not static_row)
     return shape if ok else None
-
-
-def _reshaped(ctx: "LowerCtx", expr: relax.Expr, shape: tuple[int, ...]) -> relax.Expr:
-    """`expr` as `shape`; a reshape of a reshape reshapes the original instead (kernels in a row
-    would otherwise unflatten and flatten their rows between them, and FuseOps makes such a
-    pair a copy, where a single reshape is a free view)."""
-    shape = tuple(int(d) if is_static(d) else d for d in shape)
-    if _same_dims(tuple(ctx.shape_of(expr)), shape):
-        return expr
-    bound = ctx.bb.lookup_binding(expr) if isinstance(expr, relax.Var) else None
-    if isinstance(bound, relax.Call) and bound.op.same_as(_RESHAPE):
-        return _reshaped(ctx, bound.args[0], shape)
-    return ctx.emit(relax.op.reshape(expr, list(shape)))
 
 
 def _batch_shape(ctx: "LowerCtx", expr: relax.Expr) -> tuple | None:

@@ -34,6 +34,8 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from ..cpu_description import CpuSpec
+
 if TYPE_CHECKING:  # pragma: no cover
     from .context import LowerCtx
 
@@ -74,10 +76,10 @@ class Kernels:
             # the grouped form indexes its input by `channel // group_size` and stays scalar.
             return self._conv_per_group(ctx, x, w, strides, pads, dilations, groups)
         cout = ctx.shape_of(w)[0]
-        padded = _padded(cout)
+        padded = _padded(cout, ctx.cpu)
         if groups == 1 and padded != cout and isinstance(w, tvm.ir.GenericConst):
             # output channels are the vector axis of the generic schedule: pad the (constant)
-            # weights to a multiple of 16 with zero filters and drop the extra channels after
+            # weights to whole vectors with zero filters and drop the extra channels after
             wv = w.value.numpy()
             w = relax.const(np.concatenate([wv, np.zeros((padded - cout,) + wv.shape[1:], wv.dtype)]))
             y = ctx.emit(_CONV[nd](x, w, strides=list(strides), padding=list(pads), dilation=list(dilations),
@@ -125,13 +127,13 @@ class Kernels:
             b = ctx.bb.emit(relax.op.permute_dims(b, list(range(nd - 2)) + [nd - 1, nd - 2]))
         b_dims = ctx.shape_of(b)
         n = b_dims[-1]
-        if len(b_dims) >= 2 and len(ctx.shape_of(a)) >= 2 and _padded(n) != n:
+        if len(b_dims) >= 2 and len(ctx.shape_of(a)) >= 2 and (padded := _padded(n, ctx.cpu)) != n:
             # N is the vector axis of the generic schedule; a ragged N (ViT's 197 tokens) would leave
             # the whole product scalar, so pad B with zero columns and slice the result
-            width = [0, 0] * (len(b_dims) - 1) + [0, _padded(n) - n]
+            width = [0, 0] * (len(b_dims) - 1) + [0, padded - n]
             if isinstance(b, tvm.ir.GenericConst):
                 bv = b.value.numpy()
-                b = relax.const(np.pad(bv, [(0, 0)] * (bv.ndim - 1) + [(0, _padded(n) - n)]))
+                b = relax.const(np.pad(bv, [(0, 0)] * (bv.ndim - 1) + [(0, padded - n)]))
             else:
                 b = ctx.bb.emit(relax.op.nn.pad(b, width))
             y = ctx.bb.emit(relax.op.matmul(a, b))
@@ -140,8 +142,9 @@ class Kernels:
         return relax.op.matmul(a, b)
 
 
-def _padded(n) -> int:
-    """`n` rounded up to a multiple of 16 when a vector loop over it would be ragged, else `n`."""
-    if not isinstance(n, int) or n % 8 == 0 or n <= 4:
+def _padded(n, cpu: CpuSpec | None) -> int:
+    """`n` rounded up to whole vectors of `cpu` when a vector loop over it would be ragged (not a
+    multiple of half a vector), else `n`; no CPU (a GPU target): `n`."""
+    if cpu is None or not isinstance(n, int) or n % (cpu.lanes // 2) == 0 or n <= cpu.lanes // 4:
         return n
-    return -(-n // 16) * 16
+    return -(-n // cpu.lanes) * cpu.lanes

@@ -4,7 +4,7 @@ Why: the hand-scheduled conv kernels read NCHW activations one input channel at 
 a row `H * W * 4` bytes away from the last: 16 cache lines and pages per 16 channels,
 where NCHWc (`cpu_kernels.common.blocked_shape`) reads the same 16 channels from one
 line.  Measured on this host (2 Zen 4 cores, best tile each, weights flushed as in a
-model run; /work/scratch-style runs recorded in the issue notes): MobileNetV2's
+model run): MobileNetV2's
 pointwise convs on 14x14 and 7x7 run 15-25% faster NCHWc, on 56x56 5-15%; ResNet-18's
 3x3 convs 3-8%, and their stride-1 ones can use Winograd only on NCHWc (2-3x, `winograd.py`).
 But a layout change costs a copy of the tensor, so NCHWc only pays
