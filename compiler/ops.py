@@ -91,3 +91,4 @@ ATTR_PY_TYPES = {
 
 
 from . import transformer_ops  # noqa: E402,F401 - registers mdoc's transformer ops (layer_norm, gelu, attention)
+from . import fused_ops  # noqa: E402,F401 - registers mdoc.conv and mdoc.matmul (fused products)
