@@ -200,7 +200,7 @@ class LowerCtx:
         self.symbols: dict[str, tirx.Var] = {}  # symbolic dim name -> its TIR var
         self.env: dict[Value, Any] = {}  # value (by identity) -> relax.Expr | SymTensor
         self._param_values = param_values  # constants lowered as function params, not folded
-        self.absorbed: set[Node] = set()  # nodes a kernel already computed as an epilogue (see absorb)
+        self.absorbed: set[Node] = set()  # later nodes a block kernel already computed (see absorb)
 
     # -- environment ----------------------------------------------------------
     def symbol(self, name: str) -> tirx.Var:
@@ -218,8 +218,10 @@ class LowerCtx:
         return self.env.get(value)
 
     def absorb(self, nodes: list[Node], result: Value, expr: Any) -> None:
-        """Record that `expr` (a fused kernel's output) computes `result`, the last of `nodes`,
-        later nodes of the graph that the kernel fused; `lower` then skips them."""
+        """Record that `expr` (a block kernel's output: an inverted residual block's three convs)
+        computes `result`, the last of `nodes`, later nodes of the graph that the kernel fused;
+        `lower` then skips them. Elementwise tails are never absorbed: they are part of the fused op
+        (`fuse-epilogue`)."""
         self.absorbed.update(nodes)
         self.bind(result, expr)
 

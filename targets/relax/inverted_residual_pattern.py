@@ -4,17 +4,17 @@ Why here: the layout plan must see the block as one NCHWc kernel (its inner acti
 exist, so they cost no copies) and `CpuKernels` must emit that kernel when it reaches the
 block's first conv; both ask this one structural match, on the mdoc graph, so they agree.
 
-A block is three Convs with constant weights (and constant biases, or none) chained through
-single-use activations:
+A block is three Convs with constant weights (and constant biases, or none), each result
+read only by the next, the activations already fused into them (`fuse-epilogue`):
 
-    Conv (expand: one group, 1x1 in MobileNetV2's blocks, the 3x3 stride-2 stem before its
-      first depthwise conv) -> [activation] -> Conv kxk depthwise (group = channels)
-      -> [activation] -> Conv 1x1 (project, one group) -> [residual Add] [activation]
+    mdoc.conv (expand: one group, 1x1 in MobileNetV2's blocks, the 3x3 stride-2 stem before its
+      first depthwise conv) {activation?} -> mdoc.conv kxk depthwise (group = channels) {activation?}
+      -> Conv 1x1 (project, one group) {residual? activation?}
 
-with static float32 NCHW shapes, explicit pads (no auto_pad), no dilation, and rows that
+(any of them may be a plain onnx.Conv: no tail), with static float32 NCHW shapes, explicit
+pads (no auto_pad), no dilation, no residual but the project's, and rows that
 `plan_inverted_residual` splits into bands (else the three convs stay separate kernels).
-The tails themselves (which activation, which residual) are read by `epilogue.match_tail`
-when the kernel is built; a tail it cannot fuse leaves the block unfused there.
+The kernel reads each conv's activation and residual from its attributes.
 """
 
 from __future__ import annotations
@@ -27,8 +27,7 @@ from ..cpu_kernels import CpuSpec
 from ..cpu_kernels.inverted_residual import plan_inverted_residual
 from .values import activation_shape as _shape
 
-_ACTIVATION_OPS = {"onnx.Relu", "onnx.Clip", "onnx.Sigmoid", "onnx.Tanh", "onnx.LeakyRelu", "onnx.HardSigmoid",
-                   "onnx.HardSwish", "onnx.Gelu"}
+CONVS = ("onnx.Conv", "mdoc.conv")
 
 
 @dataclass(frozen=True)
@@ -44,11 +43,11 @@ class InvertedResidualMatch:
 
 def match_inverted_residual(graph: Graph, node: Node, spec: CpuSpec) -> InvertedResidualMatch | None:
     """The block that starts at `node` (its expand conv), or None."""
-    x = _shape(node.inputs[0]) if node.op == "onnx.Conv" else None
-    if x is None or len(x) != 4 or not _plain_conv(node) or int(node.attrs.get("group", 1)) != 1:
+    x = _shape(node.inputs[0]) if node.op in CONVS else None
+    if x is None or len(x) != 4 or not _plain_conv(node) or int(node.attrs.get("group", 1)) != 1 or _residual(node):
         return None
     depthwise = _next_conv(graph, node)
-    if depthwise is None or not _depthwise(depthwise, _weight(node).shape[0]):
+    if depthwise is None or not _depthwise(depthwise, _weight(node).shape[0]) or _residual(depthwise):
         return None
     project = _next_conv(graph, depthwise)
     if project is None or not _pointwise(project):
@@ -61,18 +60,13 @@ def match_inverted_residual(graph: Graph, node: Node, spec: CpuSpec) -> Inverted
 
 
 def _next_conv(graph: Graph, node: Node) -> Node | None:
-    """The Conv that alone reads `node`'s result, through at most one single-use activation."""
-    value = node.output
-    for _ in range(2):
-        user = _sole_user(graph, value)
-        if user is None:
-            return None
-        if user.op == "onnx.Conv" and user.inputs[0] is value:
-            return user
-        if user.op not in _ACTIVATION_OPS or user.inputs[0] is not value:
-            return None
-        value = user.output
-    return None
+    """The conv that alone reads `node`'s result, as its data."""
+    user = _sole_user(graph, node.output)
+    return user if user is not None and user.op in CONVS and user.inputs[0] is node.output else None
+
+
+def _residual(node: Node) -> bool:
+    return node.op == "mdoc.conv" and node.input(3) is not None
 
 
 def _sole_user(graph: Graph, value: Value) -> Node | None:

@@ -10,14 +10,14 @@ pointwise convs on 14x14 and 7x7 run 15-25% faster NCHWc, on 56x56 5-15%; ResNet
 But a layout change costs a copy of the tensor, so NCHWc only pays
 where neighbours share it: a chain of convs converted once at each end.
 
-The model.  A candidate is a node whose kernel has an NCHWc form: a 2-D Conv with constant
-weights and static float32 shapes, dense (one group; any channel count, the last vector
+The model.  A candidate is a node whose kernel has an NCHWc form: a 2-D Conv (or mdoc.conv)
+with constant weights and static float32 shapes, dense (one group; any channel count, the last vector
 padded: `blocked_shape`) or depthwise (C == groups == output channels, in whole vectors),
 and 2-D MaxPool / AveragePool over whole vectors; the three convs of an inverted residual
 block (`inverted_residual_pattern`), whose fused kernel runs NCHWc only.  Its gain
 is `GAIN[kind]` times its estimated time (FLOPs at `RATE` per core).  Candidates are
-joined by the activations they pass each other: the data input, and the residual a
-kernel fuses from its tail (Add of another activation; `epilogue.match_tail`).  Each
+joined by the activations they pass each other: the data input, and the residual an
+mdoc.conv adds in its epilogue (`fuse-epilogue`).  Each
 joined group is one decision: it runs NCHWc when its gains exceed its copies, one per
 tensor that crosses between layouts (`COPY_BYTES_PER_S`, read and write):
 
@@ -45,8 +45,7 @@ COPY_BYTES_PER_S = 20e9  # a layout copy, read + write, cold
 # an inverted residual block (`inverted_residual_pattern`) has only an NCHWc kernel, 1.4-2x faster than
 # its three convs apart: its whole time counts as the gain
 GAIN = {"pointwise": 0.15, "conv": 0.04, "winograd": 0.5, "depthwise": 0.10, "pool": 0.0, "inverted_residual": 1.0}
-_TAIL_OPS = {"onnx.Add", "onnx.Relu", "onnx.Clip", "onnx.Sigmoid", "onnx.Tanh", "onnx.LeakyRelu",
-             "onnx.HardSigmoid", "onnx.HardSwish", "mdoc.silu", "mdoc.gelu"}
+CONVS = ("onnx.Conv", "mdoc.conv")
 
 
 @dataclass
@@ -77,8 +76,7 @@ def plan_layouts(graph: Graph, spec: CpuSpec) -> LayoutPlan:
         if (block := match_inverted_residual(graph, node, spec)) is not None:
             kinds.update(dict.fromkeys(block.convs, "inverted_residual"))
             blocks[node] = block
-    ends = {node: _tail_end(graph, node) for node in kinds}
-    made_by = {end: node for node, end in ends.items()}
+    made_by = {node.output: node for node in kinds}
     parent = {node: node for node in kinds}
 
     def find(n):
@@ -88,7 +86,7 @@ def plan_layouts(graph: Graph, spec: CpuSpec) -> LayoutPlan:
         return n
 
     for node in kinds:
-        for value in _activation_inputs(graph, node, ends[node]):
+        for value in _activation_inputs(node):
             if value in made_by:
                 parent[find(node)] = find(made_by[value])
     members: dict[Node, list[Node]] = {}
@@ -99,18 +97,16 @@ def plan_layouts(graph: Graph, spec: CpuSpec) -> LayoutPlan:
     rate = RATE * spec.cores
     for nodes in members.values():
         inside = set(nodes)
-        fused = {user for n in nodes for user in _tail_nodes(n, ends[n])}
         gain = sum(GAIN[kinds[n]] * _flops(n, kinds[n]) / rate for n in nodes)
         packed, unpacked = set(), set()
         for n in nodes:
-            for i, value in enumerate(_activation_inputs(graph, n, ends[n])):
+            for i, value in enumerate(_activation_inputs(n)):
                 # they read NCHW themselves
                 dense_data = i == 0 and kinds[n] in ("conv", "pointwise", "inverted_residual")
                 if made_by.get(value) not in inside and not dense_data:
                     packed.add(value)
-            end = ends[n]
-            if any(user not in inside and user not in fused for user, _ in end.uses()) \
-                    or any(o is end for o in graph.outputs):
+            end = n.output
+            if any(user not in inside for user, _ in end.uses()) or any(o is end for o in graph.outputs):
                 unpacked.add(end)
         copies = sum(_bytes(v) for v in packed | unpacked) * 2 / COPY_BYTES_PER_S
         group = Group(nodes, gain, copies)
@@ -126,7 +122,7 @@ def candidate_kind(node: Node, lanes: int) -> str | None:
         shape = _shape(node.inputs[0])
         ok = shape is not None and len(shape) == 4 and shape[1] % lanes == 0 and len(node.outputs) == 1
         return "pool" if ok and len(node.attrs.get("kernel_shape", ())) == 2 else None
-    if node.op != "onnx.Conv":
+    if node.op not in CONVS:
         return None
     x, w = _shape(node.inputs[0]), node.inputs[1].const_value
     bias = node.inputs[2] if len(node.inputs) > 2 else None
@@ -151,37 +147,10 @@ def candidate_kind(node: Node, lanes: int) -> str | None:
     return None
 
 
-def _tail_end(graph: Graph, node: Node) -> Value:
-    """The value a kernel for `node` would compute with its elementwise tail fused (approximately
-    `epilogue.match_tail`: single-use Adds and activations of the same shape)."""
-    value, shape = node.output, _shape(node.output)
-    while True:
-        uses = value.uses()
-        if len(uses) != 1 or any(o is value for o in graph.outputs):
-            return value
-        user = uses[0][0]
-        if user.op not in _TAIL_OPS or _shape(user.output) != shape:
-            return value
-        value = user.output
-
-
-def _tail_nodes(node: Node, end: Value) -> list[Node]:
-    """The elementwise nodes between `node` and its tail end (fused into its kernel)."""
-    nodes, value = [], node.output
-    while value is not end:
-        nodes.append(value.uses()[0][0])
-        value = nodes[-1].output
-    return nodes
-
-
-def _activation_inputs(graph: Graph, node: Node, end: Value) -> list[Value]:
-    """The activations a kernel for `node` reads: its data, then any residual its tail adds."""
-    inputs, value = [node.inputs[0]], node.output
-    for user in _tail_nodes(node, end):
-        if user.op == "onnx.Add":
-            inputs += [v for v in user.inputs if v is not value and v.const_value is None]
-        value = user.output
-    return inputs
+def _activation_inputs(node: Node) -> list[Value]:
+    """The activations a kernel for `node` reads: its data, then the residual of an mdoc.conv."""
+    residual = node.input(3) if node.op == "mdoc.conv" else None
+    return [node.inputs[0]] + ([residual] if residual is not None else [])
 
 
 def _flops(node: Node, kind: str) -> float:
