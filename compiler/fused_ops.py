@@ -18,7 +18,8 @@ Semantics (the order the kernels apply them, `cpu_kernels.Epilogue`):
 
 Export: onnxruntime's contrib ops when asked (`runtime_ops`) and they can say it
 (com.microsoft.FusedConv: Relu, Tanh, Sigmoid, LeakyRelu, Clip, HardSigmoid, its Z input
-the residual; com.microsoft.FusedMatMul for the product and its scale), else the expansion:
+the residual; com.microsoft.FusedMatMul for the product and its scale; BiasGelu / FastGelu /
+Gelu for a matmul's GELU with its bias), else the expansion:
 Conv / MatMul then Mul, Add, Add and the activation's ONNX op.
 """
 
@@ -193,8 +194,19 @@ def _export_matmul(node, e) -> None:
         (y,) = e.emit("MatMul", [a, b], e.outputs if done and scale is None else 1)
         if scale is not None:
             parts.insert(0, ("Mul", e.const(float(scale), np.float32)))
-    if not done:
-        _tail(node, e, y, parts)
+    if done:
+        return
+    act = applied_from_attrs(node.attrs)
+    if e.runtime_ops and act is not None and act.name in ("gelu", "gelu_tanh") and not residual:
+        # onnxruntime's GELUs take the bias: BiasGelu (erf) or FastGelu (tanh)
+        parts = [p for p in parts if p[1] != bias]
+        for k, (op, operand) in enumerate(parts):
+            (y,) = e.emit(op, [y, operand])
+        inputs = [y, bias] if bias else [y]
+        op = "FastGelu" if act.name == "gelu_tanh" else ("BiasGelu" if bias else "Gelu")
+        e.emit(op, inputs, e.outputs, domain=MS)
+        return
+    _tail(node, e, y, parts)
 
 
 MATMUL = define_op(OpDef(
