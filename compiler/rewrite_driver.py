@@ -45,6 +45,7 @@ class RewriteTrace:
     write: Callable[[str], None] = print
     explain: frozenset[str] = frozenset()
     lines: list[str] = field(default_factory=list)
+    fired: Counter = field(default_factory=Counter)  # rule name -> applications (the report's rule table)
 
     def emit(self, line: str) -> None:
         self.lines.append(line)
@@ -393,6 +394,8 @@ def apply_rules(graph: Graph, rules: Any, ctx=None, *, max_iterations: int | Non
             changed = _splice(plan, outputs, fanout)
             count += 1
             recent.append(rule.rule_name)
+            if trace is not None:
+                trace.fired[rule.rule_name] += 1
             if log is not None:
                 log(where)
             push(_downstream(changed, depth))
