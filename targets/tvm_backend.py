@@ -7,6 +7,7 @@ is loaded, so `mdoc compile` and `mdoc.compile` reach it without importing it.
 from __future__ import annotations
 
 import platform
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -112,6 +113,12 @@ class TvmBackend:
             }
             if getattr(kernels, "fallbacks", None):  # hand kernels that run-time dims kept out
                 manifest["generic_kernels"] = list(kernels.fallbacks)
+            if getattr(kernels, "chosen", None):  # node -> the hand kernels it runs on, and calls per family
+                from .relax.cpu_strategy import kernel_family
+
+                manifest["kernels"] = dict(kernels.chosen)
+                families = Counter(kernel_family(k) for names in kernels.chosen.values() for k in names)
+                manifest["kernel_families"] = dict(families.most_common())
             if tuned:
                 manifest["tuning"] = tuned[1].as_json()
             return staged.commit(manifest)

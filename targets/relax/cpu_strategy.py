@@ -90,12 +90,14 @@ class CpuKernels(Kernels):
         self.plan = LayoutPlan()
         self.blocked: dict[relax.Expr, relax.Expr] = {}  # NCHW value -> the same in NCHWc
         self.fallbacks: list[str] = []  # nodes left to the generic kernels by run-time dims
+        self.chosen: dict[str, list[str]] = {}  # node -> its kernels, layout copies aside (the compile report)
 
     def start(self, model) -> None:
         self.plan = plan_layouts(model.graph, self.spec)
         self.blocked = {}
         self.requests.clear()
         self.fallbacks = []
+        self.chosen = {}
 
     def matmul(self, ctx: "LowerCtx", a: relax.Expr, b: relax.Expr, *, transpose_b: bool = False,
                tail: Tail | None = None) -> relax.Expr:
@@ -299,12 +301,24 @@ class CpuKernels(Kernels):
             self._built[request] = kernel
         return self._built[request]
 
-    @staticmethod
-    def _call(ctx: "LowerCtx", built: Kernel, args: list) -> relax.Var:
+    def _call(self, ctx: "LowerCtx", built: Kernel, args: list) -> relax.Var:
+        if ctx.node is not None and not built.name.startswith(("to_nchwc", "from_nchwc")):  # not layout copies
+            self.chosen.setdefault(f"{ctx.node.op} '{ctx.node.name}'", []).append(built.name)
         gv = ctx.add_kernel(built.func, built.name)
         shape = _output_dims(ctx, built, args)
         return ctx.emit(relax.call_tir(gv, args, relax.TensorType(shape, "float32")))
 
+
+
+def kernel_family(name: str) -> str:
+    """The family of a kernel from its name: the words before its first shape (`conv2d_wino4`,
+    `dense`, `dwconv2d`, `invres`, `from_nchwc`, ...)."""
+    words = []
+    for word in name.split("_"):
+        if word[:1].isdigit():
+            break
+        words.append(word)
+    return "_".join(words) or name
 
 
 def _epilogue(tail: Tail, *, bias: bool) -> Epilogue:
