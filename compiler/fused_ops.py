@@ -26,6 +26,7 @@ Conv / MatMul then Mul, Add, Add and the activation's ONNX op.
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -66,37 +67,34 @@ def _activate(node, y: np.ndarray) -> np.ndarray:
     return y if act is None else act(y)
 
 
-def _export_activation(node, e, x: str, out: list[str]) -> None:
-    """The activation of `node` applied to `x`, written as ONNX into `out` (Identity when none)."""
+def _export_activation(node, e, x: str, out: list[str] | int) -> str:
+    """The activation of `node` applied to `x`, written as ONNX into `out` (Identity when none); its name."""
     act = applied_from_attrs(node.attrs)
     dtype = np.float32
     if act is None:
-        e.emit("Identity", [x], out)
-        return
+        return e.emit("Identity", [x], out)[0]
     name, params = act.name, act.params
     simple = {"relu": "Relu", "tanh": "Tanh", "sigmoid": "Sigmoid", "hardswish": "HardSwish"}
     if name in simple:
-        e.emit(simple[name], [x], out)
-    elif name == "silu":
-        e.emit("Mul", [x, e.emit("Sigmoid", [x])[0]], out)
-    elif name == "clip":
-        e.emit("Clip", [x, e.const(params[0], dtype), e.const(params[1], dtype)], out)
-    elif name == "leaky_relu":
-        e.emit("LeakyRelu", [x], out, alpha=params[0])
-    elif name == "hardsigmoid":
-        e.emit("HardSigmoid", [x], out, alpha=params[0], beta=params[1])
-    elif e.opset >= 20:
-        e.emit("Gelu", [x], out, approximate="none" if name == "gelu" else "tanh")
-    elif name == "gelu":  # 0.5 x (1 + erf(x / sqrt 2))
+        return e.emit(simple[name], [x], out)[0]
+    if name == "silu":
+        return e.emit("Mul", [x, e.emit("Sigmoid", [x])[0]], out)[0]
+    if name == "clip":
+        return e.emit("Clip", [x, e.const(params[0], dtype), e.const(params[1], dtype)], out)[0]
+    if name == "leaky_relu":
+        return e.emit("LeakyRelu", [x], out, alpha=params[0])[0]
+    if name == "hardsigmoid":
+        return e.emit("HardSigmoid", [x], out, alpha=params[0], beta=params[1])[0]
+    if e.opset >= 20:
+        return e.emit("Gelu", [x], out, approximate="none" if name == "gelu" else "tanh")[0]
+    if name == "gelu":  # 0.5 x (1 + erf(x / sqrt 2))
         (phi,) = e.emit("Erf", e.emit("Mul", [x, e.const(1.0 / math.sqrt(2.0), dtype)]))
-        (half,) = e.emit("Mul", [x, e.const(0.5, dtype)])
-        e.emit("Mul", [half, e.emit("Add", [phi, e.const(1.0, dtype)])[0]], out)
     else:  # gelu_tanh: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
         (cube,) = e.emit("Mul", [e.emit("Mul", [x, x])[0], x])
         (inner,) = e.emit("Add", [x, e.emit("Mul", [cube, e.const(0.044715, dtype)])[0]])
         (phi,) = e.emit("Tanh", e.emit("Mul", [inner, e.const(math.sqrt(2.0 / math.pi), dtype)]))
-        (half,) = e.emit("Mul", [x, e.const(0.5, dtype)])
-        e.emit("Mul", [half, e.emit("Add", [phi, e.const(1.0, dtype)])[0]], out)
+    (half,) = e.emit("Mul", [x, e.const(0.5, dtype)])
+    return e.emit("Mul", [half, e.emit("Add", [phi, e.const(1.0, dtype)])[0]], out)[0]
 
 
 def _tail(node, e, y: str, parts: list[tuple[str, str]]) -> None:
@@ -213,3 +211,71 @@ MATMUL = define_op(OpDef(
     "mdoc.matmul", "act(MatMul(a, b) * scale + bias + residual): a matrix product with its fused elementwise tail",
     inputs=(2, 4), outputs=(1, 1), attrs={"scale": (float, int), **_ACT_ATTRS},
     check=_check_matmul, evaluate=_eval_matmul, export=_export_matmul))
+
+
+# -- mdoc.inverted_residual ----------------------------------------------------------------
+# operands: x, then (weight, bias?) of the expand, depthwise and project convs, then the residual
+IR_OPERANDS = ("x", "expand_weight", "expand_bias", "dw_weight", "dw_bias", "weight", "bias", "residual")
+IR_STAGES = ("expand", "dw", "project")
+
+
+def ir_conv_attrs(node, stage: str) -> dict:
+    """The ONNX Conv attributes of one of the block's convs."""
+    w = node.input(1 + 2 * IR_STAGES.index(stage))
+    attrs = {"kernel_shape": [int(d) for d in w.type.shape[2:]]} if _shape(w) else {}
+    if stage == "dw":
+        attrs["group"] = int(_shape(w)[0]) if _shape(w) else 1
+    for key in ("strides", "pads"):
+        name = key if stage == "dw" else f"{stage}_{key}"
+        if name in node.attrs:
+            attrs[key] = list(node.attrs[name])
+    return attrs
+
+
+def ir_activation_attrs(node, stage: str) -> dict:
+    """One conv's `activation` / `activation_params` (as an mdoc.conv holds them)."""
+    return {k: node.attrs[f"{stage}_{k}"] for k in ("activation", "activation_params") if f"{stage}_{k}" in node.attrs}
+
+
+def _check_inverted_residual(node) -> str | None:
+    reason = _f32_operands(node, IR_OPERANDS) or _residual_shape(node, 7)
+    for stage in IR_STAGES:
+        reason = reason or check_attrs(ir_activation_attrs(node, stage))
+    return reason
+
+
+def _eval_inverted_residual(node, arrays):
+    arrays = list(arrays) + [None] * (8 - len(arrays))
+    y = arrays[0]
+    for k, stage in enumerate(IR_STAGES):
+        conv = SimpleNamespace(attrs={**ir_conv_attrs(node, stage), **ir_activation_attrs(node, stage)})
+        residual = arrays[7] if stage == "project" else None
+        (y,) = _eval_conv(conv, [y, arrays[1 + 2 * k], arrays[2 + 2 * k], residual])
+    return [y]
+
+
+def _export_inverted_residual(node, e) -> None:
+    names = (e.inputs + [""] * 8)[:8]
+    y = names[0]
+    for k, stage in enumerate(IR_STAGES):
+        attrs = ir_conv_attrs(node, stage)
+        act = applied_from_attrs(ir_activation_attrs(node, stage))
+        residual = names[7] if stage == "project" else ""
+        last = stage == "project"
+        w, b = names[1 + 2 * k], names[2 + 2 * k]
+        done = not residual and act is None
+        (y,) = e.emit("Conv", [y, w, b] if b else [y, w], e.outputs if last and done else 1, **attrs)
+        if residual:
+            (y,) = e.emit("Add", [y, residual], e.outputs if last and act is None else 1)
+        if act is not None:
+            y = _export_activation(SimpleNamespace(attrs=ir_activation_attrs(node, stage)), e, y,
+                                   e.outputs if last else 1)
+
+
+INVERTED_RESIDUAL = define_op(OpDef(
+    "mdoc.inverted_residual",
+    "a conv, a depthwise conv and a 1x1 conv, each with its activation, the last with a residual: one kernel",
+    inputs=(4, 8), outputs=(1, 1),
+    attrs={"expand_strides": list, "expand_pads": list, "strides": list, "pads": list,
+           **{f"{s}_{k}": t for s in IR_STAGES for k, t in _ACT_ATTRS.items()}},
+    check=_check_inverted_residual, evaluate=_eval_inverted_residual, export=_export_inverted_residual))

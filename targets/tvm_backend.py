@@ -6,6 +6,7 @@ is loaded, so `mdoc compile` and `mdoc.compile` reach it without importing it.
 
 from __future__ import annotations
 
+import json
 import platform
 from collections import Counter
 from pathlib import Path
@@ -52,9 +53,12 @@ class TvmBackend:
     def lower(self, model: Model, spec, kernels=None) -> "tvm.IRModule":
         """The Relax module the build starts from (what `compile` builds and `mdoc tune` tunes);
         `kernels` defaults to `kernels_for(spec)`."""
+        from .relax.fuse_inverted_residual import FuseInvertedResidual
         from .relax.lower import lower
 
         PassManager(parse_pipeline(self.prepare)).run(model)
+        if spec.device == "cpu":  # the target's own fusions, on its CPU description (a preset or its JSON dict)
+            PassManager([FuseInvertedResidual(target=json.dumps(spec.tvm))]).run(model)
         return lower(model, target=spec.tvm, kernels=kernels if kernels is not None else self.kernels_for(spec))
 
     def compile(self, model: Model, target: str, output: str | Path, *, arch: str | None = None,

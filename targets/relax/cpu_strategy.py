@@ -16,9 +16,9 @@ and the elementwise tail fused into the register tile.
   blocked layout, the conv's bias fused.
 * MaxPool / AveragePool with 2-D windows (`pool2d`), NCHW like the convs; GlobalAveragePool
   over 2-D planes (`global_avg_pool2d`).
-* MobileNet-style blocks (a conv, a depthwise conv, a 1x1 conv; `inverted_residual_pattern`)
-  as one kernel per block (`cpu_kernels.inverted_residual`), where the layout plan runs them
-  NCHWc.
+* MobileNet-style blocks (mdoc.inverted_residual, made by `fuse_inverted_residual`) as one
+  kernel per block (`cpu_kernels.inverted_residual`), where the layout plan runs them NCHWc
+  (elsewhere the converter lowers their three convs).
 * Softmax over the last axis and LayerNorm (the ONNX op or mdoc.layer_norm; -O2's
   fuse-layer-norm finds the decompositions exporters write) as one-task-per-row kernels
   (`lower_node`); mdoc.attention as batch_matmul + softmax kernels (`cpu_transformer.py`).
@@ -50,6 +50,7 @@ import tvm_ffi
 from tvm import relax
 
 from mdoc.activations import applied_from_attrs
+from mdoc.fused_ops import ir_activation_attrs
 from mdoc.ir import Node
 from mdoc.types import TensorType
 
@@ -147,10 +148,6 @@ class CpuKernels(Kernels):
         tail = tail or Tail()
         epilogue = _epilogue(tail, bias=bias is not None)
         layouts = {}
-        fused = (self._inverted_residual(ctx, node, x, x_shape, weight, bias, strides, pads)
-                 if node in self.plan.blocked else None)
-        if fused is not None:
-            return fused
         if node in self.plan.blocked:
             # depthwise and Winograd kernels read NCHWc only; a direct one reads NCHW too (packing costs a copy)
             if x not in self.blocked and candidate_kind(node, self.spec.lanes) in ("depthwise", "winograd"):
@@ -172,34 +169,31 @@ class CpuKernels(Kernels):
             y = self._unpack(ctx, y, out_shape)
         return y
 
-    def _inverted_residual(self, ctx: "LowerCtx", node: Node, x: relax.Expr, x_shape, weight: np.ndarray,
-                           bias: relax.Expr | None, strides, pads) -> relax.Expr | None:
-        """The block that starts at `node` (found by the layout plan, `inverted_residual_pattern`) as
-        one fused kernel, its depthwise and project convs absorbed; None where there is none. Each
-        conv's epilogue is its own (`fuse-epilogue`'s attributes)."""
-        block = self.plan.blocks.get(node)
-        if block is None or not all(n in self.plan.blocked for n in block.convs):
+    def _inverted_residual(self, ctx: "LowerCtx", node: Node) -> list | None:
+        """An mdoc.inverted_residual (`fuse_inverted_residual`) that the layout plan runs NCHWc, as its
+        one kernel; None leaves it to the converter, which lowers its three convs."""
+        x = ctx.input(0)
+        x_shape = _batch_shape(ctx, x) if isinstance(x, relax.Expr) else None
+        if node not in self.plan.blocked or x_shape is None:
             return None
-        dw, project = block.depthwise, block.project
-        out_shape = _node_shape(project)
-        residual = project.input(3) if project.op == "mdoc.conv" else None
-        w_dw, w_project = (np.asarray(n.inputs[1].const_value, np.float32) for n in (dw, project))
+        weights = [np.asarray(node.inputs[i].const_value, np.float32) for i in (1, 3, 5)]
+        biases = [np.asarray(b.const_value, np.float32).reshape(-1) if (b := node.input(i)) is not None
+                  else np.zeros(w.shape[0], np.float32) for i, w in zip((2, 4, 6), weights)]
         data_layout = "NCHWc" if x in self.blocked else "NCHW"
+        attr = (lambda key, default: _ints(node.attrs.get(key, default)))
         built = self._kernel(KernelRequest.of(
-            "inverted_residual", *_request_dims(x_shape), _ints(weight.shape), _ints(w_dw.shape), _ints(w_project.shape),
-            strides=_ints(dw.attrs.get("strides", (1, 1))), padding=_ints(dw.attrs.get("pads", (0, 0, 0, 0))),
-            expand_strides=_ints(strides), expand_padding=_ints(pads), expand=_conv_epilogue(node),
-            depthwise=_conv_epilogue(dw), project=_conv_epilogue(project), data_layout=data_layout))
-        values = {"expand_weight": weight, "dw_weight": w_dw, "weight": w_project,
-                  "expand_bias": bias.value.numpy() if bias is not None else _conv_bias(node),
-                  "dw_bias": _conv_bias(dw), "bias": _conv_bias(project)}
+            "inverted_residual", *_request_dims(x_shape), *(_ints(w.shape) for w in weights),
+            strides=attr("strides", (1, 1)), padding=attr("pads", (0, 0, 0, 0)),
+            expand_strides=attr("expand_strides", (1, 1)), expand_padding=attr("expand_pads", (0, 0, 0, 0)),
+            expand=_block_epilogue(node, "expand"), depthwise=_block_epilogue(node, "dw"),
+            project=_block_epilogue(node, "project"), data_layout=data_layout))
+        values = dict(zip(("expand_weight", "dw_weight", "weight"), weights))
+        values.update(zip(("expand_bias", "dw_bias", "bias"), biases))
         args = [self.blocked[x] if data_layout == "NCHWc" else x]
         args += [relax.const(built.packers[p.name](values[p.name])) for p in built.params[1:7]]
-        if residual is not None:
-            args.append(self._pack(ctx, ctx.lookup(residual)))
-        y = self._unpack(ctx, self._call(ctx, built, args), out_shape)
-        ctx.absorb([dw, project], project.output, y)
-        return y
+        if node.input(7) is not None:
+            args.append(self._pack(ctx, ctx.input(7)))
+        return [self._unpack(ctx, self._call(ctx, built, args), _node_shape(node))]
 
     def pool(self, ctx: "LowerCtx", x: relax.Expr, kind: str, *, kernel, strides, pads, dilations, ceil_mode: bool,
              count_include_pad: bool) -> relax.Expr:
@@ -249,6 +243,8 @@ class CpuKernels(Kernels):
         input, only of the pooled vector); mdoc's transformer ops (`cpu_transformer`)."""
         if node.op in TRANSFORMER_OPS:
             return TRANSFORMER_OPS[node.op](self, ctx, node)
+        if node.op == "mdoc.inverted_residual":
+            return self._inverted_residual(ctx, node)
         if node.op == "onnx.GlobalAveragePool":
             x = ctx.input(0)
             shape = _batch_shape(ctx, x) if isinstance(x, relax.Expr) else None
@@ -329,11 +325,11 @@ def _epilogue(tail: Tail, *, bias: bool) -> Epilogue:
                     alpha=act.alpha if act is not None else None, beta=act.beta if act is not None else None)
 
 
-def _conv_epilogue(node: Node) -> Epilogue:
-    """The epilogue of one conv of an inverted residual block, read from its node: its residual and
-    activation when it is an mdoc.conv (the block's kernel adds every conv's bias itself)."""
-    residual = node.op == "mdoc.conv" and node.input(3) is not None
-    act = applied_from_attrs(node.attrs) if node.op == "mdoc.conv" else None
+def _block_epilogue(node: Node, stage: str) -> Epilogue:
+    """The epilogue of one conv (`stage`) of an mdoc.inverted_residual: its activation, and the
+    residual for the project conv (the block's kernel adds every conv's bias itself)."""
+    residual = stage == "project" and node.input(7) is not None
+    act = applied_from_attrs(ir_activation_attrs(node, stage))
     return Epilogue(residual=residual, activation=act.name if act is not None else None,
                     alpha=act.alpha if act is not None else None, beta=act.beta if act is not None else None)
 
@@ -353,14 +349,6 @@ def _conv_out_shape(x_shape, w_shape, strides, pads, dilations) -> tuple[int, ..
     oh = (h + pads[0] + pads[2] - dilations[0] * (kh - 1) - 1) // strides[0] + 1
     ow = (w + pads[1] + pads[3] - dilations[1] * (kw - 1) - 1) // strides[1] + 1
     return (n, int(w_shape[0]), oh, ow)
-
-
-def _conv_bias(node: Node) -> np.ndarray:
-    """A Conv node's constant bias, zeros when it has none."""
-    bias = node.inputs[2] if len(node.inputs) > 2 else None
-    if bias is None:
-        return np.zeros(int(node.inputs[1].const_value.shape[0]), np.float32)
-    return np.asarray(bias.const_value, np.float32).reshape(-1)
 
 
 def _node_shape(node: Node) -> tuple | None:

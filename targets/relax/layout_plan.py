@@ -13,8 +13,8 @@ where neighbours share it: a chain of convs converted once at each end.
 The model.  A candidate is a node whose kernel has an NCHWc form: a 2-D Conv (or mdoc.conv)
 with constant weights and static float32 shapes, dense (one group; any channel count, the last vector
 padded: `blocked_shape`) or depthwise (C == groups == output channels, in whole vectors),
-and 2-D MaxPool / AveragePool over whole vectors; the three convs of an inverted residual
-block (`inverted_residual_pattern`), whose fused kernel runs NCHWc only.  Its gain
+and 2-D MaxPool / AveragePool over whole vectors; an mdoc.inverted_residual block
+(`fuse_inverted_residual`), whose fused kernel runs NCHWc only.  Its gain
 is `GAIN[kind]` times its estimated time (FLOPs at `RATE` per core).  Candidates are
 joined by the activations they pass each other: the data input, and the residual an
 mdoc.conv adds in its epilogue (`fuse-epilogue`).  Each
@@ -37,12 +37,11 @@ from mdoc.ir import Graph, Node, Value
 
 from ..cpu_kernels import CpuSpec
 from ..cpu_kernels.common import planned
-from .inverted_residual_pattern import InvertedResidualMatch, match_inverted_residual
 from .values import activation_shape as _shape
 
 RATE = 100e9  # FLOP/s per core of the conv kernels (ResNet-18's layers, AVX-512)
 COPY_BYTES_PER_S = 20e9  # a layout copy, read + write, cold
-# an inverted residual block (`inverted_residual_pattern`) has only an NCHWc kernel, 1.4-2x faster than
+# an inverted residual block (mdoc.inverted_residual) has only an NCHWc kernel, 1.4-2x faster than
 # its three convs apart: its whole time counts as the gain
 GAIN = {"pointwise": 0.15, "conv": 0.04, "winograd": 0.5, "depthwise": 0.10, "pool": 0.0, "inverted_residual": 1.0}
 CONVS = ("onnx.Conv", "mdoc.conv")
@@ -65,17 +64,11 @@ class Group:
 class LayoutPlan:
     blocked: set[Node] = field(default_factory=set)  # nodes whose kernels run NCHWc
     groups: list[Group] = field(default_factory=list)
-    blocks: dict[Node, InvertedResidualMatch] = field(default_factory=dict)  # by first conv: fused kernels
 
 
 def plan_layouts(graph: Graph, spec: CpuSpec) -> LayoutPlan:
     """The layout of every candidate of `graph`'s top level (see the module docstring)."""
     kinds = {node: kind for node in graph.nodes() if (kind := candidate_kind(node, spec.lanes)) is not None}
-    blocks = {}
-    for node in list(graph.nodes()):
-        if (block := match_inverted_residual(graph, node, spec)) is not None:
-            kinds.update(dict.fromkeys(block.convs, "inverted_residual"))
-            blocks[node] = block
     made_by = {node.output: node for node in kinds}
     parent = {node: node for node in kinds}
 
@@ -93,7 +86,7 @@ def plan_layouts(graph: Graph, spec: CpuSpec) -> LayoutPlan:
     for node in kinds:
         members.setdefault(find(node), []).append(node)
 
-    plan = LayoutPlan(blocks=blocks)
+    plan = LayoutPlan()
     rate = RATE * spec.cores
     for nodes in members.values():
         inside = set(nodes)
@@ -118,6 +111,8 @@ def plan_layouts(graph: Graph, spec: CpuSpec) -> LayoutPlan:
 
 def candidate_kind(node: Node, lanes: int) -> str | None:
     """The kind of NCHWc kernel `node` has (a key of GAIN), or None."""
+    if node.op == "mdoc.inverted_residual":
+        return "inverted_residual"
     if node.op in ("onnx.MaxPool", "onnx.AveragePool"):
         shape = _shape(node.inputs[0])
         ok = shape is not None and len(shape) == 4 and shape[1] % lanes == 0 and len(node.outputs) == 1
@@ -148,8 +143,8 @@ def candidate_kind(node: Node, lanes: int) -> str | None:
 
 
 def _activation_inputs(node: Node) -> list[Value]:
-    """The activations a kernel for `node` reads: its data, then the residual of an mdoc.conv."""
-    residual = node.input(3) if node.op == "mdoc.conv" else None
+    """The activations a kernel for `node` reads: its data, then the residual of an mdoc.conv or block."""
+    residual = {"mdoc.conv": node.input(3), "mdoc.inverted_residual": node.input(7)}.get(node.op)
     return [node.inputs[0]] + ([residual] if residual is not None else [])
 
 
@@ -157,8 +152,25 @@ def _flops(node: Node, kind: str) -> float:
     out = _shape(node.output)
     if kind == "pool":
         return 0.0
+    if kind == "inverted_residual":
+        return _block_flops(node)
     w = node.inputs[1].const_value
     return 2.0 * planned(out[0]) * out[1] * out[2] * out[3] * w.shape[1] * w.shape[2] * w.shape[3]
+
+
+def _block_flops(node: Node) -> float:
+    """An mdoc.inverted_residual's three convs, as `_flops` counts each."""
+    n, _, h, w = _shape(node.inputs[0])
+    flops = 0.0
+    for stage, (wi, strides, pads) in {"expand": (1, "expand_strides", "expand_pads"),
+                                       "dw": (3, "strides", "pads"), "project": (5, None, None)}.items():
+        weight = node.inputs[wi].const_value
+        kh, kw = weight.shape[2:]
+        (sh, sw) = node.attrs.get(strides, (1, 1)) if strides else (1, 1)
+        top, left, bottom, right = node.attrs.get(pads, (0, 0, 0, 0)) if pads else (0, 0, 0, 0)
+        h, w = (h + top + bottom - kh) // sh + 1, (w + left + right - kw) // sw + 1
+        flops += 2.0 * planned(n) * weight.shape[0] * h * w * weight.shape[1] * kh * kw
+    return flops
 
 
 def _bytes(value: Value) -> int:
