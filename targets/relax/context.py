@@ -200,7 +200,6 @@ class LowerCtx:
         self.symbols: dict[str, tirx.Var] = {}  # symbolic dim name -> its TIR var
         self.env: dict[Value, Any] = {}  # value (by identity) -> relax.Expr | SymTensor
         self._param_values = param_values  # constants lowered as function params, not folded
-        self.absorbed: set[Node] = set()  # later nodes a block kernel already computed (see absorb)
 
     # -- environment ----------------------------------------------------------
     def symbol(self, name: str) -> tirx.Var:
@@ -216,14 +215,6 @@ class LowerCtx:
 
     def lookup(self, value: Value) -> Any:
         return self.env.get(value)
-
-    def absorb(self, nodes: list[Node], result: Value, expr: Any) -> None:
-        """Record that `expr` (a block kernel's output: an inverted residual block's three convs)
-        computes `result`, the last of `nodes`, later nodes of the graph that the kernel fused;
-        `lower` then skips them. Elementwise tails are never absorbed: they are part of the fused op
-        (`fuse-epilogue`)."""
-        self.absorbed.update(nodes)
-        self.bind(result, expr)
 
     @property
     def opset(self) -> int:

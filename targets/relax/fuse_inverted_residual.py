@@ -38,7 +38,16 @@ class InvertedResidual(Rule):
     """Conv -> depthwise Conv -> 1x1 Conv, each read only by the next ==> mdoc.inverted_residual."""
 
     def __init__(self, spec: CpuSpec | None = None):
-        self.spec = spec
+        self._spec = spec  # None: the host's (the "x86" preset), as `mdoc opt --explain` asks for it
+
+    @property
+    def spec(self) -> CpuSpec | None:
+        if self._spec is None:
+            try:
+                self._spec = CpuSpec.from_target(resolve_target("x86").tvm)
+            except KernelError:
+                return None
+        return self._spec
 
     def pattern(self, op, x, we, be, wd, bd, wp, bp):
         expand = op.call(CONVS, x, we, op.optional(be), _name="expand", _allow_other_inputs=True)
@@ -47,7 +56,7 @@ class InvertedResidual(Rule):
 
     def check(self, m):
         if self.spec is None:
-            return "no CPU target given"
+            return "the target has no vector width worth the block's kernel"
         expand, dw, project = (m.node(n) for n in ("expand", "dw", "project"))
         for node in (expand, dw, project):
             if (why := _plain_conv(node)) is not None:

@@ -197,11 +197,7 @@ def _closed_on_error(bb: relax.BlockBuilder):
 
 
 def convert_node(ctx: LowerCtx, node: Node) -> None:
-    """Lower one node into the current block and bind its results (also used for If/Loop bodies).
-
-    A node a block kernel already computed (`ctx.absorbed`) is skipped."""
-    if node in ctx.absorbed:
-        return
+    """Lower one node into the current block and bind its results (also used for If/Loop bodies)."""
     ctx.node = node
     try:
         _convert(ctx, node)
