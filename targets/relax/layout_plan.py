@@ -37,6 +37,7 @@ from mdoc.ir import Graph, Node, Value
 
 from ..cpu_kernels import CpuSpec
 from ..cpu_kernels.common import planned
+from ..cpu_kernels.conv import is_depthwise, winograd_eligible
 from .values import activation_shape as _shape
 
 RATE = 100e9  # FLOP/s per core of the conv kernels (ResNet-18's layers, AVX-512)
@@ -127,18 +128,17 @@ def candidate_kind(node: Node, lanes: int) -> str | None:
     if bias is not None and bias.const_value is None:
         return None
     groups = int(node.attrs.get("group", 1))
+    if is_depthwise(x, w.shape, groups):
+        return "depthwise" if out[1] == groups and x[1] % lanes == 0 else None
     if groups == 1:
         if w.shape[2:] == (1, 1):
             # a shallow reduction (16 or 24 input channels) leaves the NCHWc register tile
             # mostly loading and storing: 16x112x112 -> 96 took 365 us NCHWc against 226 us
             # on the NCHW kernel's GEMM path, 24x56x56 -> 144 185 against 120
             return "pointwise" if x[1] >= 4 * lanes else None
-        steps = list(node.attrs.get("strides", [1, 1])) + list(node.attrs.get("dilations", [1, 1]))
-        simple = all(int(v) == 1 for v in steps)
-        whole = x[1] % lanes == 0 and out[1] % lanes == 0
-        return "winograd" if w.shape[2:] == (3, 3) and simple and whole else "conv"
-    if groups == x[1] == out[1] and w.shape[1] == 1 and x[1] % lanes == 0:
-        return "depthwise"
+        # Winograd's NCHWc kernel can take it: its gain counts (the builder decides, `conv_family`)
+        strides, dilations = node.attrs.get("strides", [1, 1]), node.attrs.get("dilations", [1, 1])
+        return "winograd" if winograd_eligible(x, w.shape, strides, dilations, groups, lanes) else "conv"
     return None
 
 
