@@ -4,7 +4,6 @@ export, plain and with onnxruntime's contrib ops) against onnxruntime, and the z
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
 
 from mdoc.evaluator import try_fold
