@@ -55,10 +55,12 @@ class TvmBackend:
         `kernels` defaults to `kernels_for(spec)`."""
         from .relax.fuse_inverted_residual import FuseInvertedResidual
         from .relax.lower import lower
+        from .relax.plan_layout import PlanLayout
 
         PassManager(parse_pipeline(self.prepare)).run(model)
-        if spec.device == "cpu":  # the target's own fusions, on its CPU description (a preset or its JSON dict)
-            PassManager([FuseInvertedResidual(target=json.dumps(spec.tvm))]).run(model)
+        if spec.device == "cpu":  # the target's own fusions and layout plan, on its CPU description
+            target = json.dumps(spec.tvm)
+            PassManager([FuseInvertedResidual(target=target), PlanLayout(target=target)]).run(model)
         return lower(model, target=spec.tvm, kernels=kernels if kernels is not None else self.kernels_for(spec))
 
     def compile(self, model: Model, target: str, output: str | Path, *, arch: str | None = None,

@@ -26,6 +26,7 @@ from mdoc.targets.presets import resolve_target  # noqa: E402
 from mdoc.targets.relax import Kernels, Runner, build, lower, run  # noqa: E402
 from mdoc.targets.relax.cpu_strategy import CpuKernels, cpu_kernels_for  # noqa: E402
 from mdoc.targets.relax.fuse_inverted_residual import FuseInvertedResidual  # noqa: E402
+from mdoc.targets.relax.plan_layout import PlanLayout  # noqa: E402
 from test_relax_lowering import f32  # noqa: E402
 from test_relax_lowering import make_model as _make_model  # noqa: E402
 
@@ -43,9 +44,15 @@ def make_model(nodes, inputs: dict, outputs: list[str], inits: dict, opset: int 
 def lowered(m: onnx.ModelProto, kernels=None, target=TARGET, fuse=FUSE, **kw):
     """The model after `fuse` and the target's own fusion (as `TvmBackend.lower` runs it), and its module."""
     model = import_model(m)
-    PassManager(parse_pipeline(fuse) + [FuseInvertedResidual(target=json.dumps(target))]).run(model)
+    PassManager(parse_pipeline(fuse) + target_passes(target)).run(model)
     mod = lower(model, target=target, kernels=kernels or CpuKernels(CpuSpec.from_target(target)), **kw)
     return model, mod
+
+
+def target_passes(target=TARGET, layout: bool = True) -> list:
+    """What `TvmBackend.lower` runs for a CPU target after the generic pipeline."""
+    passes = [FuseInvertedResidual(target=json.dumps(target))]
+    return passes + [PlanLayout(target=json.dumps(target))] if layout else passes
 
 
 def kernel_names(mod) -> set[str]:

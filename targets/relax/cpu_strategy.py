@@ -17,7 +17,7 @@ and the elementwise tail fused into the register tile.
 * MaxPool / AveragePool with 2-D windows (`pool2d`), NCHW like the convs; GlobalAveragePool
   over 2-D planes (`global_avg_pool2d`).
 * MobileNet-style blocks (mdoc.inverted_residual, made by `fuse_inverted_residual`) as one
-  kernel per block (`cpu_kernels.inverted_residual`), where the layout plan runs them NCHWc
+  kernel per block (`cpu_kernels.inverted_residual`), where plan-layout runs them NCHWc
   (elsewhere the converter lowers their three convs).
 * Softmax over the last axis and LayerNorm (the ONNX op or mdoc.layer_norm; -O2's
   fuse-layer-norm finds the decompositions exporters write) as one-task-per-row kernels
@@ -29,7 +29,9 @@ and the elementwise tail fused into the register tile.
 
 Layout: a conv that reaches a kernel keeps the graph's NCHW activations (the kernels'
 register tiles broadcast the input, so NCHW costs them nothing) and only its weights change
-layout, so no transposes appear between neighbours. `build.py` converts to NHWC only the
+layout, so no transposes appear between neighbours, unless `plan-layout` annotated it
+`mdoc.layout = "NCHWc"` (then it reads and writes blocked activations, packed and unpacked
+where a neighbour disagrees). `build.py` converts to NHWC only the
 convs left as `relax.nn.conv2d` (the fallbacks), which the generic schedule can vectorize
 only over channels-last outputs.
 
@@ -60,7 +62,8 @@ from ..cpu_kernels.request import KernelRequest
 from .context import is_static
 from .cpu_transformer import LOWER as TRANSFORMER_OPS
 from .kernels import Kernels, Tail
-from .layout_plan import LayoutPlan, candidate_kind, plan_layouts
+from .layout_plan import candidate_kind
+from .plan_layout import LAYOUT
 
 if TYPE_CHECKING:  # pragma: no cover
     from .context import LowerCtx
@@ -88,13 +91,11 @@ class CpuKernels(Kernels):
         self.requests: Counter[KernelRequest] = Counter()  # what the model asked for, and how often
         self.tiled: dict[str, tuple] = {}  # the tuned tiles this lowering used
         self._built: dict[KernelRequest, Kernel] = {}
-        self.plan = LayoutPlan()
         self.blocked: dict[relax.Expr, relax.Expr] = {}  # NCHW value -> the same in NCHWc
         self.fallbacks: list[str] = []  # nodes left to the generic kernels by run-time dims
         self.chosen: dict[str, list[str]] = {}  # node -> its kernels, layout copies aside (the compile report)
 
     def start(self, model) -> None:
-        self.plan = plan_layouts(model.graph, self.spec)
         self.blocked = {}
         self.requests.clear()
         self.fallbacks = []
@@ -148,7 +149,7 @@ class CpuKernels(Kernels):
         tail = tail or Tail()
         epilogue = _epilogue(tail, bias=bias is not None)
         layouts = {}
-        if node in self.plan.blocked:
+        if _nchwc(node):
             # depthwise and Winograd kernels read NCHWc only; a direct one reads NCHW too (packing costs a copy)
             if x not in self.blocked and candidate_kind(node, self.spec.lanes) in ("depthwise", "winograd"):
                 self._pack(ctx, x)
@@ -170,11 +171,11 @@ class CpuKernels(Kernels):
         return y
 
     def _inverted_residual(self, ctx: "LowerCtx", node: Node) -> list | None:
-        """An mdoc.inverted_residual (`fuse_inverted_residual`) that the layout plan runs NCHWc, as its
+        """An mdoc.inverted_residual (`fuse_inverted_residual`) that plan-layout runs NCHWc, as its
         one kernel; None leaves it to the converter, which lowers its three convs."""
         x = ctx.input(0)
         x_shape = _batch_shape(ctx, x) if isinstance(x, relax.Expr) else None
-        if node not in self.plan.blocked or x_shape is None:
+        if not _nchwc(node) or x_shape is None:
             return None
         weights = [np.asarray(node.inputs[i].const_value, np.float32) for i in (1, 3, 5)]
         biases = [np.asarray(b.const_value, np.float32).reshape(-1) if (b := node.input(i)) is not None
@@ -202,7 +203,7 @@ class CpuKernels(Kernels):
             self._note_symbolic(ctx, x)
             return super().pool(ctx, x, kind, kernel=kernel, strides=strides, pads=pads, dilations=dilations,
                                 ceil_mode=ceil_mode, count_include_pad=count_include_pad)
-        blocked = ctx.node in self.plan.blocked
+        blocked = _nchwc(ctx.node)
         built = self._kernel(KernelRequest.of("pool2d", *_request_dims(x_shape), kind, _ints(kernel), _ints(strides), _ints(pads),
                                               dilation=_ints(dilations), ceil_mode=bool(ceil_mode),
                                               count_include_pad=bool(count_include_pad),
@@ -304,6 +305,11 @@ class CpuKernels(Kernels):
         shape = _output_dims(ctx, built, args)
         return ctx.emit(relax.call_tir(gv, args, relax.TensorType(shape, "float32")))
 
+
+
+def _nchwc(node: Node | None) -> bool:
+    """Whether `plan-layout` runs `node`'s kernel on NCHWc activations."""
+    return node is not None and node.attrs.get(LAYOUT) == "NCHWc"
 
 
 def kernel_family(name: str) -> str:
