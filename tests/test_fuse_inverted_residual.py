@@ -14,13 +14,14 @@ pytest.importorskip("onnxruntime")
 from mdoc.evaluator import try_fold  # noqa: E402
 from mdoc.onnx_export import export_model  # noqa: E402
 from mdoc.onnx_import import import_model  # noqa: E402
+from mdoc.parser import parse_model  # noqa: E402
+from mdoc.printer import print_model  # noqa: E402
 from mdoc.pass_manager import PassManager, parse_pipeline  # noqa: E402
 from mdoc.reference import run_onnxruntime  # noqa: E402
 from mdoc.rewrite import explain  # noqa: E402
-from mdoc.targets.cpu_kernels import CpuSpec  # noqa: E402
-from mdoc.targets.relax.cpu_strategy import CpuKernels  # noqa: E402
-from mdoc.targets.relax.layout_plan import LayoutPlan  # noqa: E402
-from test_cpu_strategy import FUSE, TARGET, check, make_model  # noqa: E402
+from mdoc.targets.relax import build, lower, run  # noqa: E402
+from mdoc.targets.relax.cpu_strategy import cpu_kernels_for  # noqa: E402
+from test_cpu_strategy import FUSE, TARGET, check, kernel_names, make_model, target_passes  # noqa: E402
 from test_relax_lowering import f32  # noqa: E402
 
 N = helper.make_node
@@ -68,21 +69,36 @@ def test_a_batch_of_two_is_refused_with_its_reason():
     assert "batch 1" in lines or "bands" in lines, lines
 
 
-class NchwOnly(CpuKernels):
-    """A layout plan that keeps everything NCHW: the block takes its three conv kernels."""
-
-    def start(self, model) -> None:
-        super().start(model)
-        self.plan = LayoutPlan()
-
-
-@pytest.mark.parametrize("kernels", [None, NchwOnly(CpuSpec.from_target(TARGET))], ids=["nchwc", "nchw"])
-def test_the_block_lowers_to_one_kernel_or_its_three_convs(kernels):
+def test_the_block_lowers_to_one_kernel_where_planned_nchwc():
     m, feeds = block_model()
-    names = check(m, feeds, kernels=kernels, rtol=1e-4, atol=1e-4)
-    blocks = [n for n in names if n.startswith("invres")]
-    if kernels is None:
-        assert blocks == ["invres_16x16x16_64_dw3x3s1_16_res"], names
-    else:
-        assert not blocks and {"conv2d_1x1s1p0_16x16x16_64_bias_clip", "dwconv2d_3x3s1p1_64x16x16_bias_clip",
-                               "conv2d_1x1s1p0_64x16x16_16_bias_res"} <= names, names
+    names = check(m, feeds, rtol=1e-4, atol=1e-4)
+    assert [n for n in names if n.startswith("invres")] == ["invres_16x16x16_64_dw3x3s1_16_res"], names
+
+
+def test_a_block_left_nchw_lowers_to_its_three_convs():
+    """Without plan-layout's annotation the block runs NCHW, as its three conv kernels."""
+    m, feeds = block_model()
+    model = import_model(m)
+    PassManager(parse_pipeline(FUSE) + target_passes(layout=False)).run(model)
+    assert any(n.op == "mdoc.inverted_residual" and "mdoc.layout" not in n.attrs for n in model.graph)
+    mod = lower(model, target=TARGET, kernels=cpu_kernels_for(TARGET))
+    names = kernel_names(mod)
+    assert not any(n.startswith("invres") for n in names) and {
+        "conv2d_1x1s1p0_16x16x16_64_bias_clip", "dwconv2d_3x3s1p1_64x16x16_bias_clip",
+        "conv2d_1x1s1p0_64x16x16_16_bias_res"} <= names, names
+    want = run_onnxruntime(m, feeds)["y"]
+    np.testing.assert_allclose(run(build(mod, TARGET), feeds, model)["y"], want, rtol=1e-4, atol=1e-4)
+
+
+def test_plan_layout_annotates_and_the_export_leaves_it_out():
+    m, feeds = block_model()
+    model = import_model(m)
+    PassManager(parse_pipeline(FUSE) + target_passes()).run(model)
+    block = next(n for n in model.graph if n.op == "mdoc.inverted_residual")
+    assert block.attrs["mdoc.layout"] == "NCHWc"
+    text = print_model(model, {}, inline_limit=10**7)
+    assert 'mdoc.layout = "NCHWc"' in text and print_model(parse_model(text), {}, inline_limit=10**7) == text
+    exported = export_model(model)
+    assert not any(a.name.startswith("mdoc.") for n in exported.graph.node for a in n.attribute)
+    np.testing.assert_allclose(run_onnxruntime(exported, feeds)["y"], run_onnxruntime(m, feeds)["y"],
+                               rtol=1e-4, atol=1e-4)
