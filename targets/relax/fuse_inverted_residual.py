@@ -2,7 +2,8 @@
 
 A target's pass (it asks the target's CPU description whether the block's rows split into
 bands that pay, `cpu_kernels.plan_inverted_residual`); `TvmBackend.lower` runs it for CPU
-targets after the generic pipeline, and `mdoc opt -p fuse-inverted-residual{target=...}` shows it.
+targets after the generic pipeline (it registers with the TVM backend's modules, so a pipeline can
+name it once they are imported: `PassManager([FuseInvertedResidual(target="x86")])`).
 
     mdoc.conv (expand: one group; MobileNetV2's 1x1, or its 3x3 stride-2 stem) {activation?}
       -> mdoc.conv kxk depthwise (group = channels) {activation?}
@@ -38,7 +39,7 @@ class InvertedResidual(Rule):
     """Conv -> depthwise Conv -> 1x1 Conv, each read only by the next ==> mdoc.inverted_residual."""
 
     def __init__(self, spec: CpuSpec | None = None):
-        self._spec = spec  # None: the host's (the "x86" preset), as `mdoc opt --explain` asks for it
+        self._spec = spec  # None: the host's (the "x86" preset), as `explain(graph, "inverted-residual")` asks
 
     @property
     def spec(self) -> CpuSpec | None:
