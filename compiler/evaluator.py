@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .ir import Node, Value
-from .ops import MDOC_OPS
+from .ops import MDOC_OPS, is_annotation
 from .types import DType, TensorType
 
 # Ops whose results are random, or that exist only for their effect: never evaluated ahead of time.
@@ -683,6 +683,8 @@ def _reference(node: Node, inputs: list, opset: int) -> list | None:
     if schema is None:
         return None
     for name, value in sorted(node.attrs.items()):
+        if is_annotation(name):
+            continue
         proto.attribute.append(_attribute(name, value, schema))
     graph = helper.make_graph(
         [proto], "fold",

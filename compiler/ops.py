@@ -38,6 +38,15 @@ class OpDef:
 
 MDOC_OPS: dict[str, OpDef] = {}
 
+# Attributes named "mdoc.<what>" are annotations a pass writes on any node, ONNX ops included (a target's
+# plan: `mdoc.layout = "NCHWc"`): the verifier lets them be, printing and parsing keep them, the exporter
+# and the reference evaluator leave them out.
+ANNOTATION_PREFIX = "mdoc."
+
+
+def is_annotation(attr: str) -> bool:
+    return attr.startswith(ANNOTATION_PREFIX)
+
 
 def define_op(opdef: OpDef) -> OpDef:
     if opdef.name in MDOC_OPS:

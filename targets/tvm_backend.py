@@ -6,7 +6,9 @@ is loaded, so `mdoc compile` and `mdoc.compile` reach it without importing it.
 
 from __future__ import annotations
 
+import json
 import platform
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -51,9 +53,14 @@ class TvmBackend:
     def lower(self, model: Model, spec, kernels=None) -> "tvm.IRModule":
         """The Relax module the build starts from (what `compile` builds and `mdoc tune` tunes);
         `kernels` defaults to `kernels_for(spec)`."""
+        from .relax.fuse_inverted_residual import FuseInvertedResidual
         from .relax.lower import lower
+        from .relax.plan_layout import PlanLayout
 
         PassManager(parse_pipeline(self.prepare)).run(model)
+        if spec.device == "cpu":  # the target's own fusions and layout plan, on its CPU description
+            target = json.dumps(spec.tvm)
+            PassManager([FuseInvertedResidual(target=target), PlanLayout(target=target)]).run(model)
         return lower(model, target=spec.tvm, kernels=kernels if kernels is not None else self.kernels_for(spec))
 
     def compile(self, model: Model, target: str, output: str | Path, *, arch: str | None = None,
@@ -112,6 +119,12 @@ class TvmBackend:
             }
             if getattr(kernels, "fallbacks", None):  # hand kernels that run-time dims kept out
                 manifest["generic_kernels"] = list(kernels.fallbacks)
+            if getattr(kernels, "chosen", None):  # node -> the hand kernels it runs on, and calls per family
+                from .relax.cpu_strategy import kernel_family
+
+                manifest["kernels"] = dict(kernels.chosen)
+                families = Counter(kernel_family(k) for names in kernels.chosen.values() for k in names)
+                manifest["kernel_families"] = dict(families.most_common())
             if tuned:
                 manifest["tuning"] = tuned[1].as_json()
             return staged.commit(manifest)

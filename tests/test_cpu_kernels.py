@@ -152,7 +152,7 @@ def test_conv2d_narrower_vectors(spec):
 def test_depthwise(stride):
     # MobileNetV2's 3x3 depthwise, with 13 columns (a ragged vector) and bias + relu6
     x, w, b = rand(1, 24, 13, 13), rand(24, 1, 3, 3), rand(24)
-    k = conv2d(x.shape, w, strides=stride, padding=1, groups=24, epilogue=Epilogue(bias=True, activation="relu6"))
+    k = conv2d(x.shape, w, strides=stride, padding=1, groups=24, epilogue=Epilogue(bias=True, activation="clip"))
     assert k.name.startswith("dwconv2d")
     want = np.clip(conv_ref(x, w, (stride, stride), (1, 1, 1, 1), groups=24) + b[None, :, None, None], 0, 6)
     close(k.compile()(x, b), want)
@@ -161,7 +161,7 @@ def test_depthwise(stride):
 def test_depthwise_tiny_plane_channel_vectors():
     # 7x7 planes (MobileNetV2's last stage) take the channel-vector path; 40 channels are ragged
     x, w, b = rand(1, 20, 7, 7), rand(40, 1, 3, 3), rand(40)
-    k = depthwise_conv2d(x.shape, w, padding=1, epilogue=Epilogue(bias=True, activation="relu6"))
+    k = depthwise_conv2d(x.shape, w, padding=1, epilogue=Epilogue(bias=True, activation="clip"))
     assert "channel-vectors" in k.notes
     want = np.clip(conv_ref(x, w, (1, 1), (1, 1, 1, 1), groups=20) + b[None, :, None, None], 0, 6)
     close(k.compile()(x, b), want)

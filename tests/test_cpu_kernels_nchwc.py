@@ -57,7 +57,7 @@ def test_blocked_layout_helpers_agree_with_blocked_shape():
 def test_depthwise_nchwc(shape, stride, pads, tile):
     c = shape[1]
     x, w, b = rand(*shape), rand(c, 1, 3, 3), rand(c)
-    epi = Epilogue(bias=True, activation="relu6")
+    epi = Epilogue(bias=True, activation="clip")
     k = depthwise_conv2d(x.shape, w, strides=stride, padding=pads, epilogue=epi, layout="NCHWc", tile=tile, spec=SPEC)
     assert k.name.startswith("dwconv2d_nchwc") and k.params[0].shape == blocked_shape(shape, L)
     assert ("padded-band" in k.notes) == (tile != (4, 2, 3))
@@ -179,7 +179,7 @@ def test_nchwc_chain_through_relax():
 
     c = 2 * L
     x, w1, b1, w2 = rand(1, c, 12, 12), rand(c, 1, 3, 3), rand(c), rand(c, 1, 3, 3)
-    dw1 = depthwise_conv2d(x.shape, w1, padding=1, epilogue=Epilogue(bias=True, activation="relu6"), layout="NCHWc",
+    dw1 = depthwise_conv2d(x.shape, w1, padding=1, epilogue=Epilogue(bias=True, activation="clip"), layout="NCHWc",
                            spec=SPEC)
     pool = pool2d(x.shape, "max", 3, 2, 1, layout="NCHWc", spec=SPEC)
     dw2 = depthwise_conv2d((1, c, 6, 6), w2, padding=1, epilogue=Epilogue(residual=True), layout="NCHWc", spec=SPEC)

@@ -69,10 +69,17 @@ def compile_cmd(model, target, output, level, pipeline, arch, plugins, tuning_db
         _echo_log(Path(path) / BUILD_LOG)
     manifest = json.loads((Path(path) / MANIFEST).read_text())
     tuning, generic = manifest.get("tuning"), manifest.get("generic_kernels", [])
+    chosen = manifest.get("kernels", {})
     if as_json:
         emit_json({"artifact": str(path), "dynamic_dims": manifest.get("dynamic_dims", {}),
-                   **({"tuning": tuning} if tuning else {}), **({"generic_kernels": generic} if generic else {})})
+                   **({"tuning": tuning} if tuning else {}), **({"generic_kernels": generic} if generic else {}),
+                   **({"kernels": chosen} if chosen else {})})
         return
+    if chosen:
+        families = manifest.get("kernel_families", {})
+        click.echo(f"{len(chosen)} nodes on mdoc's kernels: "
+                   + ", ".join(f"{family} {n}" for family, n in families.items())
+                   + " (manifest.json's \"kernels\" says which node got which)")
     if generic:
         click.echo(f"{len(generic)} node{'s' if len(generic) > 1 else ''} took generic kernels for dims known only at "
                    f"run time ({generic[0]}{', ...' if len(generic) > 1 else ''}; manifest.json lists them; "

@@ -26,12 +26,13 @@ import numpy as np
 import tvm
 from tvm import te, tirx
 
+from mdoc.activations import ACTIVATIONS, Applied
 from mdoc.errors import MdocError
 
 from ..cpu_description import CpuSpec
 
 __all__ = [
-    "ACTIVATIONS",
+    "TE_ACTIVATIONS",
     "CpuSpec",
     "Epilogue",
     "Kernel",
@@ -225,20 +226,19 @@ def _tanh(x):
     return tirx.if_then_else(x < _f(0.0), -y, y)
 
 
-# name -> (fn(x, alpha, beta), default alpha, default beta); alpha/beta follow ONNX's attributes
-ACTIVATIONS: dict[str, tuple[Callable, float, float]] = {
-    "relu": (lambda x, a, b: tirx.max(x, _f(0.0)), 0.0, 0.0),
-    "clip": (lambda x, a, b: tirx.min(tirx.max(x, _f(a)), _f(b)), 0.0, 6.0),  # alpha=min, beta=max
-    "relu6": (lambda x, a, b: tirx.min(tirx.max(x, _f(0.0)), _f(6.0)), 0.0, 0.0),
-    "leaky_relu": (lambda x, a, b: tirx.if_then_else(x >= _f(0.0), x, x * _f(a)), 0.01, 0.0),
-    "sigmoid": (lambda x, a, b: _sigmoid(x), 0.0, 0.0),
-    "silu": (lambda x, a, b: x * _sigmoid(x), 0.0, 0.0),
-    "hardsigmoid": (lambda x, a, b: tirx.min(tirx.max(x * _f(a) + _f(b), _f(0.0)), _f(1.0)), 0.2, 0.5),
-    "hardswish": (lambda x, a, b: x * tirx.min(tirx.max(x * _f(1.0 / 6.0) + _f(0.5), _f(0.0)), _f(1.0)), 0.0, 0.0),
-    "tanh": (lambda x, a, b: _tanh(x), 0.0, 0.0),
-    "gelu": (lambda x, a, b: _f(0.5) * x * (_f(1.0) + fast_erf(x * _f(0.7071067811865476))), 0.0, 0.0),
-    "gelu_tanh": (lambda x, a, b: _f(0.5) * x * (_f(1.0) + _tanh(_f(0.7978845608028654) * (x + _f(0.044715) * x * x * x))),
-                  0.0, 0.0),
+# the TE form of every activation of `mdoc.activations` (the one list: same names, whose defaults
+# and numpy reference live there): fn(x, alpha, beta), alpha/beta ONNX's attributes
+TE_ACTIVATIONS: dict[str, Callable] = {
+    "relu": lambda x, a, b: tirx.max(x, _f(0.0)),
+    "clip": lambda x, a, b: tirx.min(tirx.max(x, _f(a)), _f(b)),  # alpha=min, beta=max
+    "leaky_relu": lambda x, a, b: tirx.if_then_else(x >= _f(0.0), x, x * _f(a)),
+    "sigmoid": lambda x, a, b: _sigmoid(x),
+    "silu": lambda x, a, b: x * _sigmoid(x),
+    "hardsigmoid": lambda x, a, b: tirx.min(tirx.max(x * _f(a) + _f(b), _f(0.0)), _f(1.0)),
+    "hardswish": lambda x, a, b: x * tirx.min(tirx.max(x * _f(1.0 / 6.0) + _f(0.5), _f(0.0)), _f(1.0)),
+    "tanh": lambda x, a, b: _tanh(x),
+    "gelu": lambda x, a, b: _f(0.5) * x * (_f(1.0) + fast_erf(x * _f(0.7071067811865476))),
+    "gelu_tanh": lambda x, a, b: _f(0.5) * x * (_f(1.0) + _tanh(_f(0.7978845608028654) * (x + _f(0.044715) * x * x * x))),
 }
 
 
@@ -248,7 +248,7 @@ class Epilogue:
 
     Order: acc (* scale) (+ bias[channel]) (+ residual[same shape as the output]) -> activation.
     scale: a constant factor (attention's 1/sqrt(d)), None for none.
-    activation: None or a key of ACTIVATIONS; alpha/beta are its ONNX attributes when it has
+    activation: None or a name of `mdoc.activations`; alpha/beta are its ONNX attributes when it has
     any (clip: min/max, leaky_relu: alpha, hardsigmoid: alpha/beta); None means the default.
     """
 
@@ -260,14 +260,15 @@ class Epilogue:
     beta: float | None = None
 
     def __post_init__(self):
-        if self.activation is not None and self.activation not in ACTIVATIONS:
-            raise KernelError(f"unknown fused activation {self.activation!r}; supported: {', '.join(sorted(ACTIVATIONS))}")
+        if self.activation is not None and self.activation not in TE_ACTIVATIONS:
+            raise KernelError(f"unknown fused activation {self.activation!r}; supported: {', '.join(TE_ACTIVATIONS)}")
 
     def activate(self, x: tirx.PrimExpr) -> tirx.PrimExpr:
         if self.activation is None:
             return x
-        fn, a, b = ACTIVATIONS[self.activation]
-        return fn(x, a if self.alpha is None else self.alpha, b if self.beta is None else self.beta)
+        spec = ACTIVATIONS[self.activation]
+        return TE_ACTIVATIONS[self.activation](x, spec.alpha if self.alpha is None else self.alpha,
+                                               spec.beta if self.beta is None else self.beta)
 
     def tag(self) -> str:
         parts = (["scale"] if self.scale is not None else []) + (["bias"] if self.bias else []) + (["res"] if self.residual else []) + ([self.activation] if self.activation else [])
@@ -309,37 +310,8 @@ def apply_nchwc_epilogue(epi: Epilogue, val, bias, residual, lanes: int, i, b, y
 
 
 def activation_reference(name: str | None, x: np.ndarray, alpha: float | None = None, beta: float | None = None) -> np.ndarray:
-    """numpy reference of ACTIVATIONS (tests and benchmarks)."""
-    if name is None:
-        return x
-    _, da, db = ACTIVATIONS[name]
-    a = da if alpha is None else alpha
-    b = db if beta is None else beta
-    if name == "relu":
-        return np.maximum(x, 0)
-    if name == "clip":
-        return np.clip(x, a, b)
-    if name == "relu6":
-        return np.clip(x, 0, 6)
-    if name == "leaky_relu":
-        return np.where(x >= 0, x, x * a)
-    if name == "sigmoid":
-        return 1 / (1 + np.exp(-x))
-    if name == "silu":
-        return x / (1 + np.exp(-x))
-    if name == "hardsigmoid":
-        return np.clip(x * a + b, 0, 1)
-    if name == "hardswish":
-        return x * np.clip(x / 6 + 0.5, 0, 1)
-    if name == "tanh":
-        return np.tanh(x)
-    if name == "gelu":
-        from math import erf
-
-        return 0.5 * x * (1 + np.vectorize(erf)(x / np.sqrt(2)))
-    if name == "gelu_tanh":
-        return 0.5 * x * (1 + np.tanh(0.7978845608028654 * (x + 0.044715 * x ** 3)))
-    raise KernelError(f"no reference for activation {name!r}")
+    """numpy reference of a fused activation (tests and benchmarks): `mdoc.activations`'."""
+    return x if name is None else Applied(name, alpha, beta)(x)
 
 
 # --------------------------------------------------------------------------------------------

@@ -276,12 +276,13 @@ def conv2d(data_shape: Sequence[int], weight, *, strides=1, padding=0, dilation=
     spec = spec or CpuSpec.host()
     check_dtype("conv2d", dtype)
     wshape = tuple(int(d) for d in (weight.shape if isinstance(weight, np.ndarray) else weight))
-    if groups > 1 and len(wshape) == 4 and wshape[1] == 1 and groups == int(data_shape[1]):
+    family = conv_family(data_shape, wshape, strides, padding, dilation, groups, spec, tile, layout, data_layout)
+    if family == "depthwise":
         if tile is not None and layout == "NCHW":
             tile = tuple(tile[:2])  # (rb, rows per task); NCHWc takes (wb, ocv[, rows per task])
         return depthwise_conv2d(data_shape, weight, strides=strides, padding=padding, dilation=dilation,
                                 epilogue=epilogue, dtype=dtype, spec=spec, name=name, tile=tile, layout=layout)
-    if winograd_applies(data_shape, wshape, strides, dilation, groups, layout, data_layout, spec, padding, tile):
+    if family == "winograd":
         try:
             return winograd_conv2d(data_shape, weight, padding=padding, epilogue=epilogue, spec=spec, name=name,
                                    tile=tile)
@@ -294,6 +295,31 @@ def conv2d(data_shape: Sequence[int], weight, *, strides=1, padding=0, dilation=
     if plan.pointwise:
         return _build_pointwise(plan, weight if isinstance(weight, np.ndarray) else None, epilogue, name)
     return _build(plan, weight if isinstance(weight, np.ndarray) else None, epilogue, name)
+
+
+CONV_FAMILIES = ("depthwise", "winograd", "pointwise", "direct")
+
+
+def conv_family(data_shape, weight_shape, strides=1, padding=0, dilation=1, groups: int = 1,
+                spec: CpuSpec | None = None, tile: tuple[int, ...] | None = None, layout: str = "NCHW",
+                data_layout: str | None = None) -> str:
+    """The kernel family `conv2d` builds for a conv (one of CONV_FAMILIES), decided here only:
+    `depthwise_conv2d` for a depthwise conv, Winograd where `winograd_applies`, else the direct
+    kernel's GEMM path for a pointwise conv (`plan_conv2d`'s rule) or its channel-vector path.
+    (A Winograd conv that does not schedule over a run-time batch falls back to the direct kernel.)
+    `spec`: the CPU built for (default: this host's)."""
+    spec = spec or CpuSpec.host()
+    if is_depthwise(data_shape, weight_shape, groups):
+        return "depthwise"
+    if winograd_applies(data_shape, weight_shape, strides, dilation, groups, layout, data_layout, spec, padding, tile):
+        return "winograd"
+    plan = plan_conv2d(data_shape, weight_shape, strides, padding, dilation, groups, spec, tile, layout, data_layout)
+    return "pointwise" if plan.pointwise else "direct"
+
+
+def is_depthwise(data_shape, weight_shape, groups: int) -> bool:
+    """One input channel per group and as many groups as channels (the depthwise kernels')."""
+    return groups > 1 and len(weight_shape) == 4 and int(weight_shape[1]) == 1 and groups == int(data_shape[1])
 
 
 # Winograd is the default where its cost model expects at least this speedup over the direct

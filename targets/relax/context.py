@@ -205,7 +205,6 @@ class LowerCtx:
         self.symbols: dict[str, tirx.Var] = {}  # symbolic dim name -> its TIR var
         self.env: dict[Value, Any] = {}  # value (by identity) -> relax.Expr | SymTensor
         self._param_values = param_values  # constants lowered as function params, not folded
-        self.absorbed: set[Node] = set()  # nodes a kernel already computed as an epilogue (see absorb)
 
     # -- environment ----------------------------------------------------------
     def symbol(self, name: str) -> tirx.Var:
@@ -221,12 +220,6 @@ class LowerCtx:
 
     def lookup(self, value: Value) -> Any:
         return self.env.get(value)
-
-    def absorb(self, nodes: list[Node], result: Value, expr: Any) -> None:
-        """Record that `expr` (a fused kernel's output) computes `result`, the last of `nodes`,
-        later nodes of the graph that the kernel fused; `lower` then skips them."""
-        self.absorbed.update(nodes)
-        self.bind(result, expr)
 
     @property
     def opset(self) -> int:

@@ -48,11 +48,7 @@ def _reason(e: Exception) -> str:
 
 
 def convert_node(ctx: LowerCtx, node: Node) -> None:
-    """Lower one node into the current block and bind its results (also used for If/Loop bodies).
-
-    A node a kernel already computed as its fused epilogue (`ctx.absorbed`) is skipped."""
-    if node in ctx.absorbed:
-        return
+    """Lower one node into the current block and bind its results (also used for If/Loop bodies)."""
     ctx.node = node
     try:
         _convert(ctx, node)
