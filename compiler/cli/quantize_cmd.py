@@ -11,7 +11,8 @@ from ..calibration import METHODS, load_samples
 from ..model_io import SUFFIXES, load_model, save_model
 from ..errors import MdocError
 from ..quantize import quantize_static
-from .group import cli, emit_json, json_option
+from ..cli_options import emit_json, json_option
+from .group import cli
 
 
 @cli.command("quantize")
