@@ -8,10 +8,10 @@ import click
 from tqdm import tqdm
 
 from ..calibration import METHODS, load_samples
+from ..cli_options import emit_json, json_option
 from ..model_io import SUFFIXES, load_model, save_model
 from ..errors import MdocError
 from ..quantize import quantize_static
-from ..cli_options import emit_json, json_option
 from .group import cli
 
 
