@@ -249,22 +249,30 @@ def _load_cuda_runtime(arch: str) -> None:
         raise MdocError(f"TVM's CUDA runtime cannot be loaded: {' '.join(str(e).split())[:200]}") from None
 
 
+def _emulator(machine: str):
+    """The module that runs `machine` libraries here, from the `mdoc.emulators` entry-point group (mdoc.tooling
+    registers qemu for aarch64); None when nothing is registered for it."""
+    from importlib import metadata
+
+    for ep in metadata.entry_points(group="mdoc.emulators"):
+        if ep.name == machine:
+            return ep.load()
+    return None
+
+
 class _Emulated:
     """Runs an aarch64 library under qemu in the arm64 root that `.ci/setup-arm.sh` builds."""
 
     def __init__(self, path: Path, manifest: dict):
-        from .emulation import arm_root
-
-        if arm_root() is None:
+        self.emulator = _emulator("aarch64")
+        if self.emulator is None or self.emulator.arm_root() is None:
             raise MdocError(f"{path}: artifact is for aarch64; run it on an aarch64 device, or set up emulation "
                             "with `.ci/setup-arm.sh` to run it here under qemu")
         self.path, self.manifest = path, manifest
         self._check = InputChecks(manifest["inputs"], str(path))
 
     def __call__(self, **feeds: np.ndarray) -> dict[str, np.ndarray]:
-        from .emulation import run_aarch64
-
         ordered = [_contiguous(a) for a in self._check(feeds)]
         names = [i.get("param", i["name"]) for i in self.manifest["inputs"]]  # Relax's parameter names
-        outs = run_aarch64(self.path / LIBRARY, dict(zip(names, ordered)))
+        outs = self.emulator.run_aarch64(self.path / LIBRARY, dict(zip(names, ordered)))
         return returned(self.manifest, outs)

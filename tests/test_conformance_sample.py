@@ -18,8 +18,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from mdoc.targets import conformance as conf
-from mdoc.targets.onnx_backend import BackendError, MdocBackend
+from mdoc.tooling import conformance as conf
+from mdoc.tooling.onnx_backend import BackendError, MdocBackend
 
 # Common op types, one or two cases each (names from onnx's node test suite).
 SAMPLE = (

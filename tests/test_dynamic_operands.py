@@ -34,7 +34,7 @@ from test_relax_lowering import TARGET, GraphSpec, assert_close, f32, reference 
 from mdoc.errors import MdocError  # noqa: E402
 from mdoc.onnx_import import import_model  # noqa: E402
 from mdoc.specialize import bind_inputs, parse_binding  # noqa: E402
-from mdoc.targets.onnx_backend import BackendError, MdocBackend  # noqa: E402
+from mdoc.tooling.onnx_backend import BackendError, MdocBackend  # noqa: E402
 from mdoc.targets.relax import build, lower, run  # noqa: E402
 from mdoc.targets.relax.context import NeedsInputValue  # noqa: E402
 

@@ -1,6 +1,6 @@
 """mdoc as an `onnx.backend.base.Backend`: onnx's backend test machinery (and anyone's harness) can drive it.
 
-    from mdoc.targets.onnx_backend import MdocBackend
+    from mdoc.tooling.onnx_backend import MdocBackend
     rep = MdocBackend.prepare(model_proto)          # import -> passes -> Relax -> TVM build -> load
     (y,) = rep.run([x])                              # outputs in the model's output order
 
@@ -166,9 +166,9 @@ class MdocRep(BackendRep):
         return _stage("import", run)
 
     def _compile(self, model: Model) -> Callable[..., dict[str, np.ndarray]]:
-        from .artifact import load
-        from .relax.context import NeedsInputValue
-        from .tvm_backend import BACKEND
+        from mdoc.targets.artifact import load
+        from mdoc.targets.relax.context import NeedsInputValue
+        from mdoc.targets.tvm_backend import BACKEND
 
         self._progress("optimize")
         passes = _stage("optimize", lambda: parse_pipeline(self.pipeline))

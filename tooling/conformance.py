@@ -516,9 +516,9 @@ def run_pool(tasks: Iterable[tuple[Any, str, Case, Options]], jobs: int, timeout
 
 # -- the cache ---------------------------------------------------------------------------
 def source_hash() -> str:
-    """sha256 over every .py file of mdoc, mdoc.passes and mdoc.targets (paths and contents)."""
+    """sha256 over every .py file of mdoc, mdoc.passes, mdoc.targets and mdoc.tooling (paths and contents)."""
     h = hashlib.sha256()
-    for pkg in ("mdoc", "mdoc.passes", "mdoc.targets"):
+    for pkg in ("mdoc", "mdoc.passes", "mdoc.targets", "mdoc.tooling"):
         spec = importlib.util.find_spec(pkg)
         for root in spec.submodule_search_locations or []:
             root = Path(root)
@@ -532,7 +532,7 @@ def source_hash() -> str:
 
 
 def default_cache_dir() -> Path:
-    spec = importlib.util.find_spec("mdoc.targets")
+    spec = importlib.util.find_spec("mdoc.tooling")
     here = Path(next(iter(spec.submodule_search_locations))).resolve()
     if (here.parent / "pyproject.toml").is_file():
         return here.parent / ".cache" / "conformance"
