@@ -17,6 +17,7 @@ from mdoc.ir import Node
 from ..context import LowerCtx, SymTensor, broadcast_dims, is_float, is_static, prim
 from ..registry import converter
 from ._common import attr_ints, attr_str, norm_axes, norm_axis, operand_ints, prod, relax_dims, static_int
+from .runtime_axes import axis_mask, inserted_dims, kept_dims, runtime_axes
 
 R = relax.op
 INT64_MAX = (1 << 63) - 1
@@ -144,6 +145,11 @@ def squeeze_v1(ctx: LowerCtx, node: Node):
 
 @converter("onnx.Squeeze", since=13)
 def squeeze_v13(ctx: LowerCtx, node: Node):
+    dims = ctx.shape(0)
+    axes = runtime_axes(ctx, 1, len(dims)) if ctx.has_input(1) else None
+    if axes:  # which dims go is known at run time; how many is the axes' length
+        out = kept_dims(dims, axis_mask(axes, len(dims)), len(dims) - len(axes))
+        return [R.reshape(ctx.input(0), relax_dims(out))]
     return [_squeeze(ctx, operand_ints(ctx, 1, "axes"))]
 
 
@@ -167,6 +173,13 @@ def unsqueeze_v1(ctx: LowerCtx, node: Node):
 
 @converter("onnx.Unsqueeze", since=13)
 def unsqueeze_v13(ctx: LowerCtx, node: Node):
+    dims = ctx.shape(0)
+    n = ctx.shape(1)
+    rank = len(dims) + (int(n[0]) if len(n) == 1 and is_static(n[0]) else 0)
+    axes = runtime_axes(ctx, 1, rank)
+    if axes:
+        out = inserted_dims(dims, axis_mask(axes, rank))
+        return [R.reshape(ctx.input(0), relax_dims(out))]
     return [_unsqueeze(ctx, operand_ints(ctx, 1, "axes"))]
 
 
@@ -206,6 +219,8 @@ def split(ctx: LowerCtx, node: Node):
     dims = ctx.shape(0)
     axis = norm_axis(ctx, int(ctx.attr("axis", 0)), len(dims))
     n = len(node.outputs)
+    if ctx.opset >= 13 and ctx.has_input(1) and ctx.const(1) is None and ctx.sym(1) is None:
+        return _split_runtime(ctx, axis, n)
     if ctx.opset >= 13 or (ctx.opset < 2 and ctx.has_input(1)):
         sizes = operand_ints(ctx, 1, "split")
     else:
@@ -234,6 +249,20 @@ def split(ctx: LowerCtx, node: Node):
     points = list(np.cumsum(sizes[:-1]).tolist())
     t = ctx.emit(R.split(x, points, axis=axis))
     return [relax.TupleGetItem(t, k) for k in range(len(sizes))]
+
+
+def _split_runtime(ctx: LowerCtx, axis: int, n: int) -> list:
+    """Split with sizes read at run time: one piece per size, each a slice between running sums."""
+    shape = ctx.shape(1)
+    if shape != [n]:
+        raise ctx.error(f"split has shape {shape}, but the node has {n} outputs")
+    sizes = ctx.runtime_dims(ctx.input(1), "split")
+    x = ctx.input(0)
+    pieces, start = [], prim(0)
+    for size in sizes:
+        pieces.append(R.strided_slice(x, axes=[axis], begin=[start], end=[start + size], assume_inbound=True))
+        start = start + size
+    return pieces
 
 
 # -- Slice ----------------------------------------------------------------------------
@@ -672,7 +701,26 @@ def topk_v1(ctx: LowerCtx, node: Node):
 
 @converter("onnx.TopK", since=10)
 def topk_v10(ctx: LowerCtx, node: Node):
+    if ctx.const(1) is None and ctx.sym(1) is None:
+        return _topk_runtime(ctx)
     return _topk(ctx, int(ctx.require_const(1, "K").reshape(-1)[0]))
+
+
+def _topk_runtime(ctx: LowerCtx):
+    """TopK with k read at run time: a stable argsort along the axis (equal values keep the lower index
+    first, as ONNX asks), its first k indices (k a run-time dim), and the values gathered at them."""
+    dims = ctx.shape(0)
+    axis = norm_axis(ctx, int(ctx.attr("axis", -1)), len(dims))
+    largest = bool(ctx.attr("largest", 1))
+    x = ctx.input(0)
+    keys = x
+    if str(x.ty.dtype) == "uint64":  # as `_topk`: the int64 view with the top bit flipped keeps the order
+        keys = ctx.emit(R.bitwise_xor(R.astype(x, "int64"), relax.const(np.int64(-(1 << 63)), "int64")))
+    (k,) = ctx.runtime_dims(ctx.emit(R.reshape(ctx.input(1), [1])), "k")
+    order = ctx.emit(R.argsort(keys, axis=axis, descending=largest, dtype="int64"))
+    order = ctx.bb.match_cast(order, order.ty)  # after k's match_cast (see LowerCtx.runtime_dims)
+    idx = ctx.emit(R.strided_slice(order, axes=[axis], begin=[0], end=[k], assume_inbound=True))
+    return [R.gather_elements(x, idx, axis=axis), idx]
 
 
 _REDUCTIONS = {"none": "update", "add": "add", "mul": "mul", "max": "max", "min": "min"}
