@@ -665,16 +665,34 @@ def trilu(ctx: LowerCtx, node: Node):
 
 @converter("onnx.CumSum", since=11)
 def cumsum(ctx: LowerCtx, node: Node):
+    return [along_axis_operand(ctx, R.cumsum)]
+
+
+def along_axis_operand(ctx: LowerCtx, scan) -> relax.Expr:
+    """CumSum / CumProd: `scan(x, axis=, exclusive=)` along the axis that operand 1 names, `reverse` honoured.
+
+    An axis known only at run time picks among the rank's choices: every axis is scanned
+    and `where` keeps the one asked for (rank times the work; such an axis is rare outside
+    tests, and one artifact then takes any axis; a value out of range gives the last axis).
+    """
     rank = ctx.rank(0)
-    axis = norm_axis(ctx, int(ctx.require_const(1, "axis").reshape(-1)[0]), rank)
+    reverse, exclusive = int(ctx.attr("reverse", 0)), bool(ctx.attr("exclusive", 0))
+
+    def along(x: relax.Expr, axis: int) -> relax.Expr:
+        if reverse:
+            x = ctx.emit(R.flip(x, axis))
+        y = ctx.emit(scan(x, axis=axis, exclusive=exclusive))
+        return ctx.emit(R.flip(y, axis)) if reverse else y
+
     x = ctx.input(0)
-    reverse = int(ctx.attr("reverse", 0))
-    if reverse:
-        x = ctx.emit(R.flip(x, axis))
-    y = R.cumsum(x, axis=axis, exclusive=bool(ctx.attr("exclusive", 0)))
-    if reverse:
-        y = R.flip(ctx.emit(y), axis)
-    return [y]
+    if ctx.const(1) is not None or ctx.sym(1) is not None:
+        return along(x, norm_axis(ctx, int(ctx.require_const(1, "axis").reshape(-1)[0]), rank))
+    axis = ctx.scalar(1, "int64")
+    axis = ctx.emit(R.where(R.less(axis, relax.const(0, "int64")), R.add(axis, relax.const(rank, "int64")), axis))
+    y = along(x, rank - 1)
+    for a in range(rank - 2, -1, -1):
+        y = ctx.emit(R.where(R.equal(axis, relax.const(a, "int64")), along(x, a), y))
+    return y
 
 
 # -- TopK, ScatterElements, ScatterND, OneHot ---------------------------------------------------
