@@ -372,8 +372,59 @@ def _slice_runtime(ctx: LowerCtx, axes: list[int] | None, steps: list[int] | Non
     return R.dynamic_strided_slice(x, begin, end, strides)
 
 
+def _slice_kernel(ctx: LowerCtx) -> relax.Expr:
+    """Slice with axes or steps read at run time: one gather kernel, every index a TIR expression.
+
+    Starts, ends, axes and steps become run-time dims (or stay the values lowering knows);
+    per dim of the input, the entry whose axis names it gives begin, end and step (else 0, dim,
+    1), clamped as ONNX says; out[i] = x[begin + i * step] over ceil((end - begin) / step) indices.
+    """
+    x = ctx.input(0)
+    dims = ctx.shape_of(x)
+    rank = len(dims)
+    n = ctx.shape(1)
+    if len(n) != 1 or not is_static(n[0]):
+        raise ctx.need_const(1, "starts, of a length known only at run time")
+
+    def values(i: int, name: str) -> list:
+        sym = ctx.sym(i, max_size=1 << 12)
+        return list(sym.values) if sym is not None else ctx.runtime_dims(ctx.input(i), name)
+
+    starts, ends = values(1, "start"), values(2, "end")
+    axes = runtime_axes(ctx, 3, rank) if ctx.has_input(3) else None
+    if axes is None:
+        axes = [prim(a) for a in norm_axes(ctx, operand_ints(ctx, 3, "axes") or list(range(len(starts))), rank)]
+    steps = values(4, "step") if ctx.has_input(4) else [1] * len(starts)
+    if not len(starts) == len(ends) == len(axes) == len(steps):
+        raise ctx.error(f"starts, ends, axes and steps have different lengths "
+                        f"({len(starts)}, {len(ends)}, {len(axes)}, {len(steps)})")
+    begin, length, stride = [], [], []
+    for k, d in enumerate(dims):
+        b, e, st = prim(0), prim(d), prim(1)
+        for a, b_j, e_j, s_j in zip(axes, starts, ends, steps):
+            hit = a == k
+            b, e, st = tirx.Select(hit, prim(b_j), b), tirx.Select(hit, prim(e_j), e), tirx.Select(hit, prim(s_j), st)
+        d = prim(d)
+        b, e = tirx.Select(b < 0, b + d, b), tirx.Select(e < 0, e + d, e)
+        forward = st > 0
+        b = tirx.Select(forward, tirx.min(tirx.max(b, 0), d), tirx.min(tirx.max(b, 0), d - 1))
+        e = tirx.Select(forward, tirx.min(tirx.max(e, 0), d), tirx.min(tirx.max(e, -1), d - 1))
+        span = tirx.Select(forward, e - b, b - e)
+        magnitude = tirx.Select(forward, st, 0 - st)
+        begin.append(b)
+        stride.append(st)
+        length.append(tirx.max(tirx.floordiv(span + magnitude - 1, tirx.max(magnitude, 1)), 0))
+
+    def compute(t: te.Tensor) -> te.Tensor:
+        return te.compute(length, lambda *i: t(*[b + j * st for b, j, st in zip(begin, i, stride)]), name="slice")
+
+    return ctx.bb.emit_te(compute, x, primfunc_name_hint="slice")
+
+
 @converter("onnx.Slice", since=10)
 def slice_v10(ctx: LowerCtx, node: Node):
+    if any(ctx.has_input(i) and ctx.const(i) is None and ctx.sym(i) is None for i in (3, 4)):
+        return [_slice_kernel(ctx)]  # axes or steps at run time
     if ctx.sym(1, max_size=1 << 16) is None or ctx.sym(2, max_size=1 << 16) is None:
         axes = operand_ints(ctx, 3, "axes")
         steps = operand_ints(ctx, 4, "steps")
