@@ -608,8 +608,10 @@ def pad_v1(ctx: LowerCtx, node: Node):
 
 @converter("onnx.Pad", since=11)
 def pad_v11(ctx: LowerCtx, node: Node):
-    axes = operand_ints(ctx, 3, "axes") if ctx.opset >= 18 else None
     mode = attr_str(ctx, "mode", "constant")
+    if ctx.opset >= 18 and ctx.has_input(3) and (axes := runtime_axes(ctx, 3, ctx.rank(0))) is not None:
+        return [_pad_runtime(ctx, mode, None, axes)]
+    axes = operand_ints(ctx, 3, "axes") if ctx.opset >= 18 else None
     pads = ctx.const(1)
     value = ctx.const(2) if ctx.has_input(2) else np.zeros(1)
     if pads is None or value is None:
@@ -617,17 +619,25 @@ def pad_v11(ctx: LowerCtx, node: Node):
     return [_pad(ctx, [int(p) for p in pads.reshape(-1)], float(value.reshape(-1)[0]), mode, axes)]
 
 
-def _pad_runtime(ctx: LowerCtx, mode: str, axes: list[int] | None):
-    """Pad with run-time pads or value, as one TE compute: each output index reads the input at
-    index - pad_before, mapped back into range as the mode says (negative pads crop)."""
-    x, dims, rank, axes = _pad_operand(ctx, mode, axes)
+def _pad_runtime(ctx: LowerCtx, mode: str, axes: list[int] | None, runtime: list | None = None):
+    """Pad with run-time pads, value or axes (`runtime`, TIR expressions), as one TE compute: each
+    output index reads the input at index - pad_before, mapped back into range as the mode says
+    (negative pads crop). A dim that a run-time axis names takes that axis's pads."""
+    x, dims, rank, axes = _pad_operand(ctx, mode, axes if runtime is None else None)
+    axes = runtime if runtime is not None else axes
     sym = ctx.sym(1, max_size=1 << 12)
     pads = list(sym.values) if sym is not None else ctx.runtime_dims(ctx.input(1), "pad")
     if len(pads) != 2 * len(axes):
         raise ctx.error(f"pads has {len(pads)} elements, expected {2 * len(axes)} (two per axis)")
     before, after = [0] * rank, [0] * rank
     for j, a in enumerate(axes):
-        before[a], after[a] = pads[j], pads[len(axes) + j]
+        b, e = pads[j], pads[len(axes) + j]
+        if runtime is None:
+            before[a], after[a] = b, e
+            continue
+        for k in range(rank):
+            before[k] = tirx.Select(a == k, prim(b), prim(before[k]))
+            after[k] = tirx.Select(a == k, prim(e), prim(after[k]))
     value = ctx.scalar(2, str(x.ty.dtype)) if ctx.has_input(2) else relax.const(0, str(x.ty.dtype))
     out_shape = [prim(d) + prim(b) + prim(e) for d, b, e in zip(dims, before, after)]
 
