@@ -308,9 +308,8 @@ def resize_v11(ctx: LowerCtx, node: Node):
     antialias = ctx.opset >= 18 and int(ctx.attr("antialias", 0)) and mode != "nearest"
     # cubic kernels over run-time dims take TVM minutes to build (16 taps of symbolic float math
     # per element): those, like axes and antialias, are specialized to the operand's value instead
-    if isinstance(scales, relax.Expr) and (mode == "cubic" or antialias or
-                                           (ctx.opset >= 18 and ctx.attr("axes") is not None)):
-        raise ctx.need_const(2, f"scales, with mode={mode}, axes or antialias")
+    if isinstance(scales, relax.Expr) and (mode == "cubic" or antialias):
+        raise ctx.need_const(2, f"scales, with mode={mode} or antialias")
     sizes = None
     if scales is None and ctx.has_input(3):
         if mode == "cubic" and ctx.sym(3, max_size=1 << 12) is None:
@@ -322,7 +321,11 @@ def resize_v11(ctx: LowerCtx, node: Node):
         axes = ctx.attr("axes")
         if axes is not None:
             axes = norm_axes(ctx, [int(a) for a in axes], rank)
-            if scales is not None:
+            if isinstance(scales, relax.Expr):  # run-time scales of the named axes; 1 elsewhere
+                one = relax.const(np.ones(1, np.float32))
+                scales = ctx.emit(R.concat([R.strided_slice(scales, [0], [axes.index(a)], [axes.index(a) + 1])
+                                            if a in axes else one for a in range(rank)], axis=0))
+            elif scales is not None:
                 full = [1.0] * rank
                 for a, s in zip(axes, scales):
                     full[a] = s
