@@ -73,6 +73,15 @@ def test_sample_pass_count_does_not_drop(suite):
         f"only {len(passed)} of {len(SAMPLE)} sample cases pass, below the floor of {PASS_FLOOR}:\n{failed}")
 
 
+def test_artifact_engine_compiles_once_and_never_binds(suite):
+    names = ["test_reduce_sum_do_not_keepdims_example", "test_top_k", "test_resize_upsample_sizes_cubic"]
+    report = conf.run_conformance([suite[n] for n in names], engines=("mdoc-artifact",), jobs=1, timeout=120,
+                                  cache_dir=None, use_cache=False)
+    results = report.results["mdoc-artifact"]
+    assert [results[n]["status"] for n in names] == [conf.PASS, conf.PASS, conf.BUILD]
+    assert results[names[2]]["message"].endswith("(mdoc compile --bind sizes=VALUES)")  # the onnx Backend binds it
+
+
 # -- the backend interface ------------------------------------------------------------------
 def test_backend_prepares_and_runs_a_case(suite):
     case = suite["test_add_bcast"]

@@ -45,8 +45,8 @@ def nonzero(ctx: LowerCtx, node: Node):
     if not dims:
         raise ctx.error("NonZero of a rank-0 tensor is not supported by the Relax target; give it shape [1]")
     flat = ctx.emit(R.reshape(x, relax_dims([prod(dims)])))
-    mask = ctx.emit(R.not_equal(flat, relax.const(0, str(flat.ty.dtype)) if str(flat.ty.dtype) != "bool"
-                                else relax.const(False, "bool")))
+    dt = str(flat.ty.dtype)
+    mask = flat if dt == "bool" else ctx.emit(R.not_equal(flat, relax.const(0, dt)))
     idx, _ = selected(ctx, mask, "nonzero")
     coords = []
     for k in range(len(dims)):

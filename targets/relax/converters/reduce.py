@@ -17,10 +17,10 @@ from tvm import relax, te, tirx
 
 from mdoc.ir import Node
 
-from ..context import LowerCtx, is_float, is_static, prim
+from ..context import LowerCtx, is_float, is_static
 from ..registry import converter
 from ._common import attr_ints, norm_axes, norm_axis, operand_ints, prod, relax_dims, sym_eval
-from .runtime_axes import axis_mask, kept_dims, runtime_axes
+from .runtime_axes import axis_mask, kept_dims, length, runtime_axes
 
 R = relax.op
 
@@ -37,11 +37,13 @@ def _axes(ctx: LowerCtx, axes_from_input: bool) -> list[int] | None:
 def _reduce(kind: str, axes_from_input: bool):
     def convert(ctx: LowerCtx, node: Node):
         keep = bool(ctx.attr("keepdims", 1))
-        if axes_from_input and ctx.has_input(1):
-            axes = runtime_axes(ctx, 1, ctx.rank(0))
-            if axes:
-                return [_reduce_runtime_axes(ctx, kind, axes, keep)]
-        axes = _axes(ctx, axes_from_input)
+        runtime = runtime_axes(ctx, 1, ctx.rank(0)) if axes_from_input and ctx.has_input(1) else None
+        if runtime is not None and length(runtime):
+            return [_reduce_runtime_axes(ctx, kind, runtime, keep)]
+        if runtime is not None:  # an empty axes tensor: its length says enough
+            axes = [] if int(ctx.attr("noop_with_empty_axes", 0)) else None
+        else:
+            axes = _axes(ctx, axes_from_input)
         if kind in ("Max", "Min", "Sum", "Prod") and ctx.sym(0) is not None and axes in (None, [0]):
             np_fn = {"Max": np.max, "Min": np.min, "Sum": np.sum, "Prod": np.prod}[kind]
             sym = sym_eval(ctx, lambda a: np.asarray(np_fn(a, keepdims=keep)), None, operands=[0])
@@ -90,38 +92,41 @@ def _reduce(kind: str, axes_from_input: bool):
     return convert
 
 
-def _reduce_runtime_axes(ctx: LowerCtx, kind: str, axes: list, keep: bool) -> relax.Expr:
+def _reduce_runtime_axes(ctx: LowerCtx, kind: str, axes: relax.Expr, keep: bool) -> relax.Expr:
     """Reduce `kind` over axes known at run time: masked kernels, then the kept dims when not `keep`."""
     x = ctx.input(0)
     dims = ctx.shape_of(x)
-    mask = axis_mask(axes, len(dims))
+    rank = len(dims)
+    mask = axis_mask(ctx, axes, rank)
+    full, ones = ctx.dims_tensor(dims), relax.const(np.ones(rank, np.int64), "int64")
+    sizes = ctx.runtime_dims(ctx.emit(R.concat([R.where(mask, ones, full), R.where(mask, full, ones)], axis=0)), "r")
+    out, extents = sizes[:rank], sizes[rank:]
     dt = str(x.ty.dtype)
     if dt == "bool":  # as the static path: any / all through uint8
         x = ctx.emit(R.astype(x, "uint8"))
     square = lambda v, *_: v * v  # noqa: E731
+    reduce = lambda k, value=None, *extra: _masked_reduce(ctx, x, out, extents, k, value, *extra)  # noqa: E731
     if kind == "LogSumExp":
-        m = _masked_reduce(ctx, x, dims, mask, "Max")
-        y = ctx.emit(R.add(R.log(_masked_reduce(ctx, x, dims, mask, "Sum", lambda v, j, m: tirx.exp(v - m(*j)), m)), m))
+        m = reduce("Max")
+        y = ctx.emit(R.add(R.log(reduce("Sum", lambda v, j, m: tirx.exp(v - m(*j)), m)), m))
     elif kind in ("L1", "L2", "SumSquare", "LogSum"):
-        value = {"L1": lambda v, *_: tirx.abs(v), "L2": square, "SumSquare": square, "LogSum": None}[kind]
-        y = _masked_reduce(ctx, x, dims, mask, "Sum", value)
+        y = reduce("Sum", {"L1": lambda v, *_: tirx.abs(v), "L2": square, "SumSquare": square, "LogSum": None}[kind])
         y = ctx.emit(R.sqrt(y) if kind == "L2" else R.log(y)) if kind in ("L2", "LogSum") else y
     else:
-        y = _masked_reduce(ctx, x, dims, mask, "Sum" if kind == "Mean" else kind)
+        y = reduce("Sum" if kind == "Mean" else kind)
         if kind == "Mean":
-            count = prod([tirx.Select(m, prim(d), prim(1)) for d, m in zip(dims, mask)])
-            n = ctx.emit(R.astype(R.reshape(ctx.dims_tensor([count]), []), dt))
+            n = ctx.emit(R.astype(R.reshape(ctx.dims_tensor([prod(extents)]), []), dt))
             y = ctx.emit(R.divide(y, n))
     if dt == "bool":
         y = ctx.emit(R.astype(y, "bool"))
     if keep:
         return y
-    return R.reshape(y, relax_dims(kept_dims(dims, mask, len(dims) - len(axes))))
+    return R.reshape(y, relax_dims(kept_dims(ctx, dims, mask, rank - length(axes))))
 
 
-def _masked_reduce(ctx: LowerCtx, x: relax.Expr, dims: list, mask: list, kind: str, value=None,
+def _masked_reduce(ctx: LowerCtx, x: relax.Expr, out: list, extents: list, kind: str, value=None,
                    *extra: relax.Expr) -> relax.Var:
-    """A kernel reducing `x` over the dims whose `mask` is true, keeping them as 1.
+    """A kernel reducing `x` over the dims of extent `extents` (1 where kept), keeping them as 1 (`out`).
 
     Output index j and reduction index k meet at x[j + k]: a reduced dim has j in [0, 1)
     and k in [0, d), a kept one j in [0, d) and k in [0, 1). `value(v, j, *extra)` turns
@@ -129,6 +134,12 @@ def _masked_reduce(ctx: LowerCtx, x: relax.Expr, dims: list, mask: list, kind: s
     identity ONNX gives an empty set); Prod from 1.
     """
     dt = str(x.ty.dtype)
+    if any(is_static(d) and int(d) == 0 for d in ctx.shape_of(x)):
+        # nothing to read: the identity everywhere (an empty input may also come with strides TVM
+        # does not take as compact)
+        ident = _identity(kind, dt)
+        return ctx.bb.emit_te(lambda out: te.compute(out, lambda *j: tirx.const(ident, dt), name="reduce_empty"),
+                              list(out), primfunc_name_hint="reduce_empty")
     reducer = {"Sum": te.sum, "Max": te.max, "Min": te.min,
                "Prod": te.comm_reducer(lambda a, b: a * b, lambda t: tirx.const(1, t), name="prod")}[kind]
     if kind in ("Max", "Min") and is_float(dt):
@@ -136,18 +147,27 @@ def _masked_reduce(ctx: LowerCtx, x: relax.Expr, dims: list, mask: list, kind: s
         pick = tirx.max if kind == "Max" else tirx.min
         reducer = te.comm_reducer(lambda a, b: pick(a, b), lambda t: tirx.const(inf, t), name=kind.lower())
 
-    def compute(t: te.Tensor, *others: te.Tensor) -> te.Tensor:
-        ks = [te.reduce_axis((0, tirx.Select(m, prim(d), prim(1))), name=f"k{i}") for i, (d, m) in
-              enumerate(zip(dims, mask))]
+    def compute(t: te.Tensor, out: list, extents: list, *others: te.Tensor) -> te.Tensor:
+        ks = [te.reduce_axis((0, e), name=f"k{i}") for i, e in enumerate(extents)]
 
         def element(*j):
             v = t(*[a + k for a, k in zip(j, ks)])
             return reducer(value(v, j, *others) if value else v, axis=ks)
 
-        return te.compute([tirx.Select(m, prim(1), prim(d)) for d, m in zip(dims, mask)], element,
-                          name=f"reduce_{kind.lower()}")
+        return te.compute(out, element, name=f"reduce_{kind.lower()}")
 
-    return ctx.bb.emit_te(compute, x, *extra, primfunc_name_hint=f"reduce_{kind.lower()}")
+    # the dims go in as arguments: emit_te passes a PrimFunc only the vars it is given or finds in shapes
+    return ctx.bb.emit_te(compute, x, list(out), list(extents), *extra, primfunc_name_hint=f"reduce_{kind.lower()}")
+
+
+def _identity(kind: str, dt: str):
+    """What a reduction of no elements gives: 0, 1, or the lowest / highest value for Max / Min."""
+    if kind in ("Sum", "Prod"):
+        return 0 if kind == "Sum" else 1
+    if is_float(dt):
+        return float("-inf") if kind == "Max" else float("inf")
+    info = np.iinfo(dt)
+    return int(info.min) if kind == "Max" else int(info.max)
 
 
 def _float_extreme(ctx: LowerCtx, kind: str, x, axes: list[int] | None, keep: bool, dt: str):

@@ -17,7 +17,7 @@ from mdoc.ir import Node
 from ..context import LowerCtx, SymTensor, broadcast_dims, is_float, is_static, prim
 from ..registry import converter
 from ._common import attr_ints, attr_str, norm_axes, norm_axis, operand_ints, prod, relax_dims, static_int
-from .runtime_axes import axis_mask, inserted_dims, kept_dims, runtime_axes
+from .runtime_axes import axis_mask, inserted_dims, kept_dims, length, runtime_axes, spread
 
 R = relax.op
 INT64_MAX = (1 << 63) - 1
@@ -147,8 +147,8 @@ def squeeze_v1(ctx: LowerCtx, node: Node):
 def squeeze_v13(ctx: LowerCtx, node: Node):
     dims = ctx.shape(0)
     axes = runtime_axes(ctx, 1, len(dims)) if ctx.has_input(1) else None
-    if axes:  # which dims go is known at run time; how many is the axes' length
-        out = kept_dims(dims, axis_mask(axes, len(dims)), len(dims) - len(axes))
+    if axes is not None and length(axes):  # which dims go is known at run time; how many is the axes' length
+        out = kept_dims(ctx, dims, axis_mask(ctx, axes, len(dims)), len(dims) - length(axes))
         return [R.reshape(ctx.input(0), relax_dims(out))]
     return [_squeeze(ctx, operand_ints(ctx, 1, "axes"))]
 
@@ -177,8 +177,8 @@ def unsqueeze_v13(ctx: LowerCtx, node: Node):
     n = ctx.shape(1)
     rank = len(dims) + (int(n[0]) if len(n) == 1 and is_static(n[0]) else 0)
     axes = runtime_axes(ctx, 1, rank)
-    if axes:
-        out = inserted_dims(dims, axis_mask(axes, rank))
+    if axes is not None:
+        out = inserted_dims(ctx, dims, axis_mask(ctx, axes, rank))
         return [R.reshape(ctx.input(0), relax_dims(out))]
     return [_unsqueeze(ctx, operand_ints(ctx, 1, "axes"))]
 
@@ -373,11 +373,11 @@ def _slice_runtime(ctx: LowerCtx, axes: list[int] | None, steps: list[int] | Non
 
 
 def _slice_kernel(ctx: LowerCtx) -> relax.Expr:
-    """Slice with axes or steps read at run time: one gather kernel, every index a TIR expression.
+    """Slice with axes or steps read at run time: one gather kernel, out[i] = x[begin + i * step].
 
-    Starts, ends, axes and steps become run-time dims (or stay the values lowering knows);
-    per dim of the input, the entry whose axis names it gives begin, end and step (else 0, dim,
-    1), clamped as ONNX says; out[i] = x[begin + i * step] over ceil((end - begin) / step) indices.
+    Per dim of the input, the entry whose axis names it gives begin, end and step (else 0,
+    dim, 1), clamped as ONNX says, and the length is ceil((end - begin) / step), all in
+    tensor arithmetic; begin, length and step then become run-time dims.
     """
     x = ctx.input(0)
     dims = ctx.shape_of(x)
@@ -385,40 +385,42 @@ def _slice_kernel(ctx: LowerCtx) -> relax.Expr:
     n = ctx.shape(1)
     if len(n) != 1 or not is_static(n[0]):
         raise ctx.need_const(1, "starts, of a length known only at run time")
+    n = int(n[0])
+    i64 = lambda v: relax.const(np.array(v, np.int64), "int64")  # noqa: E731
 
-    def values(i: int, name: str) -> list:
-        sym = ctx.sym(i, max_size=1 << 12)
-        return list(sym.values) if sym is not None else ctx.runtime_dims(ctx.input(i), name)
+    def operand(i: int, default: int) -> relax.Expr:
+        if not ctx.has_input(i):
+            return i64([default] * n)
+        return ctx.emit(R.astype(ctx.input(i), "int64"))
 
-    starts, ends = values(1, "start"), values(2, "end")
     axes = runtime_axes(ctx, 3, rank) if ctx.has_input(3) else None
     if axes is None:
-        axes = [prim(a) for a in norm_axes(ctx, operand_ints(ctx, 3, "axes") or list(range(len(starts))), rank)]
-    steps = values(4, "step") if ctx.has_input(4) else [1] * len(starts)
-    if not len(starts) == len(ends) == len(axes) == len(steps):
-        raise ctx.error(f"starts, ends, axes and steps have different lengths "
-                        f"({len(starts)}, {len(ends)}, {len(axes)}, {len(steps)})")
-    begin, length, stride = [], [], []
-    for k, d in enumerate(dims):
-        b, e, st = prim(0), prim(d), prim(1)
-        for a, b_j, e_j, s_j in zip(axes, starts, ends, steps):
-            hit = a == k
-            b, e, st = tirx.Select(hit, prim(b_j), b), tirx.Select(hit, prim(e_j), e), tirx.Select(hit, prim(s_j), st)
-        d = prim(d)
-        b, e = tirx.Select(b < 0, b + d, b), tirx.Select(e < 0, e + d, e)
-        forward = st > 0
-        b = tirx.Select(forward, tirx.min(tirx.max(b, 0), d), tirx.min(tirx.max(b, 0), d - 1))
-        e = tirx.Select(forward, tirx.min(tirx.max(e, 0), d), tirx.min(tirx.max(e, -1), d - 1))
-        span = tirx.Select(forward, e - b, b - e)
-        magnitude = tirx.Select(forward, st, 0 - st)
-        begin.append(b)
-        stride.append(st)
-        length.append(tirx.max(tirx.floordiv(span + magnitude - 1, tirx.max(magnitude, 1)), 0))
+        axes = i64(norm_axes(ctx, operand_ints(ctx, 3, "axes") or list(range(n)), rank))
+    if ctx.shape_of(axes) != [n] or (ctx.has_input(4) and ctx.shape(4) != [n]):
+        raise ctx.error(f"starts has shape {[n]}, axes {ctx.shape_of(axes)}, steps {ctx.shape(4) if ctx.has_input(4) else None}: "
+                        "they must have one length")
+    d = ctx.dims_tensor(dims)
+    b = spread(ctx, axes, operand(1, 0), i64([0] * rank), rank)
+    e = spread(ctx, axes, operand(2, 0), d, rank)
+    st = spread(ctx, axes, operand(4, 1), i64([1] * rank), rank)
+    b = ctx.emit(R.where(R.less(b, i64(0)), R.add(b, d), b))
+    e = ctx.emit(R.where(R.less(e, i64(0)), R.add(e, d), e))
+    forward = ctx.emit(R.greater(st, i64(0)))
+    last = ctx.emit(R.subtract(d, i64(1)))
+    clip = lambda v, lo, hi: R.minimum(R.maximum(v, lo), hi)  # noqa: E731
+    b = ctx.emit(R.where(forward, clip(b, i64(0), d), clip(b, i64(0), last)))
+    e = ctx.emit(R.where(forward, clip(e, i64(0), d), clip(e, i64(-1), last)))
+    span = ctx.emit(R.where(forward, R.subtract(e, b), R.subtract(b, e)))
+    step = ctx.emit(R.maximum(R.abs(st), i64(1)))
+    size = ctx.emit(R.maximum(R.floor_divide(R.subtract(R.add(span, step), i64(1)), step), i64(0)))
+    values = ctx.runtime_dims(ctx.emit(R.concat([b, size, st], axis=0)), "slice")
+    begin, size, stride = values[:rank], values[rank:2 * rank], values[2 * rank:]
 
-    def compute(t: te.Tensor) -> te.Tensor:
-        return te.compute(length, lambda *i: t(*[b + j * st for b, j, st in zip(begin, i, stride)]), name="slice")
+    def compute(t: te.Tensor, begin: list, size: list, stride: list) -> te.Tensor:
+        return te.compute(size, lambda *i: t(*[b + j * s for b, j, s in zip(begin, i, stride)]), name="slice")
 
-    return ctx.bb.emit_te(compute, x, primfunc_name_hint="slice")
+    # the dims go in as arguments: emit_te passes a PrimFunc only the vars it is given or finds in shapes
+    return ctx.bb.emit_te(compute, x, list(begin), list(size), list(stride), primfunc_name_hint="slice")
 
 
 @converter("onnx.Slice", since=10)
@@ -610,7 +612,7 @@ def pad_v1(ctx: LowerCtx, node: Node):
 def pad_v11(ctx: LowerCtx, node: Node):
     mode = attr_str(ctx, "mode", "constant")
     if ctx.opset >= 18 and ctx.has_input(3) and (axes := runtime_axes(ctx, 3, ctx.rank(0))) is not None:
-        return [_pad_runtime(ctx, mode, None, axes)]
+        return [_pad_runtime(ctx, mode, None, axes)]  # a run-time axes tensor
     axes = operand_ints(ctx, 3, "axes") if ctx.opset >= 18 else None
     pads = ctx.const(1)
     value = ctx.const(2) if ctx.has_input(2) else np.zeros(1)
@@ -619,25 +621,27 @@ def pad_v11(ctx: LowerCtx, node: Node):
     return [_pad(ctx, [int(p) for p in pads.reshape(-1)], float(value.reshape(-1)[0]), mode, axes)]
 
 
-def _pad_runtime(ctx: LowerCtx, mode: str, axes: list[int] | None, runtime: list | None = None):
-    """Pad with run-time pads, value or axes (`runtime`, TIR expressions), as one TE compute: each
+def _pad_runtime(ctx: LowerCtx, mode: str, axes: list[int] | None, runtime: relax.Expr | None = None):
+    """Pad with run-time pads, value or axes (`runtime`, an int64 tensor), as one TE compute: each
     output index reads the input at index - pad_before, mapped back into range as the mode says
-    (negative pads crop). A dim that a run-time axis names takes that axis's pads."""
+    (negative pads crop). With run-time axes, a dim takes the pads of the axis that names it."""
     x, dims, rank, axes = _pad_operand(ctx, mode, axes if runtime is None else None)
-    axes = runtime if runtime is not None else axes
     sym = ctx.sym(1, max_size=1 << 12)
-    pads = list(sym.values) if sym is not None else ctx.runtime_dims(ctx.input(1), "pad")
-    if len(pads) != 2 * len(axes):
-        raise ctx.error(f"pads has {len(pads)} elements, expected {2 * len(axes)} (two per axis)")
+    k = len(axes) if runtime is None else length(runtime)
+    if len(ctx.shape(1)) != 1 or ctx.shape(1)[0] != 2 * k:
+        raise ctx.error(f"pads has shape {ctx.shape(1)}, expected [{2 * k}] (two per axis)")
     before, after = [0] * rank, [0] * rank
-    for j, a in enumerate(axes):
-        b, e = pads[j], pads[len(axes) + j]
-        if runtime is None:
-            before[a], after[a] = b, e
-            continue
-        for k in range(rank):
-            before[k] = tirx.Select(a == k, prim(b), prim(before[k]))
-            after[k] = tirx.Select(a == k, prim(e), prim(after[k]))
+    if runtime is not None:
+        pads = ctx.emit(R.astype(ctx.input(1), "int64"))
+        zeros = relax.const(np.zeros(rank, np.int64), "int64")
+        per_dim = [spread(ctx, runtime, ctx.emit(R.strided_slice(pads, [0], [lo], [lo + k])), zeros, rank)
+                   for lo in (0, k)]
+        values = ctx.runtime_dims(ctx.emit(R.concat(per_dim, axis=0)), "pad")
+        before, after = values[:rank], values[rank:]
+    else:
+        pads = list(sym.values) if sym is not None else ctx.runtime_dims(ctx.input(1), "pad")
+        for j, a in enumerate(axes):
+            before[a], after[a] = pads[j], pads[k + j]
     value = ctx.scalar(2, str(x.ty.dtype)) if ctx.has_input(2) else relax.const(0, str(x.ty.dtype))
     out_shape = [prim(d) + prim(b) + prim(e) for d, b, e in zip(dims, before, after)]
 
