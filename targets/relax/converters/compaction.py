@@ -101,7 +101,7 @@ def unique(ctx: LowerCtx, node: Node):
     ordered = ctx.emit(R.take(rows, order, axis=0))
     later = ctx.emit(R.strided_slice(ordered, axes=[0], begin=[1], end=[n], assume_inbound=True))
     earlier = ctx.emit(R.strided_slice(ordered, axes=[0], begin=[0], end=[n - 1], assume_inbound=True))
-    differs = ctx.emit(R.reshape(R.max(R.astype(R.not_equal(later, earlier), "uint8"), axis=1), relax_dims([n - 1])))
+    differs = ctx.emit(R.max(R.astype(R.not_equal(later, earlier), "uint8"), axis=1))  # [n - 1]
     starts = ctx.emit(R.concat([relax.const(np.array([True])), R.astype(differs, "bool")], axis=0))
     first, u = selected(ctx, starts, "unique")
     values = ctx.emit(R.take(ordered, first, axis=0))          # [u, width], sorted
