@@ -185,13 +185,14 @@ def _resize_te(x: te.Tensor, out_shape, axes: dict, mode: str, coord: str, neare
 
 def _emit_resize(ctx: LowerCtx, x: relax.Expr, scales: list[float] | relax.Expr | None, sizes: list | None, *,
                  mode: str, coord: str, nearest: str, cubic_a: float = -0.75, exclude_outside: bool = False,
-                 extrapolation: float = 0.0, roi: list[float] | None = None):
+                 extrapolation: float = 0.0, roi: list[float] | None = None, out_dims: list | None = None):
     """Resize `x`: output dims are `sizes` when given, else floor(dim * scale); coordinates use `scales`
     when given (keep_aspect_ratio_policy gives both), else sizes / dims.
 
     Sizes may be run-time values (TIR vars from `ctx.shape_arg`); scales are compile-time floats,
     or a run-time float32 tensor (then every axis is resized: floor(dim * scale) is computed at
-    run time and bound to fresh dims, and the kernel reads the scales).
+    run time and bound to fresh dims, and the kernel reads the scales; `out_dims` gives those dims
+    instead, when the caller computed them).
     """
     dims = ctx.shape_of(x)
     rank = len(dims)
@@ -208,7 +209,7 @@ def _emit_resize(ctx: LowerCtx, x: relax.Expr, scales: list[float] | relax.Expr 
     if runtime is not None:
         wide = R.multiply(R.astype(runtime, "float64"), R.astype(ctx.dims_tensor(dims), "float64"))
         factors = relax.const(np.array([end - start for start, end in spans], np.float64), "float64")
-        out_dims = ctx.runtime_dims(ctx.emit(R.astype(R.floor(R.multiply(wide, factors)), "int64")), "o")
+        out_dims = out_dims or ctx.runtime_dims(ctx.emit(R.astype(R.floor(R.multiply(wide, factors)), "int64")), "o")
     for a in range(rank):
         start, end = spans[a]
         n = dims[a]
@@ -310,7 +311,7 @@ def resize_v11(ctx: LowerCtx, node: Node):
     # per element): those, like axes and antialias, are specialized to the operand's value instead
     if isinstance(scales, relax.Expr) and (mode == "cubic" or antialias):
         raise ctx.need_const(2, f"scales, with mode={mode} or antialias")
-    sizes = None
+    sizes, out_dims = None, None
     if scales is None and ctx.has_input(3):
         if mode == "cubic" and ctx.sym(3, max_size=1 << 12) is None:
             raise ctx.need_const(3, "sizes, with mode=cubic")
@@ -344,6 +345,9 @@ def resize_v11(ctx: LowerCtx, node: Node):
         else:
             axes = list(range(rank))
         policy = attr_str(ctx, "keep_aspect_ratio_policy", "stretch")
+        if sizes is not None and policy != "stretch" and not antialias and not all(is_static(d) for d in sizes):
+            scales, out_dims = _kept_aspect(ctx, dims, axes, policy)
+            sizes = None
         if sizes is not None and (policy != "stretch" or antialias) and not all(is_static(d) for d in sizes):
             raise ctx.need_const(3, f"sizes, with keep_aspect_ratio_policy={policy} and antialias={antialias:d}")
         if sizes is not None and policy != "stretch":
@@ -364,8 +368,22 @@ def resize_v11(ctx: LowerCtx, node: Node):
     y = _emit_resize(ctx, x, scales, sizes, mode=mode, coord=coord, nearest=nearest,
                      cubic_a=float(ctx.attr("cubic_coeff_a", -0.75)),
                      exclude_outside=bool(ctx.attr("exclude_outside", 0)),
-                     extrapolation=float(ctx.attr("extrapolation_value", 0.0)), roi=roi)
+                     extrapolation=float(ctx.attr("extrapolation_value", 0.0)), roi=roi, out_dims=out_dims)
     return [y]
+
+
+def _kept_aspect(ctx: LowerCtx, dims: list, axes: list[int], policy: str) -> tuple[relax.Expr, list]:
+    """Run-time sizes with keep_aspect_ratio_policy not_larger / not_smaller: one scale, the least
+    (greatest) of sizes / dims over `axes`, and the dims floor(dim * scale + 0.5) there, at run time."""
+    rank = len(dims)
+    f64 = lambda e: R.astype(e, "float64")  # noqa: E731
+    full = ctx.emit(f64(ctx.dims_tensor(dims)))
+    ratios = ctx.emit(R.divide(f64(ctx.input(3)), R.take(full, relax.const(np.array(axes, np.int64)), axis=0)))
+    scale = ctx.emit((R.min if policy == "not_larger" else R.max)(ratios))
+    named = relax.const(np.isin(np.arange(rank), axes))
+    out = ctx.emit(R.where(named, R.floor(R.add(R.multiply(full, scale), relax.const(0.5, "float64"))), full))
+    scales = ctx.emit(R.astype(R.where(named, R.broadcast_to(scale, [rank]), relax.const(np.ones(rank), "float64")), "float32"))
+    return scales, ctx.runtime_dims(ctx.emit(R.astype(out, "int64")), "o")
 
 
 @converter("onnx.Upsample", since=7)
