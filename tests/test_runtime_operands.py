@@ -69,25 +69,27 @@ def test_squeeze_unsqueeze_split_topk_with_runtime_operands(tmp_path):
         {"x": x, "sq": i64(-1), "unsq": i64(-2, 2), "v": v, "sizes": i64(0, 6, 0), "k": i64(6)}], tmp_path)
 
 
-def test_slice_pad_cumsum_resize_with_runtime_axes(tmp_path):
+def test_slice_pad_cumsum_resize_with_runtime_operands(tmp_path):
     nodes = [N("Slice", ["x", "starts", "ends", "axes", "steps"], ["sliced"]),
              N("Pad", ["x", "pads", "value", "axes"], ["padded"], mode="reflect"),
              N("CumSum", ["x", "axis"], ["cum"], reverse=1),
              N("Resize", ["x", "", "scales"], ["resized"], mode="nearest", axes=[1]),
-             N("Resize", ["x", "", "", "sizes"], ["kept"], mode="nearest", keep_aspect_ratio_policy="not_larger")]
+             N("Resize", ["x", "", "", "sizes"], ["kept"], mode="nearest", keep_aspect_ratio_policy="not_larger"),
+             N("Resize", ["x", "roi", "", "sizes"], ["cropped"], mode="linear",
+               coordinate_transformation_mode="tf_crop_and_resize")]
     m = model(nodes, [("x", F, [4, 5]), ("starts", I64, [1]), ("ends", I64, [1]), ("axes", I64, [1]),
                       ("steps", I64, [1]), ("pads", I64, [2]), ("value", F, []), ("axis", I64, []),
-                      ("scales", F, [1]), ("sizes", I64, [2])],
+                      ("scales", F, [1]), ("sizes", I64, [2]), ("roi", F, [4])],
               [("sliced", F, [None, None]), ("padded", F, [None, None]), ("cum", F, [4, 5]),
-               ("resized", F, [4, None]), ("kept", F, [None, None])])
+               ("resized", F, [4, None]), ("kept", F, [None, None]), ("cropped", F, [None, None])])
     x = RNG.standard_normal((4, 5)).astype(np.float32)
     compile_once_run_each(m, [
         {"x": x, "starts": i64(1), "ends": i64(1000), "axes": i64(1), "steps": i64(2), "pads": i64(1, 2),
          "value": np.array(0, np.float32), "axis": np.array(0), "scales": np.array([2], np.float32),
-         "sizes": i64(2, 8)},
+         "sizes": i64(2, 8), "roi": np.array([0, 0.2, 1, 0.8], np.float32)},
         {"x": x, "starts": i64(-1), "ends": i64(-1000), "axes": i64(-2), "steps": i64(-1), "pads": i64(0, 3),
          "value": np.array(0, np.float32), "axis": np.array(-1), "scales": np.array([0.5], np.float32),
-         "sizes": i64(8, 3)}], tmp_path)
+         "sizes": i64(8, 3), "roi": np.array([0.1, 0, 0.9, 1], np.float32)}], tmp_path)
 
 
 def test_nonzero_compress_unique_have_data_dependent_lengths(tmp_path):

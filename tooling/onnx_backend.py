@@ -24,7 +24,7 @@ Operands needed at compile time (guarded specialization). Most operands ONNX
 allows at run time are lowered as run-time values, the way `mdoc compile` takes
 them (axes, split sizes, k, pads, repeats, scales, starts/ends/steps, ...). A
 few the Relax target still wants as constants (Resize's scales or sizes with
-mode=cubic or antialias, DFT's axis and length, an axes tensor of unknown
+mode=cubic or antialias, its roi beside scales, DFT's axis and length, an axes tensor of unknown
 length); when such an operand is computed from graph inputs alone, lowering
 raises `NeedsInputValue` naming those inputs. `prepare` then defers, and each
 `run` compiles a version with those inputs bound to the values it is given

@@ -51,6 +51,11 @@ def _f(v) -> tirx.PrimExpr:
     return tirx.FloatImm("float32", float(_concrete(v)))
 
 
+def _fl(v) -> tirx.PrimExpr:
+    """A roi bound: a float known while lowering, or a float32 TIR expression reading the run-time roi."""
+    return _f(v) if isinstance(v, (int, float)) else v
+
+
 def _to_f(e) -> tirx.PrimExpr:
     return _f(e) if is_static(e) else tirx.Cast("float32", e)
 
@@ -92,8 +97,9 @@ def _resize_te(x: te.Tensor, out_shape, axes: dict, mode: str, coord: str, neare
             return (xi + _f(0.5)) / s, None
         # tf_crop_and_resize
         c = tirx.Select(fout > _f(1),
-                        _f(start) * (fin - _f(1)) + xi * _f(end - start) * (fin - _f(1)) / tirx.Max(fout - _f(1), _f(1)),
-                        _f(0.5 * (start + end)) * (fin - _f(1)))
+                        _fl(start) * (fin - _f(1)) + xi * (_fl(end) - _fl(start)) * (fin - _f(1))
+                        / tirx.Max(fout - _f(1), _f(1)),
+                        _f(0.5) * (_fl(start) + _fl(end)) * (fin - _f(1)))
         outside = tirx.Or(c < _f(0), c > fin - _f(1))
         return c, outside
 
@@ -185,7 +191,8 @@ def _resize_te(x: te.Tensor, out_shape, axes: dict, mode: str, coord: str, neare
 
 def _emit_resize(ctx: LowerCtx, x: relax.Expr, scales: list[float] | relax.Expr | None, sizes: list | None, *,
                  mode: str, coord: str, nearest: str, cubic_a: float = -0.75, exclude_outside: bool = False,
-                 extrapolation: float = 0.0, roi: list[float] | None = None, out_dims: list | None = None):
+                 extrapolation: float = 0.0, roi: list[float] | relax.Expr | None = None,
+                 out_dims: list | None = None):
     """Resize `x`: output dims are `sizes` when given, else floor(dim * scale); coordinates use `scales`
     when given (keep_aspect_ratio_policy gives both), else sizes / dims.
 
@@ -204,8 +211,9 @@ def _emit_resize(ctx: LowerCtx, x: relax.Expr, scales: list[float] | relax.Expr 
         raise ctx.error(f"nearest_mode {nearest!r} is not supported")
     out_shape, axes = [], {}
     runtime = scales if isinstance(scales, relax.Expr) else None
-    spans = [(roi[a], roi[rank + a]) if roi is not None and coord == "tf_crop_and_resize" else (0.0, 1.0)
-             for a in range(rank)]
+    runtime_roi = roi if isinstance(roi, relax.Expr) else None  # with sizes only: it moves no output dim
+    spans = [(roi[a], roi[rank + a]) if roi is not None and runtime_roi is None and coord == "tf_crop_and_resize"
+             else (0.0, 1.0) for a in range(rank)]
     if runtime is not None:
         wide = R.multiply(R.astype(runtime, "float64"), R.astype(ctx.dims_tensor(dims), "float64"))
         factors = relax.const(np.array([end - start for start, end in spans], np.float64), "float64")
@@ -240,7 +248,8 @@ def _emit_resize(ctx: LowerCtx, x: relax.Expr, scales: list[float] | relax.Expr 
                 # floor(n * 1.5) would put float math into Relax shapes, which its passes reject
                 raise ctx.error(f"Resize by a non-integer scale {scale} needs a static dim on axis {a}")
         out_shape.append(o)
-        if scale == 1.0 and (start, end) == (0.0, 1.0) and (not is_static(o) or not is_static(n) or int(o) == int(n)):
+        if scale == 1.0 and (start, end) == (0.0, 1.0) and runtime_roi is None and (
+                not is_static(o) or not is_static(n) or int(o) == int(n)):
             continue  # this axis is copied
         axes[a] = (scale, start, end)
     if not axes:
@@ -255,11 +264,14 @@ def _emit_resize(ctx: LowerCtx, x: relax.Expr, scales: list[float] | relax.Expr 
         for k in range(0, len(order), per_stage):
             group = order[k:k + per_stage]
             shape = [out_shape[a] if a in group else data.shape[a] for a in range(rank)]
-            now = {a: (given[0][a] if axes[a][0] is _RUNTIME else axes[a][0], *axes[a][1:]) for a in group}
+            now = {a: (given[0][a] if axes[a][0] is _RUNTIME else axes[a][0],
+                       *((given[-1][a], given[-1][rank + a]) if runtime_roi is not None else axes[a][1:]))
+                   for a in group}
             data = _resize_te(data, shape, now, mode, coord, nearest, cubic_a, exclude_outside, extrapolation)
         return data
 
-    return ctx.bb.emit_te(compute, x, *([runtime] if runtime is not None else []), primfunc_name_hint="resize")
+    given = [t for t in (runtime, runtime_roi) if t is not None]
+    return ctx.bb.emit_te(compute, x, *given, primfunc_name_hint="resize")
 
 
 def _same_dim(a, b) -> bool:
@@ -280,6 +292,20 @@ def _scales(ctx: LowerCtx, i: int) -> list[float] | relax.Expr | None:
     if int(n) == 0:
         return None
     x = ctx.input(i)
+    return x if str(x.ty.dtype) == "float32" else ctx.emit(R.astype(x, "float32"))
+
+
+def _runtime_roi(ctx: LowerCtx, rank: int) -> relax.Expr | None:
+    """Resize's roi (operand 1) as a float32 tensor when it is read at run time; None when known
+    (or empty). Taken with sizes only: with scales the roi would move the output dims."""
+    if ctx.const(1) is not None:
+        return None
+    shape = ctx.shape(1)
+    if len(shape) != 1 or not is_static(shape[0]):
+        raise ctx.need_const(1, "roi, of a length known only at run time")
+    if int(shape[0]) == 0:
+        return None
+    x = ctx.input(1)
     return x if str(x.ty.dtype) == "float32" else ctx.emit(R.astype(x, "float32"))
 
 
@@ -304,8 +330,11 @@ def resize_v11(ctx: LowerCtx, node: Node):
     rank = len(dims)
     coord = attr_str(ctx, "coordinate_transformation_mode", "half_pixel")
     mode = attr_str(ctx, "mode", "nearest")
-    roi = _float_list(ctx, 1, "roi") if coord == "tf_crop_and_resize" else None
     scales = _scales(ctx, 2)
+    roi = None
+    if coord == "tf_crop_and_resize" and ctx.has_input(1):
+        roi = _runtime_roi(ctx, rank) if scales is None else None
+        roi = roi if roi is not None else _float_list(ctx, 1, "roi")
     antialias = ctx.opset >= 18 and int(ctx.attr("antialias", 0)) and mode != "nearest"
     # cubic kernels over run-time dims take TVM minutes to build (16 taps of symbolic float math
     # per element): those, like axes and antialias, are specialized to the operand's value instead
@@ -336,7 +365,13 @@ def resize_v11(ctx: LowerCtx, node: Node):
                 for a, s in zip(axes, sizes):
                     full_sizes[a] = s
                 sizes = full_sizes
-            if roi is not None:
+            if isinstance(roi, relax.Expr):  # run-time roi of the named axes; [0, 1] elsewhere
+                k, f32 = len(axes), lambda v: relax.const(np.array([v], np.float32))  # noqa: E731
+                piece = lambda j: R.strided_slice(roi, [0], [j], [j + 1])  # noqa: E731
+                roi = ctx.emit(R.concat([piece(axes.index(a)) if a in axes else f32(0.0) for a in range(rank)]
+                                        + [piece(k + axes.index(a)) if a in axes else f32(1.0) for a in range(rank)],
+                                        axis=0))
+            elif roi is not None:
                 k = len(axes)
                 full_roi = [0.0] * rank + [1.0] * rank
                 for j, a in enumerate(axes):
