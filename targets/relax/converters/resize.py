@@ -417,7 +417,8 @@ def _kept_aspect(ctx: LowerCtx, dims: list, axes: list[int], policy: str) -> tup
     scale = ctx.emit((R.min if policy == "not_larger" else R.max)(ratios))
     named = relax.const(np.isin(np.arange(rank), axes))
     out = ctx.emit(R.where(named, R.floor(R.add(R.multiply(full, scale), relax.const(0.5, "float64"))), full))
-    scales = ctx.emit(R.astype(R.where(named, R.broadcast_to(scale, [rank]), relax.const(np.ones(rank), "float64")), "float32"))
+    ones = relax.const(np.ones(rank), "float64")
+    scales = ctx.emit(R.astype(R.where(named, R.broadcast_to(scale, [rank]), ones), "float32"))
     return scales, ctx.runtime_dims(ctx.emit(R.astype(out, "int64")), "o")
 
 

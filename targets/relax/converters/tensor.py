@@ -397,8 +397,8 @@ def _slice_kernel(ctx: LowerCtx) -> relax.Expr:
     if axes is None:
         axes = i64(norm_axes(ctx, operand_ints(ctx, 3, "axes") or list(range(n)), rank))
     if ctx.shape_of(axes) != [n] or (ctx.has_input(4) and ctx.shape(4) != [n]):
-        raise ctx.error(f"starts has shape {[n]}, axes {ctx.shape_of(axes)}, steps {ctx.shape(4) if ctx.has_input(4) else None}: "
-                        "they must have one length")
+        steps = ctx.shape(4) if ctx.has_input(4) else None
+        raise ctx.error(f"starts has shape {[n]}, axes {ctx.shape_of(axes)}, steps {steps}: they must have one length")
     d = ctx.dims_tensor(dims)
     b = spread(ctx, axes, operand(1, 0), i64([0] * rank), rank)
     e = spread(ctx, axes, operand(2, 0), d, rank)
