@@ -179,7 +179,7 @@ class _Runner:
     def _on_cpu(self, index: int, a: np.ndarray):
         """Input `index` as a TVM tensor: `a` itself where its layout allows, else a copy in its staging buffer."""
         flags = a.flags
-        if flags.c_contiguous and flags.writeable:
+        if flags.c_contiguous and flags.writeable and a.size:
             t = self._from_dlpack(a)
             if t.data_ptr() % ALIGNMENT == 0:
                 return t
@@ -198,9 +198,14 @@ def aligned(shape: tuple, dtype: np.dtype) -> tuple[np.ndarray, object]:
     from tvm_ffi import from_dlpack
 
     nbytes = math.prod(shape) * dtype.itemsize
-    raw = np.empty(nbytes + ALIGNMENT, np.uint8)
+    raw = np.empty(nbytes + ALIGNMENT + dtype.itemsize, np.uint8)
     start = -raw.ctypes.data % ALIGNMENT
-    array = raw[start:start + nbytes].view(dtype).reshape(shape)
+    if nbytes == 0:  # numpy gives empty arrays odd strides and addresses; TVM checks both
+        strides = [dtype.itemsize * math.prod(shape[k + 1:]) for k in range(len(shape))]
+        base = raw[start:start + dtype.itemsize].view(dtype)
+        array = np.lib.stride_tricks.as_strided(base, shape, strides, writeable=True)
+    else:
+        array = raw[start:start + nbytes].view(dtype).reshape(shape)
     return array, from_dlpack(array, require_alignment=ALIGNMENT)
 
 
@@ -249,22 +254,30 @@ def _load_cuda_runtime(arch: str) -> None:
         raise MdocError(f"TVM's CUDA runtime cannot be loaded: {' '.join(str(e).split())[:200]}") from None
 
 
+def _emulator(machine: str):
+    """The module that runs `machine` libraries here, from the `mdoc.emulators` entry-point group (mdoc.tooling
+    registers qemu for aarch64); None when nothing is registered for it."""
+    from importlib import metadata
+
+    for ep in metadata.entry_points(group="mdoc.emulators"):
+        if ep.name == machine:
+            return ep.load()
+    return None
+
+
 class _Emulated:
     """Runs an aarch64 library under qemu in the arm64 root that `.ci/setup-arm.sh` builds."""
 
     def __init__(self, path: Path, manifest: dict):
-        from .emulation import arm_root
-
-        if arm_root() is None:
+        self.emulator = _emulator("aarch64")
+        if self.emulator is None or self.emulator.arm_root() is None:
             raise MdocError(f"{path}: artifact is for aarch64; run it on an aarch64 device, or set up emulation "
                             "with `.ci/setup-arm.sh` to run it here under qemu")
         self.path, self.manifest = path, manifest
         self._check = InputChecks(manifest["inputs"], str(path))
 
     def __call__(self, **feeds: np.ndarray) -> dict[str, np.ndarray]:
-        from .emulation import run_aarch64
-
         ordered = [_contiguous(a) for a in self._check(feeds)]
         names = [i.get("param", i["name"]) for i in self.manifest["inputs"]]  # Relax's parameter names
-        outs = run_aarch64(self.path / LIBRARY, dict(zip(names, ordered)))
+        outs = self.emulator.run_aarch64(self.path / LIBRARY, dict(zip(names, ordered)))
         return returned(self.manifest, outs)

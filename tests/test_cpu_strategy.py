@@ -189,7 +189,7 @@ def test_aarch64_artifact_matches_onnxruntime(tmp_path):
     import shutil
 
     import mdoc
-    from mdoc.targets.emulation import arm_root
+    from mdoc.tooling.emulation import arm_root
 
     if shutil.which("aarch64-linux-gnu-gcc") is None:
         pytest.skip("no aarch64 cross compiler (apt-get install gcc-aarch64-linux-gnu)")

@@ -114,7 +114,7 @@ def test_aarch64_cross_compiles(tmp_path):
     art = mdoc.compile(SAMPLE, "rpi4", tmp_path / "s.arm", show_progress=False)
     info = subprocess.run(["file", "-b", str(art / "model.so")], capture_output=True, text=True).stdout
     assert "aarch64" in info or "ARM aarch64" in info or not info
-    from mdoc.targets.emulation import arm_root
+    from mdoc.tooling.emulation import arm_root
 
     if arm_root() is None:
         pytest.skip("no arm64 root for emulation (.ci/setup-arm.sh)")

@@ -13,7 +13,7 @@ class PluginGroup(click.Group):
     """The root group, plus commands other packages add through the `mdoc.commands` entry-point group.
 
     Those are loaded only when named, so `mdoc --help` stays fast and the core never
-    imports `mdoc.targets` (where `mdoc conformance` lives) by name.
+    imports `mdoc.tooling` (where `mdoc conformance` lives) by name.
     """
 
     @staticmethod
