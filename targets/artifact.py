@@ -135,10 +135,12 @@ class _Runner:
     for a small output, against 6-9 us for `.numpy()`): the VM may return an input, a
     constant or one tensor twice, so the caller gets arrays of its own that the next call
     cannot overwrite. Calls are serialized by a lock: the VM and the staging buffers are
-    not for two threads at once.
+    not for two threads at once. The thread count the manifest chose (`runtime_threads`: one for a
+    small static model) sizes TVM's pool unless TVM_NUM_THREADS is set.
     """
 
     def __init__(self, path: Path, manifest: dict):
+        chosen = "TVM_NUM_THREADS" in os.environ  # the user's word beats the manifest's
         # TVM's runtime uses half the cores on x86 unless told otherwise (measured: one thread on 2 cores).
         os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
         import tvm
@@ -156,6 +158,8 @@ class _Runner:
             self.dev = tvm.cpu(0)
         lib = tvm.runtime.load_module(str(path / LIBRARY))
         self.vm = VirtualMachine(lib, self.dev)
+        if self._cpu and not chosen and "runtime" in manifest:
+            _use_threads(int(manifest["runtime"]["threads"]))
         self.tvm, self._from_dlpack = tvm, tvm_ffi.from_dlpack
         self._main = self.vm["main"]
         self._check = InputChecks(manifest["inputs"], str(path))
@@ -188,6 +192,19 @@ class _Runner:
             staged = self._staging[index] = aligned(a.shape, a.dtype)
         staged[0][...] = a
         return staged[1]
+
+
+_POOL_THREADS = [0]  # what the loaded artifacts asked of TVM's process-wide thread pool (the largest)
+
+
+def _use_threads(n: int) -> None:
+    """Size TVM's thread pool for an artifact that asked for `n` threads (`runtime_threads`): the pool
+    is one per process, so it takes the most any loaded artifact asked for."""
+    if n > _POOL_THREADS[0]:
+        import tvm_ffi
+
+        _POOL_THREADS[0] = n
+        tvm_ffi.get_global_func("runtime.config_threadpool")(0, n)
 
 
 ALIGNMENT = 64  # bytes; what TVM's kernels assume of every buffer they are given

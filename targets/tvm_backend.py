@@ -23,6 +23,7 @@ from mdoc.types import TensorType
 from . import artifact
 from .native_log import NativeLog
 from .presets import list_presets, resolve_target
+from .runtime_threads import threads_for
 
 if TYPE_CHECKING:  # pragma: no cover
     import tvm
@@ -117,6 +118,8 @@ class TvmBackend:
                 # inputs whose dims the artifact takes at run time (axes, or the model's symbols)
                 "dynamic_dims": dynamic_dims(model),
             }
+            if spec.device == "cpu":
+                manifest["runtime"] = threads_for(model, spec.cpu.cores)
             if getattr(kernels, "fallbacks", None):  # hand kernels that run-time dims kept out
                 manifest["generic_kernels"] = list(kernels.fallbacks)
             if getattr(kernels, "chosen", None):  # node -> the hand kernels it runs on, and calls per family
