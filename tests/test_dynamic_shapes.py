@@ -62,13 +62,13 @@ def test_one_artifact_serves_every_batch(mdoc_cli, tmp_path):
 def test_symbolic_batch_takes_the_hand_kernels(tmp_path):
     """The conv family (NCHWc convs, Winograd, depthwise, pools, layout copies) is built with a
     run-time batch, not left to the generic schedule."""
-    from mdoc.targets.relax import plan_layout  # noqa: F401 - registers plan-layout
     from mdoc.targets.relax.lower import lower
+    from mdoc.targets.relax.plan_layout import PlanLayout
     from mdoc.targets.relax.cpu_strategy import cpu_kernels_for
     from mdoc.targets.presets import resolve_target
 
     model = import_model(_cnn())
-    PassManager(parse_pipeline("infer-shapes,fold-constants,fuse-conv-bn,dce,plan-layout")).run(model)
+    PassManager([*parse_pipeline("infer-shapes,fold-constants,fuse-conv-bn,dce"), PlanLayout()]).run(model)
     spec = resolve_target("x86")
     mod = lower(model, target=spec.tvm, kernels=cpu_kernels_for(spec.cpu))
     names = [gv.name_hint for gv in mod.get_global_vars()]

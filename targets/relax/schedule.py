@@ -131,19 +131,24 @@ def _pick_factor(extent: int | None, candidates) -> int | None:
 
 
 def _parallel(sch, loops) -> None:
-    """Fuse the outer `loops` into one parallel loop, ending with the first run-time extent.
+    """Fuse the outer `loops` into one parallel loop, stopping before a second run-time extent and
+    after a run-time extent that is an expression.
 
-    TVM's iter-map analysis cannot split a fused loop whose extent is a run-time extent times
-    the loops inside it: fusing the padded rows and columns of a conv's `pad_temp`,
-    (h + 2) * (w + 2) * c, fails `tvm.compile` ("The padding factor ... is not divisible"), and
-    so does (w + 2) * 3 with a static 3 inside (an NHWC pad over a run-time width). The outer
-    loops down to the first run-time one feed the cores; the loops inside it stay serial.
+    TVM's iter-map analysis cannot split a fused loop whose extent is a product of two run-time
+    extents: fusing the padded rows and columns of a conv's `pad_temp`, (h + 2) * (w + 2) * c,
+    fails `tvm.compile` ("The padding factor ... is not divisible"); nor one of an expression and
+    the loops inside it, (w + 2) * 3 (an NHWC pad over a run-time width). A plain run-time size
+    followed by static ones fuses (a mask add's N x heads); what is left inside stays serial.
     """
     if not loops:
         return
-    symbolic = [k for k, loop in enumerate(loops) if _static(sch.get(loop).extent) is None]
-    if symbolic:
-        loops = loops[:symbolic[0] + 1]
+    extents = [sch.get(loop).extent for loop in loops]
+    symbolic = [k for k, e in enumerate(extents) if _static(e) is None]
+    if len(symbolic) > 1:
+        loops = loops[:symbolic[1]]
+    expression = next((k for k in symbolic if not isinstance(extents[k], tirx.Var)), None)
+    if expression is not None and expression + 1 < len(loops):
+        loops = loops[:expression + 1]
     fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
     sch.parallel(fused)
 
