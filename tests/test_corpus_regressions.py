@@ -142,3 +142,13 @@ def test_fpn_adds_an_upsampled_map_to_a_lateral_one(tmp_path):
     m = _model(nodes, {"x": (TensorProto.FLOAT, ["N", 4, "H", "W"])}, {"y": (TensorProto.FLOAT, ["N", 4, None, None])},
                {"k1": k(), "k2": k(), "scales": np.array([1, 1, 2, 2], np.float32)})
     check_two_shapes(m, [{"x": _f32(1, 4, 32, 32)}, {"x": _f32(2, 4, 16, 24, seed=1)}], tmp_path)
+
+
+def test_float_range_over_a_feature_map_dim(tmp_path):
+    """YOLOv8's exported anchor grid: Range(0.0, float(W'), 1.0) over a feature map's width. Its
+    length was ceil() of a float in the shape, which FuseOps refuses ("FInferType ... prim.ceil")."""
+    nodes = [N("Shape", ["x"], ["s"]), N("Gather", ["s", "three"], ["w"]), N("Cast", ["w"], ["wf"], to=TensorProto.FLOAT),
+             N("Range", ["zero", "wf", "one"], ["r"]), N("Add", ["x", "r"], ["y"])]
+    m = _model(nodes, {"x": (TensorProto.FLOAT, ["N", 2, "H", "W"])}, {"y": (TensorProto.FLOAT, ["N", 2, "H", "W"])},
+               {"three": np.array(3, np.int64), "zero": np.array(0.0, np.float32), "one": np.array(1.0, np.float32)})
+    check_two_shapes(m, [{"x": _f32(1, 2, 3, 4)}, {"x": _f32(2, 2, 5, 7, seed=1)}], tmp_path)
