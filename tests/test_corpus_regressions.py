@@ -152,3 +152,19 @@ def test_float_range_over_a_feature_map_dim(tmp_path):
     m = _model(nodes, {"x": (TensorProto.FLOAT, ["N", 2, "H", "W"])}, {"y": (TensorProto.FLOAT, ["N", 2, "H", "W"])},
                {"three": np.array(3, np.int64), "zero": np.array(0.0, np.float32), "one": np.array(1.0, np.float32)})
     check_two_shapes(m, [{"x": _f32(1, 2, 3, 4)}, {"x": _f32(2, 2, 5, 7, seed=1)}], tmp_path)
+
+
+def test_torch_squeeze_of_a_run_time_dim(tmp_path):
+    """torch.onnx exports `x.squeeze(2)` on a dim known only at run time as If(Shape(x)[2] == 1)
+    { Squeeze(x, [2]) } else { x } (silero-vad's decoder); the branches differ in rank, which a
+    Relax If cannot hold, so fold-if takes the squeeze."""
+    then = helper.make_graph([N("Squeeze", ["x", "two"], ["sq"])], "then", [],
+                             [helper.make_tensor_value_info("sq", TensorProto.FLOAT, ["N", 4])])
+    other = helper.make_graph([N("Identity", ["x"], ["i"])], "else", [],
+                              [helper.make_tensor_value_info("i", TensorProto.FLOAT, ["N", 4, "T"])])
+    nodes = [N("Shape", ["x"], ["s"]), N("Gather", ["s", "two_scalar"], ["t"]), N("Equal", ["t", "one"], ["c"]),
+             N("If", ["c"], ["q"], then_branch=then, else_branch=other), N("MatMul", ["q", "w"], ["y"])]
+    m = _model(nodes, {"x": (TensorProto.FLOAT, ["N", 4, "T"])}, {"y": (TensorProto.FLOAT, ["N", 3])},
+               {"two": np.array([2], np.int64), "two_scalar": np.array(2, np.int64), "one": np.array(1, np.int64),
+                "w": _f32(4, 3, seed=5)})
+    check_two_shapes(m, [{"x": _f32(1, 4, 1)}, {"x": _f32(3, 4, 1, seed=1)}], tmp_path)
