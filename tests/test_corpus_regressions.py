@@ -185,3 +185,21 @@ def test_paddle_unknown_dims(tmp_path):
                {"k": (rng.standard_normal((4, 3, 3, 3)) * 0.2).astype(np.float32), "zero": np.array([0], np.int64),
                 "one": np.array([1], np.int64), "four": np.array([4], np.int64)})
     check_two_shapes(m, [{"x": _f32(1, 3, 16, 48)}, {"x": _f32(3, 3, 24, 20, seed=1)}], tmp_path)
+
+
+@pytest.mark.xfail(strict=True, reason="the GRU's Loop over a run-time sequence leaves a value without a shape "
+                   "(ConvertToDataflow, control_flow.finish); MdocFastMath's emit_te then refuses it")
+def test_gru_over_a_run_time_sequence(tmp_path):
+    """A keyword spotter exported by torch.onnx: frames [N, C, T] -> GRU over T -> last step -> Gemm
+    ("MdocFastMath failed: emit_te now only supports Tensor that has ShapeExpr shape")."""
+    rng = np.random.default_rng(0)
+    w = lambda *s: (rng.standard_normal(s) * 0.3).astype(np.float32)  # noqa: E731
+    h = 8
+    m = _model([N("Transpose", ["x"], ["s"], perm=[2, 0, 1]),
+                N("GRU", ["s", "W", "R", "B"], ["y"], hidden_size=h, linear_before_reset=1),
+                N("Squeeze", ["y", "one"], ["q"]), N("Gather", ["q", "last"], ["z"], axis=0),
+                N("Gemm", ["z", "fc"], ["out"], transB=1)],
+               {"x": (TensorProto.FLOAT, ["N", 6, "T"])}, {"out": (TensorProto.FLOAT, ["N", 3])},
+               {"W": w(1, 3 * h, 6), "R": w(1, 3 * h, h), "B": w(1, 6 * h), "one": np.array([1], np.int64),
+                "last": np.array(-1, np.int64), "fc": w(3, h)}, opset=14)
+    check_two_shapes(m, [{"x": _f32(1, 6, 5)}, {"x": _f32(3, 6, 9, seed=1)}], tmp_path)
