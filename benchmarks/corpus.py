@@ -661,7 +661,30 @@ def main(argv: list[str]) -> int:
     if not args.no_write:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(table)
+        readme(rows)
     return 0
+
+
+README = ROOT / "README.md"
+README_MARKS = ("<!-- corpus table: benchmarks/corpus.py writes it -->", "<!-- end of corpus table -->")
+
+
+def readme(rows: dict[str, dict]) -> None:
+    """The README's short table (model, source, exporter, result, latency ratio), between its marks."""
+    text = README.read_text()
+    start, end = README_MARKS
+    if start not in text or end not in text:
+        return
+    lines = ["| model | source | exporter | result | latency ratio |", "| --- | --- | --- | --- | ---: |"]
+    for name, row in rows.items():
+        e, result = ENTRIES[name], row.get("result", "")
+        if result != "ok":
+            cause = result.split(": ", 1)[1] if result.startswith("compile exit") else result
+            cause = cause.removeprefix("mdoc: ").removeprefix("error: ").replace("|", "\\|")
+            result = "fails: " + (cause if len(cause) <= 110 else cause[:107].rstrip() + "...")
+        lines.append(f"| {name} | {e.source} | {e.exporter} | {result} | {_ratio(row)} |")
+    head, rest = text.split(start, 1)
+    README.write_text(head + start + "\n" + "\n".join(lines) + "\n" + end + rest.split(end, 1)[1])
 
 
 def _header(rows: dict[str, dict]) -> str:
