@@ -203,3 +203,25 @@ def test_gru_over_a_run_time_sequence(tmp_path):
                {"W": w(1, 3 * h, 6), "R": w(1, 3 * h, h), "B": w(1, 6 * h), "one": np.array([1], np.int64),
                 "last": np.array(-1, np.int64), "fc": w(3, h)}, opset=14)
     check_two_shapes(m, [{"x": _f32(1, 6, 5)}, {"x": _f32(3, 6, 9, seed=1)}], tmp_path)
+
+
+@pytest.mark.xfail(strict=True, reason="an LSTM over a run-time sequence inside an If branch: a value of its Loop "
+                   "loses its shape, and MdocFastMath's emit_te (then legalization) refuses it")
+def test_lstm_inside_an_if_branch(tmp_path):
+    """silero-vad: its decoder's LSTM runs inside the If on the sample rate, over a batch and a
+    sequence known only at run time (the accumulator's element shape was refused first, "needs a
+    known element shape"; the Loop now takes the branch's batch var)."""
+    rng = np.random.default_rng(0)
+    w = lambda *s: (rng.standard_normal(s) * 0.3).astype(np.float32)  # noqa: E731
+    h = 4
+    then = helper.make_graph([N("LSTM", ["x", "W", "R", "B"], ["y", "yh"], hidden_size=h)], "then", [],
+                             [helper.make_tensor_value_info("yh", TensorProto.FLOAT, [1, "B", h])])
+    other = helper.make_graph([N("LSTM", ["x", "W2", "R", "B"], ["y2", "yh2"], hidden_size=h)], "else", [],
+                              [helper.make_tensor_value_info("yh2", TensorProto.FLOAT, [1, "B", h])])
+    m = _model([N("Equal", ["sr", "sr16k"], ["c"]), N("If", ["c"], ["out"], then_branch=then, else_branch=other)],
+               {"x": (TensorProto.FLOAT, ["T", "B", 3]), "sr": (TensorProto.INT64, [])},
+               {"out": (TensorProto.FLOAT, [1, "B", h])},
+               {"W": w(1, 4 * h, 3), "W2": w(1, 4 * h, 3), "R": w(1, 4 * h, h), "B": w(1, 8 * h),
+                "sr16k": np.array(16000, np.int64)}, opset=14)
+    check_two_shapes(m, [{"x": _f32(3, 1, 3), "sr": np.array(16000)},
+                         {"x": _f32(5, 2, 3, seed=1), "sr": np.array(8000)}], tmp_path)
