@@ -648,6 +648,8 @@ def main(argv: list[str]) -> int:
         for n in names:
             if not model_path(n).is_file():
                 row = {"result": "not gathered (run `corpus.py gather` first)"}
+                (cache_dir() / "results").mkdir(parents=True, exist_ok=True)
+                (cache_dir() / "results" / f"{n}.run.json").write_text(json.dumps(row))
             else:
                 row = in_process("run", n, args.timeout, str(args.rounds))
             print(f"{n:<22} {row['result']}  {_ratio(row)}", flush=True)
