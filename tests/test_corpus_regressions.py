@@ -170,9 +170,6 @@ def test_torch_squeeze_of_a_run_time_dim(tmp_path):
     check_two_shapes(m, [{"x": _f32(1, 4, 1)}, {"x": _f32(3, 4, 1, seed=1)}], tmp_path)
 
 
-@pytest.mark.xfail(strict=True, reason="paddle2onnx's unknown dims (dim_value -1, dim_param '?' for H and W alike) "
-                   "are read as a static -1 and one shared symbol; naming them at import loses the "
-                   "rank of a Reshape to a computed shape (ppocr_cls)")
 def test_paddle_unknown_dims(tmp_path):
     """PP-OCR's text-line classifier declares x: [-1, 3, '?', '?']; onnxruntime takes any batch and
     any H != W, mdoc planned a conv for a batch of -1 ("Check failed: !info.dom.IsNothing()")."""
