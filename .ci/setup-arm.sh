@@ -7,7 +7,7 @@
 #
 # Run as root (apt-get and chroot), no interaction.  Environment:
 #   MDOC_ARM_ROOT        where the arm64 root lives (default $HOME/.cache/mdoc/arm64-root);
-#                        mdoc.targets.emulation finds it through the same variable.
+#                        mdoc.tooling.emulation finds it through the same variable.
 #   MDOC_DEBIAN_MIRROR   Debian mirror for the root (default: the one apt uses here).
 #   MDOC_ARM_SLIM=1      drop the TVM compiler library (240 MB) and headers from the
 #                        root: emulated runs only need the runtime library.
@@ -214,7 +214,7 @@ fi
 
 # ---------------------------------------------------------------- smoke test
 step_start "smoke test: import the aarch64 TVM runtime under qemu"
-# the same runtime-only import path as mdoc.targets.emulation's runner
+# the same runtime-only import path as mdoc.tooling.emulation's runner
 version=$(env -i TVM_USE_RUNTIME_LIB=1 "$QEMU" -L "$ROOT" "$PY" -I -c '
 import platform, numpy, tvm
 from tvm.runtime.vm import VirtualMachine

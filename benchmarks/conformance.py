@@ -8,7 +8,7 @@
 Same options as `mdoc conformance` (see --help); results are cached in .cache/conformance/.
 """
 
-from mdoc.targets.conformance_cli import conformance_cmd
+from mdoc.tooling.conformance_cli import conformance_cmd
 
 if __name__ == "__main__":
     conformance_cmd(prog_name="conformance.py")

@@ -88,7 +88,7 @@ def _vi(name, shape):
 # ------------------------------------------------------------------------------------------
 
 
-def conv_case(group, n, c, h, w, oc, k, s, p, groups=1, spec=CpuSpec()):
+def conv_case(group, n, c, h, w, oc, k, s, p, groups=1, spec=None):
     x = _rand(n, c, h, w)
     fan = c // groups * k * k
     wt = _rand(oc, c // groups, k, k, scale=1.0 / np.sqrt(fan))
@@ -108,7 +108,7 @@ def conv_case(group, n, c, h, w, oc, k, s, p, groups=1, spec=CpuSpec()):
                 model, lambda feeds: [feeds["x"], b])
 
 
-def dense_case(group, m, k, n, spec=CpuSpec()):
+def dense_case(group, m, k, n, spec=None):
     a = _rand(m, k)
     wt = _rand(k, n, scale=1.0 / np.sqrt(k))
 
@@ -120,7 +120,7 @@ def dense_case(group, m, k, n, spec=CpuSpec()):
                 lambda feeds: [feeds["a"]])
 
 
-def bmm_case(group, b, m, k, n, spec=CpuSpec()):
+def bmm_case(group, b, m, k, n, spec=None):
     a = _rand(b, m, k)
     bb = _rand(b, k, n)
 

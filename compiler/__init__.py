@@ -6,10 +6,11 @@ exporter, the pass manager and the CLI. Passes (`mdoc.passes`) and targets
 by name.
 """
 
-__version__ = "0.1.0"
+from . import fused_ops, quant_ops, transformer_ops  # noqa: F401 - register mdoc's ops (conv, layer_norm, observe, ...)
+from .api import compile, from_torch, load, optimize
+from .errors import CheckFailed, MdocError
+from .model_io import load_model, save_model
+from .version import __version__
 
-from .api import compile, from_torch, load, optimize  # noqa: E402
-from .errors import CheckFailed, MdocError  # noqa: E402
-from .model_io import load_model, save_model  # noqa: E402
-
-__all__ = ["CheckFailed", "MdocError", "compile", "from_torch", "load", "load_model", "optimize", "save_model"]
+__all__ = ["__version__", "CheckFailed", "MdocError", "compile", "from_torch", "load", "load_model", "optimize",
+           "save_model"]

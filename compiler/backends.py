@@ -20,10 +20,19 @@ MANIFEST = "manifest.json"
 BUILD_LOG = "build.log"  # in an artifact: what the backend's native code logged while building it
 
 
+class Target(Protocol):
+    """A target a backend offers by name (what `mdoc targets` lists)."""
+
+    description: str
+    tvm: dict  # the backend's own description of the target, printed by `mdoc targets --json`
+
+
 class Backend(Protocol):
     name: str
 
     def load(self, path: Path) -> Callable[..., dict[str, np.ndarray]]: ...
+
+    def targets(self) -> dict[str, Target]: ...
 
 
 BACKENDS: dict[str, Backend] = {}
@@ -51,6 +60,14 @@ def get_backend(name: str) -> Backend:
     if name not in backends:
         raise MdocError(f"no backend '{name}' is installed (installed: {', '.join(backends) or 'none'})")
     return backends[name]
+
+
+def list_targets() -> dict[str, Target]:
+    """Every installed backend's named targets (presets), in registration order."""
+    named: dict[str, Target] = {}
+    for backend in load_backends().values():
+        named.update(backend.targets())
+    return named
 
 
 def load_artifact(path: str | Path) -> Callable[..., dict[str, np.ndarray]]:

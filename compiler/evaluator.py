@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .ir import Node, Value
-from .ops import MDOC_OPS
+from .ops import MDOC_OPS, is_annotation
 from .types import DType, TensorType
 
 # Ops whose results are random, or that exist only for their effect: never evaluated ahead of time.
@@ -88,20 +88,6 @@ def can_fold(node: Node) -> bool:
         return opdef is not None and opdef.evaluate is not None
     return (node.op.startswith("onnx.") and node.op.count(".") == 1 and node.op != "onnx.Constant"
             and is_deterministic(node) and not any(True for _ in node.subgraphs()))
-
-
-def operand_arrays(node: Node) -> list[np.ndarray | None] | None:
-    """The constant arrays of `node`'s operands (None for omitted ones), or None if one is not constant."""
-    arrays = []
-    for v in node.inputs:
-        if v is None:
-            arrays.append(None)
-            continue
-        a = v.const_value
-        if a is None:
-            return None
-        arrays.append(a)
-    return arrays
 
 
 def try_fold(node: Node, opset: int, inputs: Sequence[np.ndarray | None] | None = None) -> list[np.ndarray] | None:
@@ -697,6 +683,8 @@ def _reference(node: Node, inputs: list, opset: int) -> list | None:
     if schema is None:
         return None
     for name, value in sorted(node.attrs.items()):
+        if is_annotation(name):
+            continue
         proto.attribute.append(_attribute(name, value, schema))
     graph = helper.make_graph(
         [proto], "fold",

@@ -24,11 +24,11 @@ import numpy as np
 import onnx
 from onnx import AttributeProto, helper, numpy_helper
 
-from . import __version__
 from .errors import MdocError
 from .ir import CONSTANT, Graph, Model, Value, split_op
-from .ops import MDOC_OPS, schema_of
+from .ops import MDOC_OPS, is_annotation, schema_of
 from .types import type_to_onnx
+from .version import __version__
 
 # Protobuf refuses messages over 2 GiB; leave room for the graph itself.
 EXTERNAL_DATA_THRESHOLD = 1 << 30
@@ -200,7 +200,7 @@ class _Exporter:
         inputs = ["" if v is None else self.name_of(v) for v in node.inputs]
         outputs = [self.name_of(o) for o in node.outputs]
         schema = schema_of(node.op, self.model.opset_imports)
-        attrs = [self._attr(k, v, schema) for k, v in sorted(node.attrs.items())]
+        attrs = [self._attr(k, v, schema) for k, v in sorted(node.attrs.items()) if not is_annotation(k)]
         proto = helper.make_node(op_type, inputs, outputs, name=self._node_name(node.name), domain=domain or None)
         proto.attribute.extend(attrs)
         return proto

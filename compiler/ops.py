@@ -1,4 +1,4 @@
-"""The op registry: ONNX ops checked against `onnx.defs`, mdoc's own ops declared with `@define_op`.
+"""The op registry: ONNX ops checked against `onnx.defs`, mdoc's own ops declared with `define_op(OpDef(...))`.
 
 One spelling per op: the importer turns every ONNX node into `onnx.<OpType>` (or
 `<domain>.<OpType>`), and mdoc's passes create `mdoc.<name>` ops declared here or
@@ -37,6 +37,15 @@ class OpDef:
 
 
 MDOC_OPS: dict[str, OpDef] = {}
+
+# Attributes named "mdoc.<what>" are annotations a pass writes on any node, ONNX ops included (a target's
+# plan: `mdoc.layout = "NCHWc"`): the verifier lets them be, printing and parsing keep them, the exporter
+# and the reference evaluator leave them out.
+ANNOTATION_PREFIX = "mdoc."
+
+
+def is_annotation(attr: str) -> bool:
+    return attr.startswith(ANNOTATION_PREFIX)
 
 
 def define_op(opdef: OpDef) -> OpDef:
@@ -88,6 +97,3 @@ ATTR_PY_TYPES = {
     AttributeProto.TYPE_PROTO: onnx.TypeProto,
     AttributeProto.TYPE_PROTOS: ("list", onnx.TypeProto),
 }
-
-
-from . import transformer_ops  # noqa: E402,F401 - registers mdoc's transformer ops (layer_norm, gelu, attention)

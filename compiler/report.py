@@ -2,7 +2,8 @@
 
 Per pass: whether it changed the graph, the ops it added or removed, time, node
 count, parameter bytes and (with --check-each) output drift; the fusions the
-optimized model holds (its mdoc.* ops, e.g. mdoc.layer_norm: 9); and a picture of
+optimized model holds (its mdoc.* ops, e.g. mdoc.layer_norm: 9); how often each rewrite
+rule fired (conv-activation: 17, ...); and a picture of
 the graph before and after, drawn by graphviz's `dot` when it is installed.
 """
 
@@ -72,7 +73,8 @@ def render_svg(dot: str | None) -> str:
     return svg[svg.find("<svg"):]
 
 
-def write_report(path: str | os.PathLike, title: str, snapshots, records) -> None:
+def write_report(path: str | os.PathLike, title: str, snapshots, records, rules=None) -> None:
+    """The HTML page; `rules` maps each rewrite rule that fired to how often (the fusion rules' table)."""
     rows = []
     for rec, change in zip(records, snapshots.changes):
         delta = ", ".join(f"{d:+d} {op}" for op, d in change.items()) or "-"
@@ -84,6 +86,8 @@ def write_report(path: str | os.PathLike, title: str, snapshots, records) -> Non
             f"<td>{rec.bytes_before:,} &rarr; {rec.bytes_after:,}</td><td>{drift}</td></tr>")
     fused = sorted((op, n) for op, n in snapshots.ops_after.items() if op.startswith("mdoc."))
     fusions = "".join(f"<tr><td>{html.escape(op)}</td><td>{n}</td></tr>" for op, n in fused) \
+        or "<tr><td>none</td><td>0</td></tr>"
+    fired = "".join(f"<tr><td>{html.escape(rule)}</td><td>{n}</td></tr>" for rule, n in sorted((rules or {}).items())) \
         or "<tr><td>none</td><td>0</td></tr>"
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>mdoc report: {html.escape(title)}</title>
@@ -97,6 +101,8 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}} .pics{{display:fl
 </table>
 <h2>fusions</h2>
 <table><tr><th>mdoc op</th><th>count</th></tr>{fusions}</table>
+<h2>rewrite rules</h2>
+<table><tr><th>rule</th><th>applications</th></tr>{fired}</table>
 <div class="pics"><div><h2>before</h2>{render_svg(snapshots.dot_before)}</div>
 <div><h2>after</h2>{render_svg(snapshots.dot_after)}</div></div>
 </body></html>

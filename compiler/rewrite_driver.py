@@ -45,6 +45,7 @@ class RewriteTrace:
     write: Callable[[str], None] = print
     explain: frozenset[str] = frozenset()
     lines: list[str] = field(default_factory=list)
+    fired: Counter = field(default_factory=Counter)  # rule name -> applications (the report's rule table)
 
     def emit(self, line: str) -> None:
         self.lines.append(line)
@@ -354,7 +355,8 @@ def apply_rules(graph: Graph, rules: Any, ctx=None, *, max_iterations: int | Non
     log = trace.emit if trace is not None else getattr(ctx, "log", None)
     by_op: dict[str, list[Rule]] = {}
     for rule in active:
-        by_op.setdefault(rule.compiled.root.op, []).append(rule)
+        for root_op in rule.compiled.root.ops:
+            by_op.setdefault(root_op, []).append(rule)
     depth = max((r.compiled.depth for r in active), default=1)
     fanout = max((len(r.compiled.nodes) for r in active), default=1)  # most ops in one pattern
     outputs = OutputIndex(graph)
@@ -392,6 +394,8 @@ def apply_rules(graph: Graph, rules: Any, ctx=None, *, max_iterations: int | Non
             changed = _splice(plan, outputs, fanout)
             count += 1
             recent.append(rule.rule_name)
+            if trace is not None:
+                trace.fired[rule.rule_name] += 1
             if log is not None:
                 log(where)
             push(_downstream(changed, depth))
@@ -409,10 +413,10 @@ def explain(graph: Graph, rule: Any, model: Model | None = None, limit: int = 10
     """Where `rule` (a name, class or instance) would fire in `graph` and its bodies, then its nearest
     misses (nearest first, at most `limit`), each with the reason it failed."""
     (r,) = resolve_rules([rule])
-    root_op = r.compiled.root.op
-    candidates = [n for n in graph.walk() if n.op == root_op]
+    root_ops = r.compiled.root.ops
+    candidates = [n for n in graph.walk() if n.op in root_ops]
     if not candidates:
-        return [f"no node has op {root_op}, the root of the pattern"]
+        return [f"no node has op {' or '.join(root_ops)}, the root of the pattern"]
     outputs = OutputIndex(graph)
     fires, misses = [], []
     for i, node in enumerate(candidates):

@@ -267,7 +267,7 @@ class Matcher:
                 self.fail(st, f"{_where(where)} is {describe(node)}, but the pattern's {pn.label} "
                               f"already matched {describe(st.nodes[pn.index])}")
             return
-        if node.op != pn.op:
+        if node.op not in pn.ops:
             self.fail(st, f"{_where(where)} is {describe(node)}, the pattern wants {pn.label}")
             return
         if node.graph is not self.root.graph:
@@ -346,7 +346,7 @@ class Matcher:
         if producer is None:
             self.fail(st, f"{_where(where)} is graph input {value_text(value)}, the pattern wants {item.node.label}")
             return
-        if producer.op == item.node.op and value.index != item.index:
+        if producer.op in item.node.ops and value.index != item.index:
             self.fail(st, f"{_where(where)} is result {value.index} of {describe(producer)}, "
                           f"the pattern wants result {item.index}")
             return

@@ -8,6 +8,9 @@ a `RewriteBuilder` and the call describes a node to create. Either way:
 - `op.Relu(x)` is the ONNX op `onnx.Relu`; `op.mdoc.conv2d_relu(...)` is
   `mdoc.conv2d_relu`; `op.domain("com.microsoft").FusedConv(...)` is
   `com.microsoft.FusedConv`; `op.call("onnx.Relu", x)` takes the full op name.
+  In a pattern, `op.call(("onnx.Conv", "mdoc.conv"), x, w)` matches a node of
+  any of the ops named (one rule for a family: every activation, a product
+  before or after an earlier fusion); `m.node(name).op` says which.
 - keyword arguments are attributes; keywords that begin with `_` steer the
   builder itself (`_name`, `_outputs`, ...; each mode lists its own).
 - `op.Split(x, _outputs=2)` returns a tuple of results; index it to pick one.
@@ -83,7 +86,7 @@ class ConstPattern:
 class PatternNode:
     """One op of a pattern: what a graph node must look like to match it."""
 
-    op: str
+    op: str  # the op, or the ops joined by "|" (`ops`)
     inputs: tuple  # of Var | OptionalOperand | ConstPattern | PatternValue | None
     attrs: dict[str, Any]  # attribute name -> required value or predicate
     name: str | None  # `_name`: how check/rewrite reach the matched node
@@ -94,6 +97,11 @@ class PatternNode:
     index: int  # creation order, unique within one pattern
 
     @property
+    def ops(self) -> tuple[str, ...]:
+        """The ops a matching node may have."""
+        return tuple(self.op.split("|"))
+
+    @property
     def label(self) -> str:
         """How messages refer to this pattern node: `onnx.Conv 'conv'` or plain `onnx.Conv`."""
         return f"{self.op} '{self.name}'" if self.name else self.op
@@ -102,7 +110,7 @@ class PatternNode:
         """The operand orders to try: identity, or every permutation for a commutative node."""
         k = len(self.inputs)
         commute = self.commute if self.commute is not None else commute_default
-        if commute and self.op in COMMUTATIVE and n == k and k > 1:
+        if commute and all(o in COMMUTATIVE for o in self.ops) and n == k and k > 1:
             return list(permutations(range(k)))
         return [tuple(range(k))]
 
@@ -192,7 +200,9 @@ class PatternBuilder(_Builder):
     def __init__(self):
         self.created: list[PatternNode] = []
 
-    def call(self, op: str, *inputs, **kwargs):
+    def call(self, op: str | tuple[str, ...], *inputs, **kwargs):
+        if isinstance(op, tuple | list):
+            op = "|".join(op)
         flags = {k: kwargs.pop(k) for k in list(kwargs) if k.startswith("_")}
         unknown = sorted(set(flags) - set(self._FLAGS))
         if unknown:
@@ -205,7 +215,7 @@ class PatternBuilder(_Builder):
         node = PatternNode(op, operands, dict(kwargs), flags.get("_name"), n_out, flags.get("_commute"),
                            bool(flags.get("_allow_other_inputs", False)), bool(flags.get("_keep", False)),
                            len(self.created))
-        if node.commute and op not in COMMUTATIVE:
+        if node.commute and not all(o in COMMUTATIVE for o in node.ops):
             raise MdocError(f"pattern op {op}: _commute=True, but {op} is not commutative "
                             f"(commutative ops: {', '.join(sorted(t[5:] for t in COMMUTATIVE))})")
         if node.commute and (node.allow_other_inputs or any(isinstance(x, OptionalOperand) for x in operands)):

@@ -79,7 +79,7 @@ def node_flops(node: Node) -> int | None:
         return None
     out = sum(outs)
     op = node.op
-    if op in ("onnx.Conv", "onnx.ConvTranspose"):
+    if op in ("onnx.Conv", "onnx.ConvTranspose", "mdoc.conv"):
         w = node.input(1)
         if w is None or not isinstance(w.type, TensorType) or not w.type.is_static:
             return None
@@ -88,7 +88,7 @@ def node_flops(node: Node) -> int | None:
             x = _numel(node.input(0).type)
             return None if x is None else 2 * x * int(np.prod(w.type.shape[1:]))
         return 2 * out * per_out
-    if op in ("onnx.MatMul", "onnx.Gemm"):
+    if op in ("onnx.MatMul", "onnx.Gemm", "mdoc.matmul"):
         a = node.input(0)
         if a is None or not isinstance(a.type, TensorType) or not a.type.shape or not isinstance(a.type.shape[-1], int):
             return None
@@ -96,4 +96,6 @@ def node_flops(node: Node) -> int | None:
         if not isinstance(k, int):
             return None
         return 2 * out * k
+    if op in ("mdoc.inverted_residual", "mdoc.attention"):
+        return None  # products inside the fused op that its result's size does not tell
     return out

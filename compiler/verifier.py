@@ -12,7 +12,7 @@ from onnx import defs
 
 from .errors import VerifyError
 from .ir import CONSTANT, Graph, Model, Node
-from .ops import ATTR_PY_TYPES, MDOC_OPS, is_onnx_domain, schema_of
+from .ops import ATTR_PY_TYPES, MDOC_OPS, is_annotation, is_onnx_domain, schema_of
 from .types import DType, TensorType, tensor_type_of
 
 _DTYPE_SCHEMA_NAMES = {
@@ -92,7 +92,7 @@ class _Verifier:
                 if name not in node.attrs:
                     self.fail(node, f"required attribute '{name}' is missing", g)
             for name, value in node.attrs.items():
-                if name not in opdef.attrs:
+                if name not in opdef.attrs and not is_annotation(name):
                     self.fail(node, f"has unknown attribute '{name}'", g)
             if opdef.check is not None and (reason := opdef.check(node)):
                 self.fail(node, reason, g)
@@ -104,6 +104,8 @@ class _Verifier:
             self.fail(node, f"is not an ONNX op at opset {self.model.opset_of(node.op)}", g)
         self.arity(node, g, (schema.min_input, schema.max_input), (schema.min_output, schema.max_output))
         for name, value in node.attrs.items():
+            if is_annotation(name):
+                continue
             spec = schema.attributes.get(name)
             if spec is None:
                 self.fail(node, f"has unknown attribute '{name}' (opset {schema.since_version} "

@@ -36,20 +36,10 @@ def is_live(value: Value, refs: set[int]) -> bool:
     return value.has_uses() or id(value) in refs
 
 
-def bodies(graph: Graph) -> list[Graph]:
-    """The bodies held directly by `graph`'s nodes."""
-    return [sub for node in graph for sub in node.subgraphs()]
-
-
-def replace_value(graph: Graph, old: Value, new: Value, refs: set[int], held: list[Graph] | None = None) -> None:
-    """`graph.replace_all_uses(old, new)`, and also in the outputs of bodies nested in `graph`.
-
-    `refs` (from `output_refs`) is kept up to date: `new` takes over `old`'s place in it.
-    `held` is `bodies(graph)` when the caller has it (it saves a walk of the graph per call).
-    """
+def replace_value(graph: Graph, old: Value, new: Value, refs: set[int]) -> None:
+    """`graph.replace_all_uses(old, new)` (operands, outputs, nested bodies' outputs), keeping `refs`
+    (from `output_refs`) up to date: `new` takes over `old`'s place in it, so `is_live` stays true."""
     graph.replace_all_uses(old, new)
-    for sub in bodies(graph) if held is None else held:
-        _replace_in_body_outputs(sub, old, new)
     if id(old) in refs:
         refs.discard(id(old))
         refs.add(id(new))
@@ -66,13 +56,6 @@ def keeps_output_name(graph: Graph, old: Value, new: Value) -> bool:
     if graph.parent is not None or not any(o is old for o in graph.outputs):
         return True
     return not new.is_graph_input and not any(o is new for o in graph.outputs)
-
-
-def _replace_in_body_outputs(body: Graph, old: Value, new: Value) -> None:
-    body.outputs = [new if v is old else v for v in body.outputs]
-    for node in body:
-        for sub in node.subgraphs():
-            _replace_in_body_outputs(sub, old, new)
 
 
 SHAPE_OPS = {"onnx.Shape", "onnx.Gather", "onnx.Slice", "onnx.Unsqueeze", "onnx.Squeeze", "onnx.Concat",

@@ -34,7 +34,7 @@ from mdoc.evaluator import is_deterministic
 from mdoc.ir import CONSTANT, Graph, Node, Value
 from mdoc.pass_manager import GraphPass, PassContext, register_pass
 
-from ._util import SHAPE_OPS, bodies, dims_content, keeps_output_name, output_refs, replace_value
+from ._util import SHAPE_OPS, dims_content, keeps_output_name, output_refs, replace_value
 
 _COMMUTATIVE = {"onnx.Add", "onnx.Mul", "onnx.And", "onnx.Or", "onnx.Xor", "onnx.Equal",
                 "onnx.Max", "onnx.Min", "onnx.Sum", "onnx.Mean", "onnx.BitwiseAnd", "onnx.BitwiseOr",
@@ -57,7 +57,6 @@ class _Cse:
     def graph(self, g: Graph, outer: list[dict]) -> bool:
         scopes = [{}] + outer
         changed = False
-        held = bodies(g)
         for node in g.nodes():
             for sub in node.subgraphs():
                 changed |= self.graph(sub, scopes)
@@ -74,7 +73,7 @@ class _Cse:
             if not all(keeps_output_name(g, old, new) for old, new in zip(node.outputs, match.outputs)):
                 continue
             for old, new in zip(node.outputs, match.outputs):
-                replace_value(g, old, new, self.refs, held)
+                replace_value(g, old, new, self.refs)
             g.erase(node)
             changed = True
         return changed

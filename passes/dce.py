@@ -18,7 +18,7 @@ from mdoc.ir import Graph, Node
 from mdoc.ops import schema_of
 from mdoc.pass_manager import GraphPass, PassContext, register_pass
 
-from ._util import bodies, is_live, output_refs, replace_value
+from ._util import is_live, output_refs, replace_value
 
 # Ops whose number of results changes their meaning in some opsets, so results are never dropped:
 # BatchNormalization before opset 14 runs in training mode exactly when it has five results.
@@ -45,7 +45,6 @@ class DeadCodeElimination(GraphPass):
     def sweep(self, g: Graph, ctx: PassContext, refs: set[int]) -> bool:
         """Walk backwards, so a node's users are judged before the node itself."""
         changed = False
-        held = None
         for node in reversed(g.nodes()):
             for sub in node.subgraphs():
                 changed |= self.sweep(sub, ctx, refs)
@@ -56,8 +55,7 @@ class DeadCodeElimination(GraphPass):
                 continue
             keep = _kept_results(node, live, ctx)
             if keep < len(node.outputs):
-                held = bodies(g) if held is None else held
-                _drop_results(g, node, keep, held, refs)
+                _drop_results(g, node, keep, refs)
                 changed = True
         return changed
 
@@ -83,11 +81,11 @@ def _kept_results(node: Node, live: list[bool], ctx: PassContext) -> int:
     return max(keep, schema.min_output)
 
 
-def _drop_results(g: Graph, node: Node, keep: int, held, refs: set[int]) -> None:
+def _drop_results(g: Graph, node: Node, keep: int, refs: set[int]) -> None:
     """Rebuild `node` with only its first `keep` results (the IR fixes a node's results at creation)."""
     new = g.add(node.op, node.inputs, node.attrs, outputs=[o.type for o in node.outputs[:keep]],
                 name=node.name, before=node, output_names=[o.name for o in node.outputs[:keep]],
                 provenance=node.provenance)
     for old, repl in zip(node.outputs, new.outputs):
-        replace_value(g, old, repl, refs, held)
+        replace_value(g, old, repl, refs)
     g.erase(node)

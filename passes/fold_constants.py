@@ -31,7 +31,7 @@ from mdoc.ir import CONSTANT, Graph, Node, Value
 from mdoc.pass_manager import GraphPass, PassContext, register_pass
 from mdoc.types import TensorType
 
-from ._util import bodies, output_refs, replace_value
+from ._util import output_refs, replace_value
 
 # Values up to this size are computed even when the budget is smaller: a large
 # intermediate may still reduce to a small constant that is worth keeping.
@@ -169,7 +169,6 @@ class _Folder:
 
     # -- 3. rewrite ----------------------------------------------------------------
     def materialize(self, g: Graph, chosen: set[Node], computed) -> None:
-        held = bodies(g)
         constants = _constant_operands(chosen)
         dying = [c for c in constants if self.frees(c, chosen)]
         order = [n for n in g if n in chosen]
@@ -177,7 +176,7 @@ class _Folder:
             for o in node.outputs:
                 if self.needed(o, chosen):
                     new = g.constant(computed[o], name=o.name, before=node)
-                    replace_value(g, o, new, self.refs, held)
+                    replace_value(g, o, new, self.refs)
         for node in reversed(order):
             g.erase(node)
         for c in dying:

@@ -3,12 +3,13 @@
     mdoc.layer_norm(Add(x, skip), gamma, beta?)            -> mdoc.skip_layer_norm(x, skip, gamma, beta?)
     mdoc.layer_norm(Add(Add(x, bias), skip), gamma, beta?) -> mdoc.skip_layer_norm(x, skip, gamma, beta?, bias)
 
-It runs after fuse-layer-norm. The LayerNorm must be over the last axis, x and
+It runs after fuse-layer-norm and before fuse-epilogue (which would take the Adds into
+the MatMul before them). The LayerNorm must be over the last axis, x and
 skip of one static shape (no broadcasting), the bias a constant vector over the
-last axis, and the sums read by nothing else. Not in -O2: the CPU backend
-already fuses the residual Add (and the bias) into the dense kernel before it,
-which saves the pass over the sum that skip_layer_norm's kernel makes; this is
-for exports to onnxruntime (`mdoc opt -p ...,fuse-skip-layer-norm
+last axis, and the sums read by nothing else. Not in -O2: fuse-epilogue fuses the
+residual Add (and the bias) into the dense kernel before it instead, which saves
+the pass over the sum that skip_layer_norm's kernel makes; this is for exports to
+onnxruntime (`mdoc opt -p ...,fuse-skip-layer-norm,fuse-epilogue,dce
 --onnx-runtime-ops` writes com.microsoft.SkipLayerNormalization).
 """
 

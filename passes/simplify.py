@@ -34,7 +34,7 @@ from mdoc.ir import Graph, Node, Value
 from mdoc.pass_manager import GraphPass, PassContext, register_pass
 from mdoc.types import DType, TensorType
 
-from ._util import bodies, dims_content, graphs, is_live, keeps_output_name, output_refs, replace_value
+from ._util import dims_content, graphs, is_live, keeps_output_name, output_refs, replace_value
 
 # An end at or past this is "to the end of the axis" whatever the axis' size (exporters write INT_MAX or INT64_MAX).
 _TO_END = 2**31 - 1
@@ -64,7 +64,6 @@ class _Simplifier:
 
     def graph(self, g: Graph) -> bool:
         changed = False
-        held = bodies(g)
         for node in g.nodes():
             if node.graph is not g:
                 continue  # erased by an earlier rewrite in this sweep
@@ -84,7 +83,7 @@ class _Simplifier:
                     continue
                 result = g.add("onnx.Identity", [result], outputs=[out.type], name=node.name, before=node,
                                output_names=[out.name]).output
-            replace_value(g, out, result, self.refs, held)
+            replace_value(g, out, result, self.refs)
             self.erase_dead(node)
             changed = True
         return changed

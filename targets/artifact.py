@@ -135,10 +135,12 @@ class _Runner:
     for a small output, against 6-9 us for `.numpy()`): the VM may return an input, a
     constant or one tensor twice, so the caller gets arrays of its own that the next call
     cannot overwrite. Calls are serialized by a lock: the VM and the staging buffers are
-    not for two threads at once.
+    not for two threads at once. The thread count the manifest chose (`runtime_threads`: one for a
+    small static model) sizes TVM's pool unless TVM_NUM_THREADS is set.
     """
 
     def __init__(self, path: Path, manifest: dict):
+        chosen = "TVM_NUM_THREADS" in os.environ  # the user's word beats the manifest's
         # TVM's runtime uses half the cores on x86 unless told otherwise (measured: one thread on 2 cores).
         os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
         import tvm
@@ -156,6 +158,8 @@ class _Runner:
             self.dev = tvm.cpu(0)
         lib = tvm.runtime.load_module(str(path / LIBRARY))
         self.vm = VirtualMachine(lib, self.dev)
+        if self._cpu and not chosen and "runtime" in manifest:
+            _use_threads(int(manifest["runtime"]["threads"]))
         self.tvm, self._from_dlpack = tvm, tvm_ffi.from_dlpack
         self._main = self.vm["main"]
         self._check = InputChecks(manifest["inputs"], str(path))
@@ -179,7 +183,7 @@ class _Runner:
     def _on_cpu(self, index: int, a: np.ndarray):
         """Input `index` as a TVM tensor: `a` itself where its layout allows, else a copy in its staging buffer."""
         flags = a.flags
-        if flags.c_contiguous and flags.writeable:
+        if flags.c_contiguous and flags.writeable and a.size:
             t = self._from_dlpack(a)
             if t.data_ptr() % ALIGNMENT == 0:
                 return t
@@ -190,6 +194,19 @@ class _Runner:
         return staged[1]
 
 
+_POOL_THREADS = [0]  # what the loaded artifacts asked of TVM's process-wide thread pool (the largest)
+
+
+def _use_threads(n: int) -> None:
+    """Size TVM's thread pool for an artifact that asked for `n` threads (`runtime_threads`): the pool
+    is one per process, so it takes the most any loaded artifact asked for."""
+    if n > _POOL_THREADS[0]:
+        import tvm_ffi
+
+        _POOL_THREADS[0] = n
+        tvm_ffi.get_global_func("runtime.config_threadpool")(0, n)
+
+
 ALIGNMENT = 64  # bytes; what TVM's kernels assume of every buffer they are given
 
 
@@ -198,9 +215,14 @@ def aligned(shape: tuple, dtype: np.dtype) -> tuple[np.ndarray, object]:
     from tvm_ffi import from_dlpack
 
     nbytes = math.prod(shape) * dtype.itemsize
-    raw = np.empty(nbytes + ALIGNMENT, np.uint8)
+    raw = np.empty(nbytes + ALIGNMENT + dtype.itemsize, np.uint8)
     start = -raw.ctypes.data % ALIGNMENT
-    array = raw[start:start + nbytes].view(dtype).reshape(shape)
+    if nbytes == 0:  # numpy gives empty arrays odd strides and addresses; TVM checks both
+        strides = [dtype.itemsize * math.prod(shape[k + 1:]) for k in range(len(shape))]
+        base = raw[start:start + dtype.itemsize].view(dtype)
+        array = np.lib.stride_tricks.as_strided(base, shape, strides, writeable=True)
+    else:
+        array = raw[start:start + nbytes].view(dtype).reshape(shape)
     return array, from_dlpack(array, require_alignment=ALIGNMENT)
 
 
@@ -249,22 +271,30 @@ def _load_cuda_runtime(arch: str) -> None:
         raise MdocError(f"TVM's CUDA runtime cannot be loaded: {' '.join(str(e).split())[:200]}") from None
 
 
+def _emulator(machine: str):
+    """The module that runs `machine` libraries here, from the `mdoc.emulators` entry-point group (mdoc.tooling
+    registers qemu for aarch64); None when nothing is registered for it."""
+    from importlib import metadata
+
+    for ep in metadata.entry_points(group="mdoc.emulators"):
+        if ep.name == machine:
+            return ep.load()
+    return None
+
+
 class _Emulated:
     """Runs an aarch64 library under qemu in the arm64 root that `.ci/setup-arm.sh` builds."""
 
     def __init__(self, path: Path, manifest: dict):
-        from .emulation import arm_root
-
-        if arm_root() is None:
+        self.emulator = _emulator("aarch64")
+        if self.emulator is None or self.emulator.arm_root() is None:
             raise MdocError(f"{path}: artifact is for aarch64; run it on an aarch64 device, or set up emulation "
                             "with `.ci/setup-arm.sh` to run it here under qemu")
         self.path, self.manifest = path, manifest
         self._check = InputChecks(manifest["inputs"], str(path))
 
     def __call__(self, **feeds: np.ndarray) -> dict[str, np.ndarray]:
-        from .emulation import run_aarch64
-
         ordered = [_contiguous(a) for a in self._check(feeds)]
         names = [i.get("param", i["name"]) for i in self.manifest["inputs"]]  # Relax's parameter names
-        outs = run_aarch64(self.path / LIBRARY, dict(zip(names, ordered)))
+        outs = self.emulator.run_aarch64(self.path / LIBRARY, dict(zip(names, ordered)))
         return returned(self.manifest, outs)

@@ -32,7 +32,7 @@ def build_for(mod, spec: TargetSpec, *, before_schedule=()):
                 return build_cuda(mod, spec.tvm)
             from .relax.build import build
 
-            return build(mod, spec.tvm, before_schedule=before_schedule)
+            return build(mod, spec.tvm, before_schedule=before_schedule, cpu=spec.cpu)
     except MdocError:
         raise
     except Exception as e:  # noqa: BLE001  (TVM's errors and whatever its passes let through)

@@ -6,7 +6,9 @@ is loaded, so `mdoc compile` and `mdoc.compile` reach it without importing it.
 
 from __future__ import annotations
 
+import json
 import platform
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,7 +22,8 @@ from mdoc.types import TensorType
 
 from . import artifact
 from .native_log import NativeLog
-from .presets import resolve_target
+from .presets import list_presets, resolve_target
+from .runtime_threads import threads_for
 
 if TYPE_CHECKING:  # pragma: no cover
     import tvm
@@ -48,14 +51,19 @@ class TvmBackend:
         tuned register `tiles`, request key -> (tile, default kernel it beat)) on CPU targets, TVM's ops elsewhere."""
         from .relax.cpu_strategy import cpu_kernels_for
 
-        return cpu_kernels_for(spec.tvm, tiles) if spec.device == "cpu" else None
+        return cpu_kernels_for(spec.cpu, tiles) if spec.device == "cpu" else None
 
     def lower(self, model: Model, spec, kernels=None) -> "tvm.IRModule":
         """The Relax module the build starts from (what `compile` builds and `mdoc tune` tunes);
         `kernels` defaults to `kernels_for(spec)`."""
+        from .relax.fuse_inverted_residual import FuseInvertedResidual
         from .relax.lower import lower
+        from .relax.plan_layout import PlanLayout
 
         PassManager(parse_pipeline(self.prepare)).run(model)
+        if spec.device == "cpu":  # the target's own fusions and layout plan, on its CPU description
+            target = json.dumps(spec.tvm)
+            PassManager([FuseInvertedResidual(target=target), PlanLayout(target=target)]).run(model)
         return lower(model, target=spec.tvm, kernels=kernels if kernels is not None else self.kernels_for(spec))
 
     def compile(self, model: Model, target: str, output: str | Path, *, arch: str | None = None,
@@ -112,14 +120,25 @@ class TvmBackend:
                 # inputs whose dims the artifact takes at run time (axes, or the model's symbols)
                 "dynamic_dims": dynamic_dims(model),
             }
+            if spec.device == "cpu":
+                manifest["runtime"] = threads_for(model, spec.cpu.cores)
             if getattr(kernels, "fallbacks", None):  # hand kernels that run-time dims kept out
                 manifest["generic_kernels"] = list(kernels.fallbacks)
+            if getattr(kernels, "chosen", None):  # node -> the hand kernels it runs on, and calls per family
+                from .relax.cpu_strategy import kernel_family
+
+                manifest["kernels"] = dict(kernels.chosen)
+                families = Counter(kernel_family(k) for names in kernels.chosen.values() for k in names)
+                manifest["kernel_families"] = dict(families.most_common())
             if tuned:
                 manifest["tuning"] = tuned[1].as_json()
             return staged.commit(manifest)
 
     def load(self, path: Path):
         return artifact.load(path)
+
+    def targets(self) -> dict:
+        return list_presets()
 
 
 def _lowered(backend: TvmBackend, model: Model, spec, kernels) -> "tvm.IRModule":

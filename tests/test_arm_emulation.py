@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mdoc.targets.emulation import run_aarch64, why_no_arm_root
+from mdoc.tooling.emulation import run_aarch64, why_no_arm_root
 
 tvm = pytest.importorskip("tvm")
 from tvm.script import relax as R  # noqa: E402

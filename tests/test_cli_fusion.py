@@ -46,3 +46,19 @@ def test_explain_names_why_a_rule_did_not_fire(mdoc_cli, tmp_path):
 def test_explain_an_unknown_rule_is_a_one_line_error(mdoc_cli, tmp_path):
     r = mdoc_cli("opt", bert_path(tmp_path), "-o", tmp_path / "o.mdir", "--explain", "nonesuch")
     assert r.code == 2 and "unknown rewrite rule 'nonesuch'" in r.err and "Traceback" not in r.err
+
+
+def test_report_counts_each_fusion_rule_and_runtime_ops_fuse_convs(mdoc_cli, tmp_path):
+    src, out, report = tmp_path / "resnet.onnx", tmp_path / "o.onnx", tmp_path / "r.html"
+    onnx.save(build("resnet18", **ZOO["resnet18"].test_kwargs), src)
+    r = mdoc_cli("opt", src, "-o", out, "--onnx-runtime-ops", "--report", report)
+    assert r.code == 0, r.err
+    page = report.read_text()
+    # every conv but the three downsampling ones takes a Relu; eight residual Adds join a conv
+    assert "<td>conv-activation</td><td>17</td>" in page and "<td>conv-residual</td><td>8</td>" in page, page
+    assert "<td>mdoc.conv</td><td>17</td>" in page
+    proto = onnx.load(out)
+    assert sum(n.op_type == "FusedConv" and n.domain == "com.microsoft" for n in proto.graph.node) == 17
+    feeds = example_inputs(onnx.load(src))
+    diffs = compare_outputs(run_onnxruntime(str(src), feeds), run_onnxruntime(proto, feeds), rtol=1e-4, atol=1e-5)
+    assert all(d.ok for d in diffs), diffs

@@ -175,13 +175,13 @@ def test_relax_refusal_names_node_and_op_not_its_repr(mdoc_fd, tmp_path):
 def test_converter_bug_is_internal_error(mdoc_fd, tmp_path, monkeypatch):
     import importlib
 
-    lower_module = importlib.import_module("mdoc.targets.relax.lower")  # the package exports a function `lower`
+    node_lowering = importlib.import_module("mdoc.targets.relax.node_lowering")  # where converters are called
 
     def broken(ctx, node):
         raise TypeError("unsupported operand type(s)")
 
-    real = lower_module.lookup
-    monkeypatch.setattr(lower_module, "lookup", lambda op, opset: broken if op == "onnx.Neg" else real(op, opset))
+    real = node_lowering.lookup
+    monkeypatch.setattr(node_lowering, "lookup", lambda op, opset: broken if op == "onnx.Neg" else real(op, opset))
     path = tmp_path / "neg.onnx"
     onnx.save(make([h.make_node("Neg", ["x"], ["y"], name="negate")], [vi("x", F, [2, 3])], [vi("y", F, [2, 3])]),
               path)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnxruntime as ort
-import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import mdoc
@@ -90,14 +89,12 @@ def test_if_branch_broadcasts_captured_values_sharing_a_dim(tmp_path):
     check_two_shapes(m, feeds, tmp_path)
 
 
-@pytest.mark.xfail(strict=True, reason="ConvertToDataflow (control_flow.finish) drops the match_cast that tells "
-                   "Relax the two directions' lengths agree; the Concat is then left without a shape")
 def test_bidirectional_lstm_over_a_run_time_sequence(tmp_path):
     """ddddocr / PP-OCR recognizers: a bidirectional LSTM over a sequence known at run time. Its two
     directions come out of two loops whose lengths Relax cannot prove equal, and their Concat was
-    left unlowered ("CodeGenVM cannot emit R.concat"). The Concat converter now match-casts the
-    second direction to the first's length, which fixed ddddocr in the corpus; here, with the
-    sequence computed by a strided conv, the match_cast is lost in ConvertToDataflow."""
+    left unlowered ("CodeGenVM cannot emit R.concat"). The Concat converter match-casts the
+    directions to one length (`LowerCtx.aligned`); with the sequence computed by a strided conv,
+    ConvertToDataflow's CanonicalizeBindings dropped that cast until `aligned` pinned the first."""
     rng = np.random.default_rng(0)
     hidden, feat = 8, 6
     w = lambda *s: (rng.standard_normal(s) * 0.3).astype(np.float32)  # noqa: E731
@@ -184,8 +181,6 @@ def test_paddle_unknown_dims(tmp_path):
     check_two_shapes(m, [{"x": _f32(1, 3, 16, 48)}, {"x": _f32(3, 3, 24, 20, seed=1)}], tmp_path)
 
 
-@pytest.mark.xfail(strict=True, reason="the GRU's Loop over a run-time sequence leaves a value without a shape "
-                   "(ConvertToDataflow, control_flow.finish); MdocFastMath's emit_te then refuses it")
 def test_gru_over_a_run_time_sequence(tmp_path):
     """A keyword spotter exported by torch.onnx: frames [N, C, T] -> GRU over T -> last step -> Gemm
     ("MdocFastMath failed: emit_te now only supports Tensor that has ShapeExpr shape")."""
@@ -202,8 +197,6 @@ def test_gru_over_a_run_time_sequence(tmp_path):
     check_two_shapes(m, [{"x": _f32(1, 6, 5)}, {"x": _f32(3, 6, 9, seed=1)}], tmp_path)
 
 
-@pytest.mark.xfail(strict=True, reason="an LSTM over a run-time sequence inside an If branch: a value of its Loop "
-                   "loses its shape, and MdocFastMath's emit_te (then legalization) refuses it")
 def test_lstm_inside_an_if_branch(tmp_path):
     """silero-vad: its decoder's LSTM runs inside the If on the sample rate, over a batch and a
     sequence known only at run time (the accumulator's element shape was refused first, "needs a

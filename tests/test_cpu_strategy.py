@@ -2,11 +2,14 @@
 checked against onnxruntime, and which kernel each matmul got.
 
 Each test builds one small ONNX graph whose outputs end the chains under test (a graph
-output stops epilogue fusion, so intermediates are never outputs here), lowers it with
-`CpuKernels`, builds it for the host and compares every output with onnxruntime's.
+output stops epilogue fusion, so intermediates are never outputs here), runs -O2's fusions
+on it (`FUSE`: the backend fuses only what the IR says), lowers it with `CpuKernels`, builds
+it for the host and compares every output with onnxruntime's.
 """
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import onnx
@@ -17,15 +20,19 @@ ort = pytest.importorskip("onnxruntime")
 tvm = pytest.importorskip("tvm")
 
 from mdoc.onnx_import import import_model  # noqa: E402
+from mdoc.pass_manager import PassManager, parse_pipeline  # noqa: E402
 from mdoc.targets.cpu_kernels import CpuSpec  # noqa: E402
 from mdoc.targets.presets import resolve_target  # noqa: E402
 from mdoc.targets.relax import Kernels, Runner, build, lower, run  # noqa: E402
 from mdoc.targets.relax.cpu_strategy import CpuKernels, cpu_kernels_for  # noqa: E402
+from mdoc.targets.relax.fuse_inverted_residual import FuseInvertedResidual  # noqa: E402
+from mdoc.targets.relax.plan_layout import PlanLayout  # noqa: E402
 from test_relax_lowering import f32  # noqa: E402
 from test_relax_lowering import make_model as _make_model  # noqa: E402
 
 TARGET = resolve_target("x86").tvm
 N = helper.make_node
+FUSE = "infer-shapes,fuse-layer-norm,fuse-gelu,fuse-silu,fuse-epilogue"
 
 
 def make_model(nodes, inputs: dict, outputs: list[str], inits: dict, opset: int = 17) -> onnx.ModelProto:
@@ -34,10 +41,18 @@ def make_model(nodes, inputs: dict, outputs: list[str], inits: dict, opset: int 
     return _make_model(nodes, inputs, outputs, inits, opset)
 
 
-def lowered(m: onnx.ModelProto, kernels=None, target=TARGET, **kw):
+def lowered(m: onnx.ModelProto, kernels=None, target=TARGET, fuse=FUSE, **kw):
+    """The model after `fuse` and the target's own fusion (as `TvmBackend.lower` runs it), and its module."""
     model = import_model(m)
+    PassManager(parse_pipeline(fuse) + target_passes(target)).run(model)
     mod = lower(model, target=target, kernels=kernels or CpuKernels(CpuSpec.from_target(target)), **kw)
     return model, mod
+
+
+def target_passes(target=TARGET, layout: bool = True) -> list:
+    """What `TvmBackend.lower` runs for a CPU target after the generic pipeline."""
+    passes = [FuseInvertedResidual(target=json.dumps(target))]
+    return passes + [PlanLayout(target=json.dumps(target))] if layout else passes
 
 
 def kernel_names(mod) -> set[str]:
@@ -139,7 +154,8 @@ def test_symbolic_dims_reach_the_kernels():
              N("LayerNormalization", ["c", "gamma", "beta"], ["y"], axis=-1)]
     m = make_model(nodes, {"x": ["n", "s", 24]}, ["y"], {"w": f32(24, 16), "bias": f32(16), "gamma": f32(16),
                                                           "beta": f32(16)})
-    model, mod = lowered(m)
+    # onnx.LayerNormalization itself (mdoc.layer_norm's CPU kernel takes static rows only)
+    model, mod = lowered(m, fuse="infer-shapes,fuse-epilogue")
     names = kernel_names(mod)
     assert {"dense_d0x24x16_bias", "batch_matmul_d0xd1x16xd1", "batch_matmul_d0xd1xd1x16", "softmax_d0xd1",
             "layer_norm_d0x16"} <= names, names
@@ -162,9 +178,9 @@ def test_weights_as_parameters_use_batch_matmul():
 
 
 def test_strategy_choice_per_target():
-    assert isinstance(cpu_kernels_for(TARGET), CpuKernels)
-    assert cpu_kernels_for(resolve_target("aarch64").tvm).spec.lanes == 4
-    generic = cpu_kernels_for({"kind": "llvm", "mcpu": "x86-64"})  # no vector width worth a hand kernel
+    assert isinstance(cpu_kernels_for(CpuSpec.from_target(TARGET)), CpuKernels)
+    assert cpu_kernels_for(resolve_target("aarch64").cpu).spec.lanes == 4
+    generic = cpu_kernels_for(CpuSpec.from_target({"kind": "llvm", "mcpu": "x86-64"}))  # no FMA vectors
     assert type(generic) is Kernels
 
 
@@ -173,7 +189,7 @@ def test_aarch64_artifact_matches_onnxruntime(tmp_path):
     import shutil
 
     import mdoc
-    from mdoc.targets.emulation import arm_root
+    from mdoc.tooling.emulation import arm_root
 
     if shutil.which("aarch64-linux-gnu-gcc") is None:
         pytest.skip("no aarch64 cross compiler (apt-get install gcc-aarch64-linux-gnu)")
@@ -183,7 +199,7 @@ def test_aarch64_artifact_matches_onnxruntime(tmp_path):
              N("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]), N("MatMul", ["k", "kt"], ["kk"])]
     m = make_model(nodes, {"x": x, "k": k}, ["y", "kk"], inits)
     spec = resolve_target("aarch64")
-    names = kernel_names(lower(import_model(m), target=spec.tvm, kernels=cpu_kernels_for(spec.tvm)))
+    names = kernel_names(lowered(m, cpu_kernels_for(spec.cpu), spec.tvm)[1])
     assert {"dense_8x24x20_bias_gelu", "batch_matmul_2x8x12x8"} <= names, names
     onnx.save(m, tmp_path / "m.onnx")
     art = mdoc.compile(tmp_path / "m.onnx", "aarch64", tmp_path / "m.arm", show_progress=False)

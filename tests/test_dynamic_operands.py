@@ -5,10 +5,12 @@ Two ways through, as the Relax target handles them:
 * run-time values: Trilu's k, Range, Tile's repeats, Pad's pads and value, Slice's
   starts/ends, Reshape's shape, Resize's sizes. Each graph is built once and run
   with two different values of the operand; both must match onnxruntime.
-* guarded specialization: operands that decide the structure of the computation
-  (a Reduce's axes with keepdims=0, CumSum's axis, ...) must be bound at compile
-  time: `bind_inputs` / `mdoc compile --bind`, and the onnx Backend compiles one
+* guarded specialization: operands the Relax target still needs at compile time
+  (Resize's sizes with mode=cubic, whose kernel over run-time sizes takes TVM
+  minutes to build; an axes tensor of unknown length) must be bound:
+  `bind_inputs` / `mdoc compile --bind`, and the onnx Backend compiles one
   version per bound value. The errors name the node, the operand and the input.
+  (Axes, split sizes, k and the rest compile once: tests/test_runtime_operands.py.)
 
 Also the element-type and edge-case fixes of the same converters (Pow on integers,
 Mod's sign rules, BitShift's out-of-range amounts, ReduceMax/Min on bools and
@@ -34,7 +36,7 @@ from test_relax_lowering import TARGET, GraphSpec, assert_close, f32, reference 
 from mdoc.errors import MdocError  # noqa: E402
 from mdoc.onnx_import import import_model  # noqa: E402
 from mdoc.specialize import bind_inputs, parse_binding  # noqa: E402
-from mdoc.targets.onnx_backend import BackendError, MdocBackend  # noqa: E402
+from mdoc.tooling.onnx_backend import BackendError, MdocBackend  # noqa: E402
 from mdoc.targets.relax import build, lower, run  # noqa: E402
 from mdoc.targets.relax.context import NeedsInputValue  # noqa: E402
 
@@ -226,7 +228,7 @@ def test_space_to_depth_modes():
 
 
 def reduce_model(opset: int = 18) -> onnx.ModelProto:
-    """ReduceSum(x, axes) with keepdims=0: the axes decide the result's rank."""
+    """ReduceSum(x, axes) with keepdims=0, to bind the axes of."""
     node = helper.make_node("ReduceSum", ["x", "axes"], ["y"], name="rs", keepdims=0)
     graph = helper.make_graph(
         [node], "reduce",
@@ -236,24 +238,28 @@ def reduce_model(opset: int = 18) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
 
 
+def cubic_model(computed: bool = False) -> onnx.ModelProto:
+    """Resize(x, sizes) with mode=cubic: the sizes (a graph input, or a + b) must be bound."""
+    nodes = [helper.make_node("Add", ["a", "b"], ["sizes"])] if computed else []
+    nodes.append(helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], name="rz", mode="cubic"))
+    sizes = [helper.make_tensor_value_info(n, TensorProto.INT64, [4]) for n in (["a", "b"] if computed else ["sizes"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4]), *sizes],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, None, None])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)], ir_version=8)
+
+
 def test_structural_operand_error_names_node_operand_and_input():
     with pytest.raises(NeedsInputValue) as e:
-        lower(import_model(reduce_model()))
-    assert str(e.value) == ("onnx.ReduceSum (node 'rs'): operand 1 %axes (axes) must be a constant for the Relax "
-                            "target; it is graph input 'axes': bind its value at compile time "
-                            "(mdoc compile --bind axes=VALUES)")
-    assert e.value.inputs == ("axes",)
+        lower(import_model(cubic_model()))
+    assert str(e.value) == ("onnx.Resize (node 'rz'): operand 3 %sizes (sizes, with mode=cubic) must be a constant "
+                            "for the Relax target; it is graph input 'sizes': bind its value at compile time "
+                            "(mdoc compile --bind sizes=VALUES)")
+    assert e.value.inputs == ("sizes",)
 
 
 def test_structural_operand_computed_from_inputs_names_them():
-    nodes = [helper.make_node("Add", ["a", "b"], ["axis"]), helper.make_node("CumSum", ["x", "axis"], ["y"], name="cs")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3]),
-                                           helper.make_tensor_value_info("a", TensorProto.INT64, []),
-                                           helper.make_tensor_value_info("b", TensorProto.INT64, [])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])])
-    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     with pytest.raises(NeedsInputValue) as e:
-        lower(import_model(m))
+        lower(import_model(cubic_model(computed=True)))
     assert e.value.inputs == ("a", "b")
     assert "it is computed from graph inputs 'a', 'b'" in str(e.value)
     assert "--bind a=VALUES --bind b=VALUES" in str(e.value)
@@ -295,36 +301,33 @@ def test_parse_binding(tmp_path):
 
 
 def test_compile_cli_bind(mdoc_cli, tmp_path):
-    path = tmp_path / "reduce.onnx"
-    onnx.save(reduce_model(), path)
+    path = tmp_path / "cubic.onnx"
+    onnx.save(cubic_model(), path)
     r = mdoc_cli("compile", path, "-o", tmp_path / "no")
     assert r.code == 2
-    assert r.err.strip().splitlines()[-1].endswith("(mdoc compile --bind axes=VALUES)")
-    r = mdoc_cli("compile", path, "--bind", "axes=2", "-o", tmp_path / "a2")
+    assert r.err.strip().splitlines()[-1].endswith("(mdoc compile --bind sizes=VALUES)")
+    r = mdoc_cli("compile", path, "--bind", "sizes=1,1,6,3", "-o", tmp_path / "s")
     assert r.code == 0, r.err
     import mdoc
 
-    x = f32(2, 3, 4)
-    np.testing.assert_allclose(mdoc.load(tmp_path / "a2")(x=x)["y"], x.sum(axis=2), rtol=1e-5)
+    x = f32(1, 1, 4, 4)
+    feeds = {"x": x, "sizes": i64(1, 1, 6, 3)}
+    assert_close(mdoc.load(tmp_path / "s")(x=x), reference(cubic_model(), feeds))
 
 
 def test_backend_compiles_one_version_per_bound_value():
-    rep = MdocBackend.prepare(reduce_model())
-    assert rep.bound_inputs == ("axes",) and rep.compiled_shapes == []
-    x = f32(2, 3, 4)
-    for axes in ([0], [2], [0]):
-        (y,) = rep.run([x, i64(*axes)])
-        np.testing.assert_allclose(y, x.sum(axis=tuple(axes)), rtol=1e-5)
-    assert len(rep.compiled_shapes) == 2  # [0] ran twice on one version
+    rep = MdocBackend.prepare(cubic_model())
+    assert rep.bound_inputs == ("sizes",) and rep.compiled_shapes == []
+    x = f32(1, 1, 4, 4)
+    for sizes in ([1, 1, 2, 2], [1, 1, 5, 3], [1, 1, 2, 2]):
+        (y,) = rep.run([x, i64(*sizes)])
+        assert_close({"y": y}, reference(cubic_model(), {"x": x, "sizes": i64(*sizes)}))
+    assert len(rep.compiled_shapes) == 2  # [1, 1, 2, 2] ran twice on one version
 
 
 def test_backend_reports_errors_after_binding_in_their_stage():
-    node = helper.make_node("CumSum", ["x", "axis"], ["y"], name="cs")
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3]),
-                                            helper.make_tensor_value_info("axis", TensorProto.INT64, [])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])])
-    rep = MdocBackend.prepare(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8))
+    rep = MdocBackend.prepare(cubic_model())
     with pytest.raises(BackendError) as e:
-        rep.run([f32(2, 3), np.array(5, np.int64)])
+        rep.run([f32(1, 1, 4, 4), i64(1, 1, 2)])
     assert e.value.stage == "lower"
-    assert "axis 5 is out of range for rank 2" in str(e.value)
+    assert str(e.value) == "lower: --bind sizes: the value has shape [3], input 'sizes' is i64[4]"

@@ -62,14 +62,15 @@ def test_one_artifact_serves_every_batch(mdoc_cli, tmp_path):
 def test_symbolic_batch_takes_the_hand_kernels(tmp_path):
     """The conv family (NCHWc convs, Winograd, depthwise, pools, layout copies) is built with a
     run-time batch, not left to the generic schedule."""
+    from mdoc.targets.relax import plan_layout  # noqa: F401 - registers plan-layout
     from mdoc.targets.relax.lower import lower
     from mdoc.targets.relax.cpu_strategy import cpu_kernels_for
     from mdoc.targets.presets import resolve_target
 
     model = import_model(_cnn())
-    PassManager(parse_pipeline("infer-shapes,fold-constants,fuse-conv-bn,dce")).run(model)
+    PassManager(parse_pipeline("infer-shapes,fold-constants,fuse-conv-bn,dce,plan-layout")).run(model)
     spec = resolve_target("x86")
-    mod = lower(model, target=spec.tvm, kernels=cpu_kernels_for(spec.tvm))
+    mod = lower(model, target=spec.tvm, kernels=cpu_kernels_for(spec.cpu))
     names = [gv.name_hint for gv in mod.get_global_vars()]
     assert any(n.startswith("conv2d_") and "nchwc" in n for n in names), names
     assert any(n.startswith("dwconv2d_") for n in names), names
@@ -128,4 +129,81 @@ def test_compile_reports_generic_kernels(mdoc_cli, tmp_path):
     run = mdoc.load(tmp_path / "conv.x86")
     for h, w in ((5, 7), (12, 9)):
         x = rng.standard_normal((1, 8, h, w)).astype(np.float32)
+        np.testing.assert_allclose(run(x=x)["y"], sess.run(None, {"x": x})[0], rtol=1e-3, atol=1e-4)
+
+
+def test_lstm_with_symbolic_batch_and_length(tmp_path):
+    """decompose-rnn's Loop carries [N, H] state: inside the body's Relax function N must be the
+    function's own var, shared by every parameter of that size, or Relax cannot prove h and c
+    agree and their product fails to legalize (it did, exit 3, with N and S symbolic). Bidirectional:
+    the reverse direction's outputs are gathered back with run-time indices over the loop's
+    run-time length (a Gather whose index wrap failed in TVM's FuseTIR, PP-OCR's recognizer)."""
+    rng = np.random.default_rng(0)
+    hidden, features = 16, 8
+    inits = [numpy_helper.from_array((rng.standard_normal(s) * 0.3).astype(np.float32), name)
+             for name, s in (("W", (2, 4 * hidden, features)), ("R", (2, 4 * hidden, hidden)), ("B", (2, 8 * hidden)))]
+    node = helper.make_node("LSTM", ["x", "W", "R", "B"], ["y", "y_h"], hidden_size=hidden, direction="bidirectional")
+    graph = helper.make_graph([node], "lstm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["S", "N", features])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["S", 2, "N", hidden]),
+                               helper.make_tensor_value_info("y_h", TensorProto.FLOAT, [2, "N", hidden])], inits)
+    model = tmp_path / "lstm.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
+    art = mdoc.compile(str(model), "x86", tmp_path / "lstm.x86")
+    run, sess = mdoc.load(art), ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    for s, n in ((5, 1), (9, 3)):
+        x = rng.standard_normal((s, n, features)).astype(np.float32)
+        got = run(x=x)
+        for name, want in zip(("y", "y_h"), sess.run(None, {"x": x})):
+            np.testing.assert_allclose(got[name], want, rtol=1e-3, atol=1e-4)
+
+
+def test_symbolic_spatial_dims_that_relax_cannot_prove_equal(tmp_path):
+    """An FPN-style Add and Concat of a stride-2 conv's output with an upsampled deeper map: over
+    run-time H and W their dims are different expressions ((h - 1) // 2 + 1 against 2 * ...), which
+    Relax cannot prove equal, and the Add failed to legalize (exit 3). The operands are match-cast
+    to one shape, checked at run time."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array((rng.standard_normal(s) * 0.2).astype(np.float32), name)
+             for name, s in (("w1", (8, 3, 3, 3)), ("w2", (8, 8, 3, 3)))]
+    inits.append(numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"))
+    N = helper.make_node
+    nodes = [N("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], strides=[2, 2]),
+             N("Conv", ["c1", "w2"], ["c2"], pads=[1, 1, 1, 1], strides=[2, 2]),
+             N("Resize", ["c2", "", "scales"], ["up"], mode="nearest"),
+             N("Add", ["c1", "up"], ["sum"]), N("Concat", ["sum", "up"], ["y"], axis=1)]
+    graph = helper.make_graph(nodes, "fpn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, "H", "W"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = tmp_path / "fpn.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
+    art = mdoc.compile(str(model), "x86", tmp_path / "fpn.x86")
+    run, sess = mdoc.load(art), ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    for hw in ((32, 32), (24, 40)):
+        x = rng.standard_normal((1, 3, *hw)).astype(np.float32)
+        np.testing.assert_allclose(run(x=x)["y"], sess.run(None, {"x": x})[0], rtol=1e-3, atol=1e-4)
+
+
+def test_recognizer_over_a_run_time_width(tmp_path):
+    """A CRNN text recognizer (PP-OCR's shape): a conv over an image of run-time width W, its
+    columns as a sequence into a bidirectional LSTM. The reverse direction gathers its outputs with
+    run-time indices over a length that a match_cast defined; normalizing them through a
+    shape_to_tensor of that length failed in TVM's FuseTIR (exit 3), and the conv's NHWC padding over
+    W + 2 columns fused with the 3 channels inside them failed TVM's iter-map split."""
+    rng = np.random.default_rng(0)
+    c, hidden = 8, 8
+    inits = [numpy_helper.from_array((rng.standard_normal(s) * 0.3).astype(np.float32), name)
+             for name, s in (("wc", (c, 3, 8, 3)), ("W", (2, 4 * hidden, c)), ("R", (2, 4 * hidden, hidden)),
+                             ("B", (2, 8 * hidden)))]
+    inits.append(numpy_helper.from_array(np.array([2], np.int64), "axis2"))
+    N = helper.make_node
+    nodes = [N("Conv", ["x", "wc"], ["f"], pads=[0, 1, 0, 1], strides=[8, 2]),
+             N("Squeeze", ["f", "axis2"], ["s"]), N("Transpose", ["s"], ["seq"], perm=[2, 0, 1]),
+             N("LSTM", ["seq", "W", "R", "B"], ["y"], hidden_size=hidden, direction="bidirectional")]
+    graph = helper.make_graph(nodes, "crnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, "W"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = tmp_path / "crnn.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
+    art = mdoc.compile(str(model), "x86", tmp_path / "crnn.x86")
+    run, sess = mdoc.load(art), ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    for w in (40, 96):
+        x = rng.standard_normal((1, 3, 8, w)).astype(np.float32)
         np.testing.assert_allclose(run(x=x)["y"], sess.run(None, {"x": x})[0], rtol=1e-3, atol=1e-4)

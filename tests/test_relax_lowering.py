@@ -573,19 +573,21 @@ def test_unsupported_op_names_op_node_and_opset():
 
 
 def test_operand_that_must_be_constant_is_named():
-    """An operand that decides the computation's structure names the graph inputs it comes from
-    and how to bind them (tests/test_dynamic_operands.py covers binding)."""
+    """An operand that decides the computation's structure (here an axes tensor of unknown length,
+    which decides the rank) names the graph inputs it comes from and how to bind them
+    (tests/test_dynamic_operands.py covers binding)."""
     g = Graph()
     x = g.add_input(TensorType(DType.F32, (2, 3)), "x")
-    axis = g.add_input(TensorType(DType.I64, ()), "axis")
-    g.outputs = [g.add("onnx.CumSum", [x, axis], name="cs").output]
+    axes = g.add_input(TensorType(DType.I64, ("n",)), "axes")
+    g.outputs = [g.add("onnx.ReduceSum", [x, axes], {"keepdims": 0}, name="rs").output]
     with pytest.raises(MdocError) as e:
-        lower(Model(g, {"": 17}))
+        lower(Model(g, {"": 18}))
     msg = str(e.value)
     assert "\n" not in msg
-    assert msg == ("onnx.CumSum (node 'cs'): operand 1 %axis (axis) must be a constant for the Relax target; "
-                   "it is graph input 'axis': bind its value at compile time (mdoc compile --bind axis=VALUES)")
-    assert e.value.inputs == ("axis",)
+    assert msg == ("onnx.ReduceSum (node 'rs'): operand 1 %axes (axes, of a length known only at run time) must be a "
+                   "constant for the Relax target; it is graph input 'axes': bind its value at compile time "
+                   "(mdoc compile --bind axes=VALUES)")
+    assert e.value.inputs == ("axes",)
 
 
 def test_registry_picks_highest_since_not_above_opset():

@@ -671,3 +671,28 @@ def test_a_failing_rule_says_where_it_failed():
     with pytest.raises(MdocError, match="give a numpy array, or a dtype"):
         Broken.rewrite = lambda self, op, m: op.constant(1.0)
         apply_rules(g, [Broken])
+
+
+class _NegOfRectifier(Rule):
+    """Neg(Relu(x) or Tanh(x)) ==> the same op of Neg(x) (for testing op alternatives only)."""
+
+    def pattern(self, op, x):
+        return op.Neg(op.call(("onnx.Relu", "onnx.Tanh"), x, _name="act"))
+
+    def rewrite(self, op, m):
+        return op.call(m.node("act").op, op.Neg(m["x"]))
+
+
+def test_a_pattern_op_may_be_any_of_several():
+    g = Graph("g")
+    x = g.add_input(f32(2, 3), "x")
+    a = g.add("onnx.Neg", [g.add("onnx.Relu", [x]).output]).output
+    b = g.add("onnx.Neg", [g.add("onnx.Tanh", [x]).output]).output
+    c = g.add("onnx.Neg", [g.add("onnx.Sigmoid", [x]).output]).output
+    g.outputs.extend([a, b, c])
+    model = Model(g, {"": 17})
+    assert apply_rules(g, [_NegOfRectifier()], PassContext(model)) == 2
+    assert ops(g) == ["onnx.Neg", "onnx.Relu", "onnx.Neg", "onnx.Tanh", "onnx.Sigmoid", "onnx.Neg"]
+    verify(model)
+    lines = explain(g, _NegOfRectifier(), model)
+    assert any("onnx.Sigmoid" in line and "onnx.Relu|onnx.Tanh" in line for line in lines), lines

@@ -54,6 +54,10 @@ def test_compile_run_compare(mdoc_cli, x86_artifact, tmp_path):
     assert manifest["backend"] == "tvm" and manifest["target"]["name"] == "x86"
     assert manifest["inputs"] == [{"name": "image", "dtype": "float32", "shape": [1, 3, 32, 32], "param": "image"}]
     assert set(manifest["files"]) == {"model.so"} and "fold-constants" in manifest["pipeline"]
+    # the kernel each node got: the sample's convs carry their fused Relu (fuse-epilogue at -O2)
+    kernels = [k for names in manifest["kernels"].values() for k in names]
+    assert any(k.startswith("conv2d") and k.endswith("_relu") for k in kernels), manifest["kernels"]
+    assert sum(manifest["kernel_families"].values()) == len(kernels)
     out = tmp_path / "out.npz"
     r = mdoc_cli("run", x86_artifact, "-o", out, "--repeat", "3")
     assert r.code == 0, r.err
@@ -110,7 +114,7 @@ def test_aarch64_cross_compiles(tmp_path):
     art = mdoc.compile(SAMPLE, "rpi4", tmp_path / "s.arm", show_progress=False)
     info = subprocess.run(["file", "-b", str(art / "model.so")], capture_output=True, text=True).stdout
     assert "aarch64" in info or "ARM aarch64" in info or not info
-    from mdoc.targets.emulation import arm_root
+    from mdoc.tooling.emulation import arm_root
 
     if arm_root() is None:
         pytest.skip("no arm64 root for emulation (.ci/setup-arm.sh)")

@@ -42,7 +42,7 @@ REQUESTS = {
     "inverted_residual": KernelRequest.of("inverted_residual", (1, 24, 16, 16), (64, 24, 1, 1), (64, 1, 3, 3),
                                           (24, 64, 1, 1), strides=(1, 1), padding=(1, 1, 1, 1),
                                           expand_strides=(1, 1), expand_padding=(0, 0, 0, 0),
-                                          expand=Epilogue(activation="relu6"), depthwise=Epilogue(activation="relu6"),
+                                          expand=Epilogue(activation="clip"), depthwise=Epilogue(activation="clip"),
                                           project=Epilogue(residual=True), data_layout="NCHWc"),
 }
 

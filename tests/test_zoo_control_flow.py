@@ -22,7 +22,7 @@ pytest.importorskip("tvm")
 import mdoc  # noqa: E402
 from mdoc.models import ZOO, build, example_inputs  # noqa: E402
 from mdoc.onnx_import import import_model  # noqa: E402
-from mdoc.targets.emulation import why_no_arm_root  # noqa: E402
+from mdoc.tooling.emulation import why_no_arm_root  # noqa: E402
 
 MODELS = ["silero_vad", "ppocr_rec", "yolo_detector"]
 BATCH = 2

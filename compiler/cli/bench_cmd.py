@@ -17,7 +17,8 @@ from ..model_io import load_model
 from ..reference import compare_outputs
 from ..specialize import bind_dims
 from ..tensors import random_inputs
-from .group import cli, dim_option, emit_json, json_option, parse_dims
+from ..cli_options import dim_option, emit_json, json_option, parse_dims
+from .group import cli
 
 
 @cli.command("bench")

@@ -8,6 +8,7 @@ from . import (  # noqa: F401
     inspect_cmd,
     opt_cmd,
     passes_cmd,
+    quantize_cmd,
     print_cmd,
     run_cmd,
     zoo_cmd,

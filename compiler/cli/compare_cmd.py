@@ -6,7 +6,8 @@ import click
 
 from ..compare import compare_models
 from ..errors import CheckFailed
-from .group import cli, dim_option, emit_json, json_option, parse_dims
+from ..cli_options import dim_option, emit_json, json_option, parse_dims
+from .group import cli
 
 
 @cli.command("compare")

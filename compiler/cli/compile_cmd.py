@@ -8,11 +8,12 @@ from pathlib import Path
 import click
 
 from ..api import compile as compile_model
-from ..backends import BUILD_LOG, MANIFEST
+from ..backends import BUILD_LOG, MANIFEST, list_targets
 from ..errors import MdocError
 from ..pass_manager import load_plugin
 from ..specialize import parse_binding, parse_shape
-from .group import cli, dim_option, emit_json, json_option, parse_dims
+from ..cli_options import dim_option, emit_json, json_option, parse_dims
+from .group import cli
 
 
 @cli.command("compile")
@@ -68,10 +69,17 @@ def compile_cmd(model, target, output, level, pipeline, arch, plugins, tuning_db
         _echo_log(Path(path) / BUILD_LOG)
     manifest = json.loads((Path(path) / MANIFEST).read_text())
     tuning, generic = manifest.get("tuning"), manifest.get("generic_kernels", [])
+    chosen = manifest.get("kernels", {})
     if as_json:
         emit_json({"artifact": str(path), "dynamic_dims": manifest.get("dynamic_dims", {}),
-                   **({"tuning": tuning} if tuning else {}), **({"generic_kernels": generic} if generic else {})})
+                   **({"tuning": tuning} if tuning else {}), **({"generic_kernels": generic} if generic else {}),
+                   **({"kernels": chosen} if chosen else {})})
         return
+    if chosen:
+        families = manifest.get("kernel_families", {})
+        click.echo(f"{len(chosen)} nodes on mdoc's kernels: "
+                   + ", ".join(f"{family} {n}" for family, n in families.items())
+                   + " (manifest.json's \"kernels\" says which node got which)")
     if generic:
         click.echo(f"{len(generic)} node{'s' if len(generic) > 1 else ''} took generic kernels for dims known only at "
                    f"run time ({generic[0]}{', ...' if len(generic) > 1 else ''}; manifest.json lists them; "
@@ -95,9 +103,7 @@ def _echo_log(path: Path) -> None:
 @json_option
 def targets_cmd(as_json: bool) -> None:
     """List the target presets."""
-    from mdoc.targets.presets import list_presets
-
-    presets = list_presets()
+    presets = list_targets()
     if as_json:
         emit_json({n: {"description": p.description, "tvm": p.tvm} for n, p in presets.items()})
         return

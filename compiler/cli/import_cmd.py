@@ -6,7 +6,8 @@ import click
 import onnx
 
 from ..convert import DynamicAxis, InputSpec, convert_to_onnx, write_onnx
-from .group import cli, emit_json, json_option
+from ..cli_options import emit_json, json_option
+from .group import cli
 
 
 @cli.command("import")

@@ -6,7 +6,8 @@ import click
 
 from ..model_io import load_model
 from ..stats import model_stats
-from .group import cli, emit_json, json_option
+from ..cli_options import emit_json, json_option
+from .group import cli
 
 
 @cli.command("inspect")

@@ -14,7 +14,8 @@ from ..report import write_report
 from ..rewrite import RewritePass, get_rule, trace_rewrites
 from ..rewrite import explain as explain_rule
 from ..tensors import random_inputs
-from .group import cli, dim_option, emit_json, json_option, parse_dims
+from ..cli_options import dim_option, emit_json, json_option, parse_dims
+from .group import cli
 
 
 @cli.command("opt")
@@ -66,18 +67,17 @@ def opt_cmd(input, output, level, pipeline, plugins, before, after, print_ir_aft
     if snapshots:
         instruments.append(snapshots)
     manager = PassManager(passes, verify_each=verify_each, instruments=instruments)
-    if trace is None:
+    # traced always: the report counts the applications of each rule; lines are shown with --trace-rewrites
+    explain = [r for r in (trace or "").split(",") if r.strip()]
+    write = (lambda line: click.echo(line, err=True)) if trace is not None else (lambda line: None)
+    with trace_rewrites(write=write, explain=explain) as rewrites:
         records = manager.run(model)
-    else:
-        explain = [r for r in trace.split(",") if r.strip()]
-        with trace_rewrites(write=lambda line: click.echo(line, err=True), explain=explain):
-            records = manager.run(model)
     for rule in explained:
         for line in explain_rule(model.graph, rule, model):
             click.echo(f"rule {rule}: {line}", err=True)
     save_model(model, output, runtime_ops=runtime_ops)
     if report:
-        write_report(report, input, snapshots, records)
+        write_report(report, input, snapshots, records, rules=rewrites.fired)
     if as_json:
         emit_json({"output": output, "passes": [r.__dict__ for r in records]})
         return

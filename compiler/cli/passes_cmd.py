@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from ..pass_manager import OPT_LEVELS, load_passes, load_plugin
-from .group import cli, emit_json, json_option
+from ..cli_options import emit_json, json_option
+from .group import cli
 
 
 @cli.command("passes")

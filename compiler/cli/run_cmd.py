@@ -11,7 +11,8 @@ import numpy as np
 from ..backends import load_artifact
 from ..errors import MdocError
 from ..tensors import load_npz, random_tensors, save_npz
-from .group import cli, emit_json, json_option
+from ..cli_options import emit_json, json_option
+from .group import cli
 
 
 @cli.command("run")

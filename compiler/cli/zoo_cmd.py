@@ -6,7 +6,8 @@ import click
 
 from ..errors import MdocError
 from ..onnx_export import save_onnx
-from .group import cli, emit_json, json_option
+from ..cli_options import emit_json, json_option
+from .group import cli
 
 
 @cli.group("zoo")

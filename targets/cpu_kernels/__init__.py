@@ -2,12 +2,12 @@
 
 Why: TVM 0.27's default CPU build is scalar, single-threaded code (~100x slower than
 onnxruntime), and tuning takes minutes per layer.  These builders write the schedules that
-reach onnxruntime's speed without any search (see /work/shared/notes/tvm-0.27.md) for any
+reach onnxruntime's speed without any search for any
 static shape, so that tuning only refines.
 
 Every builder takes static shapes, the ONNX-style attributes, an optional fused `Epilogue`
-and a `CpuSpec` (vector lanes, vector registers, cores, TVM target; `CpuSpec.from_target`
-reads it off a target) and returns a `Kernel`:
+and the target's `CpuSpec` (`targets/cpu_description.py`: ISA, vector lanes, vector registers,
+cores, TVM target; none given: this host) and returns a `Kernel`:
 
     kernel.func     scheduled tvm.tirx.PrimFunc, destination-passing: f(*inputs, out)
     kernel.params   ordered Params (name, shape, dtype, value); the last one is the output;
@@ -37,7 +37,6 @@ Builders (float32):
     dense(a_shape, weight, transpose_b, epilogue); batch_matmul(a_shape, b_shape, ...)  matmul.py
     pool2d(data_shape, "max" | "avg", kernel, strides, padding, ...); global_avg_pool2d   pooling.py
     softmax(shape); layer_norm(shape, epsilon)                                reductions.py
-    schedule_generic(prim_func, spec): parallel + vectorized schedule for any other PrimFunc  generic.py
 
 `ensure_runtime_threads(cores)` before running anything: TVM's runtime assumes x86 cores
 are hyper-threads and halves the thread count (one thread on a 2-core VM).
@@ -46,7 +45,6 @@ are hyper-threads and halves the thread count (one thread on a 2-core VM).
 from .common import CpuSpec, Epilogue, Kernel, KernelError, Param, ensure_runtime_threads
 from .conv import Conv2dPlan, conv2d, pack_conv2d_weight, plan_conv2d
 from .depthwise import depthwise_conv2d, pack_depthwise_weight
-from .generic import schedule_generic
 from .matmul import batch_matmul, dense, pack_dense_weight
 from .pooling import global_avg_pool2d, pool2d
 from .reductions import layer_norm, softmax
@@ -71,7 +69,6 @@ __all__ = [
     "pack_depthwise_weight",
     "plan_conv2d",
     "pool2d",
-    "schedule_generic",
     "softmax",
     "winograd_conv2d",
 ]

@@ -1,12 +1,12 @@
-"""What every CPU kernel builder shares: the machine description, the kernel record, epilogues.
+"""What every CPU kernel builder shares: the machine it builds for, the kernel record, epilogues.
 
 Why this file exists: the conv, matmul and pooling builders all need the same three
 things, and they must agree on them so that the Relax lowering can treat every kernel
 alike.
 
-* `CpuSpec` says how wide a vector is, how many vector registers there are (this sizes
-  the register tile) and how many cores run the parallel loop.  `CpuSpec.from_target`
-  reads it off a TVM target so that the builders never guess.
+* `CpuSpec` (`targets/cpu_description.py`, the target's one description of the CPU) says
+  how wide a vector is, how many vector registers there are (this sizes the register tile)
+  and how many cores run the parallel loop.  A builder given no spec builds for this host.
 * `Kernel` is what a builder returns: a scheduled PrimFunc plus its ordered parameters,
   the constants that were packed at compile time, and a FLOP count.  `Kernel.compile`
   builds it for quick checks and benchmarks; the lowering uses `func` and `params`.
@@ -26,10 +26,13 @@ import numpy as np
 import tvm
 from tvm import te, tirx
 
+from mdoc.activations import ACTIVATIONS, Applied
 from mdoc.errors import MdocError
 
+from ..cpu_description import CpuSpec
+
 __all__ = [
-    "ACTIVATIONS",
+    "TE_ACTIVATIONS",
     "CpuSpec",
     "Epilogue",
     "Kernel",
@@ -48,91 +51,6 @@ class KernelError(MdocError):
 # --------------------------------------------------------------------------------------------
 # The machine
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CpuSpec:
-    """What the kernel builders need to know about the CPU.
-
-    lanes: fp32 lanes in one vector register (16 for AVX-512, 8 for AVX2, 4 for NEON).
-    cores: threads the parallel outer loop is cut for.
-    vector_registers: architectural vector registers (32 for AVX-512 and NEON, 16 for AVX2);
-        the register tile keeps `vector_registers - 4` accumulators.
-    target: the TVM target (a JSON dict) that `Kernel.compile` builds for.
-    """
-
-
-    lanes: int = 16
-    cores: int = 2
-    vector_registers: int = 32
-    target: dict = field(default_factory=lambda: {"kind": "llvm", "mcpu": "znver4", "num-cores": 2})
-
-    def __post_init__(self):
-        if self.lanes not in (4, 8, 16):
-            raise KernelError(f"CpuSpec.lanes={self.lanes}: expected 4 (NEON), 8 (AVX2) or 16 (AVX-512) fp32 lanes")
-        if self.cores < 1 or self.vector_registers < 8:
-            raise KernelError(f"CpuSpec: cores={self.cores} and vector_registers={self.vector_registers} must be >= 1 and >= 8")
-
-    @property
-    def accumulators(self) -> int:
-        """Vector registers a register tile may hold as accumulators (the rest feed the FMAs)."""
-        return self.vector_registers - 4
-
-    @classmethod
-    def from_target(cls, target) -> CpuSpec:
-        """Read lanes, registers and cores off a TVM target (a `tvm.target.Target` or its JSON dict)."""
-        t = target if isinstance(target, tvm.target.Target) else tvm.target.Target(target)
-        cfg = dict(t.export())
-        mcpu = str(cfg.get("mcpu", "") or "")
-        mattr = [str(a) for a in (cfg.get("mattr") or [])]
-        triple = str(cfg.get("mtriple", "") or "")
-        cores = int(cfg.get("num-cores", 0) or 0) or (os.cpu_count() or 1)
-        avx512_cpus = ("znver4", "znver5", "skylake-avx512", "cascadelake", "cooperlake", "icelake", "sapphirerapids",
-                       "tigerlake", "rocketlake", "graniterapids", "emeraldrapids", "x86-64-v4")
-        avx2_cpus = ("haswell", "broadwell", "skylake", "znver1", "znver2", "znver3", "alderlake", "x86-64-v3")
-        if triple.startswith(("aarch64", "arm64")) or any("neon" in a for a in mattr):
-            lanes, regs = 4, 32
-        elif any("avx512f" in a for a in mattr) or mcpu.startswith(avx512_cpus):
-            lanes, regs = 16, 32
-        elif any("avx2" in a for a in mattr) or mcpu.startswith(avx2_cpus):
-            lanes, regs = 8, 16
-        else:
-            raise KernelError(
-                f"CpuSpec.from_target: cannot tell the vector width of target {cfg!r}; "
-                "pass a real mcpu (znver4, skylake-avx512, haswell, ...) or build CpuSpec(lanes=..., ...) by hand")
-        return cls(lanes=lanes, cores=cores, vector_registers=regs, target={k: v for k, v in cfg.items()
-                                                                            if k in ("kind", "mcpu", "mattr", "mtriple", "num-cores")})
-
-    @classmethod
-    def host(cls) -> CpuSpec:
-        """The machine this process runs on (x86 via /proc/cpuinfo flags, aarch64 via the platform)."""
-        import platform
-
-        cores = os.cpu_count() or 1
-        if platform.machine() in ("aarch64", "arm64"):
-            return cls(lanes=4, cores=cores, vector_registers=32,
-                       target={"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"], "num-cores": cores})
-        flags, vendor = "", ""
-        try:
-            with open("/proc/cpuinfo") as f:
-                for line in f:
-                    if line.startswith("flags") and not flags:
-                        flags = line
-                    elif line.startswith("vendor_id") and not vendor:
-                        vendor = line
-        except OSError:
-            pass
-        amd = "AMD" in vendor
-        if " avx512f" in flags:
-            mcpu = "znver4" if amd else "skylake-avx512"
-            return cls(16, cores, 32, {"kind": "llvm", "mcpu": mcpu, "num-cores": cores})
-        if " avx2" in flags:
-            mcpu = "znver2" if amd else "haswell"
-            return cls(8, cores, 16, {"kind": "llvm", "mcpu": mcpu, "num-cores": cores})
-        raise KernelError("CpuSpec.host: this CPU has neither AVX2 nor AVX-512; build CpuSpec(lanes=4, ...) by hand")
-
-    def tvm_target(self) -> tvm.target.Target:
-        return tvm.target.Target(self.target)
 
 
 def ensure_runtime_threads(cores: int) -> None:
@@ -308,20 +226,19 @@ def _tanh(x):
     return tirx.if_then_else(x < _f(0.0), -y, y)
 
 
-# name -> (fn(x, alpha, beta), default alpha, default beta); alpha/beta follow ONNX's attributes
-ACTIVATIONS: dict[str, tuple[Callable, float, float]] = {
-    "relu": (lambda x, a, b: tirx.max(x, _f(0.0)), 0.0, 0.0),
-    "clip": (lambda x, a, b: tirx.min(tirx.max(x, _f(a)), _f(b)), 0.0, 6.0),  # alpha=min, beta=max
-    "relu6": (lambda x, a, b: tirx.min(tirx.max(x, _f(0.0)), _f(6.0)), 0.0, 0.0),
-    "leaky_relu": (lambda x, a, b: tirx.if_then_else(x >= _f(0.0), x, x * _f(a)), 0.01, 0.0),
-    "sigmoid": (lambda x, a, b: _sigmoid(x), 0.0, 0.0),
-    "silu": (lambda x, a, b: x * _sigmoid(x), 0.0, 0.0),
-    "hardsigmoid": (lambda x, a, b: tirx.min(tirx.max(x * _f(a) + _f(b), _f(0.0)), _f(1.0)), 0.2, 0.5),
-    "hardswish": (lambda x, a, b: x * tirx.min(tirx.max(x * _f(1.0 / 6.0) + _f(0.5), _f(0.0)), _f(1.0)), 0.0, 0.0),
-    "tanh": (lambda x, a, b: _tanh(x), 0.0, 0.0),
-    "gelu": (lambda x, a, b: _f(0.5) * x * (_f(1.0) + fast_erf(x * _f(0.7071067811865476))), 0.0, 0.0),
-    "gelu_tanh": (lambda x, a, b: _f(0.5) * x * (_f(1.0) + _tanh(_f(0.7978845608028654) * (x + _f(0.044715) * x * x * x))),
-                  0.0, 0.0),
+# the TE form of every activation of `mdoc.activations` (the one list: same names, whose defaults
+# and numpy reference live there): fn(x, alpha, beta), alpha/beta ONNX's attributes
+TE_ACTIVATIONS: dict[str, Callable] = {
+    "relu": lambda x, a, b: tirx.max(x, _f(0.0)),
+    "clip": lambda x, a, b: tirx.min(tirx.max(x, _f(a)), _f(b)),  # alpha=min, beta=max
+    "leaky_relu": lambda x, a, b: tirx.if_then_else(x >= _f(0.0), x, x * _f(a)),
+    "sigmoid": lambda x, a, b: _sigmoid(x),
+    "silu": lambda x, a, b: x * _sigmoid(x),
+    "hardsigmoid": lambda x, a, b: tirx.min(tirx.max(x * _f(a) + _f(b), _f(0.0)), _f(1.0)),
+    "hardswish": lambda x, a, b: x * tirx.min(tirx.max(x * _f(1.0 / 6.0) + _f(0.5), _f(0.0)), _f(1.0)),
+    "tanh": lambda x, a, b: _tanh(x),
+    "gelu": lambda x, a, b: _f(0.5) * x * (_f(1.0) + fast_erf(x * _f(0.7071067811865476))),
+    "gelu_tanh": lambda x, a, b: _f(0.5) * x * (_f(1.0) + _tanh(_f(0.7978845608028654) * (x + _f(0.044715) * x * x * x))),
 }
 
 
@@ -331,7 +248,7 @@ class Epilogue:
 
     Order: acc (* scale) (+ bias[channel]) (+ residual[same shape as the output]) -> activation.
     scale: a constant factor (attention's 1/sqrt(d)), None for none.
-    activation: None or a key of ACTIVATIONS; alpha/beta are its ONNX attributes when it has
+    activation: None or a name of `mdoc.activations`; alpha/beta are its ONNX attributes when it has
     any (clip: min/max, leaky_relu: alpha, hardsigmoid: alpha/beta); None means the default.
     """
 
@@ -343,14 +260,15 @@ class Epilogue:
     beta: float | None = None
 
     def __post_init__(self):
-        if self.activation is not None and self.activation not in ACTIVATIONS:
-            raise KernelError(f"unknown fused activation {self.activation!r}; supported: {', '.join(sorted(ACTIVATIONS))}")
+        if self.activation is not None and self.activation not in TE_ACTIVATIONS:
+            raise KernelError(f"unknown fused activation {self.activation!r}; supported: {', '.join(TE_ACTIVATIONS)}")
 
     def activate(self, x: tirx.PrimExpr) -> tirx.PrimExpr:
         if self.activation is None:
             return x
-        fn, a, b = ACTIVATIONS[self.activation]
-        return fn(x, a if self.alpha is None else self.alpha, b if self.beta is None else self.beta)
+        spec = ACTIVATIONS[self.activation]
+        return TE_ACTIVATIONS[self.activation](x, spec.alpha if self.alpha is None else self.alpha,
+                                               spec.beta if self.beta is None else self.beta)
 
     def tag(self) -> str:
         parts = (["scale"] if self.scale is not None else []) + (["bias"] if self.bias else []) + (["res"] if self.residual else []) + ([self.activation] if self.activation else [])
@@ -392,37 +310,8 @@ def apply_nchwc_epilogue(epi: Epilogue, val, bias, residual, lanes: int, i, b, y
 
 
 def activation_reference(name: str | None, x: np.ndarray, alpha: float | None = None, beta: float | None = None) -> np.ndarray:
-    """numpy reference of ACTIVATIONS (tests and benchmarks)."""
-    if name is None:
-        return x
-    _, da, db = ACTIVATIONS[name]
-    a = da if alpha is None else alpha
-    b = db if beta is None else beta
-    if name == "relu":
-        return np.maximum(x, 0)
-    if name == "clip":
-        return np.clip(x, a, b)
-    if name == "relu6":
-        return np.clip(x, 0, 6)
-    if name == "leaky_relu":
-        return np.where(x >= 0, x, x * a)
-    if name == "sigmoid":
-        return 1 / (1 + np.exp(-x))
-    if name == "silu":
-        return x / (1 + np.exp(-x))
-    if name == "hardsigmoid":
-        return np.clip(x * a + b, 0, 1)
-    if name == "hardswish":
-        return x * np.clip(x / 6 + 0.5, 0, 1)
-    if name == "tanh":
-        return np.tanh(x)
-    if name == "gelu":
-        from math import erf
-
-        return 0.5 * x * (1 + np.vectorize(erf)(x / np.sqrt(2)))
-    if name == "gelu_tanh":
-        return 0.5 * x * (1 + np.tanh(0.7978845608028654 * (x + 0.044715 * x ** 3)))
-    raise KernelError(f"no reference for activation {name!r}")
+    """numpy reference of a fused activation (tests and benchmarks): `mdoc.activations`'."""
+    return x if name is None else Applied(name, alpha, beta)(x)
 
 
 # --------------------------------------------------------------------------------------------

@@ -70,6 +70,10 @@ from .common import (
     window_tag,
     pick_block,
 )
+from .depthwise import depthwise_conv2d
+from .matmul import gemm_tile, schedule_gemm
+from .tile_schedules import schedule_copy, schedule_nchw_tile, schedule_nchwc_tile
+from .winograd import plan_winograd, winograd_conv2d
 
 __all__ = ["Conv2dPlan", "conv2d", "pack_conv2d_weight", "plan_conv2d"]
 
@@ -128,10 +132,11 @@ class Conv2dPlan:
 
 
 def plan_conv2d(data_shape, weight_shape, strides=1, padding=0, dilation=1, groups=1,
-                spec: CpuSpec = CpuSpec(), tile: tuple[int, ...] | None = None, layout: str = "NCHW",
+                spec: CpuSpec | None = None, tile: tuple[int, ...] | None = None, layout: str = "NCHW",
                 data_layout: str | None = None) -> Conv2dPlan:
     """Choose the tiling of a dense or grouped conv2d (tile=(wb, ocv, ici) overrides the choice;
     NCHWc takes (wb, ocv): its reduction step is one input-channel vector)."""
+    spec = spec or CpuSpec.host()
     op = "conv2d"
     data_layout = data_layout or layout
     check_layout(op, layout)
@@ -161,8 +166,6 @@ def plan_conv2d(data_shape, weight_shape, strides=1, padding=0, dilation=1, grou
         raise KernelError(f"{op}: output would be empty ({oh}x{ow}) for input {h}x{w}, kernel {kh}x{kw}, "
                           f"strides {strides}, pads {pads}, dilation {dilation}")
     if pointwise:
-        from .matmul import gemm_tile
-
         mr, nv = tile[:2] if tile is not None and len(tile) == 2 else gemm_tile(oc, oh * ow, spec)
         pix = oh * ow
         waste = ceil_div(pix, nv * lanes) * nv * lanes / pix - 1
@@ -245,7 +248,7 @@ def pack_conv2d_weight(weight: np.ndarray, plan: Conv2dPlan) -> np.ndarray:
 
 
 def conv2d(data_shape: Sequence[int], weight, *, strides=1, padding=0, dilation=1, groups: int = 1,
-           epilogue: Epilogue = Epilogue(), dtype: str = "float32", spec: CpuSpec = CpuSpec(),
+           epilogue: Epilogue = Epilogue(), dtype: str = "float32", spec: CpuSpec | None = None,
            name: str | None = None, tile: tuple[int, ...] | None = None, layout: str = "NCHW",
            data_layout: str | None = None) -> Kernel:
     """A scheduled NCHW (or NCHWc) conv2d, optionally with a fused epilogue.
@@ -270,18 +273,16 @@ def conv2d(data_shape: Sequence[int], weight, *, strides=1, padding=0, dilation=
         stem conv whose output starts an NCHWc chain); defaults to `layout`.
     Returns a Kernel whose PrimFunc is `f(data, weight, [bias], [residual], out)`.
     """
+    spec = spec or CpuSpec.host()
     check_dtype("conv2d", dtype)
     wshape = tuple(int(d) for d in (weight.shape if isinstance(weight, np.ndarray) else weight))
-    if groups > 1 and len(wshape) == 4 and wshape[1] == 1 and groups == int(data_shape[1]):
-        from .depthwise import depthwise_conv2d
-
+    family = conv_family(data_shape, wshape, strides, padding, dilation, groups, spec, tile, layout, data_layout)
+    if family == "depthwise":
         if tile is not None and layout == "NCHW":
             tile = tuple(tile[:2])  # (rb, rows per task); NCHWc takes (wb, ocv[, rows per task])
         return depthwise_conv2d(data_shape, weight, strides=strides, padding=padding, dilation=dilation,
                                 epilogue=epilogue, dtype=dtype, spec=spec, name=name, tile=tile, layout=layout)
-    if winograd_applies(data_shape, wshape, strides, dilation, groups, layout, data_layout, spec, padding, tile):
-        from .winograd import winograd_conv2d
-
+    if family == "winograd":
         try:
             return winograd_conv2d(data_shape, weight, padding=padding, epilogue=epilogue, spec=spec, name=name,
                                    tile=tile)
@@ -294,6 +295,31 @@ def conv2d(data_shape: Sequence[int], weight, *, strides=1, padding=0, dilation=
     if plan.pointwise:
         return _build_pointwise(plan, weight if isinstance(weight, np.ndarray) else None, epilogue, name)
     return _build(plan, weight if isinstance(weight, np.ndarray) else None, epilogue, name)
+
+
+CONV_FAMILIES = ("depthwise", "winograd", "pointwise", "direct")
+
+
+def conv_family(data_shape, weight_shape, strides=1, padding=0, dilation=1, groups: int = 1,
+                spec: CpuSpec | None = None, tile: tuple[int, ...] | None = None, layout: str = "NCHW",
+                data_layout: str | None = None) -> str:
+    """The kernel family `conv2d` builds for a conv (one of CONV_FAMILIES), decided here only:
+    `depthwise_conv2d` for a depthwise conv, Winograd where `winograd_applies`, else the direct
+    kernel's GEMM path for a pointwise conv (`plan_conv2d`'s rule) or its channel-vector path.
+    (A Winograd conv that does not schedule over a run-time batch falls back to the direct kernel.)
+    `spec`: the CPU built for (default: this host's)."""
+    spec = spec or CpuSpec.host()
+    if is_depthwise(data_shape, weight_shape, groups):
+        return "depthwise"
+    if winograd_applies(data_shape, weight_shape, strides, dilation, groups, layout, data_layout, spec, padding, tile):
+        return "winograd"
+    plan = plan_conv2d(data_shape, weight_shape, strides, padding, dilation, groups, spec, tile, layout, data_layout)
+    return "pointwise" if plan.pointwise else "direct"
+
+
+def is_depthwise(data_shape, weight_shape, groups: int) -> bool:
+    """One input channel per group and as many groups as channels (the depthwise kernels')."""
+    return groups > 1 and len(weight_shape) == 4 and int(weight_shape[1]) == 1 and groups == int(data_shape[1])
 
 
 # Winograd is the default where its cost model expects at least this speedup over the direct
@@ -320,8 +346,6 @@ def winograd_applies(data_shape, weight_shape, strides, dilation, groups, layout
         return False
     if tile is not None:
         return len(tile) in (1, 3)
-    from .winograd import plan_winograd
-
     try:
         return plan_winograd(data_shape, weight_shape, padding, spec).estimated_speedup >= WINOGRAD_MIN_SPEEDUP
     except KernelError:
@@ -427,8 +451,6 @@ def _build(plan: Conv2dPlan, weight: np.ndarray | None, epi: Epilogue, name: str
 
 def _build_pointwise(plan: Conv2dPlan, weight: np.ndarray | None, epi: Epilogue, name: str | None) -> Kernel:
     """1x1 / stride 1 / no padding: out[n, o, p] = sum_c W[o, c] * X[n, c, p] over p = h * W + w."""
-    from .matmul import schedule_gemm
-
     n, c, h, w = plan.data_shape
     oc = plan.weight_shape[0]
     lanes, mr, nv = plan.lanes, plan.mr, plan.nv
@@ -475,68 +497,6 @@ def _build_pointwise(plan: Conv2dPlan, weight: np.ndarray | None, epi: Epilogue,
                   packers={"weight": lambda a, _p=plan: pack_conv2d_weight(a, _p)})
 
 
-# --------------------------------------------------------------------------------------------
-# Schedules shared with depthwise.py
-# --------------------------------------------------------------------------------------------
-
-
-def schedule_nchw_tile(sch: Schedule, out: str, acc: str, *, n_reduce: int, lanes: int, wb: int, ocv: int) -> None:
-    """Register-tile an NCHW output over an accumulator acc[n, block, row, col, lane].
-
-    `out` is the epilogue block writing out[n, oc, oh, ow] from acc[.., oc // lanes, .., oc % lanes];
-    `acc` is the reduction block with n_reduce reduction loops.  After this:
-
-        parallel for (n, channel tile, row, column tile):            # fused
-            acc tile [ocv blocks, wb columns, lanes] in registers:    # local, unrolled x vector
-                init to zero
-                for reductions: acc[b, x, :] += ...                   # wb * ocv FMAs per step
-            for ocv*lanes channels: out[.., x0:x0+wb] = epilogue(acc tile)   # vector stores along width
-    """
-    ob, cb = sch.get_sblock(out), sch.get_sblock(acc)
-    i, o, y, x = sch.get_loops(ob)
-    bo, bi, v = sch.split(o, [None, ocv, lanes])
-    xo, xi = sch.split(x, [None, wb])
-    outer = [i, y, xo, bo]  # rows outermost: see "Tasks by rows" in the module docstring
-    sch.reorder(*outer, bi, v, xi)
-    _register_tile(sch, cb, sch.fuse(*outer), n_reduce)
-    sch.unroll(bi)
-    sch.unroll(v)
-    sch.vectorize(xi)
-
-
-def schedule_nchwc_tile(sch: Schedule, out: str, acc: str, *, n_reduce: int, lanes: int, wb: int, ocv: int) -> None:
-    """`schedule_nchw_tile` for an NCHWc output out[n, block, oh, ow, lane]: the same register tile
-    (ocv channel vectors x wb columns, reductions outside), stored as whole vectors along the
-    lanes, contiguous in memory, where NCHW needs a transposing store."""
-    ob, cb = sch.get_sblock(out), sch.get_sblock(acc)
-    i, b, y, x, v = sch.get_loops(ob)
-    bo, bi = sch.split(b, [None, ocv])
-    xo, xi = sch.split(x, [None, wb])
-    sch.reorder(i, y, xo, bo, bi, xi, v)  # rows outermost, as in schedule_nchw_tile
-    _register_tile(sch, cb, sch.fuse(i, y, xo, bo), n_reduce)
-    sch.unroll(bi)
-    sch.unroll(xi)
-    sch.vectorize(v)
-
-
-def _register_tile(sch: Schedule, cb, task, n_reduce: int) -> None:
-    """The accumulator acc[n, block, row, col, lane] of both tile schedules, computed per parallel
-    `task` into registers: reductions outside, the tile's blocks and columns unrolled, lanes
-    vectorized, initialised by a vector store."""
-    sch.compute_at(cb, task, preserve_unit_loops=True)
-    sch.set_scope(cb, 0, "local")
-    loops = sch.get_loops(cb)[1:]  # below the fused task loop: n, block, row, col, lane, reductions
-    cn, cb_, cy, cx, cv = loops[:5]
-    reds = loops[5:5 + n_reduce]
-    sch.reorder(*reds, cn, cb_, cy, cx, cv)
-    sch.unroll(cb_)
-    sch.unroll(cx)
-    sch.vectorize(cv)
-    sch.parallel(task)
-    init = sch.decompose_reduction(cb, reds[0])
-    sch.vectorize(sch.get_loops(init)[-1])
-
-
 def flatten_output_spatial(sch: Schedule, block: str) -> Schedule:
     """Iterate an NCHW output block over (n, c, h*w) and return a schedule of the simplified result.
 
@@ -548,29 +508,3 @@ def flatten_output_spatial(sch: Schedule, block: str) -> Schedule:
     ow = int(sch.get(b).iter_vars[3].dom.extent)
     sch.transform_block_layout(b, lambda i, o, y, x: (i, o, y * ow + x))
     return Schedule(tirx.transform.StmtSimplify()(sch.mod))
-
-
-def schedule_copy(sch: Schedule, block: str, lanes: int, vectorize_whole_row: bool = True) -> None:
-    """A layout/padding copy: parallel over everything but the innermost axis, which is vectorized.
-
-    The whole row is one vectorized loop (LLVM legalizes any width): splitting it into
-    `lanes`-wide pieces adds a predicate when the row is ragged, and a predicate together with
-    the padding's if_then_else makes TVM scalarize the loop into a branch per element.
-    """
-    b = sch.get_sblock(block)
-    loops = sch.get_loops(b)
-    if len(loops) >= 4:  # (n, channel, row, ...): rows before channels, as the kernels split their tasks
-        sch.reorder(loops[0], loops[2], loops[1])
-        loops = sch.get_loops(b)
-    outer = sch.fuse(*loops[:-1]) if len(loops) > 1 else None
-    inner = loops[-1]
-    ext = sch.get(inner).extent
-    if not isinstance(ext, tirx.IntImm):  # a run-time row (padded to whole vectors): vector by vector
-        _, inner = sch.split(inner, [None, lanes])
-        sch.vectorize(inner)
-    elif vectorize_whole_row or int(ext) % lanes == 0:
-        if int(ext) % lanes == 0 and int(ext) > 4 * lanes:
-            _, inner = sch.split(inner, [None, 4 * lanes])
-        sch.vectorize(inner)
-    if outer is not None:
-        sch.parallel(outer)

@@ -40,6 +40,7 @@ from tvm.s_tir import Schedule
 from .blocked_window import blocked_window_compute, plan_blocked_window, schedule_blocked_window
 from .common import (CpuSpec, Epilogue, Kernel, KernelError, Param, apply_nchw_epilogue, apply_nchwc_epilogue, batch_dims, ceil_div,
                      check_dtype, check_layout, epilogue_inputs, finish, window_geometry, window_tag)
+from .tile_schedules import schedule_nchw_tile
 
 __all__ = ["WindowPlan", "depthwise_conv2d", "pack_depthwise_weight", "plan_window", "schedule_window", "window_compute"]
 
@@ -186,7 +187,7 @@ def schedule_window(sch: Schedule, plan: WindowPlan, out: str = "out", acc: str 
 
 
 def depthwise_conv2d(data_shape: Sequence[int], weight, *, strides=1, padding=0, dilation=1,
-                     epilogue: Epilogue = Epilogue(), dtype: str = "float32", spec: CpuSpec = CpuSpec(),
+                     epilogue: Epilogue = Epilogue(), dtype: str = "float32", spec: CpuSpec | None = None,
                      name: str | None = None, tile: tuple[int, ...] | None = None, layout: str = "NCHW") -> Kernel:
     """A scheduled depthwise conv2d (groups == C, weight [C * m, 1, KH, KW]).
 
@@ -200,6 +201,7 @@ def depthwise_conv2d(data_shape: Sequence[int], weight, *, strides=1, padding=0,
         channel vectors and the task height.
     Returns a Kernel `f(data, weight, [bias], [residual], out)`.
     """
+    spec = spec or CpuSpec.host()
     op = "depthwise_conv2d"
     check_dtype(op, dtype)
     check_layout(op, layout)
@@ -252,11 +254,9 @@ def _depthwise_channel_vectors(plan: WindowPlan, weight, epilogue: Epilogue, spe
     A width vector would be mostly padding there and the per-channel task overhead dominates,
     so one copy stage transposes the input into padded [N, C / lanes, H', W', lanes] and the
     register tile is (output columns) x (channel vectors) with one vector load and one FMA per
-    tap, stored back NCHW through the conv's transposing epilogue (conv.schedule_nchw_tile).
+    tap, stored back NCHW through the conv's transposing epilogue (tile_schedules.schedule_nchw_tile).
     Measured on 960x7x7: 0.040 ms against the width-vector schedule's 0.075 (onnxruntime 0.037).
     """
-    from .conv import schedule_nchw_tile
-
     n, c, h, w = plan.n, plan.c, plan.h, plan.w
     oc, kh, kw, lanes = plan.oc, plan.kh, plan.kw, spec.lanes
     (sh, sw), (dh, dw) = plan.strides, plan.dilation

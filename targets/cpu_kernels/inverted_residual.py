@@ -11,8 +11,7 @@ This kernel computes the block per band of output rows: each task expands the in
 band needs into a buffer of its own (a few hundred KB, kept in the core's L2), runs the
 depthwise conv on it into a second one, and projects that into the output.  Only the block's
 narrow input and output touch memory.  Measured against the three NCHWc kernels chained
-(`python /work/scratch/fuse/ab.py` recipe in the issue notes; cold = caches flushed before
-each call, as inside a model): 16x112x112 -> 96 s2 -> 24: 848 -> 393 us; 24x56x56 -> 144 s1
+(cold = caches flushed before each call, as inside a model): 16x112x112 -> 96 s2 -> 24: 848 -> 393 us; 24x56x56 -> 144 s1
 -> 24 (+ residual): 531 -> 359; 32x28x28 -> 192 s1 -> 32: 243 -> 148.
 
 The price is recomputing the expanded rows a band shares with its neighbour (the depthwise
@@ -57,7 +56,7 @@ from .common import (
     is_symbolic,
     largest_divisor,
 )
-from .conv import schedule_copy
+from .tile_schedules import schedule_copy
 
 L2_BAND_BYTES = 1_300_000  # the expanded band a task keeps (x the rows it needs); L2 is 2 MB a core here
 MAX_ROWS = 14
@@ -167,7 +166,7 @@ def inverted_residual_tiles(plan: InvertedResidualPlan, spec: CpuSpec, limit: in
 def inverted_residual(data_shape: Sequence[int], expand_shape: Sequence[int], depthwise_shape: Sequence[int],
                       project_shape: Sequence[int], *, strides=1, padding=0, expand_strides=1, expand_padding=0,
                       expand: Epilogue = Epilogue(), depthwise: Epilogue = Epilogue(),
-                      project: Epilogue = Epilogue(), spec: CpuSpec = CpuSpec(), name: str | None = None,
+                      project: Epilogue = Epilogue(), spec: CpuSpec | None = None, name: str | None = None,
                       tile: tuple[int, ...] | None = None, data_layout: str = "NCHWc") -> Kernel:
     """The fused block; weights by their ONNX shapes ([M, C, k1h, k1w], [M, 1, kh, kw], [CO, M, 1, 1]).
 
@@ -178,6 +177,7 @@ def inverted_residual(data_shape: Sequence[int], expand_shape: Sequence[int], de
     array (a bias from its [channels] vector).  Raises KernelError where the block does not fuse
     (`plan_inverted_residual`).
     """
+    spec = spec or CpuSpec.host()
     m, c = int(expand_shape[0]), int(expand_shape[1])
     co = int(project_shape[0])
     if (len(expand_shape) != 4 or tuple(project_shape[2:]) != (1, 1) or int(data_shape[1]) != c
@@ -372,7 +372,7 @@ def _tile_stage(sch: Schedule, out: str, acc: str, wb: int, channels_inside: boo
 
 def _register_tile(sch: Schedule, block, n_reduce: int) -> None:
     """The accumulator in registers: reductions outside the tile, blocks and columns unrolled,
-    lanes vectorized, initialised by a vector store (as `conv._register_tile`, without the
+    lanes vectorized, initialised by a vector store (as `tile_schedules._register_tile`, without the
     parallel task, which is the band here)."""
     sch.set_scope(block, 0, "local")
     loops = sch.get_loops(block)[-5 - n_reduce:]

@@ -19,8 +19,9 @@ from .common import CpuSpec, Kernel, KernelError, Param, batch_dims, blocked_sha
 __all__ = ["from_nchwc", "to_nchwc"]
 
 
-def to_nchwc(shape: Sequence[int], *, spec: CpuSpec = CpuSpec(), name: str | None = None) -> Kernel:
+def to_nchwc(shape: Sequence[int], *, spec: CpuSpec | None = None, name: str | None = None) -> Kernel:
     """NCHW [N, C, H, W] -> NCHWc [N, C / lanes, H, W, lanes]: `f(data, out)`."""
+    spec = spec or CpuSpec.host()
     nchw, lanes = _check(shape, spec), spec.lanes
     blocked = blocked_shape(nchw, lanes)
     data = te.placeholder(nchw, "float32", name="data")
@@ -37,8 +38,9 @@ def to_nchwc(shape: Sequence[int], *, spec: CpuSpec = CpuSpec(), name: str | Non
     return _kernel(sch, name or f"to_nchwc_{'x'.join(map(str, nchw[1:]))}", nchw, blocked)
 
 
-def from_nchwc(shape: Sequence[int], *, spec: CpuSpec = CpuSpec(), name: str | None = None) -> Kernel:
+def from_nchwc(shape: Sequence[int], *, spec: CpuSpec | None = None, name: str | None = None) -> Kernel:
     """NCHWc [N, C / lanes, H, W, lanes] -> NCHW [N, C, H, W] (`shape` is the NCHW one): `f(data, out)`."""
+    spec = spec or CpuSpec.host()
     nchw, lanes = _check(shape, spec), spec.lanes
     blocked = blocked_shape(nchw, lanes)
     data = te.placeholder(blocked, "float32", name="data")

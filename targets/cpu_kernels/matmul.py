@@ -35,6 +35,7 @@ from tvm.s_tir import Schedule
 
 from .common import (CpuSpec, Epilogue, Kernel, KernelError, Param, as_dims, ceil_div, check_dtype, epilogue_inputs,
                      finish, flat_spatial, is_symbolic, require_static)
+from .tile_schedules import flatten_leading, schedule_copy
 
 __all__ = ["batch_matmul", "dense", "gemm_tile", "pack_dense_weight", "schedule_gemm"]
 
@@ -118,7 +119,7 @@ def _epilogue_value(epi: Epilogue, val, bias, residual, j, res_index):
 
 
 def dense(a_shape: Sequence[int], weight, *, transpose_b: bool = False, epilogue: Epilogue = Epilogue(),
-          dtype: str = "float32", spec: CpuSpec = CpuSpec(), name: str | None = None,
+          dtype: str = "float32", spec: CpuSpec | None = None, name: str | None = None,
           tile: tuple[int, int] | None = None) -> Kernel:
     """Y[..., N] = epilogue(A[..., K] @ W) with W constant.
 
@@ -130,6 +131,7 @@ def dense(a_shape: Sequence[int], weight, *, transpose_b: bool = False, epilogue
     epilogue: scale, bias [N], residual [..., N], activation.
     Returns a Kernel `f(a, weight, [bias], [residual], out)`.
     """
+    spec = spec or CpuSpec.host()
     check_dtype("dense", dtype)
     a_shape = as_dims(a_shape)
     require_static("dense", "K", a_shape[-1])
@@ -174,7 +176,7 @@ def dense(a_shape: Sequence[int], weight, *, transpose_b: bool = False, epilogue
             return _epilogue_value(epilogue, acc[0, i, idx[-1]], bias, residual, idx[-1], idx)
         out = te.compute(out_shape, fout, name="out")
         sch = Schedule(te.create_prim_func([a, w, *extra, out]))
-        sch = _flatten_leading(sch, "out", lead)
+        sch = flatten_leading(sch, "out", lead)
     schedule_gemm(sch, "out", "acc", lanes=lanes, mr=mr, nv=nv, batch_loops=0)
 
     kname = name or f"dense_{m}x{k}x{n}{'_tb' if transpose_b else ''}" + (f"_{epilogue.tag()}" if epilogue.tag() else "")
@@ -191,7 +193,7 @@ def dense(a_shape: Sequence[int], weight, *, transpose_b: bool = False, epilogue
 
 
 def batch_matmul(a_shape: Sequence[int], b_shape: Sequence[int], *, transpose_b: bool = False,
-                 epilogue: Epilogue = Epilogue(), dtype: str = "float32", spec: CpuSpec = CpuSpec(),
+                 epilogue: Epilogue = Epilogue(), dtype: str = "float32", spec: CpuSpec | None = None,
                  name: str | None = None, tile: tuple[int, int] | None = None) -> Kernel:
     """C[..., M, N] = epilogue(A[..., M, K] @ B[..., K, N]) for two run-time operands.
 
@@ -201,6 +203,7 @@ def batch_matmul(a_shape: Sequence[int], b_shape: Sequence[int], *, transpose_b:
     mask, say), activation.
     Returns a Kernel `f(a, b, [bias], [residual], out)`.
     """
+    spec = spec or CpuSpec.host()
     op = "batch_matmul"
     check_dtype(op, dtype)
     dims = as_dims((*a_shape, *b_shape))  # one var per name across both operands
@@ -284,11 +287,9 @@ def batch_matmul(a_shape: Sequence[int], b_shape: Sequence[int], *, transpose_b:
     out = te.compute(out_shape, fout, name="out")
     sch = Schedule(te.create_prim_func([a, b, *extra, out]))
     if len(batch) > 1:
-        sch = _flatten_leading(sch, "out", batch)
+        sch = flatten_leading(sch, "out", batch)
     schedule_gemm(sch, "out", "acc", lanes=lanes, mr=mr, nv=nv, batch_loops=1 if batch else 0)
     if packed is not None:
-        from .conv import schedule_copy
-
         schedule_copy(sch, "bpack", lanes)
 
     kname = name or f"batch_matmul_{nb}x{m}x{k}x{n}{'_tb' if transpose_b else ''}" + (
@@ -331,22 +332,3 @@ def _flat_reader(a: te.Tensor, lead: tuple[int, ...]) -> Callable:
             rem = rem // ext
         return a[(*reversed(idx), kk)]
     return read
-
-
-def _flatten_leading(sch: Schedule, block: str, lead: tuple[int, ...]) -> Schedule:
-    """Make `block` iterate its `lead` axes as one flattened axis, keeping the rest
-    (see conv.flatten_output_spatial for why the StmtSimplify round trip)."""
-    from tvm.tirx import IndexMap
-
-    b = sch.get_sblock(block)
-    ndim = len(sch.get(b).iter_vars)
-    nlead = len(lead)
-
-    def index_map(*idx):
-        flat = 0
-        for ax, ext in zip(idx[:nlead], lead):
-            flat = flat * ext + ax
-        return (flat, *idx[nlead:])
-
-    sch.transform_block_layout(b, IndexMap.from_func(index_map, ndim=ndim))
-    return Schedule(tirx.transform.StmtSimplify()(sch.mod))

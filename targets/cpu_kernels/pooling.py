@@ -39,7 +39,7 @@ _GAP_TASKS_PER_CORE = 4
 
 def pool2d(data_shape: Sequence[int], kind: str, kernel, strides=1, padding=0, *, dilation=1,
            ceil_mode: bool = False, count_include_pad: bool = False, dtype: str = "float32",
-           spec: CpuSpec = CpuSpec(), name: str | None = None, tile: tuple[int, ...] | None = None,
+           spec: CpuSpec | None = None, name: str | None = None, tile: tuple[int, ...] | None = None,
            layout: str = "NCHW") -> Kernel:
     """MaxPool / AveragePool over the last two axes of NCHW (or NCHWc) data.
 
@@ -51,6 +51,7 @@ def pool2d(data_shape: Sequence[int], kind: str, kernel, strides=1, padding=0, *
     tile: NCHW: (rb, rows per task); NCHWc: (wb, ocv) or (wb, ocv, rows per task).
     Returns a Kernel `f(data, out)`.
     """
+    spec = spec or CpuSpec.host()
     op = f"pool2d({kind})"
     check_dtype(op, dtype)
     check_layout(op, layout)
@@ -119,7 +120,7 @@ def _taps(start, k: int, d: int, lo: int, hi: int) -> tirx.PrimExpr:
 
 
 def global_avg_pool2d(data_shape: Sequence[int], *, keepdims: bool = True, dtype: str = "float32",
-                      spec: CpuSpec = CpuSpec(), name: str | None = None, layout: str = "NCHW") -> Kernel:
+                      spec: CpuSpec | None = None, name: str | None = None, layout: str = "NCHW") -> Kernel:
     """GlobalAveragePool: [N, C, H, W] -> [N, C, 1, 1] ([N, C] with keepdims=False).
 
     data_shape: the NCHW shape of the input, whatever the layout.
@@ -127,6 +128,7 @@ def global_avg_pool2d(data_shape: Sequence[int], *, keepdims: bool = True, dtype
         (N, C / lanes, 1, 1, lanes); keepdims=True only.
     Returns a Kernel `f(data, out)`.
     """
+    spec = spec or CpuSpec.host()
     op = "global_avg_pool2d"
     check_dtype(op, dtype)
     check_layout(op, layout)

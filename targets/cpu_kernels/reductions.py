@@ -23,6 +23,7 @@ from tvm.s_tir import Schedule
 
 from .common import (CpuSpec, Kernel, KernelError, Param, as_dims, check_dtype, fast_exp, finish, flat_spatial,
                      is_symbolic, require_static)
+from .tile_schedules import flatten_leading
 
 __all__ = ["layer_norm", "softmax"]
 
@@ -99,17 +100,16 @@ def _vectorize_row(sch: Schedule, loop, lanes: int) -> None:
 def _flat_out(sch: Schedule, lead: tuple[int, ...]) -> Schedule:
     if len(lead) == 1:
         return sch
-    from .matmul import _flatten_leading
-
-    return _flatten_leading(sch, "out", lead)
+    return flatten_leading(sch, "out", lead)
 
 
-def softmax(shape: Sequence[int], *, axis: int = -1, dtype: str = "float32", spec: CpuSpec = CpuSpec(),
+def softmax(shape: Sequence[int], *, axis: int = -1, dtype: str = "float32", spec: CpuSpec | None = None,
             name: str | None = None) -> Kernel:
     """Softmax over the last axis of `shape` (ONNX Softmax, opset >= 13, with axis = -1).
 
     Returns a Kernel `f(x, out)`.
     """
+    spec = spec or CpuSpec.host()
     check_dtype("softmax", dtype)
     shape = as_dims(shape)
     require_static("softmax", "all but the first and last dims", *shape[1:-1])
@@ -145,11 +145,12 @@ def softmax(shape: Sequence[int], *, axis: int = -1, dtype: str = "float32", spe
 
 
 def layer_norm(shape: Sequence[int], *, epsilon: float = 1e-5, affine: bool = True, dtype: str = "float32",
-               spec: CpuSpec = CpuSpec(), name: str | None = None) -> Kernel:
+               spec: CpuSpec | None = None, name: str | None = None) -> Kernel:
     """LayerNormalization over the last axis (ONNX axis = -1): (x - mean) / sqrt(var + eps) * gamma + beta.
 
     Returns a Kernel `f(x, gamma, beta, out)` (`f(x, out)` with affine=False).
     """
+    spec = spec or CpuSpec.host()
     check_dtype("layer_norm", dtype)
     shape = as_dims(shape)
     require_static("layer_norm", "the row length and all but the first dim", *shape[1:])

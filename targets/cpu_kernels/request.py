@@ -1,6 +1,6 @@
 """A request for one hand-scheduled kernel: the builder and its arguments, without the tile.
 
-Why: tuning replays a request with other register tiles (`targets/tuning/tiles.py`), and a
+Why: tuning replays a request with other register tiles (`targets/tuning/tile_space.py`, `tile_sweep.py`), and a
 later build must find the tile chosen for *this* kernel again, in another process.  A
 request holds only hashable, printable values (shapes, attributes, the `Epilogue`; weights
 by shape, never by value), so `key`, the request as text, is that identity; the tuning

@@ -194,13 +194,14 @@ class WinogradPlan:
         return 2 * n * oc * oh * ow * self.data_shape[1] * 9
 
 
-def plan_winograd(data_shape, weight_shape, padding=1, spec: CpuSpec = CpuSpec(),
+def plan_winograd(data_shape, weight_shape, padding=1, spec: CpuSpec | None = None,
                   tile: tuple[int, ...] | None = None) -> WinogradPlan:
     """Check the conv is one Winograd handles and choose (m, mr, nv); tile=(m,) or (m, mr, nv) overrides.
 
     The output tile m is the one with the fewest GEMM rows times transform points, counting the
     weight stream as `_WEIGHT_STREAM_TILES` more rows.
     """
+    spec = spec or CpuSpec.host()
     op = "winograd_conv2d"
     data_shape = batch_dims("winograd_conv2d", data_shape)
     weight_shape = tuple(int(d) for d in weight_shape)
@@ -285,7 +286,7 @@ def pack_winograd_weight(weight: np.ndarray, plan: WinogradPlan) -> np.ndarray:
 
 
 def winograd_conv2d(data_shape: Sequence[int], weight, *, padding=1, epilogue: Epilogue = Epilogue(),
-                    spec: CpuSpec = CpuSpec(), name: str | None = None, tile: tuple[int, ...] | None = None,
+                    spec: CpuSpec | None = None, name: str | None = None, tile: tuple[int, ...] | None = None,
                     data_layout: str = "NCHWc") -> Kernel:
     """A 3x3 stride-1 conv by Winograd F(m x m, 3 x 3), NCHWc in and out.
 
@@ -298,6 +299,7 @@ def winograd_conv2d(data_shape: Sequence[int], weight, *, padding=1, epilogue: E
     tile: (m,) or (m, mr, nv): output tile 2 or 4, GEMM register tile mr tiles x nv channel vectors.
     Returns a Kernel `f(data, weight, [bias], [residual], out)`.
     """
+    spec = spec or CpuSpec.host()
     op = "winograd_conv2d"
     if data_layout != "NCHWc":
         raise KernelError(f"{op}: data_layout {data_layout!r}: only NCHWc activations are supported")
@@ -380,7 +382,7 @@ def _build(plan: WinogradPlan, weight: np.ndarray | None, epi: Epilogue, name: s
 
 
 def _schedule_pad(sch: Schedule, block: str) -> None:
-    """pad[n, cb, y, x, v]: parallel over rows (conv.schedule_copy would make each 16-lane vector a
+    """pad[n, cb, y, x, v]: parallel over rows (tile_schedules.schedule_copy would make each 16-lane vector a
     task of its own, decoding its index with divisions: 13% of an F(4x4) kernel), lanes vectorized."""
     b = sch.get_sblock(block)
     i, cb, y, x, v = sch.get_loops(b)

@@ -1,10 +1,10 @@
 """Lowering of mdoc IR straight into TVM Relax, and its build and run on CPU.
 
     from mdoc.targets.relax import lower, build, run
-    from mdoc.targets.host import host_target
+    from mdoc.targets.presets import resolve_target
 
     mod = lower(model)                      # tvm.IRModule, main(inputs...) -> tuple of outputs
-    ex = build(mod, host_target())          # legalize, fold, fuse, schedule every PrimFunc, compile
+    ex = build(mod, resolve_target("x86").tvm)  # legalize, fold, fuse, schedule every PrimFunc, compile
     outputs = run(ex, {"x": array}, model)  # {output name: numpy array}
 """
 

@@ -27,6 +27,7 @@ from mdoc.errors import MdocError
 from mdoc.ir import Model
 from mdoc.types import TensorType
 
+from ..cpu_description import CpuSpec
 from ..storage import from_storage, to_storage
 from .context import contiguous
 from .lower import param_constants
@@ -39,7 +40,7 @@ def _as_target(target) -> tvm.target.Target:
         return target
     if isinstance(target, str):
         raise MdocError(f"target {target!r}: TVM 0.27 takes targets as dicts, e.g. "
-                        f"{{'kind': 'llvm', 'mcpu': 'znver4'}} (see mdoc.targets.host.host_target())")
+                        f"{{'kind': 'llvm', 'mcpu': 'znver4'}} (see mdoc.targets.presets.resolve_target)")
     return tvm.target.Target(dict(target))
 
 
@@ -66,7 +67,7 @@ class FastMath:
         return codegen.builder_.get()
 
 
-def _front_passes(target: tvm.target.Target, schedule: bool, before_schedule=()) -> list:
+def _front_passes(target: tvm.target.Target, schedule: bool, before_schedule=(), cpu: CpuSpec | None = None) -> list:
     passes = [
         # the NCHW copies of NCHWc kernel results that nothing reads (cpu_strategy._unpack)
         relax.transform.DeadCodeElimination(),
@@ -92,7 +93,7 @@ def _front_passes(target: tvm.target.Target, schedule: bool, before_schedule=())
         relax.transform.DeadCodeElimination(),
     ]
     # -- hook: tuned kernels (targets/tuning/apply.py) replace PrimFuncs here, before mdoc's schedule --
-    return passes + list(before_schedule) + ([ScheduleCPU(target)] if schedule else [])
+    return passes + list(before_schedule) + ([ScheduleCPU(cpu or CpuSpec.from_target(target))] if schedule else [])
 
 
 def _back_passes() -> list:
@@ -111,9 +112,11 @@ def _back_passes() -> list:
     ]
 
 
-def pipeline(target: tvm.target.Target, *, schedule: bool = True, before_schedule=()) -> tvm.transform.Pass:
-    """The Relax pass pipeline `build` runs (exposed for inspection and tests)."""
-    return tvm.transform.Sequential(_front_passes(target, schedule, before_schedule) + _back_passes(),
+def pipeline(target: tvm.target.Target, *, schedule: bool = True, before_schedule=(),
+             cpu: CpuSpec | None = None) -> tvm.transform.Pass:
+    """The Relax pass pipeline `build` runs (exposed for inspection and tests); the generic schedule
+    tiles for `cpu`, by default the CPU the target names."""
+    return tvm.transform.Sequential(_front_passes(target, schedule, before_schedule, cpu) + _back_passes(),
                                     name="mdoc_cpu_pipeline")
 
 
@@ -124,15 +127,16 @@ def optimize(mod: tvm.IRModule, target, *, schedule: bool = True) -> tvm.IRModul
         return tvm.transform.Sequential(_front_passes(tgt, schedule))(mod)
 
 
-def build(mod: tvm.IRModule, target, *, schedule: bool = True, before_schedule=()) -> tvm.runtime.Executable:
-    """Compile a module from `lower` for a CPU target dict (see `mdoc.targets.host.host_target`).
+def build(mod: tvm.IRModule, target, *, schedule: bool = True, before_schedule=(),
+          cpu: CpuSpec | None = None) -> tvm.runtime.Executable:
+    """Compile a module from `lower` for a CPU target dict (`mdoc.targets.presets.resolve_target("x86").tvm`).
 
     `before_schedule`: module passes run on the fused PrimFuncs just before mdoc's generic
     schedule (the tuning database's `ApplyTuned`).
     """
     tgt = _as_target(target)
     with tgt:
-        return _link(pipeline(tgt, schedule=schedule, before_schedule=before_schedule)(mod), tgt)
+        return _link(pipeline(tgt, schedule=schedule, before_schedule=before_schedule, cpu=cpu)(mod), tgt)
 
 
 def _link(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.runtime.Executable:

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import tvm
+import tvm_ffi
 from tvm import relax, tirx
 from tvm.sym import Analyzer
 
@@ -28,6 +29,7 @@ from mdoc.errors import MdocError
 from mdoc.ir import Model, Node, Value
 from mdoc.types import DType, TensorType
 
+from ..cpu_description import CpuSpec
 from ..storage import storage_of, to_storage
 
 # ---------------------------------------------------------------------------
@@ -194,13 +196,15 @@ class LowerCtx:
         self.bb = bb
         self.model = model
         self.target = target
+        # the CPU the generic schedule will vectorize for (None for a GPU target; no target: this host)
+        self.cpu = CpuSpec.host() if target is None else (
+            CpuSpec.from_target(target) if target.get("kind") == "llvm" else None)
         self.kernels = kernels
         self.node: Node | None = None  # the node being converted
         self.runtime_shapes = False  # some dims were bound at run time (`runtime_dims`; see `lower`)
         self.symbols: dict[str, tirx.Var] = {}  # symbolic dim name -> its TIR var
         self.env: dict[Value, Any] = {}  # value (by identity) -> relax.Expr | SymTensor
         self._param_values = param_values  # constants lowered as function params, not folded
-        self.absorbed: set[Node] = set()  # nodes a kernel already computed as an epilogue (see absorb)
 
     # -- environment ----------------------------------------------------------
     def symbol(self, name: str) -> tirx.Var:
@@ -216,12 +220,6 @@ class LowerCtx:
 
     def lookup(self, value: Value) -> Any:
         return self.env.get(value)
-
-    def absorb(self, nodes: list[Node], result: Value, expr: Any) -> None:
-        """Record that `expr` (a fused kernel's output) computes `result`, the last of `nodes`,
-        later nodes of the graph that the kernel fused; `lower` then skips them."""
-        self.absorbed.update(nodes)
-        self.bind(result, expr)
 
     @property
     def opset(self) -> int:
@@ -440,6 +438,55 @@ class LowerCtx:
     def emit(self, expr: relax.Expr, name_hint: str = "") -> relax.Var:
         return self.bb.emit(expr, name_hint)
 
+    def aligned(self, *operands: relax.Expr, concat_axis: int | None = None) -> list[relax.Expr]:
+        """`operands` of a broadcasting op, match-cast (checked at run time) so that Relax can infer
+        the op's shape: on an axis where two operands' run-time sizes are not provably equal (a
+        stride-2 conv's `(h - 1) // 2 + 1` against an upsampled `w // 4 * 2`), or a run-time size
+        meets a static size above 1, the operands that do not broadcast there take one size: the
+        static one, else the first operand's.
+
+        ONNX requires such dims to be equal or 1; Relax, unable to tell, infers no shape and the op
+        then fails to legalize. The cast assumes "equal": a run-time 1 broadcast against a larger
+        size is refused at run time, not computed (broadcasting against a static 1 is unaffected).
+        With `concat_axis` (Concat's operands, of one rank) no axis broadcasts and that axis is left
+        alone.
+        """
+        shapes = [self.shape_of(x) if isinstance(x.ty, relax.TensorType) and x.ty.ndim >= 0 else None
+                  for x in operands]
+        if any(s is None for s in shapes) or not all(isinstance(x.ty.shape, relax.ShapeExpr) for x in operands):
+            return list(operands)
+        n = max(len(s) for s in shapes)
+
+        def joined(shape: list[Any], k: int) -> bool:  # does dim k take part in its axis's size
+            axis = n - len(shape) + k
+            return axis != concat_axis and not (concat_axis is None and is_static(shape[k]) and int(shape[k]) == 1)
+
+        sizes: list[list[Any]] = [[] for _ in range(n)]
+        for shape in shapes:
+            for k, d in enumerate(shape):
+                if joined(shape, k):
+                    sizes[n - len(shape) + k].append(d)
+        target: dict[int, Any] = {}  # axis -> the size its operands are cast to: a static one, else the first's
+        for axis, ds in enumerate(sizes):
+            if any(not (is_static(ds[0]) and is_static(d)) and not _ANALYZER.can_prove_equal(prim(ds[0]), prim(d))
+                   for d in ds[1:]):
+                target[axis] = next((int(d) for d in ds if is_static(d)), ds[0])
+        if not target:
+            return list(operands)
+        out = []
+        for x, shape in zip(operands, shapes):
+            dims = [target.get(n - len(shape) + k, d) if joined(shape, k) else d for k, d in enumerate(shape)]
+            if any(not (is_static(d) and is_static(e) and int(d) == int(e)) and d is not e for d, e in zip(dims, shape)):
+                x = self.bb.match_cast(x, relax.TensorType(dims, x.ty.dtype))
+            elif any(isinstance(d, tirx.Var) and target.get(n - len(shape) + k) is d for k, d in enumerate(shape)):
+                # TVM's CanonicalizeBindings (ConvertToDataflow runs it) takes the first cast that
+                # names a var it has not seen matched as that var's definition, rewrites the var to
+                # the cast value's dim and then drops the cast as trivial; a cast of the operand
+                # that already has the var, to its own shape, comes first and keeps the others.
+                x = self.bb.match_cast(x, relax.TensorType(shape, x.ty.dtype))
+            out.append(x)
+        return out
+
     def ensure_shape(self, expr: relax.Expr, dims: list[Any]) -> relax.Expr:
         """`expr` emitted; when Relax could not infer its shape, match-cast to `dims` (checked at run time)."""
         var = expr if isinstance(expr, (relax.Var, tvm.ir.GenericConst)) else self.bb.emit(expr)
@@ -490,6 +537,30 @@ class LowerCtx:
         binds = " ".join(f"--bind {n}=VALUES" for n in inputs)
         return NeedsInputValue(str(self.error(f"{message}; {which}: bind its value at compile time "
                                               f"(mdoc compile {binds})")), inputs)
+
+
+_RESHAPE = tvm.ir.Op.get("relax.reshape")
+
+
+def same_dims(a, b) -> bool:
+    """Whether two Relax shapes are equal: ints equal, symbolic dims structurally equal."""
+    if len(a) != len(b):
+        return False
+    return all(int(x) == int(y) if is_static(x) and is_static(y)
+               else not is_static(x) and not is_static(y) and tvm_ffi.structural_equal(x, y) for x, y in zip(a, b))
+
+
+def reshaped(ctx: LowerCtx, expr: relax.Expr, shape: tuple[int, ...]) -> relax.Expr:
+    """`expr` as `shape`; a reshape of a reshape reshapes the original instead (kernels in a row
+    would otherwise unflatten and flatten their rows between them, and FuseOps makes such a
+    pair a copy, where a single reshape is a free view)."""
+    shape = tuple(int(d) if is_static(d) else d for d in shape)
+    if same_dims(tuple(ctx.shape_of(expr)), shape):
+        return expr
+    bound = ctx.bb.lookup_binding(expr) if isinstance(expr, relax.Var) else None
+    if isinstance(bound, relax.Call) and bound.op.same_as(_RESHAPE):
+        return reshaped(ctx, bound.args[0], shape)
+    return ctx.emit(relax.op.reshape(expr, list(shape)))
 
 
 class NeedsInputValue(MdocError):

@@ -12,7 +12,7 @@ is data dependent, and becomes Relax control flow here:
   other, or after the If, and the VM then crashes on the path that never
   allocated it. The two branches must agree on the element type and rank of
   every output; where their shapes differ, Relax joins them to a shape it does
-  not know and the If's results are match-cast (by `lower.convert_node`) to
+  not know and the If's results are match-cast (by `node_lowering.convert_node`) to
   the importer's inferred shape or to fresh symbolic dims.
 * **Loop** -> private Relax functions, a while loop written as recursion
   over the loop state `(i, cond, carried..., accumulators...)`: the body's
@@ -39,6 +39,7 @@ dataflow blocks (`ConvertToDataflow`), where fusion still applies.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -51,6 +52,7 @@ from mdoc.ir import CONSTANT, Graph, Node, Value
 from mdoc.types import TensorType
 
 from .context import LowerCtx, SymTensor, is_static, tvm_dtype
+from .node_lowering import convert_node, output_expr
 from .registry import converter
 
 CONTROL_FLOW_OPS = frozenset({"onnx.If", "onnx.Loop"})
@@ -78,8 +80,6 @@ def lower_body(ctx: LowerCtx, body: Graph, bindings: dict[Value, Any]) -> list[r
     must not leak to the enclosing graph. An error while lowering the body names the body and
     its If or Loop after the failing node.
     """
-    from .lower import convert_node, output_expr  # lower.py imports this module
-
     saved_env, saved_node = dict(ctx.env), ctx.node
     try:
         for value, expr in bindings.items():
@@ -176,31 +176,55 @@ def _captured(ctx: LowerCtx, body: Graph) -> list[tuple[Value, relax.Expr]]:
     return [(v, e) for v in captured_values(body) if (e := _outer_expr(ctx, v)) is not None]
 
 
-def _captured_params(ctx: LowerCtx, body: Graph) -> tuple[list[tuple[Value, relax.Expr]], list[relax.Var]]:
-    """`_captured(ctx, body)` and a parameter for each. A symbolic dim that captured values share
-    outside (silero-vad's batch, in its audio and its LSTM state) is one var of the branch too, so
-    the branch can still broadcast them against each other."""
+def _captured_params(ctx: LowerCtx, body: Graph, scope: "_Scope"
+                     ) -> tuple[list[tuple[Value, relax.Expr]], list[relax.Var]]:
+    """`_captured(ctx, body)` and a parameter for each, its run-time dims the vars of `scope`."""
     captured = _captured(ctx, body)
-    shared: list[tuple[Any, tirx.Var]] = []
-
-    def dim(d: Any, name: str) -> Any:
-        if is_static(d):
-            return int(d)
-        for outer, var in shared:
-            if tvm_ffi.structural_equal(outer, d):
-                return var
-        shared.append((d, tirx.Var(name, "int64")))
-        return shared[-1][1]
-
-    params = []
-    for j, (_, e) in enumerate(captured):
-        ty = e.ty
-        if isinstance(ty, relax.TensorType) and isinstance(ty.shape, relax.ShapeExpr):
-            ty = relax.TensorType([dim(d, f"c{j}_d{k}") for k, d in enumerate(ty.shape.values)], ty.dtype)
-        else:
-            ty = _param_type(ty, f"c{j}", _static_dims(e))
-        params.append(relax.Var(f"c{j}", ty))
+    params = [relax.Var(f"c{j}", _param_type(e.ty, f"c{j}", _outer_dims(e), scope)) for j, (_, e) in enumerate(captured)]
     return captured, params
+
+
+def _outer_dims(expr: relax.Expr) -> list[Any]:
+    """The dims of a value the caller passes unchanged: ints, and the caller's run-time sizes, which
+    the function's parameters share (silero-vad's batch, in its audio and its LSTM state)."""
+    if not isinstance(expr.ty.shape, relax.ShapeExpr):
+        return []
+    return [int(d) if is_static(d) else d for d in expr.ty.shape.values]
+
+
+class _Scope:
+    """The TIR vars of one function's parameters: one per run-time size of the caller.
+
+    A TIR var belongs to one function. Inside a body, a size that two parameters share outside
+    (the graph's N in [N, 128] states, a conv's (w - 3) // 4 + 1 in two captured maps) must be
+    one var, or Relax cannot prove that they agree and an elementwise op on them fails to
+    legalize. Sizes are matched by structural equality of the caller's expressions."""
+
+    def __init__(self):
+        self.dims: list[tuple[Any, tirx.Var]] = []
+
+    def var(self, outer: Any, hint: str) -> tirx.Var:
+        for expr, var in self.dims:
+            if tvm_ffi.structural_equal(expr, outer):
+                return var
+        self.dims.append((outer, tirx.Var(hint, "int64")))
+        return self.dims[-1][1]
+
+    def symbols(self, outer: dict[str, tirx.Var]) -> dict[str, tirx.Var]:
+        """The graph's symbols (name -> the caller's var) that are sizes of this function, as its vars."""
+        return {name: var for name, o in outer.items() for expr, var in self.dims if tvm_ffi.structural_equal(expr, o)}
+
+
+@contextmanager
+def _symbol_scope(ctx: LowerCtx, scope: _Scope):
+    """Lower a function's body with the graph's symbols mapped to the function's own TIR vars
+    (`_with_shape` match-casts lost shapes to them)."""
+    saved = ctx.symbols
+    ctx.symbols = scope.symbols(saved)
+    try:
+        yield
+    finally:
+        ctx.symbols = saved
 
 
 def _function(ctx: LowerCtx, params: list[relax.Var], emit, ret: relax.Type | None = None) -> relax.Function:
@@ -223,9 +247,11 @@ def _branch(ctx: LowerCtx, node: Node, key: str) -> relax.SeqExpr:
     body: Graph = node.attrs[key]
     if len(body.outputs) != len(node.outputs):
         raise ctx.error(f"{key} has {len(body.outputs)} outputs, the If has {len(node.outputs)}")
-    captured, params = _captured_params(ctx, body)
+    scope = _Scope()
+    captured, params = _captured_params(ctx, body, scope)
     bindings = {v: p for (v, _), p in zip(captured, params)}
-    func = _function(ctx, params, lambda: ctx.bb.emit(relax.Tuple(lower_body(ctx, body, bindings))))
+    with _symbol_scope(ctx, scope):
+        func = _function(ctx, params, lambda: ctx.bb.emit(relax.Tuple(lower_body(ctx, body, bindings))))
     gv = ctx.bb.add_func(func, ctx.bb.get_unique_name(f"mdoc_if_{key.split('_')[0]}"))
     return _block(ctx, lambda: ctx.bb.emit(relax.Call(gv, [e for _, e in captured])))
 
@@ -245,11 +271,19 @@ def lower_if(ctx: LowerCtx, node: Node) -> list:
 # -- Loop -----------------------------------------------------------------------
 
 
-def _param_type(ty: relax.TensorType, name: str, static: list[Any]) -> relax.TensorType:
-    """`ty` with the dims of `static` that are ints kept and every other dim a fresh var of `name`."""
+def _param_type(ty: relax.TensorType, name: str, static: list[Any], scope: _Scope | None = None) -> relax.TensorType:
+    """`ty` with the dims of `static` that are ints kept, those that are the caller's run-time sizes
+    given the function's var for them (`scope`), and every other dim a fresh var of `name`."""
     static = static if len(static) == ty.ndim else [None] * ty.ndim
-    shape = [d if isinstance(d, int) else tirx.Var(f"{name}_d{k}", "int64") for k, d in enumerate(static)]
-    return relax.TensorType(shape, ty.dtype)
+
+    def dim(k: int, d: Any) -> Any:
+        if isinstance(d, int):
+            return d
+        if d is not None and scope is not None:
+            return scope.var(d, f"{name}_d{k}")
+        return tirx.Var(f"{name}_d{k}", "int64")
+
+    return relax.TensorType([dim(k, d) for k, d in enumerate(static)], ty.dtype)
 
 
 def _dims(t: Any) -> list[Any]:
@@ -288,13 +322,21 @@ def _dims_in_scope(ty: relax.TensorType, here: list[tirx.Var]) -> list[Any]:
     return [dim(d) for d in ty.shape.values]
 
 
-def _carried_dims(body: Graph, j: int, init: relax.Expr) -> list[Any]:
+def _carried_dims(node: Node, j: int, init: relax.Expr) -> list[Any]:
     """The dims of loop-carried value `j` that stay fixed: declared by the body's input, or, where
-    the body leaves its input undeclared, the initial value's dims that the body's output keeps."""
-    declared = _dims(body.inputs[2 + j].type)
+    the body leaves its input undeclared, the initial value's dims that the body's output keeps.
+    A run-time size of the initial value stays (shared with the function's other parameters) only
+    where its mdoc type, the body's input and the body's output all name one symbol there: the
+    value then keeps that size from iteration to iteration."""
+    body: Graph = node.attrs["body"]
+    declared, out, outer = (_dims(body.inputs[2 + j].type), _dims(body.outputs[1 + j].type),
+                            _dims(node.inputs[2 + j].type))
+    first = _outer_dims(init)
     if declared:
-        return declared
-    out, first = _dims(body.outputs[1 + j].type), _static_dims(init)
+        same = len(out) == len(declared) == len(outer) == len(first)
+        return [d if isinstance(d, int) else
+                first[k] if same and isinstance(d, str) and out[k] == d == outer[k] else None
+                for k, d in enumerate(declared)]
     if len(out) != len(first):
         return []
     return [a if isinstance(a, int) and a == b else None for a, b in zip(first, out)]
@@ -376,18 +418,24 @@ def lower_loop(ctx: LowerCtx, node: Node) -> list:
 
     # parameter types: the state, then what passes through unchanged
     scalar = [relax.TensorType([], "int64"), relax.TensorType([], "bool")]
-    carried = [_carried_dims(body, j, e) for j, e in enumerate(inits)]
-    state_types = [*scalar, *(_param_type(e.ty, f"v{j}", d) for j, (e, d) in enumerate(zip(inits, carried))),
-                   *(_param_type(e.ty, f"acc{j}", [None, *_static_dims(e)[1:]]) for j, e in enumerate(accs))]
-    fixed_types = [relax.TensorType([], "int64"), *(_param_type(e.ty, f"c{j}", _static_dims(e)) for _, e in captured)]
+    # per parameter, its dims: ints, the caller's run-time sizes (one var each in every function) or None
+    state_dims = [[], [], *(_carried_dims(node, j, e) for j, e in enumerate(inits)),
+                  *([None, *_outer_dims(e)[1:]] for e in accs)]
+    fixed_dims = [[], *(_outer_dims(e) for _, e in captured)]
+    state_types = [*scalar, *(_param_type(e.ty, f"v{j}", d) for j, (e, d) in enumerate(zip(inits, state_dims[2:]))),
+                   *(_param_type(e.ty, f"acc{j}", d) for j, (e, d) in enumerate(zip(accs, state_dims[2 + n:])))]
+    fixed_types = [relax.TensorType([], "int64"), *(_param_type(e.ty, f"c{j}", d)
+                                                   for j, ((_, e), d) in enumerate(zip(captured, fixed_dims[1:])))]
     state_names = ["i", "cond", *(f"v{j}" for j in range(n)), *(f"acc{j}" for j in range(k))]
     fixed_names = ["trip_count", *(f"c{j}" for j in range(len(captured)))]
     ret = relax.TupleType([*scalar, *(relax.TensorType(dtype=t.dtype, ndim=t.ndim) for t in state_types[2:])])
 
-    def fresh(types, names) -> list[relax.Var]:
-        """New parameters (Relax refuses one Var as the parameter of two functions), with new dims."""
-        return [relax.Var(name, _param_type(t, name, [d if isinstance(d, int) else None for d in _static_dims_of(t)]))
-                for t, name in zip(types, names)]
+    def fresh(scope: _Scope) -> tuple[list[relax.Var], list[relax.Var]]:
+        """New parameters of one function (Relax refuses one Var as the parameter of two functions),
+        with new dims: the caller's run-time sizes are the vars of `scope`."""
+        def params(types, names, dims) -> list[relax.Var]:
+            return [relax.Var(name, _param_type(t, name, d, scope)) for t, name, d in zip(types, names, dims)]
+        return params(state_types, state_names, state_dims), params(fixed_types, fixed_names, fixed_dims)
 
     def call(gv, state, fixed) -> list[relax.Var]:
         result = bb.emit(relax.Call(gv, [*state, *fixed]))
@@ -397,14 +445,16 @@ def lower_loop(ctx: LowerCtx, node: Node) -> list:
         """A function that returns `then(state, fixed)` while the loop runs and its state once it stops."""
         gv = relax.GlobalVar(bb.get_unique_name(name))
         relax.expr._update_type(gv, relax.FuncType([*state_types, *fixed_types], ret))
-        state, fixed = fresh(state_types, state_names), fresh(fixed_types, fixed_names)
+        scope = _Scope()
+        state, fixed = fresh(scope)
 
         def emit() -> relax.Var:
             go = bb.emit(relax.op.logical_and(state[1], relax.op.less(state[0], fixed[0])))
             running = _block(ctx, lambda: bb.emit(relax.Tuple(then(gv, state, fixed))))
             return bb.emit(relax.If(go, running, _block(ctx, lambda: bb.emit(relax.Tuple(state)))))
 
-        bb.update_func(gv, _function(ctx, [*state, *fixed], emit, ret))
+        with _symbol_scope(ctx, scope):
+            bb.update_func(gv, _function(ctx, [*state, *fixed], emit, ret))
         return gv
 
     def iterate(state, fixed) -> list[relax.Expr]:
@@ -425,8 +475,10 @@ def lower_loop(ctx: LowerCtx, node: Node) -> list:
 
     # the body is a function of its own, called from the step's If branch: FuseOps fails on some
     # bindings inside If branches (a match_cast to a shape), and no branch then allocates memory
-    state, fixed = fresh(state_types, state_names), fresh(fixed_types, fixed_names)
-    body_func = _function(ctx, [*state, *fixed], lambda: bb.emit(relax.Tuple(iterate(state, fixed))), ret)
+    scope = _Scope()
+    state, fixed = fresh(scope)
+    with _symbol_scope(ctx, scope):
+        body_func = _function(ctx, [*state, *fixed], lambda: bb.emit(relax.Tuple(iterate(state, fixed))), ret)
     body_gv = bb.add_func(body_func, bb.get_unique_name("mdoc_loop_body"))
     step = define("mdoc_loop_step", lambda gv, state, fixed: call(body_gv, state, fixed))
     for level in range(LOOP_LEVELS):

@@ -16,19 +16,22 @@ and the elementwise tail fused into the register tile.
   blocked layout, the conv's bias fused.
 * MaxPool / AveragePool with 2-D windows (`pool2d`), NCHW like the convs; GlobalAveragePool
   over 2-D planes (`global_avg_pool2d`).
-* MobileNet-style blocks (a conv, a depthwise conv, a 1x1 conv; `inverted_residual_pattern`)
-  as one kernel per block (`cpu_kernels.inverted_residual`), where the layout plan runs them
-  NCHWc.
-* Softmax over the last axis and LayerNorm (the ONNX op, mdoc.layer_norm, or the nine ops
-  exporters write, `layer_norm_pattern.py`) as one-task-per-row kernels (`lower_node`);
-  mdoc.attention as batch_matmul + softmax kernels (`cpu_transformer.py`).
-* For MatMul and Conv nodes, the tail `epilogue.match_tail` finds (MatMul: scale, bias,
-  residual, activation; Conv: residual, activation) is fused and its nodes are absorbed;
-  Gemm keeps its own alpha / beta / C.
+* MobileNet-style blocks (mdoc.inverted_residual, made by `fuse_inverted_residual`) as one
+  kernel per block (`cpu_kernels.inverted_residual`), where plan-layout runs them NCHWc
+  (elsewhere the converter lowers their three convs).
+* Softmax over the last axis and LayerNorm (the ONNX op or mdoc.layer_norm; -O2's
+  fuse-layer-norm finds the decompositions exporters write) as one-task-per-row kernels
+  (`lower_node`); mdoc.attention as batch_matmul + softmax kernels (`cpu_transformer.py`).
+* The tail an mdoc.conv / mdoc.matmul carries (`fuse-epilogue`: MatMul's scale, bias,
+  residual, activation; Conv's residual, activation) is the kernel's epilogue, applied in its
+  register tile; nothing else is fused, and no node after the product is looked at. Gemm
+  keeps its own alpha / beta / C.
 
 Layout: a conv that reaches a kernel keeps the graph's NCHW activations (the kernels'
 register tiles broadcast the input, so NCHW costs them nothing) and only its weights change
-layout, so no transposes appear between neighbours. `build.py` converts to NHWC only the
+layout, so no transposes appear between neighbours, unless `plan-layout` annotated it
+`mdoc.layout = "NCHWc"` (then it reads and writes blocked activations, packed and unpacked
+where a neighbour disagrees). `build.py` converts to NHWC only the
 convs left as `relax.nn.conv2d` (the fallbacks), which the generic schedule can vectorize
 only over channels-last outputs.
 
@@ -48,33 +51,27 @@ import tvm
 import tvm_ffi
 from tvm import relax
 
+from mdoc.activations import applied_from_attrs
+from mdoc.fused_ops import ir_activation_attrs
 from mdoc.ir import Node
 from mdoc.types import TensorType
 
-from ..cpu_kernels import CpuSpec, Epilogue, Kernel, KernelError
+from ..cpu_kernels import CpuSpec, Epilogue, Kernel
 from ..cpu_kernels.common import flat_spatial, is_symbolic
 from ..cpu_kernels.request import KernelRequest
+from .context import is_static, reshaped as _reshaped, same_dims as _same_dims
 from .cpu_transformer import LOWER as TRANSFORMER_OPS
-from .epilogue import Tail, match_tail
-from .layer_norm_pattern import match_layer_norm
-from .context import is_static
-from .layout_plan import LayoutPlan, candidate_kind, plan_layouts
-from .kernels import Kernels
+from .kernels import Kernels, Tail
+from .layout_plan import candidate_kind
+from .plan_layout import LAYOUT
 
 if TYPE_CHECKING:  # pragma: no cover
     from .context import LowerCtx
 
-_RESHAPE = tvm.ir.Op.get("relax.reshape")
-
-
-def cpu_kernels_for(target: dict, tiles: Mapping[str, tuple[tuple, str]] | None = None) -> Kernels:
-    """The kernel strategy for a TVM CPU target dict: `CpuKernels` when its vector width is
-    known (AVX2, AVX-512, NEON), else the default `Kernels` (a generic x86-64 has no FMA
-    vectors worth a hand schedule)."""
-    try:
-        return CpuKernels(CpuSpec.from_target(target), tiles)
-    except KernelError:
-        return Kernels()
+def cpu_kernels_for(cpu: CpuSpec, tiles: Mapping[str, tuple[tuple, str]] | None = None) -> Kernels:
+    """The kernel strategy for the target's CPU: `CpuKernels` where it has FMA vectors (AVX2,
+    AVX-512, NEON), else the default `Kernels` (a generic x86-64 has none worth a hand schedule)."""
+    return CpuKernels(cpu, tiles) if cpu.fma_vectors else Kernels()
 
 
 class CpuKernels(Kernels):
@@ -87,17 +84,18 @@ class CpuKernels(Kernels):
         self.requests: Counter[KernelRequest] = Counter()  # what the model asked for, and how often
         self.tiled: dict[str, tuple] = {}  # the tuned tiles this lowering used
         self._built: dict[KernelRequest, Kernel] = {}
-        self.plan = LayoutPlan()
         self.blocked: dict[relax.Expr, relax.Expr] = {}  # NCHW value -> the same in NCHWc
         self.fallbacks: list[str] = []  # nodes left to the generic kernels by run-time dims
+        self.chosen: dict[str, list[str]] = {}  # node -> its kernels, layout copies aside (the compile report)
 
     def start(self, model) -> None:
-        self.plan = plan_layouts(model.graph, self.spec)
         self.blocked = {}
         self.requests.clear()
         self.fallbacks = []
+        self.chosen = {}
 
-    def matmul(self, ctx: "LowerCtx", a: relax.Expr, b: relax.Expr, *, transpose_b: bool = False) -> relax.Expr:
+    def matmul(self, ctx: "LowerCtx", a: relax.Expr, b: relax.Expr, *, transpose_b: bool = False,
+               tail: Tail | None = None) -> relax.Expr:
         constant_b = isinstance(b, tvm.ir.GenericConst) and b.ty.ndim == 2
         # dims may be symbolic (batch, sequence): one kernel serves every size; a dense layer's
         # K and N are its weight's
@@ -105,57 +103,46 @@ class CpuKernels(Kernels):
         if (a_shape is None or b_shape is None or len(a_shape) < 2 or len(b_shape) < 2
                 or (constant_b and not is_static(a_shape[-1]))):
             self._note_symbolic(ctx, a, b)
-            return super().matmul(ctx, a, b, transpose_b=transpose_b)
+            return super().matmul(ctx, a, b, transpose_b=transpose_b, tail=tail)
         n = b_shape[-2] if transpose_b else b_shape[-1]
         batch = _batch_axes(a_shape, b_shape)
         if batch is None:
-            return super().matmul(ctx, a, b, transpose_b=transpose_b)
+            return super().matmul(ctx, a, b, transpose_b=transpose_b, tail=tail)
         out_shape = (*a_shape[:-1], n) if constant_b else (*batch, a_shape[-2], n)
-        node = ctx.node
-        tail = (match_tail(ctx, node.output, _node_shape(node)) if node is not None and node.op == "onnx.MatMul"
-                and _agrees(_node_shape(node), out_shape) else Tail(None))
-        residual = ctx.lookup(tail.residual) if tail.residual is not None else None
+        tail = tail or Tail()
+        epilogue = _epilogue(tail, bias=tail.bias is not None)
         # leading axes flattened here (free reshapes): the kernels tile one row / one batch loop
         if constant_b:
             a2 = (flat_spatial(a_shape[:-1]), a_shape[-1])
             built = self._kernel(KernelRequest.of("dense", *_request_dims(a2), b_shape, transpose_b=transpose_b,
-                                                  epilogue=tail.epilogue))
+                                                  epilogue=epilogue))
             args = [_reshaped(ctx, a, a2), relax.const(built.packers["weight"](b.value.numpy()))]
         else:
             a3, b3 = _flat_batch(a_shape), _flat_batch(b_shape)
             built = self._kernel(KernelRequest.of("batch_matmul", *_request_dims(a3, b3), transpose_b=transpose_b,
-                                                  epilogue=tail.epilogue))
+                                                  epilogue=epilogue))
             args = [_reshaped(ctx, a, a3), _reshaped(ctx, b, b3)]
         if tail.bias is not None:
-            args.append(relax.const(tail.bias))
-        if residual is not None:
-            args.append(_reshaped(ctx, residual, (*args[0].ty.shape.values[:-1], n)))
-        y = _reshaped(ctx, self._call(ctx, built, args), out_shape)
-        if tail.nodes:
-            ctx.absorb(tail.nodes, tail.result, y)
-        return y
+            args.append(relax.const(np.ascontiguousarray(tail.bias, np.float32)))
+        if tail.residual is not None:
+            args.append(_reshaped(ctx, tail.residual, (*args[0].ty.shape.values[:-1], n)))
+        return _reshaped(ctx, self._call(ctx, built, args), out_shape)
 
     def conv(self, ctx: "LowerCtx", x: relax.Expr, w: relax.Expr, *, strides, pads, dilations, groups: int,
-             bias: relax.Expr | None = None) -> relax.Expr:
+             bias: relax.Expr | None = None, tail: Tail | None = None) -> relax.Expr:
         x_shape = _batch_shape(ctx, x)
         constant = isinstance(w, tvm.ir.GenericConst) and (bias is None or isinstance(bias, tvm.ir.GenericConst))
         if len(strides) != 2 or x_shape is None or not constant or str(w.ty.dtype) != "float32":
             self._note_symbolic(ctx, x)
-            return super().conv(ctx, x, w, strides=strides, pads=pads, dilations=dilations, groups=groups, bias=bias)
+            return super().conv(ctx, x, w, strides=strides, pads=pads, dilations=dilations, groups=groups, bias=bias,
+                                tail=tail)
         weight = w.value.numpy()
         out_shape = _conv_out_shape(x_shape, weight.shape, strides, pads, dilations)
         node = ctx.node
-        tail = (match_tail(ctx, node.output, _node_shape(node), stages=("residual", "activation"))
-                if node is not None and node.op == "onnx.Conv" and _agrees(_node_shape(node), out_shape)
-                else Tail(None))
-        epilogue = Epilogue(bias=bias is not None, residual=tail.epilogue.residual, activation=tail.epilogue.activation,
-                            alpha=tail.epilogue.alpha, beta=tail.epilogue.beta)
+        tail = tail or Tail()
+        epilogue = _epilogue(tail, bias=bias is not None)
         layouts = {}
-        fused = (self._inverted_residual(ctx, node, x, x_shape, weight, bias, strides, pads)
-                 if node in self.plan.blocked else None)
-        if fused is not None:
-            return fused
-        if node in self.plan.blocked:
+        if _nchwc(node):
             # depthwise and Winograd kernels read NCHWc only; a direct one reads NCHW too (packing costs a copy)
             if x not in self.blocked and candidate_kind(node, self.spec.lanes) in ("depthwise", "winograd"):
                 self._pack(ctx, x)
@@ -170,46 +157,37 @@ class CpuKernels(Kernels):
         if bias is not None:
             args.append(relax.const(bias.value.numpy().reshape(-1)))
         if tail.residual is not None:
-            residual = ctx.lookup(tail.residual)
-            args.append(self._pack(ctx, residual) if layouts else residual)
+            args.append(self._pack(ctx, tail.residual) if layouts else tail.residual)
         y = self._call(ctx, built, args)
         if layouts:
             y = self._unpack(ctx, y, out_shape)
-        if tail.nodes:
-            ctx.absorb(tail.nodes, tail.result, y)
         return y
 
-    def _inverted_residual(self, ctx: "LowerCtx", node: Node, x: relax.Expr, x_shape, weight: np.ndarray,
-                           bias: relax.Expr | None, strides, pads) -> relax.Expr | None:
-        """The block that starts at `node` (found by the layout plan, `inverted_residual_pattern`) as
-        one fused kernel, its nodes absorbed; None where there is none or a tail does not fuse."""
-        block = self.plan.blocks.get(node)
-        if block is None or not all(n in self.plan.blocked for n in block.convs):
+    def _inverted_residual(self, ctx: "LowerCtx", node: Node) -> list | None:
+        """An mdoc.inverted_residual (`fuse_inverted_residual`) that plan-layout runs NCHWc, as its
+        one kernel; None leaves it to the converter, which lowers its three convs."""
+        x = ctx.input(0)
+        x_shape = _batch_shape(ctx, x) if isinstance(x, relax.Expr) else None
+        if not _nchwc(node) or x_shape is None:
             return None
-        dw, project = block.depthwise, block.project
-        expand_tail = match_tail(ctx, node.output, _node_shape(node), stages=("activation",))
-        dw_tail = match_tail(ctx, dw.output, _node_shape(dw), stages=("activation",))
-        out_shape = _node_shape(project)
-        project_tail = match_tail(ctx, project.output, out_shape, stages=("residual", "activation"))
-        if expand_tail.result is not dw.inputs[0] or dw_tail.result is not project.inputs[0]:
-            return None
-        w_dw, w_project = (np.asarray(n.inputs[1].const_value, np.float32) for n in (dw, project))
+        weights = [np.asarray(node.inputs[i].const_value, np.float32) for i in (1, 3, 5)]
+        biases = [np.asarray(b.const_value, np.float32).reshape(-1) if (b := node.input(i)) is not None
+                  else np.zeros(w.shape[0], np.float32) for i, w in zip((2, 4, 6), weights)]
         data_layout = "NCHWc" if x in self.blocked else "NCHW"
+        attr = (lambda key, default: _ints(node.attrs.get(key, default)))
         built = self._kernel(KernelRequest.of(
-            "inverted_residual", *_request_dims(x_shape), _ints(weight.shape), _ints(w_dw.shape), _ints(w_project.shape),
-            strides=_ints(dw.attrs.get("strides", (1, 1))), padding=_ints(dw.attrs.get("pads", (0, 0, 0, 0))),
-            expand_strides=_ints(strides), expand_padding=_ints(pads), expand=expand_tail.epilogue,
-            depthwise=dw_tail.epilogue, project=project_tail.epilogue, data_layout=data_layout))
-        values = {"expand_weight": weight, "dw_weight": w_dw, "weight": w_project,
-                  "expand_bias": bias.value.numpy() if bias is not None else _conv_bias(node),
-                  "dw_bias": _conv_bias(dw), "bias": _conv_bias(project)}
+            "inverted_residual", *_request_dims(x_shape), *(_ints(w.shape) for w in weights),
+            strides=attr("strides", (1, 1)), padding=attr("pads", (0, 0, 0, 0)),
+            expand_strides=attr("expand_strides", (1, 1)), expand_padding=attr("expand_pads", (0, 0, 0, 0)),
+            expand=_block_epilogue(node, "expand"), depthwise=_block_epilogue(node, "dw"),
+            project=_block_epilogue(node, "project"), data_layout=data_layout))
+        values = dict(zip(("expand_weight", "dw_weight", "weight"), weights))
+        values.update(zip(("expand_bias", "dw_bias", "bias"), biases))
         args = [self.blocked[x] if data_layout == "NCHWc" else x]
         args += [relax.const(built.packers[p.name](values[p.name])) for p in built.params[1:7]]
-        if project_tail.residual is not None:
-            args.append(self._pack(ctx, ctx.lookup(project_tail.residual)))
-        y = self._unpack(ctx, self._call(ctx, built, args), out_shape)
-        ctx.absorb(expand_tail.nodes + [dw] + dw_tail.nodes + [project] + project_tail.nodes, project_tail.result, y)
-        return y
+        if node.input(7) is not None:
+            args.append(self._pack(ctx, ctx.input(7)))
+        return [self._unpack(ctx, self._call(ctx, built, args), _node_shape(node))]
 
     def pool(self, ctx: "LowerCtx", x: relax.Expr, kind: str, *, kernel, strides, pads, dilations, ceil_mode: bool,
              count_include_pad: bool) -> relax.Expr:
@@ -218,7 +196,7 @@ class CpuKernels(Kernels):
             self._note_symbolic(ctx, x)
             return super().pool(ctx, x, kind, kernel=kernel, strides=strides, pads=pads, dilations=dilations,
                                 ceil_mode=ceil_mode, count_include_pad=count_include_pad)
-        blocked = ctx.node in self.plan.blocked
+        blocked = _nchwc(ctx.node)
         built = self._kernel(KernelRequest.of("pool2d", *_request_dims(x_shape), kind, _ints(kernel), _ints(strides), _ints(pads),
                                               dilation=_ints(dilations), ceil_mode=bool(ceil_mode),
                                               count_include_pad=bool(count_include_pad),
@@ -255,11 +233,12 @@ class CpuKernels(Kernels):
         return nchw
 
     def lower_node(self, ctx: "LowerCtx", node: Node) -> list | None:
-        """Softmax over the last axis, LayerNorm (the ONNX op or its exported decomposition) and a
-        2-D GlobalAveragePool (NCHWc when its input was computed blocked: no unpack of the wide
+        """Softmax over the last axis, LayerNorm and a 2-D GlobalAveragePool (NCHWc when its input was computed blocked: no unpack of the wide
         input, only of the pooled vector); mdoc's transformer ops (`cpu_transformer`)."""
         if node.op in TRANSFORMER_OPS:
             return TRANSFORMER_OPS[node.op](self, ctx, node)
+        if node.op == "mdoc.inverted_residual":
+            return self._inverted_residual(ctx, node)
         if node.op == "onnx.GlobalAveragePool":
             x = ctx.input(0)
             shape = _batch_shape(ctx, x) if isinstance(x, relax.Expr) else None
@@ -269,14 +248,6 @@ class CpuKernels(Kernels):
                 built = self._kernel(KernelRequest.of("global_avg_pool2d", *_request_dims(shape), layout="NCHWc"))
                 return [self._unpack(ctx, self._call(ctx, built, [self.blocked[x]]), (shape[0], shape[1], 1, 1))]
             return [self._call(ctx, self._kernel(KernelRequest.of("global_avg_pool2d", *_request_dims(shape))), [x])]
-        if node.op == "onnx.ReduceMean":
-            match = match_layer_norm(ctx, node)
-            x = ctx.input(0) if match is not None else None
-            if match is None or not isinstance(x, relax.Expr) or _rows_shape(ctx, x) is None:
-                return None
-            y = self._layer_norm(ctx, x, match.gamma, match.beta, match.epsilon)
-            ctx.absorb(match.nodes[1:], match.result, y)
-            return [None]  # the mean itself is read only inside the pattern
         if node.op == "onnx.LayerNormalization":
             shape = _rows_shape(ctx, ctx.input(0))
             scale, bias = (node.inputs + (None,))[1:3]
@@ -320,12 +291,46 @@ class CpuKernels(Kernels):
             self._built[request] = kernel
         return self._built[request]
 
-    @staticmethod
-    def _call(ctx: "LowerCtx", built: Kernel, args: list) -> relax.Var:
+    def _call(self, ctx: "LowerCtx", built: Kernel, args: list) -> relax.Var:
+        if ctx.node is not None and not built.name.startswith(("to_nchwc", "from_nchwc")):  # not layout copies
+            self.chosen.setdefault(f"{ctx.node.op} '{ctx.node.name}'", []).append(built.name)
         gv = ctx.add_kernel(built.func, built.name)
         shape = _output_dims(ctx, built, args)
         return ctx.emit(relax.call_tir(gv, args, relax.TensorType(shape, "float32")))
 
+
+
+def _nchwc(node: Node | None) -> bool:
+    """Whether `plan-layout` runs `node`'s kernel on NCHWc activations."""
+    return node is not None and node.attrs.get(LAYOUT) == "NCHWc"
+
+
+def kernel_family(name: str) -> str:
+    """The family of a kernel from its name: the words before its first shape (`conv2d_wino4`,
+    `dense`, `dwconv2d`, `invres`, `from_nchwc`, ...)."""
+    words = []
+    for word in name.split("_"):
+        if word[:1].isdigit():
+            break
+        words.append(word)
+    return "_".join(words) or name
+
+
+def _epilogue(tail: Tail, *, bias: bool) -> Epilogue:
+    """The kernels' epilogue for a fused op's `tail` (bias: whether the kernel adds a bias vector)."""
+    act = tail.activation
+    return Epilogue(scale=tail.scale, bias=bias, residual=tail.residual is not None,
+                    activation=act.name if act is not None else None,
+                    alpha=act.alpha if act is not None else None, beta=act.beta if act is not None else None)
+
+
+def _block_epilogue(node: Node, stage: str) -> Epilogue:
+    """The epilogue of one conv (`stage`) of an mdoc.inverted_residual: its activation, and the
+    residual for the project conv (the block's kernel adds every conv's bias itself)."""
+    residual = stage == "project" and node.input(7) is not None
+    act = applied_from_attrs(ir_activation_attrs(node, stage))
+    return Epilogue(residual=residual, activation=act.name if act is not None else None,
+                    alpha=act.alpha if act is not None else None, beta=act.beta if act is not None else None)
 
 
 def _nchw_of(blocked: tuple[int, ...]) -> tuple[int, int, int, int]:
@@ -343,14 +348,6 @@ def _conv_out_shape(x_shape, w_shape, strides, pads, dilations) -> tuple[int, ..
     oh = (h + pads[0] + pads[2] - dilations[0] * (kh - 1) - 1) // strides[0] + 1
     ow = (w + pads[1] + pads[3] - dilations[1] * (kw - 1) - 1) // strides[1] + 1
     return (n, int(w_shape[0]), oh, ow)
-
-
-def _conv_bias(node: Node) -> np.ndarray:
-    """A Conv node's constant bias, zeros when it has none."""
-    bias = node.inputs[2] if len(node.inputs) > 2 else None
-    if bias is None:
-        return np.zeros(int(node.inputs[1].const_value.shape[0]), np.float32)
-    return np.asarray(bias.const_value, np.float32).reshape(-1)
 
 
 def _node_shape(node: Node) -> tuple | None:
@@ -386,20 +383,6 @@ def _output_dims(ctx: "LowerCtx", built: Kernel, args: list) -> list:
     return [sizes[d] if is_symbolic(d) else d for d in built.output.shape]
 
 
-def _same_dims(a, b) -> bool:
-    """Whether two Relax shapes are equal: ints equal, symbolic dims structurally equal."""
-    if len(a) != len(b):
-        return False
-    return all(int(x) == int(y) if is_static(x) and is_static(y)
-               else not is_static(x) and not is_static(y) and tvm_ffi.structural_equal(x, y) for x, y in zip(a, b))
-
-
-def _agrees(node_shape, dims) -> bool:
-    """Whether an mdoc type's shape (symbols are names) matches Relax `dims` (symbols are TIR
-    expressions): the same rank, the same static sizes, symbolic where the other is."""
-    return node_shape is not None and len(node_shape) == len(dims) and all(
-        (is_static(d) and x == int(d)) if isinstance(x, int) else (isinstance(x, str) and not is_static(d))
-        for x, d in zip(node_shape, dims))
 
 
 def _request_dims(*shapes) -> list[tuple]:
@@ -432,19 +415,6 @@ def _rows_shape(ctx: "LowerCtx", expr, static_row: bool = True) -> tuple | None:
     shape = _f32_shape(ctx, expr) if isinstance(expr, relax.Expr) else None
     ok = shape is not None and len(shape) >= 2 and (is_static(shape[-1]) or not static_row)
     return shape if ok else None
-
-
-def _reshaped(ctx: "LowerCtx", expr: relax.Expr, shape: tuple[int, ...]) -> relax.Expr:
-    """`expr` as `shape`; a reshape of a reshape reshapes the original instead (kernels in a row
-    would otherwise unflatten and flatten their rows between them, and FuseOps makes such a
-    pair a copy, where a single reshape is a free view)."""
-    shape = tuple(int(d) if is_static(d) else d for d in shape)
-    if _same_dims(tuple(ctx.shape_of(expr)), shape):
-        return expr
-    bound = ctx.bb.lookup_binding(expr) if isinstance(expr, relax.Var) else None
-    if isinstance(bound, relax.Call) and bound.op.same_as(_RESHAPE):
-        return _reshaped(ctx, bound.args[0], shape)
-    return ctx.emit(relax.op.reshape(expr, list(shape)))
 
 
 def _batch_shape(ctx: "LowerCtx", expr: relax.Expr) -> tuple | None:

@@ -23,6 +23,7 @@ from mdoc.types import DType, TensorType
 
 from ..cpu_kernels import Epilogue
 from ..cpu_kernels.request import KernelRequest
+from .context import reshaped
 
 if TYPE_CHECKING:  # pragma: no cover
     from .context import LowerCtx
@@ -74,8 +75,6 @@ def skip_layer_norm(kernels: "CpuKernels", ctx: "LowerCtx", node: Node) -> list 
 
 
 def attention(kernels: "CpuKernels", ctx: "LowerCtx", node: Node) -> list | None:
-    from .cpu_strategy import _reshaped
-
     shapes = [_value_shape(node.input(i)) for i in range(3)]
     if any(s is None for s in shapes) or (node.input(3) is not None and _value_shape(node.input(3)) is None):
         return None
@@ -93,16 +92,16 @@ def attention(kernels: "CpuKernels", ctx: "LowerCtx", node: Node) -> list | None
     q4, kt, v4 = heads(0, d, sq, [0, 2, 1, 3]), heads(1, d, sk, [0, 2, 3, 1]), heads(2, dv, sk, [0, 2, 1, 3])
     qk = kernels._kernel(KernelRequest.of("batch_matmul", (b * h, sq, d), (b * h, d, sk), transpose_b=False,
                                           epilogue=Epilogue(scale=float(node.attrs["scale"]))))
-    scores = kernels._call(ctx, qk, [_reshaped(ctx, q4, (b * h, sq, d)), _reshaped(ctx, kt, (b * h, d, sk))])
+    scores = kernels._call(ctx, qk, [reshaped(ctx, q4, (b * h, sq, d)), reshaped(ctx, kt, (b * h, d, sk))])
     if node.input(3) is not None:
-        scores = ctx.emit(R.add(_reshaped(ctx, scores, (b, h, sq, sk)), ctx.input(3)))
+        scores = ctx.emit(R.add(reshaped(ctx, scores, (b, h, sq, sk)), ctx.input(3)))
     softmax = kernels._kernel(KernelRequest.of("softmax", (b * h * sq, sk)))
-    probs = kernels._call(ctx, softmax, [_reshaped(ctx, scores, (b * h * sq, sk))])
+    probs = kernels._call(ctx, softmax, [reshaped(ctx, scores, (b * h * sq, sk))])
     pv = kernels._kernel(KernelRequest.of("batch_matmul", (b * h, sq, sk), (b * h, sk, dv), transpose_b=False,
                                           epilogue=Epilogue()))
-    y = kernels._call(ctx, pv, [_reshaped(ctx, probs, (b * h, sq, sk)), _reshaped(ctx, v4, (b * h, sk, dv))])
-    y = ctx.emit(R.permute_dims(_reshaped(ctx, y, (b, h, sq, dv)), [0, 2, 1, 3]))
-    return [_reshaped(ctx, y, (b, sq, hidden_v))]
+    y = kernels._call(ctx, pv, [reshaped(ctx, probs, (b * h, sq, sk)), reshaped(ctx, v4, (b * h, sk, dv))])
+    y = ctx.emit(R.permute_dims(reshaped(ctx, y, (b, h, sq, dv)), [0, 2, 1, 3]))
+    return [reshaped(ctx, y, (b, sq, hidden_v))]
 
 
 LOWER = {"mdoc.layer_norm": layer_norm, "mdoc.skip_layer_norm": skip_layer_norm, "mdoc.attention": attention}

@@ -9,7 +9,7 @@ schedule that needs no search and works for any op:
    reduction (padding before a conv, a transpose before a matmul) stays
    materialized, so the reduction's hot loop reads a plain buffer.
 2. **Spatial blocks** (elementwise, injective): the innermost loop is split by
-   the vector width and vectorized when it indexes the output's last dim and
+   the vector width (the target's `CpuSpec.lanes`) and vectorized when it indexes the output's last dim and
    its extent is divisible; all outer loops are fused into one parallel loop.
 3. **Reduction blocks** (conv, matmul, pooling, reductions): spatial loops
    outside, reduction loops inside. When the innermost spatial axis can be
@@ -30,34 +30,17 @@ entirely is left as it was, so the build never breaks on a schedule.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 
 import tvm
 from tvm import s_tir, tirx
 from tvm.sym import Analyzer
 
+from ..cpu_description import CpuSpec
+
 logger = logging.getLogger("mdoc.targets.relax.schedule")
 
 _SKIP_ATTRS = ("mdoc.scheduled", "tir.is_scheduled", "tirx.is_scheduled")
-
-
-def vector_lanes(target: tvm.target.Target, dtype_bits: int = 32) -> int:
-    """fp32 lanes of one SIMD register for an LLVM target (AVX-512: 16, AVX2: 8, NEON: 4)."""
-    mcpu = str(target.attrs.get("mcpu", "")) if target is not None else ""
-    mattr = " ".join(str(a) for a in target.attrs.get("mattr", [])) if target is not None else ""
-    triple = str(target.attrs.get("mtriple", "")) if target is not None else ""
-    if triple.startswith("aarch64") or "neon" in mattr:
-        bits = 128
-    elif "avx512" in mattr or mcpu in ("znver4", "znver5", "skylake-avx512", "cascadelake", "cooperlake",
-                                        "icelake-server", "icelake-client", "sapphirerapids", "tigerlake",
-                                        "graniterapids", "emeraldrapids"):
-        bits = 512
-    elif mcpu in ("x86-64", "", "generic"):
-        bits = 128
-    else:
-        bits = 256
-    return max(1, bits // dtype_bits)
 
 
 @dataclass
@@ -148,17 +131,19 @@ def _pick_factor(extent: int | None, candidates) -> int | None:
 
 
 def _parallel(sch, loops) -> None:
-    """Fuse the outer `loops` into one parallel loop, stopping before a second run-time extent.
+    """Fuse the outer `loops` into one parallel loop, ending with the first run-time extent.
 
-    TVM's iter-map analysis cannot split a loop whose extent is a product of two run-time
-    extents: fusing the padded rows and columns of a conv's `pad_temp`, (h + 2) * (w + 2) * c,
-    fails `tvm.compile` ("The padding factor ... is not divisible"). Rows alone feed the cores.
+    TVM's iter-map analysis cannot split a fused loop whose extent is a run-time extent times
+    the loops inside it: fusing the padded rows and columns of a conv's `pad_temp`,
+    (h + 2) * (w + 2) * c, fails `tvm.compile` ("The padding factor ... is not divisible"), and
+    so does (w + 2) * 3 with a static 3 inside (an NHWC pad over a run-time width). The outer
+    loops down to the first run-time one feed the cores; the loops inside it stay serial.
     """
     if not loops:
         return
     symbolic = [k for k, loop in enumerate(loops) if _static(sch.get(loop).extent) is None]
-    if len(symbolic) > 1:
-        loops = loops[:symbolic[1]]
+    if symbolic:
+        loops = loops[:symbolic[0] + 1]
     fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
     sch.parallel(fused)
 
@@ -333,12 +318,11 @@ def schedule_primfunc(func: tirx.PrimFunc, lanes: int, parallel_tasks: int = 32)
 class ScheduleCPU:
     """Apply `schedule_primfunc` to every PrimFunc of the module that is not already scheduled."""
 
-    def __init__(self, target: tvm.target.Target | None = None):
-        self.lanes = vector_lanes(target)
-        cores = int(target.attrs.get("num-cores", 0)) if target is not None else 0
+    def __init__(self, cpu: CpuSpec):
+        self.lanes = cpu.lanes
         # enough parallel tasks to balance the cores (4 per core), without splitting the
         # channel blocks of one output row across tasks needlessly
-        self.parallel_tasks = 4 * (cores or os.cpu_count() or 4)
+        self.parallel_tasks = 4 * cpu.cores
 
     def transform_module(self, mod: tvm.IRModule, ctx) -> tvm.IRModule:
         updates = {}

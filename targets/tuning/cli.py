@@ -13,7 +13,7 @@ import sys
 import click
 
 from mdoc.api import optimize
-from mdoc.cli.group import dim_option, emit_json, json_option, parse_dims
+from mdoc.cli_options import dim_option, emit_json, json_option, parse_dims
 from mdoc.errors import MdocError
 from mdoc.model_io import load_model
 from mdoc.specialize import bind_dims

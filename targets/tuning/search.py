@@ -34,7 +34,7 @@ from tvm.ir.utils import derived_object
 from mdoc.errors import MdocError
 
 from ..artifact import host_arch
-from ..cpu_kernels import CpuSpec
+from ..cpu_description import CpuSpec
 from ..cpu_kernels.request import KernelRequest
 from ..presets import TargetSpec
 from .store import TuningDatabase, task_module
@@ -221,7 +221,7 @@ def _cross_builder_worker() -> None:
         return path
 
 
-def measure_defaults(tasks: list[Task], db: TuningDatabase, target, builder, runner) -> None:
+def measure_defaults(tasks: list[Task], db: TuningDatabase, target, cpu: CpuSpec, builder, runner) -> None:
     """Build and time mdoc's default schedule of every task (reusing the database's baselines)."""
     from tvm.s_tir import meta_schedule as ms
 
@@ -235,7 +235,7 @@ def measure_defaults(tasks: list[Task], db: TuningDatabase, target, builder, run
     if not todo:
         return
     with target:  # (the pass edits the module it is given: each gets a fresh one)
-        scheduled = [ScheduleCPU(target)(task_module(t.func)) for t in todo]
+        scheduled = [ScheduleCPU(cpu)(task_module(t.func)) for t in todo]
     built = builder.build([ms.builder.BuilderInput(m, target) for m in scheduled])
     inputs, waiting = [], []
     for task, b in zip(todo, built):
@@ -275,7 +275,7 @@ def tune(mod: tvm.IRModule, spec: TargetSpec, database_dir: str | os.PathLike, b
             say("the hand-scheduled kernels' tiles are swept on this machine only: skipped with --rpc-tracker")
         elif requests:
             say(f"{len(requests)} hand-scheduled kernels; measuring their tiles")
-            report.tiles = sweep_tiles(requests, CpuSpec.from_target(spec.tvm), db, deadline=deadline,
+            report.tiles = sweep_tiles(requests, spec.cpu, db, deadline=deadline,
                                        max_trials=budget.trials or math.inf, say=say, advance=progress.advance)
         _tune_tasks(mod, spec, db, budget, report, deadline, builder, runner, target, chunk, seed, progress, say)
     finally:
@@ -297,7 +297,7 @@ def _tune_tasks(mod, spec, db, budget, report, deadline, builder, runner, target
         say("the tile sweep took the budget: MetaSchedule is not started")
         return
     say(f"{len(tasks)} tasks; measuring mdoc's default schedule of each")
-    measure_defaults(tasks, db, target, builder, runner)
+    measure_defaults(tasks, db, target, spec.cpu, builder, runner)
     tasks.sort(key=lambda t: -t.cost)
     report.results = [TaskResult(t) for t in tasks]
     if trials is not None:

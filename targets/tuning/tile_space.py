@@ -24,7 +24,7 @@ import math
 from ..cpu_kernels import CpuSpec, KernelError
 from ..cpu_kernels.blocked_window import blocked_window_tiles, plan_blocked_window
 from ..cpu_kernels.common import ceil_div
-from ..cpu_kernels.conv import plan_conv2d, winograd_applies, winograd_eligible
+from ..cpu_kernels.conv import conv_family, is_depthwise, plan_conv2d, winograd_eligible
 from ..cpu_kernels.inverted_residual import inverted_residual_tiles, plan_inverted_residual
 from ..cpu_kernels.winograd import plan_winograd, winograd_tiles
 from ..cpu_kernels.depthwise import plan_window
@@ -82,7 +82,7 @@ def gemm_tiles(m: int, n: int, spec: CpuSpec) -> list[tuple[int, int]]:
 def conv_tiles(data_shape, weight_shape, kw: dict, spec: CpuSpec) -> list[tuple[int, ...]]:
     groups = int(kw.get("groups", 1))
     strides, padding, dilation = kw.get("strides", 1), kw.get("padding", 0), kw.get("dilation", 1)
-    if groups > 1 and weight_shape[1] == 1 and groups == data_shape[1]:
+    if is_depthwise(data_shape, weight_shape, groups):
         if kw.get("layout") == "NCHWc":
             return blocked_window_tiles(plan_blocked_window("depthwise_conv2d", data_shape, weight_shape[2:], strides,
                                                             padding, dilation, spec), spec)
@@ -99,8 +99,8 @@ def conv_tiles(data_shape, weight_shape, kw: dict, spec: CpuSpec) -> list[tuple[
             return direct[:MAX_TILES]
         wplan = plan_winograd(data_shape, weight_shape, padding, spec)
         winograd = winograd_tiles(wplan, spec)
-        if winograd_applies(data_shape, weight_shape, strides, dilation, groups, "NCHWc", "NCHWc", spec, padding,
-                            None):  # Winograd is the default: the direct kernel is a candidate too
+        if conv_family(data_shape, weight_shape, strides, padding, dilation, groups, spec,
+                       layout="NCHWc", data_layout="NCHWc") == "winograd":  # the default: direct is a candidate too
             return winograd[:MAX_TILES - 3] + direct[:3]
         return [(wplan.m, wplan.mr, wplan.nv)] + winograd[:MAX_TILES // 2 - 1] + direct[:MAX_TILES // 2]
     tiles: list[tuple[int, ...]] = []

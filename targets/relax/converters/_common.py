@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from tvm import relax, tirx
+from tvm import relax
 
 from ..context import LowerCtx, SymTensor, is_float, is_static, prim
 
@@ -104,10 +104,6 @@ def sym_eval(ctx: LowerCtx, np_fn: Callable[..., np.ndarray], tir_fn: Callable[.
     shape, rows = _broadcast(ctx, syms)
     values = [tir_fn(*[prim(v, dt) for v, dt in zip(col, dtypes)]) for col in zip(*rows)]
     return SymTensor(dtype, shape, values)
-
-
-def as_relax_shape(dims: Sequence[Any]) -> relax.ShapeExpr:
-    return relax.ShapeExpr([prim(d) for d in dims])
 
 
 def relax_dims(dims: Sequence[Any]) -> list[Any]:

@@ -8,17 +8,11 @@ from mdoc.ir import Node
 
 from ..context import LowerCtx
 from ..registry import converter
-from ._common import norm_axis
+from .tensor import along_axis_operand
 
 R = relax.op
 
 
 @converter("onnx.CumProd", since=26)
 def cumprod(ctx: LowerCtx, node: Node):
-    axis = norm_axis(ctx, int(ctx.require_const(1, "axis").reshape(-1)[0]), ctx.rank(0))
-    x = ctx.input(0)
-    reverse = bool(ctx.attr("reverse", 0))
-    if reverse:
-        x = ctx.emit(R.flip(x, axis))
-    y = R.cumprod(x, axis=axis, exclusive=bool(ctx.attr("exclusive", 0)))
-    return [R.flip(ctx.emit(y), axis) if reverse else y]
+    return [along_axis_operand(ctx, R.cumprod)]

@@ -9,12 +9,11 @@ subgraph), the op is evaluated during lowering instead of emitted.
 from __future__ import annotations
 
 import numpy as np
-import tvm_ffi
 from tvm import relax, tirx
 
 from mdoc.ir import Node
 
-from ..context import LowerCtx, broadcast_dims, is_float, is_static, pdtype, prim
+from ..context import LowerCtx, broadcast_dims, is_float, pdtype, prim
 from ..registry import converter
 from ._common import attr_str, cast_if_needed, float_const, sym_eval
 
@@ -47,27 +46,9 @@ def _binary(relax_fn, np_fn, tir_fn=None, bool_out=False):
         a, b = ctx.input(0), ctx.input(1)
         if ctx.opset < 7:
             b = _legacy_align(ctx, a, b)
-        b = _agree(ctx, a, b)
+        a, b = ctx.aligned(a, b)
         return [_broadcasting(ctx, relax_fn(a, b), a, b)]
     return convert
-
-
-def _agree(ctx: LowerCtx, a: relax.Expr, b: relax.Expr) -> relax.Expr:
-    """`b`, match-cast to `a`'s dims where both are symbolic and differ (an FPN adds an upsampled
-    map, [N, C, 2 * (H // 32), ...], to a lateral one, [N, C, H // 16, ...]): Relax cannot broadcast
-    two unrelated run-time dims, and an op whose shape it lost is never lowered. ONNX lets such dims
-    differ only where one is 1; the match_cast checks at run time that they are equal."""
-    da, db = ctx.shape_of(a), ctx.shape_of(b)
-    if not da or not db:
-        return b
-    n = min(len(da), len(db))
-    pairs = list(zip(da[len(da) - n:], db[len(db) - n:]))
-    if not any(not is_static(x) and not is_static(y) and not tvm_ffi.structural_equal(x, y) for x, y in pairs):
-        return b
-    lead = list(db[:len(db) - n])
-    want = lead + [x if not is_static(x) and not is_static(y) else y for x, y in pairs]
-    return ctx.bb.match_cast(b, relax.TensorType([prim(d) if not isinstance(d, int) else d for d in want],
-                                                 b.ty.dtype))
 
 
 def _broadcasting(ctx: LowerCtx, expr: relax.Expr, *operands: relax.Expr) -> relax.Expr:
@@ -182,6 +163,7 @@ def _variadic(relax_fn, np_fn, finish=None):
         xs = [x for x in ctx.inputs() if x is not None]
         acc = xs[0]
         for x in xs[1:]:
+            acc, x = ctx.aligned(acc, x)
             acc = _broadcasting(ctx, relax_fn(acc, x), acc, x)
         if finish is not None:
             acc = finish(acc, len(xs))
@@ -431,5 +413,6 @@ def where(ctx: LowerCtx, node: Node):
     cond, a, b = ctx.input(0), ctx.input(1), ctx.input(2)
     if str(cond.ty.dtype) != "bool":
         cond = ctx.emit(R.astype(cond, "bool"))
+    cond, a, b = ctx.aligned(cond, a, b)
     return [_broadcasting(ctx, R.where(cond, a, b), cond, a, b)]
 

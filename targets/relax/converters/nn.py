@@ -98,6 +98,12 @@ def _refuse_empty(ctx: LowerCtx, in_dims, outs: list, window: str) -> None:
 
 @converter("onnx.Conv", since=1)
 def conv(ctx: LowerCtx, node: Node):
+    return [lower_conv(ctx)]
+
+
+def lower_conv(ctx: LowerCtx, tail=None) -> relax.Expr:
+    """The node's Conv (ONNX attributes, operands x, w, b?) through `ctx.kernels.conv`, with the
+    fused `tail` (a `kernels.Tail`) of an mdoc.conv."""
     x, w = ctx.input(0), ctx.input(1)
     xs, ws = ctx.shape(0), ctx.shape(1)
     nd = len(xs) - 2
@@ -110,7 +116,8 @@ def conv(ctx: LowerCtx, node: Node):
         x, pads = _padded_input(ctx, x, pads), [0] * len(pads)
     groups = int(ctx.attr("group", 1))
     bias = ctx.input(2) if ctx.has_input(2) else None  # the kernel adds it (and may fuse it)
-    return [ctx.kernels.conv(ctx, x, w, strides=strides, pads=pads, dilations=dilations, groups=groups, bias=bias)]
+    return ctx.kernels.conv(ctx, x, w, strides=strides, pads=pads, dilations=dilations, groups=groups, bias=bias,
+                            tail=tail)
 
 
 _CONV_T = {1: (R.nn.conv1d_transpose, "NCW", "IOW"), 2: (R.nn.conv2d_transpose, "NCHW", "IOHW"),

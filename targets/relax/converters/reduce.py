@@ -3,18 +3,24 @@
 Axes are an attribute before opset 18 (before 13 for ReduceSum) and an optional
 input after; an omitted or empty axes list reduces everything unless
 `noop_with_empty_axes` is set, in which case the op is the identity.
+
+Axes given at run time (of a known length) go to one TE kernel, `_masked_reduce`:
+every dim is reduced or kept by a run-time mask (`runtime_axes.axis_mask`), the
+result keeps the input's rank with 1 where reduced, and keepdims=0 reshapes it to
+the kept dims. So the artifact takes any axes; no value is bound at compile time.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from tvm import relax
+from tvm import relax, te, tirx
 
 from mdoc.ir import Node
 
 from ..context import LowerCtx, is_float, is_static
 from ..registry import converter
-from ._common import attr_ints, norm_axes, norm_axis, operand_ints, relax_dims, sym_eval
+from ._common import attr_ints, norm_axes, norm_axis, operand_ints, prod, relax_dims, sym_eval
+from .runtime_axes import axis_mask, kept_dims, length, runtime_axes
 
 R = relax.op
 
@@ -31,7 +37,13 @@ def _axes(ctx: LowerCtx, axes_from_input: bool) -> list[int] | None:
 def _reduce(kind: str, axes_from_input: bool):
     def convert(ctx: LowerCtx, node: Node):
         keep = bool(ctx.attr("keepdims", 1))
-        axes = _axes(ctx, axes_from_input)
+        runtime = runtime_axes(ctx, 1, ctx.rank(0)) if axes_from_input and ctx.has_input(1) else None
+        if runtime is not None and length(runtime):
+            return [_reduce_runtime_axes(ctx, kind, runtime, keep)]
+        if runtime is not None:  # an empty axes tensor: its length says enough
+            axes = [] if int(ctx.attr("noop_with_empty_axes", 0)) else None
+        else:
+            axes = _axes(ctx, axes_from_input)
         if kind in ("Max", "Min", "Sum", "Prod") and ctx.sym(0) is not None and axes in (None, [0]):
             np_fn = {"Max": np.max, "Min": np.min, "Sum": np.sum, "Prod": np.prod}[kind]
             sym = sym_eval(ctx, lambda a: np.asarray(np_fn(a, keepdims=keep)), None, operands=[0])
@@ -78,6 +90,84 @@ def _reduce(kind: str, axes_from_input: bool):
             return [y]
         raise AssertionError(kind)
     return convert
+
+
+def _reduce_runtime_axes(ctx: LowerCtx, kind: str, axes: relax.Expr, keep: bool) -> relax.Expr:
+    """Reduce `kind` over axes known at run time: masked kernels, then the kept dims when not `keep`."""
+    x = ctx.input(0)
+    dims = ctx.shape_of(x)
+    rank = len(dims)
+    mask = axis_mask(ctx, axes, rank)
+    full, ones = ctx.dims_tensor(dims), relax.const(np.ones(rank, np.int64), "int64")
+    sizes = ctx.runtime_dims(ctx.emit(R.concat([R.where(mask, ones, full), R.where(mask, full, ones)], axis=0)), "r")
+    out, extents = sizes[:rank], sizes[rank:]
+    dt = str(x.ty.dtype)
+    if dt == "bool":  # as the static path: any / all through uint8
+        x = ctx.emit(R.astype(x, "uint8"))
+    square = lambda v, *_: v * v  # noqa: E731
+    reduce = lambda k, value=None, *extra: _masked_reduce(ctx, x, out, extents, k, value, *extra)  # noqa: E731
+    if kind == "LogSumExp":
+        m = reduce("Max")
+        y = ctx.emit(R.add(R.log(reduce("Sum", lambda v, j, m: tirx.exp(v - m(*j)), m)), m))
+    elif kind in ("L1", "L2", "SumSquare", "LogSum"):
+        y = reduce("Sum", {"L1": lambda v, *_: tirx.abs(v), "L2": square, "SumSquare": square, "LogSum": None}[kind])
+        y = ctx.emit(R.sqrt(y) if kind == "L2" else R.log(y)) if kind in ("L2", "LogSum") else y
+    else:
+        y = reduce("Sum" if kind == "Mean" else kind)
+        if kind == "Mean":
+            n = ctx.emit(R.astype(R.reshape(ctx.dims_tensor([prod(extents)]), []), dt))
+            y = ctx.emit(R.divide(y, n))
+    if dt == "bool":
+        y = ctx.emit(R.astype(y, "bool"))
+    if keep:
+        return y
+    return R.reshape(y, relax_dims(kept_dims(ctx, dims, mask, rank - length(axes))))
+
+
+def _masked_reduce(ctx: LowerCtx, x: relax.Expr, out: list, extents: list, kind: str, value=None,
+                   *extra: relax.Expr) -> relax.Var:
+    """A kernel reducing `x` over the dims of extent `extents` (1 where kept), keeping them as 1 (`out`).
+
+    Output index j and reduction index k meet at x[j + k]: a reduced dim has j in [0, 1)
+    and k in [0, d), a kept one j in [0, d) and k in [0, 1). `value(v, j, *extra)` turns
+    each element before the reduction. Max and Min of floats start from -inf / inf (the
+    identity ONNX gives an empty set); Prod from 1.
+    """
+    dt = str(x.ty.dtype)
+    if any(is_static(d) and int(d) == 0 for d in ctx.shape_of(x)):
+        # nothing to read: the identity everywhere (an empty input may also come with strides TVM
+        # does not take as compact)
+        ident = _identity(kind, dt)
+        return ctx.bb.emit_te(lambda out: te.compute(out, lambda *j: tirx.const(ident, dt), name="reduce_empty"),
+                              list(out), primfunc_name_hint="reduce_empty")
+    reducer = {"Sum": te.sum, "Max": te.max, "Min": te.min,
+               "Prod": te.comm_reducer(lambda a, b: a * b, lambda t: tirx.const(1, t), name="prod")}[kind]
+    if kind in ("Max", "Min") and is_float(dt):
+        inf = float("-inf") if kind == "Max" else float("inf")
+        pick = tirx.max if kind == "Max" else tirx.min
+        reducer = te.comm_reducer(lambda a, b: pick(a, b), lambda t: tirx.const(inf, t), name=kind.lower())
+
+    def compute(t: te.Tensor, out: list, extents: list, *others: te.Tensor) -> te.Tensor:
+        ks = [te.reduce_axis((0, e), name=f"k{i}") for i, e in enumerate(extents)]
+
+        def element(*j):
+            v = t(*[a + k for a, k in zip(j, ks)])
+            return reducer(value(v, j, *others) if value else v, axis=ks)
+
+        return te.compute(out, element, name=f"reduce_{kind.lower()}")
+
+    # the dims go in as arguments: emit_te passes a PrimFunc only the vars it is given or finds in shapes
+    return ctx.bb.emit_te(compute, x, list(out), list(extents), *extra, primfunc_name_hint=f"reduce_{kind.lower()}")
+
+
+def _identity(kind: str, dt: str):
+    """What a reduction of no elements gives: 0, 1, or the lowest / highest value for Max / Min."""
+    if kind in ("Sum", "Prod"):
+        return 0 if kind == "Sum" else 1
+    if is_float(dt):
+        return float("-inf") if kind == "Max" else float("inf")
+    info = np.iinfo(dt)
+    return int(info.min) if kind == "Max" else int(info.max)
 
 
 def _float_extreme(ctx: LowerCtx, kind: str, x, axes: list[int] | None, keep: bool, dt: str):

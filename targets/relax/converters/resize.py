@@ -51,6 +51,11 @@ def _f(v) -> tirx.PrimExpr:
     return tirx.FloatImm("float32", float(_concrete(v)))
 
 
+def _fl(v) -> tirx.PrimExpr:
+    """A roi bound: a float known while lowering, or a float32 TIR expression reading the run-time roi."""
+    return _f(v) if isinstance(v, (int, float)) else v
+
+
 def _to_f(e) -> tirx.PrimExpr:
     return _f(e) if is_static(e) else tirx.Cast("float32", e)
 
@@ -92,8 +97,9 @@ def _resize_te(x: te.Tensor, out_shape, axes: dict, mode: str, coord: str, neare
             return (xi + _f(0.5)) / s, None
         # tf_crop_and_resize
         c = tirx.Select(fout > _f(1),
-                        _f(start) * (fin - _f(1)) + xi * _f(end - start) * (fin - _f(1)) / tirx.Max(fout - _f(1), _f(1)),
-                        _f(0.5 * (start + end)) * (fin - _f(1)))
+                        _fl(start) * (fin - _f(1)) + xi * (_fl(end) - _fl(start)) * (fin - _f(1))
+                        / tirx.Max(fout - _f(1), _f(1)),
+                        _f(0.5) * (_fl(start) + _fl(end)) * (fin - _f(1)))
         outside = tirx.Or(c < _f(0), c > fin - _f(1))
         return c, outside
 
@@ -185,13 +191,15 @@ def _resize_te(x: te.Tensor, out_shape, axes: dict, mode: str, coord: str, neare
 
 def _emit_resize(ctx: LowerCtx, x: relax.Expr, scales: list[float] | relax.Expr | None, sizes: list | None, *,
                  mode: str, coord: str, nearest: str, cubic_a: float = -0.75, exclude_outside: bool = False,
-                 extrapolation: float = 0.0, roi: list[float] | None = None):
+                 extrapolation: float = 0.0, roi: list[float] | relax.Expr | None = None,
+                 out_dims: list | None = None):
     """Resize `x`: output dims are `sizes` when given, else floor(dim * scale); coordinates use `scales`
     when given (keep_aspect_ratio_policy gives both), else sizes / dims.
 
     Sizes may be run-time values (TIR vars from `ctx.shape_arg`); scales are compile-time floats,
     or a run-time float32 tensor (then every axis is resized: floor(dim * scale) is computed at
-    run time and bound to fresh dims, and the kernel reads the scales).
+    run time and bound to fresh dims, and the kernel reads the scales; `out_dims` gives those dims
+    instead, when the caller computed them).
     """
     dims = ctx.shape_of(x)
     rank = len(dims)
@@ -203,12 +211,13 @@ def _emit_resize(ctx: LowerCtx, x: relax.Expr, scales: list[float] | relax.Expr 
         raise ctx.error(f"nearest_mode {nearest!r} is not supported")
     out_shape, axes = [], {}
     runtime = scales if isinstance(scales, relax.Expr) else None
-    spans = [(roi[a], roi[rank + a]) if roi is not None and coord == "tf_crop_and_resize" else (0.0, 1.0)
-             for a in range(rank)]
+    runtime_roi = roi if isinstance(roi, relax.Expr) else None  # with sizes only: it moves no output dim
+    spans = [(roi[a], roi[rank + a]) if roi is not None and runtime_roi is None and coord == "tf_crop_and_resize"
+             else (0.0, 1.0) for a in range(rank)]
     if runtime is not None:
         wide = R.multiply(R.astype(runtime, "float64"), R.astype(ctx.dims_tensor(dims), "float64"))
         factors = relax.const(np.array([end - start for start, end in spans], np.float64), "float64")
-        out_dims = ctx.runtime_dims(ctx.emit(R.astype(R.floor(R.multiply(wide, factors)), "int64")), "o")
+        out_dims = out_dims or ctx.runtime_dims(ctx.emit(R.astype(R.floor(R.multiply(wide, factors)), "int64")), "o")
     for a in range(rank):
         start, end = spans[a]
         n = dims[a]
@@ -239,7 +248,8 @@ def _emit_resize(ctx: LowerCtx, x: relax.Expr, scales: list[float] | relax.Expr 
                 # floor(n * 1.5) would put float math into Relax shapes, which its passes reject
                 raise ctx.error(f"Resize by a non-integer scale {scale} needs a static dim on axis {a}")
         out_shape.append(o)
-        if scale == 1.0 and (start, end) == (0.0, 1.0) and (not is_static(o) or not is_static(n) or int(o) == int(n)):
+        if scale == 1.0 and (start, end) == (0.0, 1.0) and runtime_roi is None and (
+                not is_static(o) or not is_static(n) or int(o) == int(n)):
             continue  # this axis is copied
         axes[a] = (scale, start, end)
     if not axes:
@@ -254,11 +264,14 @@ def _emit_resize(ctx: LowerCtx, x: relax.Expr, scales: list[float] | relax.Expr 
         for k in range(0, len(order), per_stage):
             group = order[k:k + per_stage]
             shape = [out_shape[a] if a in group else data.shape[a] for a in range(rank)]
-            now = {a: (given[0][a] if axes[a][0] is _RUNTIME else axes[a][0], *axes[a][1:]) for a in group}
+            now = {a: (given[0][a] if axes[a][0] is _RUNTIME else axes[a][0],
+                       *((given[-1][a], given[-1][rank + a]) if runtime_roi is not None else axes[a][1:]))
+                   for a in group}
             data = _resize_te(data, shape, now, mode, coord, nearest, cubic_a, exclude_outside, extrapolation)
         return data
 
-    return ctx.bb.emit_te(compute, x, *([runtime] if runtime is not None else []), primfunc_name_hint="resize")
+    given = [t for t in (runtime, runtime_roi) if t is not None]
+    return ctx.bb.emit_te(compute, x, *given, primfunc_name_hint="resize")
 
 
 def _same_dim(a, b) -> bool:
@@ -279,6 +292,20 @@ def _scales(ctx: LowerCtx, i: int) -> list[float] | relax.Expr | None:
     if int(n) == 0:
         return None
     x = ctx.input(i)
+    return x if str(x.ty.dtype) == "float32" else ctx.emit(R.astype(x, "float32"))
+
+
+def _runtime_roi(ctx: LowerCtx, rank: int) -> relax.Expr | None:
+    """Resize's roi (operand 1) as a float32 tensor when it is read at run time; None when known
+    (or empty). Taken with sizes only: with scales the roi would move the output dims."""
+    if ctx.const(1) is not None:
+        return None
+    shape = ctx.shape(1)
+    if len(shape) != 1 or not is_static(shape[0]):
+        raise ctx.need_const(1, "roi, of a length known only at run time")
+    if int(shape[0]) == 0:
+        return None
+    x = ctx.input(1)
     return x if str(x.ty.dtype) == "float32" else ctx.emit(R.astype(x, "float32"))
 
 
@@ -303,15 +330,17 @@ def resize_v11(ctx: LowerCtx, node: Node):
     rank = len(dims)
     coord = attr_str(ctx, "coordinate_transformation_mode", "half_pixel")
     mode = attr_str(ctx, "mode", "nearest")
-    roi = _float_list(ctx, 1, "roi") if coord == "tf_crop_and_resize" else None
     scales = _scales(ctx, 2)
+    roi = None
+    if coord == "tf_crop_and_resize" and ctx.has_input(1):
+        roi = _runtime_roi(ctx, rank) if scales is None else None
+        roi = roi if roi is not None else _float_list(ctx, 1, "roi")
     antialias = ctx.opset >= 18 and int(ctx.attr("antialias", 0)) and mode != "nearest"
     # cubic kernels over run-time dims take TVM minutes to build (16 taps of symbolic float math
     # per element): those, like axes and antialias, are specialized to the operand's value instead
-    if isinstance(scales, relax.Expr) and (mode == "cubic" or antialias or
-                                           (ctx.opset >= 18 and ctx.attr("axes") is not None)):
-        raise ctx.need_const(2, f"scales, with mode={mode}, axes or antialias")
-    sizes = None
+    if isinstance(scales, relax.Expr) and (mode == "cubic" or antialias):
+        raise ctx.need_const(2, f"scales, with mode={mode} or antialias")
+    sizes, out_dims = None, None
     if scales is None and ctx.has_input(3):
         if mode == "cubic" and ctx.sym(3, max_size=1 << 12) is None:
             raise ctx.need_const(3, "sizes, with mode=cubic")
@@ -322,7 +351,11 @@ def resize_v11(ctx: LowerCtx, node: Node):
         axes = ctx.attr("axes")
         if axes is not None:
             axes = norm_axes(ctx, [int(a) for a in axes], rank)
-            if scales is not None:
+            if isinstance(scales, relax.Expr):  # run-time scales of the named axes; 1 elsewhere
+                one = relax.const(np.ones(1, np.float32))
+                scales = ctx.emit(R.concat([R.strided_slice(scales, [0], [axes.index(a)], [axes.index(a) + 1])
+                                            if a in axes else one for a in range(rank)], axis=0))
+            elif scales is not None:
                 full = [1.0] * rank
                 for a, s in zip(axes, scales):
                     full[a] = s
@@ -332,7 +365,13 @@ def resize_v11(ctx: LowerCtx, node: Node):
                 for a, s in zip(axes, sizes):
                     full_sizes[a] = s
                 sizes = full_sizes
-            if roi is not None:
+            if isinstance(roi, relax.Expr):  # run-time roi of the named axes; [0, 1] elsewhere
+                k, f32 = len(axes), lambda v: relax.const(np.array([v], np.float32))  # noqa: E731
+                piece = lambda j: R.strided_slice(roi, [0], [j], [j + 1])  # noqa: E731
+                roi = ctx.emit(R.concat([piece(axes.index(a)) if a in axes else f32(0.0) for a in range(rank)]
+                                        + [piece(k + axes.index(a)) if a in axes else f32(1.0) for a in range(rank)],
+                                        axis=0))
+            elif roi is not None:
                 k = len(axes)
                 full_roi = [0.0] * rank + [1.0] * rank
                 for j, a in enumerate(axes):
@@ -341,6 +380,9 @@ def resize_v11(ctx: LowerCtx, node: Node):
         else:
             axes = list(range(rank))
         policy = attr_str(ctx, "keep_aspect_ratio_policy", "stretch")
+        if sizes is not None and policy != "stretch" and not antialias and not all(is_static(d) for d in sizes):
+            scales, out_dims = _kept_aspect(ctx, dims, axes, policy)
+            sizes = None
         if sizes is not None and (policy != "stretch" or antialias) and not all(is_static(d) for d in sizes):
             raise ctx.need_const(3, f"sizes, with keep_aspect_ratio_policy={policy} and antialias={antialias:d}")
         if sizes is not None and policy != "stretch":
@@ -361,8 +403,23 @@ def resize_v11(ctx: LowerCtx, node: Node):
     y = _emit_resize(ctx, x, scales, sizes, mode=mode, coord=coord, nearest=nearest,
                      cubic_a=float(ctx.attr("cubic_coeff_a", -0.75)),
                      exclude_outside=bool(ctx.attr("exclude_outside", 0)),
-                     extrapolation=float(ctx.attr("extrapolation_value", 0.0)), roi=roi)
+                     extrapolation=float(ctx.attr("extrapolation_value", 0.0)), roi=roi, out_dims=out_dims)
     return [y]
+
+
+def _kept_aspect(ctx: LowerCtx, dims: list, axes: list[int], policy: str) -> tuple[relax.Expr, list]:
+    """Run-time sizes with keep_aspect_ratio_policy not_larger / not_smaller: one scale, the least
+    (greatest) of sizes / dims over `axes`, and the dims floor(dim * scale + 0.5) there, at run time."""
+    rank = len(dims)
+    f64 = lambda e: R.astype(e, "float64")  # noqa: E731
+    full = ctx.emit(f64(ctx.dims_tensor(dims)))
+    ratios = ctx.emit(R.divide(f64(ctx.input(3)), R.take(full, relax.const(np.array(axes, np.int64)), axis=0)))
+    scale = ctx.emit((R.min if policy == "not_larger" else R.max)(ratios))
+    named = relax.const(np.isin(np.arange(rank), axes))
+    out = ctx.emit(R.where(named, R.floor(R.add(R.multiply(full, scale), relax.const(0.5, "float64"))), full))
+    ones = relax.const(np.ones(rank), "float64")
+    scales = ctx.emit(R.astype(R.where(named, R.broadcast_to(scale, [rank]), ones), "float32"))
+    return scales, ctx.runtime_dims(ctx.emit(R.astype(out, "int64")), "o")
 
 
 @converter("onnx.Upsample", since=7)

@@ -10,7 +10,6 @@ Expand receive the dims as integers and TIR expressions.
 from __future__ import annotations
 
 import numpy as np
-import tvm_ffi
 from tvm import relax, te, tirx
 
 from mdoc.ir import Node
@@ -18,6 +17,7 @@ from mdoc.ir import Node
 from ..context import LowerCtx, SymTensor, broadcast_dims, is_float, is_static, pdtype, prim
 from ..registry import converter
 from ._common import attr_ints, attr_str, norm_axes, norm_axis, operand_ints, prod, relax_dims, static_int
+from .runtime_axes import axis_mask, inserted_dims, kept_dims, length, runtime_axes, spread
 
 R = relax.op
 INT64_MAX = (1 << 63) - 1
@@ -145,6 +145,11 @@ def squeeze_v1(ctx: LowerCtx, node: Node):
 
 @converter("onnx.Squeeze", since=13)
 def squeeze_v13(ctx: LowerCtx, node: Node):
+    dims = ctx.shape(0)
+    axes = runtime_axes(ctx, 1, len(dims)) if ctx.has_input(1) else None
+    if axes is not None and length(axes):  # which dims go is known at run time; how many is the axes' length
+        out = kept_dims(ctx, dims, axis_mask(ctx, axes, len(dims)), len(dims) - length(axes))
+        return [R.reshape(ctx.input(0), relax_dims(out))]
     return [_squeeze(ctx, operand_ints(ctx, 1, "axes"))]
 
 
@@ -168,6 +173,13 @@ def unsqueeze_v1(ctx: LowerCtx, node: Node):
 
 @converter("onnx.Unsqueeze", since=13)
 def unsqueeze_v13(ctx: LowerCtx, node: Node):
+    dims = ctx.shape(0)
+    n = ctx.shape(1)
+    rank = len(dims) + (int(n[0]) if len(n) == 1 and is_static(n[0]) else 0)
+    axes = runtime_axes(ctx, 1, rank)
+    if axes is not None:
+        out = inserted_dims(ctx, dims, axis_mask(ctx, axes, rank))
+        return [R.reshape(ctx.input(0), relax_dims(out))]
     return [_unsqueeze(ctx, operand_ints(ctx, 1, "axes"))]
 
 
@@ -196,25 +208,10 @@ def concat(ctx: LowerCtx, node: Node):
     # ONNX allows empty operands (e.g. a [0] shape piece); Relax does not need them
     keep = [i for i in present if not (is_static(ctx.shape(i)[axis]) and int(ctx.shape(i)[axis]) == 0)]
     keep = keep or present[:1]
-    if len(keep) == 1:
-        return [ctx.input(keep[0])]
-    first = ctx.shape(keep[0])
-    xs = [ctx.input(keep[0])]
-    for i in keep[1:]:
-        x, dims = ctx.input(i), ctx.shape(i)
-        if any(k != axis and not _same_dim(d, first[k]) for k, d in enumerate(dims)):
-            # ONNX makes the dims off the axis equal; Relax cannot prove two run-time dims equal
-            # (a bidirectional LSTM's two loops), so say it with a checked match_cast
-            want = [d if k == axis else first[k] for k, d in enumerate(dims)]
-            x = ctx.bb.match_cast(x, relax.TensorType(relax_dims(want), x.ty.dtype))
-        xs.append(x)
-    return [R.concat(xs, axis=axis)]
-
-
-def _same_dim(a, b) -> bool:
-    if is_static(a) or is_static(b):
-        return is_static(a) and is_static(b) and int(a) == int(b)
-    return bool(tvm_ffi.structural_equal(a, b))
+    xs = [ctx.input(i) for i in keep]
+    if len(xs) == 1:
+        return [xs[0]]
+    return [R.concat(ctx.aligned(*xs, concat_axis=axis), axis=axis)]
 
 
 @converter("onnx.Split", since=1)
@@ -222,6 +219,8 @@ def split(ctx: LowerCtx, node: Node):
     dims = ctx.shape(0)
     axis = norm_axis(ctx, int(ctx.attr("axis", 0)), len(dims))
     n = len(node.outputs)
+    if ctx.opset >= 13 and ctx.has_input(1) and ctx.const(1) is None and ctx.sym(1) is None:
+        return _split_runtime(ctx, axis, n)
     if ctx.opset >= 13 or (ctx.opset < 2 and ctx.has_input(1)):
         sizes = operand_ints(ctx, 1, "split")
     else:
@@ -250,6 +249,20 @@ def split(ctx: LowerCtx, node: Node):
     points = list(np.cumsum(sizes[:-1]).tolist())
     t = ctx.emit(R.split(x, points, axis=axis))
     return [relax.TupleGetItem(t, k) for k in range(len(sizes))]
+
+
+def _split_runtime(ctx: LowerCtx, axis: int, n: int) -> list:
+    """Split with sizes read at run time: one piece per size, each a slice between running sums."""
+    shape = ctx.shape(1)
+    if shape != [n]:
+        raise ctx.error(f"split has shape {shape}, but the node has {n} outputs")
+    sizes = ctx.runtime_dims(ctx.input(1), "split")
+    x = ctx.input(0)
+    pieces, start = [], prim(0)
+    for size in sizes:
+        pieces.append(R.strided_slice(x, axes=[axis], begin=[start], end=[start + size], assume_inbound=True))
+        start = start + size
+    return pieces
 
 
 # -- Slice ----------------------------------------------------------------------------
@@ -361,8 +374,61 @@ def _slice_runtime(ctx: LowerCtx, axes: list[int] | None, steps: list[int] | Non
     return R.dynamic_strided_slice(x, begin, end, strides)
 
 
+def _slice_kernel(ctx: LowerCtx) -> relax.Expr:
+    """Slice with axes or steps read at run time: one gather kernel, out[i] = x[begin + i * step].
+
+    Per dim of the input, the entry whose axis names it gives begin, end and step (else 0,
+    dim, 1), clamped as ONNX says, and the length is ceil((end - begin) / step), all in
+    tensor arithmetic; begin, length and step then become run-time dims.
+    """
+    x = ctx.input(0)
+    dims = ctx.shape_of(x)
+    rank = len(dims)
+    n = ctx.shape(1)
+    if len(n) != 1 or not is_static(n[0]):
+        raise ctx.need_const(1, "starts, of a length known only at run time")
+    n = int(n[0])
+    i64 = lambda v: relax.const(np.array(v, np.int64), "int64")  # noqa: E731
+
+    def operand(i: int, default: int) -> relax.Expr:
+        if not ctx.has_input(i):
+            return i64([default] * n)
+        return ctx.emit(R.astype(ctx.input(i), "int64"))
+
+    axes = runtime_axes(ctx, 3, rank) if ctx.has_input(3) else None
+    if axes is None:
+        axes = i64(norm_axes(ctx, operand_ints(ctx, 3, "axes") or list(range(n)), rank))
+    if ctx.shape_of(axes) != [n] or (ctx.has_input(4) and ctx.shape(4) != [n]):
+        steps = ctx.shape(4) if ctx.has_input(4) else None
+        raise ctx.error(f"starts has shape {[n]}, axes {ctx.shape_of(axes)}, steps {steps}: they must have one length")
+    d = ctx.dims_tensor(dims)
+    b = spread(ctx, axes, operand(1, 0), i64([0] * rank), rank)
+    e = spread(ctx, axes, operand(2, 0), d, rank)
+    st = spread(ctx, axes, operand(4, 1), i64([1] * rank), rank)
+    b = ctx.emit(R.where(R.less(b, i64(0)), R.add(b, d), b))
+    e = ctx.emit(R.where(R.less(e, i64(0)), R.add(e, d), e))
+    forward = ctx.emit(R.greater(st, i64(0)))
+    last = ctx.emit(R.subtract(d, i64(1)))
+    clip = lambda v, lo, hi: R.minimum(R.maximum(v, lo), hi)  # noqa: E731
+    b = ctx.emit(R.where(forward, clip(b, i64(0), d), clip(b, i64(0), last)))
+    e = ctx.emit(R.where(forward, clip(e, i64(0), d), clip(e, i64(-1), last)))
+    span = ctx.emit(R.where(forward, R.subtract(e, b), R.subtract(b, e)))
+    step = ctx.emit(R.maximum(R.abs(st), i64(1)))
+    size = ctx.emit(R.maximum(R.floor_divide(R.subtract(R.add(span, step), i64(1)), step), i64(0)))
+    values = ctx.runtime_dims(ctx.emit(R.concat([b, size, st], axis=0)), "slice")
+    begin, size, stride = values[:rank], values[rank:2 * rank], values[2 * rank:]
+
+    def compute(t: te.Tensor, begin: list, size: list, stride: list) -> te.Tensor:
+        return te.compute(size, lambda *i: t(*[b + j * s for b, j, s in zip(begin, i, stride)]), name="slice")
+
+    # the dims go in as arguments: emit_te passes a PrimFunc only the vars it is given or finds in shapes
+    return ctx.bb.emit_te(compute, x, list(begin), list(size), list(stride), primfunc_name_hint="slice")
+
+
 @converter("onnx.Slice", since=10)
 def slice_v10(ctx: LowerCtx, node: Node):
+    if any(ctx.has_input(i) and ctx.const(i) is None and ctx.sym(i) is None for i in (3, 4)):
+        return [_slice_kernel(ctx)]  # axes or steps at run time
     if ctx.sym(1, max_size=1 << 16) is None or ctx.sym(2, max_size=1 << 16) is None:
         axes = operand_ints(ctx, 3, "axes")
         steps = operand_ints(ctx, 4, "steps")
@@ -404,6 +470,11 @@ def gather(ctx: LowerCtx, node: Node):
         n = len(sym.values)
         picked = [sym.values[int(k) + n if int(k) < 0 else int(k)] for k in idx.reshape(-1)]
         return [SymTensor(sym.dtype, tuple(idx.shape), picked)]
+    if ctx.const(1) is None and not is_static(dims[axis]):
+        # run-time indices into a run-time axis: take's "wrap" mode maps [-n, n) onto [0, n) with n
+        # read off the data's own shape (the where of `_normalized_indices` needs n as a tensor, a
+        # shape_to_tensor that TVM's FuseTIR fails on when n is a var a match_cast defined)
+        return [R.take(ctx.input(0), ctx.input(1), axis=axis, mode="wrap")]
     indices = _normalized_indices(ctx, 1, dims[axis])
     return [R.take(ctx.input(0), indices, axis=axis)]
 
@@ -561,8 +632,10 @@ def pad_v1(ctx: LowerCtx, node: Node):
 
 @converter("onnx.Pad", since=11)
 def pad_v11(ctx: LowerCtx, node: Node):
-    axes = operand_ints(ctx, 3, "axes") if ctx.opset >= 18 else None
     mode = attr_str(ctx, "mode", "constant")
+    if ctx.opset >= 18 and ctx.has_input(3) and (axes := runtime_axes(ctx, 3, ctx.rank(0))) is not None:
+        return [_pad_runtime(ctx, mode, None, axes)]  # a run-time axes tensor
+    axes = operand_ints(ctx, 3, "axes") if ctx.opset >= 18 else None
     pads = ctx.const(1)
     value = ctx.const(2) if ctx.has_input(2) else np.zeros(1)
     if pads is None or value is None:
@@ -570,17 +643,27 @@ def pad_v11(ctx: LowerCtx, node: Node):
     return [_pad(ctx, [int(p) for p in pads.reshape(-1)], float(value.reshape(-1)[0]), mode, axes)]
 
 
-def _pad_runtime(ctx: LowerCtx, mode: str, axes: list[int] | None):
-    """Pad with run-time pads or value, as one TE compute: each output index reads the input at
-    index - pad_before, mapped back into range as the mode says (negative pads crop)."""
-    x, dims, rank, axes = _pad_operand(ctx, mode, axes)
+def _pad_runtime(ctx: LowerCtx, mode: str, axes: list[int] | None, runtime: relax.Expr | None = None):
+    """Pad with run-time pads, value or axes (`runtime`, an int64 tensor), as one TE compute: each
+    output index reads the input at index - pad_before, mapped back into range as the mode says
+    (negative pads crop). With run-time axes, a dim takes the pads of the axis that names it."""
+    x, dims, rank, axes = _pad_operand(ctx, mode, axes if runtime is None else None)
     sym = ctx.sym(1, max_size=1 << 12)
-    pads = list(sym.values) if sym is not None else ctx.runtime_dims(ctx.input(1), "pad")
-    if len(pads) != 2 * len(axes):
-        raise ctx.error(f"pads has {len(pads)} elements, expected {2 * len(axes)} (two per axis)")
+    k = len(axes) if runtime is None else length(runtime)
+    if len(ctx.shape(1)) != 1 or ctx.shape(1)[0] != 2 * k:
+        raise ctx.error(f"pads has shape {ctx.shape(1)}, expected [{2 * k}] (two per axis)")
     before, after = [0] * rank, [0] * rank
-    for j, a in enumerate(axes):
-        before[a], after[a] = pads[j], pads[len(axes) + j]
+    if runtime is not None:
+        pads = ctx.emit(R.astype(ctx.input(1), "int64"))
+        zeros = relax.const(np.zeros(rank, np.int64), "int64")
+        per_dim = [spread(ctx, runtime, ctx.emit(R.strided_slice(pads, [0], [lo], [lo + k])), zeros, rank)
+                   for lo in (0, k)]
+        values = ctx.runtime_dims(ctx.emit(R.concat(per_dim, axis=0)), "pad")
+        before, after = values[:rank], values[rank:]
+    else:
+        pads = list(sym.values) if sym is not None else ctx.runtime_dims(ctx.input(1), "pad")
+        for j, a in enumerate(axes):
+            before[a], after[a] = pads[j], pads[k + j]
     value = ctx.scalar(2, str(x.ty.dtype)) if ctx.has_input(2) else relax.const(0, str(x.ty.dtype))
     out_shape = [prim(d) + prim(b) + prim(e) for d, b, e in zip(dims, before, after)]
 
@@ -669,16 +752,34 @@ def trilu(ctx: LowerCtx, node: Node):
 
 @converter("onnx.CumSum", since=11)
 def cumsum(ctx: LowerCtx, node: Node):
+    return [along_axis_operand(ctx, R.cumsum)]
+
+
+def along_axis_operand(ctx: LowerCtx, scan) -> relax.Expr:
+    """CumSum / CumProd: `scan(x, axis=, exclusive=)` along the axis that operand 1 names, `reverse` honoured.
+
+    An axis known only at run time picks among the rank's choices: every axis is scanned
+    and `where` keeps the one asked for (rank times the work; such an axis is rare outside
+    tests, and one artifact then takes any axis; a value out of range gives the last axis).
+    """
     rank = ctx.rank(0)
-    axis = norm_axis(ctx, int(ctx.require_const(1, "axis").reshape(-1)[0]), rank)
+    reverse, exclusive = int(ctx.attr("reverse", 0)), bool(ctx.attr("exclusive", 0))
+
+    def along(x: relax.Expr, axis: int) -> relax.Expr:
+        if reverse:
+            x = ctx.emit(R.flip(x, axis))
+        y = ctx.emit(scan(x, axis=axis, exclusive=exclusive))
+        return ctx.emit(R.flip(y, axis)) if reverse else y
+
     x = ctx.input(0)
-    reverse = int(ctx.attr("reverse", 0))
-    if reverse:
-        x = ctx.emit(R.flip(x, axis))
-    y = R.cumsum(x, axis=axis, exclusive=bool(ctx.attr("exclusive", 0)))
-    if reverse:
-        y = R.flip(ctx.emit(y), axis)
-    return [y]
+    if ctx.const(1) is not None or ctx.sym(1) is not None:
+        return along(x, norm_axis(ctx, int(ctx.require_const(1, "axis").reshape(-1)[0]), rank))
+    axis = ctx.scalar(1, "int64")
+    axis = ctx.emit(R.where(R.less(axis, relax.const(0, "int64")), R.add(axis, relax.const(rank, "int64")), axis))
+    y = along(x, rank - 1)
+    for a in range(rank - 2, -1, -1):
+        y = ctx.emit(R.where(R.equal(axis, relax.const(a, "int64")), along(x, a), y))
+    return y
 
 
 # -- TopK, ScatterElements, ScatterND, OneHot ---------------------------------------------------
@@ -705,7 +806,26 @@ def topk_v1(ctx: LowerCtx, node: Node):
 
 @converter("onnx.TopK", since=10)
 def topk_v10(ctx: LowerCtx, node: Node):
+    if ctx.const(1) is None and ctx.sym(1) is None:
+        return _topk_runtime(ctx)
     return _topk(ctx, int(ctx.require_const(1, "K").reshape(-1)[0]))
+
+
+def _topk_runtime(ctx: LowerCtx):
+    """TopK with k read at run time: a stable argsort along the axis (equal values keep the lower index
+    first, as ONNX asks), its first k indices (k a run-time dim), and the values gathered at them."""
+    dims = ctx.shape(0)
+    axis = norm_axis(ctx, int(ctx.attr("axis", -1)), len(dims))
+    largest = bool(ctx.attr("largest", 1))
+    x = ctx.input(0)
+    keys = x
+    if str(x.ty.dtype) == "uint64":  # as `_topk`: the int64 view with the top bit flipped keeps the order
+        keys = ctx.emit(R.bitwise_xor(R.astype(x, "int64"), relax.const(np.int64(-(1 << 63)), "int64")))
+    (k,) = ctx.runtime_dims(ctx.emit(R.reshape(ctx.input(1), [1])), "k")
+    order = ctx.emit(R.argsort(keys, axis=axis, descending=largest, dtype="int64"))
+    order = ctx.bb.match_cast(order, order.ty)  # after k's match_cast (see LowerCtx.runtime_dims)
+    idx = ctx.emit(R.strided_slice(order, axes=[axis], begin=[0], end=[k], assume_inbound=True))
+    return [R.gather_elements(x, idx, axis=axis), idx]
 
 
 _REDUCTIONS = {"none": "update", "add": "add", "mul": "mul", "max": "max", "min": "min"}

@@ -28,7 +28,8 @@ from . import conformance
 @click.option("--atol", type=float, default=conformance.DEFAULT_ATOL, show_default=True,
               help="Absolute tolerance floor (a case's own is used when looser).")
 @click.option("--engine", "engines", multiple=True, metavar="NAME",
-              help="mdoc, onnxruntime or module:function; repeat for several  [default: mdoc and onnxruntime]")
+              help="mdoc (the onnx Backend), mdoc-artifact (compile once, as `mdoc compile` + `mdoc run`), onnxruntime "
+                   "or module:function; repeat for several  [default: mdoc and onnxruntime]")
 @click.option("--no-models", is_flag=True, help="Only the node cases, not onnx's small whole-model cases.")
 @click.option("--no-cache", is_flag=True, help="Run every case again (results are still written to the cache).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Where results are cached  "

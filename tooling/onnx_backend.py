@@ -1,6 +1,6 @@
 """mdoc as an `onnx.backend.base.Backend`: onnx's backend test machinery (and anyone's harness) can drive it.
 
-    from mdoc.targets.onnx_backend import MdocBackend
+    from mdoc.tooling.onnx_backend import MdocBackend
     rep = MdocBackend.prepare(model_proto)          # import -> passes -> Relax -> TVM build -> load
     (y,) = rep.run([x])                              # outputs in the model's output order
 
@@ -20,18 +20,18 @@ input type is replaced by the given array's shape); later runs with the same
 shapes reuse it, and runs with other shapes compile (and keep) another version.
 `MdocRep.compiled_shapes` lists the versions built so far.
 
-Operands needed at compile time (guarded specialization). Where an operand
-decides the structure of the computation (a Reduce's `axes` with keepdims=0,
-CumSum's `axis`, Split's sizes, ...) Relax cannot take it at run time; when such
-an operand is computed from graph inputs alone (onnx's node tests feed every
-operand as an input), lowering raises `NeedsInputValue` naming those inputs.
-`prepare` then defers, and each `run` compiles a version with those inputs bound
-to the values it is given (`mdoc.specialize.bind_inputs`), kept in a cache keyed
-by shapes and the bound values: a run with other values compiles another version
-(a guard, never a stale answer). `MdocRep.bound_inputs` names the bound inputs.
-Operands that only decide output shapes or are plain data (Trilu's k, Range,
-Tile's repeats, Pad's pads, ...) are lowered as run-time values and need no
-binding.
+Operands needed at compile time (guarded specialization). Most operands ONNX
+allows at run time are lowered as run-time values, the way `mdoc compile` takes
+them (axes, split sizes, k, pads, repeats, scales, starts/ends/steps, ...). A
+few the Relax target still wants as constants (Resize's scales or sizes with
+mode=cubic or antialias, its roi beside scales, DFT's axis and length, an axes tensor of unknown
+length); when such an operand is computed from graph inputs alone, lowering
+raises `NeedsInputValue` naming those inputs. `prepare` then defers, and each
+`run` compiles a version with those inputs bound to the values it is given
+(`mdoc.specialize.bind_inputs`), kept in a cache keyed by shapes and the bound
+values: a run with other values compiles another version (a guard, never a
+stale answer). `MdocRep.bound_inputs` names the bound inputs. The conformance
+engine "mdoc-artifact" compiles once without binding, as the command line does.
 
 Failures raise `BackendError`, an `MdocError` whose `stage` says where it
 happened: "import" (frontend or verifier), "optimize" (pass pipeline), "lower"
@@ -166,9 +166,9 @@ class MdocRep(BackendRep):
         return _stage("import", run)
 
     def _compile(self, model: Model) -> Callable[..., dict[str, np.ndarray]]:
-        from .artifact import load
-        from .relax.context import NeedsInputValue
-        from .tvm_backend import BACKEND
+        from mdoc.targets.artifact import load
+        from mdoc.targets.relax.context import NeedsInputValue
+        from mdoc.targets.tvm_backend import BACKEND
 
         self._progress("optimize")
         passes = _stage("optimize", lambda: parse_pipeline(self.pipeline))

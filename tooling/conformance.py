@@ -3,9 +3,12 @@
 onnx ships its operator conformance suite as generators
 (`onnx.backend.test.case.node.collect_testcases`, plus a few small whole models
 in `...case.model`): each case is a model with input tensors and the expected
-outputs. This module runs every case through mdoc (`MdocBackend`: import,
-passes, Relax, TVM build for this host's x86 preset, run) and through
-onnxruntime, classifies each result and writes a table by op type.
+outputs. This module runs every case through mdoc (engine "mdoc", `MdocBackend`:
+import, passes, Relax, TVM build for this host's x86 preset, run; operands that
+lowering wants as constants are bound, one version per value) and through
+onnxruntime, classifies each result and writes a table by op type. Engine
+"mdoc-artifact" runs mdoc as the command line does: one artifact per case, built
+with no input bound (`mdoc compile`), run on every data set of the case (`mdoc run`).
 
 Classification (the same for both engines):
 
@@ -53,6 +56,7 @@ import random
 import re
 import signal
 import sys
+import tempfile
 import time
 import traceback
 from collections import Counter, defaultdict, deque
@@ -85,6 +89,9 @@ OUT_OF_SCOPE_OPS = {
 }
 
 ENGINES = ("mdoc", "onnxruntime")
+# The engines that run mdoc: "mdoc" is the onnx Backend (it binds the operands that lowering needs as
+# constants and compiles one version per value), "mdoc-artifact" does what `mdoc compile` + `mdoc run` do.
+MDOC_ENGINES = ("mdoc", "mdoc-artifact")
 DEFAULT_RTOL, DEFAULT_ATOL = 1e-3, 1e-5
 DEFAULT_TIMEOUT = 60.0
 RECYCLE_AFTER = 100
@@ -310,6 +317,48 @@ def _run_mdoc(case: Case, opts: Options, progress: Callable[[str], None]) -> dic
     return {"status": PASS}
 
 
+def _run_mdoc_artifact(case: Case, opts: Options, progress: Callable[[str], None]) -> dict:
+    """What `mdoc compile` + `mdoc run` do: ONE artifact per case, no input bound, run on every data set.
+
+    The onnx Backend ("mdoc") compiles a version per value of an operand that lowering wants as a
+    constant, which hides operands the artifact cannot take at run time; this engine does not.
+    """
+    import onnx
+
+    from mdoc.api import compile as compile_model
+    from mdoc.api import load
+    from mdoc.onnx_import import import_model
+
+    from .onnx_backend import first_line
+
+    proto = onnx.load_from_string(case.model)
+    rtol, atol = opts.tolerances(case)
+    names = [v.name for v in proto.graph.output]
+    progress("import")
+    try:
+        model = import_model(proto)
+    except Exception as e:
+        return {"status": IMPORT, "stage": "import", "message": first_line(e)}
+    with tempfile.TemporaryDirectory(prefix="mdoc-conformance-") as tmp:
+        progress("build")
+        try:
+            artifact = load(compile_model(model, "x86", Path(tmp) / "case.mdoc", pipeline=opts.pipeline,
+                                          show_progress=False))
+        except Exception as e:
+            return {"status": BUILD, "stage": "build", "message": first_line(e)}
+        for ins, outs in zip(case.inputs, case.outputs):
+            progress("run")
+            try:
+                got = list(artifact(**_feeds(proto, ins)).values())
+            except Exception as e:
+                return {"status": RUN, "stage": "run", "message": first_line(e).replace(f"{tmp}/case.mdoc: ", "")}
+            progress("compare")
+            why = compare(got, outs, rtol, atol, names)
+            if why:
+                return {"status": WRONG, "stage": "compare", "message": why}
+    return {"status": PASS}
+
+
 def _run_onnxruntime(case: Case, opts: Options, progress: Callable[[str], None]) -> dict:
     import onnx
     import onnxruntime as ort
@@ -341,9 +390,11 @@ def _run_onnxruntime(case: Case, opts: Options, progress: Callable[[str], None])
 
 
 def _engine(name: str) -> Callable[[Case, Options, Callable[[str], None]], dict]:
-    """'mdoc', 'onnxruntime', or 'module:function' (another backend, or the harness's own tests)."""
+    """'mdoc', 'mdoc-artifact', 'onnxruntime', or 'module:function' (another backend, or the harness's own tests)."""
     if name == "mdoc":
         return _run_mdoc
+    if name == "mdoc-artifact":
+        return _run_mdoc_artifact
     if name == "onnxruntime":
         return _run_onnxruntime
     module, _, fn = name.partition(":")
@@ -516,9 +567,9 @@ def run_pool(tasks: Iterable[tuple[Any, str, Case, Options]], jobs: int, timeout
 
 # -- the cache ---------------------------------------------------------------------------
 def source_hash() -> str:
-    """sha256 over every .py file of mdoc, mdoc.passes and mdoc.targets (paths and contents)."""
+    """sha256 over every .py file of mdoc, mdoc.passes, mdoc.targets and mdoc.tooling (paths and contents)."""
     h = hashlib.sha256()
-    for pkg in ("mdoc", "mdoc.passes", "mdoc.targets"):
+    for pkg in ("mdoc", "mdoc.passes", "mdoc.targets", "mdoc.tooling"):
         spec = importlib.util.find_spec(pkg)
         for root in spec.submodule_search_locations or []:
             root = Path(root)
@@ -532,7 +583,7 @@ def source_hash() -> str:
 
 
 def default_cache_dir() -> Path:
-    spec = importlib.util.find_spec("mdoc.targets")
+    spec = importlib.util.find_spec("mdoc.tooling")
     here = Path(next(iter(spec.submodule_search_locations))).resolve()
     if (here.parent / "pyproject.toml").is_file():
         return here.parent / ".cache" / "conformance"
@@ -551,7 +602,7 @@ def _version(module: str) -> str:
 def cache_identity(engine: str, opts: Options) -> dict:
     """What a cached result of `engine` depends on, besides the case's name."""
     ident = {"engine": engine, "onnx": _version("onnx"), "rtol": opts.rtol, "atol": opts.atol}
-    if engine == "mdoc":
+    if engine in MDOC_ENGINES:
         from mdoc import __version__
 
         ident.update(mdoc=__version__, source=source_hash(), pipeline=_pipeline_text(opts),
@@ -637,14 +688,15 @@ def run_conformance(cases: list[Case], *, engines: Sequence[str] = ENGINES, jobs
     """Run `cases` with each engine (cached results reused), echoing one line per case as it completes."""
     jobs = jobs or os.cpu_count() or 1
     start = time.time()
-    opts = dataclasses.replace(opts, pipeline=_pipeline_text(opts)) if "mdoc" in engines else opts
+    mdoc_engine = next((e for e in engines if e in MDOC_ENGINES), None)
+    opts = dataclasses.replace(opts, pipeline=_pipeline_text(opts)) if mdoc_engine else opts
     caches = {e: ResultCache(cache_dir, cache_identity(e, opts)) for e in engines}
     results: dict[str, dict[str, dict]] = {e: {} for e in engines}
     tasks = []
     for case in cases:
         for e in engines:
             # Out-of-scope cases: mdoc does not run them; onnxruntime and other engines do.
-            if case.skip == NOT_TENSOR or (case.skip == SCOPE and e == "mdoc"):
+            if case.skip == NOT_TENSOR or (case.skip == SCOPE and e in MDOC_ENGINES):
                 results[e][case.name] = {"status": case.skip, "message": case.skip_reason, "seconds": 0.0}
                 continue
             cached = caches[e].get(case.name, timeout) if use_cache else None
@@ -683,10 +735,10 @@ def run_conformance(cases: list[Case], *, engines: Sequence[str] = ENGINES, jobs
         "versions": {"onnx": _version("onnx"), "onnxruntime": _version("onnxruntime"),
                      "apache-tvm": _version("apache-tvm")},
     }
-    if "mdoc" in engines:
+    if mdoc_engine:
         from mdoc import __version__
 
-        source = caches["mdoc"].identity["source"]
+        source = caches[mdoc_engine].identity["source"]
         meta.update(mdoc=__version__, source=source[:12], pipeline=opts.pipeline)
         if fresh and source_hash() != source:
             meta["warning"] = ("mdoc's sources changed during the run: workers started after the change ran the "
@@ -811,7 +863,7 @@ def render_markdown(report: Report, top: int = 30) -> str:
     by_op: dict[str, list[Case]] = defaultdict(list)
     for c in cases:
         by_op[c.op].append(c)
-    main_engine = "mdoc" if "mdoc" in engines else engines[0]
+    main_engine = next((e for e in engines if e in MDOC_ENGINES), engines[0])
     for op in sorted(by_op, key=str.lower):
         cs = by_op[op]
         st = Counter(report.status(main_engine, c) for c in cs)
