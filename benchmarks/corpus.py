@@ -2,6 +2,7 @@
 
     python benchmarks/corpus.py gather [NAMES]     # fetch / build / export into .cache/corpus/
     python benchmarks/corpus.py run [NAMES]        # compile, run at two shapes, compare, time
+    python benchmarks/corpus.py table              # the table again from the latest row of each
     python benchmarks/corpus.py list               # the entries, their source and exporter
 
 Real weights come from ONNX files that Python packages ship inside their wheels (magika,
@@ -17,7 +18,8 @@ feeds the one artifact realistic inputs at two shapes (batch, image size, sequen
 sample rate, as the model's axes allow), compares every output with onnxruntime (rtol 1e-3,
 atol 1e-4) and times both (`mdoc.bench.interleaved`: idle gaps, interleaved rounds, medians).
 Each model runs in its own process with a time limit, so a crash or a hang is a row with its
-one-line cause, never the end of the script.  The table goes to benchmarks/results/corpus.md.
+one-line cause, never the end of the script.  Each model's latest row is kept in the cache, so
+`run NAMES` refreshes those rows; the table of all of them goes to benchmarks/results/corpus.md.
 """
 
 from __future__ import annotations
@@ -213,8 +215,9 @@ def sentence_encoder():
             return torch.nn.functional.normalize(pooled, dim=-1)
 
     ids = torch.randint(0, 4000, (2, 16))
-    return (Sentence(), (ids, torch.ones_like(ids)), ["input_ids", "attention_mask"], ["embedding"],
-            {"input_ids": {0: "N", 1: "S"}, "attention_mask": {0: "N", 1: "S"}, "embedding": {0: "N"}})
+    # not "embedding": the dynamo exporter also gives that name to a value inside (an invalid model)
+    return (Sentence(), (ids, torch.ones_like(ids)), ["input_ids", "attention_mask"], ["sentence_embedding"],
+            {"input_ids": {0: "N", 1: "S"}, "attention_mask": {0: "N", 1: "S"}, "sentence_embedding": {0: "N"}})
 
 
 GPT2_LAYERS, GPT2_HEADS, GPT2_HIDDEN = 2, 4, 128
@@ -522,11 +525,13 @@ def run_one(name: str, rounds: int) -> dict:
     from mdoc.bench import interleaved, ort_session
 
     entry, path = ENTRIES[name], model_path(name)
+    row: dict = {"load": round(os.getloadavg()[0], 1), "at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                 "rounds": rounds}
     art = cache_dir() / "artifacts" / name
     art.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     done = _mdoc("compile", path, "-t", "x86", "-o", art)
-    row: dict = {"compile_s": round(time.perf_counter() - start, 1)}
+    row["compile_s"] = round(time.perf_counter() - start, 1)
     if done.returncode:
         return {**row, "result": f"compile exit {done.returncode}: {_first_line(done.stderr + done.stdout)}"}
     run = mdoc.load(art)
@@ -565,17 +570,22 @@ def worker(argv: list[str]) -> int:
 
 
 def in_process(step: str, name: str, timeout: float, *extra: str) -> dict:
+    """`step` for one model in a worker process; its result is also left in the cache's results/."""
     out = cache_dir() / "results" / f"{name}.{step}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.unlink(missing_ok=True)
+    started = {"load": round(os.getloadavg()[0], 1), "at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     try:
         done = subprocess.run([sys.executable, __file__, "_worker", step, name, str(out), *extra],
                               capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return {"result": f"{step} took over {timeout:.0f} s"}
-    if out.is_file():
-        return json.loads(out.read_text())
-    return {"result": f"{step} crashed (exit {done.returncode}): {_first_line(done.stderr)}"}
+        result = {**started, "result": f"{step} took over {timeout:.0f} s"}
+    else:
+        if out.is_file():
+            return json.loads(out.read_text())
+        result = {**started, "result": f"{step} crashed (exit {done.returncode}): {_first_line(done.stderr)}"}
+    out.write_text(json.dumps(result))
+    return result
 
 
 # --------------------------------------------------------------------------------------------
@@ -612,11 +622,12 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["_worker"]:
         return worker(argv[1:])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", choices=["gather", "run", "list"])
+    ap.add_argument("step", choices=["gather", "run", "table", "list"],
+                    help="gather the models, run them (and write the table), rewrite the table, list them")
     ap.add_argument("names", nargs="*", help="corpus entries (default: all)")
     ap.add_argument("--rounds", type=int, default=5, help="timed rounds per shape")
     ap.add_argument("--timeout", type=float, default=1200, help="seconds per model and step")
-    ap.add_argument("--no-write", action="store_true", help="print the table only")
+    ap.add_argument("--no-write", action="store_true", help=f"print the table without writing {RESULTS.name}")
     args = ap.parse_args(argv)
     unknown = [n for n in args.names if n not in ENTRIES]
     if unknown:
@@ -633,25 +644,64 @@ def main(argv: list[str]) -> int:
             r = in_process("gather", n, args.timeout)
             print(f"{n:<22} {r.get('result') or 'ok, %d bytes' % r['bytes']}", flush=True)
         return 0
-    load_start, started = os.getloadavg()[0], time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    if args.step == "run":
+        for n in names:
+            if not model_path(n).is_file():
+                row = {"result": "not gathered (run `corpus.py gather` first)"}
+                (cache_dir() / "results").mkdir(parents=True, exist_ok=True)
+                (cache_dir() / "results" / f"{n}.run.json").write_text(json.dumps(row))
+            else:
+                row = in_process("run", n, args.timeout, str(args.rounds))
+            print(f"{n:<22} {row['result']}  {_ratio(row)}", flush=True)
+    # the table: every entry's latest row (`run NAMES` refreshes only those)
     rows = {}
-    for n in names:
-        if not model_path(n).is_file():
-            rows[n] = {"result": "not gathered (run `corpus.py gather` first)"}
-        else:
-            rows[n] = in_process("run", n, args.timeout, str(args.rounds))
-        print(f"{n:<22} {rows[n]['result']}  {_ratio(rows[n])}", flush=True)
-    header = (f"# Real-model corpus\n\n`python benchmarks/corpus.py run` on {started}: {platform.processor() or platform.machine()}, "
-              f"{os.cpu_count()} cores, load average {load_start:.1f} at the start and {os.getloadavg()[0]:.1f} at the end. "
-              f"Each model compiled once (`mdoc compile -t x86`, dims symbolic), run at the two shapes, compared with "
-              f"onnxruntime (rtol {RTOL}, atol {ATOL}); times are medians of {args.rounds} interleaved rounds, "
-              f"first shape / second shape; the ratio is mdoc / onnxruntime.")
-    table = markdown(rows, header)
+    for n in ENTRIES:
+        path = cache_dir() / "results" / f"{n}.run.json"
+        rows[n] = json.loads(path.read_text()) if path.is_file() else {"result": "not run"}
+    table = markdown(rows, _header(rows))
     print("\n" + table)
-    if not args.no_write and not args.names:
+    if not args.no_write:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(table)
+        readme(rows)
     return 0
+
+
+README = ROOT / "README.md"
+README_MARKS = ("<!-- corpus table: benchmarks/corpus.py writes it -->", "<!-- end of corpus table -->")
+
+
+def readme(rows: dict[str, dict]) -> None:
+    """The README's short table (model, source, exporter, result, latency ratio), between its marks."""
+    text = README.read_text()
+    start, end = README_MARKS
+    if start not in text or end not in text:
+        return
+    lines = ["| model | source | exporter | result | latency ratio |", "| --- | --- | --- | --- | ---: |"]
+    for name, row in rows.items():
+        e, result = ENTRIES[name], row.get("result", "")
+        if result != "ok":
+            cause = result.split(": ", 1)[1] if result.startswith("compile exit") else result
+            cause = cause.removeprefix("mdoc: ").removeprefix("error: ").replace("|", "\\|")
+            result = "fails: " + (cause if len(cause) <= 110 else cause[:107].rstrip() + "...")
+        lines.append(f"| {name} | {e.source} | {e.exporter} | {result} | {_ratio(row)} |")
+    head, rest = text.split(start, 1)
+    README.write_text(head + start + "\n" + "\n".join(lines) + "\n" + end + rest.split(end, 1)[1])
+
+
+def _header(rows: dict[str, dict]) -> str:
+    ran = [r for r in rows.values() if "at" in r]
+    when = sorted(r["at"] for r in ran)
+    loads = [r["load"] for r in ran]
+    span = f"{when[0]} to {when[-1][-9:]}" if when else "never"
+    load = f"{min(loads):.1f} to {max(loads):.1f}" if loads else "n/a"
+    rounds = sorted({r["rounds"] for r in ran}) or ["?"]
+    return (f"# Real-model corpus\n\n`python benchmarks/corpus.py gather && python benchmarks/corpus.py run`, "
+            f"{span}, on {platform.machine()} with {os.cpu_count()} cores shared with other work (load average "
+            f"{load} as each model started). Each model is compiled once (`mdoc compile MODEL -t x86`, dims "
+            f"symbolic) and that artifact runs at both shapes, compared with onnxruntime (rtol {RTOL}, atol "
+            f"{ATOL}); times are medians of {'/'.join(map(str, rounds))} interleaved rounds with idle gaps, first "
+            f"shape / second shape; the latency ratio is mdoc / onnxruntime (below 1: mdoc is faster).")
 
 
 if __name__ == "__main__":

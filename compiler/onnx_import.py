@@ -60,6 +60,7 @@ class _Importer:
             self.fail(f"default-domain opset {default} is outside the supported range {MIN_OPSET} to {MAX_OPSET}")
         if proto.functions:
             proto = self._inline(proto)
+        proto = _name_unknown_dims(proto)
         if infer_shapes:
             proto = self._infer(proto)
         self.types = {}
@@ -277,3 +278,30 @@ def _text(s: bytes) -> str | bytes:
     except UnicodeDecodeError:
         return s
 
+
+
+def _name_unknown_dims(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with its graph inputs' unknown dims named, one symbol each, as onnxruntime reads them.
+
+    paddle2onnx writes an unknown dim as dim_value -1 (not a size) and as dim_param "?" for H and W
+    alike (one name would make them equal): both become `<input>_<axis>`. Such dims of the outputs
+    are cleared, for inference to fill in.
+    """
+    graph = proto.graph
+    if not any(_unknown(d) for vi in list(graph.input) + list(graph.output) for d in vi.type.tensor_type.shape.dim):
+        return proto
+    proto = onnx.ModelProto.FromString(proto.SerializeToString())
+    for vi in proto.graph.input:
+        for k, d in enumerate(vi.type.tensor_type.shape.dim):
+            if _unknown(d):
+                d.Clear()
+                d.dim_param = f"{vi.name}_{k}"
+    for vi in proto.graph.output:
+        for d in vi.type.tensor_type.shape.dim:
+            if _unknown(d):
+                d.Clear()
+    return proto
+
+
+def _unknown(d) -> bool:
+    return (d.HasField("dim_value") and d.dim_value < 0) or (d.HasField("dim_param") and d.dim_param == "?")

@@ -150,11 +150,23 @@ class _Refiner:
                                                           opset_imports=self.opsets,
                                                           ir_version=self.model.ir_version)
         except Exception:  # a help, as in shape_inference: a node ONNX cannot infer keeps its types
-            return
+            out = {}
         for v in node.outputs:
             tp = out.get(self.writer.name(v))
             if tp is not None:
                 self.refine(v, type_from_onnx(tp))
+        if node.op == "onnx.Reshape":
+            self.reshape_rank(node)
+
+    def reshape_rank(self, node: Node) -> None:
+        """A Reshape to a shape computed at run time has as many dims as that shape has elements,
+        which ONNX does not say (paddle2onnx's classifier heads: Reshape(x, Concat(Shape(x)[:1], [200])))."""
+        x, shape, y = node.input(0), node.input(1), node.outputs[0]
+        if not isinstance(x.type, TensorType) or not isinstance(y.type, TensorType) or y.type.shape is not None:
+            return
+        if isinstance(shape.type, TensorType) and shape.type.shape is not None and len(shape.type.shape) == 1 \
+                and isinstance(shape.type.shape[0], int):
+            self.refine(y, TensorType(x.type.dtype, (None,) * shape.type.shape[0]))
 
     def propagate_value(self, node: Node) -> None:
         """Compute small integer results of shape arithmetic, so later nodes (in bodies too) see them."""

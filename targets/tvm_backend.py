@@ -40,9 +40,11 @@ def _sig(v) -> dict:
 class TvmBackend:
     name = "tvm"
     # What TVM cannot take as it is, mdoc rewrites first: constant Ifs are inlined, recurrent
-    # layers, Scans and bounded Loops unrolled, then cleaned up.
-    prepare = ("infer-shapes,fold-constants{max-bytes=0},fold-if,decompose-rnn,decompose-scan,decompose-loop,"
-               "infer-shapes,fold-constants{max-bytes=0},simplify,cse,dce")
+    # layers, Scans and bounded Loops unrolled, then cleaned up. Folding an If can make the
+    # conditions of the Ifs after it constant (torch's squeeze idiom fixes a rank that a later
+    # LSTM cell's rank test reads), so shapes are inferred and Ifs folded a second time.
+    prepare = ("infer-shapes,fold-constants{max-bytes=0},fold-if,infer-shapes,fold-constants{max-bytes=0},fold-if,"
+               "decompose-rnn,decompose-scan,decompose-loop,infer-shapes,fold-constants{max-bytes=0},simplify,cse,dce")
 
     def kernels_for(self, spec, tiles=None):
         """The lowering's kernel strategy for `spec`: mdoc's hand-scheduled CPU kernels (with the

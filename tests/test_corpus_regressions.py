@@ -139,3 +139,79 @@ def test_fpn_adds_an_upsampled_map_to_a_lateral_one(tmp_path):
     m = _model(nodes, {"x": (TensorProto.FLOAT, ["N", 4, "H", "W"])}, {"y": (TensorProto.FLOAT, ["N", 4, None, None])},
                {"k1": k(), "k2": k(), "scales": np.array([1, 1, 2, 2], np.float32)})
     check_two_shapes(m, [{"x": _f32(1, 4, 32, 32)}, {"x": _f32(2, 4, 16, 24, seed=1)}], tmp_path)
+
+
+def test_float_range_over_a_feature_map_dim(tmp_path):
+    """YOLOv8's exported anchor grid: Range(0.0, float(W'), 1.0) over a feature map's width. Its
+    length was ceil() of a float in the shape, which FuseOps refuses ("FInferType ... prim.ceil")."""
+    nodes = [N("Shape", ["x"], ["s"]), N("Gather", ["s", "three"], ["w"]), N("Cast", ["w"], ["wf"], to=TensorProto.FLOAT),
+             N("Range", ["zero", "wf", "one"], ["r"]), N("Add", ["x", "r"], ["y"])]
+    m = _model(nodes, {"x": (TensorProto.FLOAT, ["N", 2, "H", "W"])}, {"y": (TensorProto.FLOAT, ["N", 2, "H", "W"])},
+               {"three": np.array(3, np.int64), "zero": np.array(0.0, np.float32), "one": np.array(1.0, np.float32)})
+    check_two_shapes(m, [{"x": _f32(1, 2, 3, 4)}, {"x": _f32(2, 2, 5, 7, seed=1)}], tmp_path)
+
+
+def test_torch_squeeze_of_a_run_time_dim(tmp_path):
+    """torch.onnx exports `x.squeeze(2)` on a dim known only at run time as If(Shape(x)[2] == 1)
+    { Squeeze(x, [2]) } else { x } (silero-vad's decoder); the branches differ in rank, which a
+    Relax If cannot hold, so fold-if takes the squeeze."""
+    then = helper.make_graph([N("Squeeze", ["x", "two"], ["sq"])], "then", [],
+                             [helper.make_tensor_value_info("sq", TensorProto.FLOAT, ["N", 4])])
+    other = helper.make_graph([N("Identity", ["x"], ["i"])], "else", [],
+                              [helper.make_tensor_value_info("i", TensorProto.FLOAT, ["N", 4, "T"])])
+    nodes = [N("Shape", ["x"], ["s"]), N("Gather", ["s", "two_scalar"], ["t"]), N("Equal", ["t", "one"], ["c"]),
+             N("If", ["c"], ["q"], then_branch=then, else_branch=other), N("MatMul", ["q", "w"], ["y"])]
+    m = _model(nodes, {"x": (TensorProto.FLOAT, ["N", 4, "T"])}, {"y": (TensorProto.FLOAT, ["N", 3])},
+               {"two": np.array([2], np.int64), "two_scalar": np.array(2, np.int64), "one": np.array(1, np.int64),
+                "w": _f32(4, 3, seed=5)})
+    check_two_shapes(m, [{"x": _f32(1, 4, 1)}, {"x": _f32(3, 4, 1, seed=1)}], tmp_path)
+
+
+def test_paddle_unknown_dims(tmp_path):
+    """PP-OCR's text-line classifier declares x: [-1, 3, '?', '?']; onnxruntime takes any batch and
+    any H != W, mdoc planned a conv for a batch of -1 ("Check failed: !info.dom.IsNothing()")."""
+    rng = np.random.default_rng(0)
+    nodes = [N("Conv", ["x", "k"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2]),
+             N("GlobalAveragePool", ["c"], ["p"]), N("Shape", ["p"], ["s"]),
+             N("Slice", ["s", "zero", "one"], ["n"]), N("Concat", ["n", "four"], ["shape"], axis=0),
+             N("Reshape", ["p", "shape"], ["y"])]
+    m = _model(nodes, {"x": (TensorProto.FLOAT, [-1, 3, "?", "?"])}, {"y": (TensorProto.FLOAT, [-1, 4])},
+               {"k": (rng.standard_normal((4, 3, 3, 3)) * 0.2).astype(np.float32), "zero": np.array([0], np.int64),
+                "one": np.array([1], np.int64), "four": np.array([4], np.int64)})
+    check_two_shapes(m, [{"x": _f32(1, 3, 16, 48)}, {"x": _f32(3, 3, 24, 20, seed=1)}], tmp_path)
+
+
+def test_gru_over_a_run_time_sequence(tmp_path):
+    """A keyword spotter exported by torch.onnx: frames [N, C, T] -> GRU over T -> last step -> Gemm
+    ("MdocFastMath failed: emit_te now only supports Tensor that has ShapeExpr shape")."""
+    rng = np.random.default_rng(0)
+    w = lambda *s: (rng.standard_normal(s) * 0.3).astype(np.float32)  # noqa: E731
+    h = 8
+    m = _model([N("Transpose", ["x"], ["s"], perm=[2, 0, 1]),
+                N("GRU", ["s", "W", "R", "B"], ["y"], hidden_size=h, linear_before_reset=1),
+                N("Squeeze", ["y", "one"], ["q"]), N("Gather", ["q", "last"], ["z"], axis=0),
+                N("Gemm", ["z", "fc"], ["out"], transB=1)],
+               {"x": (TensorProto.FLOAT, ["N", 6, "T"])}, {"out": (TensorProto.FLOAT, ["N", 3])},
+               {"W": w(1, 3 * h, 6), "R": w(1, 3 * h, h), "B": w(1, 6 * h), "one": np.array([1], np.int64),
+                "last": np.array(-1, np.int64), "fc": w(3, h)}, opset=14)
+    check_two_shapes(m, [{"x": _f32(1, 6, 5)}, {"x": _f32(3, 6, 9, seed=1)}], tmp_path)
+
+
+def test_lstm_inside_an_if_branch(tmp_path):
+    """silero-vad: its decoder's LSTM runs inside the If on the sample rate, over a batch and a
+    sequence known only at run time (the accumulator's element shape was refused first, "needs a
+    known element shape"; the Loop now takes the branch's batch var)."""
+    rng = np.random.default_rng(0)
+    w = lambda *s: (rng.standard_normal(s) * 0.3).astype(np.float32)  # noqa: E731
+    h = 4
+    then = helper.make_graph([N("LSTM", ["x", "W", "R", "B"], ["y", "yh"], hidden_size=h)], "then", [],
+                             [helper.make_tensor_value_info("yh", TensorProto.FLOAT, [1, "B", h])])
+    other = helper.make_graph([N("LSTM", ["x", "W2", "R", "B"], ["y2", "yh2"], hidden_size=h)], "else", [],
+                              [helper.make_tensor_value_info("yh2", TensorProto.FLOAT, [1, "B", h])])
+    m = _model([N("Equal", ["sr", "sr16k"], ["c"]), N("If", ["c"], ["out"], then_branch=then, else_branch=other)],
+               {"x": (TensorProto.FLOAT, ["T", "B", 3]), "sr": (TensorProto.INT64, [])},
+               {"out": (TensorProto.FLOAT, [1, "B", h])},
+               {"W": w(1, 4 * h, 3), "W2": w(1, 4 * h, 3), "R": w(1, 4 * h, h), "B": w(1, 8 * h),
+                "sr16k": np.array(16000, np.int64)}, opset=14)
+    check_two_shapes(m, [{"x": _f32(3, 1, 3), "sr": np.array(16000)},
+                         {"x": _f32(5, 2, 3, seed=1), "sr": np.array(8000)}], tmp_path)

@@ -301,6 +301,27 @@ def _static_dims_of(ty: relax.TensorType) -> list[Any]:
     return [int(d) if is_static(d) else None for d in ty.shape.values]
 
 
+def _scope_vars(exprs: list[relax.Expr]) -> list[tirx.Var]:
+    """The symbolic vars in the shapes of `exprs` (values of the scope being lowered)."""
+    found: list[tirx.Var] = []
+    for e in exprs:
+        ty = e.ty
+        if isinstance(ty, relax.TensorType) and isinstance(ty.shape, relax.ShapeExpr):
+            for d in ty.shape.values:
+                if not is_static(d):
+                    found.extend(v for v in tirx.analysis.undefined_vars(d) if not any(v.same_as(f) for f in found))
+    return found
+
+
+def _dims_in_scope(ty: relax.TensorType, here: list[tirx.Var]) -> list[Any]:
+    """`ty`'s dims: ints, expressions of the vars `here`, None for the others."""
+    def dim(d):
+        if is_static(d):
+            return int(d)
+        return d if all(any(v.same_as(h) for h in here) for v in tirx.analysis.undefined_vars(d)) else None
+    return [dim(d) for d in ty.shape.values]
+
+
 def _carried_dims(node: Node, j: int, init: relax.Expr) -> list[Any]:
     """The dims of loop-carried value `j` that stay fixed: declared by the body's input, or, where
     the body leaves its input undeclared, the initial value's dims that the body's output keeps.
@@ -341,7 +362,7 @@ def _scan_init(ctx: LowerCtx, node: Node, body: Graph, j: int, n: int, probe) ->
             raise ctx.error(f"scan output {j} (%{result.name}) needs a known element shape to start its "
                             f"accumulator (got {element.type}); run infer-shapes or give the model static shapes")
         shape = probed
-    dims = [d if isinstance(d, int) else ctx.symbols[d] for d in shape]
+    dims = [d if isinstance(d, int) else ctx.symbols[d] if isinstance(d, str) else d for d in shape]
     dtype = tvm_dtype((result.type if isinstance(result.type, TensorType) else element.type).dtype)
     return ctx.bb.emit(relax.op.zeros(relax.ShapeExpr([0, *dims]), dtype))
 
@@ -381,12 +402,14 @@ def lower_loop(ctx: LowerCtx, node: Node) -> list:
     probed: list = []
 
     def probe() -> list:
-        """The static dims of the body's outputs (None: unknown shape), lowered on the initial values."""
+        """The dims of the body's outputs (None: unknown shape), lowered on the initial values: ints,
+        and symbolic dims of vars defined here (an LSTM's batch inside an If branch, a branch parameter)."""
         if not probed:
             bindings = {body.inputs[0]: relax.const(0, "int64"), body.inputs[1]: cond}
             bindings.update({body.inputs[2 + j]: e for j, e in enumerate(inits)})
+            here = _scope_vars([*inits, *(e for _, e in _captured(ctx, body))])
             dropped = _block(ctx, lambda: bb.emit(relax.Tuple(lower_body(ctx, body, bindings))))
-            probed.extend(_static_dims_of(t) if isinstance(t.shape, relax.ShapeExpr) else None
+            probed.extend(_dims_in_scope(t, here) if isinstance(t.shape, relax.ShapeExpr) else None
                           for t in dropped.body.ty.fields)
         return probed
 

@@ -14,7 +14,7 @@ from tvm import relax, te, tirx
 
 from mdoc.ir import Node
 
-from ..context import LowerCtx, SymTensor, broadcast_dims, is_float, is_static, prim
+from ..context import LowerCtx, SymTensor, broadcast_dims, is_float, is_static, pdtype, prim
 from ..registry import converter
 from ._common import attr_ints, attr_str, norm_axes, norm_axis, operand_ints, prod, relax_dims, static_int
 from .runtime_axes import axis_mask, inserted_dims, kept_dims, length, runtime_axes, spread
@@ -556,7 +556,22 @@ def range_(ctx: LowerCtx, node: Node):
         out = np.arange(arrays[0].reshape(()), arrays[1].reshape(()), arrays[2].reshape(()), dtype=dtype)
         return [SymTensor.from_array(out) if out.size <= 64 else relax.const(out)]
     start, limit, delta = (s.values[0] for s in syms)
+    whole = _integral_range(start, limit, delta)
+    if is_float(dtype) and whole is not None:
+        # a float Range over a dim (YOLOv8's anchor grid): counted in ints, cast after, so that its
+        # length is a ceildiv, not ceil() of a float, which Relax cannot carry in a shape
+        return [R.astype(R.arange(*whole, "int64"), dtype)]
     return [R.arange(prim(start, dtype), prim(limit, dtype), prim(delta, dtype), dtype)]
+
+
+def _integral_range(start, limit, delta):
+    """(start, limit, delta) as int64 when start and delta are whole numbers and limit is a cast of
+    an integer dim expression; else None."""
+    if not (is_static(start) and is_static(delta) and float(start).is_integer() and float(delta).is_integer()):
+        return None
+    if not isinstance(limit, tirx.Cast) or not pdtype(limit.value).startswith("int") or int(delta) == 0:
+        return None
+    return int(start), tirx.Cast("int64", limit.value) if pdtype(limit.value) != "int64" else limit.value, int(delta)
 
 
 def _range_runtime(ctx: LowerCtx) -> relax.Expr:
