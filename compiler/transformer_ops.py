@@ -5,6 +5,7 @@
     mdoc.gelu(x, bias?)                                {approximate = "none" | "tanh"}
     mdoc.attention(q, k, v, mask?)                     {num_heads = H, scale = s}
     mdoc.silu(x)
+    mdoc.rms_norm(x, gamma)                            {epsilon = 1e-06}
 
 Why ops and not a backend pattern: a fusion that the IR shows can be printed,
 tested as golden IR, exported and explained (`mdoc opt --trace-rewrites`), and
@@ -24,6 +25,8 @@ writes the same computation as ONNX):
   heads, softmax(q k^T * scale + mask) v is computed per head (mask additive,
   broadcast to [B, H, Sq, Sk]), and the heads are merged back: [B, Sq, H*Dv].
 - silu is x * sigmoid(x) (exported as that: ONNX's Swish needs opset 24).
+- rms_norm is x / sqrt(mean(x^2) + epsilon) * gamma over the last axis (LLaMA's RMSNorm;
+  RMSNormalization from opset 23, SimplifiedLayerNormalization under runtime_ops).
 
 Export: the standard ONNX op where the model's opset has one
 (LayerNormalization >= 17, Gelu >= 20, Attention >= 23), onnxruntime's contrib
@@ -359,3 +362,42 @@ def _export_silu(node, e) -> None:
 SILU = define_op(OpDef(
     "mdoc.silu", "SiLU (swish): x * sigmoid(x)", inputs=(1, 1), outputs=(1, 1),
     check=lambda node: _float_operands(node, ("x",)), evaluate=_eval_silu, export=_export_silu))
+
+
+# -- mdoc.rms_norm ---------------------------------------------------------------------
+def _check_rms_norm(node) -> str | None:
+    reason = _float_operands(node, ("x", "gamma"))
+    if reason:
+        return reason
+    shape = _shape(node.inputs[0])
+    if shape is not None and (reason := _vector_over_last(node, 1, "gamma", shape[-1])):
+        return reason
+    return None
+
+
+def _eval_rms_norm(node, arrays):
+    x, gamma = arrays
+    x64 = x.astype(np.float64)
+    ms = (x64 * x64).mean(axis=-1, keepdims=True)
+    return [(x64 / np.sqrt(ms + float(node.attrs.get("epsilon", 1e-6))) * gamma).astype(x.dtype)]
+
+
+def _export_rms_norm(node, e) -> None:
+    x, gamma = e.inputs[:2]
+    eps = float(node.attrs.get("epsilon", 1e-6))
+    if e.opset >= 23:
+        e.emit("RMSNormalization", [x, gamma], e.outputs, axis=-1, epsilon=eps)
+    elif e.runtime_ops:
+        e.emit("SimplifiedLayerNormalization", [x, gamma], e.outputs, axis=-1, epsilon=eps)
+    else:
+        (sq,) = e.emit("Mul", [x, x])
+        (ms,) = (e.emit("ReduceMean", [sq, e.const([-1], np.int64)], keepdims=1) if e.opset >= 18
+                 else e.emit("ReduceMean", [sq], axes=[-1], keepdims=1))
+        (inv,) = e.emit("Reciprocal", e.emit("Sqrt", e.emit("Add", [ms, e.const(eps, _dtype(node))])))
+        e.emit("Mul", [e.emit("Mul", [x, inv])[0], gamma], e.outputs)
+
+
+RMS_NORM = define_op(OpDef(
+    "mdoc.rms_norm", "RMSNorm over the last axis: x / sqrt(mean(x^2) + epsilon) * gamma",
+    inputs=(2, 2), outputs=(1, 1), attrs={"epsilon": (float, int)},
+    check=_check_rms_norm, evaluate=_eval_rms_norm, export=_export_rms_norm))

@@ -77,3 +77,18 @@ def attention(ctx: LowerCtx, node: Node):
     b, h, s, d = ctx.shape_of(y)
     y = ctx.emit(R.permute_dims(y, [0, 2, 1, 3]))
     return [R.reshape(y, relax_dims([b, s, static_int(ctx, h, "the heads") * static_int(ctx, d, "the head size")]))]
+
+
+@converter("mdoc.rms_norm", since=1)
+def rms_norm(ctx: LowerCtx, node: Node):
+    """x / sqrt(mean(x^2) + epsilon) * gamma over the last axis, in the input's type (float32 sums
+    for float16 inputs)."""
+    x = ctx.input(0)
+    dtype = str(x.ty.dtype)
+    wide = ctx.emit(R.astype(x, "float32")) if dtype == "float16" else x
+    ms = ctx.emit(R.mean(ctx.emit(R.multiply(wide, wide)), axis=[-1], keepdims=True))
+    inv = ctx.emit(R.rsqrt(ctx.emit(R.add(ms, float_const(ctx.attr("epsilon", 1e-6), str(wide.ty.dtype))))))
+    y = ctx.emit(R.multiply(wide, inv))
+    if wide is not x:
+        y = ctx.emit(R.astype(y, dtype))
+    return [R.multiply(y, ctx.input(1))]
