@@ -215,3 +215,18 @@ def test_lstm_inside_an_if_branch(tmp_path):
                 "sr16k": np.array(16000, np.int64)}, opset=14)
     check_two_shapes(m, [{"x": _f32(3, 1, 3), "sr": np.array(16000)},
                          {"x": _f32(5, 2, 3, seed=1), "sr": np.array(8000)}], tmp_path)
+
+
+def test_average_pool_wider_than_its_input(tmp_path):
+    """Hugging Face's EfficientNet pools its 7x7 map with AvgPool2d(1280, ceil_mode=True): TOPI looped
+    over every one of the 1280 x 1280 window cells (2.2 s of a 2.2 s call). The window is now
+    clamped to the input, and the result is onnxruntime's at any size, the window's edge inside too."""
+    m = _model([N("AveragePool", ["x"], ["y"], kernel_shape=[100, 100], strides=[100, 100], ceil_mode=1)],
+               {"x": (TensorProto.FLOAT, ["N", 8, "H", "W"])}, {"y": (TensorProto.FLOAT, ["N", 8, "h", "w"])}, {})
+    check_two_shapes(m, [{"x": _f32(1, 8, 7, 7)}, {"x": _f32(2, 8, 150, 230, seed=1)}], tmp_path)
+    from mdoc.onnx_import import import_model
+    from mdoc.targets.presets import resolve_target
+    from mdoc.targets.tvm_backend import TvmBackend
+
+    mod = TvmBackend().lower(import_model(m), resolve_target("x86"))
+    assert any("wide_avg_pool" in gv.name_hint for gv in mod.get_global_vars()), "TOPI's full-window pool"

@@ -7,7 +7,7 @@ hand-scheduled kernels can replace the default `relax.op.nn` calls.
 from __future__ import annotations
 
 import numpy as np
-from tvm import relax, tirx, topi
+from tvm import relax, te, tirx, topi
 
 from mdoc.ir import Node
 
@@ -204,6 +204,9 @@ def _pool(ctx: LowerCtx, node: Node, kind: str):
     _check_window(ctx, xs[2:], kernel, strides, dilations, pads, ceil_mode)
     if ceil_mode:
         ceil_mode = _ceil_matters(ctx, xs[2:], kernel, strides, dilations, pads)
+    if kind == "avg" and max(kernel) > WIDE_WINDOW and all(is_static(p) and int(p) == 0 for p in pads) \
+            and all(d == 1 for d in dilations):
+        return [_wide_avg_pool(ctx, x, kernel, strides, ceil_mode)]
     if kind == "avg" and (count_include_pad and ceil_mode or not all(is_static(p) for p in pads)):
         return [_avg_pool_padded(ctx, x, kernel, strides, dilations, pads, ceil_mode, count_include_pad)]
     if not all(is_static(p) for p in pads):  # SAME on run-time sizes: max over explicit -inf padding
@@ -233,6 +236,54 @@ def _ceil_matters(ctx, in_dims, kernel, strides, dilations, pads) -> bool:
     return any(_out_size(int(in_dims[i]), kernel[i], strides[i], dilations[i], pads[i], pads[nd + i], True)
                != _out_size(int(in_dims[i]), kernel[i], strides[i], dilations[i], pads[i], pads[nd + i], False)
                for i in range(nd))
+
+
+WIDE_WINDOW = 64
+"""An average pool whose window is wider than this is summed over the window clamped to the input."""
+
+
+def _wide_avg_pool(ctx, x, kernel, strides, ceil_mode: bool) -> relax.Expr:
+    """AveragePool without padding whose window may exceed the input, summed over the clamped window.
+
+    Hugging Face's EfficientNet pools its 7x7 map with AvgPool2d(1280, ceil_mode=True): TOPI
+    loops over all 1280 x 1280 window positions and tests each against the bounds (2.2 s of a
+    2.2 s call). Without padding, each output averages the cells of its window that lie inside
+    the input (what onnxruntime computes whether or not count_include_pad is set), so the window
+    loops run to min(kernel, size) only.
+    """
+    dims = ctx.shape_of(x)
+    nd = len(kernel)
+    dt = str(x.ty.dtype)
+    sizes = [prim(d) for d in dims[2:]]
+    outs = [prim(_out_size(d, k, s, 1, 0, 0, ceil_mode)) if is_static(d) else
+            simplify(((tirx.floordiv(prim(d) - k + s - 1, s) if ceil_mode else tirx.floordiv(prim(d) - k, s)) + 1))
+            for d, k, s in zip(dims[2:], kernel, strides)]
+
+    def compute(data):
+        axes = [te.reduce_axis((0, tirx.min(prim(k), size)), name=f"r{i}")
+                for i, (k, size) in enumerate(zip(kernel, sizes))]
+
+        def start(i, o):
+            return o * strides[i]
+
+        def cell(*idx):
+            n, c, pos = idx[0], idx[1], idx[2:]
+            inside = tirx.all(*[start(i, pos[i]) + axes[i] < sizes[i] for i in range(nd)])
+            at = [start(i, pos[i]) + axes[i] for i in range(nd)]
+            return te.sum(tirx.Select(inside, data(n, c, *at), tirx.const(0, dt)), axis=axes)
+
+        total = te.compute([*data.shape[:2], *outs], cell, name="wide_avg_sum")
+
+        def avg(*idx):
+            pos = idx[2:]
+            n = 1
+            for i in range(nd):
+                n = n * (tirx.min(pos[i] * strides[i] + kernel[i], sizes[i]) - pos[i] * strides[i])
+            return total(*idx) / tirx.Cast(dt, n)
+
+        return te.compute(total.shape, avg, name="wide_avg_pool")
+
+    return ctx.bb.emit_te(compute, x, primfunc_name_hint="wide_avg_pool")
 
 
 def _avg_pool_padded(ctx, x, kernel, strides, dilations, pads, ceil_mode: bool, count_include_pad: bool):
