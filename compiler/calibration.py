@@ -25,16 +25,16 @@ import numpy as np
 
 from .errors import MdocError
 from .ir import Model, Node
+from .quant_ops import OBSERVE
 from .tensors import load_npz
 from .types import TensorType
 
-OBSERVE = "mdoc.observe"
 METHODS = ("minmax", "percentile")
 _KEPT = 1 << 18  # values kept per observer and sample for percentiles (a uniform subsample)
 
 
 def observers(model: Model) -> list[Node]:
-    return [n for n in model.graph if n.op == OBSERVE]
+    return [n for n in model.graph if n.op == OBSERVE.name]
 
 
 def load_samples(path: str | os.PathLike, model: Model) -> list[dict[str, np.ndarray]]:

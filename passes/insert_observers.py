@@ -16,9 +16,8 @@ from dataclasses import dataclass
 
 from mdoc.ir import Graph, Node, Value
 from mdoc.pass_manager import GraphPass, PassContext, register_pass
+from mdoc.quant_ops import OBSERVE
 from mdoc.types import TensorType
-
-OBSERVE = "mdoc.observe"
 
 
 def quantizable(node: Node) -> bool:
@@ -51,10 +50,10 @@ class InsertObservers(GraphPass):
                 continue
             x = node.input(0)
             producer = x.producer()
-            if producer is not None and producer.op == OBSERVE:
+            if producer is not None and producer.op == OBSERVE.name:
                 continue
             if x not in observed:
-                obs = graph.add(OBSERVE, [x], outputs=[x.type], name=f"{node.name}/observe",
+                obs = graph.add(OBSERVE.name, [x], outputs=[x.type], name=f"{node.name}/observe",
                                 output_names=[f"{x.name}_observed"], provenance=self.name,
                                 before=node)
                 observed[x] = obs.output

@@ -25,9 +25,10 @@ import numpy as np
 from mdoc.errors import MdocError
 from mdoc.ir import Graph, Node, Value
 from mdoc.pass_manager import GraphPass, PassContext, register_pass
+from mdoc.quant_ops import OBSERVE
 from mdoc.types import DType, TensorType
 
-from .insert_observers import OBSERVE, quantizable
+from .insert_observers import quantizable
 
 _ACTIVATIONS = {"u8": (np.uint8, 0, 255), "s8": (np.int8, -128, 127)}
 
@@ -79,7 +80,7 @@ class QuantizeStatic(GraphPass):
         quantized: dict[Value, Value] = {}
         changed = False
         for node in graph.nodes():
-            if node.op == OBSERVE:
+            if node.op == OBSERVE.name:
                 self._activation(graph, node)
                 changed = True
         for node in graph.nodes():
