@@ -186,6 +186,7 @@ class Kernels:
         return apply_tail(ctx, self._matmul(ctx, a, b, transpose_b), tail)
 
     def _matmul(self, ctx, a, b, transpose_b):
+        a, b = ctx.contracted(a, b, transpose_b=transpose_b)
         if transpose_b:
             nd = len(ctx.shape_of(b))
             b = ctx.bb.emit(relax.op.permute_dims(b, list(range(nd - 2)) + [nd - 1, nd - 2]))
