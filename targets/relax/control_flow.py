@@ -467,9 +467,8 @@ def lower_loop(ctx: LowerCtx, node: Node) -> list:
         grown = []
         for acc, s in zip(accs_in, outs[1 + n:]):
             # every iteration's element has the accumulator's element shape (checked at run time)
-            item = bb.match_cast(bb.emit(relax.op.expand_dims(s, 0)),
-                                 relax.TensorType([1, *acc.ty.shape.values[1:]], acc.ty.dtype))
-            grown.append(bb.emit(relax.op.concat([acc, item], axis=0)))
+            grown.append(bb.emit(relax.op.concat(ctx.aligned(acc, bb.emit(relax.op.expand_dims(s, 0)), concat_axis=0),
+                                                 axis=0)))
         step = bb.emit(relax.op.add(i, relax.const(1, "int64")))
         return [step, again, *outs[1:1 + n], *grown]
 

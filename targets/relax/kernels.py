@@ -98,8 +98,8 @@ def apply_tail(ctx: "LowerCtx", y: relax.Expr, tail: Tail | None) -> relax.Expr:
         y = R.multiply(ctx.emit(y), _f(tail.scale))
     if tail.bias is not None:
         y = R.add(ctx.emit(y), relax.const(np.asarray(tail.bias, np.float32)))
-    if tail.residual is not None:
-        y = R.add(ctx.emit(y), tail.residual)
+    if tail.residual is not None:  # of a size Relax may not prove equal (a Loop body's two batch vars)
+        y = R.add(*ctx.aligned(ctx.emit(y), tail.residual))
     act = tail.activation
     if act is not None:
         spec = ACTIVATIONS[act.name]
