@@ -182,6 +182,8 @@ class _Runner:
 
     def _on_cpu(self, index: int, a: np.ndarray):
         """Input `index` as a TVM tensor: `a` itself where its layout allows, else a copy in its staging buffer."""
+        if a.dtype.kind not in "biufc":  # bfloat16 and other ml_dtypes: numpy has no DLPack for them
+            return self.tvm.runtime.tensor(_contiguous(a), self.dev)
         flags = a.flags
         if flags.c_contiguous and flags.writeable and a.size:
             t = self._from_dlpack(a)

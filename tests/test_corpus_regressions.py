@@ -230,3 +230,60 @@ def test_average_pool_wider_than_its_input(tmp_path):
 
     mod = TvmBackend().lower(import_model(m), resolve_target("x86"))
     assert any("wide_avg_pool" in gv.name_hint for gv in mod.get_global_vars()), "TOPI's full-window pool"
+
+
+def test_reshape_to_a_shape_that_another_op_read_first(tmp_path):
+    """GPT-2 with past (TorchScript): the attention's Reshape target [N, S, 384] is built from Shape
+    gathers whose [N] piece an earlier Concat (with a run-time value) had read as a tensor; the
+    piece must stay a size, or the Reshape gets fresh dims, Split's parts `min(128, d)` and the
+    contraction with the cached keys "sizes differ"."""
+    piece = lambda i: [N("Gather", ["shape", f"i{i}"], [f"g{i}"]), N("Unsqueeze", [f"g{i}", "zero"], [f"u{i}"])]  # noqa: E731
+    nodes = [N("Shape", ["x"], ["shape"]), *piece(0), *piece(1),
+             N("Concat", ["u0", "extra"], ["read_first"], axis=0),
+             N("Concat", ["u0", "u1", "width"], ["target"], axis=0),
+             N("MatMul", ["x", "proj"], ["xp"]), N("Reshape", ["xp", "target"], ["r"]),
+             N("Split", ["r", "parts"], ["q", "k", "v"], axis=2),
+             N("Concat", ["past_k", "k"], ["kc"], axis=1), N("Concat", ["past_v", "v"], ["vc"], axis=1),
+             N("Transpose", ["kc"], ["kt"], perm=[0, 2, 1]), N("MatMul", ["q", "kt"], ["s"]),
+             N("Softmax", ["s"], ["p"], axis=-1), N("MatMul", ["p", "vc"], ["y"])]
+    m = _model(nodes, {"x": (TensorProto.FLOAT, ["N", "S", 8]), "past_k": (TensorProto.FLOAT, ["N", "P", 4]),
+                       "past_v": (TensorProto.FLOAT, ["N", "P", 4]), "extra": (TensorProto.INT64, [1])},
+               {"y": (TensorProto.FLOAT, ["N", "S", 4]), "read_first": (TensorProto.INT64, [2])},
+               {"i0": np.array(0, np.int64), "i1": np.array(1, np.int64), "zero": np.array([0], np.int64),
+                "width": np.array([12], np.int64), "parts": np.array([4, 4, 4], np.int64),
+                "proj": _f32(8, 12, seed=3)}, opset=13)
+    feeds = [{"x": _f32(1, 1, 8), "past_k": _f32(1, 5, 4, seed=1), "past_v": _f32(1, 5, 4, seed=2),
+              "extra": np.array([7])},
+             {"x": _f32(2, 4, 8, seed=4), "past_k": _f32(2, 12, 4, seed=5), "past_v": _f32(2, 12, 4, seed=6),
+              "extra": np.array([3])}]
+    check_two_shapes(m, feeds, tmp_path)
+
+
+def test_torch_expand_of_a_shape_with_minus_one_markers(tmp_path):
+    """BERT's token types (TorchScript): `buffer[:, :S].expand(N, S)` exports as Expand over
+    `Where(Equal(shape, -1), 1, shape)`; left as `Select(n == -1, 1, n)` in every dim after it, the
+    cast of the embedding sum back to [N, S, D] sent TVM's KillAfterLastUse into endless recursion
+    (a segfault). Dims are sizes (>= 0), so the markers fold."""
+    nodes = [N("Shape", ["ids"], ["shape"]), N("Gather", ["shape", "one"], ["s"]), N("Unsqueeze", ["s", "zero"], ["end"]),
+             N("Slice", ["buffer", "zero", "end", "one_axis"], ["types"]),
+             N("Equal", ["shape", "minus_one"], ["is_marker"]), N("Where", ["is_marker", "ones", "shape"], ["to"]),
+             N("Expand", ["types", "to"], ["types_n"]),
+             N("Gather", ["words", "ids"], ["we"]), N("Gather", ["type_table", "types_n"], ["te"]),
+             N("Add", ["we", "te"], ["e"]), N("ReduceMean", ["e"], ["y"], axes=[2], keepdims=0)]
+    m = _model(nodes, {"ids": (TensorProto.INT64, ["N", "S"])}, {"y": (TensorProto.FLOAT, ["N", "S"])},
+               {"one": np.array(1, np.int64), "zero": np.array([0], np.int64), "one_axis": np.array([1], np.int64),
+                "buffer": np.zeros((1, 16), np.int64), "minus_one": np.array(-1, np.int64),
+                "ones": np.ones(2, np.int64), "words": _f32(10, 6), "type_table": _f32(2, 6, seed=1)}, opset=13)
+    check_two_shapes(m, [{"ids": np.array([[1, 2, 3]])}, {"ids": np.arange(14).reshape(2, 7) % 10}], tmp_path)
+
+
+def test_gemm_with_a_run_time_c_of_another_symbol(tmp_path):
+    """silero-vad (TorchScript, opset 15): decompose-rnn's step is Gemm(h, R, gates[i]), where the
+    carried h and the precomputed gates have batch dims that Relax cannot prove equal (the state
+    came through a folded If with unknown dims); the add of C was left unlegalized (exit 3). C is
+    now cast to the product's rows, checked at run time."""
+    m = _model([N("Gemm", ["a", "w", "c"], ["y"])],
+               {"a": (TensorProto.FLOAT, ["N", 4]), "c": (TensorProto.FLOAT, ["M", 16])},
+               {"y": (TensorProto.FLOAT, ["N", 16])}, {"w": _f32(4, 16, seed=2)})
+    check_two_shapes(m, [{"a": _f32(1, 4), "c": _f32(1, 16, seed=1)}, {"a": _f32(3, 4, seed=3), "c": _f32(3, 16, seed=4)}],
+                     tmp_path)

@@ -6,8 +6,8 @@ Two ways through, as the Relax target handles them:
   starts/ends, Reshape's shape, Resize's sizes. Each graph is built once and run
   with two different values of the operand; both must match onnxruntime.
 * guarded specialization: operands the Relax target still needs at compile time
-  (Resize's sizes with mode=cubic, whose kernel over run-time sizes takes TVM
-  minutes to build; an axes tensor of unknown length) must be bound:
+  (Resize's sizes with antialias, whose taps widen with the scale; an axes tensor
+  of unknown length) must be bound:
   `bind_inputs` / `mdoc compile --bind`, and the onnx Backend compiles one
   version per bound value. The errors name the node, the operand and the input.
   (Axes, split sizes, k and the rest compile once: tests/test_runtime_operands.py.)
@@ -139,13 +139,19 @@ def test_resize_with_runtime_scales():
     run_twice(m, [{"x": x, "sc": f(1, 1, 2, 0.5)}, {"x": x, "sc": f(1, 1, 0.6, 1.7)}])
 
 
-def test_resize_cubic_binds_runtime_sizes():
+def test_resize_cubic_with_runtime_sizes_and_scales():
+    """Cubic taps over run-time sizes are tabulated per axis first (the kernel built in minutes
+    when every output element repeated their symbolic float math)."""
     g = GraphSpec()
     g.add("Resize", ["x", "", "", "sz"], mode="cubic")
-    m = g.model({"x": f32(1, 1, 4, 4), "sz": i64(1, 1, 6, 3)}, opset=19)
-    with pytest.raises(NeedsInputValue) as e:
-        lower(import_model(m))
-    assert "operand 3 %sz (sizes, with mode=cubic) must be a constant" in str(e.value)
+    x = f32(1, 1, 4, 4)
+    run_twice(g.model({"x": x, "sz": i64(1, 1, 6, 3)}, opset=19), [{"x": x, "sz": i64(1, 1, 6, 3)},
+                                                                  {"x": x, "sz": i64(1, 1, 3, 9)}])
+    g = GraphSpec()
+    g.add("Resize", ["x", "", "sc"], mode="cubic", exclude_outside=1, cubic_coeff_a=-0.5)
+    sc = lambda *v: np.array(v, np.float32)  # noqa: E731
+    run_twice(g.model({"x": x, "sc": sc(1, 1, 2, 0.5)}, opset=19), [{"x": x, "sc": sc(1, 1, 2, 0.5)},
+                                                                   {"x": x, "sc": sc(1, 1, 0.6, 1.7)}])
 
 
 def test_onehot_with_runtime_depth_and_values():
@@ -238,10 +244,10 @@ def reduce_model(opset: int = 18) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
 
 
-def cubic_model(computed: bool = False) -> onnx.ModelProto:
-    """Resize(x, sizes) with mode=cubic: the sizes (a graph input, or a + b) must be bound."""
+def antialias_model(computed: bool = False) -> onnx.ModelProto:
+    """Resize(x, sizes) with antialias: the sizes (a graph input, or a + b) must be bound."""
     nodes = [helper.make_node("Add", ["a", "b"], ["sizes"])] if computed else []
-    nodes.append(helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], name="rz", mode="cubic"))
+    nodes.append(helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], name="rz", mode="cubic", antialias=1))
     sizes = [helper.make_tensor_value_info(n, TensorProto.INT64, [4]) for n in (["a", "b"] if computed else ["sizes"])]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4]), *sizes],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, None, None])])
@@ -250,8 +256,9 @@ def cubic_model(computed: bool = False) -> onnx.ModelProto:
 
 def test_structural_operand_error_names_node_operand_and_input():
     with pytest.raises(NeedsInputValue) as e:
-        lower(import_model(cubic_model()))
-    assert str(e.value) == ("onnx.Resize (node 'rz'): operand 3 %sizes (sizes, with mode=cubic) must be a constant "
+        lower(import_model(antialias_model()))
+    assert str(e.value) == ("onnx.Resize (node 'rz'): operand 3 %sizes (sizes, with keep_aspect_ratio_policy=stretch and antialias=1) "
+                            "must be a constant "
                             "for the Relax target; it is graph input 'sizes': bind its value at compile time "
                             "(mdoc compile --bind sizes=VALUES)")
     assert e.value.inputs == ("sizes",)
@@ -259,7 +266,7 @@ def test_structural_operand_error_names_node_operand_and_input():
 
 def test_structural_operand_computed_from_inputs_names_them():
     with pytest.raises(NeedsInputValue) as e:
-        lower(import_model(cubic_model(computed=True)))
+        lower(import_model(antialias_model(computed=True)))
     assert e.value.inputs == ("a", "b")
     assert "it is computed from graph inputs 'a', 'b'" in str(e.value)
     assert "--bind a=VALUES --bind b=VALUES" in str(e.value)
@@ -301,32 +308,32 @@ def test_parse_binding(tmp_path):
 
 
 def test_compile_cli_bind(mdoc_cli, tmp_path):
-    path = tmp_path / "cubic.onnx"
-    onnx.save(cubic_model(), path)
+    path = tmp_path / "antialias.onnx"
+    onnx.save(antialias_model(), path)
     r = mdoc_cli("compile", path, "-o", tmp_path / "no")
     assert r.code == 2
     assert r.err.strip().splitlines()[-1].endswith("(mdoc compile --bind sizes=VALUES)")
-    r = mdoc_cli("compile", path, "--bind", "sizes=1,1,6,3", "-o", tmp_path / "s")
+    r = mdoc_cli("compile", path, "--bind", "sizes=1,1,6,5", "-o", tmp_path / "s")
     assert r.code == 0, r.err
     import mdoc
 
     x = f32(1, 1, 4, 4)
-    feeds = {"x": x, "sizes": i64(1, 1, 6, 3)}
-    assert_close(mdoc.load(tmp_path / "s")(x=x), reference(cubic_model(), feeds))
+    feeds = {"x": x, "sizes": i64(1, 1, 6, 5)}
+    assert_close(mdoc.load(tmp_path / "s")(x=x), reference(antialias_model(), feeds))
 
 
 def test_backend_compiles_one_version_per_bound_value():
-    rep = MdocBackend.prepare(cubic_model())
+    rep = MdocBackend.prepare(antialias_model())
     assert rep.bound_inputs == ("sizes",) and rep.compiled_shapes == []
     x = f32(1, 1, 4, 4)
-    for sizes in ([1, 1, 2, 2], [1, 1, 5, 3], [1, 1, 2, 2]):
+    for sizes in ([1, 1, 6, 6], [1, 1, 5, 7], [1, 1, 6, 6]):
         (y,) = rep.run([x, i64(*sizes)])
-        assert_close({"y": y}, reference(cubic_model(), {"x": x, "sizes": i64(*sizes)}))
-    assert len(rep.compiled_shapes) == 2  # [1, 1, 2, 2] ran twice on one version
+        assert_close({"y": y}, reference(antialias_model(), {"x": x, "sizes": i64(*sizes)}))
+    assert len(rep.compiled_shapes) == 2  # [1, 1, 6, 6] ran twice on one version
 
 
 def test_backend_reports_errors_after_binding_in_their_stage():
-    rep = MdocBackend.prepare(cubic_model())
+    rep = MdocBackend.prepare(antialias_model())
     with pytest.raises(BackendError) as e:
         rep.run([f32(1, 1, 4, 4), i64(1, 1, 2)])
     assert e.value.stage == "lower"

@@ -207,3 +207,22 @@ def test_recognizer_over_a_run_time_width(tmp_path):
     for w in (40, 96):
         x = rng.standard_normal((1, 3, 8, w)).astype(np.float32)
         np.testing.assert_allclose(run(x=x)["y"], sess.run(None, {"x": x})[0], rtol=1e-3, atol=1e-4)
+
+
+def test_softmax_over_a_run_time_length_of_whole_vectors(tmp_path):
+    """Attention scores over a run-time key count: at 16 or 32 keys (whole vectors, an empty tail)
+    the row kernel's tail reduction never ran its init, and every thread but the first summed the
+    scratch's old bytes (rows of the second batch summed to -0.13)."""
+    nodes = [helper.make_node("MatMul", ["q", "kt"], ["s"]), helper.make_node("Softmax", ["s"], ["y"], axis=-1)]
+    graph = helper.make_graph(nodes, "scores", [helper.make_tensor_value_info("q", TensorProto.FLOAT, ["N", "S", 4]),
+                                                helper.make_tensor_value_info("kt", TensorProto.FLOAT, ["N", 4, "T"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "S", "T"])])
+    path = tmp_path / "scores.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    run = mdoc.load(mdoc.compile(str(path), "x86", tmp_path / "scores.x86", show_progress=False))
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    for n, s, t in [(2, 4, 16), (2, 8, 32), (3, 5, 21)]:
+        feeds = {"q": rng.standard_normal((n, s, 4)).astype(np.float32),
+                 "kt": rng.standard_normal((n, 4, t)).astype(np.float32)}
+        np.testing.assert_allclose(run(**feeds)["y"], sess.run(None, feeds)[0], rtol=1e-4, atol=1e-6)

@@ -83,6 +83,11 @@ def _schedule_rows(sch: Schedule, out: str, stages: list[str], vector_stages: li
             sch.reorder(loops[-1], loops[-2])
             sch.vectorize(loops[-2])
             sch.decompose_reduction(b, loops[-1])
+        elif st.endswith("_tail"):
+            # a run-time row's tail may be empty (a length that is a whole number of vectors): its
+            # init must not sit inside that empty loop, or the tail keeps the scratch's old bytes
+            # (softmax over 16 keys read garbage on every thread but the first)
+            sch.decompose_reduction(b, loops[-1])
         elif st in vector_stages:
             _vectorize_row(sch, loops[-1], lanes)
 

@@ -67,6 +67,22 @@ class FastMath:
         return codegen.builder_.get()
 
 
+@tvm.transform.module_pass(opt_level=0, name="MdocUnfusedShapeToTensor")
+class UnfusedShapeToTensor:
+    """Marks the PrimFuncs of `R.shape_to_tensor` opaque, so that FuseOps keeps them out of groups.
+
+    A run-time size read as a tensor (GPT-2's position ids start at the cache length `p`) fused
+    with the arithmetic after it makes FuseTIR fail ("VarRemapGet(source) == nullptr") once the
+    group also takes other shape vars; unfused, it is one tiny kernel per size.
+    """
+
+    def transform_module(self, mod: tvm.IRModule, ctx) -> tvm.IRModule:
+        for gv, func in mod.functions_items():
+            if isinstance(func, tvm.tirx.PrimFunc) and gv.name_hint.startswith("shape_to_tensor"):
+                mod[gv] = func.with_attr("op_pattern", 8)  # kOpaque
+        return mod
+
+
 def _front_passes(target: tvm.target.Target, schedule: bool, before_schedule=(), cpu: CpuSpec | None = None) -> list:
     passes = [
         # the NCHW copies of NCHWc kernel results that nothing reads (cpu_strategy._unpack)
@@ -87,6 +103,7 @@ def _front_passes(target: tvm.target.Target, schedule: bool, before_schedule=(),
         relax.backend.DispatchSortScan(),
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
+        UnfusedShapeToTensor(),
         relax.transform.FoldConstant(),
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),

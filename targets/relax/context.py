@@ -23,7 +23,7 @@ import numpy as np
 import tvm
 import tvm_ffi
 from tvm import relax, tirx
-from tvm.sym import Analyzer
+from tvm.sym import Analyzer, ConstIntBound
 
 from mdoc.errors import MdocError
 from mdoc.ir import Model, Node, Value
@@ -159,6 +159,19 @@ def prim(v: Any, dtype: str = "int64") -> tirx.PrimExpr:
 _ANALYZER = Analyzer()
 
 
+def dim_var(name: str) -> tirx.Var:
+    """A symbolic dim: an int64 TIR var that the analyzer knows to be a size (>= 0).
+
+    So ONNX's markers tested on a run-time size fold away: torch's Expand reads its shape
+    through `Where(Equal(shape, -1), 1, shape)`, which without the bound stays
+    `Select(n == -1, 1, n)` in every dim after it, and a cast of such a dim back to `n`
+    sends TVM's CanonicalizeBindings (run by KillAfterLastUse) into endless recursion.
+    """
+    var = tirx.Var(name, "int64")
+    _ANALYZER.update(var, ConstIntBound(0, ConstIntBound.POS_INF))
+    return var
+
+
 def simplify(d: Any) -> Any:
     """A dim simplified by TVM's arithmetic analyzer (`max(n, min(n, 64))` -> `n`); ints stay ints."""
     if is_static(d):
@@ -204,6 +217,9 @@ class LowerCtx:
         self.runtime_shapes = False  # some dims were bound at run time (`runtime_dims`; see `lower`)
         self.symbols: dict[str, tirx.Var] = {}  # symbolic dim name -> its TIR var
         self.env: dict[Value, Any] = {}  # value (by identity) -> relax.Expr | SymTensor
+        # a SymTensor's Relax tensor, emitted once where an op needs a tensor; the value stays
+        # bound to its SymTensor, so later shape arithmetic still sees the dims it holds
+        self._tensors: dict[Value, relax.Expr] = {}
         self._param_values = param_values  # constants lowered as function params, not folded
 
     # -- environment ----------------------------------------------------------
@@ -212,7 +228,7 @@ class LowerCtx:
         var = self.symbols.get(name)
         if var is None:
             clean = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in name) or "dim"
-            var = self.symbols[name] = tirx.Var(clean if not clean[0].isdigit() else f"d_{clean}", "int64")
+            var = self.symbols[name] = dim_var(clean if not clean[0].isdigit() else f"d_{clean}")
         return var
 
     def bind(self, value: Value, expr: Any) -> None:
@@ -283,8 +299,9 @@ class LowerCtx:
                                                                                     f"constant %{v.name}"))
             self.bind(v, bound)
         if isinstance(bound, SymTensor):
-            bound = self.materialize(bound)
-            self.bind(v, bound)
+            if v not in self._tensors:
+                self._tensors[v] = self.materialize(bound)
+            return self._tensors[v]
         return bound
 
     def inputs(self) -> list[relax.Expr | None]:
@@ -327,7 +344,7 @@ class LowerCtx:
             raise self.error("an operand has unknown rank; mdoc's Relax lowering needs ranks")
         if isinstance(ty.shape, relax.ShapeExpr):
             return [_concrete(d) for d in ty.shape.values]
-        dims = [tirx.Var(f"d{k}", "int64") for k in range(ty.ndim)]
+        dims = [dim_var(f"d{k}") for k in range(ty.ndim)]
         matched = self.bb.match_cast(expr, relax.TensorType(dims, ty.dtype))
         if value is not None:
             self.bind(value, matched)
@@ -366,7 +383,7 @@ class LowerCtx:
         if str(expr.ty.dtype) != "int64":
             expr = self.bb.emit(relax.op.astype(expr, "int64"))
         as_shape = self.bb.emit(relax.op.tensor_to_shape(expr))
-        dims = [tirx.Var(f"{name}{k}", "int64") for k in range(int(n))]
+        dims = [dim_var(f"{name}{k}") for k in range(int(n))]
         self.bb.match_cast(as_shape, relax.ShapeType(dims))
         self.runtime_shapes = True
         return dims
@@ -486,6 +503,24 @@ class LowerCtx:
                 x = self.bb.match_cast(x, relax.TensorType(shape, x.ty.dtype))
             out.append(x)
         return out
+
+    def contracted(self, a: relax.Expr, b: relax.Expr, *, transpose_b: bool = False) -> tuple[relax.Expr, relax.Expr]:
+        """A MatMul's operands with B's contraction size match-cast (checked at run time) to A's
+        where Relax cannot prove them equal: GPT-2's P V reads the keys' length once through a
+        Concat of the cache (`p + s`) and once through a Reshape to a run-time shape, two dims
+        that are equal at run time but not in the analyzer, and a kernel over one K needs one."""
+        a_shape, b_shape = self.shape_of(a), self.shape_of(b)
+        if len(a_shape) < 2 or len(b_shape) < 2:
+            return a, b
+        k, axis = a_shape[-1], (len(b_shape) - 1 if transpose_b else len(b_shape) - 2)
+        kb = b_shape[axis]
+        if (is_static(k) and is_static(kb)) or _ANALYZER.can_prove_equal(prim(k), prim(kb)):
+            return a, b
+        if isinstance(k, tirx.Var):  # see `aligned`: the operand that has the var is cast first
+            a = self.bb.match_cast(a, relax.TensorType(list(a_shape), a.ty.dtype))
+        dims = list(b_shape)
+        dims[axis] = k
+        return a, self.bb.match_cast(b, relax.TensorType(dims, b.ty.dtype))
 
     def ensure_shape(self, expr: relax.Expr, dims: list[Any]) -> relax.Expr:
         """`expr` emitted; when Relax could not infer its shape, match-cast to `dims` (checked at run time)."""

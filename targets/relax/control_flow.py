@@ -51,7 +51,7 @@ from mdoc.errors import MdocError
 from mdoc.ir import CONSTANT, Graph, Node, Value
 from mdoc.types import TensorType
 
-from .context import LowerCtx, SymTensor, is_static, tvm_dtype
+from .context import LowerCtx, SymTensor, dim_var, is_static, tvm_dtype
 from .node_lowering import convert_node, output_expr
 from .registry import converter
 
@@ -207,7 +207,7 @@ class _Scope:
         for expr, var in self.dims:
             if tvm_ffi.structural_equal(expr, outer):
                 return var
-        self.dims.append((outer, tirx.Var(hint, "int64")))
+        self.dims.append((outer, dim_var(hint)))
         return self.dims[-1][1]
 
     def symbols(self, outer: dict[str, tirx.Var]) -> dict[str, tirx.Var]:
@@ -281,7 +281,7 @@ def _param_type(ty: relax.TensorType, name: str, static: list[Any], scope: _Scop
             return d
         if d is not None and scope is not None:
             return scope.var(d, f"{name}_d{k}")
-        return tirx.Var(f"{name}_d{k}", "int64")
+        return dim_var(f"{name}_d{k}")
 
     return relax.TensorType([dim(k, d) for k, d in enumerate(static)], ty.dtype)
 
@@ -467,9 +467,8 @@ def lower_loop(ctx: LowerCtx, node: Node) -> list:
         grown = []
         for acc, s in zip(accs_in, outs[1 + n:]):
             # every iteration's element has the accumulator's element shape (checked at run time)
-            item = bb.match_cast(bb.emit(relax.op.expand_dims(s, 0)),
-                                 relax.TensorType([1, *acc.ty.shape.values[1:]], acc.ty.dtype))
-            grown.append(bb.emit(relax.op.concat([acc, item], axis=0)))
+            grown.append(bb.emit(relax.op.concat(ctx.aligned(acc, bb.emit(relax.op.expand_dims(s, 0)), concat_axis=0),
+                                                 axis=0)))
         step = bb.emit(relax.op.add(i, relax.const(1, "int64")))
         return [step, again, *outs[1:1 + n], *grown]
 

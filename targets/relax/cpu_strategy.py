@@ -97,6 +97,8 @@ class CpuKernels(Kernels):
     def matmul(self, ctx: "LowerCtx", a: relax.Expr, b: relax.Expr, *, transpose_b: bool = False,
                tail: Tail | None = None) -> relax.Expr:
         constant_b = isinstance(b, tvm.ir.GenericConst) and b.ty.ndim == 2
+        if not constant_b and _f32_shape(ctx, a) is not None and _f32_shape(ctx, b) is not None:
+            a, b = ctx.contracted(a, b, transpose_b=transpose_b)
         # dims may be symbolic (batch, sequence): one kernel serves every size; a dense layer's
         # K and N are its weight's
         a_shape, b_shape = _f32_shape(ctx, a), _f32_shape(ctx, b)

@@ -98,8 +98,8 @@ def apply_tail(ctx: "LowerCtx", y: relax.Expr, tail: Tail | None) -> relax.Expr:
         y = R.multiply(ctx.emit(y), _f(tail.scale))
     if tail.bias is not None:
         y = R.add(ctx.emit(y), relax.const(np.asarray(tail.bias, np.float32)))
-    if tail.residual is not None:
-        y = R.add(ctx.emit(y), tail.residual)
+    if tail.residual is not None:  # of a size Relax may not prove equal (a Loop body's two batch vars)
+        y = R.add(*ctx.aligned(ctx.emit(y), tail.residual))
     act = tail.activation
     if act is not None:
         spec = ACTIVATIONS[act.name]
@@ -186,6 +186,7 @@ class Kernels:
         return apply_tail(ctx, self._matmul(ctx, a, b, transpose_b), tail)
 
     def _matmul(self, ctx, a, b, transpose_b):
+        a, b = ctx.contracted(a, b, transpose_b=transpose_b)
         if transpose_b:
             nd = len(ctx.shape_of(b))
             b = ctx.bb.emit(relax.op.permute_dims(b, list(range(nd - 2)) + [nd - 1, nd - 2]))

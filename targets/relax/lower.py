@@ -38,14 +38,14 @@ from typing import Any
 
 import numpy as np
 import tvm
-from tvm import relax, tirx
+from tvm import relax
 
 from mdoc.errors import MdocError
 from mdoc.ir import CONSTANT, Model, Value
 from mdoc.types import TensorType
 
 from . import control_flow, converters  # noqa: F401  (registers the converters)
-from .context import LowerCtx, contiguous, tvm_dtype
+from .context import LowerCtx, contiguous, dim_var, tvm_dtype
 from .kernels import Kernels
 from .node_lowering import convert_node, output_expr, sanitize
 from .registry import lookup
@@ -121,7 +121,7 @@ def _lower(model: Model, params_as_constants: bool, target: dict | None, kernels
             elif isinstance(d, str):
                 dims.append(ctx.symbol(d))
             else:
-                dims.append(tirx.Var(f"{pname}_d{k}", "int64"))
+                dims.append(dim_var(f"{pname}_d{k}"))
         params.append(relax.Var(pname, relax.TensorType(dims, tvm_dtype(t.dtype, f"graph input %{value.name}"))))
     num_input = len(params)
 

@@ -12,14 +12,14 @@ import re
 from typing import Any
 
 import tvm
-from tvm import relax, tirx
+from tvm import relax
 
 from mdoc.errors import InternalError, MdocError, first_line
 from mdoc.ir import Node, Value
 from mdoc.types import TensorType
 
 from ..storage import to_storage
-from .context import LowerCtx, SymTensor, contiguous, tvm_dtype
+from .context import LowerCtx, SymTensor, contiguous, dim_var, tvm_dtype
 from .registry import lookup
 
 __all__ = ["convert_node", "output_expr", "sanitize"]
@@ -100,7 +100,7 @@ def _with_shape(ctx: LowerCtx, value: Value, expr: relax.Expr) -> relax.Expr:
         elif isinstance(d, str) and d in ctx.symbols:
             dims.append(ctx.symbols[d])  # a symbol of the graph inputs (not an inferred unk__N)
         else:
-            dims.append(tirx.Var(f"{sanitize(value.name, 'v')}_d{k}", "int64"))
+            dims.append(dim_var(f"{sanitize(value.name, 'v')}_d{k}"))
     return ctx.bb.match_cast(expr, relax.TensorType(dims, ty.dtype), sanitize(value.name, "v"))
 
 

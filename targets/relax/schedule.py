@@ -237,6 +237,11 @@ def _schedule_reduction(sch, info: _BlockInfo, lanes: int, parallel_tasks: int) 
     sch.vectorize(init_inner)
 
 
+MATERIALIZE = "mdoc.materialize"
+"""A TE stage's attr (block annotation) that keeps it out of `_inline`: a small table its consumer
+reads many times (Resize's per-axis taps), whose math inlined would be repeated per element."""
+
+
 def _is_identity_copy(stmt) -> bool:
     """`B[i, j, ...] = A[i, j, ...]`: a copy (such as padding by zero) that costs nothing to inline."""
     body = stmt.body
@@ -257,7 +262,7 @@ def _inline(sch: s_tir.Schedule, root) -> None:
         for block in sch.get_child_blocks(root):
             info = _analyze(sch, block)
             stmt = sch.get(block)
-            if any(iv.iter_type != tirx.IterVar.DataPar for iv in stmt.iter_vars):
+            if any(iv.iter_type != tirx.IterVar.DataPar for iv in stmt.iter_vars) or MATERIALIZE in stmt.annotations:
                 continue
             writes_output = any(not any(w.source.same_as(b) for b in local) for w in stmt.writes)
             if not writes_output:

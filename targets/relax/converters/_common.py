@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from tvm import relax
 
-from ..context import LowerCtx, SymTensor, is_float, is_static, prim
+from ..context import LowerCtx, SymTensor, is_float, is_static, prim, simplify
 
 
 def norm_axis(ctx: LowerCtx, axis: int, rank: int) -> int:
@@ -102,7 +102,7 @@ def sym_eval(ctx: LowerCtx, np_fn: Callable[..., np.ndarray], tir_fn: Callable[.
     else:
         dtype = out_dtype or dtypes[0]
     shape, rows = _broadcast(ctx, syms)
-    values = [tir_fn(*[prim(v, dt) for v, dt in zip(col, dtypes)]) for col in zip(*rows)]
+    values = [simplify(tir_fn(*[prim(v, dt) for v, dt in zip(col, dtypes)])) for col in zip(*rows)]
     return SymTensor(dtype, shape, values)
 
 

@@ -36,6 +36,7 @@ from mdoc.ir import Node
 
 from ..context import LowerCtx, _concrete, is_float, is_static, pdtype, prim
 from ..registry import converter
+from ..schedule import MATERIALIZE
 from ._common import attr_str, norm_axes
 
 R = relax.op
@@ -60,8 +61,14 @@ def _to_f(e) -> tirx.PrimExpr:
     return _f(e) if is_static(e) else tirx.Cast("float32", e)
 
 
+def _normalized(raw: list[te.Tensor], k: int, name: str) -> te.Tensor:
+    """exclude_outside's tap `k`: its weight over the sum of the output index's weights."""
+    return te.compute(raw[k].shape, lambda i: raw[k][i] / (raw[0][i] + raw[1][i] + raw[2][i] + raw[3][i]), name=name,
+                      attrs={MATERIALIZE: 1})
+
+
 def _resize_te(x: te.Tensor, out_shape, axes: dict, mode: str, coord: str, nearest: str,
-               cubic_a: float, exclude_outside: bool, extrapolation: float):
+               cubic_a: float, exclude_outside: bool, extrapolation: float, tabulate: bool = False):
     """`axes` maps a resized axis to (scale, roi_start, roi_end); other axes copy their index.
 
     A scale of None means "sizes were given": it is out / in, computed in the kernel
@@ -69,6 +76,11 @@ def _resize_te(x: te.Tensor, out_shape, axes: dict, mode: str, coord: str, neare
     given scale (a float, or a float32 TIR expression reading run-time scales) makes
     the output width `scale * in` (a float, as onnx's reference computes
     align_corners and tf_crop_and_resize coordinates).
+
+    `tabulate`: each resized axis's taps (input index and weight per output index) are computed
+    first, one small 1-D stage per tap, and the resize reads them: cubic over run-time sizes
+    or scales otherwise repeats 16 taps of symbolic float math in every output element, which
+    TVM takes minutes to build.
     """
     in_shape = list(x.shape)
     dtype = x.dtype
@@ -106,8 +118,9 @@ def _resize_te(x: te.Tensor, out_shape, axes: dict, mode: str, coord: str, neare
     def clamp(i, n):
         return tirx.Max(tirx.Min(i, prim(n) - prim(1)), prim(0))
 
-    def taps(axis, i):
-        """[(index, weight or None)] for one axis."""
+    def taps(axis, i, normalize=True):
+        """[(index, weight or None)] for one axis (`normalize`: exclude_outside's weights divided by
+        their sum; the caller divides otherwise)."""
         if axis not in axes:
             return [(i, None)], None
         c, outside = coordinate(axis, i)
@@ -153,16 +166,37 @@ def _resize_te(x: te.Tensor, out_shape, axes: dict, mode: str, coord: str, neare
                 wk = tirx.Select(tirx.And(idx >= prim(0), idx < prim(n)), wk, _f(0))
             out.append((clamp(idx, n), wk))
             weights.append(wk)
-        if exclude_outside:
+        if exclude_outside and normalize:
             total = weights[0] + weights[1] + weights[2] + weights[3]
             out = [(idx, wk / total) for idx, wk in out]
         return out, outside
+
+    def table(axis, name, pick):
+        """One value of each output index's taps on `axis` (`pick` of `taps`), as a 1-D stage."""
+        return te.compute((prim(out_shape[axis]),), lambda i: pick(taps(axis, i, normalize=False)),
+                          name=f"{name}{axis}", attrs={MATERIALIZE: 1})
+
+    tables = {}
+    if tabulate:
+        for axis in axes:
+            listed, outside = taps(axis, tirx.Var("i", "int64"))
+            weights = [table(axis, f"weight{k}_", lambda t, k=k: t[0][k][1]) for k in range(len(listed))]
+            if exclude_outside and mode == "cubic":  # divided by their sum in a stage of its own
+                weights = [_normalized(weights, k, f"normalized{k}_{axis}") for k in range(len(weights))]
+            per_tap = [(table(axis, f"index{k}_", lambda t, k=k: t[0][k][0]), w) for k, w in enumerate(weights)]
+            tables[axis] = (per_tap, table(axis, "outside", lambda t: t[1]) if outside is not None else None)
+
+    def tabulated(axis, i):
+        if axis not in tables:
+            return taps(axis, i)
+        per_tap, outside = tables[axis]
+        return [(index[i], weight[i]) for index, weight in per_tap], (outside[i] if outside is not None else None)
 
     def fcompute(*idx):
         per_axis = []
         outside = []
         for axis, i in enumerate(idx):
-            t, o = taps(axis, i)
+            t, o = tabulated(axis, i)
             per_axis.append(t)
             if o is not None:
                 outside.append(o)
@@ -258,7 +292,7 @@ def _emit_resize(ctx: LowerCtx, x: relax.Expr, scales: list[float] | relax.Expr 
         # one stage per group of axes: a stage blends taps**axes inputs per output element, and
         # run-time sizes make every axis a resized one (cubic over 4 axes: 256 taps, minutes to build;
         # symbolic shapes build slowly even at 16 taps)
-        budget = 16 if all(is_static(d) for d in out_shape) else 4
+        budget = 16 if all(is_static(d) for d in out_shape) or tabulate else 4
         per_stage = rank if _TAPS[mode] == 1 else max(1, int(np.log(budget + 0.5) / np.log(_TAPS[mode])))
         order = sorted(axes)
         for k in range(0, len(order), per_stage):
@@ -267,8 +301,11 @@ def _emit_resize(ctx: LowerCtx, x: relax.Expr, scales: list[float] | relax.Expr 
             now = {a: (given[0][a] if axes[a][0] is _RUNTIME else axes[a][0],
                        *((given[-1][a], given[-1][rank + a]) if runtime_roi is not None else axes[a][1:]))
                    for a in group}
-            data = _resize_te(data, shape, now, mode, coord, nearest, cubic_a, exclude_outside, extrapolation)
+            data = _resize_te(data, shape, now, mode, coord, nearest, cubic_a, exclude_outside, extrapolation,
+                              tabulate)
         return data
+
+    tabulate = mode == "cubic" and (runtime is not None or not all(is_static(d) for d in out_shape))
 
     given = [t for t in (runtime, runtime_roi) if t is not None]
     return ctx.bb.emit_te(compute, x, *given, primfunc_name_hint="resize")
@@ -336,14 +373,11 @@ def resize_v11(ctx: LowerCtx, node: Node):
         roi = _runtime_roi(ctx, rank) if scales is None else None
         roi = roi if roi is not None else _float_list(ctx, 1, "roi")
     antialias = ctx.opset >= 18 and int(ctx.attr("antialias", 0)) and mode != "nearest"
-    # cubic kernels over run-time dims take TVM minutes to build (16 taps of symbolic float math
-    # per element): those, like axes and antialias, are specialized to the operand's value instead
-    if isinstance(scales, relax.Expr) and (mode == "cubic" or antialias):
-        raise ctx.need_const(2, f"scales, with mode={mode} or antialias")
+    # antialias widens the taps with the scale: specialized to the operand's value, like axes
+    if isinstance(scales, relax.Expr) and antialias:
+        raise ctx.need_const(2, "scales, with antialias")
     sizes, out_dims = None, None
     if scales is None and ctx.has_input(3):
-        if mode == "cubic" and ctx.sym(3, max_size=1 << 12) is None:
-            raise ctx.need_const(3, "sizes, with mode=cubic")
         sizes = list(ctx.shape_arg(3, "sizes"))
     if scales is None and sizes is None:
         raise ctx.error("one of scales and sizes must be given")

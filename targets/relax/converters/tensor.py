@@ -14,7 +14,7 @@ from tvm import relax, te, tirx
 
 from mdoc.ir import Node
 
-from ..context import LowerCtx, SymTensor, broadcast_dims, is_float, is_static, pdtype, prim
+from ..context import LowerCtx, SymTensor, broadcast_dims, is_float, is_static, pdtype, prim, simplify
 from ..registry import converter
 from ._common import attr_ints, attr_str, norm_axes, norm_axis, operand_ints, prod, relax_dims, static_int
 from .runtime_axes import axis_mask, inserted_dims, kept_dims, length, runtime_axes, spread
@@ -624,6 +624,27 @@ def _pad(ctx: LowerCtx, pads: list[int], value: float, mode: str, axes: list[int
     return R.nn.pad(x, width, _PAD_MODES[mode], float(value))
 
 
+@converter("onnx.CenterCropPad", since=18)
+def center_crop_pad(ctx: LowerCtx, node: Node):
+    """Each named axis cropped or padded (with zeros) to its target size about its center: onnx's
+    reference crops from (d - t) // 2 and pads (t - d) // 2 before, so as a Pad the width before
+    is (t - d) / 2 rounded toward zero (negative: a crop). The target may be a run-time tensor."""
+    dims = ctx.shape(0)
+    rank = len(dims)
+    axes = ctx.attr("axes")
+    axes = norm_axes(ctx, [int(a) for a in axes], rank) if axes is not None else list(range(rank))
+    target = ctx.shape_arg(1, "shape")
+    if len(target) != len(axes):
+        raise ctx.error(f"shape has {len(target)} sizes for {len(axes)} axes")
+    before, after = [0] * rank, [0] * rank
+    for a, t in zip(axes, target):
+        diff = simplify(prim(t) - prim(dims[a]))
+        before[a] = simplify(tirx.truncdiv(prim(diff), prim(2)))
+        after[a] = simplify(prim(diff) - prim(before[a]))
+    x = ctx.input(0)
+    return [_emit_pad(ctx, x, dims, before, after, "constant", relax.const(0, str(x.ty.dtype)))]
+
+
 @converter("onnx.Pad", since=1)
 def pad_v1(ctx: LowerCtx, node: Node):
     pads = attr_ints(ctx, "pads" if ctx.opset >= 2 else "paddings")
@@ -665,7 +686,13 @@ def _pad_runtime(ctx: LowerCtx, mode: str, axes: list[int] | None, runtime: rela
         for j, a in enumerate(axes):
             before[a], after[a] = pads[j], pads[k + j]
     value = ctx.scalar(2, str(x.ty.dtype)) if ctx.has_input(2) else relax.const(0, str(x.ty.dtype))
-    out_shape = [prim(d) + prim(b) + prim(e) for d, b, e in zip(dims, before, after)]
+    return _emit_pad(ctx, x, dims, before, after, mode, value)
+
+
+def _emit_pad(ctx: LowerCtx, x: relax.Expr, dims: list, before: list, after: list, mode: str, value: relax.Expr):
+    """`x` padded by `before` / `after` per dim (ints or TIR expressions; negative ones crop), as one
+    TE compute filled by the scalar tensor `value` in constant mode."""
+    out_shape = [simplify(prim(d) + prim(b) + prim(e)) for d, b, e in zip(dims, before, after)]
 
     def compute(data: te.Tensor, fill: te.Tensor) -> te.Tensor:
         def element(*idx):
