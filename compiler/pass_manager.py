@@ -49,12 +49,12 @@ _loaded = False
 # fuse nothing, and the backend adds no fusion of its own: -O levels mean the same in opt and compile.
 OPT_LEVELS = {
     0: "",
-    1: "infer-shapes,fold-constants{max-bytes=0},simplify,cse,dce",
-    2: "infer-shapes,fold-constants{max-bytes=0},simplify,fuse-layer-norm,fuse-rms-norm,fuse-gelu,fuse-silu,fuse-attention,"
+    1: "infer-shapes,fold-weight-dequant,fold-constants{max-bytes=0},simplify,cse,dce",
+    2: "infer-shapes,fold-weight-dequant,fold-constants{max-bytes=0},simplify,fuse-layer-norm,fuse-rms-norm,fuse-gelu,fuse-silu,fuse-attention,"
        "fuse-conv-bn,fuse-conv-affine,cse,dce,"
        "infer-shapes,fold-constants{max-bytes=0},simplify,fuse-layer-norm,fuse-rms-norm,fuse-gelu,fuse-silu,fuse-attention,"
        "fuse-conv-bn,fuse-conv-affine,cse,fuse-epilogue,dce",
-    3: "infer-shapes,fold-constants,simplify,fuse-layer-norm,fuse-rms-norm,fuse-gelu,fuse-silu,fuse-attention,"
+    3: "infer-shapes,fold-weight-dequant,fold-constants,simplify,fuse-layer-norm,fuse-rms-norm,fuse-gelu,fuse-silu,fuse-attention,"
        "fuse-conv-bn,fuse-conv-affine,cse,dce,"
        "infer-shapes,fold-constants{max-bytes=0},simplify,fuse-layer-norm,fuse-rms-norm,fuse-gelu,fuse-silu,fuse-attention,"
        "fuse-conv-bn,fuse-conv-affine,cse,fuse-epilogue,dce",
