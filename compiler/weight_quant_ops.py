@@ -109,8 +109,11 @@ def _narrow(scale: np.ndarray, dtype) -> np.ndarray:
 
 def zero_points_of(node, zp: np.ndarray | None) -> np.ndarray:
     """Every block's zero point, uint8 [N, k_blocks] (2^(bits - 1) where the operand is absent)."""
-    bits, n, kb = int(node.attrs["bits"]), int(node.attrs["n"]), k_blocks(int(node.attrs["k"]),
-                                                                            int(node.attrs["block_size"]))
+    return zero_points_of_array(zp, int(node.attrs["bits"]), int(node.attrs["n"]),
+                                k_blocks(int(node.attrs["k"]), int(node.attrs["block_size"])))
+
+
+def zero_points_of_array(zp: np.ndarray | None, bits: int, n: int, kb: int) -> np.ndarray:
     if zp is None:
         return np.full((n, kb), 1 << (bits - 1), np.uint8)
     return unpack_rows(np.asarray(zp).reshape(n, -1), bits, kb)

@@ -1,0 +1,129 @@
+"""Weight-only quantized matmul: Y[M, N] = A[M, K] @ W, W read as packed int4 / int8 and dequantized in registers.
+
+Why one fused kernel: at decode (M = 1) the product is bound by reading W, so the packed
+bytes must be read once and turned into floats in the registers that multiply them; a
+dequantize-to-float-tensor step before a float matmul would read 4 bits and write and reread
+32. The loop structure is `dense`'s (matmul.py, `schedule_gemm`): parallel over
+(column block, row block), then k, then the register tile of `mr` rows x `nv` vectors; the
+dequantization (nibble shift and mask, convert, minus the zero point, times the block's scale)
+sits in the k loop on `nv` vectors of columns, shared by the tile's rows. M = 1 gets the
+widest column tile the accumulators allow (4 vectors: 64 columns on AVX-512) and one task per
+column block; prefill (M > 1) gets `dense`'s row x column tile.
+
+Packed layouts (`pack_weights`, numpy at compile time, from the IR's MatMulNBits layout):
+
+* q: uint8 [N / NB, K2, NB], NB = nv * lanes columns per block: for 4 bits, byte (kk, j) holds
+  k = 2 kk in its low nibble and k = 2 kk + 1 in its high one (K2 = ceil(K / 2)); for 8 bits
+  one byte per k (K2 = K). Each k step of a column block reads one contiguous run of NB (or
+  NB / 2 ... NB) bytes, so a block's weights stream in order.
+* scales: [N / NB, k_blocks, NB] in the IR's scale type (float16 is converted in the
+  register), zero points (when the weight has them) uint8 [N / NB, k_blocks, NB].
+* Columns past N are zero codes with zero scales; they are computed and never stored.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+from tvm import te, tirx
+from tvm.s_tir import Schedule
+
+from .common import CpuSpec, Kernel, KernelError, Param, as_dims, ceil_div, finish, is_symbolic
+from .matmul import gemm_tile, schedule_gemm
+
+__all__ = ["matmul_nbits", "pack_weights"]
+
+
+def _column_tile(m, n: int, spec: CpuSpec) -> tuple[int, int]:
+    return gemm_tile(m, n, spec)
+
+
+def matmul_nbits(m, k: int, n: int, *, bits: int, block_size: int, zero_points: bool, scale_dtype: str = "float32",
+                 spec: CpuSpec | None = None) -> Kernel:
+    """The kernel `f(a [M, K], q, scales, [zero_points], out [M, N])`; M may be a name (symbolic)."""
+    spec = spec or CpuSpec.host()
+    return _build(m, k, n, bits, block_size, zero_points, scale_dtype, spec)
+
+
+@lru_cache(maxsize=64)
+def _build(m, k: int, n: int, bits: int, block_size: int, zero_points: bool, scale_dtype: str,
+           spec: CpuSpec) -> Kernel:
+    if bits not in (4, 8):
+        raise KernelError(f"matmul_nbits: bits={bits}; expected 4 or 8")
+    if scale_dtype not in ("float32", "float16"):
+        raise KernelError(f"matmul_nbits: scales of type {scale_dtype}; expected float32 or float16")
+    (m,) = as_dims((m,))
+    lanes = spec.lanes
+    mr, nv = _column_tile(m, n, spec)
+    nb = nv * lanes
+    blocks = ceil_div(n, nb)
+    np_ = blocks * nb
+    kb = ceil_div(k, block_size)
+    k2 = ceil_div(k, 2) if bits == 4 else k
+    mp = ceil_div(m, mr) * mr
+
+    a = te.placeholder((m, k), "float32", name="a")
+    q = te.placeholder((blocks, k2, nb), "uint8", name="q")
+    s = te.placeholder((blocks, kb, nb), scale_dtype, name="scales")
+    z = te.placeholder((blocks, kb, nb), "uint8", name="zero_points") if zero_points else None
+    rk = te.reduce_axis((0, k), "k")
+    clamp = (lambda i: tirx.min(i, m - 1)) if is_symbolic(m) or mp != m else (lambda i: i)
+
+    def weight(kk, j):
+        jb, jl = j // nb, j % nb
+        if bits == 4:
+            code = (q[jb, kk // 2, jl] >> ((kk % 2) * 4).astype("uint8")) & tirx.const(15, "uint8")
+        else:
+            code = q[jb, kk, jl]
+        zero = (z[jb, kk // block_size, jl].astype("float32") if z is not None
+                else tirx.const(float(1 << (bits - 1)), "float32"))
+        return (code.astype("float32") - zero) * s[jb, kk // block_size, jl].astype("float32")
+
+    acc = te.compute((1, mp, np_), lambda b, i, j: te.sum(a[clamp(i), rk] * weight(rk, j), axis=rk), name="acc")
+    out = te.compute((m, n), lambda i, j: acc[0, i, j], name="out")
+    inputs = [a, q, s] + ([z] if z is not None else [])
+    sch = Schedule(te.create_prim_func([*inputs, out]))
+    schedule_gemm(sch, "out", "acc", lanes=lanes, mr=mr, nv=nv, batch_loops=0)
+    if bits == 4 and k % 2 == 0:  # two k steps per byte: the nibble's shift becomes a constant
+        kloop = sch.get_loops(sch.get_sblock("acc_update"))[1]  # (task, k, batch, rows, vectors, lanes)
+        _, ki = sch.split(kloop, [None, 2])
+        sch.unroll(ki)
+
+    mname = m if not is_symbolic(m) else "m"
+    name = f"matmul_nbits{bits}_{mname}x{k}x{n}_b{block_size}{'_zp' if zero_points else ''}" \
+           f"{'_s16' if scale_dtype == 'float16' else ''}"
+    params = (Param("a", (m, k)), Param("q", (blocks, k2, nb), "uint8"), Param("scales", (blocks, kb, nb), scale_dtype),
+              *([Param("zero_points", (blocks, kb, nb), "uint8")] if zero_points else []), Param("out", (m, n)))
+    return Kernel(name, finish(sch.mod["main"], name), params, 2 * (m if not is_symbolic(m) else 1) * n * k,
+                  f"mr={mr} nv={nv} blocks={blocks}")
+
+
+def pack_weights(kernel: Kernel, b: np.ndarray, scales: np.ndarray, zero_points: np.ndarray | None, *,
+                 bits: int, block_size: int, k: int, n: int) -> list[np.ndarray]:
+    """The kernel's packed constants (q, scales, [zero points]) from the IR's MatMulNBits-layout operands."""
+    from mdoc.weight_quant_ops import k_blocks, unpack_rows, zero_points_of_array
+
+    blocks, k2, nb = kernel.params[1].shape
+    kb = k_blocks(k, block_size)
+    codes = unpack_rows(np.asarray(b, np.uint8).reshape(n, kb, -1), bits, block_size).reshape(n, kb * block_size)
+    zero = zero_points_of_array(zero_points, bits, n, kb)  # [N, kb]
+    codes = codes[:, :k]
+    if bits == 4 and k % 2:
+        codes = np.concatenate([codes, np.repeat(zero[:, -1:], 1, axis=1)], axis=1)
+    cols = np.zeros((blocks * nb, codes.shape[1]), np.uint8)
+    cols[:n] = codes
+    if bits == 4:
+        cols = cols[:, 0::2] | (cols[:, 1::2] << 4)
+    q = np.ascontiguousarray(cols.reshape(blocks, nb, k2).transpose(0, 2, 1))
+
+    def blocked(per_block: np.ndarray, dtype) -> np.ndarray:
+        full = np.zeros((blocks * nb, kb), dtype)
+        full[:n] = per_block
+        return np.ascontiguousarray(full.reshape(blocks, nb, kb).transpose(0, 2, 1))
+
+    scale_dtype = kernel.params[2].dtype
+    packed = [q, blocked(np.asarray(scales).reshape(n, kb), scale_dtype)]
+    if zero_points is not None:
+        packed.append(blocked(zero, np.uint8))
+    return packed
