@@ -1,0 +1,202 @@
+"""Weight-only int4 / int8 MatMuls: mdoc.matmul_nbits, quantize-weights, fold-weight-dequant, their export
+through onnxruntime, and the compiled fused kernel against onnxruntime's MatMulNBits."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from mdoc.errors import MdocError
+from mdoc.onnx_export import export_model
+from mdoc.onnx_import import import_model
+from mdoc.pass_manager import PassManager, parse_pipeline
+from mdoc.reference import run_onnxruntime
+from mdoc.weight_quant_ops import MATMUL_NBITS, dequantize
+
+N_OUT = 48
+
+
+def _mlp(k: int, opset: int = 21, gemm: bool = False) -> onnx.ModelProto:
+    """x [B, S, K] -> MatMul (or Gemm transB on [M, K]) by a seeded weight -> Relu."""
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((N_OUT, k) if gemm else (k, N_OUT)) * 0.1).astype(np.float32)
+    shape = ["M", k] if gemm else ["B", "S", k]
+    mm = (helper.make_node("Gemm", ["x", "w"], ["y"], name="mm", transB=1) if gemm
+          else helper.make_node("MatMul", ["x", "w"], ["y"], name="mm"))
+    graph = helper.make_graph([mm, helper.make_node("Relu", ["y"], ["z"], name="relu")], "mlp",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, [*shape[:-1], N_OUT])],
+                              [numpy_helper.from_array(w, "w")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _x(k: int, rows=(2, 5), seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((*rows, k)).astype(np.float32)
+
+
+def _quantized(proto, **options) -> tuple:
+    model = import_model(proto)
+    opts = ",".join(f"{k.replace('_', '-')}={str(v).lower()}" for k, v in {"min_elements": 0, **options}.items())
+    PassManager(parse_pipeline(f"quantize-weights{{{opts}}},dce")).run(model)
+    (node,) = [n for n in model.graph if n.op == MATMUL_NBITS.name]
+    return model, node
+
+
+def _reference(node, x):
+    return MATMUL_NBITS.evaluate(node, [x] + [v.const_value for v in node.inputs[1:]])[0]
+
+
+def _ort_quantized(k: int, bits: int, block: int, symmetric: bool, qdq: bool = False) -> onnx.ModelProto:
+    from onnxruntime.quantization import matmul_nbits_quantizer as mq
+    from onnxruntime.quantization.quant_utils import QuantFormat
+
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
+    q = mq.MatMulNBitsQuantizer(_mlp(k), bits=bits, block_size=block, is_symmetric=symmetric,
+                                quant_format=QuantFormat.QDQ if qdq else QuantFormat.QOperator)
+    q.process()
+    return q.model.model
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("k,block", [(256, 32), (200, 128)])  # 200: a partial last block
+def test_quantize_weights_and_every_export_agree_with_the_reference(bits, symmetric, k, block):
+    proto = _mlp(k)
+    model, node = _quantized(proto, bits=bits, block_size=block, symmetric=symmetric)
+    assert node.attrs == {"bits": bits, "block_size": block, "k": k, "n": N_OUT}
+    assert (len(node.inputs) == 3) == symmetric
+    w = numpy_helper.to_array(proto.graph.initializer[0])
+    wq = dequantize(node, *[v.const_value for v in node.inputs[1:]], *([None] if symmetric else []))
+    step = np.abs(w).max() / ((1 << (bits - 1)) - 1)
+    assert np.abs(wq - w).max() <= step  # never more than a quantization step off (most blocks: half a step)
+    x = _x(k)
+    want = np.maximum(_reference(node, x), 0)
+    # MatMulNBits (contrib), blocked DequantizeLinear (opset 21), unpacking in plain ops (opset 17)
+    for runtime_ops in (True, False):
+        exported = export_model(model, runtime_ops=runtime_ops)
+        onnx.checker.check_model(exported, full_check=True)
+        kinds = {n.op_type for n in exported.graph.node}
+        assert ("MatMulNBits" in kinds) == runtime_ops and ("DequantizeLinear" in kinds) != runtime_ops
+        # ort's optimizer would fold DequantizeLinear -> MatMul into a MatMulNBits that quantizes x to int8
+        got = run_onnxruntime(exported, {"x": x}, optimize=runtime_ops)["z"]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    old = import_model(_mlp(k, opset=17))
+    PassManager(parse_pipeline(f"quantize-weights{{bits={bits},block-size={block},symmetric={str(symmetric).lower()},"
+                               "min-elements=0}")).run(old)
+    exported = export_model(old)
+    assert "DequantizeLinear" not in {n.op_type for n in exported.graph.node}
+    np.testing.assert_allclose(run_onnxruntime(exported, {"x": x})["z"], want, rtol=1e-5, atol=1e-5)
+
+
+def test_the_exported_file_holds_the_packed_weight_once():
+    model, _ = _quantized(_mlp(256), bits=4, block_size=32)
+    for runtime_ops in (True, False):
+        proto = export_model(model, runtime_ops=runtime_ops)
+        weight = sum(t.ByteSize() for t in proto.graph.initializer) + sum(
+            a.t.ByteSize() for n in proto.graph.node for a in n.attribute if n.op_type == "Constant")
+        assert weight < 256 * N_OUT * 4 * 0.2, weight  # half a byte per value and the scales: no float copy
+
+
+def test_gemm_trans_b_and_small_matmuls():
+    proto = _mlp(256, gemm=True)
+    model, node = _quantized(proto)
+    x = _x(256, rows=(3,))
+    np.testing.assert_allclose(run_onnxruntime(export_model(model, runtime_ops=True), {"x": x})["z"],
+                               np.maximum(_reference(node, x), 0), rtol=1e-5, atol=1e-5)
+    small = import_model(_mlp(256))
+    assert not PassManager(parse_pipeline("quantize-weights")).run(small) or not any(
+        n.op == MATMUL_NBITS.name for n in small.graph)  # 256 x 48 is under the default min-elements
+    excluded = import_model(_mlp(256))
+    PassManager(parse_pipeline("quantize-weights{min-elements=0,exclude=mm}")).run(excluded)
+    assert not any(n.op == MATMUL_NBITS.name for n in excluded.graph)
+
+
+def test_size_ratio_of_int4_at_block_32():
+    """The MatMul weights' bytes: 4 bits + one scale per 32 values (f16: 0.1406x; f32: 0.156x, over 0.15)."""
+    k, n = 4096, 256
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((k, n)).astype(np.float32) * 0.02
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n])],
+                              [numpy_helper.from_array(w, "w")])
+    from mdoc.weight_quantize import quantize_weights
+
+    for scale_type, limit in (("f16", 0.15), ("f32", 0.16)):
+        _, summary = quantize_weights(import_model(helper.make_model(graph)), scale_type=scale_type)
+        ratio = summary["quantized_matmul_weight_bytes"] / summary["matmul_weight_bytes"]
+        assert summary["matmul_weight_bytes"] == w.nbytes
+        assert ratio == pytest.approx((0.5 + (2 if scale_type == "f16" else 4) / 32) / 4) and ratio <= limit
+
+
+@pytest.mark.parametrize("qdq", [False, True])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_onnxruntime_quantizer_models_import_onto_the_op(qdq, symmetric):
+    proto = _ort_quantized(200, 4, 32, symmetric, qdq)
+    model = import_model(proto)
+    PassManager(parse_pipeline("fold-weight-dequant,dce")).run(model)
+    assert [n.op for n in model.graph if n.op != "onnx.Constant"] == [MATMUL_NBITS.name, "onnx.Relu"]
+    (node,) = [n for n in model.graph if n.op == MATMUL_NBITS.name]
+    x = _x(200)
+    want = run_onnxruntime(proto, {"x": x}, optimize=False)["z"]
+    np.testing.assert_allclose(np.maximum(_reference(node, x), 0), want, rtol=1e-5, atol=1e-5)
+    again = run_onnxruntime(export_model(model, runtime_ops=True), {"x": x})["z"]
+    np.testing.assert_allclose(again, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bits,symmetric,block,k", [(4, True, 32, 256), (4, False, 128, 200), (8, True, 128, 200),
+                                                    (8, False, 32, 96)])
+def test_compiled_kernel_matches_onnxruntime_matmul_nbits(tmp_path, bits, symmetric, block, k):
+    import mdoc
+
+    proto = _ort_quantized(k, bits, block, symmetric)
+    path = tmp_path / "q.onnx"
+    onnx.save(proto, path)
+    out = mdoc.compile(str(path), "x86", tmp_path / "q.x86", show_progress=False)
+    run = mdoc.load(out)
+    for rows in ((1, 1), (2, 5)):  # decode (GEMV) and a batch of rows
+        x = _x(k, rows)
+        np.testing.assert_allclose(run(x=x)["z"], run_onnxruntime(path, {"x": x})["z"], rtol=1e-4, atol=1e-4)
+
+
+def test_the_fused_kernel_reads_packed_bytes():
+    """One PrimFunc reads the uint8 codes; no float [K, N] weight is computed before the product."""
+    from mdoc.targets.cpu_kernels.matmul_nbits import matmul_nbits
+
+    kernel = matmul_nbits(1, 256, 64, bits=4, block_size=32, zero_points=False)
+    assert [p.dtype for p in kernel.params] == ["float32", "uint8", "float32", "float32"]
+    script = kernel.func.script()
+    assert sorted(set(re.findall(r'T\.sblock\("(\w+)"\)', script)) - {"root"}) == ["acc_init", "acc_update", "out"]
+    assert "T.parallel" in script and "T.vectorized" in script
+
+
+def test_errors_name_the_problem():
+    with pytest.raises(MdocError, match="block-size=24"):
+        _quantized(_mlp(256), block_size=24)
+    with pytest.raises(MdocError, match="bits=3"):
+        _quantized(_mlp(256), bits=3)
+    proto = _ort_quantized(256, 4, 32, True)
+    node = next(n for n in proto.graph.node if n.op_type == "MatMulNBits")
+    proto.graph.initializer.append(numpy_helper.from_array(np.zeros(256, np.int32), "g_idx"))
+    node.input.extend(["", "g_idx"])
+    with pytest.raises(MdocError, match="g_idx"):
+        PassManager(parse_pipeline("fold-weight-dequant")).run(import_model(proto))
+
+
+def test_cli_weights_only(mdoc_cli, tmp_path):
+    src, out = tmp_path / "mlp.onnx", tmp_path / "mlp.q4.onnx"
+    onnx.save(_mlp(512), src)
+    r = mdoc_cli("quantize", src, "-o", out, "--weights", "int4", "--onnx-runtime-ops")
+    assert r.code == 0, r.err
+    assert "1 MatMuls on int4 weights" in r.out and "0.141x" in r.out
+    assert any(n.op_type == "MatMulNBits" for n in onnx.load(out).graph.node)
+    x = _x(512)
+    want = run_onnxruntime(src, {"x": x})["z"]
+    np.testing.assert_allclose(run_onnxruntime(out, {"x": x})["z"], want, atol=0.1 * np.abs(want).max())
+    r = mdoc_cli("quantize", src, "-o", out)
+    assert r.code == 2 and "--weights int4|int8" in r.err and "Traceback" not in r.err
