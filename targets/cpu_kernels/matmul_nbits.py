@@ -35,10 +35,6 @@ from .matmul import gemm_tile, schedule_gemm
 __all__ = ["matmul_nbits", "pack_weights"]
 
 
-def _column_tile(m, n: int, spec: CpuSpec) -> tuple[int, int]:
-    return gemm_tile(m, n, spec)
-
-
 def matmul_nbits(m, k: int, n: int, *, bits: int, block_size: int, zero_points: bool, scale_dtype: str = "float32",
                  spec: CpuSpec | None = None) -> Kernel:
     """The kernel `f(a [M, K], q, scales, [zero_points], out [M, N])`; M may be a name (symbolic)."""
@@ -46,21 +42,33 @@ def matmul_nbits(m, k: int, n: int, *, bits: int, block_size: int, zero_points: 
     return _build(m, k, n, bits, block_size, zero_points, scale_dtype, spec)
 
 
+PER_BLOCK_ROWS = 4  # up to this many rows (and for rows known only at run time) the scales apply per block
+
+
 @lru_cache(maxsize=64)
 def _build(m, k: int, n: int, bits: int, block_size: int, zero_points: bool, scale_dtype: str,
            spec: CpuSpec) -> Kernel:
+    """Two forms. Few rows (decode; and a run-time M, which decode is): per block, the partial sums of
+    a * code, then scale * (partial - zero * sum of a) once per block and column, so a weight costs
+    mask, widen, convert and one FMA. Many rows (prefill of a static M): the dequantized weight
+    vector feeds the whole row tile (dense's 7 x 2 on AVX-512), so its cost is shared by the rows."""
     if bits not in (4, 8):
         raise KernelError(f"matmul_nbits: bits={bits}; expected 4 or 8")
     if scale_dtype not in ("float32", "float16"):
         raise KernelError(f"matmul_nbits: scales of type {scale_dtype}; expected float32 or float16")
     (m,) = as_dims((m,))
     lanes = spec.lanes
-    mr, nv = _column_tile(m, n, spec)
+    blocked = is_symbolic(m) or m <= PER_BLOCK_ROWS
+    # per block: one row per task at a run-time M (no wasted rows at decode), both tiles in registers
+    mr, nv = gemm_tile(1 if is_symbolic(m) else m, n, spec)
+    if blocked:
+        mr = min(mr, PER_BLOCK_ROWS)
     nb = nv * lanes
     blocks = ceil_div(n, nb)
     np_ = blocks * nb
     kb = ceil_div(k, block_size)
-    k2 = ceil_div(k, 2) if bits == 4 else k
+    kq = kb * block_size if blocked else k  # the per-block form reads whole blocks (padded with zero codes)
+    k2 = ceil_div(kq, 2) if bits == 4 else kq
     mp = ceil_div(m, mr) * mr
 
     a = te.placeholder((m, k), "float32", name="a")
@@ -80,15 +88,18 @@ def _build(m, k: int, n: int, bits: int, block_size: int, zero_points: bool, sca
                 else tirx.const(float(1 << (bits - 1)), "float32"))
         return (code.astype("float32") - zero) * s[jb, kk // block_size, jl].astype("float32")
 
-    acc = te.compute((1, mp, np_), lambda b, i, j: te.sum(a[clamp(i), rk] * weight(rk, j), axis=rk), name="acc")
-    out = te.compute((m, n), lambda i, j: acc[0, i, j], name="out")
-    inputs = [a, q, s] + ([z] if z is not None else [])
-    sch = Schedule(te.create_prim_func([*inputs, out]))
-    schedule_gemm(sch, "out", "acc", lanes=lanes, mr=mr, nv=nv, batch_loops=0)
-    if bits == 4 and k % 2 == 0:  # two k steps per byte: the nibble's shift becomes a constant
-        kloop = sch.get_loops(sch.get_sblock("acc_update"))[1]  # (task, k, batch, rows, vectors, lanes)
-        _, ki = sch.split(kloop, [None, 2])
-        sch.unroll(ki)
+    if blocked:
+        sch = _per_block(a, q, s, z, m, mp, k, kb, n, np_, nb, bits, block_size, clamp, lanes, mr, nv)
+    else:
+        acc = te.compute((1, mp, np_), lambda b, i, j: te.sum(a[clamp(i), rk] * weight(rk, j), axis=rk), name="acc")
+        out = te.compute((m, n), lambda i, j: acc[0, i, j], name="out")
+        inputs = [a, q, s] + ([z] if z is not None else [])
+        sch = Schedule(te.create_prim_func([*inputs, out]))
+        schedule_gemm(sch, "out", "acc", lanes=lanes, mr=mr, nv=nv, batch_loops=0)
+        if bits == 4 and k % 2 == 0:  # two k steps per byte: the nibble's shift becomes a constant
+            kloop = sch.get_loops(sch.get_sblock("acc_update"))[1]  # (task, k, batch, rows, vectors, lanes)
+            _, ki = sch.split(kloop, [None, 2])
+            sch.unroll(ki)
 
     mname = m if not is_symbolic(m) else "m"
     name = f"matmul_nbits{bits}_{mname}x{k}x{n}_b{block_size}{'_zp' if zero_points else ''}" \
@@ -97,6 +108,57 @@ def _build(m, k: int, n: int, bits: int, block_size: int, zero_points: bool, sca
               *([Param("zero_points", (blocks, kb, nb), "uint8")] if zero_points else []), Param("out", (m, n)))
     return Kernel(name, finish(sch.mod["main"], name), params, 2 * (m if not is_symbolic(m) else 1) * n * k,
                   f"mr={mr} nv={nv} blocks={blocks}")
+
+
+def _per_block(a, q, s, z, m, mp, k, kb, n, np_, nb, bits, block_size, clamp, lanes, mr, nv) -> Schedule:
+    """acc = sum over blocks of scale * (sum over the block of a * code - zero * sum over the block of a):
+    the scale and the zero point are applied once per block, not once per weight."""
+    tail = kb * block_size != k
+    rin = te.reduce_axis((0, block_size), "kin")
+    rin2 = te.reduce_axis((0, block_size), "kin2")
+    rb = te.reduce_axis((0, kb), "kb")
+
+    def a_at(i, kk):
+        return a[clamp(i), tirx.min(kk, k - 1) if tail else kk]
+
+    def code(kk, j):
+        jb, jl = j // nb, j % nb
+        if bits == 4:
+            c = (q[jb, kk // 2, jl] >> ((kk % 2) * 4).astype("uint8")) & tirx.const(15, "uint8")
+        else:
+            c = q[jb, kk, jl]
+        return c.astype("float32")
+
+    part = te.compute((1, mp, kb, np_), lambda b, i, blk, j: te.sum(
+        a_at(i, blk * block_size + rin) * code(blk * block_size + rin, j), axis=rin), name="part")
+    asum = te.compute((1, mp, kb), lambda b, i, blk: te.sum(a_at(i, blk * block_size + rin2), axis=rin2), name="asum")
+
+    def zero(blk, j):
+        return (z[j // nb, blk, j % nb].astype("float32") if z is not None
+                else tirx.const(float(1 << (bits - 1)), "float32"))
+
+    acc = te.compute((1, mp, np_), lambda b, i, j: te.sum(
+        s[j // nb, rb, j % nb].astype("float32") * (part[0, i, rb, j] - zero(rb, j) * asum[0, i, rb]), axis=rb),
+        name="acc")
+    out = te.compute((m, n), lambda i, j: acc[0, i, j], name="out")
+    inputs = [a, q, s] + ([z] if z is not None else [])
+    sch = Schedule(te.create_prim_func([*inputs, out]))
+    schedule_gemm(sch, "out", "acc", lanes=lanes, mr=mr, nv=nv, batch_loops=0)
+    pb = sch.get_sblock("part")
+    sch.compute_at(pb, sch.get_loops(sch.get_sblock("acc_update"))[1], preserve_unit_loops=True)
+    _, _, b_, i_, blk_, j_, kin = sch.get_loops(pb)
+    jv, jl = sch.split(j_, [nv, lanes])
+    sch.reorder(kin, b_, i_, blk_, jv, jl)
+    if bits == 4:
+        _, kin_i = sch.split(kin, [None, 2])
+        sch.reorder(kin_i, b_)
+        sch.unroll(kin_i)
+    sch.unroll(i_)
+    sch.unroll(jv)
+    sch.vectorize(jl)
+    init = sch.decompose_reduction(pb, sch.get_loops(pb)[2])
+    sch.vectorize(sch.get_loops(init)[-1])
+    return sch
 
 
 def pack_weights(kernel: Kernel, b: np.ndarray, scales: np.ndarray, zero_points: np.ndarray | None, *,
@@ -109,8 +171,10 @@ def pack_weights(kernel: Kernel, b: np.ndarray, scales: np.ndarray, zero_points:
     codes = unpack_rows(np.asarray(b, np.uint8).reshape(n, kb, -1), bits, block_size).reshape(n, kb * block_size)
     zero = zero_points_of_array(zero_points, bits, n, kb)  # [N, kb]
     codes = codes[:, :k]
-    if bits == 4 and k % 2:
-        codes = np.concatenate([codes, np.repeat(zero[:, -1:], 1, axis=1)], axis=1)
+    width = k2 * 2 if bits == 4 else k2  # the kernel's K: K, K rounded up to 2, or whole blocks
+    if width > k:  # padding codes read as zero: the zero point of the block they fall in
+        pad_blocks = np.arange(k, width) // block_size
+        codes = np.concatenate([codes, zero[:, np.minimum(pad_blocks, kb - 1)]], axis=1)
     cols = np.zeros((blocks * nb, codes.shape[1]), np.uint8)
     cols[:n] = codes
     if bits == 4:
