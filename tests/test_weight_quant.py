@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -164,15 +165,42 @@ def test_compiled_kernel_matches_onnxruntime_matmul_nbits(tmp_path, bits, symmet
         np.testing.assert_allclose(run(x=x)["z"], run_onnxruntime(path, {"x": x})["z"], rtol=1e-4, atol=1e-4)
 
 
-def test_the_fused_kernel_reads_packed_bytes():
-    """One PrimFunc reads the uint8 codes; no float [K, N] weight is computed before the product."""
+@pytest.mark.parametrize("rows,blocks", [(1, ["acc_init", "acc_update", "asum", "out", "part_init", "part_update"]),
+                                         ("M", ["acc_init", "acc_update", "asum", "out", "part_init", "part_update"]),
+                                         (64, ["acc_init", "acc_update", "out"])])
+def test_the_fused_kernel_reads_packed_bytes(rows, blocks):
+    """One PrimFunc reads the uint8 codes; no float [K, N] weight is computed before the product: decode
+    sums a * code per block (part) and applies the scale per block, prefill dequantizes inside the tile."""
     from mdoc.targets.cpu_kernels.matmul_nbits import matmul_nbits
 
-    kernel = matmul_nbits(1, 256, 64, bits=4, block_size=32, zero_points=False)
+    kernel = matmul_nbits(rows, 256, 64, bits=4, block_size=32, zero_points=False)
     assert [p.dtype for p in kernel.params] == ["float32", "uint8", "float32", "float32"]
     script = kernel.func.script()
-    assert sorted(set(re.findall(r'T\.sblock\("(\w+)"\)', script)) - {"root"}) == ["acc_init", "acc_update", "out"]
+    assert sorted(set(re.findall(r'T\.sblock\("(\w+)"\)', script)) - {"root"}) == blocks
     assert "T.parallel" in script and "T.vectorized" in script
+
+
+@pytest.mark.parametrize("rows,bits,symmetric,scale_dtype", [(1, 4, False, np.float16), (3, 8, True, np.float32),
+                                                             (9, 4, True, np.float16), (9, 8, False, np.float32)])
+def test_kernel_forms_on_a_partial_block(rows, bits, symmetric, scale_dtype):
+    """Both forms (per block up to 4 rows, per weight beyond) with K = 200 over blocks of 64 and N = 40."""
+    import tvm
+
+    from mdoc.targets.cpu_kernels.matmul_nbits import matmul_nbits, pack_weights
+    from mdoc.weight_quant_ops import quantize_blocks
+
+    k, n, block = 200, 40, 64
+    rng = np.random.default_rng(4)
+    b, scales, zp = quantize_blocks(rng.standard_normal((k, n)), bits, block, symmetric, scale_dtype)
+    attrs = SimpleNamespace(attrs={"bits": bits, "block_size": block, "k": k, "n": n})  # what dequantize reads
+    kernel = matmul_nbits(rows, k, n, bits=bits, block_size=block, zero_points=not symmetric,
+                          scale_dtype=str(scales.dtype))
+    packed = pack_weights(kernel, b, scales, zp, bits=bits, block_size=block, k=k, n=n)
+    a = rng.standard_normal((rows, k)).astype(np.float32)
+    dev = tvm.cpu()
+    out = tvm.runtime.tensor(np.zeros((rows, n), np.float32), dev)
+    kernel.compile().fn(*[tvm.runtime.tensor(x, dev) for x in (a, *packed)], out)
+    np.testing.assert_allclose(out.numpy(), a @ dequantize(attrs, b, scales, zp), rtol=1e-5, atol=1e-4)
 
 
 def test_errors_name_the_problem():
