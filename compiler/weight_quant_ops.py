@@ -193,12 +193,18 @@ def _export(node, e) -> None:
     bits, bs, k, n = (int(node.attrs[x]) for x in ("bits", "block_size", "k", "n"))
     kb = k_blocks(k, bs)
     a_dtype = _onnx_float(a_type)
-    if _float_name(s_type) != _float_name(a_type):
-        (scales,) = e.emit("Cast", [scales], to=a_dtype)
     if e.runtime_ops:
+        if _float_name(s_type) != _float_name(a_type):  # MatMulNBits takes scales of a's type only
+            if node.input(2).const_value is not None:  # widened in the file, so importers see a constant
+                e.supersede(2)
+                scales = e.const(np.asarray(node.input(2).const_value), _numpy_float(a_dtype))
+            else:
+                (scales,) = e.emit("Cast", [scales], to=a_dtype)
         e.emit("MatMulNBits", [a, b, scales] + ([zp] if zp else []), e.outputs, domain=MS,
                K=k, N=n, bits=bits, block_size=bs)
         return
+    if _float_name(s_type) != _float_name(a_type):
+        (scales,) = e.emit("Cast", [scales], to=a_dtype)
     if e.opset >= 21 and node.input(1).const_value is not None and node.input(2).const_value is not None:
         _export_dequantize_linear(node, e, a, a_dtype)
         return

@@ -216,15 +216,30 @@ def test_errors_name_the_problem():
         PassManager(parse_pipeline("fold-weight-dequant")).run(import_model(proto))
 
 
-def test_cli_weights_only(mdoc_cli, tmp_path):
+@pytest.mark.parametrize("runtime_ops", [False, True])
+def test_cli_weights_only_then_compile(mdoc_cli, tmp_path, runtime_ops):
+    """mdoc quantize --weights int4 writes a file onnxruntime runs and mdoc compiles back onto the fused op."""
+    import mdoc
+
     src, out = tmp_path / "mlp.onnx", tmp_path / "mlp.q4.onnx"
     onnx.save(_mlp(512), src)
-    r = mdoc_cli("quantize", src, "-o", out, "--weights", "int4", "--onnx-runtime-ops")
+    r = mdoc_cli("quantize", src, "-o", out, "--weights", "int4", "--zero-point",
+                 *(["--onnx-runtime-ops"] if runtime_ops else []))
     assert r.code == 0, r.err
-    assert "1 MatMuls on int4 weights" in r.out and "0.141x" in r.out
-    assert any(n.op_type == "MatMulNBits" for n in onnx.load(out).graph.node)
+    # MatMulNBits keeps float32 scales (its scales have the activations' type): 4 bits + 4 / 32 bytes + 4 / 32 bits
+    assert "1 MatMuls on int4 weights" in r.out and ("0.160x" if runtime_ops else "0.145x") in r.out, r.out
+    kinds = {n.op_type for n in onnx.load(out).graph.node}
+    assert ("MatMulNBits" in kinds) == runtime_ops and ("DequantizeLinear" in kinds) != runtime_ops
     x = _x(512)
     want = run_onnxruntime(src, {"x": x})["z"]
-    np.testing.assert_allclose(run_onnxruntime(out, {"x": x})["z"], want, atol=0.1 * np.abs(want).max())
-    r = mdoc_cli("quantize", src, "-o", out)
+    got = run_onnxruntime(out, {"x": x}, optimize=runtime_ops)["z"]
+    np.testing.assert_allclose(got, want, atol=0.1 * np.abs(want).max())
+    run = mdoc.load(mdoc.compile(str(out), "x86", tmp_path / "q.x86", show_progress=False))
+    np.testing.assert_allclose(run(x=x)["z"], got, rtol=1e-4, atol=1e-4)
+
+
+def test_cli_needs_calib_or_weights(mdoc_cli, tmp_path):
+    src = tmp_path / "mlp.onnx"
+    onnx.save(_mlp(64), src)
+    r = mdoc_cli("quantize", src, "-o", tmp_path / "out.onnx")
     assert r.code == 2 and "--weights int4|int8" in r.err and "Traceback" not in r.err

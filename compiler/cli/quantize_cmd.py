@@ -43,7 +43,8 @@ from .group import cli
 @click.option("--scale-type", type=click.Choice(["f16", "f32"]), default="f16", show_default=True,
               help="For --weights: the scales' type (float16 where every scale fits one).")
 @click.option("--onnx-runtime-ops", "runtime_ops", is_flag=True,
-              help="For --weights: write com.microsoft MatMulNBits (else DequantizeLinear with block_size).")
+              help="For --weights: write com.microsoft MatMulNBits (else DequantizeLinear with block_size); its "
+                   "scales have the activations' type, so --scale-type is f32 then.")
 @json_option
 def quantize_cmd(model, output, calib, method, percentile, per_channel, activations, exclude, max_drop, eval_data,
                  weights, block_size, symmetric, scale_type, runtime_ops, as_json) -> None:
@@ -80,6 +81,8 @@ def quantize_cmd(model, output, calib, method, percentile, per_channel, activati
 
 
 def _weights_only(m, output, weights, block_size, symmetric, scale_type, exclude, runtime_ops, as_json) -> None:
+    if runtime_ops:
+        scale_type = "f32"  # what MatMulNBits stores: the report counts the bytes the file holds
     quantized, summary = quantize_weights(m, bits=4 if weights == "int4" else 8, block_size=block_size,
                                           symmetric=symmetric, scale_type=scale_type,
                                           exclude=tuple(n for n in exclude.split(",") if n))
