@@ -35,8 +35,10 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 
+from onnx import helper
+
 from .ops import OpDef, define_op
-from .types import TensorType
+from .types import TensorType, type_to_onnx
 
 MS = "com.microsoft"
 BITS = (4, 8)
@@ -191,7 +193,6 @@ def _export(node, e) -> None:
     a, b, scales = e.inputs[:3]
     zp = e.inputs[3] if len(e.inputs) > 3 else ""
     bits, bs, k, n = (int(node.attrs[x]) for x in ("bits", "block_size", "k", "n"))
-    kb = k_blocks(k, bs)
     a_dtype = _onnx_float(a_type)
     if e.runtime_ops:
         if _float_name(s_type) != _float_name(a_type):  # MatMulNBits takes scales of a's type only
@@ -212,8 +213,6 @@ def _export(node, e) -> None:
 
 
 def _onnx_float(t) -> int:
-    from .types import type_to_onnx
-
     tp = type_to_onnx(t) if isinstance(t, TensorType) else None
     return tp.tensor_type.elem_type if tp is not None else 1
 
@@ -247,8 +246,6 @@ def _export_dequantize_linear(node, e, a: str, a_dtype: int) -> None:
 
 
 def _numpy_float(elem_type: int):
-    from onnx import helper
-
     return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type))
 
 

@@ -4,18 +4,25 @@ Why one fused kernel: at decode (M = 1) the product is bound by reading W, so th
 bytes must be read once and turned into floats in the registers that multiply them; a
 dequantize-to-float-tensor step before a float matmul would read 4 bits and write and reread
 32. The loop structure is `dense`'s (matmul.py, `schedule_gemm`): parallel over
-(column block, row block), then k, then the register tile of `mr` rows x `nv` vectors; the
-dequantization (nibble shift and mask, convert, minus the zero point, times the block's scale)
-sits in the k loop on `nv` vectors of columns, shared by the tile's rows. M = 1 gets the
-widest column tile the accumulators allow (4 vectors: 64 columns on AVX-512) and one task per
-column block; prefill (M > 1) gets `dense`'s row x column tile.
+(column block, row block), then the reduction, then the register tile of `mr` rows x `nv`
+vectors of columns. Two forms of the reduction:
+
+* per block (M <= 4, and an M known only at run time, which is how decode reaches a dynamic
+  model): for each block of K, `part` sums a * code in registers (nibble shift and mask,
+  widen, convert, one FMA per weight vector), and the block's scale and zero point are applied
+  once: acc += scale * (part - zero * sum of a over the block) (`asum`, computed once per row).
+  A run-time M runs one row per task (no clamped rows computed at decode; prefill then
+  dequantizes once per row, about 1.5x slower than the tiled form at M = 128).
+* per weight (static M > 4, prefill): the dequantized vector ((code - zero) * scale) feeds
+  the whole row tile (7 x 2 vectors on AVX-512), so its cost is shared by the tile's rows.
 
 Packed layouts (`pack_weights`, numpy at compile time, from the IR's MatMulNBits layout):
 
 * q: uint8 [N / NB, K2, NB], NB = nv * lanes columns per block: for 4 bits, byte (kk, j) holds
-  k = 2 kk in its low nibble and k = 2 kk + 1 in its high one (K2 = ceil(K / 2)); for 8 bits
-  one byte per k (K2 = K). Each k step of a column block reads one contiguous run of NB (or
-  NB / 2 ... NB) bytes, so a block's weights stream in order.
+  k = 2 kk in its low nibble and k = 2 kk + 1 in its high one; for 8 bits one byte per k.
+  K2 covers K (rounded up to 2 for 4 bits) or, in the per-block form, whole blocks (the
+  padding codes are the block's zero point, so they add 0). A column block's bytes stream in
+  k order.
 * scales: [N / NB, k_blocks, NB] in the IR's scale type (float16 is converted in the
   register), zero points (when the weight has them) uint8 [N / NB, k_blocks, NB].
 * Columns past N are zero codes with zero scales; they are computed and never stored.
@@ -28,6 +35,8 @@ from functools import lru_cache
 import numpy as np
 from tvm import te, tirx
 from tvm.s_tir import Schedule
+
+from mdoc.weight_quant_ops import k_blocks, unpack_rows, zero_points_of_array
 
 from .common import CpuSpec, Kernel, KernelError, Param, as_dims, ceil_div, finish, is_symbolic
 from .matmul import gemm_tile, schedule_gemm
@@ -164,8 +173,6 @@ def _per_block(a, q, s, z, m, mp, k, kb, n, np_, nb, bits, block_size, clamp, la
 def pack_weights(kernel: Kernel, b: np.ndarray, scales: np.ndarray, zero_points: np.ndarray | None, *,
                  bits: int, block_size: int, k: int, n: int) -> list[np.ndarray]:
     """The kernel's packed constants (q, scales, [zero points]) from the IR's MatMulNBits-layout operands."""
-    from mdoc.weight_quant_ops import k_blocks, unpack_rows, zero_points_of_array
-
     blocks, k2, nb = kernel.params[1].shape
     kb = k_blocks(k, block_size)
     codes = unpack_rows(np.asarray(b, np.uint8).reshape(n, kb, -1), bits, block_size).reshape(n, kb * block_size)
