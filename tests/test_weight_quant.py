@@ -63,6 +63,29 @@ def _ort_quantized(k: int, bits: int, block: int, symmetric: bool, qdq: bool = F
     return q.model.model
 
 
+def test_golden_ir_and_text_round_trip(tmp_path):
+    """The decision is visible: one mdoc.matmul_nbits with its bits, block and sizes; .mdir keeps it."""
+    from mdoc.parser import load_mdir
+    from mdoc.printer import print_model, save_mdir
+
+    model, _ = _quantized(_mlp(256), symmetric=False)
+    text = print_model(model, resources={})
+    assert re.search(r"= mdoc\.matmul_nbits\(%x, %w_q4, %w_scales, %w_zero_points\) "
+                     r"\{bits = 4, block_size = 32, k = 256, n = 48\}", text), text
+    assert "onnx.MatMul" not in text
+    assert "%w_q4 = onnx.Constant() {value = resource<\"w_q4\">} : u8[48,8,16]" in text  # [N, blocks, 32 / 2]
+    assert ": f16[48,8]" in text and ": u8[48,4]" in text  # a scale per block, zero points two to a byte
+    save_mdir(model, tmp_path / "q.mdir")
+    again = load_mdir(tmp_path / "q.mdir")
+    assert print_model(again, resources={}) == text
+    (node,) = [n for n in again.graph if n.op == MATMUL_NBITS.name]
+    x = _x(256)
+    np.testing.assert_array_equal(_reference(node, x), _reference(
+        next(n for n in model.graph if n.op == MATMUL_NBITS.name), x))
+    # a second run finds nothing left to quantize, and says so
+    assert not PassManager(parse_pipeline("quantize-weights{min-elements=0}")).run(model)
+
+
 @pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("symmetric", [True, False])
 @pytest.mark.parametrize("k,block", [(256, 32), (200, 128)])  # 200: a partial last block
@@ -167,10 +190,10 @@ def test_compiled_kernel_matches_onnxruntime_matmul_nbits(tmp_path, bits, symmet
 
 @pytest.mark.parametrize("rows,blocks", [(1, ["acc_init", "acc_update", "asum", "out", "part_init", "part_update"]),
                                          ("M", ["acc_init", "acc_update", "asum", "out", "part_init", "part_update"]),
-                                         (64, ["acc_init", "acc_update", "out"])])
+                                         (64, ["acc_init", "acc_update", "out", "panel"])])
 def test_the_fused_kernel_reads_packed_bytes(rows, blocks):
     """One PrimFunc reads the uint8 codes; no float [K, N] weight is computed before the product: decode
-    sums a * code per block (part) and applies the scale per block, prefill dequantizes inside the tile."""
+    sums a * code per block (part) and applies the scale per block, prefill dequantizes a column panel."""
     from mdoc.targets.cpu_kernels.matmul_nbits import matmul_nbits
 
     kernel = matmul_nbits(rows, 256, 64, bits=4, block_size=32, zero_points=False)

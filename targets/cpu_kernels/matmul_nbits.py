@@ -13,8 +13,10 @@ vectors of columns. Two forms of the reduction:
   once: acc += scale * (part - zero * sum of a over the block) (`asum`, computed once per row).
   A run-time M runs one row per task (no clamped rows computed at decode; prefill then
   dequantizes once per row, about 1.5x slower than the tiled form at M = 128).
-* per weight (static M > 4, prefill): the dequantized vector ((code - zero) * scale) feeds
-  the whole row tile (7 x 2 vectors on AVX-512), so its cost is shared by the tile's rows.
+* per panel (static M > 4, prefill): each task dequantizes its column block's [K, NB] panel
+  ((code - zero) * scale) once into an L2-sized float buffer, and dense's register tile (7 x 2
+  vectors on AVX-512) runs every row block against it: the dequantization is shared by all M
+  rows, the packed bytes are still read once.
 
 Packed layouts (`pack_weights`, numpy at compile time, from the IR's MatMulNBits layout):
 
@@ -57,10 +59,7 @@ PER_BLOCK_ROWS = 4  # up to this many rows (and for rows known only at run time)
 @lru_cache(maxsize=64)
 def _build(m, k: int, n: int, bits: int, block_size: int, zero_points: bool, scale_dtype: str,
            spec: CpuSpec) -> Kernel:
-    """Two forms. Few rows (decode; and a run-time M, which decode is): per block, the partial sums of
-    a * code, then scale * (partial - zero * sum of a) once per block and column, so a weight costs
-    mask, widen, convert and one FMA. Many rows (prefill of a static M): the dequantized weight
-    vector feeds the whole row tile (dense's 7 x 2 on AVX-512), so its cost is shared by the rows."""
+    """The two forms of the module docstring: per block (few or run-time rows), per panel (many rows)."""
     if bits not in (4, 8):
         raise KernelError(f"matmul_nbits: bits={bits}; expected 4 or 8")
     if scale_dtype not in ("float32", "float16"):
@@ -100,15 +99,13 @@ def _build(m, k: int, n: int, bits: int, block_size: int, zero_points: bool, sca
     if blocked:
         sch = _per_block(a, q, s, z, m, mp, k, kb, n, np_, nb, bits, block_size, clamp, lanes, mr, nv)
     else:
-        acc = te.compute((1, mp, np_), lambda b, i, j: te.sum(a[clamp(i), rk] * weight(rk, j), axis=rk), name="acc")
+        panel = te.compute((blocks, k, nb), lambda jb, kk, jl: weight(kk, jb * nb + jl), name="panel")
+        acc = te.compute((1, mp, np_), lambda b, i, j: te.sum(a[clamp(i), rk] * panel[j // nb, rk, j % nb], axis=rk),
+                         name="acc")
         out = te.compute((m, n), lambda i, j: acc[0, i, j], name="out")
         inputs = [a, q, s] + ([z] if z is not None else [])
         sch = Schedule(te.create_prim_func([*inputs, out]))
-        schedule_gemm(sch, "out", "acc", lanes=lanes, mr=mr, nv=nv, batch_loops=0)
-        if bits == 4 and k % 2 == 0:  # two k steps per byte: the nibble's shift becomes a constant
-            kloop = sch.get_loops(sch.get_sblock("acc_update"))[1]  # (task, k, batch, rows, vectors, lanes)
-            _, ki = sch.split(kloop, [None, 2])
-            sch.unroll(ki)
+        _schedule_panel(sch, bits, k, lanes, mr, nv)
 
     mname = m if not is_symbolic(m) else "m"
     name = f"matmul_nbits{bits}_{mname}x{k}x{n}_b{block_size}{'_zp' if zero_points else ''}" \
@@ -117,6 +114,38 @@ def _build(m, k: int, n: int, bits: int, block_size: int, zero_points: bool, sca
               *([Param("zero_points", (blocks, kb, nb), "uint8")] if zero_points else []), Param("out", (m, n)))
     return Kernel(name, finish(sch.mod["main"], name), params, 2 * (m if not is_symbolic(m) else 1) * n * k,
                   f"mr={mr} nv={nv} blocks={blocks}")
+
+
+def _schedule_panel(sch: Schedule, bits: int, k: int, lanes: int, mr: int, nv: int) -> None:
+    """Many rows: each task owns a column block, dequantizes its [K, NB] panel once into a float
+    buffer (L2-sized: 2048 x 32 floats is 256 KB) and runs dense's register tile over every row
+    block against it, so the dequantization is shared by all M rows and the packed bytes are
+    still read once."""
+    ob, cb, pb = sch.get_sblock("out"), sch.get_sblock("acc"), sch.get_sblock("panel")
+    i, j = sch.get_loops(ob)
+    io, ii = sch.split(i, [None, mr])
+    jo, jv, jl = sch.split(j, [None, nv, lanes])
+    sch.reorder(jo, io, ii, jv, jl)
+    sch.parallel(jo)  # before the compute_at: the check of compact dataflow refuses it after
+    sch.compute_at(cb, io, preserve_unit_loops=True)
+    cbatch, ci, cj, ck = sch.get_loops(cb)[2:]
+    cjv, cjl = sch.split(cj, [nv, lanes])
+    sch.reorder(ck, cbatch, ci, cjv, cjl)
+    sch.unroll(ci)
+    sch.unroll(cjv)
+    sch.vectorize(cjl)
+    sch.unroll(ii)
+    sch.unroll(jv)
+    sch.vectorize(jl)
+    init = sch.decompose_reduction(cb, ck)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.compute_at(pb, jo, preserve_unit_loops=True)
+    _, pjb, pk, pl = sch.get_loops(pb)
+    if bits == 4 and k % 2 == 0:  # two k per byte: the nibble's shift becomes a constant
+        _, pki = sch.split(pk, [None, 2])
+        sch.unroll(pki)
+    plv, pll = sch.split(pl, [None, lanes])
+    sch.vectorize(pll)
 
 
 def _per_block(a, q, s, z, m, mp, k, kb, n, np_, nb, bits, block_size, clamp, lanes, mr, nv) -> Schedule:
