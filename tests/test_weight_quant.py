@@ -189,6 +189,20 @@ def test_compiled_kernel_matches_onnxruntime_matmul_nbits(tmp_path, bits, symmet
         np.testing.assert_allclose(run(x=x)["z"], run_onnxruntime(path, {"x": x})["z"], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("bits,symmetric", [(4, False), (8, True)])
+def test_generic_lowering_dequantizes_then_multiplies(bits, symmetric):
+    """Targets without mdoc's CPU kernels (the default `Kernels`): a dequantizing stage and a matmul."""
+    from mdoc.targets.presets import resolve_target
+    from mdoc.targets.relax import build, lower, run
+
+    proto = _ort_quantized(200, bits, 64, symmetric)
+    model = import_model(proto)
+    PassManager(parse_pipeline("fold-weight-dequant,dce")).run(model)
+    x = _x(200)
+    got = run(build(lower(model), resolve_target("x86").tvm), {"x": x}, model)["z"]
+    np.testing.assert_allclose(got, run_onnxruntime(proto, {"x": x})["z"], rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("rows,blocks", [(1, ["acc_init", "acc_update", "asum", "out", "part_init", "part_update"]),
                                          ("M", ["acc_init", "acc_update", "asum", "out", "part_init", "part_update"]),
                                          (64, ["acc_init", "acc_update", "out", "panel"])])
