@@ -198,17 +198,17 @@ def _export(node, e) -> None:
         if _float_name(s_type) != _float_name(a_type):  # MatMulNBits takes scales of a's type only
             if node.input(2).const_value is not None:  # widened in the file, so importers see a constant
                 e.supersede(2)
-                scales = e.const(np.asarray(node.input(2).const_value), _numpy_float(a_dtype))
+                scales = e.weight(np.asarray(node.input(2).const_value), _numpy_float(a_dtype))
             else:
                 (scales,) = e.emit("Cast", [scales], to=a_dtype)
         e.emit("MatMulNBits", [a, b, scales] + ([zp] if zp else []), e.outputs, domain=MS,
                K=k, N=n, bits=bits, block_size=bs)
         return
-    if _float_name(s_type) != _float_name(a_type):
-        (scales,) = e.emit("Cast", [scales], to=a_dtype)
     if e.opset >= 21 and node.input(1).const_value is not None and node.input(2).const_value is not None:
         _export_dequantize_linear(node, e, a, a_dtype)
         return
+    if _float_name(s_type) != _float_name(a_type):
+        (scales,) = e.emit("Cast", [scales], to=a_dtype)
     _export_unpacking(node, e, a, b, scales, zp, a_dtype)
 
 
@@ -233,12 +233,12 @@ def _export_dequantize_linear(node, e, a: str, a_dtype: int) -> None:
         weight = q.astype(ml_dtypes.uint4) if bits == 4 else q
         zero = zero_points_of(node, zp).T
         zero = zero.astype(ml_dtypes.uint4) if bits == 4 else zero
-    s = e.const(np.ascontiguousarray(scales.T), scales.dtype)
+    s = e.weight(np.ascontiguousarray(scales.T), scales.dtype)
     if scales.dtype != _numpy_float(a_dtype):  # dequantize in a's type: float16 products would round
         (s,) = e.emit("Cast", [s], to=a_dtype)
-    inputs = [e.const(np.ascontiguousarray(weight), weight.dtype), s]
+    inputs = [e.weight(np.ascontiguousarray(weight), weight.dtype), s]
     if zero is not None:
-        inputs.append(e.const(np.ascontiguousarray(zero), zero.dtype))
+        inputs.append(e.weight(np.ascontiguousarray(zero), zero.dtype))
     for i in range(1, len(node.inputs)):  # the packed operands are written again in this layout
         e.supersede(i)
     (w,) = e.emit("DequantizeLinear", inputs, axis=0, block_size=bs)
