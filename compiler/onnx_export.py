@@ -115,6 +115,9 @@ class _Exporter:
         self.domains: set[str] = set()
         self.node_names: set[str] = set()
         self.counter = 0
+        self.superseded: set[str] = set()  # constants an export rule wrote again in another form
+        self.rule_initializers: list[onnx.TensorProto] = []  # large constants export rules add (top graph)
+        self.in_top = False
 
     def fresh(self, hint: str) -> str:
         if hint and hint not in self.used:
@@ -137,6 +140,13 @@ class _Exporter:
 
     # -- graphs --------------------------------------------------------------
     def graph(self, g: Graph, top: bool = False) -> onnx.GraphProto:
+        outer, self.in_top = self.in_top, top
+        try:
+            return self._graph(g, top)
+        finally:
+            self.in_top = outer
+
+    def _graph(self, g: Graph, top: bool) -> onnx.GraphProto:
         inputs = [self._value_info(v, self.name_of(v)) for v in g.inputs]
         local = {id(v) for v in g.inputs} | {id(o) for n in g for o in n.outputs}
         # Outputs are named before anything else so they keep their names.
@@ -166,6 +176,11 @@ class _Exporter:
         for alias, v in aliases:
             nodes.append(helper.make_node("Identity", [self.name_of(v)], [alias]))
         outputs = [self._value_info(v, n) for v, n in zip(g.outputs, out_names)]
+        if top:
+            inits += self.rule_initializers
+        if top and self.superseded:
+            read = _names_read(nodes) | set(out_names)
+            inits = [t for t in inits if t.name not in self.superseded or t.name in read]
         if self.model.ir_version < 4:  # before IR 4, every initializer must also be a graph input
             inputs += [helper.make_tensor_value_info(t.name, t.data_type, t.dims) for t in inits]
         return helper.make_graph(nodes, g.name, inputs, outputs, initializer=inits, value_info=infos)
@@ -241,6 +256,17 @@ class _Exporter:
         return helper.make_attribute(name, value, attr_type=kind)
 
 
+def _names_read(nodes) -> set[str]:
+    """Every tensor name the nodes read, in their subgraphs too."""
+    read: set[str] = set()
+    for n in nodes:
+        read.update(n.input)
+        for a in n.attribute:
+            for g in ([a.g] if a.type == AttributeProto.GRAPH else list(a.graphs)):
+                read |= _names_read(g.node) | {o.name for o in g.output}
+    return read
+
+
 class OpEmitter:
     """What an mdoc op's export rule writes with: the node's operand and result names, the opset,
     whether contrib ops are wanted, and `emit` / `const` to add ONNX nodes.
@@ -268,6 +294,21 @@ class OpEmitter:
         self.protos.append(helper.make_node(op_type, list(inputs), names, domain=domain or None,
                                             name=self._exporter._node_name(f"{self._base}/{op_type}"), **attrs))
         return names
+
+    def supersede(self, i: int) -> None:
+        """Operand `i` (a constant) is written in another form by this rule: the file keeps it only
+        if something else reads it."""
+        if self.inputs[i]:
+            self._exporter.superseded.add(self.inputs[i])
+
+    def weight(self, value, dtype) -> str:
+        """`value` as `dtype` in an initializer (in the top graph; a Constant node in a body), so large
+        rewritten weights count toward the file's external-data threshold like any other."""
+        if not self._exporter.in_top:
+            return self.const(value, dtype)
+        name = self._exporter.fresh(f"{self._base}/weight")
+        self._exporter.rule_initializers.append(self._exporter._tensor(np.asarray(value, dtype=dtype), name))
+        return name
 
     def const(self, value, dtype) -> str:
         """A Constant node holding `value` as `dtype`."""

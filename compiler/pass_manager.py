@@ -47,14 +47,17 @@ _loaded = False
 # residual, activation) as mdoc.conv / mdoc.matmul, the form the CPU kernels compute in their
 # register tile. It runs last, once: the other fusions' patterns read the plain ops. -O0 and -O1
 # fuse nothing, and the backend adds no fusion of its own: -O levels mean the same in opt and compile.
+# -O1 to -O3 start with fold-weight-dequant: weight-only quantized MatMuls from other tools
+# (MatMulNBits, blocked DequantizeLinear -> MatMul) become mdoc.matmul_nbits before fold-constants
+# could expand their weights to float.
 OPT_LEVELS = {
     0: "",
-    1: "infer-shapes,fold-constants{max-bytes=0},simplify,cse,dce",
-    2: "infer-shapes,fold-constants{max-bytes=0},simplify,fuse-layer-norm,fuse-rms-norm,fuse-gelu,fuse-silu,fuse-attention,"
+    1: "infer-shapes,fold-weight-dequant,fold-constants{max-bytes=0},simplify,cse,dce",
+    2: "infer-shapes,fold-weight-dequant,fold-constants{max-bytes=0},simplify,fuse-layer-norm,fuse-rms-norm,fuse-gelu,fuse-silu,fuse-attention,"
        "fuse-conv-bn,fuse-conv-affine,cse,dce,"
        "infer-shapes,fold-constants{max-bytes=0},simplify,fuse-layer-norm,fuse-rms-norm,fuse-gelu,fuse-silu,fuse-attention,"
        "fuse-conv-bn,fuse-conv-affine,cse,fuse-epilogue,dce",
-    3: "infer-shapes,fold-constants,simplify,fuse-layer-norm,fuse-rms-norm,fuse-gelu,fuse-silu,fuse-attention,"
+    3: "infer-shapes,fold-weight-dequant,fold-constants,simplify,fuse-layer-norm,fuse-rms-norm,fuse-gelu,fuse-silu,fuse-attention,"
        "fuse-conv-bn,fuse-conv-affine,cse,dce,"
        "infer-shapes,fold-constants{max-bytes=0},simplify,fuse-layer-norm,fuse-rms-norm,fuse-gelu,fuse-silu,fuse-attention,"
        "fuse-conv-bn,fuse-conv-affine,cse,fuse-epilogue,dce",

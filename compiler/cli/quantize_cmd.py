@@ -1,4 +1,5 @@
-"""`mdoc quantize MODEL -o OUT --calib DATA`: static int8 (QDQ) from calibration samples."""
+"""`mdoc quantize MODEL -o OUT --calib DATA`: static int8 (QDQ) from calibration samples;
+`--weights int4|int8`: weight-only block quantization of the MatMuls (no samples)."""
 
 from __future__ import annotations
 
@@ -12,13 +13,14 @@ from ..cli_options import emit_json, json_option
 from ..model_io import SUFFIXES, load_model, save_model
 from ..errors import MdocError
 from ..quantize import quantize_static
+from ..weight_quantize import quantize_weights
 from .group import cli
 
 
 @cli.command("quantize")
 @click.argument("model", type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .onnx (QDQ) or .mdir.")
-@click.option("--calib", "calib", required=True, type=click.Path(),
+@click.option("--calib", "calib", default=None, type=click.Path(),
               help=".npz of samples stacked along a first axis, keyed by input name, or a folder of .npz files.")
 @click.option("--method", type=click.Choice(METHODS), default="minmax", show_default=True,
               help="How an observed activation's range is chosen.")
@@ -33,13 +35,28 @@ from .group import cli
                    "float model's); the ops that cost the most go back to float until it holds.")
 @click.option("--eval", "eval_data", type=click.Path(), default=None,
               help="Held-out samples for --max-drop, like --calib (default: the calibration samples).")
+@click.option("--weights", type=click.Choice(["int4", "int8"]), default=None,
+              help="Weight-only: MatMul / Gemm weights block-quantized, activations float; no --calib.")
+@click.option("--block-size", type=int, default=32, show_default=True, help="For --weights: values per scale, along K.")
+@click.option("--symmetric/--zero-point", default=True, show_default=True,
+              help="For --weights: no zero points, or one per block.")
+@click.option("--scale-type", type=click.Choice(["f16", "f32"]), default="f16", show_default=True,
+              help="For --weights: the scales' type (float16 where every scale fits one).")
+@click.option("--onnx-runtime-ops", "runtime_ops", is_flag=True,
+              help="For --weights: write com.microsoft MatMulNBits (else DequantizeLinear with block_size); its "
+                   "scales have the activations' type, so --scale-type is f32 then.")
 @json_option
 def quantize_cmd(model, output, calib, method, percentile, per_channel, activations, exclude, max_drop, eval_data,
-                 as_json) -> None:
-    """Quantize MODEL to int8: Conv, MatMul and Gemm read int8 activations and weights (QDQ form)."""
+                 weights, block_size, symmetric, scale_type, runtime_ops, as_json) -> None:
+    """Quantize MODEL to int8 (QDQ, from --calib samples) or its MatMul weights to int4 / int8 (--weights)."""
     if not output.endswith(SUFFIXES):
         raise MdocError(f"{output}: unknown output format (use {' or '.join(SUFFIXES)})")
     m = load_model(model)
+    if weights:
+        _weights_only(m, output, weights, block_size, symmetric, scale_type, exclude, runtime_ops, as_json)
+        return
+    if calib is None:
+        raise MdocError("mdoc quantize: give --calib DATA (static int8) or --weights int4|int8 (weight-only)")
     samples = load_samples(calib, m)
     held_out = load_samples(eval_data, m) if eval_data else None
     with tqdm(total=len(samples), desc="calibrate", file=sys.stderr, leave=False,
@@ -61,3 +78,23 @@ def quantize_cmd(model, output, calib, method, percentile, per_channel, activati
         kept = ", ".join(f"{f['node']} (+{f['alone']:.4f})" for f in summary["fp32_fallback"]) or "none"
         click.echo(f"accuracy {summary['accuracy']:.4f} (budget {1 - max_drop:.4f}"
                    f"{'' if summary['within_budget'] else ', NOT met with every op in float'}); kept in float: {kept}")
+
+
+def _weights_only(m, output, weights, block_size, symmetric, scale_type, exclude, runtime_ops, as_json) -> None:
+    if runtime_ops:
+        scale_type = "f32"  # what MatMulNBits stores: the report counts the bytes the file holds
+    quantized, summary = quantize_weights(m, bits=4 if weights == "int4" else 8, block_size=block_size,
+                                          symmetric=symmetric, scale_type=scale_type,
+                                          exclude=tuple(n for n in exclude.split(",") if n))
+    save_model(quantized, output, runtime_ops=runtime_ops)
+    summary = {"output": output, **summary}
+    if as_json:
+        emit_json(summary)
+        return
+    mm = summary["quantized_matmul_weight_bytes"] / max(summary["matmul_weight_bytes"], 1)
+    total = summary["quantized_weight_bytes"] / max(summary["weight_bytes"], 1)
+    click.echo(f"wrote {output}: {summary['quantized_ops']} MatMuls on {weights} weights (block {block_size}, "
+               f"{'symmetric' if symmetric else 'zero points'}, {scale_type} scales); their weights "
+               f"{summary['matmul_weight_bytes'] / 1e6:.2f} MB -> {summary['quantized_matmul_weight_bytes'] / 1e6:.2f} MB "
+               f"({mm:.3f}x); all weights {summary['weight_bytes'] / 1e6:.2f} MB -> "
+               f"{summary['quantized_weight_bytes'] / 1e6:.2f} MB ({total:.3f}x)")

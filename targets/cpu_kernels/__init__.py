@@ -35,6 +35,8 @@ Builders (float32):
     inverted_residual(data_shape, expand, depthwise, project shapes, ...): a conv, a depthwise
         conv and a 1x1 conv in one kernel, per band of rows (MobileNetV2's blocks)  inverted_residual.py
     dense(a_shape, weight, transpose_b, epilogue); batch_matmul(a_shape, b_shape, ...)  matmul.py
+    matmul_nbits(m, k, n, bits, block_size, zero_points, scale_dtype): float32 activations times
+        packed int4 / int8 weights dequantized in registers (pack_weights packs them)  matmul_nbits.py
     pool2d(data_shape, "max" | "avg", kernel, strides, padding, ...); global_avg_pool2d   pooling.py
     softmax(shape); layer_norm(shape, epsilon)                                reductions.py
 
