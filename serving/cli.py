@@ -50,6 +50,11 @@ def serve_cmd(source, host, port, grpc_port, workers, target, max_batch, batch_d
     folders NAME/1, NAME/2, ...). A higher version dropped in takes over without
     dropping requests; the old one is unloaded once drained.
     """
+    metrics_dir = None
+    if workers > 1:  # before anything imports prometheus_client: its mode is chosen then
+        from .workers import multiprocess_metrics_dir
+
+        metrics_dir = multiprocess_metrics_dir()
     from .repository import Policy, model_sources
     from .server import ServeConfig
 
@@ -63,7 +68,7 @@ def serve_cmd(source, host, port, grpc_port, workers, target, max_batch, batch_d
     if workers > 1:
         from .workers import supervise
 
-        sys.exit(supervise(config, workers))
+        sys.exit(supervise(config, workers, (access_log, quiet), metrics_dir))
     run(config)
 
 

@@ -48,26 +48,33 @@ def listening_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
     return sock
 
 
-async def serve(config: ServeConfig, on_ready=None) -> None:
+async def serve(config: ServeConfig) -> None:
+    """Serve until SIGTERM / SIGINT. A lone server listens at once (live, not ready, while models load); a
+    worker of several loads first and only then joins the shared ports, so no connection reaches it unready."""
     metrics = Metrics()
     repository = Repository(config.source, config.policy, config.target, metrics)
     service = Service(repository, metrics)
-    http_sock = listening_socket(config.host, config.port, config.reuse_port)
     web = uvicorn.Server(uvicorn.Config(rest.app(service, config.max_body), log_level="warning", access_log=False,
                                         timeout_graceful_shutdown=30, lifespan="off"))
-    grpc_server = None
-    if config.grpc_port is not None:
-        grpc_server = grpc_service.server(service, config.host, config.grpc_port, config.max_body)
-        await grpc_server.start()
-    web_task = asyncio.create_task(web.serve(sockets=[http_sock]))
-    poll_task = None
+    grpc_server, web_task, poll_task, http_sock = None, None, None, None
+
+    async def listen() -> None:
+        nonlocal grpc_server, web_task, http_sock
+        http_sock = listening_socket(config.host, config.port, config.reuse_port)
+        if config.grpc_port is not None:
+            grpc_server = grpc_service.server(service, config.host, config.grpc_port, config.max_body)
+            await grpc_server.start()
+        web_task = asyncio.create_task(web.serve(sockets=[http_sock]))
+
     try:
+        if not config.reuse_port:
+            await listen()
         await repository.load_all()
+        if config.reuse_port:
+            await listen()
         service.ready = True
         log.info("serving %d model%s on http://%s:%d%s", len(repository.models), "s"[:len(repository.models) != 1],
                  config.host, config.port, f" and grpc {config.host}:{config.grpc_port}" if grpc_server else "")
-        if on_ready is not None:
-            on_ready()
         if config.poll_seconds > 0:
             poll_task = asyncio.create_task(repository.poll(config.poll_seconds))
         await web_task
@@ -75,10 +82,11 @@ async def serve(config: ServeConfig, on_ready=None) -> None:
         service.ready = False
         if poll_task is not None:
             poll_task.cancel()
-        if not web_task.done():
+        if web_task is not None and not web_task.done():
             web.should_exit = True
             await web_task
         if grpc_server is not None:
             await grpc_server.stop(grace=10)
         await repository.close()
-        http_sock.close()
+        if http_sock is not None:
+            http_sock.close()

@@ -57,6 +57,8 @@ class Service:
                     wanted: list[str] | None, protocol: str) -> tuple[ModelVersion, dict[str, np.ndarray]]:
         """Run one request: `inputs` as (name, v2 datatype, array); the outputs asked for (all when `wanted` is None)."""
         started = time.perf_counter()
+        if not self.ready:
+            raise RequestError("the server is loading its models; retry when /v2/health/ready says so", 503)
         mv = self.repository.get(name, version)
         labels = (name, str(mv.version))
         mv.enter()
