@@ -7,8 +7,6 @@ imports the server (or FastAPI, uvicorn, grpcio) and `mdoc --help` stays fast. N
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import sys
 from pathlib import Path
 
@@ -60,6 +58,8 @@ def serve_cmd(source, host, port, grpc_port, workers, target, max_batch, batch_d
 
     if not model_sources(source):
         raise MdocError(f"{source}: holds no models (artifact folders, .onnx files or NAME/VERSION folders)")
+    from .metrics import configure_logging
+
     configure_logging(access_log, quiet)
     policy = Policy(max_batch_size=max_batch, max_queue_delay_ms=batch_delay_ms, max_queue_size=max_queue,
                     timeout_ms=timeout_ms)
@@ -69,30 +69,25 @@ def serve_cmd(source, host, port, grpc_port, workers, target, max_batch, batch_d
         from .workers import supervise
 
         sys.exit(supervise(config, workers, (access_log, quiet), metrics_dir))
+    from .server import run
+
     run(config)
 
 
-def run(config) -> None:
-    from .server import serve
+@click.command("package", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("artifact", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--docker", "docker_dir", required=True, type=click.Path(path_type=Path),
+              help="Folder to write the Docker build context into (must not exist, or be empty).")
+@click.option("--name", help="Model name in the image's repository  [default: the artifact folder's name]")
+@click.option("--wheel", type=click.Path(dir_okay=False, path_type=Path),
+              help="mdoc's wheel to install in the image  [default: built from the checkout mdoc runs from]")
+def package_cmd(artifact, docker_dir, name, wheel) -> None:
+    """Write a Docker build context for ARTIFACT: its image runs `mdoc serve` on ports 8000 (REST) and 8001 (gRPC).
 
-    try:
-        asyncio.run(serve(config))
-    except OSError as e:
-        raise MdocError(f"cannot serve on {config.host}: {e.strerror or e}") from None
+    Build and run it with `docker build -t NAME DIR && docker run -p 8000:8000 -p 8001:8001 NAME`.
+    """
+    from .package import write_context
 
-
-def configure_logging(access_log: Path | None, quiet: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("mdoc serve: %(message)s"))
-    server_log = logging.getLogger("mdoc.serve")
-    server_log.addHandler(handler)
-    server_log.setLevel(logging.INFO)
-    access = logging.getLogger("mdoc.serve.access")
-    access.propagate = False
-    if quiet:
-        access.disabled = True
-        return
-    target = logging.FileHandler(access_log) if access_log else logging.StreamHandler(sys.stderr)
-    target.setFormatter(logging.Formatter("%(message)s"))
-    access.addHandler(target)
-    access.setLevel(logging.INFO)
+    out = write_context(artifact, docker_dir, name, wheel)
+    click.echo(f"wrote {out} (Dockerfile, requirements.txt, wheels/, models/); "
+               f"docker build -t {(name or artifact.name.split('.')[0]).lower()} {out}")

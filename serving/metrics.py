@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import CONTENT_TYPE_LATEST  # noqa: F401  (re-exported for the REST app)
@@ -63,3 +65,20 @@ def log_access(protocol: str, method: str, path: str, status: int, started: floa
         entry = {"ts": round(time.time(), 3), "protocol": protocol, "method": method, "path": path,
                  "status": status, "ms": round((time.perf_counter() - started) * 1000, 3), **fields}
         access.info(json.dumps(entry, separators=(",", ":")))
+
+
+def configure_logging(access_log: Path | None, quiet: bool) -> None:
+    """Server lines as `mdoc serve: ...` on stderr; the access log's JSON lines to `access_log`, stderr or nowhere."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("mdoc serve: %(message)s"))
+    server_log = logging.getLogger("mdoc.serve")
+    server_log.addHandler(handler)
+    server_log.setLevel(logging.INFO)
+    access.propagate = False
+    if quiet:
+        access.disabled = True
+        return
+    target = logging.FileHandler(access_log) if access_log else logging.StreamHandler(sys.stderr)
+    target.setFormatter(logging.Formatter("%(message)s"))
+    access.addHandler(target)
+    access.setLevel(logging.INFO)

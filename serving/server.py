@@ -15,6 +15,8 @@ from pathlib import Path
 
 import uvicorn
 
+from mdoc.errors import MdocError
+
 from . import grpc_service, rest
 from .metrics import Metrics
 from .repository import Policy, Repository
@@ -90,3 +92,11 @@ async def serve(config: ServeConfig) -> None:
         await repository.close()
         if http_sock is not None:
             http_sock.close()
+
+
+def run(config: ServeConfig) -> None:
+    """Serve in this process until stopped; a port already taken is a one-line MdocError."""
+    try:
+        asyncio.run(serve(config))
+    except OSError as e:
+        raise MdocError(f"cannot serve on {config.host}: {e.strerror or e}") from None

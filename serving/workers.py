@@ -23,7 +23,8 @@ log = logging.getLogger("mdoc.serve")
 
 
 def _worker(config, logging_args) -> None:
-    from .cli import configure_logging, run
+    from .metrics import configure_logging
+    from .server import run
 
     configure_logging(*logging_args)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when workers stop (SIGTERM)
