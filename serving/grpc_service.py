@@ -41,8 +41,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, service: Service):
         self.service = service
 
-    async def _refuse(self, context, method: str, started: float, e: RequestError):
-        log_access("grpc", method, "", e.status, started, error=str(e))
+    async def _refuse(self, context, method: str, started: float, e: RequestError, model: str = ""):
+        log_access("grpc", method, model, e.status, started, error=str(e))
         await context.abort(CODES.get(e.status, grpc.StatusCode.UNKNOWN), str(e))
 
     async def ServerLive(self, request, context):
@@ -106,7 +106,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             mv, outs = await self.service.infer(request.model_name, request.model_version or None, inputs, wanted,
                                                 "grpc")
         except RequestError as e:
-            await self._refuse(context, "ModelInfer", started, e)
+            await self._refuse(context, "ModelInfer", started, e, request.model_name)
         response = pb.ModelInferResponse(model_name=mv.name, model_version=str(mv.version), id=request.id)
         for name, value in outs.items():
             response.outputs.add(name=name, datatype=v2_datatype(value.dtype), shape=list(value.shape))

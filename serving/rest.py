@@ -3,7 +3,7 @@
 A FastAPI app; the infer route reads the raw body itself, since a binary request is
 a JSON header (`Inference-Header-Content-Length` bytes) followed by the tensors' bytes,
 which no JSON body model can take. A body over `max_body` bytes gets 413 before it is
-read; malformed JSON, a bad tensor or an unknown model get 4xx with `{"error": ...}`.
+read (`AccessLog`, which also writes the access log); malformed JSON, a bad tensor or an unknown model get 4xx with `{"error": ...}`.
 """
 
 from __future__ import annotations
@@ -26,23 +26,8 @@ def error(e: RequestError) -> JSONResponse:
     return JSONResponse({"error": str(e)}, status_code=e.status)
 
 
-def app(service: Service, max_body: int) -> FastAPI:
+def app(service: Service, max_body: int):
     api = FastAPI(title="mdoc serve", docs_url=None, redoc_url=None, openapi_url=None)
-
-    @api.middleware("http")
-    async def access_log(request: Request, call_next):
-        started = time.perf_counter()
-        size = request.headers.get("content-length")
-        if size is not None and size.isdigit() and int(size) > max_body:
-            response = error(RequestError(f"request body of {size} bytes is over the limit of {max_body}", 413))
-        else:
-            try:
-                response = await call_next(request)
-            except RequestError as e:
-                response = error(e)
-        log_access("http", request.method, request.url.path, response.status_code, started,
-                   client=request.client.host if request.client else None)
-        return response
 
     @api.exception_handler(RequestError)
     async def refused(_request: Request, e: RequestError):
@@ -107,7 +92,36 @@ def app(service: Service, max_body: int) -> FastAPI:
     async def metrics():
         return Response(service.metrics.scrape(), media_type=CONTENT_TYPE_LATEST)
 
-    return api
+    return AccessLog(api, max_body)
+
+
+class AccessLog:
+    """ASGI middleware: refuses a body whose Content-Length is over the limit (413) before it is read, and logs
+    one JSON line per request. Plain ASGI rather than FastAPI's `@middleware("http")`, which wraps every
+    request and response in extra tasks and streams: a cost paid on each of thousands of small requests."""
+
+    def __init__(self, app, max_body: int):
+        self.app, self.max_body = app, max_body
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        status = [500]
+
+        async def sending(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        size = next((v for k, v in scope["headers"] if k == b"content-length"), b"")
+        if size.isdigit() and int(size) > self.max_body:
+            e = RequestError(f"request body of {int(size)} bytes is over the limit of {self.max_body}", 413)
+            await error(e)(scope, receive, sending)
+        else:
+            await self.app(scope, receive, sending)
+        client = scope.get("client")
+        log_access("http", scope["method"], scope["path"], status[0], started, client=client[0] if client else None)
 
 
 def split_body(body: bytes, header_length: str | None) -> tuple[dict, memoryview]:

@@ -151,3 +151,20 @@ def test_metrics_and_access_log(server, expected):
     assert 'mdoc_queue_depth{model="tiny",version="1"}' in text
     lines = [json.loads(line) for line in server.log_path.read_text().splitlines() if line.startswith("{")]
     assert any(e["path"] == "/v2/models/tiny/infer" and e["status"] == 200 and e["ms"] > 0 for e in lines)
+
+
+def test_serve_refuses_bad_sources_and_taken_ports_in_one_line(mdoc_cli, tmp_path, server, artifact):
+    r = mdoc_cli("serve", tmp_path / "nope")
+    assert r.code == 2 and r.err.strip() == f"mdoc: error: {tmp_path / 'nope'}: no such file or folder"
+    r = mdoc_cli("serve", tmp_path)
+    assert r.code == 2 and "holds no models" in r.err and len(r.err.strip().splitlines()) == 1
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text('{"max_batch": 4}')
+    (tmp_path / "m" / "model.onnx").write_bytes(b"")
+    r = mdoc_cli("serve", tmp_path, "--port", str(server.port), "--grpc-port", "0", "--quiet")
+    assert r.code == 2 and "cannot serve on 127.0.0.1: Address already in use" in r.err, r.err
+    from mdoc.serving.launch import free_port
+
+    r = mdoc_cli("serve", tmp_path, "--port", str(free_port()), "--grpc-port", "0", "--quiet")
+    assert r.code == 2 and re.search(r"config.json: unknown settings \['max_batch'\] \(known: backend, max_batch_size",
+                                     r.err), r.err
