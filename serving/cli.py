@@ -23,6 +23,9 @@ from mdoc.errors import MdocError
               help="gRPC port (0: no gRPC).")
 @click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
               help="Server processes on the same ports; one that dies is restarted (mdoc_worker_restarts_total).")
+@click.option("--ray", "use_ray", is_flag=True,
+              help="Run --workers replicas as a Ray Serve deployment (REST only); needs mdoc[ray].")
+@click.option("--ray-address", help="Join this Ray cluster instead of starting a local one (with --ray).")
 @click.option("-t", "--target", default="x86", show_default=True, help="Target for .onnx entries compiled on load.")
 @click.option("--max-batch", type=click.IntRange(1), default=1, show_default=True,
               help="Dynamic batching: most rows per model call (models with a batch dim).")
@@ -39,8 +42,8 @@ from mdoc.errors import MdocError
 @click.option("--access-log", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the access log (JSON lines) here instead of stderr.")
 @click.option("--quiet", is_flag=True, help="No access log.")
-def serve_cmd(source, host, port, grpc_port, workers, target, max_batch, batch_delay_ms, max_queue, timeout_ms,
-              max_body_mb, poll_seconds, access_log, quiet) -> None:
+def serve_cmd(source, host, port, grpc_port, workers, use_ray, ray_address, target, max_batch, batch_delay_ms,
+              max_queue, timeout_ms, max_body_mb, poll_seconds, access_log, quiet) -> None:
     """Serve SOURCE over KServe v2 REST (/v2/...) and gRPC, with Prometheus metrics on /metrics.
 
     SOURCE is an artifact folder, an .onnx file (compiled when loaded) or a model
@@ -48,8 +51,10 @@ def serve_cmd(source, host, port, grpc_port, workers, target, max_batch, batch_d
     folders NAME/1, NAME/2, ...). A higher version dropped in takes over without
     dropping requests; the old one is unloaded once drained.
     """
+    if ray_address and not use_ray:
+        raise MdocError("--ray-address goes with --ray")
     metrics_dir = None
-    if workers > 1:  # before anything imports prometheus_client: its mode is chosen then
+    if workers > 1 and not use_ray:  # before anything imports prometheus_client: its mode is chosen then
         from .workers import multiprocess_metrics_dir
 
         metrics_dir = multiprocess_metrics_dir()
@@ -63,8 +68,15 @@ def serve_cmd(source, host, port, grpc_port, workers, target, max_batch, batch_d
     configure_logging(access_log, quiet)
     policy = Policy(max_batch_size=max_batch, max_queue_delay_ms=batch_delay_ms, max_queue_size=max_queue,
                     timeout_ms=timeout_ms)
-    config = ServeConfig(source, host, port, grpc_port or None, target, policy, int(max_body_mb * (1 << 20)),
-                         poll_seconds, reuse_port=workers > 1)
+    config = ServeConfig(source.resolve(), host, port, grpc_port or None, target, policy, int(max_body_mb * (1 << 20)),
+                         poll_seconds, reuse_port=workers > 1 and not use_ray)
+    if use_ray:
+        try:
+            from .ray_serve import run_on_ray
+        except ImportError as e:
+            raise MdocError(f"--ray needs Ray Serve: pip install 'mdoc[serve,ray]' ({e})") from None
+        run_on_ray(config, workers, ray_address, (access_log, quiet))
+        return
     if workers > 1:
         from .workers import supervise
 
