@@ -10,7 +10,10 @@ the model's own output for that client's input (mdoc.load / onnxruntime in this
 process); a non-200, a wrong answer or a request never answered counts as a failure.
 
 Prints, per server setting and model: requests, failures, throughput, p50 and p99
-latency, the ratio of mdoc's throughput to onnxruntime's, and batching's speedup.
+latency, the versions that answered, the ratio of mdoc's throughput to onnxruntime's, and
+batching's speedup. In the batching run, a new version of cnn_mdoc is dropped into the
+repository during its last chunk (copied to a dot-folder, renamed into place): it must take
+over without a failed or lost request.
 
     python benchmarks/serve_load.py                       # 2,000 requests per model and setting
     python benchmarks/serve_load.py --requests 20000      # the issue's load test
@@ -28,6 +31,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -56,7 +60,8 @@ def build_repository(folder: Path, image_size: int, width: int) -> Path:
     onnx.save(sample(batch="N", image_size=image_size, width=width), model)
     repo = folder / "repo"
     repo.mkdir()
-    mdoc.compile(model, "x86", repo / "cnn_mdoc", show_progress=False)
+    (repo / "cnn_mdoc").mkdir()
+    mdoc.compile(model, "x86", repo / "cnn_mdoc" / "1", show_progress=False)
     (repo / "cnn_ort").mkdir()
     shutil.copy(model, repo / "cnn_ort" / "model.onnx")
     (repo / "cnn_ort" / "config.json").write_text(json.dumps({"backend": "onnxruntime"}))
@@ -68,7 +73,7 @@ def expected_outputs(repo: Path, inputs: list[np.ndarray]) -> dict[str, list[np.
 
     import mdoc
 
-    run = mdoc.load(repo / "cnn_mdoc")
+    run = mdoc.load(repo / "cnn_mdoc" / "1")
     session = ort.InferenceSession(str(repo / "cnn_ort" / "model.onnx"), providers=["CPUExecutionProvider"])
     return {"cnn_mdoc": [run(image=x)["logits"] for x in inputs],
             "cnn_ort": [session.run(None, {"image": x})[0] for x in inputs]}
@@ -88,6 +93,7 @@ async def drive(url: str, model: str, count: int, clients: int, bodies, expected
 
     latencies: list[float] = []
     failures: list[str] = []
+    versions: dict[str, int] = {}
     sent = [0]
 
     async def client(session, k: int) -> None:
@@ -103,6 +109,8 @@ async def drive(url: str, model: str, count: int, clients: int, bodies, expected
                         failures.append(f"{r.status} {raw[:200]!r}")
                         continue
                     cut = int(r.headers["Inference-Header-Content-Length"])
+                    version = json.loads(raw[:cut])["model_version"]
+                    versions[version] = versions.get(version, 0) + 1
                     got = np.frombuffer(raw[cut:], np.float32).reshape(want.shape)
                     if not np.allclose(got, want, rtol=1e-4, atol=1e-5):
                         failures.append("wrong answer")
@@ -117,14 +125,31 @@ async def drive(url: str, model: str, count: int, clients: int, bodies, expected
         start = time.perf_counter()
         await asyncio.gather(*(client(session, k) for k in range(clients)))
         wall = time.perf_counter() - start
-    return {"latencies": latencies, "failures": failures, "wall": wall, "sent": sent[0]}
+    return {"latencies": latencies, "failures": failures, "wall": wall, "sent": sent[0], "versions": versions}
 
 
-def run_setting(repo: Path, args, label: str, serve_args: list[str], bodies, expected) -> dict[str, dict]:
+def drop_in_version(repo: Path, after: float) -> threading.Thread:
+    """In `after` seconds, copy cnn_mdoc's highest version in as the next one (a dot-folder renamed into place)."""
+    def update():
+        time.sleep(after)
+        folder = repo / "cnn_mdoc"
+        last = max(int(p.name) for p in folder.iterdir() if p.name.isdigit())
+        shutil.copytree(folder / str(last), folder / f".{last + 1}")
+        os.rename(folder / f".{last + 1}", folder / str(last + 1))
+
+    thread = threading.Thread(target=update, daemon=True)
+    thread.start()
+    return thread
+
+
+def run_setting(repo: Path, args, label: str, serve_args: list[str], bodies, expected,
+                update: bool = False) -> dict[str, dict]:
+    """Both models under load in one server; with `update`, a new cnn_mdoc version lands during its last chunk."""
     from mdoc.serving.launch import ServerProcess
 
-    totals = {m: {"latencies": [], "failures": [], "wall": 0.0, "sent": 0} for m in ("cnn_mdoc", "cnn_ort")}
-    with ServerProcess(repo, "--quiet", "--poll-seconds", "0", "--grpc-port", "0", *serve_args) as server:
+    totals = {m: {"latencies": [], "failures": [], "wall": 0.0, "sent": 0, "versions": {}}
+              for m in ("cnn_mdoc", "cnn_ort")}
+    with ServerProcess(repo, "--quiet", "--poll-seconds", "0.5", "--grpc-port", "0", *serve_args) as server:
         for m in totals:  # warm-up: first calls, connections
             asyncio.run(drive(server.url, m, 4 * args.clients, args.clients, bodies, expected))
         per_chunk = args.requests // args.chunks
@@ -132,12 +157,16 @@ def run_setting(repo: Path, args, label: str, serve_args: list[str], bodies, exp
             order = ("cnn_mdoc", "cnn_ort") if chunk % 2 == 0 else ("cnn_ort", "cnn_mdoc")
             for m in order:
                 n = per_chunk if chunk < args.chunks - 1 else args.requests - per_chunk * (args.chunks - 1)
+                if update and m == "cnn_mdoc" and chunk == args.chunks - 1:
+                    drop_in_version(repo, 0.3)
                 r = asyncio.run(drive(server.url, m, n, args.clients, bodies, expected))
                 t = totals[m]
                 t["latencies"] += r["latencies"]
                 t["failures"] += r["failures"]
                 t["wall"] += r["wall"]
                 t["sent"] += r["sent"]
+                for v, k in r["versions"].items():
+                    t["versions"][v] = t["versions"].get(v, 0) + k
     for m, t in totals.items():
         lat = sorted(t["latencies"])
         t["answered"] = len(lat)
@@ -145,8 +174,9 @@ def run_setting(repo: Path, args, label: str, serve_args: list[str], bodies, exp
         t["rps"] = len(lat) / t["wall"]
         t["p50"] = statistics.median(lat) * 1000 if lat else float("nan")
         t["p99"] = lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1000 if lat else float("nan")
+        answered_by = ", ".join(f"v{v}: {k}" for v, k in sorted(t["versions"].items()))
         print(f"{label:<22} {m:<9} {args.requests:>7} {len(t['failures']):>8} {t['lost']:>5} {t['rps']:>9.0f} "
-              f"{t['p50']:>8.2f} {t['p99']:>8.2f}", flush=True)
+              f"{t['p50']:>8.2f} {t['p99']:>8.2f}  {answered_by}", flush=True)
     return totals
 
 
@@ -163,11 +193,11 @@ def main() -> int:
         print(f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; {os.cpu_count()} cores; "
               f"{args.clients} clients; CNN {args.image_size}x{args.image_size}, width {args.width}")
         print(f"{'server':<22} {'model':<9} {'requests':>7} {'failures':>8} {'lost':>5} {'req/s':>9} "
-              f"{'p50 ms':>8} {'p99 ms':>8}")
+              f"{'p50 ms':>8} {'p99 ms':>8}  answered by")
         plain = run_setting(repo, args, "no batching", ["--max-batch", "1"], bodies, expected)
         batched = run_setting(repo, args, f"batching {args.max_batch}/{args.delay_ms:g}ms",
                               ["--max-batch", str(args.max_batch), "--batch-delay-ms", str(args.delay_ms)],
-                              bodies, expected)
+                              bodies, expected, update=True)
     print()
     for label, t in (("no batching", plain), ("batching", batched)):
         print(f"{label}: mdoc / onnxruntime throughput {t['cnn_mdoc']['rps'] / t['cnn_ort']['rps']:.2f}x")
