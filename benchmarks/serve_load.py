@@ -12,7 +12,7 @@ process); a non-200, a wrong answer or a request never answered counts as a fail
 Prints, per server setting and model: requests, failures, throughput, p50 and p99
 latency, the versions that answered, the ratio of mdoc's throughput to onnxruntime's, and
 batching's speedup. In the batching run, a new version of cnn_mdoc is dropped into the
-repository during its last chunk (copied to a dot-folder, renamed into place): it must take
+repository during its first chunk (copied to a dot-folder, renamed into place): it must take
 over without a failed or lost request.
 
     python benchmarks/serve_load.py                       # 2,000 requests per model and setting
@@ -144,7 +144,7 @@ def drop_in_version(repo: Path, after: float) -> threading.Thread:
 
 def run_setting(repo: Path, args, label: str, serve_args: list[str], bodies, expected,
                 update: bool = False) -> dict[str, dict]:
-    """Both models under load in one server; with `update`, a new cnn_mdoc version lands during its last chunk."""
+    """Both models under load in one server; with `update`, a new cnn_mdoc version lands during its first chunk."""
     from mdoc.serving.launch import ServerProcess
 
     totals = {m: {"latencies": [], "failures": [], "wall": 0.0, "sent": 0, "versions": {}}
@@ -157,8 +157,8 @@ def run_setting(repo: Path, args, label: str, serve_args: list[str], bodies, exp
             order = ("cnn_mdoc", "cnn_ort") if chunk % 2 == 0 else ("cnn_ort", "cnn_mdoc")
             for m in order:
                 n = per_chunk if chunk < args.chunks - 1 else args.requests - per_chunk * (args.chunks - 1)
-                if update and m == "cnn_mdoc" and chunk == args.chunks - 1:
-                    drop_in_version(repo, 0.3)
+                if update and m == "cnn_mdoc" and chunk == 0:
+                    drop_in_version(repo, 0.1)
                 r = asyncio.run(drive(server.url, m, n, args.clients, bodies, expected))
                 t = totals[m]
                 t["latencies"] += r["latencies"]
@@ -206,6 +206,9 @@ def main() -> int:
     load = os.getloadavg()
     print(f"load average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     bad = sum(len(t[m]["failures"]) + t[m]["lost"] for t in (plain, batched) for m in t)
+    if "2" not in batched["cnn_mdoc"]["versions"]:
+        print("the new cnn_mdoc version never answered", file=sys.stderr)
+        bad += 1
     for t in (plain, batched):
         for m in t:
             for f in t[m]["failures"][:3]:
