@@ -18,6 +18,8 @@ from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
+from mdoc.errors import MdocError
+
 from .codec import RequestError, from_bytes, from_json, numpy_dtype, to_bytes, v2_datatype
 from .metrics import log_access
 from .service import Service
@@ -86,6 +88,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         started = time.perf_counter()
         try:
             await self.service.repository.load(request.model_name)
+        except MdocError as e:
+            await self._refuse(context, "RepositoryModelLoad", started, RequestError(str(e)))
         except RequestError as e:
             await self._refuse(context, "RepositoryModelLoad", started, e)
         return pb.RepositoryModelLoadResponse()

@@ -109,6 +109,7 @@ class Repository:
         self.models: dict[str, ModelVersion] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._retiring: set[asyncio.Task] = set()
+        self._failed: dict[str, tuple] = {}  # name -> (version, mtime) that failed to load: polls skip it
 
     def get(self, name: str, version: str | None = None) -> ModelVersion:
         mv = self.models.get(name)
@@ -197,6 +198,8 @@ class Repository:
             await mv.drained.wait()
             await mv.batcher.close()
             self.metrics.unloads.labels(mv.name, str(mv.version)).inc()
+            if self.metrics.registry is not None:  # a gauge of a version that is gone would read 0 forever
+                self.metrics.queue.remove(mv.name, str(mv.version))
             log.info("model %s version %d unloaded (drained)", mv.name, mv.version)
 
         task = asyncio.get_running_loop().create_task(drain())
@@ -204,14 +207,26 @@ class Repository:
         task.add_done_callback(self._retiring.discard)
 
     async def poll(self, seconds: float) -> None:
-        """Load new versions as they appear in SOURCE, every `seconds`."""
+        """Load new versions as they appear in SOURCE, every `seconds`; one that fails is logged and not retried
+        until its file or folder changes (or a client asks for it through the repository API)."""
         while True:
             await asyncio.sleep(seconds)
             try:
-                for name, entry in model_sources(self.source).items():
-                    mv = self.models.get(name)
-                    found = versions(entry)
-                    if found and (mv is None or max(found) > mv.version):
-                        await self.load(name)
-            except (MdocError, RequestError, OSError, ValueError) as e:
+                entries = model_sources(self.source)
+            except (MdocError, OSError) as e:
                 log.error("repository poll: %s", e)
+                continue
+            for name, entry in entries.items():
+                mv = self.models.get(name)
+                found = versions(entry)
+                if not found or (mv is not None and max(found) <= mv.version):
+                    continue
+                newest = max(found)
+                stamp = (newest, found[newest].stat().st_mtime_ns)
+                if self._failed.get(name) == stamp:
+                    continue
+                try:
+                    await self.load(name)
+                except (MdocError, RequestError, OSError, ValueError) as e:
+                    self._failed[name] = stamp
+                    log.error("model %s version %d not loaded: %s", name, newest, e)

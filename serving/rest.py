@@ -2,8 +2,10 @@
 
 A FastAPI app; the infer route reads the raw body itself, since a binary request is
 a JSON header (`Inference-Header-Content-Length` bytes) followed by the tensors' bytes,
-which no JSON body model can take. A body over `max_body` bytes gets 413 before it is
-read (`AccessLog`, which also writes the access log); malformed JSON, a bad tensor or an unknown model get 4xx with `{"error": ...}`.
+which no JSON body model can take. A body over `max_body` bytes gets 413: before it is
+read when its Content-Length says so (`AccessLog`, which also writes the access log), else
+as soon as the bytes read pass the limit. Malformed JSON, a bad tensor or an unknown model
+get 4xx with `{"error": ...}`; a model that fails to load through the repository API, 400.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import time
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+
+from mdoc.errors import MdocError
 
 from .codec import RequestError, from_bytes, from_json, to_bytes, to_json, v2_datatype
 from .metrics import CONTENT_TYPE_LATEST, log_access
@@ -32,6 +36,10 @@ def app(service: Service, max_body: int):
     @api.exception_handler(RequestError)
     async def refused(_request: Request, e: RequestError):
         return error(e)
+
+    @api.exception_handler(MdocError)
+    async def cannot_load(_request: Request, e: MdocError):
+        return error(RequestError(str(e)))
 
     @api.get("/v2/health/live")
     async def live():
@@ -66,9 +74,13 @@ def app(service: Service, max_body: int):
     @api.post("/v2/models/{name}/infer")
     @api.post("/v2/models/{name}/versions/{version}/infer")
     async def infer(name: str, request: Request, version: str | None = None):
-        body = await request.body()
-        if len(body) > max_body:
-            raise RequestError(f"request body of {len(body)} bytes is over the limit of {max_body}", 413)
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_body:
+                raise RequestError(f"request body of over {max_body} bytes is over the limit of {max_body}", 413)
+            chunks.append(chunk)
+        body = b"".join(chunks)
         header, binary = split_body(body, request.headers.get(HEADER))
         inputs, wanted, binary_out = parse_request(header, binary)
         mv, outs = await service.infer(name, version, inputs, list(wanted) or None, "http")
