@@ -95,7 +95,8 @@ RUN pip install --no-deps -r /srv/requirements.txt && pip install --no-deps /srv
 COPY models/ /srv/models/
 USER mdoc
 EXPOSE {HTTP_PORT} {GRPC_PORT}
-HEALTHCHECK CMD python -c "import urllib.request as u; u.urlopen('http://127.0.0.1:{HTTP_PORT}/v2/health/ready', timeout=2)"
+HEALTHCHECK CMD python -c \\
+    "import urllib.request as u; u.urlopen('http://127.0.0.1:{HTTP_PORT}/v2/health/ready', timeout=2)"
 CMD ["mdoc", "serve", "/srv/models", "--host", "0.0.0.0", "--port", "{HTTP_PORT}", "--grpc-port", "{GRPC_PORT}"]
 """
 

@@ -55,7 +55,8 @@ class Service:
 
     async def infer(self, name: str, version: str | None, inputs: list[tuple[str, str, np.ndarray]],
                     wanted: list[str] | None, protocol: str) -> tuple[ModelVersion, dict[str, np.ndarray]]:
-        """Run one request: `inputs` as (name, v2 datatype, array); the outputs asked for (all when `wanted` is None)."""
+        """Run one request: `inputs` as (name, v2 datatype, array); returns the outputs asked for (all when
+        `wanted` is None)."""
         started = time.perf_counter()
         if not self.ready:
             raise RequestError("the server is loading its models; retry when /v2/health/ready says so", 503)
