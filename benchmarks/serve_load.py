@@ -17,6 +17,7 @@ over without a failed or lost request.
 
     python benchmarks/serve_load.py                       # 2,000 requests per model and setting
     python benchmarks/serve_load.py --requests 20000      # the issue's load test
+    python benchmarks/serve_load.py --tvm-threads 1       # mdoc's model on one thread
 
 Exit status 1 when any request failed or was lost.
 """
@@ -47,6 +48,9 @@ def _args():
     p.add_argument("--delay-ms", type=float, default=2.0, help="dynamic batching's longest wait")
     p.add_argument("--image-size", type=int, default=32, help="the CNN's input size (models/sample.py)")
     p.add_argument("--width", type=int, default=16, help="the CNN's first conv's channels")
+    p.add_argument("--tvm-threads", type=int, default=0,
+                   help="TVM_NUM_THREADS for the server (default: the artifact's choice); TVM's pool spins after "
+                        "each call, which on few cores takes CPU from the HTTP side")
     return p.parse_args()
 
 
@@ -182,6 +186,8 @@ def run_setting(repo: Path, args, label: str, serve_args: list[str], bodies, exp
 
 def main() -> int:
     args = _args()
+    if args.tvm_threads:
+        os.environ["TVM_NUM_THREADS"] = str(args.tvm_threads)  # the server inherits it
     load = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="mdoc-serve-load-") as tmp:
         repo = build_repository(Path(tmp), args.image_size, args.width)
@@ -191,7 +197,8 @@ def main() -> int:
         expected = expected_outputs(repo, inputs)
         bodies = [request_body(x) for x in inputs]
         print(f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; {os.cpu_count()} cores; "
-              f"{args.clients} clients; CNN {args.image_size}x{args.image_size}, width {args.width}")
+              f"{args.clients} clients; CNN {args.image_size}x{args.image_size}, width {args.width}; "
+              f"TVM_NUM_THREADS={os.environ.get('TVM_NUM_THREADS', 'as the artifact chose')}")
         print(f"{'server':<22} {'model':<9} {'requests':>7} {'failures':>8} {'lost':>5} {'req/s':>9} "
               f"{'p50 ms':>8} {'p99 ms':>8}  answered by")
         plain = run_setting(repo, args, "no batching", ["--max-batch", "1"], bodies, expected)
