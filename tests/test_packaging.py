@@ -30,10 +30,10 @@ def test_wheel_in_fresh_venv(tmp_path):
 
     out = _run(venv / "bin" / "mdoc", "--help", cwd=tmp_path)
     assert "Usage: mdoc" in out
-    where = _run(py, "-c", "import mdoc, mdoc.passes, mdoc.targets, mdoc.models, mdoc.tooling, mdoc.cli; print(mdoc.__file__)",
+    where = _run(py, "-c", "import mdoc, mdoc.passes, mdoc.targets, mdoc.models, mdoc.tooling, mdoc.serving.cli, mdoc.cli; print(mdoc.__file__)",
                  cwd=tmp_path)
     assert str(venv) in where and str(ROOT) not in where
-    for top in ("compiler", "passes", "targets", "models", "tooling"):
+    for top in ("compiler", "passes", "targets", "models", "tooling", "serving"):
         r = subprocess.run([py, "-c", f"import {top}"], cwd=tmp_path, capture_output=True, text=True)
         assert r.returncode != 0, f"the wheel installs a top-level '{top}' package"
     passes = _run(venv / "bin" / "mdoc", "passes", cwd=tmp_path)
