@@ -41,7 +41,8 @@ def run_cmd(artifact, inputs, output, repeat, seed, as_json) -> None:
                    "outputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in outs.items()}})
         return
     for name, v in outs.items():
-        finite = v[np.isfinite(v)] if v.dtype.kind == "f" else v
+        values = v.astype(np.float64)  # ml_dtypes' float8 / int4 too: their own mean() is not a number
+        finite = values[np.isfinite(values)]
         summary = f"mean {finite.mean():.4g}, std {finite.std():.4g}" if finite.size else "empty"
         click.echo(f"{name}: {v.dtype}{list(v.shape)}  {summary}")
     click.echo(f"latency: median {median:.3f} ms, min {min(times) * 1000:.3f} ms over {len(times)} runs")
