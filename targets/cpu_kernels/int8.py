@@ -1,0 +1,334 @@
+"""Integer products on AVX-512 VNNI: u8 x s8 -> s32 dense layers and 2-D convolutions, requantized in the tile.
+
+Why: an int8 kernel moves a quarter of the bytes of a float one and `vpdpbusd` does 64
+multiply-adds per instruction against the 16 of a float FMA. The inner step is TVM's
+VNNI tensor intrinsic (`tvm.s_tir.tensor_intrin.x86`, `dot_16x4_vnni`): 16 int32 accumulators
++= 4 uint8 of the activation (one broadcast int32) times a 16 x 4 block of int8 weights.
+So the weights are packed at compile time in 4-byte reduction groups:
+
+    dense:  W [K, N]           -> [N / 16, K / 4, 16, 4]
+    conv:   W [OC, C, KH, KW]  -> [OC / 16, C / 4, KH, KW, 16, 4]        (the VNNI layout of TVM's
+                                                                         old conv2d_NCHWc_int8)
+
+and the activation is read in the same groups: a dense layer's rows as they are (K padded
+to a multiple of 4), a conv's input as NCHW4c (padded, packed by the kernel's first stage).
+
+Zero points and signs. vpdpbusd multiplies unsigned by signed bytes, so the activation must be
+uint8: an int8 one is shifted to uint8 (x ^ 0x80, its zero point + 128) where it is read.
+The weights are symmetric (zero point 0, what `mdoc quantize` and onnxruntime write), so
+
+    sum_k (x - xz) * w = sum_k x * w  -  xz * sum_k w
+
+and the second term is one int32 per output channel (`offset`), added with the accumulator.
+A conv pads with xz (so padded taps add (xz - xz) * w = 0). Then the epilogue, in the register
+tile before the store, in float32:
+
+    t = act(float(acc + offset[c]) * mult[c] + bias[c] + residual)      mult = x_scale * w_scale[c]
+    y = saturate(round(t / y_scale) + y_zero_point)                     when the op requantizes
+
+offset and mult are run-time inputs: a static model passes constants, a dynamically quantized
+one the vectors computed from that call's activation scale.
+
+Loops as the float kernels (`matmul.py`, `conv.py`): parallel over (column / channel block,
+row block / output row), the reduction, then the tile (rows or output columns x vectors of 16
+channels) with the 16 x 4 step tensorized.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from tvm import te, tirx
+from tvm.s_tir import Schedule
+from tvm.s_tir import TensorIntrin
+from tvm.s_tir.tensor_intrin.x86 import dot_product_16x4_u8i8i32_desc
+from tvm.script import tirx as T
+
+from .common import (TE_ACTIVATIONS, CpuSpec, Kernel, KernelError, Param, as_pads, ceil_div, finish, pick_block,
+                     window_tag)
+from .matmul import gemm_tile
+
+__all__ = ["QEpilogue", "has_vnni", "pack_qconv_weight", "pack_qdense_weight", "qconv2d", "qdense"]
+
+LANES = 16  # int32 accumulators in one AVX-512 vector
+GROUP = 4  # bytes one vpdpbusd lane reduces
+
+
+@T.prim_func(s_tir=True)
+def _vnni_16x4(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
+               C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+    # TVM's own `dot_16x4_vnni` passes the bytes as <16 x i32>; LLVM 22's vpdpbusd takes <64 x i8>
+    with T.sblock("root"):
+        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+        T.writes(C[0:16])
+        a = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 16), dtype="uint8x64")
+        C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), C.vload([0], dtype="int32x16"), a,
+            B.vload([0, 0], dtype="int8x64"), dtype="int32x16")
+
+
+VNNI_16x4 = "mdoc_dot_16x4_vnni"
+if TensorIntrin.get(VNNI_16x4, allow_missing=True) is None:
+    TensorIntrin.register(VNNI_16x4, dot_product_16x4_u8i8i32_desc, _vnni_16x4)
+
+
+def has_vnni(spec: CpuSpec) -> bool:
+    """Whether the target's CPU has the 512-bit VNNI dot product these kernels are written for."""
+    return "avx512_vnni" in spec.dot_product and spec.lanes == LANES
+
+
+@dataclass(frozen=True)
+class QEpilogue:
+    """What an integer kernel does after the accumulation (see the module docstring).
+
+    signed: the activation is int8 (shifted to uint8 on reading), else uint8.
+    bias / residual: float32 vector per output channel / tensor of the result's shape.
+    activation, alpha, beta: as `Epilogue` (relu, clip, ...).
+    y_scale, y_zero_point, out_dtype: requantization to uint8 / int8; None: float32 result.
+    """
+
+    signed: bool = False
+    bias: bool = False
+    residual: bool = False
+    activation: str | None = None
+    alpha: float | None = None
+    beta: float | None = None
+    y_scale: float | None = None
+    y_zero_point: int = 0
+    out_dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.activation is not None and self.activation not in TE_ACTIVATIONS:
+            raise KernelError(f"unknown fused activation {self.activation!r}; supported: {', '.join(TE_ACTIVATIONS)}")
+        if (self.y_scale is None) != (self.out_dtype == "float32"):
+            raise KernelError("an integer kernel's result is float32 exactly when it does not requantize")
+
+    def value(self, acc, offset, mult, bias, residual):
+        from mdoc.activations import ACTIVATIONS
+
+        t = (acc + offset).astype("float32") * mult
+        if bias is not None:
+            t = t + bias
+        if residual is not None:
+            t = t + residual
+        if self.activation is not None:
+            spec = ACTIVATIONS[self.activation]
+            t = TE_ACTIVATIONS[self.activation](t, spec.alpha if self.alpha is None else self.alpha,
+                                                spec.beta if self.beta is None else self.beta)
+        if self.y_scale is None:
+            return t
+        info = np.iinfo(self.out_dtype)
+        q = tirx.nearbyint(t * tirx.const(1.0 / self.y_scale, "float32")) + tirx.const(float(self.y_zero_point),
+                                                                                      "float32")
+        q = tirx.max(tirx.min(q, tirx.const(float(info.max), "float32")), tirx.const(float(info.min), "float32"))
+        return q.astype(self.out_dtype)
+
+    def tag(self) -> str:
+        parts = (["s8"] if self.signed else []) + (["bias"] if self.bias else []) + (["res"] if self.residual else [])
+        parts += ([self.activation] if self.activation else []) + ([f"q{self.out_dtype[:-1]}"] if self.y_scale else [])
+        return "_".join(parts)
+
+    def extra(self, shape_c: int, res_shape: tuple):
+        """The float placeholders the epilogue reads (bias [C], residual) and their Params."""
+        tensors, params, bias, residual = [], [], None, None
+        if self.bias:
+            bias = te.placeholder((shape_c,), "float32", name="bias")
+            tensors.append(bias)
+            params.append(Param("bias", (shape_c,)))
+        if self.residual:
+            residual = te.placeholder(res_shape, "float32", name="residual")
+            tensors.append(residual)
+            params.append(Param("residual", res_shape))
+        return tensors, params, bias, residual
+
+
+def _as_u8(v, signed: bool):
+    """An activation byte as vpdpbusd reads it: uint8, an int8 shifted by 128 (x ^ 0x80)."""
+    return (v.astype("int32") + 128).astype("uint8") if signed else v
+
+
+def _check(spec: CpuSpec, op: str) -> None:
+    if not has_vnni(spec):
+        raise KernelError(f"{op}: the target's CPU has no AVX-512 VNNI (dot products: "
+                          f"{', '.join(spec.dot_product) or 'none'}); the generic integer kernels serve it")
+
+
+# -- dense ---------------------------------------------------------------------------------------
+def pack_qdense_weight(weight: np.ndarray, nv: int = 1) -> np.ndarray:
+    """int8 [K, N] -> [ceil(N / (16 nv)) nv, ceil(K / 4), 16, 4], zero padded."""
+    k, n = weight.shape
+    blocks, kg = ceil_div(ceil_div(n, LANES), nv) * nv, ceil_div(k, GROUP)
+    padded = np.zeros((kg * GROUP, blocks * LANES), np.int8)
+    padded[:k, :n] = weight
+    return np.ascontiguousarray(padded.reshape(kg, GROUP, blocks, LANES).transpose(2, 0, 3, 1))
+
+
+def qdense(a_shape, weight_shape, *, epilogue: QEpilogue = QEpilogue(), spec: CpuSpec | None = None,
+           name: str | None = None, tile: tuple[int, int] | None = None) -> Kernel:
+    """Y[M, N] = epilogue(A[M, K] @ W) with A uint8 (int8 with `epilogue.signed`) and W int8 [K, N].
+
+    Returns a Kernel f(a, weight (packed, `packers["weight"]`), offset [N] int32, mult [N] float32,
+    [bias], [residual], out).
+    """
+    spec = spec or CpuSpec.host()
+    _check(spec, "qdense")
+    m, k = (int(d) for d in a_shape)
+    k2, n = (int(d) for d in weight_shape)
+    if k2 != k:
+        raise KernelError(f"qdense: A {tuple(a_shape)} has K={k} but the weight {tuple(weight_shape)} K={k2}")
+    mr, nv = tile or gemm_tile(m, n, spec)
+    mp = ceil_div(m, mr) * mr
+    blocks = ceil_div(ceil_div(n, LANES), nv) * nv
+    kp = ceil_div(k, GROUP) * GROUP
+    adtype = "int8" if epilogue.signed else "uint8"
+
+    a = te.placeholder((m, k), adtype, name="a")
+    w = te.placeholder((blocks, kp // GROUP, LANES, GROUP), "int8", name="weight")
+    offset = te.placeholder((n,), "int32", name="offset")
+    mult = te.placeholder((n,), "float32", name="mult")
+    prepared = epilogue.signed or kp != k
+    if prepared:  # uint8 rows of whole groups (padded columns weigh 0)
+        src = te.compute((m, kp), lambda i, kk: tirx.if_then_else(
+            kk < k, _as_u8(a[i, tirx.min(kk, k - 1)], epilogue.signed), tirx.const(0, "uint8")), name="a_u8")
+    else:
+        src = a
+    rk = te.reduce_axis((0, kp), "k")
+    clamp = (lambda i: tirx.min(i, m - 1)) if mp != m else (lambda i: i)
+    acc = te.compute((mp, blocks * LANES), lambda i, j: te.sum(
+        src[clamp(i), rk].astype("int32") * w[j // LANES, rk // GROUP, j % LANES, rk % GROUP].astype("int32"),
+        axis=rk), name="acc")
+    extra, extra_params, bias, residual = epilogue.extra(n, (m, n))
+    out = te.compute((m, n), lambda i, j: epilogue.value(
+        acc[i, j], offset[j], mult[j], bias[j] if bias is not None else None,
+        residual[i, j] if residual is not None else None), name="out")
+    sch = Schedule(te.create_prim_func([a, w, offset, mult, *extra, out]))
+
+    ob, cb = sch.get_sblock("out"), sch.get_sblock("acc")
+    i, j = sch.get_loops(ob)
+    io, ii = sch.split(i, [None, mr])
+    jo, jv, jl = sch.split(j, [None, nv, LANES])
+    sch.reorder(jo, io, ii, jv, jl)
+    task = sch.fuse(jo, io)
+    sch.compute_at(cb, task, preserve_unit_loops=True)
+    ci, cj, ck = sch.get_loops(cb)[1:]
+    cjv, cjl = sch.split(cj, [nv, LANES])
+    cko, cki = sch.split(ck, [None, GROUP])
+    sch.reorder(cko, ci, cjv, cjl, cki)
+    sch.unroll(ci)
+    sch.unroll(cjv)
+    sch.parallel(task)
+    sch.unroll(ii)
+    sch.unroll(jv)
+    sch.vectorize(jl)
+    if prepared:
+        pb = sch.get_sblock("a_u8")
+        pi, pk = sch.get_loops(pb)
+        sch.parallel(pi)
+        sch.vectorize(pk) if kp <= 4096 else None
+    init = sch.decompose_reduction(cb, cko)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.tensorize(cjl, VNNI_16x4)
+
+    kname = name or f"qdense_{m}x{k}x{n}" + (f"_{epilogue.tag()}" if epilogue.tag() else "")
+    params = (Param("a", (m, k), adtype), Param("weight", (blocks, kp // GROUP, LANES, GROUP), "int8"),
+              Param("offset", (n,), "int32"), Param("mult", (n,)), *extra_params, Param("out", (m, n), epilogue.out_dtype))
+    return Kernel(kname, finish(sch.mod["main"], kname), params, 2 * m * n * k, f"mr={mr} nv={nv} vnni",
+                  packers={"weight": lambda x, _nv=nv: pack_qdense_weight(np.asarray(x, np.int8), _nv)})
+
+
+# -- conv ----------------------------------------------------------------------------------------
+def pack_qconv_weight(weight: np.ndarray) -> np.ndarray:
+    """int8 [OC, C, KH, KW] -> [ceil(OC / 16), ceil(C / 4), KH, KW, 16, 4], zero padded."""
+    oc, c, kh, kw = weight.shape
+    ob, cg = ceil_div(oc, LANES), ceil_div(c, GROUP)
+    padded = np.zeros((ob * LANES, cg * GROUP, kh, kw), np.int8)
+    padded[:oc, :c] = weight
+    return np.ascontiguousarray(padded.reshape(ob, LANES, cg, GROUP, kh, kw).transpose(0, 2, 4, 5, 1, 3))
+
+
+def qconv2d(data_shape, weight_shape, *, strides=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), x_zero_point: int = 0,
+            epilogue: QEpilogue = QEpilogue(), spec: CpuSpec | None = None, name: str | None = None,
+            tile: tuple[int] | None = None) -> Kernel:
+    """Y = epilogue(Conv(X - xz, W)) for NCHW uint8 (int8 with `epilogue.signed`) X and int8 W [OC, C, KH, KW]
+    (no groups), Y NCHW; x_zero_point (in X's own type) pads.
+
+    Returns a Kernel f(x, weight (packed, `packers["weight"]`), offset [OC] int32, mult [OC] float32,
+    [bias], [residual], out).
+    """
+    spec = spec or CpuSpec.host()
+    _check(spec, "qconv2d")
+    n, c, h, wd = (int(d) for d in data_shape)
+    oc, c2, kh, kw = (int(d) for d in weight_shape)
+    if c2 != c:
+        raise KernelError(f"qconv2d: data {tuple(data_shape)} has {c} channels, the weight {tuple(weight_shape)} "
+                          f"{c2} (grouped convs take the float kernels)")
+    (sh, sw), (dh, dw) = tuple(strides), tuple(dilation)
+    pt, pl, pb, pr = as_pads(padding, "qconv2d")
+    oh = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
+    ow = (wd + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    if oh < 1 or ow < 1:
+        raise KernelError(f"qconv2d: output would be empty ({oh}x{ow})")
+    ob, cg = ceil_div(oc, LANES), ceil_div(c, GROUP)
+    owb = (tile[0] if tile else pick_block(ow, max(1, spec.accumulators - 1), 4))
+    owp = ceil_div(ow, owb) * owb
+    hp = h + pt + pb
+    wp = max(wd + pl + pr, (owp - 1) * sw + dw * (kw - 1) + 1)
+    adtype = "int8" if epilogue.signed else "uint8"
+    pad_u8 = (x_zero_point + 128) if epilogue.signed else x_zero_point
+
+    x = te.placeholder((n, c, h, wd), adtype, name="x")
+    w = te.placeholder((ob, cg, kh, kw, LANES, GROUP), "int8", name="weight")
+    offset = te.placeholder((oc,), "int32", name="offset")
+    mult = te.placeholder((oc,), "float32", name="mult")
+
+    def packed(i, g, y, xx, v):
+        ch = g * GROUP + v
+        inside = tirx.all(y >= pt, y < pt + h, xx >= pl, xx < pl + wd)
+        value = _as_u8(x[i, tirx.min(ch, c - 1), tirx.min(tirx.max(y - pt, 0), h - 1),
+                         tirx.min(tirx.max(xx - pl, 0), wd - 1)], epilogue.signed)
+        value = tirx.if_then_else(inside, value, tirx.const(pad_u8, "uint8"))
+        return tirx.if_then_else(ch < c, value, tirx.const(0, "uint8"))
+
+    data = te.compute((n, cg, hp, wp, GROUP), packed, name="data")
+    rg, ry, rx, rv = (te.reduce_axis((0, cg), "g"), te.reduce_axis((0, kh), "ky"), te.reduce_axis((0, kw), "kx"),
+                      te.reduce_axis((0, GROUP), "v"))
+    acc = te.compute((n, ob, oh, owp, LANES), lambda i, b, y, xx, o: te.sum(
+        data[i, rg, y * sh + ry * dh, xx * sw + rx * dw, rv].astype("int32")
+        * w[b, rg, ry, rx, o, rv].astype("int32"), axis=[rg, ry, rx, rv]), name="acc")
+    extra, extra_params, bias, residual = epilogue.extra(oc, (n, oc, oh, ow))
+    out = te.compute((n, oc, oh, ow), lambda i, o, y, xx: epilogue.value(
+        acc[i, o // LANES, y, xx, o % LANES], offset[o], mult[o], bias[o] if bias is not None else None,
+        residual[i, o, y, xx] if residual is not None else None), name="out")
+    sch = Schedule(te.create_prim_func([x, w, offset, mult, *extra, out]))
+
+    # the packed input: one parallel pass
+    db = sch.get_sblock("data")
+    dl = sch.get_loops(db)
+    sch.parallel(sch.fuse(dl[0], dl[1], dl[2]))
+    sch.vectorize(sch.fuse(dl[3], dl[4])) if wp * GROUP <= 1024 else None
+    # the output: (image, channel block, row) in parallel, then blocks of owb columns
+    o_b, c_b = sch.get_sblock("out"), sch.get_sblock("acc")
+    i, o, y, xx = sch.get_loops(o_b)
+    bo, bl = sch.split(o, [None, LANES])
+    xo, xi = sch.split(xx, [None, owb])
+    sch.reorder(i, bo, y, xo, bl, xi)
+    task = sch.fuse(i, bo, y)
+    sch.parallel(task)
+    sch.compute_at(c_b, xo, preserve_unit_loops=True)
+    loops = sch.get_loops(c_b)
+    ci, cbk, cy, cx, co, rg_, ry_, rx_, rv_ = loops[-9:]
+    sch.reorder(rg_, ry_, rx_, cx, co, rv_)
+    sch.unroll(cx)
+    sch.vectorize(xi) if owb >= 4 else None
+    init = sch.decompose_reduction(c_b, rg_)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.tensorize(co, VNNI_16x4)
+
+    tag = window_tag((kh, kw), (sh, sw), (pt, pl, pb, pr), (dh, dw))
+    kname = name or f"qconv2d_{n}x{c}x{h}x{wd}_{oc}_{tag}" + (f"_{epilogue.tag()}" if epilogue.tag() else "")
+    params = (Param("x", (n, c, h, wd), adtype), Param("weight", (ob, cg, kh, kw, LANES, GROUP), "int8"),
+              Param("offset", (oc,), "int32"), Param("mult", (oc,)), *extra_params,
+              Param("out", (n, oc, oh, ow), epilogue.out_dtype))
+    return Kernel(kname, finish(sch.mod["main"], kname), params, 2 * n * oc * oh * ow * c * kh * kw,
+                  f"owb={owb} vnni", packers={"weight": lambda v: pack_qconv_weight(np.asarray(v, np.int8))})
