@@ -1,4 +1,5 @@
-"""`mdoc quantize MODEL -o OUT --calib DATA`: static int8 (QDQ) from calibration samples."""
+"""`mdoc quantize MODEL -o OUT --calib DATA`: static int8 (QDQ) from calibration samples; `--dynamic`: MatMul / Gemm
+with activation scales found at run time (no samples)."""
 
 from __future__ import annotations
 
@@ -11,15 +12,17 @@ from ..calibration import METHODS, load_samples
 from ..cli_options import emit_json, json_option
 from ..model_io import SUFFIXES, load_model, save_model
 from ..errors import MdocError
-from ..quantize import quantize_static
+from ..quantize import quantize_dynamic, quantize_static
 from .group import cli
 
 
 @cli.command("quantize")
 @click.argument("model", type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .onnx (QDQ) or .mdir.")
-@click.option("--calib", "calib", required=True, type=click.Path(),
+@click.option("--calib", "calib", default=None, type=click.Path(),
               help=".npz of samples stacked along a first axis, keyed by input name, or a folder of .npz files.")
+@click.option("--dynamic", is_flag=True, help="Dynamic int8 for MatMul / Gemm (transformers): weights int8, each "
+                                               "activation quantized per call from its min and max; no --calib.")
 @click.option("--method", type=click.Choice(METHODS), default="minmax", show_default=True,
               help="How an observed activation's range is chosen.")
 @click.option("--percentile", type=click.FloatRange(50, 100), default=99.99, show_default=True,
@@ -34,12 +37,25 @@ from .group import cli
 @click.option("--eval", "eval_data", type=click.Path(), default=None,
               help="Held-out samples for --max-drop, like --calib (default: the calibration samples).")
 @json_option
-def quantize_cmd(model, output, calib, method, percentile, per_channel, activations, exclude, max_drop, eval_data,
-                 as_json) -> None:
+def quantize_cmd(model, output, calib, dynamic, method, percentile, per_channel, activations, exclude, max_drop,
+                 eval_data, as_json) -> None:
     """Quantize MODEL to int8: Conv, MatMul and Gemm read int8 activations and weights (QDQ form)."""
     if not output.endswith(SUFFIXES):
         raise MdocError(f"{output}: unknown output format (use {' or '.join(SUFFIXES)})")
+    if dynamic == (calib is not None):
+        raise MdocError("mdoc quantize: give --calib DATA (static int8) or --dynamic (no samples), not both or neither")
     m = load_model(model)
+    if dynamic:
+        quantized, summary = quantize_dynamic(m, per_channel=per_channel, exclude=tuple(n for n in exclude.split(",") if n))
+        save_model(quantized, output)
+        summary = {"output": output, "method": "dynamic", **summary}
+        if as_json:
+            emit_json(summary)
+        else:
+            click.echo(f"wrote {output}: {summary['quantized_ops']} MatMul / Gemm on int8 weights, activations "
+                       f"quantized at run time; weights {summary['weight_bytes'] / 1e6:.2f} MB -> "
+                       f"{summary['quantized_weight_bytes'] / 1e6:.2f} MB")
+        return
     samples = load_samples(calib, m)
     held_out = load_samples(eval_data, m) if eval_data else None
     with tqdm(total=len(samples), desc="calibrate", file=sys.stderr, leave=False,
