@@ -42,8 +42,6 @@ import numpy as np
 from tvm import te, tirx
 from tvm.s_tir import Schedule
 from tvm.s_tir import TensorIntrin
-from tvm.s_tir.tensor_intrin.x86 import dot_product_16x4_u8i8i32_desc
-from tvm.script import tirx as T
 
 from .common import (TE_ACTIVATIONS, CpuSpec, Kernel, KernelError, Param, as_pads, ceil_div, finish, pick_block,
                      window_tag)
@@ -55,22 +53,46 @@ LANES = 16  # int32 accumulators in one AVX-512 vector
 GROUP = 4  # bytes one vpdpbusd lane reduces
 
 
-@T.prim_func(s_tir=True)
-def _vnni_16x4(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
-               C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
-    # TVM's own `dot_16x4_vnni` passes the bytes as <16 x i32>; LLVM 22's vpdpbusd takes <64 x i8>
-    with T.sblock("root"):
-        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-        T.writes(C[0:16])
-        a = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 16), dtype="uint8x64")
-        C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), C.vload([0], dtype="int32x16"), a,
-            B.vload([0, 0], dtype="int8x64"), dtype="int32x16")
-
-
 VNNI_16x4 = "mdoc_dot_16x4_vnni"
-if TensorIntrin.get(VNNI_16x4, allow_missing=True) is None:
-    TensorIntrin.register(VNNI_16x4, dot_product_16x4_u8i8i32_desc, _vnni_16x4)
+
+
+def _vnni_intrinsic() -> str:
+    """The 16 x 4 u8 x s8 -> s32 step, registered on first use.
+
+    Not TVM's `dot_16x4_vnni`: it passes the bytes as <16 x i32>, and LLVM 22's vpdpbusd takes <64 x i8>.
+    Not imported from `tvm.s_tir.tensor_intrin` either: that package parses ~500 TVMScript intrinsics of
+    every target on import (about 20 s of CPU, minutes on a loaded machine).
+    """
+    if TensorIntrin.get(VNNI_16x4, allow_missing=True) is not None:
+        return VNNI_16x4
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def desc(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
+             C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:16])
+            for i in T.serial(0, 16):
+                for k in T.serial(0, 4):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
+             C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:16])
+            a = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 16),
+                              dtype="uint8x64")
+            C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), C.vload([0], dtype="int32x16"), a,
+                B.vload([0, 0], dtype="int8x64"), dtype="int32x16")
+
+    TensorIntrin.register(VNNI_16x4, desc, impl)
+    return VNNI_16x4
 
 
 def has_vnni(spec: CpuSpec) -> bool:
@@ -228,7 +250,7 @@ def qdense(a_shape, weight_shape, *, epilogue: QEpilogue = QEpilogue(), spec: Cp
         sch.vectorize(pk) if kp <= 4096 else None
     init = sch.decompose_reduction(cb, cko)
     sch.vectorize(sch.get_loops(init)[-1])
-    sch.tensorize(cjl, VNNI_16x4)
+    sch.tensorize(cjl, _vnni_intrinsic())
 
     kname = name or f"qdense_{m}x{k}x{n}" + (f"_{epilogue.tag()}" if epilogue.tag() else "")
     params = (Param("a", (m, k), adtype), Param("weight", (blocks, kp // GROUP, LANES, GROUP), "int8"),
@@ -323,7 +345,7 @@ def qconv2d(data_shape, weight_shape, *, strides=(1, 1), padding=(0, 0, 0, 0), d
     sch.vectorize(xi) if owb >= 4 else None
     init = sch.decompose_reduction(c_b, rg_)
     sch.vectorize(sch.get_loops(init)[-1])
-    sch.tensorize(co, VNNI_16x4)
+    sch.tensorize(co, _vnni_intrinsic())
 
     tag = window_tag((kh, kw), (sh, sw), (pt, pl, pb, pr), (dh, dw))
     kname = name or f"qconv2d_{n}x{c}x{h}x{wd}_{oc}_{tag}" + (f"_{epilogue.tag()}" if epilogue.tag() else "")

@@ -1,0 +1,156 @@
+"""The VNNI integer kernels (`cpu_kernels/int8.py`): numbers against numpy for uint8 / int8 activations, float and
+requantized results, the `vpdpbusd` instruction in the built library, and a quantized model compiled for this host
+agreeing with onnxruntime on the same QDQ model."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import tvm
+from onnx import helper
+from onnx.reference import ReferenceEvaluator
+
+from mdoc.targets.cpu_kernels import CpuSpec
+from mdoc.targets.cpu_kernels.int8 import QEpilogue, has_vnni, pack_qconv_weight, pack_qdense_weight, qconv2d, qdense
+
+pytestmark = pytest.mark.skipif(not has_vnni(CpuSpec.host()), reason="this host has no AVX-512 VNNI")
+RNG = np.random.default_rng(0)
+
+
+def _run(kernel, *arrays) -> np.ndarray:
+    compiled = kernel.compile()
+    dev = tvm.cpu()
+    args = [tvm.runtime.tensor(a, dev) for a in arrays]
+    args.append(tvm.runtime.tensor(np.zeros(kernel.output.shape, kernel.output.dtype), dev))
+    compiled.fn(*args)
+    return args[-1].numpy()
+
+
+def _activation(shape, signed: bool) -> np.ndarray:
+    return (RNG.integers(-128, 128, shape).astype(np.int8) if signed else RNG.integers(0, 256, shape).astype(np.uint8))
+
+
+def _offset(w_sums: np.ndarray, xz: int, signed: bool) -> np.ndarray:
+    return (-(xz + (128 if signed else 0)) * w_sums).astype(np.int32)
+
+
+def _requantized(t: np.ndarray, epi: QEpilogue) -> np.ndarray:
+    if epi.y_scale is None:
+        return t
+    info = np.iinfo(epi.out_dtype)
+    return np.clip(np.rint(t / epi.y_scale) + epi.y_zero_point, info.min, info.max)
+
+
+@pytest.mark.parametrize("signed,requantize", [(False, False), (True, True)])
+def test_qdense_matches_numpy(signed, requantize):
+    m, k, n, xz = 13, 70, 40, (3 if signed else 130)  # K not a multiple of 4, N not of 16, M not of the tile
+    epi = QEpilogue(signed=signed, bias=True, activation="relu", y_scale=0.5 if requantize else None,
+                    y_zero_point=-2 if requantize else 0, out_dtype="int8" if requantize else "float32")
+    kernel = qdense((m, k), (k, n), epilogue=epi)
+    a, w = _activation((m, k), signed), RNG.integers(-127, 128, (k, n)).astype(np.int8)
+    mult, bias = (RNG.random(n) * 0.01).astype(np.float32), RNG.standard_normal(n).astype(np.float32)
+    nv = int(kernel.notes.split("nv=")[1].split()[0])
+    got = _run(kernel, a, pack_qdense_weight(w, nv), _offset(w.astype(np.int32).sum(0), xz, signed), mult, bias)
+    want = _requantized(np.maximum((a.astype(np.int64) - xz) @ w.astype(np.int64) * mult + bias, 0), epi)
+    np.testing.assert_allclose(got.astype(np.float64), want, atol=1 if requantize else 1e-3)
+
+
+def _conv(x, w, strides, pads):
+    node = helper.make_node("Conv", ["x", "w"], ["y"], strides=list(strides), pads=list(pads))
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", 1, None),
+                                            helper.make_tensor_value_info("w", 1, None)],
+                              [helper.make_tensor_value_info("y", 1, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return ReferenceEvaluator(model).run(None, {"x": x, "w": w})[0].astype(np.float64)
+
+
+@pytest.mark.parametrize("shape,oc,k,stride,pad,signed,requantize", [
+    ((1, 3, 20, 20), 20, 3, 2, 1, False, False),  # a stem: 3 channels padded to 4, stride 2
+    ((2, 16, 9, 11), 32, 3, 1, 1, True, True),  # int8 activations, batch 2, requantized
+    ((1, 24, 7, 7), 40, 1, 1, 0, False, True),  # 1x1, ragged output channels
+])
+def test_qconv2d_matches_the_reference_conv(shape, oc, k, stride, pad, signed, requantize):
+    xz = 5 if signed else 120
+    epi = QEpilogue(signed=signed, bias=True, residual=True, activation="relu", y_scale=0.05 if requantize else None,
+                    out_dtype="uint8" if requantize else "float32")
+    kernel = qconv2d(shape, (oc, shape[1], k, k), strides=(stride,) * 2, padding=(pad,) * 4, x_zero_point=xz,
+                     epilogue=epi)
+    x, w = _activation(shape, signed), RNG.integers(-127, 128, (oc, shape[1], k, k)).astype(np.int8)
+    mult, bias = (RNG.random(oc) * 1e-3).astype(np.float32), RNG.standard_normal(oc).astype(np.float32)
+    residual = RNG.standard_normal(kernel.output.shape).astype(np.float32)
+    got = _run(kernel, x, pack_qconv_weight(w), _offset(w.astype(np.int32).sum((1, 2, 3)), xz, signed), mult, bias,
+               residual)
+    t = _conv(x.astype(np.float32) - xz, w.astype(np.float32), (stride,) * 2, (pad,) * 4)
+    want = _requantized(np.maximum(t * mult[:, None, None] + bias[:, None, None] + residual, 0), epi)
+    np.testing.assert_allclose(got.astype(np.float64), want, atol=1 if requantize else 1e-3)
+
+
+@pytest.mark.skipif(shutil.which("objdump") is None, reason="no objdump")
+@pytest.mark.parametrize("build", [
+    lambda: qdense((8, 64), (64, 32)),
+    lambda: qconv2d((1, 8, 6, 6), (16, 8, 3, 3), padding=(1, 1, 1, 1)),
+])
+def test_the_library_computes_with_vpdpbusd(build, tmp_path):
+    kernel = build()
+    tvm.compile(kernel.module(), tvm.target.Target(CpuSpec.host().target)).export_library(str(tmp_path / "k.so"))
+    asm = subprocess.run(["objdump", "-d", str(tmp_path / "k.so")], capture_output=True, text=True, check=True).stdout
+    assert "vpdpbusd" in asm
+
+
+def _compiled_agrees(proto, feeds: dict, tmp_path, atol: float) -> dict:
+    """Compile `proto` for this host, check it against onnxruntime on `feeds`; the manifest's kernels."""
+    import json
+
+    import mdoc
+    from mdoc.reference import run_onnxruntime
+
+    import onnx
+
+    onnx.save(proto, tmp_path / "model.onnx")
+    mdoc.compile(tmp_path / "model.onnx", target="x86", output=tmp_path / "art")
+    got, want = mdoc.load(tmp_path / "art")(**feeds), run_onnxruntime(proto, feeds)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], atol=atol)
+    return json.loads((tmp_path / "art" / "manifest.json").read_text())["kernels"]
+
+
+def test_a_static_qdq_model_compiles_to_the_integer_kernels_and_agrees_with_onnxruntime(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent / "passes"))
+    from test_fuse_quantized import _cnn, _samples
+
+    from mdoc.onnx_export import export_model
+    from mdoc.onnx_import import import_model
+    from mdoc.quantize import quantize_static
+
+    qdq, _ = quantize_static(import_model(_cnn()), _samples())
+    proto = export_model(qdq)
+    # float results of integer accumulators: the same up to float rounding (a requantized
+    # activation may land one step off where onnxruntime's float product sits on a rounding edge)
+    kernels = _compiled_agrees(proto, _samples(1)[0], tmp_path, atol=0.05)
+    names = [k for ks in kernels.values() for k in ks]
+    assert sum(k.startswith("qconv2d") for k in names) == 3 and any(k.startswith("qdense") for k in names), kernels
+
+
+def test_a_dynamically_quantized_matmul_runs_on_qdense_with_its_run_time_scale(tmp_path):
+    from onnx import TensorProto, numpy_helper
+
+    from mdoc.onnx_export import export_model
+    from mdoc.onnx_import import import_model
+    from mdoc.quantize import quantize_dynamic
+
+    w = numpy_helper.from_array(RNG.standard_normal((64, 48)).astype(np.float32), "w")
+    b = numpy_helper.from_array(RNG.standard_normal(48).astype(np.float32), "b")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["m", "b"], ["a"]),
+             helper.make_node("Relu", ["a"], ["y"])]
+    graph = helper.make_graph(nodes, "mm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5, 48])], [w, b])
+    proto = export_model(quantize_dynamic(import_model(helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17)])))[0])
+    kernels = _compiled_agrees(proto, {"x": RNG.standard_normal((2, 5, 64)).astype(np.float32)}, tmp_path, atol=1e-4)
+    assert any(k.startswith("qdense_10x64x48_bias_relu") for ks in kernels.values() for k in ks), kernels
