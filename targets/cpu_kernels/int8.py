@@ -1,23 +1,27 @@
-"""Integer products on AVX-512 VNNI: u8 x s8 -> s32 dense layers and 2-D convolutions, requantized in the tile.
+"""Integer products on the CPU's int8 dot product: u8/s8 x s8 -> s32 dense layers and 2-D convolutions,
+requantized in the register tile.
 
-Why: an int8 kernel moves a quarter of the bytes of a float one and `vpdpbusd` does 64
-multiply-adds per instruction against the 16 of a float FMA. The inner step is TVM's
-VNNI tensor intrinsic (`tvm.s_tir.tensor_intrin.x86`, `dot_16x4_vnni`): 16 int32 accumulators
-+= 4 uint8 of the activation (one broadcast int32) times a 16 x 4 block of int8 weights.
-So the weights are packed at compile time in 4-byte reduction groups:
+Why: an int8 kernel moves a quarter of the bytes of a float one, and one dot-product instruction
+does 4 multiply-adds per int32 lane: AVX-512 VNNI's `vpdpbusd` 64 per instruction against the 16 of a
+float FMA; aarch64's `sdot` 16. AVX2 has no exact byte dot product (`vpmaddubsw` saturates a u8 x s8
+pair sum at int16, the issue onnxruntime documents for its AVX2 kernels), so there the activation bytes
+are widened to int16 and `vpmaddwd` multiplies them by int16 weights, 2 per lane, exactly. The inner step is a TVM tensor intrinsic
+(`DotProduct.intrinsic`): `lanes` int32 accumulators += `group` activation bytes (broadcast) times a
+lanes x group block of weights (group 4, or 2 for vpmaddwd). So the weights are packed at compile
+time in reduction groups:
 
-    dense:  W [K, N]           -> [N / 16, K / 4, 16, 4]
-    conv:   W [OC, C, KH, KW]  -> [OC / 16, C / 4, KH, KW, 16, 4]        (the VNNI layout of TVM's
-                                                                         old conv2d_NCHWc_int8)
+    dense:  W [K, N]           -> [N / lanes, K / group, lanes, group]
+    conv:   W [OC, C, KH, KW]  -> [OC / lanes, C / group, KH, KW, lanes, group]  (the layout of TVM's
+                                                                               old conv2d_NCHWc_int8)
 
 and the activation is read in the same groups: a dense layer's rows as they are (K padded
-to a multiple of 4), a conv's input as NCHW4c (padded, packed by the kernel's first stage).
+to a multiple of the group), a conv's input as NCHW[group]c (padded, packed by the kernel's first stage).
 
-Zero points and signs. vpdpbusd multiplies unsigned by signed bytes, so the activation must be
-uint8: an int8 one is shifted to uint8 (x ^ 0x80, its zero point + 128) where it is read.
-The weights are symmetric (zero point 0, what `mdoc quantize` and onnxruntime write), so
+Zero points and signs. x86 multiplies unsigned by signed bytes, aarch64's sdot signed by signed,
+so an activation of the other type is shifted by 128 where it is read (x ^ 0x80) and its zero
+point with it. The weights are symmetric (zero point 0, what `mdoc quantize` and onnxruntime write), so
 
-    sum_k (x - xz) * w = sum_k x * w  -  xz * sum_k w
+    sum_k (x - xz) * w = sum_k x' * w  -  (xz + shift) * sum_k w        (x' = x + shift)
 
 and the second term is one int32 per output channel (`offset`), added with the accumulator.
 A conv pads with xz (so padded taps add (xz - xz) * w = 0). Then the epilogue, in the register
@@ -30,8 +34,8 @@ offset and mult are run-time inputs: a static model passes constants, a dynamica
 one the vectors computed from that call's activation scale.
 
 Loops as the float kernels (`matmul.py`, `conv.py`): parallel over (column / channel block,
-row block / output row), the reduction, then the tile (rows or output columns x vectors of 16
-channels) with the 16 x 4 step tensorized.
+row block / output row), the reduction, then the tile (rows or output columns x vectors of
+channels) with the lanes x 4 step tensorized.
 """
 
 from __future__ import annotations
@@ -47,64 +51,132 @@ from .common import (TE_ACTIVATIONS, CpuSpec, Kernel, KernelError, Param, as_pad
                      window_tag)
 from .matmul import gemm_tile
 
-__all__ = ["QEpilogue", "has_vnni", "pack_qconv_weight", "pack_qdense_weight", "qconv2d", "qdense"]
-
-LANES = 16  # int32 accumulators in one AVX-512 vector
-GROUP = 4  # bytes one vpdpbusd lane reduces
+__all__ = ["DotProduct", "QEpilogue", "dot_product", "has_vnni", "pack_qconv_weight", "pack_qdense_weight", "qconv2d",
+           "qdense"]
 
 
-VNNI_16x4 = "mdoc_dot_16x4_vnni"
 
+@dataclass(frozen=True)
+class DotProduct:
+    """The int8 dot-product step of a CPU: `lanes` int32 accumulators += 4 activation bytes (broadcast) times a
+    lanes x 4 block of int8 weights, one tensor intrinsic.
 
-def _vnni_intrinsic() -> str:
-    """The 16 x 4 u8 x s8 -> s32 step, registered on first use.
-
-    Not TVM's `dot_16x4_vnni`: it passes the bytes as <16 x i32>, and LLVM 22's vpdpbusd takes <64 x i8>.
-    Not imported from `tvm.s_tir.tensor_intrin` either: that package parses ~500 TVMScript intrinsics of
-    every target on import (about 20 s of CPU, minutes on a loaded machine).
+    name: the instruction the step is written with (what the tests look for in the library).
+    activation: the byte type it multiplies the weights by: x86's vpdpbusd / vpmaddwd take uint8,
+        aarch64's sdot int8 (an activation of the other type is shifted by 128 where it is read).
+    group: activation bytes one lane reduces (4; 2 for vpmaddwd).
+    weight: how the packed weights are stored (int8; int16 for vpmaddwd, which multiplies 16-bit pairs).
     """
-    if TensorIntrin.get(VNNI_16x4, allow_missing=True) is not None:
-        return VNNI_16x4
+
+    name: str
+    lanes: int
+    activation: str
+    group: int = 4
+    weight: str = "int8"
+
+    def shift(self, signed: bool) -> int:
+        """What is added to an activation (of type int8 if `signed`, else uint8) to read it as `activation`."""
+        if signed == (self.activation == "int8"):
+            return 0
+        return 128 if signed else -128
+
+    def intrinsic(self) -> str:
+        """The tensor intrinsic's name, registered on first use.
+
+        Not TVM's `dot_16x4_vnni`: it passes the bytes as <16 x i32>, and LLVM 22's vpdpbusd takes
+        <64 x i8>. Nor imported from `tvm.s_tir.tensor_intrin` at all: that package parses ~500
+        TVMScript intrinsics of every target on import (about 20 s of CPU, minutes on a loaded machine).
+        """
+        key = f"mdoc_dot_{self.lanes}x4_{self.name}"
+        if TensorIntrin.get(key, allow_missing=True) is None:
+            TensorIntrin.register(key, *_intrinsic(self))
+        return key
+
+
+def _intrinsic(step: DotProduct):
     from tvm.script import tirx as T
 
+    lanes, adtype, group, wdtype, name = step.lanes, step.activation, step.group, step.weight, step.name
+
     @T.prim_func(s_tir=True)
-    def desc(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
-             C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+    def desc(A: T.Buffer((group,), adtype, offset_factor=1), B: T.Buffer((lanes, group), wdtype, offset_factor=1),
+             C: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
         with T.sblock("root"):
-            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-            T.writes(C[0:16])
-            for i in T.serial(0, 16):
-                for k in T.serial(0, 4):
+            T.reads(C[0:lanes], A[0:group], B[0:lanes, 0:group])
+            T.writes(C[0:lanes])
+            for i in T.serial(0, lanes):
+                for k in T.serial(0, group):
                     with T.sblock("update"):
                         vi, vk = T.axis.remap("SR", [i, k])
                         C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
 
-    @T.prim_func(s_tir=True)
-    def impl(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
-             C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-            T.writes(C[0:16])
-            a = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 16),
-                              dtype="uint8x64")
-            C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), C.vload([0], dtype="int32x16"), a,
-                B.vload([0, 0], dtype="int8x64"), dtype="int32x16")
+    if name == "vpdpbusd":
+        @T.prim_func(s_tir=True)
+        def impl(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
+                 C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+            with T.sblock("root"):
+                T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+                T.writes(C[0:16])
+                a = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 16),
+                                  dtype="uint8x64")
+                C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), C.vload([0], dtype="int32x16"), a,
+                    B.vload([0, 0], dtype="int8x64"), dtype="int32x16")
+    elif name == "vpmaddwd":
+        # two bytes widened to int16 against int16 weights: exact (vpmaddubsw on bytes would saturate a
+        # u8 x s8 pair sum at int16, the "saturation issue" onnxruntime documents for AVX2)
+        madd = "llvm.x86.avx512.pmaddw.d.512" if lanes == 16 else "llvm.x86.avx2.pmadd.wd"
 
-    TensorIntrin.register(VNNI_16x4, desc, impl)
-    return VNNI_16x4
+        @T.prim_func(s_tir=True)
+        def impl(A: T.Buffer((2,), "uint8", offset_factor=1), B: T.Buffer((lanes, 2), "int16", offset_factor=1),
+                 C: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
+            with T.sblock("root"):
+                T.reads(C[0:lanes], A[0:2], B[0:lanes, 0:2])
+                T.writes(C[0:lanes])
+                a = T.reinterpret(T.broadcast(T.reinterpret(T.cast(A.vload([0], "uint8x2"), "int16x2"),
+                                                            dtype="int32"), lanes), dtype=f"int16x{lanes * 2}")
+                C[T.ramp(T.int32(0), 1, lanes)] = C.vload([0], dtype=f"int32x{lanes}") + T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id(madd), a, B.vload([0, 0], dtype=f"int16x{lanes * 2}"),
+                    dtype=f"int32x{lanes}")
+    else:  # sdot: each int32 lane += the dot product of its 4 bytes of both operands
+        @T.prim_func(s_tir=True)
+        def impl(A: T.Buffer((4,), "int8", offset_factor=1), B: T.Buffer((4, 4), "int8", offset_factor=1),
+                 C: T.Buffer((4,), "int32", offset_factor=1)) -> None:
+            with T.sblock("root"):
+                T.reads(C[0:4], A[0:4], B[0:4, 0:4])
+                T.writes(C[0:4])
+                a = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "int8x4"), dtype="int32"), 4),
+                                  dtype="int8x16")
+                C[T.ramp(T.int32(0), 1, 4)] = T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"), C.vload([0], dtype="int32x4"),
+                    B.vload([0, 0], dtype="int8x16"), a, dtype="int32x4")
+    return desc, impl
+
+
+def dot_product(spec: CpuSpec) -> DotProduct | None:
+    """The int8 step the target's CPU has: vpdpbusd (AVX-512 VNNI), vpmaddwd (AVX2, AVX-512 without VNNI),
+    sdot (aarch64 with the dot-product extension), or None (the generic integer kernels serve it)."""
+    if spec.isa in ("avx512", "avx2"):
+        vnni = "avx512_vnni" in spec.dot_product and spec.lanes == 16
+        if vnni:
+            return DotProduct("vpdpbusd", 16, "uint8")
+        return DotProduct("vpmaddwd", spec.lanes, "uint8", group=2, weight="int16")
+    if spec.isa == "neon" and "dotprod" in spec.dot_product:
+        return DotProduct("sdot", 4, "int8")
+    return None
 
 
 def has_vnni(spec: CpuSpec) -> bool:
-    """Whether the target's CPU has the 512-bit VNNI dot product these kernels are written for."""
-    return "avx512_vnni" in spec.dot_product and spec.lanes == LANES
+    """Whether the target's CPU has the 512-bit VNNI dot product."""
+    step = dot_product(spec)
+    return step is not None and step.name == "vpdpbusd"
 
 
 @dataclass(frozen=True)
 class QEpilogue:
     """What an integer kernel does after the accumulation (see the module docstring).
 
-    signed: the activation is int8 (shifted to uint8 on reading), else uint8.
+    signed: the activation is int8, else uint8 (either is shifted on reading where the dot product wants the other).
     bias / residual: float32 vector per output channel / tensor of the result's shape.
     activation, alpha, beta: as `Epilogue` (relu, clip, ...).
     y_scale, y_zero_point, out_dtype: requantization to uint8 / int8; None: float32 result.
@@ -165,23 +237,28 @@ class QEpilogue:
         return tensors, params, bias, residual
 
 
-def _as_u8(v, signed: bool):
-    """An activation byte as vpdpbusd reads it: uint8, an int8 shifted by 128 (x ^ 0x80)."""
-    return (v.astype("int32") + 128).astype("uint8") if signed else v
+def _as_dot(v, signed: bool, step: DotProduct):
+    """An activation byte as the dot product reads it: shifted by 128 when its type is the other one."""
+    shift = step.shift(signed)
+    return (v.astype("int32") + shift).astype(step.activation) if shift else v
 
 
-def _check(spec: CpuSpec, op: str) -> None:
-    if not has_vnni(spec):
-        raise KernelError(f"{op}: the target's CPU has no AVX-512 VNNI (dot products: "
-                          f"{', '.join(spec.dot_product) or 'none'}); the generic integer kernels serve it")
+def _step(spec: CpuSpec, op: str) -> DotProduct:
+    step = dot_product(spec)
+    if step is None:
+        raise KernelError(f"{op}: the target's CPU ({spec.isa}; dot products: {', '.join(spec.dot_product) or 'none'}) "
+                          "has no int8 dot product these kernels use; the generic integer kernels serve it")
+    return step
 
 
 # -- dense ---------------------------------------------------------------------------------------
-def pack_qdense_weight(weight: np.ndarray, nv: int = 1) -> np.ndarray:
-    """int8 [K, N] -> [ceil(N / (16 nv)) nv, ceil(K / 4), 16, 4], zero padded."""
+def pack_qdense_weight(weight: np.ndarray, nv: int = 1, lanes: int = 16, group: int = 4,
+                       dtype: str = "int8") -> np.ndarray:
+    """int8 [K, N] -> [ceil(N / (lanes nv)) nv, ceil(K / group), lanes, group] of `dtype`, zero padded."""
+    LANES, GROUP = lanes, group
     k, n = weight.shape
     blocks, kg = ceil_div(ceil_div(n, LANES), nv) * nv, ceil_div(k, GROUP)
-    padded = np.zeros((kg * GROUP, blocks * LANES), np.int8)
+    padded = np.zeros((kg * GROUP, blocks * LANES), dtype)
     padded[:k, :n] = weight
     return np.ascontiguousarray(padded.reshape(kg, GROUP, blocks, LANES).transpose(2, 0, 3, 1))
 
@@ -194,7 +271,8 @@ def qdense(a_shape, weight_shape, *, epilogue: QEpilogue = QEpilogue(), spec: Cp
     [bias], [residual], out).
     """
     spec = spec or CpuSpec.host()
-    _check(spec, "qdense")
+    step = _step(spec, "qdense")
+    LANES, GROUP = step.lanes, step.group
     m, k = (int(d) for d in a_shape)
     k2, n = (int(d) for d in weight_shape)
     if k2 != k:
@@ -206,13 +284,14 @@ def qdense(a_shape, weight_shape, *, epilogue: QEpilogue = QEpilogue(), spec: Cp
     adtype = "int8" if epilogue.signed else "uint8"
 
     a = te.placeholder((m, k), adtype, name="a")
-    w = te.placeholder((blocks, kp // GROUP, LANES, GROUP), "int8", name="weight")
+    w = te.placeholder((blocks, kp // GROUP, LANES, GROUP), step.weight, name="weight")
     offset = te.placeholder((n,), "int32", name="offset")
     mult = te.placeholder((n,), "float32", name="mult")
-    prepared = epilogue.signed or kp != k
-    if prepared:  # uint8 rows of whole groups (padded columns weigh 0)
+    prepared = step.shift(epilogue.signed) != 0 or kp != k
+    if prepared:  # rows of whole groups in the dot product's type (padded columns weigh 0)
         src = te.compute((m, kp), lambda i, kk: tirx.if_then_else(
-            kk < k, _as_u8(a[i, tirx.min(kk, k - 1)], epilogue.signed), tirx.const(0, "uint8")), name="a_u8")
+            kk < k, _as_dot(a[i, tirx.min(kk, k - 1)], epilogue.signed, step), tirx.const(0, step.activation)),
+            name="a_dot")
     else:
         src = a
     rk = te.reduce_axis((0, kp), "k")
@@ -244,27 +323,29 @@ def qdense(a_shape, weight_shape, *, epilogue: QEpilogue = QEpilogue(), spec: Cp
     sch.unroll(jv)
     sch.vectorize(jl)
     if prepared:
-        pb = sch.get_sblock("a_u8")
+        pb = sch.get_sblock("a_dot")
         pi, pk = sch.get_loops(pb)
         sch.parallel(pi)
         sch.vectorize(pk) if kp <= 4096 else None
     init = sch.decompose_reduction(cb, cko)
     sch.vectorize(sch.get_loops(init)[-1])
-    sch.tensorize(cjl, _vnni_intrinsic())
+    sch.tensorize(cjl, step.intrinsic())
 
     kname = name or f"qdense_{m}x{k}x{n}" + (f"_{epilogue.tag()}" if epilogue.tag() else "")
-    params = (Param("a", (m, k), adtype), Param("weight", (blocks, kp // GROUP, LANES, GROUP), "int8"),
+    params = (Param("a", (m, k), adtype), Param("weight", (blocks, kp // GROUP, LANES, GROUP), step.weight),
               Param("offset", (n,), "int32"), Param("mult", (n,)), *extra_params, Param("out", (m, n), epilogue.out_dtype))
-    return Kernel(kname, finish(sch.mod["main"], kname), params, 2 * m * n * k, f"mr={mr} nv={nv} vnni",
-                  packers={"weight": lambda x, _nv=nv: pack_qdense_weight(np.asarray(x, np.int8), _nv)})
+    return Kernel(kname, finish(sch.mod["main"], kname), params, 2 * m * n * k, f"mr={mr} nv={nv} {step.name}",
+                  packers={"weight": lambda x, _nv=nv, _s=step: pack_qdense_weight(np.asarray(x, np.int8), _nv, _s.lanes,
+                                                                                   _s.group, _s.weight)})
 
 
 # -- conv ----------------------------------------------------------------------------------------
-def pack_qconv_weight(weight: np.ndarray) -> np.ndarray:
-    """int8 [OC, C, KH, KW] -> [ceil(OC / 16), ceil(C / 4), KH, KW, 16, 4], zero padded."""
+def pack_qconv_weight(weight: np.ndarray, lanes: int = 16, group: int = 4, dtype: str = "int8") -> np.ndarray:
+    """int8 [OC, C, KH, KW] -> [ceil(OC / lanes), ceil(C / group), KH, KW, lanes, group] of `dtype`, zero padded."""
+    LANES, GROUP = lanes, group
     oc, c, kh, kw = weight.shape
     ob, cg = ceil_div(oc, LANES), ceil_div(c, GROUP)
-    padded = np.zeros((ob * LANES, cg * GROUP, kh, kw), np.int8)
+    padded = np.zeros((ob * LANES, cg * GROUP, kh, kw), dtype)
     padded[:oc, :c] = weight
     return np.ascontiguousarray(padded.reshape(ob, LANES, cg, GROUP, kh, kw).transpose(0, 2, 4, 5, 1, 3))
 
@@ -279,7 +360,8 @@ def qconv2d(data_shape, weight_shape, *, strides=(1, 1), padding=(0, 0, 0, 0), d
     [bias], [residual], out).
     """
     spec = spec or CpuSpec.host()
-    _check(spec, "qconv2d")
+    step = _step(spec, "qconv2d")
+    LANES, GROUP = step.lanes, step.group
     n, c, h, wd = (int(d) for d in data_shape)
     oc, c2, kh, kw = (int(d) for d in weight_shape)
     if c2 != c:
@@ -297,20 +379,20 @@ def qconv2d(data_shape, weight_shape, *, strides=(1, 1), padding=(0, 0, 0, 0), d
     hp = h + pt + pb
     wp = max(wd + pl + pr, (owp - 1) * sw + dw * (kw - 1) + 1)
     adtype = "int8" if epilogue.signed else "uint8"
-    pad_u8 = (x_zero_point + 128) if epilogue.signed else x_zero_point
+    pad = x_zero_point + step.shift(epilogue.signed)  # the zero point, read as the dot product reads bytes
 
     x = te.placeholder((n, c, h, wd), adtype, name="x")
-    w = te.placeholder((ob, cg, kh, kw, LANES, GROUP), "int8", name="weight")
+    w = te.placeholder((ob, cg, kh, kw, LANES, GROUP), step.weight, name="weight")
     offset = te.placeholder((oc,), "int32", name="offset")
     mult = te.placeholder((oc,), "float32", name="mult")
 
     def packed(i, g, y, xx, v):
         ch = g * GROUP + v
         inside = tirx.all(y >= pt, y < pt + h, xx >= pl, xx < pl + wd)
-        value = _as_u8(x[i, tirx.min(ch, c - 1), tirx.min(tirx.max(y - pt, 0), h - 1),
-                         tirx.min(tirx.max(xx - pl, 0), wd - 1)], epilogue.signed)
-        value = tirx.if_then_else(inside, value, tirx.const(pad_u8, "uint8"))
-        return tirx.if_then_else(ch < c, value, tirx.const(0, "uint8"))
+        value = _as_dot(x[i, tirx.min(ch, c - 1), tirx.min(tirx.max(y - pt, 0), h - 1),
+                          tirx.min(tirx.max(xx - pl, 0), wd - 1)], epilogue.signed, step)
+        value = tirx.if_then_else(inside, value, tirx.const(pad, step.activation))
+        return tirx.if_then_else(ch < c, value, tirx.const(0, step.activation))
 
     data = te.compute((n, cg, hp, wp, GROUP), packed, name="data")
     rg, ry, rx, rv = (te.reduce_axis((0, cg), "g"), te.reduce_axis((0, kh), "ky"), te.reduce_axis((0, kw), "kx"),
@@ -345,12 +427,14 @@ def qconv2d(data_shape, weight_shape, *, strides=(1, 1), padding=(0, 0, 0, 0), d
     sch.vectorize(xi) if owb >= 4 else None
     init = sch.decompose_reduction(c_b, rg_)
     sch.vectorize(sch.get_loops(init)[-1])
-    sch.tensorize(co, _vnni_intrinsic())
+    sch.tensorize(co, step.intrinsic())
 
     tag = window_tag((kh, kw), (sh, sw), (pt, pl, pb, pr), (dh, dw))
     kname = name or f"qconv2d_{n}x{c}x{h}x{wd}_{oc}_{tag}" + (f"_{epilogue.tag()}" if epilogue.tag() else "")
-    params = (Param("x", (n, c, h, wd), adtype), Param("weight", (ob, cg, kh, kw, LANES, GROUP), "int8"),
+    params = (Param("x", (n, c, h, wd), adtype), Param("weight", (ob, cg, kh, kw, LANES, GROUP), step.weight),
               Param("offset", (oc,), "int32"), Param("mult", (oc,)), *extra_params,
               Param("out", (n, oc, oh, ow), epilogue.out_dtype))
     return Kernel(kname, finish(sch.mod["main"], kname), params, 2 * n * oc * oh * ow * c * kh * kw,
-                  f"owb={owb} vnni", packers={"weight": lambda v: pack_qconv_weight(np.asarray(v, np.int8))})
+                  f"owb={owb} {step.name}",
+                  packers={"weight": lambda v, _s=step: pack_qconv_weight(np.asarray(v, np.int8), _s.lanes, _s.group,
+                                                                        _s.weight)})

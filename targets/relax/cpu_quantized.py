@@ -3,13 +3,14 @@
 `CpuKernels.lower_node` sends the two ops here. Each returns the node's result, or None for the
 generic converter (`converters/quantized.py`: int32 Relax ops, every target):
 
-    integer   on AVX-512 VNNI (`CpuSpec.dot_product`), static shapes, constant symmetric int8 weights,
+    integer   on the CPU's int8 dot product (`cpu_kernels.int8.dot_product`: vpdpbusd on AVX-512 VNNI,
+              vpmaddubsw on AVX2, sdot on aarch64 with dotprod), static shapes, constant symmetric int8 weights,
               one group: `cpu_kernels.int8.qconv2d` / `qdense`, the scales, bias, residual, activation
               and requantization in the kernel's epilogue. A static model's activation scale and zero
               point are constants; a dynamically quantized one's (qmatmul) are computed per call, and
               so are the kernel's `offset` and `mult` vectors (two small Relax ops).
     float     a qconv the integer kernel does not take (grouped and depthwise convs: a dot product over
-              4 input channels has nothing to reduce there; CPUs without VNNI) with constant scales:
+              4 input channels has nothing to reduce there; CPUs without a dot product) with constant scales:
               x dequantized, the float conv kernel with the dequantized weights and the op's tail,
               then quantized, so a quantized MobileNet runs at least at the float model's speed.
 """
@@ -25,7 +26,7 @@ from mdoc.activations import applied_from_attrs
 from mdoc.ir import Node
 from mdoc.quantized_ops import BIAS, RESIDUAL, W, W_SCALE, W_ZP, X, X_SCALE, X_ZP, Y_SCALE, Y_ZP
 
-from ..cpu_kernels.int8 import QEpilogue, has_vnni
+from ..cpu_kernels.int8 import QEpilogue, dot_product
 from ..cpu_kernels.request import KernelRequest
 from .context import is_static, reshaped
 from .converters.nn import _spatial_attrs
@@ -77,10 +78,10 @@ def _epilogue(ctx: "LowerCtx", node: Node, signed: bool) -> QEpilogue | None:
                      out_dtype=str(ctx.input_type(Y_ZP).dtype.numpy) if ctx.has_input(Y_SCALE) else "float32")
 
 
-def _offset_and_mult(ctx: "LowerCtx", w_sums: np.ndarray, w_scale: np.ndarray, signed: bool):
-    """The kernel's int32 `offset` (-xz * sum of each channel's weights, xz as uint8) and float `mult`
-    (x_scale * w_scale): constants for a static activation scale, else computed from the run-time scalars."""
-    shift = 128 if signed else 0
+def _offset_and_mult(ctx: "LowerCtx", w_sums: np.ndarray, w_scale: np.ndarray, shift: int):
+    """The kernel's int32 `offset` (-xz * sum of each channel's weights, xz read as the dot product reads
+    bytes: + `shift`) and float `mult` (x_scale * w_scale): constants for a static activation scale, else
+    computed from the run-time scalars."""
     xs, xz = _scalar(ctx, X_SCALE), _scalar(ctx, X_ZP, 0)
     if xs is not None and xz is not None:
         return (relax.const(((-(int(xz) + shift)) * w_sums).astype(np.int32)),
@@ -112,7 +113,8 @@ def qconv(kernels: "CpuKernels", ctx: "LowerCtx", node: Node) -> list | None:
         return None
     strides, dilations, pads = _spatial_attrs(ctx, x_shape[2:], list(w.shape[2:]))
     groups = int(node.attrs.get("group", 1))
-    if groups != 1 or not has_vnni(kernels.spec):
+    step = dot_product(kernels.spec)
+    if groups != 1 or step is None:
         return _float_conv(kernels, ctx, node, w, w_scale, strides, pads, dilations, groups)
     xz = _scalar(ctx, X_ZP, 0)
     if xz is None:
@@ -120,7 +122,7 @@ def qconv(kernels: "CpuKernels", ctx: "LowerCtx", node: Node) -> list | None:
     built = kernels._kernel(KernelRequest.of("qconv2d", x_shape, tuple(int(d) for d in w.shape),
                                              strides=tuple(strides), padding=tuple(pads), dilation=tuple(dilations),
                                              x_zero_point=int(xz), epilogue=epilogue))
-    offset, mult = _offset_and_mult(ctx, w.astype(np.int32).sum(axis=(1, 2, 3)), w_scale, signed)
+    offset, mult = _offset_and_mult(ctx, w.astype(np.int32).sum(axis=(1, 2, 3)), w_scale, step.shift(signed))
     args = _integer_args(ctx, built, ctx.input(X), offset, mult)
     if ctx.has_input(RESIDUAL):
         args.append(ctx.input(RESIDUAL))
@@ -157,7 +159,8 @@ def _quantized(ctx: "LowerCtx", y: relax.Expr) -> relax.Expr:
 def qmatmul(kernels: "CpuKernels", ctx: "LowerCtx", node: Node) -> list | None:
     a_shape = _static_shape(ctx, X)
     weights = _weights(ctx, 1)
-    if weights is None or not has_vnni(kernels.spec) or a_shape is None or len(a_shape) < 2:
+    step = dot_product(kernels.spec)
+    if weights is None or step is None or a_shape is None or len(a_shape) < 2:
         return None
     w, w_scale = weights
     signed = ctx.input_type(X).dtype.numpy == np.int8
@@ -167,7 +170,7 @@ def qmatmul(kernels: "CpuKernels", ctx: "LowerCtx", node: Node) -> list | None:
     m = int(np.prod(a_shape[:-1]))
     k, n = (int(d) for d in w.shape)
     built = kernels._kernel(KernelRequest.of("qdense", (m, k), (k, n), epilogue=epilogue))
-    offset, mult = _offset_and_mult(ctx, w.astype(np.int32).sum(axis=0), w_scale, signed)
+    offset, mult = _offset_and_mult(ctx, w.astype(np.int32).sum(axis=0), w_scale, step.shift(signed))
     args = _integer_args(ctx, built, reshaped(ctx, ctx.input(X), (m, k)), offset, mult)
     if ctx.has_input(RESIDUAL):
         args.append(reshaped(ctx, ctx.input(RESIDUAL), (m, n)))
