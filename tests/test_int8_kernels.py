@@ -174,7 +174,7 @@ def test_a_static_qdq_model_compiles_to_the_integer_kernels_and_agrees_with_onnx
 
 
 @needs_vnni
-def test_a_dynamically_quantized_matmul_runs_on_qdense_with_its_run_time_scale(tmp_path):
+def test_a_dynamically_quantized_matmul_runs_on_qdense_with_its_run_time_scale_and_rows(tmp_path):
     from onnx import TensorProto, numpy_helper
 
     from mdoc.onnx_export import export_model
@@ -185,12 +185,18 @@ def test_a_dynamically_quantized_matmul_runs_on_qdense_with_its_run_time_scale(t
     b = numpy_helper.from_array(RNG.standard_normal(48).astype(np.float32), "b")
     nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["m", "b"], ["a"]),
              helper.make_node("Relu", ["a"], ["y"])]
-    graph = helper.make_graph(nodes, "mm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5, 64])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5, 48])], [w, b])
+    graph = helper.make_graph(nodes, "mm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "S", 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "S", 48])], [w, b])
     proto = export_model(quantize_dynamic(import_model(helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", 17)])))[0])
+    # one kernel for every batch and sequence length: rows known at run time, the last tile clamped
     kernels = _compiled_agrees(proto, {"x": RNG.standard_normal((2, 5, 64)).astype(np.float32)}, tmp_path, atol=1e-4)
-    assert any(k.startswith("qdense_10x64x48_bias_relu") for ks in kernels.values() for k in ks), kernels
+    assert any(k.startswith("qdense_dx64x48_bias_relu") for ks in kernels.values() for k in ks), kernels
+    import mdoc
+    from mdoc.reference import run_onnxruntime
+
+    x = {"x": RNG.standard_normal((3, 17, 64)).astype(np.float32)}
+    np.testing.assert_allclose(mdoc.load(tmp_path / "art")(**x)["y"], run_onnxruntime(proto, x)["y"], atol=1e-4)
 
 
 @pytest.mark.slow

@@ -47,8 +47,8 @@ from tvm import te, tirx
 from tvm.s_tir import Schedule
 from tvm.s_tir import TensorIntrin
 
-from .common import (TE_ACTIVATIONS, CpuSpec, Kernel, KernelError, Param, as_pads, ceil_div, finish, pick_block,
-                     window_tag)
+from .common import (TE_ACTIVATIONS, CpuSpec, Kernel, KernelError, Param, as_dims, as_pads, ceil_div, finish,
+                     is_symbolic, pick_block, require_static, window_tag)
 from .matmul import gemm_tile
 
 __all__ = ["DotProduct", "QEpilogue", "dot_product", "has_vnni", "pack_qconv_weight", "pack_qdense_weight", "qconv2d",
@@ -273,7 +273,8 @@ def qdense(a_shape, weight_shape, *, epilogue: QEpilogue = QEpilogue(), spec: Cp
     spec = spec or CpuSpec.host()
     step = _step(spec, "qdense")
     LANES, GROUP = step.lanes, step.group
-    m, k = (int(d) for d in a_shape)
+    m, k = as_dims(a_shape)  # the rows may be a name: known at run time (a sequence), the last tile clamped
+    require_static("qdense", "K", k)
     k2, n = (int(d) for d in weight_shape)
     if k2 != k:
         raise KernelError(f"qdense: A {tuple(a_shape)} has K={k} but the weight {tuple(weight_shape)} K={k2}")
@@ -295,7 +296,7 @@ def qdense(a_shape, weight_shape, *, epilogue: QEpilogue = QEpilogue(), spec: Cp
     else:
         src = a
     rk = te.reduce_axis((0, kp), "k")
-    clamp = (lambda i: tirx.min(i, m - 1)) if mp != m else (lambda i: i)
+    clamp = (lambda i: tirx.min(i, m - 1)) if is_symbolic(m) or mp != m else (lambda i: i)
     acc = te.compute((mp, blocks * LANES), lambda i, j: te.sum(
         src[clamp(i), rk].astype("int32") * w[j // LANES, rk // GROUP, j % LANES, rk % GROUP].astype("int32"),
         axis=rk), name="acc")
@@ -331,7 +332,7 @@ def qdense(a_shape, weight_shape, *, epilogue: QEpilogue = QEpilogue(), spec: Cp
     sch.vectorize(sch.get_loops(init)[-1])
     sch.tensorize(cjl, step.intrinsic())
 
-    kname = name or f"qdense_{m}x{k}x{n}" + (f"_{epilogue.tag()}" if epilogue.tag() else "")
+    kname = name or f"qdense_{'d' if is_symbolic(m) else m}x{k}x{n}" + (f"_{epilogue.tag()}" if epilogue.tag() else "")
     params = (Param("a", (m, k), adtype), Param("weight", (blocks, kp // GROUP, LANES, GROUP), step.weight),
               Param("offset", (n,), "int32"), Param("mult", (n,)), *extra_params, Param("out", (m, n), epilogue.out_dtype))
     return Kernel(kname, finish(sch.mod["main"], kname), params, 2 * m * n * k, f"mr={mr} nv={nv} {step.name}",

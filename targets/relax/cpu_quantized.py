@@ -28,6 +28,7 @@ from mdoc.quantized_ops import BIAS, RESIDUAL, W, W_SCALE, W_ZP, X, X_SCALE, X_Z
 
 from ..cpu_kernels.int8 import QEpilogue, dot_product
 from ..cpu_kernels.request import KernelRequest
+from ..cpu_kernels.common import flat_spatial
 from .context import is_static, reshaped
 from .converters.nn import _spatial_attrs
 from .kernels import Tail
@@ -157,19 +158,21 @@ def _quantized(ctx: "LowerCtx", y: relax.Expr) -> relax.Expr:
 
 
 def qmatmul(kernels: "CpuKernels", ctx: "LowerCtx", node: Node) -> list | None:
-    a_shape = _static_shape(ctx, X)
+    a_shape = tuple(ctx.shape_of(ctx.input(X)))
     weights = _weights(ctx, 1)
     step = dot_product(kernels.spec)
-    if weights is None or step is None or a_shape is None or len(a_shape) < 2:
+    if weights is None or step is None or len(a_shape) < 2 or not is_static(a_shape[-1]):
         return None
     w, w_scale = weights
     signed = ctx.input_type(X).dtype.numpy == np.int8
     epilogue = _epilogue(ctx, node, signed)
     if epilogue is None:
         return None
-    m = int(np.prod(a_shape[:-1]))
+    from .cpu_strategy import _request_dims  # (cpu_strategy imports this module)
+
+    m = flat_spatial(a_shape[:-1])  # rows known at run time (batch, sequence) run in clamped tiles
     k, n = (int(d) for d in w.shape)
-    built = kernels._kernel(KernelRequest.of("qdense", (m, k), (k, n), epilogue=epilogue))
+    built = kernels._kernel(KernelRequest.of("qdense", *_request_dims((m, k)), (k, n), epilogue=epilogue))
     offset, mult = _offset_and_mult(ctx, w.astype(np.int32).sum(axis=0), w_scale, step.shift(signed))
     args = _integer_args(ctx, built, reshaped(ctx, ctx.input(X), (m, k)), offset, mult)
     if ctx.has_input(RESIDUAL):
