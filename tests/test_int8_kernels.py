@@ -146,7 +146,7 @@ def _compiled_agrees(proto, feeds: dict, tmp_path, atol: float, target: str = "x
     return json.loads((tmp_path / "art" / "manifest.json").read_text())["kernels"]
 
 
-def _qdq_cnn():
+def _qdq_cnn(batch: int | str = 1):
     sys.path.insert(0, str(Path(__file__).parent / "passes"))
     from test_fuse_quantized import _cnn, _samples
 
@@ -154,7 +154,7 @@ def _qdq_cnn():
     from mdoc.onnx_import import import_model
     from mdoc.quantize import quantize_static
 
-    qdq, _ = quantize_static(import_model(_cnn()), _samples())
+    qdq, _ = quantize_static(import_model(_cnn(batch)), _samples())
     return export_model(qdq), _samples(1)[0]
 
 
@@ -171,6 +171,14 @@ def test_a_static_qdq_model_compiles_to_the_integer_kernels_and_agrees_with_onnx
     kernels = _compiled_agrees(proto, feeds, tmp_path, atol=ATOL, target=preset)
     names = [k for ks in kernels.values() for k in ks]
     assert sum(k.startswith("qconv2d") for k in names) == 3 and any(k.startswith("qdense") for k in names), kernels
+
+
+@needs_vnni
+def test_a_run_time_batch_keeps_the_integer_convs(tmp_path):
+    proto, _ = _qdq_cnn("N")
+    x = {"x": RNG.standard_normal((3, 3, 16, 16)).astype(np.float32)}
+    kernels = _compiled_agrees(proto, x, tmp_path, atol=ATOL)
+    assert sum(k.startswith("qconv2d_dx") for ks in kernels.values() for k in ks) == 3, kernels
 
 
 @needs_vnni

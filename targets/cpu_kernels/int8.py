@@ -47,8 +47,8 @@ from tvm import te, tirx
 from tvm.s_tir import Schedule
 from tvm.s_tir import TensorIntrin
 
-from .common import (TE_ACTIVATIONS, CpuSpec, Kernel, KernelError, Param, as_dims, as_pads, ceil_div, finish,
-                     is_symbolic, pick_block, require_static, window_tag)
+from .common import (TE_ACTIVATIONS, CpuSpec, Kernel, KernelError, Param, as_dims, as_pads, batch_dims, ceil_div,
+                     finish, is_symbolic, pick_block, require_static, window_tag)
 from .matmul import gemm_tile
 
 __all__ = ["DotProduct", "QEpilogue", "dot_product", "has_vnni", "pack_qconv_weight", "pack_qdense_weight", "qconv2d",
@@ -363,7 +363,7 @@ def qconv2d(data_shape, weight_shape, *, strides=(1, 1), padding=(0, 0, 0, 0), d
     spec = spec or CpuSpec.host()
     step = _step(spec, "qconv2d")
     LANES, GROUP = step.lanes, step.group
-    n, c, h, wd = (int(d) for d in data_shape)
+    n, c, h, wd = batch_dims("qconv2d", data_shape)  # the batch may be known only at run time
     oc, c2, kh, kw = (int(d) for d in weight_shape)
     if c2 != c:
         raise KernelError(f"qconv2d: data {tuple(data_shape)} has {c} channels, the weight {tuple(weight_shape)} "
@@ -410,7 +410,7 @@ def qconv2d(data_shape, weight_shape, *, strides=(1, 1), padding=(0, 0, 0, 0), d
     # the packed input: one parallel pass
     db = sch.get_sblock("data")
     dl = sch.get_loops(db)
-    sch.parallel(sch.fuse(dl[0], dl[1], dl[2]))
+    sch.parallel(sch.fuse(dl[1], dl[2]) if is_symbolic(n) else sch.fuse(dl[0], dl[1], dl[2]))
     sch.vectorize(sch.fuse(dl[3], dl[4])) if wp * GROUP <= 1024 else None
     # the output: (image, channel block, row) in parallel, then blocks of owb columns
     o_b, c_b = sch.get_sblock("out"), sch.get_sblock("acc")
@@ -431,7 +431,7 @@ def qconv2d(data_shape, weight_shape, *, strides=(1, 1), padding=(0, 0, 0, 0), d
     sch.tensorize(co, step.intrinsic())
 
     tag = window_tag((kh, kw), (sh, sw), (pt, pl, pb, pr), (dh, dw))
-    kname = name or f"qconv2d_{n}x{c}x{h}x{wd}_{oc}_{tag}" + (f"_{epilogue.tag()}" if epilogue.tag() else "")
+    kname = name or f"qconv2d_{'d' if is_symbolic(n) else n}x{c}x{h}x{wd}_{oc}_{tag}" + (f"_{epilogue.tag()}" if epilogue.tag() else "")
     params = (Param("x", (n, c, h, wd), adtype), Param("weight", (ob, cg, kh, kw, LANES, GROUP), step.weight),
               Param("offset", (oc,), "int32"), Param("mult", (oc,)), *extra_params,
               Param("out", (n, oc, oh, ow), epilogue.out_dtype))

@@ -48,12 +48,6 @@ def _scalar(ctx: "LowerCtx", i: int, default=None):
     return None if value is None or np.asarray(value).size != 1 else np.asarray(value).reshape(()).item()
 
 
-def _static_shape(ctx: "LowerCtx", i: int) -> tuple[int, ...] | None:
-    """Operand i's shape when every dim is known at compile time (the integer kernels tile static shapes)."""
-    dims = ctx.shape_of(ctx.input(i))
-    return tuple(int(d) for d in dims) if all(is_static(d) for d in dims) else None
-
-
 def _weights(ctx: "LowerCtx", channels_axis: int):
     """(int8 weight, float32 per-channel scale) when the weight is a symmetric int8 constant, else None."""
     w = ctx.const(W)
@@ -103,16 +97,16 @@ def _integer_args(ctx: "LowerCtx", built, x, offset, mult) -> list:
 
 def qconv(kernels: "CpuKernels", ctx: "LowerCtx", node: Node) -> list | None:
     x_type = ctx.input_type(X)
-    x_shape = _static_shape(ctx, X)
+    x_shape = tuple(ctx.shape_of(ctx.input(X)))
     weights = _weights(ctx, 0)
-    if weights is None or x_shape is None or len(x_shape) != 4:
-        return None
+    if weights is None or len(x_shape) != 4 or not all(is_static(d) for d in x_shape[1:]):
+        return None  # (a run-time batch is fine: the kernels take it)
     w, w_scale = weights
     signed = x_type.dtype.numpy == np.int8
     epilogue = _epilogue(ctx, node, signed)
     if epilogue is None:
         return None
-    strides, dilations, pads = _spatial_attrs(ctx, x_shape[2:], list(w.shape[2:]))
+    strides, dilations, pads = _spatial_attrs(ctx, [int(d) for d in x_shape[2:]], list(w.shape[2:]))
     groups = int(node.attrs.get("group", 1))
     step = dot_product(kernels.spec)
     if groups != 1 or step is None:
@@ -120,7 +114,9 @@ def qconv(kernels: "CpuKernels", ctx: "LowerCtx", node: Node) -> list | None:
     xz = _scalar(ctx, X_ZP, 0)
     if xz is None:
         return None
-    built = kernels._kernel(KernelRequest.of("qconv2d", x_shape, tuple(int(d) for d in w.shape),
+    from .cpu_strategy import _request_dims  # (cpu_strategy imports this module)
+
+    built = kernels._kernel(KernelRequest.of("qconv2d", *_request_dims(x_shape), tuple(int(d) for d in w.shape),
                                              strides=tuple(strides), padding=tuple(pads), dilation=tuple(dilations),
                                              x_zero_point=int(xz), epilogue=epilogue))
     offset, mult = _offset_and_mult(ctx, w.astype(np.int32).sum(axis=(1, 2, 3)), w_scale, step.shift(signed))

@@ -51,8 +51,8 @@ def test_weight_scales_along_another_axis_are_refused_with_the_reason():
     assert "runs along another axis" in " ".join(explain(model.graph, QConv, model))
 
 
-def _cnn() -> onnx.ModelProto:
-    """Conv -> Relu -> Conv + 1x1 Conv (residual) -> GlobalAveragePool -> Flatten -> Gemm, batch 1."""
+def _cnn(batch: int | str = 1) -> onnx.ModelProto:
+    """Conv -> Relu -> Conv + 1x1 Conv (residual) -> GlobalAveragePool -> Flatten -> Gemm."""
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array((rng.standard_normal(s) * 0.3).astype(np.float32), name)
              for name, s in (("w1", (8, 3, 3, 3)), ("b1", (8,)), ("w2", (8, 8, 3, 3)), ("w3", (8, 8, 1, 1)),
@@ -63,8 +63,8 @@ def _cnn() -> onnx.ModelProto:
              N("Conv", ["r1", "w3"], ["c3"], name="conv3"), N("Add", ["c2", "c3"], ["s"]),
              N("GlobalAveragePool", ["s"], ["g"]), N("Flatten", ["g"], ["f"]),
              N("Gemm", ["f", "fw", "fb"], ["y"], transB=1, name="fc")]
-    graph = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])], inits)
+    graph = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 10])], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
