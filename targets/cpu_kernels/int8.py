@@ -255,12 +255,11 @@ def _step(spec: CpuSpec, op: str) -> DotProduct:
 def pack_qdense_weight(weight: np.ndarray, nv: int = 1, lanes: int = 16, group: int = 4,
                        dtype: str = "int8") -> np.ndarray:
     """int8 [K, N] -> [ceil(N / (lanes nv)) nv, ceil(K / group), lanes, group] of `dtype`, zero padded."""
-    LANES, GROUP = lanes, group
     k, n = weight.shape
-    blocks, kg = ceil_div(ceil_div(n, LANES), nv) * nv, ceil_div(k, GROUP)
-    padded = np.zeros((kg * GROUP, blocks * LANES), dtype)
+    blocks, kg = ceil_div(ceil_div(n, lanes), nv) * nv, ceil_div(k, group)
+    padded = np.zeros((kg * group, blocks * lanes), dtype)
     padded[:k, :n] = weight
-    return np.ascontiguousarray(padded.reshape(kg, GROUP, blocks, LANES).transpose(2, 0, 3, 1))
+    return np.ascontiguousarray(padded.reshape(kg, group, blocks, lanes).transpose(2, 0, 3, 1))
 
 
 def qdense(a_shape, weight_shape, *, epilogue: QEpilogue = QEpilogue(), spec: CpuSpec | None = None,
@@ -272,7 +271,7 @@ def qdense(a_shape, weight_shape, *, epilogue: QEpilogue = QEpilogue(), spec: Cp
     """
     spec = spec or CpuSpec.host()
     step = _step(spec, "qdense")
-    LANES, GROUP = step.lanes, step.group
+    lanes, group = step.lanes, step.group
     m, k = as_dims(a_shape)  # the rows may be a name: known at run time (a sequence), the last tile clamped
     require_static("qdense", "K", k)
     k2, n = (int(d) for d in weight_shape)
@@ -280,12 +279,12 @@ def qdense(a_shape, weight_shape, *, epilogue: QEpilogue = QEpilogue(), spec: Cp
         raise KernelError(f"qdense: A {tuple(a_shape)} has K={k} but the weight {tuple(weight_shape)} K={k2}")
     mr, nv = tile or gemm_tile(m, n, spec)
     mp = ceil_div(m, mr) * mr
-    blocks = ceil_div(ceil_div(n, LANES), nv) * nv
-    kp = ceil_div(k, GROUP) * GROUP
+    blocks = ceil_div(ceil_div(n, lanes), nv) * nv
+    kp = ceil_div(k, group) * group
     adtype = "int8" if epilogue.signed else "uint8"
 
     a = te.placeholder((m, k), adtype, name="a")
-    w = te.placeholder((blocks, kp // GROUP, LANES, GROUP), step.weight, name="weight")
+    w = te.placeholder((blocks, kp // group, lanes, group), step.weight, name="weight")
     offset = te.placeholder((n,), "int32", name="offset")
     mult = te.placeholder((n,), "float32", name="mult")
     prepared = step.shift(epilogue.signed) != 0 or kp != k
@@ -297,8 +296,8 @@ def qdense(a_shape, weight_shape, *, epilogue: QEpilogue = QEpilogue(), spec: Cp
         src = a
     rk = te.reduce_axis((0, kp), "k")
     clamp = (lambda i: tirx.min(i, m - 1)) if is_symbolic(m) or mp != m else (lambda i: i)
-    acc = te.compute((mp, blocks * LANES), lambda i, j: te.sum(
-        src[clamp(i), rk].astype("int32") * w[j // LANES, rk // GROUP, j % LANES, rk % GROUP].astype("int32"),
+    acc = te.compute((mp, blocks * lanes), lambda i, j: te.sum(
+        src[clamp(i), rk].astype("int32") * w[j // lanes, rk // group, j % lanes, rk % group].astype("int32"),
         axis=rk), name="acc")
     extra, extra_params, bias, residual = epilogue.extra(n, (m, n))
     out = te.compute((m, n), lambda i, j: epilogue.value(
@@ -309,13 +308,13 @@ def qdense(a_shape, weight_shape, *, epilogue: QEpilogue = QEpilogue(), spec: Cp
     ob, cb = sch.get_sblock("out"), sch.get_sblock("acc")
     i, j = sch.get_loops(ob)
     io, ii = sch.split(i, [None, mr])
-    jo, jv, jl = sch.split(j, [None, nv, LANES])
+    jo, jv, jl = sch.split(j, [None, nv, lanes])
     sch.reorder(jo, io, ii, jv, jl)
     task = sch.fuse(jo, io)
     sch.compute_at(cb, task, preserve_unit_loops=True)
     ci, cj, ck = sch.get_loops(cb)[1:]
-    cjv, cjl = sch.split(cj, [nv, LANES])
-    cko, cki = sch.split(ck, [None, GROUP])
+    cjv, cjl = sch.split(cj, [nv, lanes])
+    cko, cki = sch.split(ck, [None, group])
     sch.reorder(cko, ci, cjv, cjl, cki)
     sch.unroll(ci)
     sch.unroll(cjv)
@@ -333,7 +332,7 @@ def qdense(a_shape, weight_shape, *, epilogue: QEpilogue = QEpilogue(), spec: Cp
     sch.tensorize(cjl, step.intrinsic())
 
     kname = name or f"qdense_{'d' if is_symbolic(m) else m}x{k}x{n}" + (f"_{epilogue.tag()}" if epilogue.tag() else "")
-    params = (Param("a", (m, k), adtype), Param("weight", (blocks, kp // GROUP, LANES, GROUP), step.weight),
+    params = (Param("a", (m, k), adtype), Param("weight", (blocks, kp // group, lanes, group), step.weight),
               Param("offset", (n,), "int32"), Param("mult", (n,)), *extra_params, Param("out", (m, n), epilogue.out_dtype))
     return Kernel(kname, finish(sch.mod["main"], kname), params, 2 * m * n * k, f"mr={mr} nv={nv} {step.name}",
                   packers={"weight": lambda x, _nv=nv, _s=step: pack_qdense_weight(np.asarray(x, np.int8), _nv, _s.lanes,
@@ -343,12 +342,11 @@ def qdense(a_shape, weight_shape, *, epilogue: QEpilogue = QEpilogue(), spec: Cp
 # -- conv ----------------------------------------------------------------------------------------
 def pack_qconv_weight(weight: np.ndarray, lanes: int = 16, group: int = 4, dtype: str = "int8") -> np.ndarray:
     """int8 [OC, C, KH, KW] -> [ceil(OC / lanes), ceil(C / group), KH, KW, lanes, group] of `dtype`, zero padded."""
-    LANES, GROUP = lanes, group
     oc, c, kh, kw = weight.shape
-    ob, cg = ceil_div(oc, LANES), ceil_div(c, GROUP)
-    padded = np.zeros((ob * LANES, cg * GROUP, kh, kw), dtype)
+    ob, cg = ceil_div(oc, lanes), ceil_div(c, group)
+    padded = np.zeros((ob * lanes, cg * group, kh, kw), dtype)
     padded[:oc, :c] = weight
-    return np.ascontiguousarray(padded.reshape(ob, LANES, cg, GROUP, kh, kw).transpose(0, 2, 4, 5, 1, 3))
+    return np.ascontiguousarray(padded.reshape(ob, lanes, cg, group, kh, kw).transpose(0, 2, 4, 5, 1, 3))
 
 
 def qconv2d(data_shape, weight_shape, *, strides=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), x_zero_point: int = 0,
@@ -362,7 +360,7 @@ def qconv2d(data_shape, weight_shape, *, strides=(1, 1), padding=(0, 0, 0, 0), d
     """
     spec = spec or CpuSpec.host()
     step = _step(spec, "qconv2d")
-    LANES, GROUP = step.lanes, step.group
+    lanes, group = step.lanes, step.group
     n, c, h, wd = batch_dims("qconv2d", data_shape)  # the batch may be known only at run time
     oc, c2, kh, kw = (int(d) for d in weight_shape)
     if c2 != c:
@@ -374,7 +372,7 @@ def qconv2d(data_shape, weight_shape, *, strides=(1, 1), padding=(0, 0, 0, 0), d
     ow = (wd + pl + pr - dw * (kw - 1) - 1) // sw + 1
     if oh < 1 or ow < 1:
         raise KernelError(f"qconv2d: output would be empty ({oh}x{ow})")
-    ob, cg = ceil_div(oc, LANES), ceil_div(c, GROUP)
+    ob, cg = ceil_div(oc, lanes), ceil_div(c, group)
     owb = (tile[0] if tile else pick_block(ow, max(1, spec.accumulators - 1), 4))
     owp = ceil_div(ow, owb) * owb
     hp = h + pt + pb
@@ -383,27 +381,27 @@ def qconv2d(data_shape, weight_shape, *, strides=(1, 1), padding=(0, 0, 0, 0), d
     pad = x_zero_point + step.shift(epilogue.signed)  # the zero point, read as the dot product reads bytes
 
     x = te.placeholder((n, c, h, wd), adtype, name="x")
-    w = te.placeholder((ob, cg, kh, kw, LANES, GROUP), step.weight, name="weight")
+    w = te.placeholder((ob, cg, kh, kw, lanes, group), step.weight, name="weight")
     offset = te.placeholder((oc,), "int32", name="offset")
     mult = te.placeholder((oc,), "float32", name="mult")
 
     def packed(i, g, y, xx, v):
-        ch = g * GROUP + v
+        ch = g * group + v
         inside = tirx.all(y >= pt, y < pt + h, xx >= pl, xx < pl + wd)
         value = _as_dot(x[i, tirx.min(ch, c - 1), tirx.min(tirx.max(y - pt, 0), h - 1),
                           tirx.min(tirx.max(xx - pl, 0), wd - 1)], epilogue.signed, step)
         value = tirx.if_then_else(inside, value, tirx.const(pad, step.activation))
         return tirx.if_then_else(ch < c, value, tirx.const(0, step.activation))
 
-    data = te.compute((n, cg, hp, wp, GROUP), packed, name="data")
+    data = te.compute((n, cg, hp, wp, group), packed, name="data")
     rg, ry, rx, rv = (te.reduce_axis((0, cg), "g"), te.reduce_axis((0, kh), "ky"), te.reduce_axis((0, kw), "kx"),
-                      te.reduce_axis((0, GROUP), "v"))
-    acc = te.compute((n, ob, oh, owp, LANES), lambda i, b, y, xx, o: te.sum(
+                      te.reduce_axis((0, group), "v"))
+    acc = te.compute((n, ob, oh, owp, lanes), lambda i, b, y, xx, o: te.sum(
         data[i, rg, y * sh + ry * dh, xx * sw + rx * dw, rv].astype("int32")
         * w[b, rg, ry, rx, o, rv].astype("int32"), axis=[rg, ry, rx, rv]), name="acc")
     extra, extra_params, bias, residual = epilogue.extra(oc, (n, oc, oh, ow))
     out = te.compute((n, oc, oh, ow), lambda i, o, y, xx: epilogue.value(
-        acc[i, o // LANES, y, xx, o % LANES], offset[o], mult[o], bias[o] if bias is not None else None,
+        acc[i, o // lanes, y, xx, o % lanes], offset[o], mult[o], bias[o] if bias is not None else None,
         residual[i, o, y, xx] if residual is not None else None), name="out")
     sch = Schedule(te.create_prim_func([x, w, offset, mult, *extra, out]))
 
@@ -411,11 +409,11 @@ def qconv2d(data_shape, weight_shape, *, strides=(1, 1), padding=(0, 0, 0, 0), d
     db = sch.get_sblock("data")
     dl = sch.get_loops(db)
     sch.parallel(sch.fuse(dl[1], dl[2]) if is_symbolic(n) else sch.fuse(dl[0], dl[1], dl[2]))
-    sch.vectorize(sch.fuse(dl[3], dl[4])) if wp * GROUP <= 1024 else None
+    sch.vectorize(sch.fuse(dl[3], dl[4])) if wp * group <= 1024 else None
     # the output: (image, channel block, row) in parallel, then blocks of owb columns
     o_b, c_b = sch.get_sblock("out"), sch.get_sblock("acc")
     i, o, y, xx = sch.get_loops(o_b)
-    bo, bl = sch.split(o, [None, LANES])
+    bo, bl = sch.split(o, [None, lanes])
     xo, xi = sch.split(xx, [None, owb])
     sch.reorder(i, bo, y, xo, bl, xi)
     task = sch.fuse(i, bo, y)
@@ -432,7 +430,7 @@ def qconv2d(data_shape, weight_shape, *, strides=(1, 1), padding=(0, 0, 0, 0), d
 
     tag = window_tag((kh, kw), (sh, sw), (pt, pl, pb, pr), (dh, dw))
     kname = name or f"qconv2d_{'d' if is_symbolic(n) else n}x{c}x{h}x{wd}_{oc}_{tag}" + (f"_{epilogue.tag()}" if epilogue.tag() else "")
-    params = (Param("x", (n, c, h, wd), adtype), Param("weight", (ob, cg, kh, kw, LANES, GROUP), step.weight),
+    params = (Param("x", (n, c, h, wd), adtype), Param("weight", (ob, cg, kh, kw, lanes, group), step.weight),
               Param("offset", (oc,), "int32"), Param("mult", (oc,)), *extra_params,
               Param("out", (n, oc, oh, ow), epilogue.out_dtype))
     return Kernel(kname, finish(sch.mod["main"], kname), params, 2 * n * oc * oh * ow * c * kh * kw,
