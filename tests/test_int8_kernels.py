@@ -226,3 +226,19 @@ def test_the_raspberry_pi_5_artifact_runs_sdot_kernels_under_qemu(tmp_path):
     assert sum(k.startswith("qconv2d") for ks in kernels.values() for k in ks) == 3, kernels
     (got,) = run_aarch64(tmp_path / "art" / "model.so", feeds)
     np.testing.assert_allclose(got, run_onnxruntime(proto, feeds)["y"], atol=ATOL)
+
+
+def test_the_generic_lowering_every_target_gets_agrees_with_onnxruntime():
+    """mdoc.qconv / mdoc.qmatmul through the default `Kernels` (int32 Relax ops): what CUDA and CPUs
+    without a dot product run."""
+    from mdoc.onnx_import import import_model
+    from mdoc.pass_manager import OPT_LEVELS, PassManager, parse_pipeline
+    from mdoc.reference import run_onnxruntime
+    from mdoc.targets.relax import build, lower, run
+
+    proto, feeds = _qdq_cnn()
+    model = import_model(proto)
+    PassManager(parse_pipeline(OPT_LEVELS[2])).run(model)
+    assert sum(n.op == "mdoc.qconv" for n in model.graph) == 3
+    got = run(build(lower(model), resolve_target("x86").tvm), feeds, model)
+    np.testing.assert_allclose(got["y"], run_onnxruntime(proto, feeds)["y"], atol=ATOL)
