@@ -6,7 +6,7 @@ exporter, the pass manager and the CLI. Passes (`mdoc.passes`) and targets
 by name.
 """
 
-from . import fused_ops, quant_ops, transformer_ops, weight_quant_ops  # noqa: F401 - register mdoc's ops (conv, layer_norm, observe, ...)
+from . import fused_ops, quant_ops, quantized_ops, transformer_ops, weight_quant_ops  # noqa: F401 - register mdoc's ops (conv, layer_norm, observe, qconv, matmul_nbits, ...)
 from .api import compile, from_torch, load, optimize
 from .errors import CheckFailed, MdocError
 from .model_io import load_model, save_model

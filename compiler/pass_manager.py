@@ -43,6 +43,9 @@ _loaded = False
 # their kernels and the exporter writes back as ONNX; they run before fuse-conv-affine, which would
 # otherwise fold LayerNorm's gamma and beta into the next MatMul, and in both rounds: attention's
 # reshapes often become checkable only after the first round's folding.
+# -O2 and -O3 turn QDQ products into integer ones (fuse-quantized: mdoc.qconv / mdoc.qmatmul) before the
+# first fold-constants, which would otherwise dequantize the int8 weights into float constants (-O3's
+# budget), and once more before fuse-epilogue; a float graph gives it nothing to match.
 # -O2 and -O3 end with fuse-epilogue: each Conv / MatMul takes its elementwise tail (scale, bias,
 # residual, activation) as mdoc.conv / mdoc.matmul, the form the CPU kernels compute in their
 # register tile. It runs last, once: the other fusions' patterns read the plain ops. -O0 and -O1
@@ -53,14 +56,14 @@ _loaded = False
 OPT_LEVELS = {
     0: "",
     1: "infer-shapes,fold-weight-dequant,fold-constants{max-bytes=0},simplify,cse,dce",
-    2: "infer-shapes,fold-weight-dequant,fold-constants{max-bytes=0},simplify,fuse-layer-norm,fuse-rms-norm,fuse-gelu,fuse-silu,fuse-attention,"
+    2: "infer-shapes,fold-weight-dequant,fuse-quantized,fold-constants{max-bytes=0},simplify,fuse-layer-norm,fuse-rms-norm,fuse-gelu,fuse-silu,fuse-attention,"
        "fuse-conv-bn,fuse-conv-affine,cse,dce,"
        "infer-shapes,fold-constants{max-bytes=0},simplify,fuse-layer-norm,fuse-rms-norm,fuse-gelu,fuse-silu,fuse-attention,"
-       "fuse-conv-bn,fuse-conv-affine,cse,fuse-epilogue,dce",
-    3: "infer-shapes,fold-weight-dequant,fold-constants,simplify,fuse-layer-norm,fuse-rms-norm,fuse-gelu,fuse-silu,fuse-attention,"
+       "fuse-conv-bn,fuse-conv-affine,cse,fuse-quantized,fuse-epilogue,dce",
+    3: "infer-shapes,fold-weight-dequant,fuse-quantized,fold-constants,simplify,fuse-layer-norm,fuse-rms-norm,fuse-gelu,fuse-silu,fuse-attention,"
        "fuse-conv-bn,fuse-conv-affine,cse,dce,"
        "infer-shapes,fold-constants{max-bytes=0},simplify,fuse-layer-norm,fuse-rms-norm,fuse-gelu,fuse-silu,fuse-attention,"
-       "fuse-conv-bn,fuse-conv-affine,cse,fuse-epilogue,dce",
+       "fuse-conv-bn,fuse-conv-affine,cse,fuse-quantized,fuse-epilogue,dce",
 }
 
 

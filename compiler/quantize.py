@@ -72,6 +72,19 @@ def quantize_static(model: Model, samples: list[dict[str, np.ndarray]], *, metho
     return result, summary
 
 
+def quantize_dynamic(model: Model, *, per_channel: bool = True, exclude: tuple[str, ...] = ()) -> tuple[Model, dict]:
+    """Dynamic int8 (`quantize-dynamic`): MatMul / Gemm with constant weights on int8 weights and activations
+    quantized per call; no calibration. The model and a summary (ops quantized, weight bytes)."""
+    PassManager(parse_pipeline(PREPARE)).run(model)
+    summary = {"weight_bytes": _weight_bytes(model)}
+    options = {"per-channel": str(per_channel), "exclude": ";".join(exclude)}
+    PassManager([make_pass("quantize-dynamic", options)]).run(model)
+    PassManager(parse_pipeline(CLEANUP)).run(model)
+    summary.update(quantized_ops=sum(n.op == "onnx.MatMulInteger" for n in model.graph),
+                   quantized_weight_bytes=_weight_bytes(model))
+    return model, summary
+
+
 def accuracy(got: list[np.ndarray], want: list[np.ndarray]) -> float:
     """The smallest, over the outputs, cosine similarity of `got` and `want` after centering each over
     the samples (axis 0 stacks them)."""

@@ -1,5 +1,6 @@
-"""`mdoc quantize MODEL -o OUT --calib DATA`: static int8 (QDQ) from calibration samples;
-`--weights int4|int8`: weight-only block quantization of the MatMuls (no samples)."""
+"""`mdoc quantize MODEL -o OUT --calib DATA`: static int8 (QDQ) from calibration samples; `--dynamic`: MatMul / Gemm
+with activation scales found at run time (no samples); `--weights int4|int8`: weight-only block quantization of the
+MatMuls (no samples)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from ..calibration import METHODS, load_samples
 from ..cli_options import emit_json, json_option
 from ..model_io import SUFFIXES, load_model, save_model
 from ..errors import MdocError
-from ..quantize import quantize_static
+from ..quantize import quantize_dynamic, quantize_static
 from ..weight_quantize import quantize_weights
 from .group import cli
 
@@ -22,6 +23,8 @@ from .group import cli
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .onnx (QDQ) or .mdir.")
 @click.option("--calib", "calib", default=None, type=click.Path(),
               help=".npz of samples stacked along a first axis, keyed by input name, or a folder of .npz files.")
+@click.option("--dynamic", is_flag=True, help="Dynamic int8 for MatMul / Gemm (transformers): weights int8, each "
+                                               "activation quantized per call from its min and max; no --calib.")
 @click.option("--method", type=click.Choice(METHODS), default="minmax", show_default=True,
               help="How an observed activation's range is chosen.")
 @click.option("--percentile", type=click.FloatRange(50, 100), default=99.99, show_default=True,
@@ -46,17 +49,22 @@ from .group import cli
               help="For --weights: write com.microsoft MatMulNBits (else DequantizeLinear with block_size); its "
                    "scales have the activations' type, so --scale-type is f32 then.")
 @json_option
-def quantize_cmd(model, output, calib, method, percentile, per_channel, activations, exclude, max_drop, eval_data,
-                 weights, block_size, symmetric, scale_type, runtime_ops, as_json) -> None:
-    """Quantize MODEL to int8 (QDQ, from --calib samples) or its MatMul weights to int4 / int8 (--weights)."""
+def quantize_cmd(model, output, calib, dynamic, method, percentile, per_channel, activations, exclude, max_drop,
+                 eval_data, weights, block_size, symmetric, scale_type, runtime_ops, as_json) -> None:
+    """Quantize MODEL to int8 (QDQ, from --calib samples; --dynamic: activation scales at run time) or its MatMul
+    weights to int4 / int8 (--weights)."""
     if not output.endswith(SUFFIXES):
         raise MdocError(f"{output}: unknown output format (use {' or '.join(SUFFIXES)})")
+    if sum((calib is not None, dynamic, weights is not None)) != 1:
+        raise MdocError("mdoc quantize: give one of --calib DATA (static int8), --dynamic (no samples) and "
+                        "--weights int4|int8 (weight-only)")
     m = load_model(model)
     if weights:
         _weights_only(m, output, weights, block_size, symmetric, scale_type, exclude, runtime_ops, as_json)
         return
-    if calib is None:
-        raise MdocError("mdoc quantize: give --calib DATA (static int8) or --weights int4|int8 (weight-only)")
+    if dynamic:
+        _dynamic(m, output, per_channel, exclude, as_json)
+        return
     samples = load_samples(calib, m)
     held_out = load_samples(eval_data, m) if eval_data else None
     with tqdm(total=len(samples), desc="calibrate", file=sys.stderr, leave=False,
@@ -98,3 +106,15 @@ def _weights_only(m, output, weights, block_size, symmetric, scale_type, exclude
                f"{summary['matmul_weight_bytes'] / 1e6:.2f} MB -> {summary['quantized_matmul_weight_bytes'] / 1e6:.2f} MB "
                f"({mm:.3f}x); all weights {summary['weight_bytes'] / 1e6:.2f} MB -> "
                f"{summary['quantized_weight_bytes'] / 1e6:.2f} MB ({total:.3f}x)")
+
+
+def _dynamic(m, output, per_channel, exclude, as_json) -> None:
+    quantized, summary = quantize_dynamic(m, per_channel=per_channel, exclude=tuple(n for n in exclude.split(",") if n))
+    save_model(quantized, output)
+    summary = {"output": output, "method": "dynamic", **summary}
+    if as_json:
+        emit_json(summary)
+        return
+    click.echo(f"wrote {output}: {summary['quantized_ops']} MatMul / Gemm on int8 weights, activations "
+               f"quantized at run time; weights {summary['weight_bytes'] / 1e6:.2f} MB -> "
+               f"{summary['quantized_weight_bytes'] / 1e6:.2f} MB")

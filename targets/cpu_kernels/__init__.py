@@ -40,6 +40,9 @@ Builders (float32):
     pool2d(data_shape, "max" | "avg", kernel, strides, padding, ...); global_avg_pool2d   pooling.py
     softmax(shape); layer_norm(shape, epsilon)                                reductions.py
 
+Integer builders (u8 / s8 x s8 -> s32 on the CPU's dot product, requantized in the tile):
+    qdense(a_shape, weight_shape, epilogue); qconv2d(data_shape, weight_shape, ...)  int8.py
+
 `ensure_runtime_threads(cores)` before running anything: TVM's runtime assumes x86 cores
 are hyper-threads and halves the thread count (one thread on a 2-core VM).
 """

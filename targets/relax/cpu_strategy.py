@@ -60,6 +60,7 @@ from ..cpu_kernels import CpuSpec, Epilogue, Kernel
 from ..cpu_kernels.common import flat_spatial, is_symbolic
 from ..cpu_kernels.request import KernelRequest
 from .context import is_static, reshaped as _reshaped, same_dims as _same_dims
+from .cpu_quantized import LOWER as QUANTIZED_OPS
 from .cpu_transformer import LOWER as TRANSFORMER_OPS
 from .kernels import Kernels, Tail
 from .layout_plan import candidate_kind
@@ -239,6 +240,8 @@ class CpuKernels(Kernels):
         input, only of the pooled vector); mdoc's transformer ops (`cpu_transformer`)."""
         if node.op in TRANSFORMER_OPS:
             return TRANSFORMER_OPS[node.op](self, ctx, node)
+        if node.op in QUANTIZED_OPS:
+            return QUANTIZED_OPS[node.op](self, ctx, node)
         if node.op == "mdoc.inverted_residual":
             return self._inverted_residual(ctx, node)
         if node.op == "onnx.GlobalAveragePool":
@@ -298,7 +301,7 @@ class CpuKernels(Kernels):
             self.chosen.setdefault(f"{ctx.node.op} '{ctx.node.name}'", []).append(built.name)
         gv = ctx.add_kernel(built.func, built.name)
         shape = _output_dims(ctx, built, args)
-        return ctx.emit(relax.call_tir(gv, args, relax.TensorType(shape, "float32")))
+        return ctx.emit(relax.call_tir(gv, args, relax.TensorType(shape, built.output.dtype)))
 
 
 
