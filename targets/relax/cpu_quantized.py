@@ -35,6 +35,7 @@ from ..cpu_kernels.common import flat_spatial
 from .context import is_static, reshaped
 from .converters.nn import _spatial_attrs
 from .kernels import Tail
+from .request_dims import request_dims
 
 if TYPE_CHECKING:  # pragma: no cover
     from .context import LowerCtx
@@ -117,9 +118,7 @@ def qconv(kernels: "CpuKernels", ctx: "LowerCtx", node: Node) -> list | None:
     xz = _scalar(ctx, X_ZP, 0)
     if xz is None:
         return None
-    from .cpu_strategy import _request_dims  # (cpu_strategy imports this module)
-
-    built = kernels._kernel(KernelRequest.of("qconv2d", *_request_dims(x_shape), tuple(int(d) for d in w.shape),
+    built = kernels._kernel(KernelRequest.of("qconv2d", *request_dims(x_shape), tuple(int(d) for d in w.shape),
                                              strides=tuple(strides), padding=tuple(pads), dilation=tuple(dilations),
                                              x_zero_point=int(xz), epilogue=epilogue))
     offset, mult = _offset_and_mult(ctx, w.astype(np.int32).sum(axis=(1, 2, 3)), w_scale, step.shift(signed))
@@ -167,11 +166,9 @@ def qmatmul(kernels: "CpuKernels", ctx: "LowerCtx", node: Node) -> list | None:
     epilogue = _epilogue(ctx, node, signed)
     if epilogue is None:
         return None
-    from .cpu_strategy import _request_dims  # (cpu_strategy imports this module)
-
     m = flat_spatial(a_shape[:-1])  # rows known at run time (batch, sequence) run in clamped tiles
     k, n = (int(d) for d in w.shape)
-    built = kernels._kernel(KernelRequest.of("qdense", *_request_dims((m, k)), (k, n), epilogue=epilogue))
+    built = kernels._kernel(KernelRequest.of("qdense", *request_dims((m, k)), (k, n), epilogue=epilogue))
     offset, mult = _offset_and_mult(ctx, w.astype(np.int32).sum(axis=0), w_scale, step.shift(signed))
     args = _integer_args(ctx, built, reshaped(ctx, ctx.input(X), (m, k)), offset, mult)
     if ctx.has_input(RESIDUAL):

@@ -61,6 +61,7 @@ from ..cpu_kernels.common import flat_spatial, is_symbolic
 from ..cpu_kernels.request import KernelRequest
 from .context import is_static, reshaped as _reshaped, same_dims as _same_dims
 from .cpu_quantized import LOWER as QUANTIZED_OPS
+from .request_dims import request_dims
 from .cpu_transformer import LOWER as TRANSFORMER_OPS
 from .kernels import Kernels, Tail
 from .layout_plan import candidate_kind
@@ -117,12 +118,12 @@ class CpuKernels(Kernels):
         # leading axes flattened here (free reshapes): the kernels tile one row / one batch loop
         if constant_b:
             a2 = (flat_spatial(a_shape[:-1]), a_shape[-1])
-            built = self._kernel(KernelRequest.of("dense", *_request_dims(a2), b_shape, transpose_b=transpose_b,
+            built = self._kernel(KernelRequest.of("dense", *request_dims(a2), b_shape, transpose_b=transpose_b,
                                                   epilogue=epilogue))
             args = [_reshaped(ctx, a, a2), relax.const(built.packers["weight"](b.value.numpy()))]
         else:
             a3, b3 = _flat_batch(a_shape), _flat_batch(b_shape)
-            built = self._kernel(KernelRequest.of("batch_matmul", *_request_dims(a3, b3), transpose_b=transpose_b,
+            built = self._kernel(KernelRequest.of("batch_matmul", *request_dims(a3, b3), transpose_b=transpose_b,
                                                   epilogue=epilogue))
             args = [_reshaped(ctx, a, a3), _reshaped(ctx, b, b3)]
         if tail.bias is not None:
@@ -151,7 +152,7 @@ class CpuKernels(Kernels):
                 self._pack(ctx, x)
             layouts = {"layout": "NCHWc", "data_layout": "NCHWc" if x in self.blocked else "NCHW"}
         # ONNX pads are (top, left, bottom, right), the builder's order too
-        built = self._kernel(KernelRequest.of("conv2d", *_request_dims(x_shape), _ints(weight.shape),
+        built = self._kernel(KernelRequest.of("conv2d", *request_dims(x_shape), _ints(weight.shape),
                                               strides=_ints(strides),
                                               padding=_ints(pads), dilation=_ints(dilations), groups=int(groups),
                                               epilogue=epilogue, **layouts))
@@ -179,7 +180,7 @@ class CpuKernels(Kernels):
         data_layout = "NCHWc" if x in self.blocked else "NCHW"
         attr = (lambda key, default: _ints(node.attrs.get(key, default)))
         built = self._kernel(KernelRequest.of(
-            "inverted_residual", *_request_dims(x_shape), *(_ints(w.shape) for w in weights),
+            "inverted_residual", *request_dims(x_shape), *(_ints(w.shape) for w in weights),
             strides=attr("strides", (1, 1)), padding=attr("pads", (0, 0, 0, 0)),
             expand_strides=attr("expand_strides", (1, 1)), expand_padding=attr("expand_pads", (0, 0, 0, 0)),
             expand=_block_epilogue(node, "expand"), depthwise=_block_epilogue(node, "dw"),
@@ -200,7 +201,7 @@ class CpuKernels(Kernels):
             return super().pool(ctx, x, kind, kernel=kernel, strides=strides, pads=pads, dilations=dilations,
                                 ceil_mode=ceil_mode, count_include_pad=count_include_pad)
         blocked = _nchwc(ctx.node)
-        built = self._kernel(KernelRequest.of("pool2d", *_request_dims(x_shape), kind, _ints(kernel), _ints(strides), _ints(pads),
+        built = self._kernel(KernelRequest.of("pool2d", *request_dims(x_shape), kind, _ints(kernel), _ints(strides), _ints(pads),
                                               dilation=_ints(dilations), ceil_mode=bool(ceil_mode),
                                               count_include_pad=bool(count_include_pad),
                                               **({"layout": "NCHWc"} if blocked else {})))
@@ -221,7 +222,7 @@ class CpuKernels(Kernels):
     def _pack(self, ctx: "LowerCtx", x: relax.Expr) -> relax.Expr:
         """`x` (NCHW) in NCHWc: the kernel that computed it blocked, or one copy per value."""
         if x not in self.blocked:
-            request = KernelRequest.of("to_nchwc", *_request_dims(ctx.shape_of(x)))
+            request = KernelRequest.of("to_nchwc", *request_dims(ctx.shape_of(x)))
             self.blocked[x] = self._call(ctx, self._kernel(request), [x])
         return self.blocked[x]
 
@@ -231,7 +232,7 @@ class CpuKernels(Kernels):
         at hand for NCHWc consumers (`_pack` finds it), and an unpack that no one reads is dead
         code the build removes."""
         dims = (ctx.shape_of(y)[0], *_ints(shape[1:]))
-        nchw = self._call(ctx, self._kernel(KernelRequest.of("from_nchwc", *_request_dims(dims))), [y])
+        nchw = self._call(ctx, self._kernel(KernelRequest.of("from_nchwc", *request_dims(dims))), [y])
         self.blocked[nchw] = y
         return nchw
 
@@ -250,9 +251,9 @@ class CpuKernels(Kernels):
             if shape is None or len(shape) != 4:
                 return None
             if x in self.blocked and shape[1] % self.spec.lanes == 0:
-                built = self._kernel(KernelRequest.of("global_avg_pool2d", *_request_dims(shape), layout="NCHWc"))
+                built = self._kernel(KernelRequest.of("global_avg_pool2d", *request_dims(shape), layout="NCHWc"))
                 return [self._unpack(ctx, self._call(ctx, built, [self.blocked[x]]), (shape[0], shape[1], 1, 1))]
-            return [self._call(ctx, self._kernel(KernelRequest.of("global_avg_pool2d", *_request_dims(shape))), [x])]
+            return [self._call(ctx, self._kernel(KernelRequest.of("global_avg_pool2d", *request_dims(shape))), [x])]
         if node.op == "onnx.LayerNormalization":
             shape = _rows_shape(ctx, ctx.input(0))
             scale, bias = (node.inputs + (None,))[1:3]
@@ -271,14 +272,14 @@ class CpuKernels(Kernels):
             if shape is None or int(node.attrs.get("axis", -1)) not in (-1, len(shape) - 1):
                 return None
             rows = (flat_spatial(shape[:-1]), shape[-1])
-            built = self._kernel(KernelRequest.of("softmax", *_request_dims(rows)))
+            built = self._kernel(KernelRequest.of("softmax", *request_dims(rows)))
             return [_reshaped(ctx, self._call(ctx, built, [_reshaped(ctx, ctx.input(0), rows)]), shape)]
         return None
 
     def _layer_norm(self, ctx, x, gamma, beta, epsilon: float) -> relax.Expr:
         shape = ctx.shape_of(x)
         rows = (flat_spatial(shape[:-1]), shape[-1])  # one row axis: the kernels tile a single row loop
-        built = self._kernel(KernelRequest.of("layer_norm", *_request_dims(rows), epsilon=epsilon))
+        built = self._kernel(KernelRequest.of("layer_norm", *request_dims(rows), epsilon=epsilon))
         y = self._call(ctx, built, [_reshaped(ctx, x, rows), relax.const(gamma), relax.const(beta)])
         return _reshaped(ctx, y, shape)
 
@@ -386,24 +387,6 @@ def _output_dims(ctx: "LowerCtx", built: Kernel, args: list) -> list:
                 sizes.setdefault(d, e)
     # every kernel's output extents are its inputs' own (a run-time batch, rows, keys)
     return [sizes[d] if is_symbolic(d) else d for d in built.output.shape]
-
-
-
-
-def _request_dims(*shapes) -> list[tuple]:
-    """Relax shapes as a kernel request states them: ints, and a name for each distinct
-    symbolic dim, shared across the shapes (the kernel gets a run-time extent there; the call
-    binds it from the argument's shape; equal dims keep one name, so the kernel knows them equal)."""
-    names: list = []
-
-    def name(d) -> str:
-        for i, seen in enumerate(names):
-            if tvm_ffi.structural_equal(seen, d):
-                return f"d{i}"
-        names.append(d)
-        return f"d{len(names) - 1}"
-
-    return [tuple(int(d) if is_static(d) else name(d) for d in shape) for shape in shapes]
 
 
 def _f32_shape(ctx: "LowerCtx", expr: relax.Expr) -> tuple | None:
