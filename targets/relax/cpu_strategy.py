@@ -48,7 +48,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import tvm
-import tvm_ffi
 from tvm import relax
 
 from mdoc.activations import applied_from_attrs
