@@ -82,3 +82,14 @@ def from_torch(module, example_inputs, dynamic_shapes=None, *, opset: int | None
 def load(path: str | os.PathLike) -> Callable[..., dict[str, np.ndarray]]:
     """A compiled artifact as a callable: `load(path)(**inputs) -> {output name: array}`."""
     return load_artifact(path)
+
+
+def generate(path: str | os.PathLike, prompt: list[int], max_new_tokens: int = 32, *, temperature: float = 0.0,
+             top_k: int = 0, seed: int = 0, eos: int | None = None) -> dict:
+    """New tokens from a compiled decoder with past key/values (`generation.Decoder`): greedy at
+    temperature 0, else sampled with `seed`. Returns {"tokens": [...], **timings}."""
+    from .generation import Decoder
+
+    result = Decoder(load_artifact(path), str(path)).generate(list(prompt), max_new_tokens, temperature=temperature,
+                                                               top_k=top_k, seed=seed, eos=eos)
+    return {"tokens": result.tokens, **result.stats()}

@@ -180,6 +180,29 @@ class _Runner:
                       for (_, _, readable), t in zip(self._outputs, result)]
         return {name: from_storage(v, dtype) for (name, dtype, _), v in zip(self._outputs, values)}
 
+    def resident(self, feeds: dict) -> list:
+        """One call whose inputs may be the VM's own tensors from an earlier call (a decoder's KV cache)
+        and whose outputs stay the VM's tensors: nothing is copied either way. numpy inputs take
+        the usual path; `to_numpy` reads an output (for a decoder, only the last logits row)."""
+        names = self._check.names
+        missing = [n for n in names if n not in feeds]
+        if missing or len(feeds) != len(names):
+            raise MdocError(f"{self.path}: inputs {sorted(feeds)} do not match the artifact's {names}")
+        with self._lock:
+            args = [self._on_cpu(i, feeds[n]) if isinstance(feeds[n], np.ndarray) and self._cpu else
+                    self.tvm.runtime.tensor(_contiguous(feeds[n]), self.dev) if isinstance(feeds[n], np.ndarray)
+                    else feeds[n] for i, n in enumerate(names)]
+            result = self._main(*args)
+            return [result[k] for k in range(len(self._outputs))]
+
+    def to_numpy(self, tensor) -> np.ndarray:
+        """A VM tensor as numpy: a view on CPU (valid while the tensor lives), else a copy."""
+        return np.from_dlpack(tensor) if self._cpu else tensor.numpy()
+
+    def empty(self, shape: tuple, dtype: str):
+        """A VM tensor of zeros (an empty cache: a length-0 past)."""
+        return self.tvm.runtime.tensor(np.zeros(shape, dtype), self.dev)
+
     def _on_cpu(self, index: int, a: np.ndarray):
         """Input `index` as a TVM tensor: `a` itself where its layout allows, else a copy in its staging buffer."""
         if a.dtype.kind not in "biufc":  # bfloat16 and other ml_dtypes: numpy has no DLPack for them

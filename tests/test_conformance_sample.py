@@ -74,12 +74,13 @@ def test_sample_pass_count_does_not_drop(suite):
 
 
 def test_artifact_engine_compiles_once_and_never_binds(suite):
-    names = ["test_reduce_sum_do_not_keepdims_example", "test_top_k", "test_resize_upsample_sizes_cubic"]
+    names = ["test_reduce_sum_do_not_keepdims_example", "test_top_k", "test_resize_upsample_sizes_cubic",
+             "test_resize_downsample_sizes_linear_antialias"]
     report = conf.run_conformance([suite[n] for n in names], engines=("mdoc-artifact",), jobs=1, timeout=120,
                                   cache_dir=None, use_cache=False)
     results = report.results["mdoc-artifact"]
-    assert [results[n]["status"] for n in names] == [conf.PASS, conf.PASS, conf.BUILD]
-    assert results[names[2]]["message"].endswith("(mdoc compile --bind sizes=VALUES)")  # the onnx Backend binds it
+    assert [results[n]["status"] for n in names] == [conf.PASS, conf.PASS, conf.PASS, conf.BUILD]
+    assert results[names[3]]["message"].endswith("(mdoc compile --bind sizes=VALUES)")  # the onnx Backend binds it
 
 
 # -- the backend interface ------------------------------------------------------------------

@@ -67,18 +67,31 @@ class FastMath:
         return codegen.builder_.get()
 
 
-@tvm.transform.module_pass(opt_level=0, name="MdocUnfusedShapeToTensor")
-class UnfusedShapeToTensor:
-    """Marks the PrimFuncs of `R.shape_to_tensor` opaque, so that FuseOps keeps them out of groups.
+@tvm.transform.module_pass(opt_level=0, name="MdocUnfusedScalarArgs")
+class UnfusedScalarArgs:
+    """Marks opaque every PrimFunc that some call_tir passes a scalar (a run-time size, of
+    `PrimType`), so that FuseOps keeps it out of groups.
 
-    A run-time size read as a tensor (GPT-2's position ids start at the cache length `p`) fused
-    with the arithmetic after it makes FuseTIR fail ("VarRemapGet(source) == nullptr") once the
-    group also takes other shape vars; unfused, it is one tiny kernel per size.
+    Such a kernel fused with the arithmetic after it makes FuseTIR fail ("VarRemapGet(source) ==
+    nullptr") once the group also takes other shape vars: GPT-2's position ids start at the cache
+    length (`shape_to_tensor(p)`), a decoder's `Range(past, past + seq)` is `arange(past)`.
+    Unfused, each is one tiny kernel.
     """
 
     def transform_module(self, mod: tvm.IRModule, ctx) -> tvm.IRModule:
+        call_tir = tvm.ir.Op.get("relax.call_tir")
+        scalar_callees = set()
+
+        def visit(expr) -> None:
+            if isinstance(expr, relax.Call) and expr.op.same_as(call_tir) and isinstance(expr.args[1], relax.Tuple):
+                if any(isinstance(getattr(a, "ty", None), tvm.ir.PrimType) for a in expr.args[1].fields):
+                    scalar_callees.add(expr.args[0].name_hint)
+
+        for _, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                relax.analysis.post_order_visit(func, visit)
         for gv, func in mod.functions_items():
-            if isinstance(func, tvm.tirx.PrimFunc) and gv.name_hint.startswith("shape_to_tensor"):
+            if isinstance(func, tvm.tirx.PrimFunc) and gv.name_hint in scalar_callees:
                 mod[gv] = func.with_attr("op_pattern", 8)  # kOpaque
         return mod
 
@@ -103,7 +116,7 @@ def _front_passes(target: tvm.target.Target, schedule: bool, before_schedule=(),
         relax.backend.DispatchSortScan(),
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
-        UnfusedShapeToTensor(),
+        UnfusedScalarArgs(),
         relax.transform.FoldConstant(),
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),
