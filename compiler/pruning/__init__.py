@@ -1,0 +1,34 @@
+"""Structured pruning on mdoc's IR: whole output channels (and attention heads) out of the layers
+that make them, and out of every op that reads them, so the model gets smaller *and* faster.
+
+`groups` finds which channels must go together (networkx over the IR's def-use graph),
+`importance` scores them and picks what each group keeps (rounded to the target's vector
+width), `rewrite` slices the weights; `prune_graph` is the three in a row (what the
+`prune-channels` and `prune-heads` passes run); `api.prune_model` adds calibration-driven
+criteria, an accuracy budget and the report (what `mdoc prune` runs).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir import Graph, Node
+from .groups import ChannelAnalysis
+from .importance import Decision, channel_scores, plan
+from .rewrite import apply_pruning
+
+
+def prune_graph(graph: Graph, *, channels: float = 0.0, heads: float = 0.0, criterion: str = "l1",
+                round_to: int = 1, exclude: tuple[str, ...] = (),
+                activations: dict[Node, np.ndarray] | None = None) -> list[Decision]:
+    """Prune `graph` in place: `channels` of every channel group, `heads` of every attention's heads."""
+    analysis = ChannelAnalysis(graph)
+    groups = analysis.groups()
+    scores = channel_scores(analysis, criterion, activations)
+    kept, decisions = plan(analysis, groups, scores, channels=channels, heads=heads, round_to=round_to,
+                           exclude=exclude)
+    apply_pruning(analysis, kept)
+    return decisions
+
+
+__all__ = ["ChannelAnalysis", "Decision", "prune_graph"]
