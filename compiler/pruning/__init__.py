@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ir import Graph, Node
+from ..ir import Graph
 from .groups import ChannelAnalysis
 from .importance import Decision, channel_scores, plan
 from .rewrite import apply_pruning
@@ -20,7 +20,7 @@ from .rewrite import apply_pruning
 
 def prune_graph(graph: Graph, *, channels: float = 0.0, heads: float = 0.0, criterion: str = "l1",
                 round_to: int = 1, exclude: tuple[str, ...] = (),
-                activations: dict[Node, np.ndarray] | None = None) -> list[Decision]:
+                activations: dict[str, np.ndarray] | None = None) -> list[Decision]:
     """Prune `graph` in place: `channels` of every channel group, `heads` of every attention's heads."""
     analysis = ChannelAnalysis(graph)
     groups = analysis.groups()

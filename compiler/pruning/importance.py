@@ -62,8 +62,8 @@ def following_batch_norm(value: Value) -> Node | None:
 
 
 def channel_scores(analysis: ChannelAnalysis, criterion: str,
-                   activations: dict[Node, np.ndarray] | None = None) -> dict[Node, np.ndarray]:
-    """Each source layer's score per output channel."""
+                   activations: dict[str, np.ndarray] | None = None) -> dict[Node, np.ndarray]:
+    """Each source layer's score per output channel (`activations`: measured ones, by layer name)."""
     if criterion not in CRITERIA:
         raise MdocError(f"pruning criterion '{criterion}' is not one of {', '.join(CRITERIA)}")
     scores = {}
@@ -71,7 +71,7 @@ def channel_scores(analysis: ChannelAnalysis, criterion: str,
         if criterion == "activation":
             if activations is None:
                 raise MdocError("the 'activation' criterion needs calibration samples (--calib)")
-            scores[s.node] = activations[s.node]
+            scores[s.node] = activations[s.node.name]
             continue
         rows = weight_rows(s)
         bn = following_batch_norm(s.node.output)
