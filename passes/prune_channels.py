@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from mdoc.ir import Graph
 from mdoc.pass_manager import GraphPass, PassContext, register_pass
-from mdoc.pruning import prune_graph
+from mdoc.pruning import prune_graph, record_kept_channels
 
 
 @register_pass("prune-channels")
@@ -32,4 +32,5 @@ class PruneChannels(GraphPass):
             return False
         decisions = prune_graph(graph, channels=self.ratio, criterion=self.criterion, round_to=self.round_to,
                                 exclude=tuple(n for n in self.exclude.split(";") if n))
+        record_kept_channels(ctx.model, decisions)
         return any(d.kept < d.units for d in decisions)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from mdoc.ir import Graph
 from mdoc.pass_manager import GraphPass, PassContext, register_pass
-from mdoc.pruning import prune_graph
+from mdoc.pruning import prune_graph, record_kept_channels
 
 
 @register_pass("prune-heads")
@@ -27,4 +27,5 @@ class PruneHeads(GraphPass):
         if graph is not ctx.model.graph:
             return False
         decisions = prune_graph(graph, heads=self.ratio, criterion=self.criterion)
+        record_kept_channels(ctx.model, decisions)
         return any(d.kept < d.units for d in decisions if d.heads)

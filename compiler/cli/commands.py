@@ -10,6 +10,7 @@ from . import (  # noqa: F401
     passes_cmd,
     quantize_cmd,
     print_cmd,
+    prune_cmd,
     run_cmd,
     zoo_cmd,
 )

@@ -10,9 +10,11 @@ criteria, an accuracy budget and the report (what `mdoc prune` runs).
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
-from ..ir import Graph
+from ..ir import Graph, Model
 from .groups import ChannelAnalysis
 from .importance import Decision, channel_scores, plan
 from .rewrite import apply_pruning
@@ -31,4 +33,22 @@ def prune_graph(graph: Graph, *, channels: float = 0.0, heads: float = 0.0, crit
     return decisions
 
 
-__all__ = ["ChannelAnalysis", "Decision", "prune_graph"]
+KEPT_CHANNELS = "mdoc.pruned_channels"
+"""Model metadata key: JSON {layer name: [indices of the output channels kept]}, what `mdoc distill`
+reads to match a pruned layer's outputs with the teacher's."""
+
+
+def record_kept_channels(model: Model, decisions: list[Decision]) -> None:
+    """Add the kept output channels of every layer pruned by `decisions` to the model's metadata."""
+    if not any(d.channels for d in decisions):
+        return
+    kept = json.loads(model.metadata.get(KEPT_CHANNELS, "{}"))
+    for d in decisions:
+        for layer, channels in d.channels.items():
+            if layer in kept:  # pruned before: compose the selections
+                channels = [kept[layer][c] for c in channels]
+            kept[layer] = channels
+    model.metadata[KEPT_CHANNELS] = json.dumps(kept, separators=(",", ":"))
+
+
+__all__ = ["KEPT_CHANNELS", "ChannelAnalysis", "Decision", "prune_graph", "record_kept_channels"]

@@ -20,7 +20,7 @@ from ..pass_manager import PassManager, parse_pipeline
 from ..quantize import _outputs as outputs_on
 from ..quantize import accuracy
 from ..stats import model_stats, node_flops
-from . import prune_graph
+from . import prune_graph, record_kept_channels
 from .groups import UNARY, ChannelAnalysis
 
 PREPARE = "infer-shapes,fold-constants{max-bytes=0},simplify,cse,dce"
@@ -46,6 +46,7 @@ def prune_model(model: Model, *, channels: float = 0.0, heads: float = 0.0, crit
         m = import_model(reference)
         decisions = prune_graph(m.graph, exclude=tuple(excluded), **options)
         PassManager(parse_pipeline("dce")).run(m)
+        record_kept_channels(m, decisions)
         return m, decisions
 
     excluded = list(exclude)

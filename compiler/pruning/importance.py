@@ -18,7 +18,7 @@ instance: 12 channels cost a 16-lane kernel what 16 do).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -39,6 +39,7 @@ class Decision:
     kept: int
     heads: bool
     reason: str = ""
+    channels: dict[str, list[int]] = field(default_factory=dict)  # per pruned layer: the output channels kept
 
     def as_dict(self) -> dict:
         return {"group": self.group, "layers": self.layers, "heads" if self.heads else "channels": self.units,
@@ -119,5 +120,6 @@ def plan(analysis: ChannelAnalysis, groups: list[Group], scores: dict[Node, np.n
         order = np.argsort(-unit_scores, kind="stable")
         for u in order[keep:]:
             kept[group.units[u]] = False
-        decisions.append(Decision(group.key, names, n, keep, bool(group.heads)))
+        decisions.append(Decision(group.key, names, n, keep, bool(group.heads),
+                                  channels={s.node.name: np.nonzero(kept[s.atoms])[0].tolist() for s in group.sources}))
     return kept, decisions
