@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import MdocError
 from ..ir import Model
 from ..onnx_export import export_model
-from ..onnx_import import import_model
+from ..clone import clone_graph
 from ..pass_manager import PassManager, parse_pipeline
 from ..quantize import _outputs as outputs_on
 from ..quantize import accuracy
@@ -43,7 +43,7 @@ def prune_model(model: Model, *, channels: float = 0.0, heads: float = 0.0, crit
     options = dict(channels=channels, heads=heads, criterion=criterion, round_to=round_to, activations=activations)
 
     def build(excluded: list[str]):
-        m = import_model(reference)
+        m = _copy(model)
         decisions = prune_graph(m.graph, exclude=tuple(excluded), **options)
         PassManager(parse_pipeline("dce")).run(m)
         record_kept_channels(m, decisions)
@@ -70,9 +70,19 @@ def prune_model(model: Model, *, channels: float = 0.0, heads: float = 0.0, crit
                 restored.append({"group": key, "alone": round(gain, 6), "accuracy": round(score, 6)})
             report.update(max_drop=max_drop, restored=restored, within_budget=1 - score <= max_drop)
         report["accuracy"] = score
-    report.update(groups=[d.as_dict() for d in decisions], layers=_layers(import_model(reference), pruned),
-                  before=_size(import_model(reference), reference), after=_size(pruned, export_model(pruned)))
+    report.update(groups=[d.as_dict() for d in decisions], layers=_layers(model, pruned),
+                  before=_size(model, reference), after=_size(pruned, export_model(pruned)))
     return pruned, report
+
+
+def _copy(model: Model) -> Model:
+    """A copy of the IR (an export would write mdoc.attention back as its expansion); arrays are shared,
+    which is safe: the rewrite puts new constants in, it never writes into one."""
+    graph = clone_graph(model.graph, {})
+    for old, new in zip(model.graph, graph):
+        new.name = old.name  # clone_graph names copies only under a prefix; here they are the same layers
+    return Model(graph, model.opset_imports, model.ir_version, model.producer_name, model.producer_version,
+                 model.metadata)
 
 
 def _activations(model: Model, samples: list[dict]) -> dict[str, np.ndarray]:
