@@ -4,6 +4,7 @@ from . import (  # noqa: F401
     bench_cmd,
     compare_cmd,
     compile_cmd,
+    distill_cmd,
     import_cmd,
     inspect_cmd,
     opt_cmd,

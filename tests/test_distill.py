@@ -1,0 +1,59 @@
+"""mdoc distill: layer-wise least squares after pruning, bias correction after quantization."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from mdoc.distill import distill
+from mdoc.errors import MdocError
+from mdoc.onnx_import import import_model
+from mdoc.pruning.api import prune_model
+from mdoc.quantize import quantize_static
+
+N = helper.make_node
+
+
+def _cnn() -> onnx.ModelProto:
+    """Conv(16) -> Relu -> Conv(16) -> Relu -> GlobalAveragePool -> Flatten -> Gemm(10), seeded."""
+    rng = np.random.default_rng(1)
+    inits = {"w1": rng.standard_normal((16, 3, 3, 3)) * 0.4, "b1": rng.standard_normal(16) * 0.1,
+             "w2": rng.standard_normal((16, 16, 3, 3)) * 0.15, "b2": rng.standard_normal(16) * 0.1,
+             "fw": rng.standard_normal((10, 16)) * 0.3, "fb": rng.standard_normal(10) * 0.1}
+    nodes = [N("Conv", ["x", "w1", "b1"], ["c1"], pads=[1] * 4, name="conv1"), N("Relu", ["c1"], ["r1"]),
+             N("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1] * 4, name="conv2"), N("Relu", ["c2"], ["r2"]),
+             N("GlobalAveragePool", ["r2"], ["g"]), N("Flatten", ["g"], ["f"]),
+             N("Gemm", ["f", "fw", "fb"], ["y"], transB=1, name="fc")]
+    graph = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])],
+                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _samples(n: int, seed: int) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    return [{"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)} for _ in range(n)]
+
+
+def test_distill_brings_a_pruned_model_closer_to_its_teacher():
+    student, _ = prune_model(import_model(_cnn()), channels=0.5)
+    fitted, report = distill(student, import_model(_cnn()), _samples(64, 0), eval_samples=_samples(32, 1))
+    assert [r["layer"] for r in report["layers"]] == ["conv2", "fc"]
+    assert all(r["error_after"] < r["error_before"] for r in report["layers"])
+    assert report["accuracy_after"] > report["accuracy_before"] + 0.01
+    assert next(n for n in fitted.graph if n.name == "conv2").input(1).const_value.shape == (8, 8, 3, 3)
+
+
+def test_bias_correction_of_an_int8_model():
+    quantized, _ = quantize_static(import_model(_cnn()), _samples(16, 0))
+    fitted, report = distill(quantized, import_model(_cnn()), _samples(32, 0), eval_samples=_samples(32, 1))
+    assert {r["mode"] for r in report["layers"]} == {"bias"} and len(report["layers"]) == 3
+    assert all(r["error_after"] <= r["error_before"] for r in report["layers"])
+    assert abs(report["accuracy_after"] - report["accuracy_before"]) < 0.01  # centered: a mean shift barely shows
+
+
+def test_distill_refuses_a_student_with_nothing_to_fit():
+    with pytest.raises(MdocError, match="nothing to distill"):
+        distill(import_model(_cnn()), import_model(_cnn()), _samples(2, 0))
