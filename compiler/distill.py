@@ -10,8 +10,10 @@ For every layer the compression touched, in topological order:
   towards the pruned weights (`ridge` scales the penalty by the mean diagonal of the normal
   matrix), with an intercept where the layer has or can take a bias;
 - a quantized layer (its weight a DequantizeLinear of an int8 constant, as `mdoc quantize`
-  writes it) gets bias correction: the mean of the teacher's output minus the student's, per
-  output channel, is added to its bias.
+  writes it) is re-fitted the same way from its quantized inputs, and the solution rounded to the
+  weight's int8 grid with its scales unchanged (`requantize`: the rounding chosen by the data,
+  not by nearness alone, in the spirit of AdaRound/AdaQuant), or only gets bias correction
+  (`bias`: the mean of the teacher's output minus the student's, per channel, added to its bias).
 
 The report has each layer's relative error (squared error over the target's energy) before and
 after, and the whole model's centered cosine against the teacher on held-out samples before and
@@ -37,18 +39,22 @@ from .types import TensorType
 
 PRUNE_PREPARE = "infer-shapes,fold-constants{max-bytes=0},simplify,cse,dce"
 LAYERS = ("onnx.Conv", "onnx.Gemm", "onnx.MatMul")
+INT8_MODES = ("requantize", "bias")
 
 
 def distill(student: Model, teacher: Model, samples: list[dict], *, eval_samples: list[dict] | None = None,
-            ridge: float = 1e-2, progress: Callable[[str], None] | None = None) -> tuple[Model, dict]:
+            ridge: float = 1e-2, int8: str = "requantize",
+            progress: Callable[[str], None] | None = None) -> tuple[Model, dict]:
     """The student with its compressed layers re-fitted to the teacher, and the report."""
+    if int8 not in INT8_MODES:
+        raise MdocError(f"int8 distillation '{int8}' is not one of {', '.join(INT8_MODES)}")
     if not samples:
         raise MdocError("distillation needs calibration samples (--calib)")
     quantized = any(_dequantized_weight(n) is not None for n in student.graph)
     PassManager(parse_pipeline(QUANT_PREPARE if quantized else PRUNE_PREPARE)).run(teacher)
     kept = json.loads(student.metadata.get(KEPT_CHANNELS, "{}"))
     teachers = {n.name: n for n in teacher.graph if n.op in LAYERS}
-    plan = [(n.name, mode) for n in student.graph if (mode := _mode(n, teachers.get(n.name))) is not None]
+    plan = [(n.name, mode) for n in student.graph if (mode := _mode(n, teachers.get(n.name), int8)) is not None]
     if not plan:
         raise MdocError("nothing to distill: no layer of the student is pruned or quantized relative to the teacher "
                         "(layers are matched by node name)")
@@ -131,8 +137,9 @@ def _dequantized_weight(node: Node):
     return None
 
 
-def _mode(node: Node, teacher: Node | None) -> str | None:
-    """'refit' for a layer whose weights pruning sliced, 'bias' for a quantized one, else None."""
+def _mode(node: Node, teacher: Node | None, int8: str) -> str | None:
+    """'refit' for a layer whose weights pruning sliced; for a quantized one `int8` ('requantize': least squares
+    rounded to the weight's int8 grid, or 'bias': bias correction); else None."""
     if teacher is None or node.op not in LAYERS or node.op != teacher.op:
         return None
     if node.op == "onnx.Conv" and int(node.attrs.get("group", 1)) != 1:
@@ -140,7 +147,7 @@ def _mode(node: Node, teacher: Node | None) -> str | None:
     if node.op == "onnx.Gemm" and node.attrs.get("transA", 0):
         return None
     if _dequantized_weight(node) is not None:
-        return "bias" if node.op != "onnx.MatMul" else None
+        return None if int8 == "bias" and node.op == "onnx.MatMul" else int8
     w, t = node.input(1), teacher.input(1)
     if w is None or w.const_value is None or t is None or t.const_value is None:
         return None
@@ -226,8 +233,7 @@ class _Fit:
         x = x.astype(np.float64)
         if not self.conv:
             return x.reshape(-1, x.shape[-1])
-        w = self.node.input(1).const_value
-        kh, kw = w.shape[2:]
+        kh, kw = self.node.input(1).type.shape[2:]
         sh, sw = self.node.attrs.get("strides", [1, 1])
         dh, dw = self.node.attrs.get("dilations", [1, 1])
         pt, pl, pb, pr = self.node.attrs.get("pads", [0, 0, 0, 0])
@@ -247,15 +253,45 @@ class _Fit:
         old = self._weights()  # [inputs (+ 1 for the bias), outputs]
         dim = self.gram.shape[0]
         lam = self.ridge * float(np.trace(self.gram)) / dim
-        new = np.linalg.solve(self.gram + lam * np.eye(dim), self.cross + lam * old)
+        self._set_weights(np.linalg.solve(self.gram + lam * np.eye(dim), self.cross + lam * old))
+        new = self._weights()  # as stored: an int8 layer's rounded to its grid
         # residual from the normal equations: |A W - Y|^2 = W'GW - 2 W'C + |Y|^2; |Y|^2 from the old fit's error
         y2 = self.err - float(np.sum(old * (self.gram @ old)) - 2 * np.sum(old * self.cross))
         err = float(np.sum(new * (self.gram @ new)) - 2 * np.sum(new * self.cross)) + y2
-        self._set_weights(new)
         return {"error_before": before, "error_after": max(err, 0.0) / self.energy if self.energy else 0.0}
 
+    def _weight(self) -> np.ndarray:
+        """The layer's weight in float, an int8 one dequantized."""
+        dq = _dequantized_weight(self.node) if self.mode == "requantize" else None
+        if dq is None:
+            return self.node.input(1).const_value.astype(np.float64)
+        q, scale, zero = dq.input(0).const_value, dq.input(1).const_value, dq.input(2)
+        shape = [1] * q.ndim
+        if scale.ndim:
+            shape[int(dq.attrs.get("axis", 1)) % q.ndim] = -1
+        zero = zero.const_value.astype(np.float64).reshape(shape) if zero is not None else 0.0
+        return (q.astype(np.float64) - zero) * scale.astype(np.float64).reshape(shape)
+
+    def _store_weight(self, w: np.ndarray) -> None:
+        """Write `w` back: as a new constant, or for an int8 layer rounded to its grid (same scales)."""
+        node, graph = self.node, self.node.graph
+        dq = _dequantized_weight(node) if self.mode == "requantize" else None
+        if dq is None:
+            old = node.input(1).const_value
+            node.set_input(1, graph.constant(np.ascontiguousarray(w.astype(old.dtype)), name=node.input(1).name,
+                                             before=node))
+            return
+        q, scale, zero = dq.input(0).const_value, dq.input(1).const_value, dq.input(2)
+        shape = [1] * q.ndim
+        if scale.ndim:
+            shape[int(dq.attrs.get("axis", 1)) % q.ndim] = -1
+        zero = zero.const_value.astype(np.float64).reshape(shape) if zero is not None else 0.0
+        info = np.iinfo(q.dtype)
+        levels = np.clip(np.round(w / scale.astype(np.float64).reshape(shape) + zero), info.min, info.max)
+        dq.set_input(0, graph.constant(levels.astype(q.dtype), name=dq.input(0).name, before=dq))
+
     def _weights(self) -> np.ndarray:
-        node, w = self.node, self.node.input(1).const_value.astype(np.float64)
+        node, w = self.node, self._weight()
         if self.conv:
             rows = w.reshape(w.shape[0], -1).T
         elif node.op == "onnx.Gemm" and node.attrs.get("transB", 0):
@@ -265,7 +301,7 @@ class _Fit:
         return np.concatenate([rows, self._bias()[None, :]], axis=0) if self.intercept else rows
 
     def _channels(self) -> int:
-        w = self.node.input(1).const_value if self.mode == "refit" else _dequantized_weight(self.node).input(0).const_value
+        w = self.node.input(1).type
         if self.conv or (self.node.op == "onnx.Gemm" and self.node.attrs.get("transB", 0)):
             return w.shape[0]
         return w.shape[1]
@@ -288,16 +324,14 @@ class _Fit:
         self.node.set_input(2, graph.constant(bias.astype(dtype), name=f"{self.node.name}.bias", before=self.node))
 
     def _set_weights(self, rows: np.ndarray) -> None:
-        node, graph = self.node, self.node.graph
-        w_old = node.input(1).const_value
+        node = self.node
         weights = rows[:-1] if self.intercept else rows
         if self.conv:
-            w = weights.T.reshape(w_old.shape)
+            w = weights.T.reshape(node.input(1).type.shape)
         elif node.op == "onnx.Gemm" and node.attrs.get("transB", 0):
             w = weights.T
         else:
             w = weights
-        node.set_input(1, graph.constant(np.ascontiguousarray(w.astype(w_old.dtype)), name=node.input(1).name,
-                                         before=node))
+        self._store_weight(w)
         if self.intercept:
             self._set_bias(rows[-1])

@@ -8,7 +8,7 @@ import click
 
 from ..calibration import load_samples
 from ..cli_options import emit_json, json_option
-from ..distill import distill
+from ..distill import INT8_MODES, distill
 from ..errors import MdocError
 from ..model_io import SUFFIXES, load_model, save_model
 from .group import cli
@@ -23,8 +23,10 @@ from .group import cli
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .onnx or .mdir.")
 @click.option("--ridge", type=click.FloatRange(0, min_open=True), default=1e-2, show_default=True,
               help="Ridge penalty towards the student's weights, relative to the mean diagonal of the normal matrix.")
+@click.option("--int8", type=click.Choice(INT8_MODES), default="requantize", show_default=True,
+              help="For int8 layers: least squares rounded to their grid, or bias correction only.")
 @json_option
-def distill_cmd(student, teacher, calib, eval_data, output, ridge, as_json) -> None:
+def distill_cmd(student, teacher, calib, eval_data, output, ridge, int8, as_json) -> None:
     """Re-fit STUDENT's pruned layers (least squares) and int8 layers (bias correction) to the teacher's activations."""
     if not output.endswith(SUFFIXES):
         raise MdocError(f"{output}: unknown output format (use {' or '.join(SUFFIXES)})")
@@ -32,7 +34,8 @@ def distill_cmd(student, teacher, calib, eval_data, output, ridge, as_json) -> N
     samples = load_samples(calib, t)
     held_out = load_samples(eval_data, t) if eval_data else None
     progress = None if as_json or not sys.stderr.isatty() else (lambda name: click.echo(f"fitting {name}", err=True))
-    fitted, report = distill(s, t, samples, eval_samples=held_out, ridge=ridge, progress=progress)
+    fitted, report = distill(s, t, samples, eval_samples=held_out, ridge=ridge, int8=int8,
+                              progress=progress)
     save_model(fitted, output)
     report = {"output": output, **report}
     if as_json:
