@@ -115,6 +115,8 @@ def _residual(node: Node, teacher: dict[str, Node]):
     producer = other.producer() if other is not None else None
     if producer is None or other.const_value is not None or other.type != value.type or producer.name not in teacher:
         return None
+    if producer.op in LAYERS + ("onnx.BatchNormalization",):  # two fitted branches would each undo the other's fit
+        return None
     return other, teacher[producer.name].outputs[other.index], scale
 
 

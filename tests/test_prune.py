@@ -234,3 +234,19 @@ def test_cli_prune_and_its_errors(tmp_path, mdoc_cli):
     assert r.code == 2 and r.err.strip().endswith("the activation criterion needs calibration samples (--calib)")
     r = mdoc_cli("prune", tmp_path / "m.onnx", "-o", out)
     assert r.code == 2 and "nothing to do" in r.err
+
+
+def test_compile_prune_runs_prune_channels_first(tmp_path, mdoc_cli):
+    proto = _model([N("Conv", ["x", "w"], ["c"], name="conv"), N("Relu", ["c"], ["r"]),
+                    N("Conv", ["r", "w2"], ["y"], name="out")],
+                   {"w": _w(32, 3, 1, 1, zero=range(16)), "w2": _w(4, 32, 1, 1)}, [1, 3, 4, 4], [1, 4, 4, 4])
+    onnx.save(proto, tmp_path / "m.onnx")
+    r = mdoc_cli("compile", tmp_path / "m.onnx", "-t", "x86", "-o", tmp_path / "m.x86", "--prune", "0.5", "--json")
+    assert r.code == 0, r.err
+    import mdoc
+
+    x = RNG.standard_normal((1, 3, 4, 4)).astype(np.float32)
+    got = mdoc.load(tmp_path / "m.x86")(x=x)["y"]
+    np.testing.assert_allclose(got, _run(proto, x), rtol=1e-4, atol=1e-5)
+    manifest = (tmp_path / "m.x86" / "manifest.json").read_text()
+    assert "prune-channels" in manifest

@@ -47,7 +47,7 @@ def prune_cmd(model, output, channels, heads, criterion, round_to, target, calib
     if not output.endswith(SUFFIXES):
         raise MdocError(f"{output}: unknown output format (use {' or '.join(SUFFIXES)})")
     if round_to is None:
-        round_to = _vector_width(target) if target else 1
+        round_to = vector_width(target) if target else 1
     m = load_model(model)
     samples = load_samples(calib, m) if calib else None
     held_out = load_samples(eval_data, m) if eval_data else None
@@ -72,7 +72,8 @@ def prune_cmd(model, output, channels, heads, criterion, round_to, target, calib
     _print(report)
 
 
-def _vector_width(target: str) -> int:
+def vector_width(target: str) -> int:
+    """The fp32 lanes of a target's CPU description (read through the target registry, not imported)."""
     spec = list_targets().get(target)
     if spec is None:
         raise MdocError(f"unknown target '{target}' (see `mdoc targets`)")

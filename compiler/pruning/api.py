@@ -28,6 +28,11 @@ FUSE_HEADS = "fuse-layer-norm,fuse-gelu,fuse-attention,cse,dce"
 LAYERS = ("onnx.Conv", "onnx.Gemm", "onnx.MatMul")
 
 
+def prune_pipeline(ratio: float, round_to: int) -> str:
+    """The pass pipeline that prunes channels ahead of an -O pipeline (`mdoc compile --prune`)."""
+    return f"{PREPARE},prune-channels{{ratio={ratio},round-to={round_to}}},dce"
+
+
 def prune_model(model: Model, *, channels: float = 0.0, heads: float = 0.0, criterion: str = "l1",
                 round_to: int = 1, exclude: tuple[str, ...] = (), samples: list[dict] | None = None,
                 max_drop: float | None = None, eval_samples: list[dict] | None = None) -> tuple[Model, dict]:
