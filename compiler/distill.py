@@ -8,7 +8,8 @@ For every layer the compression touched, in topological order:
   as im2col patches, and the teacher's output of the same layer is the target (only the output
   channels the student kept, from the metadata `mdoc prune` writes). The fit is a ridge regression
   towards the pruned weights (`ridge` scales the penalty by the mean diagonal of the normal
-  matrix), with an intercept where the layer has or can take a bias;
+  matrix, and by unknowns per row where rows are fewer), with an intercept where the layer has or can
+  take a bias;
 - a quantized layer (its weight a DequantizeLinear of an int8 constant, as `mdoc quantize`
   writes it) is re-fitted the same way from its quantized inputs, and the solution rounded to the
   weight's int8 grid with its scales unchanged (`requantize`: the rounding chosen by the data,
@@ -61,11 +62,7 @@ def distill(student: Model, teacher: Model, samples: list[dict], *, eval_samples
     teacher_names: dict = {}
     teacher_proto = export_model(teacher, teacher_names)
     targets = {name: teacher_names[teachers[name].output] for name, _ in plan}
-    nodes = {n.name: n for n in student.graph}
-    by_name = {n.name: n for n in teacher.graph if n.name}
-    residuals = {name: r for name, _ in plan if (r := _residual(nodes[name], by_name)) is not None}
-    teacher_run = _Runner(teacher_proto, list(targets.values()) +
-                          [teacher_names[t] for _, t, _ in residuals.values()])
+    teacher_run = _Runner(teacher_proto, list(targets.values()))
     held_out = eval_samples or samples
     reference = outputs_on(teacher_proto, held_out)
     before = accuracy(outputs_on(export_model(student), held_out), reference)
@@ -78,46 +75,17 @@ def distill(student: Model, teacher: Model, samples: list[dict], *, eval_samples
         fit = _Fit(node, mode, kept.get(name), ridge)
         names: dict = {}
         proto = export_model(student, names)
-        residual = residuals.get(name)
-        run = _Runner(proto, [names[node.input(0)], names[node.output]] + ([names[residual[0]]] if residual else []))
+        run = _Runner(proto, [names[node.input(0)], names[node.output]])
         for feeds in batches:
-            x, y_student, *shortcut = run(feeds)
-            y_teacher = teacher_run(feeds, targets[name])
-            if residual:  # the sum must match: the shortcut's drift is the layer's to make up for
-                y_teacher = (y_teacher, teacher_run(feeds, teacher_names[residual[1]]), shortcut[0], residual[2])
-            fit.add(x, y_student, y_teacher)
+            x, y_student = run(feeds)
+            fit.add(x, y_student, teacher_run(feeds, targets[name]))
         rows.append({"layer": name, "mode": mode, **fit.apply()})
+    PassManager(parse_pipeline("dce")).run(student)  # the replaced weights
     after = accuracy(outputs_on(export_model(student), held_out), reference)
     gap = 1 - before
     return student, {"layers": rows, "accuracy_before": before, "accuracy_after": after,
                      "gap_closed": (after - before) / gap if gap > 0 else 0.0,
                      "samples": len(samples), "held_out": len(held_out)}
-
-
-def _residual(node: Node, teacher: dict[str, Node]):
-    """(the student's shortcut, the teacher's, the per-channel scale between them) where the layer's result,
-    through a BatchNormalization or not, is added to a shortcut: what the layer must reproduce is the teacher's
-    sum, so its target is moved by the shortcut's error (divided by the BatchNorm's scale)."""
-    value, scale = node.output, None
-    uses = value.uses()
-    if len(uses) == 1 and uses[0][0].op == "onnx.BatchNormalization" and uses[0][1] == 0:
-        bn = uses[0][0]
-        gamma, var = (bn.input(i).const_value for i in (1, 4))
-        if gamma is None or var is None:
-            return None
-        scale = gamma.astype(np.float64) / np.sqrt(var.astype(np.float64) + float(bn.attrs.get("epsilon", 1e-5)))
-        value = bn.outputs[0]
-        uses = value.uses()
-    if len(uses) != 1 or uses[0][0].op != "onnx.Add" or len(uses[0][0].inputs) != 2:
-        return None
-    add = uses[0][0]
-    other = add.input(1 - uses[0][1])
-    producer = other.producer() if other is not None else None
-    if producer is None or other.const_value is not None or other.type != value.type or producer.name not in teacher:
-        return None
-    if producer.op in LAYERS + ("onnx.BatchNormalization",):  # two fitted branches would each undo the other's fit
-        return None
-    return other, teacher[producer.name].outputs[other.index], scale
 
 
 def _batches(model: Model, samples: list[dict], size: int = 8) -> list[dict]:
@@ -199,16 +167,9 @@ class _Fit:
         y = y.reshape(-1, y.shape[-1]).astype(np.float64)
         return y[:, self.kept] if self.kept is not None else y
 
-    def add(self, x: np.ndarray, y_student: np.ndarray, y_teacher) -> None:
-        """One batch: the layer's input and output in the student, the teacher's output (or, for a layer before
-        a residual Add, the teacher's output and shortcut, the student's shortcut and the BatchNorm's scale)."""
-        current = self._target_student(y_student)
-        if isinstance(y_teacher, tuple):
-            y_teacher, teacher_shortcut, student_shortcut, scale = y_teacher
-            drift = self._target(teacher_shortcut) - self._target_student(student_shortcut)
-            target = self._target(y_teacher) + (drift / scale if scale is not None else drift)
-        else:
-            target = self._target(y_teacher)
+    def add(self, x: np.ndarray, y_student: np.ndarray, y_teacher: np.ndarray) -> None:
+        """One batch: the layer's input and output in the student, and the teacher's output."""
+        current, target = self._target_student(y_student), self._target(y_teacher)
         if target.shape != current.shape:
             raise MdocError(f"distill: layer '{self.node.name}' gives {current.shape[-1]} channels and the teacher's "
                             f"{target.shape[-1]} with no record of which it kept (prune it with `mdoc prune`)")
@@ -254,7 +215,8 @@ class _Fit:
             return {"error_before": before, "error_after": after}
         old = self._weights()  # [inputs (+ 1 for the bias), outputs]
         dim = self.gram.shape[0]
-        lam = self.ridge * float(np.trace(self.gram)) / dim
+        # the penalty grows where there are fewer rows than unknowns (a classifier sees one row per sample)
+        lam = self.ridge * float(np.trace(self.gram)) / dim * max(1.0, dim / self.count)
         self._set_weights(np.linalg.solve(self.gram + lam * np.eye(dim), self.cross + lam * old))
         new = self._weights()  # as stored: an int8 layer's rounded to its grid
         # residual from the normal equations: |A W - Y|^2 = W'GW - 2 W'C + |Y|^2; |Y|^2 from the old fit's error
