@@ -8,8 +8,9 @@ For every layer the compression touched, in topological order:
   as im2col patches, and the teacher's output of the same layer is the target (only the output
   channels the student kept, from the metadata `mdoc prune` writes). The fit is a ridge regression
   towards the pruned weights (`ridge` scales the penalty by the mean diagonal of the normal
-  matrix, and by unknowns per row where rows are fewer), with an intercept where the layer has or can
-  take a bias;
+  matrix), with an intercept where the layer has or can take a bias. A classifier that reads
+  GlobalAveragePool + Flatten is fitted at every position before the pooling (pooling and the
+  Gemm commute): one row per position instead of one per sample;
 - a quantized layer (its weight a DequantizeLinear of an int8 constant, as `mdoc quantize`
   writes it) is re-fitted the same way from its quantized inputs, and the solution rounded to the
   weight's int8 grid with its scales unchanged (`requantize`: the rounding chosen by the data,
@@ -62,7 +63,10 @@ def distill(student: Model, teacher: Model, samples: list[dict], *, eval_samples
     teacher_names: dict = {}
     teacher_proto = export_model(teacher, teacher_names)
     targets = {name: teacher_names[teachers[name].output] for name, _ in plan}
-    teacher_run = _Runner(teacher_proto, list(targets.values()))
+    students = {n.name: n for n in student.graph}
+    pooled = {name: (vs, vt) for name, mode in plan if mode == "refit" and (vs := _pooled(students[name])) is not None
+              and (vt := _pooled(teachers[name])) is not None}
+    teacher_run = _Runner(teacher_proto, list(targets.values()) + [teacher_names[vt] for _, vt in pooled.values()])
     held_out = eval_samples or samples
     reference = outputs_on(teacher_proto, held_out)
     before = accuracy(outputs_on(export_model(student), held_out), reference)
@@ -75,10 +79,16 @@ def distill(student: Model, teacher: Model, samples: list[dict], *, eval_samples
         fit = _Fit(node, mode, kept.get(name), ridge)
         names: dict = {}
         proto = export_model(student, names)
-        run = _Runner(proto, [names[node.input(0)], names[node.output]])
-        for feeds in batches:
-            x, y_student = run(feeds)
-            fit.add(x, y_student, teacher_run(feeds, targets[name]))
+        if name in pooled:
+            vs, vt = pooled[name]
+            run = _Runner(proto, [names[vs]])
+            for feeds in batches:
+                fit.add_positions(run(feeds)[0], teacher_run(feeds, teacher_names[vt]), teachers[name])
+        else:
+            run = _Runner(proto, [names[node.input(0)], names[node.output]])
+            for feeds in batches:
+                x, y_student = run(feeds)
+                fit.add(x, y_student, teacher_run(feeds, targets[name]))
         rows.append({"layer": name, "mode": mode, **fit.apply()})
     PassManager(parse_pipeline("dce")).run(student)  # the replaced weights
     after = accuracy(outputs_on(export_model(student), held_out), reference)
@@ -86,6 +96,15 @@ def distill(student: Model, teacher: Model, samples: list[dict], *, eval_samples
     return student, {"layers": rows, "accuracy_before": before, "accuracy_after": after,
                      "gap_closed": (after - before) / gap if gap > 0 else 0.0,
                      "samples": len(samples), "held_out": len(held_out)}
+
+
+def _pooled(node: Node):
+    """The 4-D value a Gemm reads through GlobalAveragePool and Flatten (or a flattening Reshape), else None."""
+    x = node.input(0)
+    plain = node.attrs.get("alpha", 1.0) == 1.0 and node.attrs.get("beta", 1.0) == 1.0
+    flat = x.producer() if node.op == "onnx.Gemm" and plain and x is not None else None
+    pool = flat.input(0).producer() if flat is not None and flat.op in ("onnx.Flatten", "onnx.Reshape") else None
+    return pool.input(0) if pool is not None and pool.op == "onnx.GlobalAveragePool" else None
 
 
 def _batches(model: Model, samples: list[dict], size: int = 8) -> list[dict]:
@@ -183,6 +202,26 @@ class _Fit:
         a = self._regressors(x)
         if self.intercept:
             a = np.concatenate([a, np.ones((a.shape[0], 1))], axis=1)
+        self._accumulate(a, target)
+
+    def add_positions(self, x: np.ndarray, x_teacher: np.ndarray, teacher: Node) -> None:
+        """One batch for a Gemm after GlobalAveragePool: its inputs before the pooling, position by position, and
+        the teacher's Gemm applied to the teacher's features at the same positions as the target."""
+        rows = np.moveaxis(x, 1, -1).reshape(-1, x.shape[1]).astype(np.float64)
+        a = np.concatenate([rows, np.ones((rows.shape[0], 1))], axis=1)
+        t_rows = np.moveaxis(x_teacher, 1, -1).reshape(-1, x_teacher.shape[1]).astype(np.float64)
+        w = teacher.input(1).const_value.astype(np.float64)
+        c = teacher.input(2).const_value if teacher.input(2) is not None else None
+        target = t_rows @ (w.T if teacher.attrs.get("transB", 0) else w) * float(teacher.attrs.get("alpha", 1.0))
+        if c is not None:
+            target = target + float(teacher.attrs.get("beta", 1.0)) * c.astype(np.float64).reshape(1, -1)
+        target = target[:, self.kept] if self.kept is not None else target
+        current = a @ self._weights()
+        self.energy += float((target ** 2).sum())
+        self.err += float(((target - current) ** 2).sum())
+        self._accumulate(a, target)
+
+    def _accumulate(self, a: np.ndarray, target: np.ndarray) -> None:
         g, c = a.T @ a, a.T @ target
         self.gram = g if self.gram is None else self.gram + g
         self.cross = c if self.cross is None else self.cross + c
@@ -215,8 +254,7 @@ class _Fit:
             return {"error_before": before, "error_after": after}
         old = self._weights()  # [inputs (+ 1 for the bias), outputs]
         dim = self.gram.shape[0]
-        # the penalty grows where there are fewer rows than unknowns (a classifier sees one row per sample)
-        lam = self.ridge * float(np.trace(self.gram)) / dim * max(1.0, dim / self.count)
+        lam = self.ridge * float(np.trace(self.gram)) / dim
         self._set_weights(np.linalg.solve(self.gram + lam * np.eye(dim), self.cross + lam * old))
         new = self._weights()  # as stored: an int8 layer's rounded to its grid
         # residual from the normal equations: |A W - Y|^2 = W'GW - 2 W'C + |Y|^2; |Y|^2 from the old fit's error

@@ -63,3 +63,20 @@ def test_an_int8_model_refitted_on_its_grid_or_bias_corrected(int8):
 def test_distill_refuses_a_student_with_nothing_to_fit():
     with pytest.raises(MdocError, match="nothing to distill"):
         distill(import_model(_cnn()), import_model(_cnn()), _samples(2, 0))
+
+
+def test_cli_distill(tmp_path, mdoc_cli):
+    onnx.save(_cnn(), tmp_path / "teacher.onnx")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "calib.npz", x=rng.standard_normal((48, 1, 3, 8, 8)).astype(np.float32))
+    np.savez(tmp_path / "eval.npz", x=rng.standard_normal((16, 1, 3, 8, 8)).astype(np.float32))
+    r = mdoc_cli("prune", tmp_path / "teacher.onnx", "-o", tmp_path / "student.onnx", "--channels", "0.5")
+    assert r.code == 0, r.err
+    r = mdoc_cli("distill", tmp_path / "student.onnx", "--teacher", tmp_path / "teacher.onnx", "--calib",
+                 tmp_path / "calib.npz", "--eval", tmp_path / "eval.npz", "-o", tmp_path / "distilled.onnx")
+    assert r.code == 0, r.err
+    assert "conv2 (refit): error" in r.out and "of the gap to 1 closed" in r.out
+    assert (tmp_path / "distilled.onnx").is_file()
+    r = mdoc_cli("distill", tmp_path / "teacher.onnx", "--teacher", tmp_path / "teacher.onnx", "--calib",
+                 tmp_path / "calib.npz", "-o", tmp_path / "same.onnx")
+    assert r.code == 2 and "nothing to distill" in r.err and not (tmp_path / "same.onnx").exists()
