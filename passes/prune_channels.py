@@ -31,6 +31,6 @@ class PruneChannels(GraphPass):
         if graph is not ctx.model.graph:
             return False
         decisions = prune_graph(graph, channels=self.ratio, criterion=self.criterion, round_to=self.round_to,
-                                exclude=tuple(n for n in self.exclude.split(";") if n))
+                                exclude=tuple(n for n in self.exclude.split(";") if n), opset=ctx.model.opset)
         record_kept_channels(ctx.model, decisions)
         return any(d.kept < d.units for d in decisions)

@@ -26,6 +26,6 @@ class PruneHeads(GraphPass):
     def run(self, graph: Graph, ctx: PassContext) -> bool:
         if graph is not ctx.model.graph:
             return False
-        decisions = prune_graph(graph, heads=self.ratio, criterion=self.criterion)
+        decisions = prune_graph(graph, heads=self.ratio, criterion=self.criterion, opset=ctx.model.opset)
         record_kept_channels(ctx.model, decisions)
         return any(d.kept < d.units for d in decisions if d.heads)

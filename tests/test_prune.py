@@ -31,11 +31,11 @@ def _w(*shape, zero=(), axis=0):
     return w
 
 
-def _model(nodes, inits: dict, x_shape, y_shape) -> onnx.ModelProto:
+def _model(nodes, inits: dict, x_shape, y_shape, opset: int = 17) -> onnx.ModelProto:
     graph = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
                               [numpy_helper.from_array(v, k) for k, v in inits.items()])
-    return onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    return onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]))
 
 
 def _run(proto, x):
@@ -113,13 +113,15 @@ def test_concat_parts_prune_separately_and_the_reader_follows():
     _same_outputs(proto, model, [1, 3, 4, 4])
 
 
-def test_split_sizes_follow_the_kept_channels():
-    inits = {"w0": _w(8, 3, 1, 1, zero=[1, 6]), "s": np.array([4, 4], np.int64), "wa": _w(2, 4, 1, 1),
-             "wb": _w(2, 4, 1, 1)}
-    nodes = [N("Conv", ["x", "w0"], ["a"], name="conv0"), N("Split", ["a", "s"], ["p", "q"], axis=1),
+@pytest.mark.parametrize("opset", [11, 17, 18])
+def test_split_sizes_follow_the_kept_channels(opset):
+    inits = {"w0": _w(8, 3, 1, 1, zero=[1, 6]), "wa": _w(2, 4, 1, 1), "wb": _w(2, 4, 1, 1)}
+    split = {11: N("Split", ["a"], ["p", "q"], axis=1), 17: N("Split", ["a"], ["p", "q"], axis=1),
+             18: N("Split", ["a"], ["p", "q"], axis=1, num_outputs=2)}[opset]
+    nodes = [N("Conv", ["x", "w0"], ["a"], name="conv0"), split,
              N("Conv", ["p", "wa"], ["u"], name="ca"), N("Conv", ["q", "wb"], ["v"], name="cb"), N("Add", ["u", "v"], ["y"])]
-    proto = _model(nodes, inits, [1, 3, 4, 4], [1, 2, 4, 4])
-    model, groups = _prune(proto, channels=0.25)
+    proto = _model(nodes, inits, [1, 3, 4, 4], [1, 2, 4, 4], opset)
+    model, groups = _prune(proto, channels=0.25, opset=opset)
     assert groups["conv0"].kept == 6
     assert _weight(model, "ca").shape == (2, 3, 1, 1) and _weight(model, "cb").shape == (2, 3, 1, 1)
     _same_outputs(proto, model, [1, 3, 4, 4])

@@ -38,7 +38,7 @@ from .group import cli
 @click.option("--exclude", default="", metavar="NODE,...", help="Layers whose groups keep every channel.")
 @click.option("--sparsity", type=click.FloatRange(0, 1, max_open=True), default=0.0,
               help="Then zero this share of each layer's smallest weights (shapes unchanged).")
-@click.option("--pattern", default="", metavar="N:M", help="With --sparsity: zero N of every M weights (2:4).")
+@click.option("--pattern", default="", metavar="N:M", help="Zero N of every M consecutive weights (2:4) instead of a share of each layer's.")
 @click.option("--time", "timed", is_flag=True, help="Time the model before and after in onnxruntime, interleaved.")
 @json_option
 def prune_cmd(model, output, channels, heads, criterion, round_to, target, calib, eval_data, max_drop, exclude,
@@ -56,11 +56,11 @@ def prune_cmd(model, output, channels, heads, criterion, round_to, target, calib
         pruned, report = prune_model(m, channels=channels, heads=heads, criterion=criterion, round_to=round_to,
                                      exclude=tuple(n for n in exclude.split(",") if n), samples=samples,
                                      max_drop=max_drop, eval_samples=held_out)
-    elif sparsity:
+    elif sparsity or pattern:
         pruned, report = m, {}
     else:
         raise MdocError("nothing to do: give --channels, --heads or --sparsity a ratio above 0")
-    if sparsity:
+    if sparsity or pattern:
         report["sparsity"] = {"zeroed": sparsify(pruned.graph, sparsity, pattern), "pattern": pattern or None}
     save_model(pruned, output)
     report = {"output": output, "round_to": round_to, **report}

@@ -22,14 +22,15 @@ from .rewrite import apply_pruning
 
 def prune_graph(graph: Graph, *, channels: float = 0.0, heads: float = 0.0, criterion: str = "l1",
                 round_to: int = 1, exclude: tuple[str, ...] = (),
-                activations: dict[str, np.ndarray] | None = None) -> list[Decision]:
-    """Prune `graph` in place: `channels` of every channel group, `heads` of every attention's heads."""
+                activations: dict[str, np.ndarray] | None = None, opset: int = 17) -> list[Decision]:
+    """Prune `graph` in place: `channels` of every channel group, `heads` of every attention's heads
+    (`opset`: the model's, which says how a Split takes its sizes)."""
     analysis = ChannelAnalysis(graph)
     groups = analysis.groups()
     scores = channel_scores(analysis, criterion, activations)
     kept, decisions = plan(analysis, groups, scores, channels=channels, heads=heads, round_to=round_to,
                            exclude=exclude)
-    apply_pruning(analysis, kept)
+    apply_pruning(analysis, kept, opset)
     return decisions
 
 

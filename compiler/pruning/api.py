@@ -45,7 +45,8 @@ def prune_model(model: Model, *, channels: float = 0.0, heads: float = 0.0, crit
     PassManager(parse_pipeline(PREPARE + (f",{FUSE_HEADS},{PREPARE},{FUSE_HEADS}" if heads else ""))).run(model)
     reference = export_model(model)
     activations = _activations(model, samples) if criterion == "activation" else None
-    options = dict(channels=channels, heads=heads, criterion=criterion, round_to=round_to, activations=activations)
+    options = dict(channels=channels, heads=heads, criterion=criterion, round_to=round_to, activations=activations,
+                   opset=model.opset)
 
     def build(excluded: list[str]):
         m = _copy(model)

@@ -81,10 +81,6 @@ class Group:
     heads: list[Node] = field(default_factory=list)
     frozen: str = ""
 
-    @property
-    def channels(self) -> int:
-        return max(s.count for s in self.sources)
-
 
 class ChannelAnalysis:
     """Layouts of the values of `graph`, the sources, the equalities and the frozen atoms."""
@@ -105,6 +101,10 @@ class ChannelAnalysis:
             for user, i in value.uses():
                 if (user, i) not in self._handled:
                     self.freeze(layout, f"it is read by {user.op} '{user.name}'")
+
+    @property
+    def atom_count(self) -> int:
+        return self._count
 
     # -- building blocks of the rules ---------------------------------------------------
     def new_atoms(self, count: int) -> np.ndarray:

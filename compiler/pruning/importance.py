@@ -100,8 +100,8 @@ def plan(analysis: ChannelAnalysis, groups: list[Group], scores: dict[Node, np.n
     for name, ratio in (("channels", channels), ("heads", heads)):
         if not 0 <= ratio < 1:
             raise MdocError(f"pruning ratio --{name} {ratio} must be in [0, 1)")
-    kept = np.ones(analysis._count, dtype=bool)
-    atom_score = np.zeros(analysis._count)
+    kept = np.ones(analysis.atom_count, dtype=bool)
+    atom_score = np.zeros(analysis.atom_count)
     for s in analysis.sources:
         v = scores[s.node]
         mean = float(np.mean(v)) if len(v) else 0.0

@@ -13,14 +13,16 @@ import numpy as np
 
 from ..ir import Node, Value
 from ..types import TensorType
-from .groups import ELEMENTWISE, POOLS, UNARY, ChannelAnalysis, Layout
+from .groups import ELEMENTWISE, UNARY, ChannelAnalysis, Layout
 
 
-def apply_pruning(analysis: ChannelAnalysis, kept: np.ndarray) -> int:
-    """Slice the graph to the atoms `kept` says stay; how many nodes changed."""
+def apply_pruning(analysis: ChannelAnalysis, kept: np.ndarray, opset: int = 17) -> int:
+    """Slice the graph to the atoms `kept` says stay; how many nodes changed (`opset`: how Split takes sizes)."""
     changed = 0
     for node in analysis.graph.nodes():
         rule = _RULES.get(node.op)
+        if node.op == "onnx.Split" and opset < 13:
+            rule = _split_attribute
         if rule is not None and rule(analysis, kept, node):
             changed += 1
     for value, layout in analysis.layouts.items():
@@ -131,14 +133,20 @@ def _reshape(a, kept, node) -> bool:
 
 
 def _split(a, kept, node) -> bool:
+    """Split from opset 13: the sizes as an input (opset 18's num_outputs gives way to it)."""
     if _positions(a, kept, node.input(0)) is None:
         return False
     sizes = np.array([len(a.layout(o).features(kept)) for o in node.outputs], dtype=np.int64)
-    if "split" in node.attrs:
-        node.attrs["split"] = [int(s) for s in sizes]
-    else:
-        node.attrs.pop("num_outputs", None)
-        node.set_input(1, node.graph.constant(sizes, name=f"{node.name}.split", before=node))
+    node.attrs.pop("num_outputs", None)
+    node.set_input(1, node.graph.constant(sizes, name=f"{node.name}.split", before=node))
+    return True
+
+
+def _split_attribute(a, kept, node) -> bool:
+    """Split before opset 13: the sizes as the `split` attribute."""
+    if _positions(a, kept, node.input(0)) is None:
+        return False
+    node.attrs["split"] = tuple(len(a.layout(o).features(kept)) for o in node.outputs)
     return True
 
 
@@ -154,5 +162,5 @@ def _attention(a, kept, node) -> bool:
 _RULES = {
     "onnx.Conv": _conv, "onnx.Gemm": _dense, "onnx.MatMul": _dense, "onnx.BatchNormalization": _batch_norm,
     "onnx.Reshape": _reshape, "onnx.Split": _split, "mdoc.attention": _attention,
-    **{op: _elementwise for op in ELEMENTWISE | UNARY}, **{op: (lambda a, k, n: False) for op in POOLS},
+    **{op: _elementwise for op in ELEMENTWISE | UNARY},
 }
