@@ -30,6 +30,7 @@ def main() -> int:
     p.add_argument("--eval", type=int, default=16, help="held-out samples")
     p.add_argument("--ridge", type=float, default=0.3)
     p.add_argument("--students", default="pruned,int8")
+    p.add_argument("--int8", default="requantize", choices=["requantize", "bias"], help="how int8 layers are fitted")
     args = p.parse_args()
 
     from mdoc.distill import distill
@@ -53,9 +54,10 @@ def main() -> int:
                 label = f"pruned {args.channels:.0%}"
             else:
                 student, _ = quantize_static(import_model(teacher), calib[:32])
-                label = "int8 (minmax)"
+                label = f"int8, {args.int8}"
             start = time.perf_counter()
-            _, report = distill(student, import_model(teacher), calib, eval_samples=held_out, ridge=args.ridge)
+            _, report = distill(student, import_model(teacher), calib, eval_samples=held_out, ridge=args.ridge,
+                                int8=args.int8)
             print(f"{name:12s} {label:16s} {report['accuracy_before']:7.4f} {report['accuracy_after']:7.4f} "
                   f"{report['gap_closed']:10.0%} {len(report['layers']):6d} {time.perf_counter() - start:5.0f}",
                   flush=True)
