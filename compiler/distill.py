@@ -47,7 +47,8 @@ INT8_MODES = ("requantize", "bias")
 def distill(student: Model, teacher: Model, samples: list[dict], *, eval_samples: list[dict] | None = None,
             ridge: float = 1e-2, int8: str = "requantize",
             progress: Callable[[str], None] | None = None) -> tuple[Model, dict]:
-    """The student with its compressed layers re-fitted to the teacher, and the report."""
+    """The student with its compressed layers re-fitted to the teacher, and the report. Both models are edited
+    in place: the student re-fitted, the teacher given the cleanup its student had (BatchNorm folded for int8)."""
     if int8 not in INT8_MODES:
         raise MdocError(f"int8 distillation '{int8}' is not one of {', '.join(INT8_MODES)}")
     if not samples:
