@@ -92,5 +92,5 @@ def test_int8_resnet_block_values_stay_readable():
     samples = [{"image": rng.standard_normal((1, 3, 32, 32)).astype(np.float32)} for _ in range(8)]
     teacher = resnet18(image_size=32, width=8, num_classes=10)
     quantized, _ = quantize_static(import_model(teacher), samples)
-    _, report = distill(quantized, import_model(teacher), samples)
+    _, report = distill(quantized, import_model(teacher), samples, int8="requantize")
     assert len(report["layers"]) == 21 and report["accuracy_after"] > report["accuracy_before"]
