@@ -252,3 +252,13 @@ def test_compile_prune_runs_prune_channels_first(tmp_path, mdoc_cli):
     np.testing.assert_allclose(got, _run(proto, x), rtol=1e-4, atol=1e-5)
     manifest = (tmp_path / "m.x86" / "manifest.json").read_text()
     assert "prune-channels" in manifest
+
+
+def test_cli_sparsity_writes_only_the_sparse_weights(tmp_path, mdoc_cli):
+    proto = _model([N("Conv", ["x", "w"], ["y"], name="conv")], {"w": _w(8, 8, 1, 1)}, [1, 8, 2, 2], [1, 8, 2, 2])
+    onnx.save(proto, tmp_path / "m.onnx")
+    r = mdoc_cli("prune", tmp_path / "m.onnx", "-o", tmp_path / "s.onnx", "--pattern", "2:4")
+    assert r.code == 0, r.err
+    assert "sparsity: 32 weights zeroed" in r.out
+    (w,) = onnx.load(tmp_path / "s.onnx").graph.initializer
+    assert (numpy_helper.to_array(w) == 0).sum() == 32

@@ -11,6 +11,7 @@ from ..cli_options import emit_json, json_option
 from ..errors import MdocError
 from ..model_io import SUFFIXES, load_model, save_model
 from ..onnx_export import export_model
+from ..pass_manager import PassManager, parse_pipeline
 from ..pruning.api import prune_model
 from ..pruning.importance import CRITERIA
 from ..pruning.sparsity import sparsify
@@ -38,7 +39,8 @@ from .group import cli
 @click.option("--exclude", default="", metavar="NODE,...", help="Layers whose groups keep every channel.")
 @click.option("--sparsity", type=click.FloatRange(0, 1, max_open=True), default=0.0,
               help="Then zero this share of each layer's smallest weights (shapes unchanged).")
-@click.option("--pattern", default="", metavar="N:M", help="Zero N of every M consecutive weights (2:4) instead of a share of each layer's.")
+@click.option("--pattern", default="", metavar="N:M",
+              help="Zero N of every M consecutive weights (2:4) instead of a share of each layer's.")
 @click.option("--time", "timed", is_flag=True, help="Time the model before and after in onnxruntime, interleaved.")
 @json_option
 def prune_cmd(model, output, channels, heads, criterion, round_to, target, calib, eval_data, max_drop, exclude,
@@ -62,6 +64,7 @@ def prune_cmd(model, output, channels, heads, criterion, round_to, target, calib
         raise MdocError("nothing to do: give --channels, --heads or --sparsity a ratio above 0")
     if sparsity or pattern:
         report["sparsity"] = {"zeroed": sparsify(pruned.graph, sparsity, pattern), "pattern": pattern or None}
+        PassManager(parse_pipeline("dce")).run(pruned)  # the dense weights it replaced
     save_model(pruned, output)
     report = {"output": output, "round_to": round_to, **report}
     if timed:
