@@ -4,6 +4,7 @@ from . import (  # noqa: F401
     bench_cmd,
     compare_cmd,
     compile_cmd,
+    distill_cmd,
     generate_cmd,
     import_cmd,
     inspect_cmd,
@@ -11,6 +12,7 @@ from . import (  # noqa: F401
     passes_cmd,
     quantize_cmd,
     print_cmd,
+    prune_cmd,
     run_cmd,
     zoo_cmd,
 )

@@ -10,10 +10,12 @@ import click
 from ..api import compile as compile_model
 from ..backends import BUILD_LOG, MANIFEST, list_targets
 from ..errors import MdocError
-from ..pass_manager import load_plugin
+from ..pass_manager import OPT_LEVELS, load_plugin
+from ..pruning.api import prune_pipeline
 from ..specialize import parse_binding, parse_shape
 from ..cli_options import dim_option, emit_json, json_option, parse_dims
 from .group import cli
+from .prune_cmd import vector_width
 
 
 @cli.command("compile")
@@ -23,6 +25,8 @@ from .group import cli
 @click.option("-o", "--output", required=True, type=click.Path(), help="Artifact folder to write.")
 @click.option("-O", "level", type=click.IntRange(0, 3), default=2, show_default=True, help="Optimization level.")
 @click.option("-p", "--pipeline", help="Textual pass pipeline instead of -O.")
+@click.option("--prune", "prune_ratio", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="First remove this share of channels (prune-channels, l1, rounded to the target's vector width).")
 @click.option("--arch", help="CUDA architecture, e.g. sm_87 (CUDA targets only).")
 @click.option("--plugin", "plugins", multiple=True, type=click.Path(dir_okay=False), help="Load passes from a file.")
 @click.option("--tuning-db", type=click.Path(file_okay=False),
@@ -37,7 +41,7 @@ from .group import cli
 @click.option("-v", "--verbose", is_flag=True,
               help="Print TVM's own log of the build (kept in the artifact's build.log) on stderr.")
 @json_option
-def compile_cmd(model, target, output, level, pipeline, arch, plugins, tuning_db, no_tuning, dims, shapes, binds,
+def compile_cmd(model, target, output, level, pipeline, prune_ratio, arch, plugins, tuning_db, no_tuning, dims, shapes, binds,
                 verbose, as_json) -> None:
     """Optimize MODEL and compile it for TARGET into the artifact folder OUTPUT.
 
@@ -57,6 +61,8 @@ def compile_cmd(model, target, output, level, pipeline, arch, plugins, tuning_db
     if tuning_db and no_tuning:
         raise MdocError("give either --tuning-db DIR or --no-tuning, not both")
     inputs = dict(parse_binding(b) for b in binds)
+    if prune_ratio:
+        pipeline = prune_pipeline(prune_ratio, vector_width(target)) + "," + (pipeline or OPT_LEVELS[level])
     try:
         path = compile_model(model, target, output, opt_level=level, pipeline=pipeline, dims=parse_dims(dims),
                              shapes=dict(parse_shape(s) for s in shapes), inputs=inputs, arch=arch,
