@@ -36,7 +36,7 @@ from .onnx_export import export_model
 from .pass_manager import PassManager, parse_pipeline
 from .pruning import KEPT_CHANNELS
 from .quantize import PREPARE as QUANT_PREPARE
-from .quantize import _outputs as outputs_on
+from .quantize import outputs_on
 from .quantize import accuracy
 from .types import TensorType
 

@@ -52,18 +52,18 @@ def quantize_static(model: Model, samples: list[dict[str, np.ndarray]], *, metho
     summary = {"observers": len(ranges), "weight_bytes": _weight_bytes(model)}
     if max_drop is not None:
         held_out = eval_samples or samples
-        reference = _outputs(prepared, held_out)
-        score = accuracy(_outputs(export_model(result), held_out), reference)
+        reference = outputs_on(prepared, held_out)
+        score = accuracy(outputs_on(export_model(result), held_out), reference)
         fallback: list[dict] = []
         if 1 - score > max_drop:
-            gains = sorted(((accuracy(_outputs(export_model(_build(prepared, kept + [name], ranges, options)), held_out),
+            gains = sorted(((accuracy(outputs_on(export_model(_build(prepared, kept + [name], ranges, options)), held_out),
                                       reference) - score, name) for name in _quantized_ops(result)), reverse=True)
             for gain, name in gains:
                 if 1 - score <= max_drop:
                     break
                 kept.append(name)
                 result = _build(prepared, kept, ranges, options)
-                new = accuracy(_outputs(export_model(result), held_out), reference)
+                new = accuracy(outputs_on(export_model(result), held_out), reference)
                 fallback.append({"node": name, "alone": round(gain, 6), "accuracy": round(new, 6)})
                 score = new
         summary.update(accuracy=score, max_drop=max_drop, fp32_fallback=fallback,
@@ -125,7 +125,7 @@ def _quantized_ops(model: Model) -> list[str]:
     return names
 
 
-def _outputs(proto, samples) -> list[np.ndarray]:
+def outputs_on(proto, samples) -> list[np.ndarray]:
     """The model's outputs on every sample (onnxruntime), stacked along a new first axis."""
     import onnxruntime as ort
 

@@ -17,7 +17,7 @@ from ..ir import Model
 from ..onnx_export import export_model
 from ..clone import clone_graph
 from ..pass_manager import PassManager, parse_pipeline
-from ..quantize import _outputs as outputs_on
+from ..quantize import outputs_on
 from ..quantize import accuracy
 from ..stats import model_stats, node_flops
 from . import prune_graph, record_kept_channels
