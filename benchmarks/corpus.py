@@ -645,6 +645,10 @@ def main(argv: list[str]) -> int:
             print(f"{n:<22} {r.get('result') or 'ok, %d bytes' % r['bytes']}", flush=True)
         return 0
     if args.step == "run":
+        if not args.no_write and not any(model_path(n).is_file() for n in names):
+            print(f"no model of {', '.join(names)} is in {cache_dir() / 'models'}: run `corpus.py gather` first "
+                  "(the table is left as it is)", file=sys.stderr)
+            return 2
         for n in names:
             if not model_path(n).is_file():
                 row = {"result": "not gathered (run `corpus.py gather` first)"}
