@@ -8,12 +8,12 @@ inputs are drawn from a seeded generator so runs are repeatable.
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_write
 from .errors import MdocError
 from .ir import Model
 from .types import DType, TensorType
@@ -32,18 +32,7 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 def save_npz(path: str | os.PathLike, tensors: dict[str, np.ndarray]) -> None:
     """Write atomically, so a failure leaves no partial file."""
-    path = Path(path)
-    folder = path.resolve().parent
-    if not folder.is_dir():
-        raise MdocError(f"{path}: folder '{folder}' does not exist")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".mdoc-", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **tensors)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: np.savez(f, **tensors))
 
 
 def concrete_shape(t: TensorType, dims: dict[str, int] | None = None, default: int = 1) -> tuple[int, ...]:

@@ -24,6 +24,7 @@ from typing import Callable
 import numpy as np
 
 from mdoc.backends import MANIFEST
+from mdoc.atomic import publish_folder
 from mdoc.errors import MdocError
 
 from .feeds import InputChecks
@@ -70,15 +71,10 @@ class StagedArtifact:
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def commit(self, manifest: dict) -> Path:
+        """Hash every file into the manifest, write it, and swap the folder in (`mdoc.atomic.publish_folder`)."""
         manifest["files"] = {p.name: sha256(p) for p in sorted(self.dir.iterdir()) if p.name != MANIFEST}
         (self.dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self.dir, 0o777 & ~umask)  # mkdtemp made it private; an artifact is for sharing
-        if self.out.exists():
-            shutil.rmtree(self.out)
-        os.replace(self.dir, self.out)
-        return self.out
+        return publish_folder(self.dir, self.out)
 
 
 def read_manifest(path: Path) -> dict:
