@@ -22,7 +22,7 @@ from onnx import AttributeProto, TensorProto, numpy_helper
 
 from .errors import MdocError
 from .ir import CONSTANT, Graph, Model, op_name
-from .onnx_load import load_external_array, read_model_proto
+from .onnx_load import check_model_proto, load_external_array, read_model_proto
 from .ops import is_onnx_domain, known_onnx_op
 from .scoped_inference import refine_types
 from .types import UNKNOWN, DType, TensorType, tensor_type_of, type_from_onnx
@@ -38,6 +38,7 @@ def import_model(source: str | os.PathLike | onnx.ModelProto, *, infer_shapes: b
     else:
         path = Path(source)
         proto = read_model_proto(path)
+    check_model_proto(proto, path)  # external data and declared sizes, before any tensor is read
     return _Importer(proto, path, name).run(infer_shapes)
 
 
