@@ -53,3 +53,29 @@ def check_materialized(nbytes: int, where: str, hint: str = "") -> None:
     if nbytes > MAX_MATERIALIZED_BYTES:
         raise MdocError(f"{where} would take {gib(nbytes)}, more than mdoc makes up from a declaration "
                         f"({gib(MAX_MATERIALIZED_BYTES)}){hint}")
+
+
+# The most bytes one value of static shape may take in a compiled model: a declaration past
+# this (a ConstantOfShape of [10**6, 10**6] is 3.6 TiB) can only fail at run time, deep in TVM.
+MAX_STATIC_VALUE_BYTES = 1 << 37
+
+
+def check_static_sizes(model) -> None:
+    """Refuse a model (shapes inferred) in which a node makes a value of static shape past
+    MAX_STATIC_VALUE_BYTES, naming the node, before it is compiled."""
+    from .ir import CONSTANT
+    from .types import TensorType
+
+    for node in model.graph.walk():
+        if node.op == CONSTANT:
+            continue  # its bytes exist already
+        for v in node.outputs:
+            t = v.type
+            if not isinstance(t, TensorType) or t.shape is None or not all(isinstance(d, int) for d in t.shape):
+                continue
+            nbytes = math.prod(t.shape) * t.dtype.itemsize
+            if nbytes > MAX_STATIC_VALUE_BYTES:
+                who = f"node '{node.name}' ({node.op})" if node.name else f"an unnamed {node.op}"
+                raise MdocError(f"{who} makes '{v.name}' of shape {list(t.shape)}, "
+                                f"{gib(int(nbytes))}: more than any target can hold "
+                                f"({gib(MAX_STATIC_VALUE_BYTES)}); the model's shapes are wrong")

@@ -237,10 +237,17 @@ class _Runner:
     def __call__(self, **feeds: np.ndarray) -> dict[str, np.ndarray]:
         arrays = self._check(feeds)
         with self._lock:
-            if self._cpu:
-                result = self._main(*[self._on_cpu(i, a) for i, a in enumerate(arrays)])
-            else:
-                result = self._main(*[self.tvm.runtime.tensor(_contiguous(a), self.dev) for a in arrays])
+            try:
+                if self._cpu:
+                    result = self._main(*[self._on_cpu(i, a) for i, a in enumerate(arrays)])
+                else:
+                    result = self._main(*[self.tvm.runtime.tensor(_contiguous(a), self.dev) for a in arrays])
+            except Exception as e:  # noqa: BLE001  (TVM reports a failed allocation as its own error type)
+                if isinstance(e, MemoryError) or "bad_alloc" in str(e) or "Out of memory" in str(e):
+                    shapes = ", ".join(f"{n} {list(a.shape)}" for n, a in zip(self._check.names, arrays))
+                    on = f" on inputs {shapes}" if shapes else ""
+                    raise MdocError(f"{self.path}: out of memory running the model{on}") from None
+                raise
             values = [np.from_dlpack(t).copy() if readable else t.numpy()
                       for (_, _, readable), t in zip(self._outputs, result)]
         return {name: from_storage(v, dtype) for (name, dtype, _), v in zip(self._outputs, values)}

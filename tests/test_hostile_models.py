@@ -235,3 +235,29 @@ def test_nesting_depth_onnx_and_text(mdoc_cli, tmp_path):
 
         (tmp_path / "d.onnx").write_bytes(_nested_if(MAX_NESTED_BODIES + 1).SerializeToString())
         read_model_proto(tmp_path / "d.onnx")
+
+
+def _constant_of_shape(tmp_path, shape) -> str:
+    dims = helper.make_tensor("s", TensorProto.INT64, [len(shape)], list(shape))
+    graph = helper.make_graph([helper.make_node("ConstantOfShape", ["s"], ["z"], name="fill"),
+                               helper.make_node("ReduceSum", ["z"], ["y"], keepdims=0)], "g", [],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])], initializer=[dims])
+    path = tmp_path / "fill.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return str(path)
+
+
+def test_compile_refuses_a_value_no_target_can_hold(mdoc_cli, tmp_path):
+    path = _constant_of_shape(tmp_path, [10**6, 10**6])
+    _assert_one_line(mdoc_cli("compile", path, "-t", "x86", "-o", tmp_path / "a"),
+                     "node 'fill' (onnx.ConstantOfShape) makes 'z' of shape [1000000, 1000000], 3.73e+03 GiB")
+    assert not (tmp_path / "a").exists()
+
+
+def test_run_out_of_memory_is_one_line(mdoc_cli, tmp_path, monkeypatch):
+    from mdoc.targets import tvm_backend
+
+    monkeypatch.setattr(tvm_backend, "check_static_sizes", lambda model: None)  # build it anyway
+    path = _constant_of_shape(tmp_path, [10**6, 10**6])
+    assert mdoc_cli("compile", path, "-t", "x86", "-o", tmp_path / "a").code == 0
+    _assert_one_line(mdoc_cli("run", tmp_path / "a", "--repeat", "1"), "out of memory running the model")
