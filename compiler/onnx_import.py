@@ -80,8 +80,17 @@ class _Importer:
             self.fail(f"cannot inline local functions: {' '.join(str(e).split())}")
 
     def _infer(self, proto: onnx.ModelProto) -> onnx.ModelProto:
+        """ONNX's shape inference. Where a declared shape contradicts what the nodes make (a stale
+        or hostile value_info or output), the inferred shape wins, as in onnxruntime's lenient merge:
+        the declared shapes of values and outputs are dropped and inferred again."""
+        infer = onnx.shape_inference.infer_shapes
         try:
-            return onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
+            return infer(proto, check_type=False, strict_mode=True, data_prop=True)
+        except Exception as e:  # onnx raises InferenceError, and bare errors from C++
+            if "existing shape differ" in str(e):
+                proto = _without_declared_shapes(proto)
+        try:
+            return infer(proto, check_type=False, strict_mode=False, data_prop=True)
         except Exception:  # inference is a help, not a requirement: types stay as declared
             return proto
 
@@ -279,6 +288,25 @@ def _text(s: bytes) -> str | bytes:
     except UnicodeDecodeError:
         return s
 
+
+
+def _without_declared_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of `proto` with no value_info and no shapes on its graphs' outputs (element types kept),
+    in every body, so inference decides them."""
+    proto = onnx.ModelProto.FromString(proto.SerializeToString())
+
+    def clear(g: onnx.GraphProto) -> None:
+        del g.value_info[:]
+        for vi in g.output:
+            if vi.type.HasField("tensor_type"):
+                vi.type.tensor_type.ClearField("shape")
+        for node in g.node:
+            for a in node.attribute:
+                for sub in ([a.g] if a.type == AttributeProto.GRAPH else list(a.graphs)):
+                    clear(sub)
+
+    clear(proto.graph)
+    return proto
 
 
 def _name_unknown_dims(proto: onnx.ModelProto) -> onnx.ModelProto:

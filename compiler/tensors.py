@@ -35,7 +35,7 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
             raise MdocError(f"{path}: not a readable .npz file ({problem})")
         with np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, struct.error) as e:
+    except (ValueError, OSError, EOFError, NotImplementedError, zipfile.BadZipFile, zlib.error, struct.error) as e:
         raise MdocError(f"{path}: not a readable .npz file ({type(e).__name__}: {' '.join(str(e).split())})") from None
 
 

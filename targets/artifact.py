@@ -223,6 +223,7 @@ class _Runner:
             self.dev = tvm.cpu(0)
         lib = tvm.runtime.load_module(str(path / LIBRARY))
         self.vm = VirtualMachine(lib, self.dev)
+        _check_signature(self.vm, manifest, path)
         if self._cpu and not chosen and "runtime" in manifest:
             _use_threads(int(manifest["runtime"]["threads"]))
         self.tvm, self._from_dlpack = tvm, tvm_ffi.from_dlpack
@@ -247,6 +248,11 @@ class _Runner:
                     shapes = ", ".join(f"{n} {list(a.shape)}" for n, a in zip(self._check.names, arrays))
                     on = f" on inputs {shapes}" if shapes else ""
                     raise MdocError(f"{self.path}: out of memory running the model{on}") from None
+                if "ErrorContext(fn=main, loc=param" in str(e):  # the VM's check of an argument
+                    detail = " ".join(str(e).split())
+                    raise MdocError(f"{self.path}: the library refuses its inputs as the manifest describes them "
+                                    f"(the manifest was edited or belongs to another library): "
+                                    f"{detail[detail.find('ErrorContext'):][:200]}") from None
                 raise
             values = [np.from_dlpack(t).copy() if readable else t.numpy()
                       for (_, _, readable), t in zip(self._outputs, result)]
@@ -264,6 +270,17 @@ class _Runner:
             staged = self._staging[index] = aligned(a.shape, a.dtype)
         staged[0][...] = a
         return staged[1]
+
+
+def _check_signature(vm, manifest: dict, path: Path) -> None:
+    """Refuse a manifest whose inputs are not the library's parameters (the manifest has no hash of
+    its own: an edited one must fail here, in one line, not inside the VM's first call)."""
+    arity = vm._get_function_arity("main")
+    params = [vm._get_function_param_name("main", i) for i in range(arity)]
+    listed = [i.get("param", i["name"]) for i in manifest["inputs"]]
+    if params != listed:
+        raise MdocError(f"{path}: the library takes inputs ({', '.join(params)}) but the manifest lists "
+                        f"({', '.join(listed)}); the manifest was edited or belongs to another library")
 
 
 _POOL_THREADS = [0]  # what the loaded artifacts asked of TVM's process-wide thread pool (the largest)
