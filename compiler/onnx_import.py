@@ -194,8 +194,18 @@ class _Importer:
         if len(attrs) != 1:
             self.fail(f"{label} must have exactly one value attribute, has {sorted(attrs) or 'none'}")
         (kind, v), = attrs.items()
+        expected = {"value": np.ndarray, "sparse_value": np.ndarray, "value_float": float, "value_int": int,
+                    "value_string": (str, bytes), "value_floats": tuple, "value_ints": tuple, "value_strings": tuple}
+        if kind in expected and not isinstance(v, expected[kind]):
+            self.fail(f"{label}: attribute '{kind}' holds a {type(v).__name__}, not the kind its name says")
         if kind in ("value", "sparse_value"):
             return v
+        try:
+            return self._constant_of_kind(kind, v, label)
+        except (ValueError, TypeError):  # a list attribute of the wrong element kind
+            self.fail(f"{label}: attribute '{kind}' holds values of the wrong kind")
+
+    def _constant_of_kind(self, kind: str, v, label: str) -> np.ndarray:
         if kind == "value_float":
             return np.array(v, np.float32)
         if kind == "value_floats":

@@ -25,7 +25,7 @@ from mdoc.tooling.fuzz import mutate_bytes, mutate_json, mutate_npz, mutate_onnx
 
 from conftest import tiny_model
 
-CASES = settings(max_examples=60, derandomize=True, deadline=None, database=None,
+CASES = settings(max_examples=200, derandomize=True, deadline=None, database=None,
                  suppress_health_check=list(HealthCheck))
 SEEDS = st.integers(0, 2**32 - 1)
 
@@ -122,7 +122,7 @@ def artifact(tmp_path_factory):
     return mdoc.compile(folder / "tiny.onnx", "x86", folder / "tiny.x86", show_progress=False, tuning_db=False)
 
 
-@settings(CASES, max_examples=40)
+@settings(CASES, max_examples=100)
 @given(SEEDS)
 def test_mutated_artifact_folders(artifact, tmp_path_factory, seed):
     rng = random.Random(seed)
