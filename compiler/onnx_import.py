@@ -159,6 +159,9 @@ class _Importer:
 
     # -- nodes ---------------------------------------------------------------
     def _node(self, graph: Graph, node: onnx.NodeProto, chain: list[dict]) -> None:
+        if not all(isinstance(t, str) for t in (node.op_type, node.domain, node.name)):
+            # protobuf hands back bytes for a string field that is not UTF-8 (a corrupt file)
+            self.fail(f"a node's op type, domain or name is not UTF-8 text ({node.op_type!r} in {node.domain!r})")
         domain = node.domain or ""
         label = f"node '{node.name}' ({node.op_type})" if node.name else f"{node.op_type} node"
         if is_onnx_domain(domain):

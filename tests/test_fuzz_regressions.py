@@ -135,3 +135,13 @@ def test_manifest_that_is_not_the_librarys(mdoc_cli, artifact, tmp_path, edit, f
     edit(manifest)
     (copy / "manifest.json").write_text(json.dumps(manifest))
     _one_line(mdoc_cli("run", copy, "--repeat", "1"), fragment)
+
+
+def test_an_op_type_that_is_not_utf8(mdoc_cli, tmp_path):
+    """CI seed 451748 (byte mutation): an op type's bytes no longer UTF-8; protobuf returns them as
+    bytes and onnx's schema lookup raised a TypeError."""
+    data = tiny_model().SerializeToString()
+    name = tiny_model().graph.node[0].op_type.encode()
+    path = tmp_path / "m.onnx"
+    path.write_bytes(data.replace(name, name[:-1] + b"\xe1", 1))
+    _one_line(mdoc_cli("opt", path, "-o", tmp_path / "o.mdir", "-O1"), "is not UTF-8 text")
