@@ -78,6 +78,8 @@ def load_artifact(path: str | Path) -> Callable[..., dict[str, np.ndarray]]:
         raise MdocError(f"{path}: not an mdoc artifact (no {MANIFEST})")
     try:
         backend = json.loads(manifest.read_text())["backend"]
-    except (ValueError, KeyError):
-        raise MdocError(f"{manifest}: unreadable manifest (not JSON or no 'backend')") from None
+    except (ValueError, KeyError, TypeError, OSError):
+        backend = None
+    if not isinstance(backend, str):
+        raise MdocError(f"{manifest}: unreadable manifest (not a JSON object or no 'backend' name)")
     return get_backend(backend).load(path)

@@ -24,11 +24,17 @@ class CheckFailed(MdocError):
 
 
 class VerifyError(MdocError):
-    """The IR breaks one of its rules; the message names the node, its op and the rule."""
+    """The IR breaks one of its rules; the message names the node, its op and the rule.
 
-    def __init__(self, message: str, context: str = ""):
+    `after_pass` names the pass that broke it: then the few lines of `context` help
+    whoever wrote the pass, and the CLI prints them; a model that arrives broken is
+    bad input, reported in one line.
+    """
+
+    def __init__(self, message: str, context: str = "", after_pass: str | None = None):
         super().__init__(message)
         self.context = context
+        self.after_pass = after_pass
 
     def __str__(self) -> str:
         return self.args[0]

@@ -17,13 +17,13 @@ optimized file always runs in onnxruntime, whatever mdoc fused.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import AttributeProto, helper, numpy_helper
 
+from .atomic import atomic_write, publish_file, staging_folder
 from .errors import MdocError
 from .ir import CONSTANT, Graph, Model, Value, split_op
 from .ops import MDOC_OPS, is_annotation, schema_of
@@ -72,20 +72,16 @@ def save_onnx(model: Model | onnx.ModelProto, path: str | os.PathLike, value_inf
         if not value_info:
             del proto.graph.value_info[:]
     path = Path(path)
-    folder = path.resolve().parent
-    if not folder.is_dir():
-        raise MdocError(f"{path}: folder '{folder}' does not exist")
     total = sum(t.ByteSize() for t in proto.graph.initializer)
-    with tempfile.TemporaryDirectory(dir=folder, prefix=".mdoc-") as tmp:
-        staged = Path(tmp) / path.name
-        if total > EXTERNAL_DATA_THRESHOLD:
-            data_name = path.name + ".data"
-            onnx.save_model(proto, staged, save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=data_name, size_threshold=1024)
-            os.replace(Path(tmp) / data_name, folder / data_name)
-        else:
-            staged.write_bytes(proto.SerializeToString())
-        os.replace(staged, path)
+    if total <= EXTERNAL_DATA_THRESHOLD:
+        atomic_write(path, lambda f: f.write(proto.SerializeToString()))
+        return
+    with staging_folder(path) as tmp:  # the weights file first: the new model never names missing data
+        data_name = path.name + ".data"
+        onnx.save_model(proto, tmp / path.name, save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data_name, size_threshold=1024)
+        publish_file(tmp / data_name, path.resolve().parent / data_name)
+        publish_file(tmp / path.name, path)
 
 
 class NodeWriter:

@@ -22,7 +22,7 @@ from onnx import AttributeProto, TensorProto, numpy_helper
 
 from .errors import MdocError
 from .ir import CONSTANT, Graph, Model, op_name
-from .onnx_load import load_external_array, read_model_proto
+from .onnx_load import check_model_proto, load_external_array, read_model_proto
 from .ops import is_onnx_domain, known_onnx_op
 from .scoped_inference import refine_types
 from .types import UNKNOWN, DType, TensorType, tensor_type_of, type_from_onnx
@@ -38,6 +38,7 @@ def import_model(source: str | os.PathLike | onnx.ModelProto, *, infer_shapes: b
     else:
         path = Path(source)
         proto = read_model_proto(path)
+    check_model_proto(proto, path)  # external data and declared sizes, before any tensor is read
     return _Importer(proto, path, name).run(infer_shapes)
 
 
@@ -79,8 +80,17 @@ class _Importer:
             self.fail(f"cannot inline local functions: {' '.join(str(e).split())}")
 
     def _infer(self, proto: onnx.ModelProto) -> onnx.ModelProto:
+        """ONNX's shape inference. Where a declared shape contradicts what the nodes make (a stale
+        or hostile value_info or output), the inferred shape wins, as in onnxruntime's lenient merge:
+        the declared shapes of values and outputs are dropped and inferred again."""
+        infer = onnx.shape_inference.infer_shapes
         try:
-            return onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
+            return infer(proto, check_type=False, strict_mode=True, data_prop=True)
+        except Exception as e:  # onnx raises InferenceError, and bare errors from C++
+            if "existing shape differ" in str(e):
+                proto = _without_declared_shapes(proto)
+        try:
+            return infer(proto, check_type=False, strict_mode=False, data_prop=True)
         except Exception:  # inference is a help, not a requirement: types stay as declared
             return proto
 
@@ -149,6 +159,9 @@ class _Importer:
 
     # -- nodes ---------------------------------------------------------------
     def _node(self, graph: Graph, node: onnx.NodeProto, chain: list[dict]) -> None:
+        if not all(isinstance(t, str) for t in (node.op_type, node.domain, node.name)):
+            # protobuf hands back bytes for a string field that is not UTF-8 (a corrupt file)
+            self.fail(f"a node's op type, domain or name is not UTF-8 text ({node.op_type!r} in {node.domain!r})")
         domain = node.domain or ""
         label = f"node '{node.name}' ({node.op_type})" if node.name else f"{node.op_type} node"
         if is_onnx_domain(domain):
@@ -184,8 +197,18 @@ class _Importer:
         if len(attrs) != 1:
             self.fail(f"{label} must have exactly one value attribute, has {sorted(attrs) or 'none'}")
         (kind, v), = attrs.items()
+        expected = {"value": np.ndarray, "sparse_value": np.ndarray, "value_float": float, "value_int": int,
+                    "value_string": (str, bytes), "value_floats": tuple, "value_ints": tuple, "value_strings": tuple}
+        if kind in expected and not isinstance(v, expected[kind]):
+            self.fail(f"{label}: attribute '{kind}' holds a {type(v).__name__}, not the kind its name says")
         if kind in ("value", "sparse_value"):
             return v
+        try:
+            return self._constant_of_kind(kind, v, label)
+        except (ValueError, TypeError):  # a list attribute of the wrong element kind
+            self.fail(f"{label}: attribute '{kind}' holds values of the wrong kind")
+
+    def _constant_of_kind(self, kind: str, v, label: str) -> np.ndarray:
         if kind == "value_float":
             return np.array(v, np.float32)
         if kind == "value_floats":
@@ -278,6 +301,25 @@ def _text(s: bytes) -> str | bytes:
     except UnicodeDecodeError:
         return s
 
+
+
+def _without_declared_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of `proto` with no value_info and no shapes on its graphs' outputs (element types kept),
+    in every body, so inference decides them."""
+    proto = onnx.ModelProto.FromString(proto.SerializeToString())
+
+    def clear(g: onnx.GraphProto) -> None:
+        del g.value_info[:]
+        for vi in g.output:
+            if vi.type.HasField("tensor_type"):
+                vi.type.tensor_type.ClearField("shape")
+        for node in g.node:
+            for a in node.attribute:
+                for sub in ([a.g] if a.type == AttributeProto.GRAPH else list(a.graphs)):
+                    clear(sub)
+
+    clear(proto.graph)
+    return proto
 
 
 def _name_unknown_dims(proto: onnx.ModelProto) -> onnx.ModelProto:

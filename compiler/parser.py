@@ -61,6 +61,7 @@ import onnx
 
 from .errors import MdocError, ParseError
 from .ir import CONSTANT, Graph, Model, Value
+from .limits import MAX_NESTED_BODIES
 from .printer import NOT_INLINE, RESOURCE_INDEX, print_type
 from .types import UNKNOWN, DType, OptionalType, SequenceType, TensorType, Type, type_to_onnx
 
@@ -333,6 +334,8 @@ class _Parser:
         self.depth += 1
         if self.depth > _MAX_DEPTH:
             raise self.fail(self.peek(), f"graphs nested more than {_MAX_DEPTH} deep")
+        if len(self.scopes) > MAX_NESTED_BODIES:  # bodies inside bodies: an ONNX file holds no deeper
+            raise self.fail(self.peek(), f"bodies nested more than {MAX_NESTED_BODIES} deep (more than ONNX can hold)")
         self.expect("graph")
         name = self.expect_kind("gname", "a graph name such as @main").value
         g = Graph(name)

@@ -270,7 +270,7 @@ class PassManager:
                 try:
                     verify(model)
                 except VerifyError as e:
-                    raise VerifyError(f"after pass '{p.spec()}': {e}", e.context) from None
+                    raise VerifyError(f"after pass '{p.spec()}': {e}", e.context, after_pass=p.spec()) from None
             after = model_stats(model)
             record = PassRecord(p.spec(), changed, seconds, stats.nodes, after.nodes,
                                 stats.parameter_bytes, after.parameter_bytes)

@@ -42,12 +42,12 @@ import json
 import os
 import re
 import sys
-import tempfile
 from typing import Any
 
 import numpy as np
 import onnx
 
+from .atomic import atomic_write, write_text
 from .errors import MdocError
 from .ir import CONSTANT, Graph, Model, Node, Value
 from .types import (DType, OptionalType, SequenceType, TensorType, Type, UnknownType, tensor_type_of,
@@ -443,26 +443,8 @@ def save_mdir(model: Model, path: str | os.PathLike) -> None:
             index.append({"name": name, "key": key, "dtype": dtype.text, "shape": [int(d) for d in arr.shape]})
         meta = json.dumps({"format": "mdoc-resources", "version": 1, "resources": index})
         arrays[RESOURCE_INDEX] = np.frombuffer(meta.encode("utf-8"), dtype=np.uint8)
-        _atomic_write(npz, lambda f: np.savez(f, **arrays))
-    _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+        atomic_write(npz, lambda f: np.savez(f, **arrays))
+    write_text(path, text)
     if not resources and os.path.exists(npz):
         os.remove(npz)  # a stale one from an earlier save would only mislead
 
-
-def _atomic_write(path: str, write) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    mode = os.stat(path).st_mode & 0o777 if os.path.exists(path) else 0o644
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise

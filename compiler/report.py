@@ -13,10 +13,8 @@ import html
 import os
 import shutil
 import subprocess
-import tempfile
-from pathlib import Path
 
-from .errors import MdocError
+from .atomic import write_text
 from .ir import CONSTANT, Graph
 
 MAX_DRAWN_NODES = 400
@@ -107,10 +105,4 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}} .pics{{display:fl
 <div><h2>after</h2>{render_svg(snapshots.dot_after)}</div></div>
 </body></html>
 """
-    path = Path(path)
-    if not path.resolve().parent.is_dir():
-        raise MdocError(f"{path}: folder does not exist")
-    fd, tmp = tempfile.mkstemp(dir=path.resolve().parent, prefix=".mdoc-", suffix=".html")
-    with os.fdopen(fd, "w") as f:
-        f.write(page)
-    os.replace(tmp, path)
+    write_text(path, page)

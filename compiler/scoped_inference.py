@@ -161,6 +161,8 @@ class _Refiner:
     def reshape_rank(self, node: Node) -> None:
         """A Reshape to a shape computed at run time has as many dims as that shape has elements,
         which ONNX does not say (paddle2onnx's classifier heads: Reshape(x, Concat(Shape(x)[:1], [200])))."""
+        if len(node.inputs) != 2 or None in node.inputs or len(node.outputs) != 1:
+            return  # malformed: the verifier refuses it with the node's name
         x, shape, y = node.input(0), node.input(1), node.outputs[0]
         if not isinstance(x.type, TensorType) or not isinstance(y.type, TensorType) or y.type.shape is not None:
             return
@@ -195,7 +197,9 @@ class _Refiner:
             self.refine(v, join(branches[0].outputs[k].type, branches[1].outputs[k].type))
 
     def loop_node(self, node: Node) -> None:
-        body: Graph = node.attrs["body"]
+        body = node.attrs.get("body")
+        if not isinstance(body, Graph):
+            return  # no body: the verifier refuses the node with its name
         carried = list(node.inputs[2:])
         n = len(carried)
         if len(body.inputs) != 2 + n or len(body.outputs) < 1 + n:
@@ -210,8 +214,10 @@ class _Refiner:
                 self.refine(v, TensorType(element.dtype, None if element.shape is None else (None, *element.shape)))
 
     def scan_node(self, node: Node) -> None:
-        body: Graph = node.attrs["body"]
+        body = node.attrs.get("body")
         m = node.attrs.get("num_scan_inputs", 0)
+        if not isinstance(body, Graph) or not isinstance(m, int):
+            return  # the verifier refuses the node with its name
         n = len(node.inputs) - m
         if n < 0 or len(body.inputs) != n + m or len(body.outputs) < n:
             return
@@ -278,7 +284,7 @@ class _Refiner:
                 self.hint(inputs[0], (None, None, w.shape[2]))
         elif op == "onnx.Conv" and len(inputs) > 1 and inputs[1] is not None:
             w = _type(inputs[1])
-            if isinstance(w, TensorType) and w.shape is not None and isinstance(w.shape[1], int):
+            if isinstance(w, TensorType) and w.shape is not None and len(w.shape) >= 3 and isinstance(w.shape[1], int):
                 group = node.attrs.get("group", 1)
                 self.hint(inputs[0], (None, w.shape[1] * group) + (None,) * (len(w.shape) - 2))
         elif op == "onnx.MatMul" and len(inputs) == 2:

@@ -81,7 +81,7 @@ def unify_dims(model: Model) -> bool:
                 _constraints(node, classes)
         if (len({classes.find(d) for d in list(classes.parent)}), len(classes.size)) == before:
             break
-    preferred = [d for v in model.graph.inputs for d in _dims(v) if isinstance(d, str)]
+    preferred = [d for v in model.graph.inputs for d in (_dims(v) or ()) if isinstance(d, str)]
     names: dict[str, object] = {}
     for d in preferred:
         names.setdefault(classes.find(d), d)

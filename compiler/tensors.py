@@ -7,43 +7,63 @@ inputs are drawn from a seeded generator so runs are repeatable.
 
 from __future__ import annotations
 
+import math
 import os
-import tempfile
+import struct
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_write
 from .errors import MdocError
+from .limits import MAX_MATERIALIZED_BYTES, check_materialized, gib
 from .ir import Model
 from .types import DType, TensorType
 
 
 def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The arrays of an `.npz` file, after checking each member's header against its stored size
+    (`npz_problem`), so a hostile file cannot make numpy allocate what it does not hold."""
     path = Path(path)
     if not path.is_file():
         raise MdocError(f"{path}: no such file")
     try:
+        problem = npz_problem(path)
+        if problem:
+            raise MdocError(f"{path}: not a readable .npz file ({problem})")
         with np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
-    except (ValueError, OSError, zipfile.BadZipFile) as e:
-        raise MdocError(f"{path}: not a readable .npz file ({' '.join(str(e).split())})") from None
+    except (ValueError, OSError, EOFError, NotImplementedError, zipfile.BadZipFile, zlib.error, struct.error) as e:
+        raise MdocError(f"{path}: not a readable .npz file ({type(e).__name__}: {' '.join(str(e).split())})") from None
+
+
+def npz_problem(path: Path) -> str | None:
+    """What makes the arrays of `path` unsafe to read, or None: a member whose header declares
+    more bytes than the member holds, or that expands past `limits.MAX_MATERIALIZED_BYTES`."""
+    with zipfile.ZipFile(path) as z:
+        for info in z.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            if info.compress_type != zipfile.ZIP_STORED and info.file_size > MAX_MATERIALIZED_BYTES:
+                return f"member '{info.filename}' expands to {gib(info.file_size)}"
+            with z.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                if version not in ((1, 0), (2, 0), (3, 0)):
+                    return f"member '{info.filename}' has .npy format version {version}"
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, _, dtype = read(f, max_header_size=10000)
+                declared = math.prod(shape) * dtype.itemsize
+                if declared > info.file_size - f.tell():
+                    return (f"member '{info.filename}' declares shape {list(shape)} of {dtype} "
+                            f"({gib(declared)}) but holds {info.file_size - f.tell()} bytes")
+    return None
 
 
 def save_npz(path: str | os.PathLike, tensors: dict[str, np.ndarray]) -> None:
     """Write atomically, so a failure leaves no partial file."""
-    path = Path(path)
-    folder = path.resolve().parent
-    if not folder.is_dir():
-        raise MdocError(f"{path}: folder '{folder}' does not exist")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".mdoc-", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **tensors)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: np.savez(f, **tensors))
 
 
 def concrete_shape(t: TensorType, dims: dict[str, int] | None = None, default: int = 1) -> tuple[int, ...]:
@@ -69,8 +89,14 @@ def random_tensors(specs: list[tuple[str, np.dtype, tuple[int, ...]]], seed: int
     """Seeded tensors by name: normal floats, small non-negative ints ({0, 1} for masks), bools."""
     rng = np.random.default_rng(seed)
     out: dict[str, np.ndarray] = {}
+    total = 0
     for name, dtype, shape in specs:
         dtype = np.dtype(dtype)
+        nbytes = math.prod(shape) * dtype.itemsize
+        total += nbytes
+        check_materialized(total, f"seeded input '{name}' of shape {list(shape)}"
+                           + ("" if total == nbytes else " with the inputs before it"),
+                           "; give smaller dims with --dim, or the tensors with --inputs")
         small_int = dtype.name in ("int4", "uint4", "int2", "uint2")  # ml_dtypes: kind "V"
         if dtype.kind == "f" or DType.from_numpy(dtype).is_float:
             out[name] = rng.standard_normal(shape).astype(dtype)

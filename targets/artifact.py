@@ -24,6 +24,7 @@ from typing import Callable
 import numpy as np
 
 from mdoc.backends import MANIFEST
+from mdoc.atomic import publish_folder
 from mdoc.errors import MdocError
 
 from .feeds import InputChecks
@@ -70,28 +71,32 @@ class StagedArtifact:
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def commit(self, manifest: dict) -> Path:
+        """Hash every file into the manifest, write it, and swap the folder in (`mdoc.atomic.publish_folder`)."""
         manifest["files"] = {p.name: sha256(p) for p in sorted(self.dir.iterdir()) if p.name != MANIFEST}
         (self.dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self.dir, 0o777 & ~umask)  # mkdtemp made it private; an artifact is for sharing
-        if self.out.exists():
-            shutil.rmtree(self.out)
-        os.replace(self.dir, self.out)
-        return self.out
+        return publish_folder(self.dir, self.out)
 
 
 def read_manifest(path: Path) -> dict:
-    """The manifest of artifact `path`, after checking every file's sha256."""
+    """The manifest of artifact `path`, after checking its form and every file's sha256.
+
+    Runs before anything of the artifact is loaded: the library must be listed (an
+    artifact whose manifest drops it would otherwise load unverified), every listed
+    name must be a plain file of the folder, and every hash must match.
+    """
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         raise MdocError(f"{path}: not an mdoc artifact (no {MANIFEST})")
     try:
         manifest = json.loads(manifest_path.read_text())
-        files = manifest["files"]
-        manifest["inputs"], manifest["outputs"], manifest["target"]
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, OSError) as e:
         raise MdocError(f"{manifest_path}: malformed manifest ({type(e).__name__}: {e})") from None
+    problem = manifest_problem(manifest)
+    if problem:
+        raise MdocError(f"{manifest_path}: malformed manifest ({problem})")
+    files = manifest["files"]
+    if LIBRARY not in files:
+        raise MdocError(f"{path}: the manifest gives no sha256 for '{LIBRARY}'; refusing to load an unverified library")
     for name, digest in files.items():
         f = path / name
         if not f.is_file():
@@ -99,6 +104,66 @@ def read_manifest(path: Path) -> dict:
         if sha256(f) != digest:
             raise MdocError(f"{path}: file '{name}' does not match its sha256 in the manifest (corrupted or replaced)")
     return manifest
+
+
+def manifest_problem(manifest) -> str | None:
+    """What is wrong with the form of a manifest's fields that loading reads, or None.
+
+    A hand-edited or corrupted manifest must fail here with one line, not deep in
+    the loader or the first call with a KeyError.
+    """
+    if not isinstance(manifest, dict):
+        return f"a JSON {type(manifest).__name__}, not an object"
+    for key, kind in (("files", dict), ("inputs", list), ("outputs", list), ("target", dict)):
+        if not isinstance(manifest.get(key), kind):
+            return f"'{key}' is missing or not a JSON {'object' if kind is dict else 'array'}"
+    for name, digest in manifest["files"].items():
+        if name in ("", ".", "..") or "/" in name or "\\" in name or name == MANIFEST:
+            return f"'files' names '{name}', which is not a file of the artifact's folder"
+        if not isinstance(digest, str) or len(digest) != 64:
+            return f"the sha256 of '{name}' is not 64 hex digits"
+    target = manifest["target"]
+    for key in ("arch", "device"):
+        if not isinstance(target.get(key), str):
+            return f"'target.{key}' is missing or not a string"
+    if target["device"] == "cuda" and not isinstance(target.get("tvm"), dict):
+        return "'target.tvm' is missing or not an object"
+    for kind in ("inputs", "outputs"):
+        for k, sig in enumerate(manifest[kind]):
+            problem = _signature_problem(sig)
+            if problem:
+                return f"{kind}[{k}]: {problem}"
+    runtime = manifest.get("runtime")
+    if runtime is not None and not (isinstance(runtime, dict) and type(runtime.get("threads")) is int
+                                    and 0 < runtime["threads"] <= 4096):
+        return "'runtime.threads' is not a thread count"
+    return None
+
+
+def _signature_problem(sig) -> str | None:
+    if not isinstance(sig, dict):
+        return "not an object"
+    if not isinstance(sig.get("name"), str):
+        return "'name' is missing or not a string"
+    if "param" in sig and not isinstance(sig["param"], str):
+        return "'param' is not a string"
+    dtype = sig.get("dtype")
+    if not isinstance(dtype, str):
+        return "'dtype' is missing or not a string"
+    if dtype not in STORAGE:
+        try:
+            kind = np.dtype(dtype).kind
+        except TypeError:
+            kind = None
+        if kind is None or kind in "OUSMm":  # objects and strings never cross into a library
+            return f"dtype '{dtype}' is not a tensor element type"
+    shape = sig.get("shape")
+    if not isinstance(shape, list) or len(shape) > 64:
+        return "'shape' is missing or not a list of dims"
+    for d in shape:
+        if not (d is None or isinstance(d, str) or (type(d) is int and 0 <= d < 2**62)):
+            return f"dim {d!r} is not a size, a name or null"
+    return None
 
 
 def returned(manifest: dict, values: list[np.ndarray]) -> dict[str, np.ndarray]:
@@ -158,6 +223,7 @@ class _Runner:
             self.dev = tvm.cpu(0)
         lib = tvm.runtime.load_module(str(path / LIBRARY))
         self.vm = VirtualMachine(lib, self.dev)
+        _check_signature(self.vm, manifest, path)
         if self._cpu and not chosen and "runtime" in manifest:
             _use_threads(int(manifest["runtime"]["threads"]))
         self.tvm, self._from_dlpack = tvm, tvm_ffi.from_dlpack
@@ -172,10 +238,22 @@ class _Runner:
     def __call__(self, **feeds: np.ndarray) -> dict[str, np.ndarray]:
         arrays = self._check(feeds)
         with self._lock:
-            if self._cpu:
-                result = self._main(*[self._on_cpu(i, a) for i, a in enumerate(arrays)])
-            else:
-                result = self._main(*[self.tvm.runtime.tensor(_contiguous(a), self.dev) for a in arrays])
+            try:
+                if self._cpu:
+                    result = self._main(*[self._on_cpu(i, a) for i, a in enumerate(arrays)])
+                else:
+                    result = self._main(*[self.tvm.runtime.tensor(_contiguous(a), self.dev) for a in arrays])
+            except Exception as e:  # noqa: BLE001  (TVM reports a failed allocation as its own error type)
+                if isinstance(e, MemoryError) or "bad_alloc" in str(e) or "Out of memory" in str(e):
+                    shapes = ", ".join(f"{n} {list(a.shape)}" for n, a in zip(self._check.names, arrays))
+                    on = f" on inputs {shapes}" if shapes else ""
+                    raise MdocError(f"{self.path}: out of memory running the model{on}") from None
+                if "ErrorContext(fn=main, loc=param" in str(e):  # the VM's check of an argument
+                    detail = " ".join(str(e).split())
+                    raise MdocError(f"{self.path}: the library refuses its inputs as the manifest describes them "
+                                    f"(the manifest was edited or belongs to another library): "
+                                    f"{detail[detail.find('ErrorContext'):][:200]}") from None
+                raise
             values = [np.from_dlpack(t).copy() if readable else t.numpy()
                       for (_, _, readable), t in zip(self._outputs, result)]
         return {name: from_storage(v, dtype) for (name, dtype, _), v in zip(self._outputs, values)}
@@ -217,6 +295,17 @@ class _Runner:
             staged = self._staging[index] = aligned(a.shape, a.dtype)
         staged[0][...] = a
         return staged[1]
+
+
+def _check_signature(vm, manifest: dict, path: Path) -> None:
+    """Refuse a manifest whose inputs are not the library's parameters (the manifest has no hash of
+    its own: an edited one must fail here, in one line, not inside the VM's first call)."""
+    arity = vm._get_function_arity("main")
+    params = [vm._get_function_param_name("main", i) for i in range(arity)]
+    listed = [i.get("param", i["name"]) for i in manifest["inputs"]]
+    if params != listed:
+        raise MdocError(f"{path}: the library takes inputs ({', '.join(params)}) but the manifest lists "
+                        f"({', '.join(listed)}); the manifest was edited or belongs to another library")
 
 
 _POOL_THREADS = [0]  # what the loaded artifacts asked of TVM's process-wide thread pool (the largest)

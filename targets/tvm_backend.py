@@ -16,6 +16,7 @@ from mdoc import __version__
 from mdoc.backends import BUILD_LOG, register_backend
 from mdoc.errors import InternalError, MdocError, first_line, with_log
 from mdoc.ir import Model
+from mdoc.limits import check_static_sizes
 from mdoc.pass_manager import PassManager, parse_pipeline
 from mdoc.specialize import dynamic_dims
 from mdoc.types import TensorType
@@ -61,6 +62,7 @@ class TvmBackend:
         from .relax.plan_layout import PlanLayout
 
         PassManager(parse_pipeline(self.prepare)).run(model)
+        check_static_sizes(model)  # shapes are final here: refuse what no target can hold before TVM tries
         if spec.device == "cpu":  # the target's own fusions and layout plan, on its CPU description
             target = json.dumps(spec.tvm)
             PassManager([FuseInvertedResidual(target=target), PlanLayout(target=target)]).run(model)

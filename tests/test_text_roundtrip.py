@@ -633,7 +633,7 @@ def test_failed_save_leaves_the_old_file(tmp_path, monkeypatch):
     g2 = Graph()
     g2.outputs.append(g2.constant(np.zeros(20, np.float32), "w"))
     monkeypatch.setattr(printer.np, "savez", boom)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(MdocError, match="cannot write it: disk full"):
         save_mdir(Model(g2), path)
     assert path.read_text() == "old" and sorted(os.listdir(tmp_path)) == ["m.mdir"]
 

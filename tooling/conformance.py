@@ -650,9 +650,9 @@ class ResultCache:
         if not self.path or not self._dirty:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps({"identity": self.identity, "results": self.results}, indent=0, sort_keys=True))
-        os.replace(tmp, self.path)
+        from mdoc.atomic import write_text
+
+        write_text(self.path, json.dumps({"identity": self.identity, "results": self.results}, indent=0, sort_keys=True))
         self._dirty, self._last = 0, time.monotonic()
 
 
@@ -916,10 +916,12 @@ def main(*, filter: str | None = None, sample: int | None = None, seed: int = 0,
     if filter:
         report.meta["filter"] = filter
     text = render_markdown(report)
+    from mdoc.atomic import write_text
+
     if markdown_out:
-        Path(markdown_out).write_text(text)
+        write_text(markdown_out, text)
     if json_out:
-        Path(json_out).write_text(json.dumps(report.as_json(), indent=1, default=str))
+        write_text(json_out, json.dumps(report.as_json(), indent=1, default=str))
     echo("")
     echo(text)
     return report

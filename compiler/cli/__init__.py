@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(e.exit_code)
     except MdocError as e:
         click.echo(f"mdoc: error: {e}", err=True)
-        if isinstance(e, VerifyError) and e.context:
+        if isinstance(e, VerifyError) and e.context and (e.after_pass or os.environ.get("MDOC_DEBUG")):
             click.echo(e.context, err=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:

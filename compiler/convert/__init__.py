@@ -18,6 +18,7 @@ from pathlib import Path
 
 import onnx
 
+from ..atomic import atomic_write, publish_file, staging_folder
 from ..errors import MdocError
 from .formats import EXPECTED, EXPORTED_PROGRAM, TORCHSCRIPT, Format, check_file, detect_format
 from .specs import DynamicAxis, InputSpec, name_dims
@@ -67,21 +68,15 @@ def write_onnx(proto: onnx.ModelProto, output: str | os.PathLike) -> Path:
     output = Path(output)
     if output.suffix != ".onnx":
         raise MdocError(f"{output}: the output of a conversion is an .onnx file")
-    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
-    data = output.with_name(output.name + ".data")
-    large = proto.ByteSize() > _SINGLE_FILE_LIMIT
-    try:
-        if large:
-            onnx.save_model(proto, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=data.name)
-        else:
-            onnx.save_model(proto, tmp)
-        os.replace(tmp, output)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if large:
-            data.unlink(missing_ok=True)
-        if isinstance(e, OSError):
+    if proto.ByteSize() <= _SINGLE_FILE_LIMIT:
+        return atomic_write(output, lambda f: f.write(proto.SerializeToString()))
+    with staging_folder(output) as tmp:  # the weights file first: the new model never names missing data
+        data = output.name + ".data"
+        try:
+            onnx.save_model(proto, tmp / output.name, save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=data)
+        except OSError as e:
             raise MdocError(f"{output}: cannot write it: {e.strerror or e}") from None
-        raise
+        publish_file(tmp / data, output.resolve().parent / data)
+        publish_file(tmp / output.name, output)
     return output

@@ -26,6 +26,7 @@ import tvm
 import tvm_ffi
 from tvm import tirx
 
+from mdoc.atomic import write_text
 from mdoc.errors import MdocError
 
 DB_FILES = ("database_workload.json", "database_tuning_record.json")
@@ -161,6 +162,4 @@ def _read_json(path: Path) -> dict:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
