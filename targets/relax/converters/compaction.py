@@ -96,6 +96,8 @@ def unique(ctx: LowerCtx, node: Node):
         keys = ctx.emit(R.reshape(R.strided_slice(rows, axes=[1], begin=[col], end=[col + 1]), relax_dims([n])))
         if order is not None:
             keys = ctx.emit(R.take(keys, order, axis=0))
+        if str(keys.ty.dtype) in ("bfloat16", "float16"):  # TVM's argsort misorders them; float32 holds each exactly
+            keys = ctx.emit(R.astype(keys, "float32"))
         step = ctx.emit(R.argsort(keys, axis=0, dtype="int64"))
         order = step if order is None else ctx.emit(R.take(order, step, axis=0))
     ordered = ctx.emit(R.take(rows, order, axis=0))
