@@ -70,7 +70,7 @@ def _f32_result(node) -> str | None:
     return None
 
 
-def _same_shape(value, like) -> bool:
+def same_shape(value, like) -> bool:
     t = value.type if value is not None else None
     return (isinstance(t, TensorType) and t.dtype is DType.F32 and t.shape is not None
             and shape_of(value) == shape_of(like))
@@ -82,7 +82,7 @@ def _scalar_f32(array) -> float | None:
     return float(np.asarray(array).reshape(()))
 
 
-def _computed_after(graph, value, product) -> bool:
+def computed_after(graph, value, product) -> bool:
     """Whether `value` is computed after `product` in the graph's order."""
     producer = value.producer()
     if producer is None or producer.graph is not graph:
@@ -115,7 +115,7 @@ def _fused(op, m, product, **changes):
     return op.call(family, *inputs, **attrs)
 
 
-def _activation_attrs(m) -> dict | str:
+def activation_attrs(m) -> dict | str:
     act = activation_of(m.node("act"))
     if isinstance(act, str):
         return act
@@ -147,7 +147,7 @@ class ConvResidual(_Stage):
         return op.Add(op.call(CONVS, x, w, op.optional(b), _name="product", _allow_other_inputs=True), r)
 
     def check_stage(self, m):
-        return _residual(m)
+        return residual_refusal(m)
 
     def rewrite(self, op, m):
         return _fused(op, m, m.node("product"), residual=m["r"])
@@ -164,11 +164,11 @@ class ConvActivation(_Stage):
         return op.call(ACTIVATION_OPS, conv, _name="act", _allow_other_inputs=True)
 
     def check_stage(self, m):
-        attrs = _activation_attrs(m)
+        attrs = activation_attrs(m)
         return attrs if isinstance(attrs, str) else None
 
     def rewrite(self, op, m):
-        return _fused(op, m, m.node("product"), **_activation_attrs(m))
+        return _fused(op, m, m.node("product"), **activation_attrs(m))
 
 
 # -- matmul --------------------------------------------------------------------------------
@@ -185,7 +185,7 @@ class MatMulScale(_Stage):
     def check_stage(self, m):
         if _scalar_f32(m.const("c")) is None:
             return "the other factor is not a constant float32 scalar"
-        return None if _same_shape(m.node("mul").outputs[0], m.node("product").outputs[0]) else "the Mul broadcasts"
+        return None if same_shape(m.node("mul").outputs[0], m.node("product").outputs[0]) else "the Mul broadcasts"
 
     def rewrite(self, op, m):
         return _fused(op, m, m.node("product"), scale=_scalar_f32(m.const("c")))
@@ -204,7 +204,7 @@ class MatMulDivide(_Stage):
         c = _scalar_f32(m.const("c"))
         if c is None or c == 0.0:
             return "the divisor is not a nonzero constant float32 scalar"
-        return None if _same_shape(m.node("div").outputs[0], m.node("product").outputs[0]) else "the Div broadcasts"
+        return None if same_shape(m.node("div").outputs[0], m.node("product").outputs[0]) else "the Div broadcasts"
 
     def rewrite(self, op, m):
         return _fused(op, m, m.node("product"), scale=1.0 / _scalar_f32(m.const("c")))
@@ -231,7 +231,7 @@ class MatMulBias(_Stage):
         array, n = np.asarray(array), out[-1] if out else None
         if (not out or array.ndim > len(out) or array.shape[-1:] != (n,) or any(d != 1 for d in array.shape[:-1])):
             return f"the constant has shape {list(array.shape)}, not a vector over the last axis ({n})"
-        if not _same_shape(m.node("add").outputs[0], m.node("product").outputs[0]):
+        if not same_shape(m.node("add").outputs[0], m.node("product").outputs[0]):
             return "the Add broadcasts"
         return np.ascontiguousarray(array.reshape(n))
 
@@ -250,7 +250,7 @@ class MatMulResidual(_Stage):
         return op.Add(op.call(MATMULS, a, b, _name="product", _allow_other_inputs=True), r)
 
     def check_stage(self, m):
-        return _residual(m)
+        return residual_refusal(m)
 
     def rewrite(self, op, m):
         return _fused(op, m, m.node("product"), residual=m["r"])
@@ -267,20 +267,22 @@ class MatMulActivation(_Stage):
         return op.call(ACTIVATION_OPS, product, _name="act", _allow_other_inputs=True)
 
     def check_stage(self, m):
-        attrs = _activation_attrs(m)
+        attrs = activation_attrs(m)
         return attrs if isinstance(attrs, str) else None
 
     def rewrite(self, op, m):
-        return _fused(op, m, m.node("product"), **_activation_attrs(m))
+        return _fused(op, m, m.node("product"), **activation_attrs(m))
 
 
-def _residual(m) -> str | None:
+def residual_refusal(m, constant: str = "the other operand is a constant (a bias, if anything)") -> str | None:
+    """Why the Add matched as `r` + product cannot join the product's tail as its residual, or
+    None (also for the quantized products of fuse-quantized, with their own `constant` reason)."""
     r, product = m["r"], m.node("product")
     if r.const_value is not None:
-        return "the other operand is a constant (a bias, if anything)"
-    if not _same_shape(r, product.outputs[0]):
+        return constant
+    if not same_shape(r, product.outputs[0]):
         return "the other operand's shape differs from the product's (the Add broadcasts)"
-    if _computed_after(m.graph, r, product):
+    if computed_after(m.graph, r, product):
         return f"the other operand is computed after {product.op} '{product.name}'"
     return None
 

@@ -37,7 +37,7 @@ from mdoc.pass_manager import register_pass
 from mdoc.quantized_ops import BIAS, QUANTIZED_PRODUCTS, RESIDUAL, Y_SCALE, applied_from_attrs
 from mdoc.rewrite import RewritePass, Rule, rewrite_rule
 
-from .fuse_epilogue import _activation_attrs, _computed_after, _same_shape
+from .fuse_epilogue import activation_attrs, residual_refusal, same_shape
 from .fusion_util import shape_of
 
 _CONV_ATTRS = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
@@ -234,7 +234,7 @@ class QMatMulBias(_QStage):
         out = shape_of(m.node("product").outputs[0])
         if m.const("bias") is None or out is None or _float_vector(m["bias"], out[-1]) is None:
             return "the other operand is not a float32 constant vector over the last axis"
-        if not _same_shape(m.node("add").outputs[0], m.node("product").outputs[0]):
+        if not same_shape(m.node("add").outputs[0], m.node("product").outputs[0]):
             return "the Add broadcasts"
         return None
 
@@ -254,14 +254,7 @@ class QResidual(_QStage):
         return op.Add(_product(op), r)
 
     def check_stage(self, m):
-        r, product = m["r"], m.node("product")
-        if r.const_value is not None:
-            return "the other operand is a constant"
-        if not _same_shape(r, product.outputs[0]):
-            return "the other operand's shape differs from the product's (the Add broadcasts)"
-        if _computed_after(m.graph, r, product):
-            return f"the other operand is computed after {product.op} '{product.name}'"
-        return None
+        return residual_refusal(m, constant="the other operand is a constant")
 
     def rewrite(self, op, m):
         return _with(op, m.node("product"), residual=m["r"])
@@ -277,11 +270,11 @@ class QActivation(_QStage):
         return op.call(ACTIVATION_OPS, _product(op), _name="act", _allow_other_inputs=True)
 
     def check_stage(self, m):
-        attrs = _activation_attrs(m)
+        attrs = activation_attrs(m)
         return attrs if isinstance(attrs, str) else None
 
     def rewrite(self, op, m):
-        return _with(op, m.node("product"), **_activation_attrs(m))
+        return _with(op, m.node("product"), **activation_attrs(m))
 
 
 @rewrite_rule("q-requantize")
