@@ -17,7 +17,6 @@ target, failures, distinct failure classes.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import re
 import shutil
@@ -32,7 +31,7 @@ import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from mdoc.tooling.fuzz import (describe, differential, mutate_bytes, mutate_json, mutate_npz, mutate_onnx,  # noqa: E402
+from mdoc.tooling.fuzz import (describe, differential, mutate_artifact, mutate_bytes, mutate_npz, mutate_onnx,  # noqa: E402
                                random_graph, run_cli)
 
 
@@ -77,14 +76,7 @@ def one_input_case(kind: str, seed: int, folder: Path, bases, artifact: Path | N
     else:
         art = folder / "a.x86"
         shutil.copytree(artifact, art)
-        manifest = art / "manifest.json"
-        what = rng.choice(["manifest", "manifest", "manifest bytes", "library"])
-        if what == "manifest":
-            manifest.write_text(json.dumps(mutate_json(json.loads(manifest.read_text()), rng)))
-        elif what == "manifest bytes":
-            manifest.write_bytes(mutate_bytes(manifest.read_bytes(), rng))
-        else:
-            (art / "model.so").write_bytes(mutate_bytes((art / "model.so").read_bytes(), rng))
+        mutate_artifact(art, rng)
         runs = [("run", art, "--repeat", "1")]
     for args in runs:
         problem = run_cli(*args).problem()

@@ -10,7 +10,6 @@ runs the long campaign with the same mutators.
 
 from __future__ import annotations
 
-import json
 import random
 import shutil
 
@@ -21,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
-from mdoc.tooling.fuzz import mutate_bytes, mutate_json, mutate_npz, mutate_onnx, run_cli
+from mdoc.tooling.fuzz import mutate_artifact, mutate_bytes, mutate_npz, mutate_onnx, run_cli
 
 from conftest import tiny_model
 
@@ -128,13 +127,5 @@ def test_mutated_artifact_folders(artifact, tmp_path_factory, seed):
     rng = random.Random(seed)
     folder = tmp_path_factory.mktemp("art") / "a.x86"
     shutil.copytree(artifact, folder)
-    manifest = folder / "manifest.json"
-    what = rng.choice(["manifest", "manifest", "manifest bytes", "library"])
-    if what == "manifest":
-        manifest.write_text(json.dumps(mutate_json(json.loads(manifest.read_text()), rng)))
-    elif what == "manifest bytes":
-        manifest.write_bytes(mutate_bytes(manifest.read_bytes(), rng))
-    else:
-        lib = folder / "model.so"
-        lib.write_bytes(mutate_bytes(lib.read_bytes(), rng))
+    what = mutate_artifact(folder, rng)
     assert_clean(run_cli("run", folder, "--repeat", "1"), f"run with a mutated {what}, seed {seed}")

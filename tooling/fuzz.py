@@ -212,6 +212,20 @@ def mutate_bytes(data: bytes, rng: random.Random) -> bytes:
 _JSON_VALUES = [None, True, 0, -1, 2**63, 1.5, "", "x", "float32", "../model.so", [], {}, [1, "N", None], "0" * 64]
 
 
+def mutate_artifact(folder, rng: random.Random) -> str:
+    """Mutate a copied artifact folder in place: its manifest (as JSON, twice as likely, or as bytes)
+    or its library; returns which."""
+    manifest, library = folder / "manifest.json", folder / "model.so"
+    what = rng.choice(["manifest", "manifest", "manifest bytes", "library"])
+    if what == "manifest":
+        manifest.write_text(json.dumps(mutate_json(json.loads(manifest.read_text()), rng)))
+    elif what == "manifest bytes":
+        manifest.write_bytes(mutate_bytes(manifest.read_bytes(), rng))
+    else:
+        library.write_bytes(mutate_bytes(library.read_bytes(), rng))
+    return what
+
+
 def mutate_json(doc, rng: random.Random):
     """A copy of a JSON document with one value replaced, a key dropped or added, or a list cut."""
     doc = copy.deepcopy(doc)
