@@ -69,7 +69,7 @@ class FastMath:
 
 @tvm.transform.module_pass(opt_level=0, name="MdocUnfusedScalarArgs")
 class UnfusedScalarArgs:
-    """Marks opaque every PrimFunc that some call_tir passes a scalar (a run-time size, of
+    """Marks opaque every PrimFunc that some call_tir passes only scalars (run-time sizes, of
     `PrimType`), so that FuseOps keeps it out of groups.
 
     Such a kernel fused with the arithmetic after it makes FuseTIR fail ("VarRemapGet(source) ==
@@ -84,7 +84,9 @@ class UnfusedScalarArgs:
 
         def visit(expr) -> None:
             if isinstance(expr, relax.Call) and expr.op.same_as(call_tir) and isinstance(expr.args[1], relax.Tuple):
-                if any(isinstance(getattr(a, "ty", None), tvm.ir.PrimType) for a in expr.args[1].fields):
+                fields = expr.args[1].fields
+                # only scalars in: a tensor op that also takes its shape vars as scalars fuses as before
+                if fields and all(isinstance(getattr(a, "ty", None), tvm.ir.PrimType) for a in fields):
                     scalar_callees.add(expr.args[0].name_hint)
 
         for _, func in mod.functions_items():
