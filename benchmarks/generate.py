@@ -25,18 +25,14 @@ import numpy as np
 
 
 def ort_generate(session, sig, prompt: list[int], new: int) -> tuple[list[int], float, float]:
+    from mdoc.generation import step_feeds
+
     """Greedy tokens, prefill seconds, decode seconds of `session` driven as mdoc's Decoder drives an artifact."""
     cache = {name: np.zeros(sig.cache_shape, sig.cache_dtype) for name in sig.past}
     outputs = [o.name for o in session.get_outputs()]
 
     def step(ids, past_length, cache):
-        feeds = {sig.ids: ids, **cache}
-        total = past_length + ids.shape[1]
-        if sig.mask:
-            feeds[sig.mask] = np.ones((1, total), np.int64)
-        if sig.positions:
-            feeds[sig.positions] = np.arange(past_length, total, dtype=np.int64)[None]
-        return session.run(outputs, feeds)
+        return session.run(outputs, step_feeds(sig, ids, past_length, cache))
 
     t = time.perf_counter()
     outs = step(np.asarray([prompt], np.int64), 0, cache)

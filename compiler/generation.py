@@ -77,6 +77,18 @@ def _length_axis(shape: list, batch, where: str) -> int:
     return axes[0]
 
 
+def step_feeds(sig: Signature, ids: np.ndarray, past_length: int, cache: dict) -> dict:
+    """One call's inputs: the new tokens after `past_length` cached ones, the cache, and the mask and
+    positions where the decoder takes them (also what a reference loop on onnxruntime feeds)."""
+    feeds = {sig.ids: ids, **cache}
+    total = past_length + ids.shape[1]
+    if sig.mask:
+        feeds[sig.mask] = np.ones((1, total), np.int64)
+    if sig.positions:
+        feeds[sig.positions] = np.arange(past_length, total, dtype=np.int64)[None]
+    return feeds
+
+
 @dataclass
 class Generated:
     tokens: list[int]
@@ -114,28 +126,19 @@ class Decoder:
         cache = {name: run.empty(sig.cache_shape, sig.cache_dtype) for name in sig.past}
         ids = np.asarray([prompt], np.int64)
         start = time.perf_counter()
-        outs = run.resident(self._feeds(ids, 0, cache))
+        outs = run.resident(step_feeds(self.sig, ids, 0, cache))
         token = self._pick(outs, temperature, top_k, rng)
         prefill = time.perf_counter() - start
         tokens, steps, seen = [token], [], len(prompt)
         while len(tokens) < max_new_tokens and token != eos:
             cache = {name: outs[k] for name, k in zip(sig.past, sig.present)}
             t = time.perf_counter()
-            outs = run.resident(self._feeds(np.asarray([[token]], np.int64), seen, cache))
+            outs = run.resident(step_feeds(self.sig, np.asarray([[token]], np.int64), seen, cache))
             token = self._pick(outs, temperature, top_k, rng)
             steps.append(time.perf_counter() - t)
             tokens.append(token)
             seen += 1
         return Generated(tokens, len(prompt), prefill, sum(steps), steps)
-
-    def _feeds(self, ids: np.ndarray, past_length: int, cache: dict) -> dict:
-        feeds = {self.sig.ids: ids, **cache}
-        total = past_length + ids.shape[1]
-        if self.sig.mask:
-            feeds[self.sig.mask] = np.ones((1, total), np.int64)
-        if self.sig.positions:
-            feeds[self.sig.positions] = np.arange(past_length, total, dtype=np.int64)[None]
-        return feeds
 
     def _pick(self, outs: list, temperature: float, top_k: int, rng: np.random.Generator) -> int:
         logits = self.runner.to_numpy(outs[self.sig.logits])[0, -1].astype(np.float64)

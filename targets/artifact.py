@@ -239,10 +239,7 @@ class _Runner:
         arrays = self._check(feeds)
         with self._lock:
             try:
-                if self._cpu:
-                    result = self._main(*[self._on_cpu(i, a) for i, a in enumerate(arrays)])
-                else:
-                    result = self._main(*[self.tvm.runtime.tensor(_contiguous(a), self.dev) for a in arrays])
+                result = self._main(*[self._to_vm(i, a) for i, a in enumerate(arrays)])
             except Exception as e:  # noqa: BLE001  (TVM reports a failed allocation as its own error type)
                 if isinstance(e, MemoryError) or "bad_alloc" in str(e) or "Out of memory" in str(e):
                     shapes = ", ".join(f"{n} {list(a.shape)}" for n, a in zip(self._check.names, arrays))
@@ -267,10 +264,8 @@ class _Runner:
         if missing or len(feeds) != len(names):
             raise MdocError(f"{self.path}: inputs {sorted(feeds)} do not match the artifact's {names}")
         with self._lock:
-            args = [self._on_cpu(i, feeds[n]) if isinstance(feeds[n], np.ndarray) and self._cpu else
-                    self.tvm.runtime.tensor(_contiguous(feeds[n]), self.dev) if isinstance(feeds[n], np.ndarray)
-                    else feeds[n] for i, n in enumerate(names)]
-            result = self._main(*args)
+            result = self._main(*[self._to_vm(i, feeds[n]) if isinstance(feeds[n], np.ndarray) else feeds[n]
+                                  for i, n in enumerate(names)])
             return [result[k] for k in range(len(self._outputs))]
 
     def to_numpy(self, tensor) -> np.ndarray:
@@ -280,6 +275,10 @@ class _Runner:
     def empty(self, shape: tuple, dtype: str):
         """A VM tensor of zeros (an empty cache: a length-0 past)."""
         return self.tvm.runtime.tensor(np.zeros(shape, dtype), self.dev)
+
+    def _to_vm(self, index: int, a: np.ndarray):
+        """Input `index` as the VM's tensor: on CPU without a copy where it can (`_on_cpu`), else copied to the device."""
+        return self._on_cpu(index, a) if self._cpu else self.tvm.runtime.tensor(_contiguous(a), self.dev)
 
     def _on_cpu(self, index: int, a: np.ndarray):
         """Input `index` as a TVM tensor: `a` itself where its layout allows, else a copy in its staging buffer."""
