@@ -35,6 +35,9 @@ from mdoc.errors import MdocError
               help="Requests waiting per model before the server answers 503.")
 @click.option("--timeout-ms", type=click.FloatRange(1), default=30000, show_default=True,
               help="A request not answered in this time gets 504.")
+@click.option("--read-timeout-ms", type=click.FloatRange(1), default=30000, show_default=True,
+              help="A connection whose request head has not come in this time is closed; a body not all there "
+                   "this long after the head gets 408 (slow clients).")
 @click.option("--max-body-mb", type=click.FloatRange(0.001), default=64, show_default=True,
               help="Largest request body (413 above it).")
 @click.option("--poll-seconds", type=click.FloatRange(0), default=2.0, show_default=True,
@@ -43,7 +46,7 @@ from mdoc.errors import MdocError
               help="Write the access log (JSON lines) here instead of stderr.")
 @click.option("--quiet", is_flag=True, help="No access log.")
 def serve_cmd(source, host, port, grpc_port, workers, use_ray, ray_address, target, max_batch, batch_delay_ms,
-              max_queue, timeout_ms, max_body_mb, poll_seconds, access_log, quiet) -> None:
+              max_queue, timeout_ms, read_timeout_ms, max_body_mb, poll_seconds, access_log, quiet) -> None:
     """Serve SOURCE over KServe v2 REST (/v2/...) and gRPC, with Prometheus metrics on /metrics.
 
     SOURCE is an artifact folder, an .onnx file (compiled when loaded) or a model
@@ -69,7 +72,7 @@ def serve_cmd(source, host, port, grpc_port, workers, use_ray, ray_address, targ
     policy = Policy(max_batch_size=max_batch, max_queue_delay_ms=batch_delay_ms, max_queue_size=max_queue,
                     timeout_ms=timeout_ms)
     config = ServeConfig(source.resolve(), host, port, grpc_port or None, target, policy, int(max_body_mb * (1 << 20)),
-                         poll_seconds, reuse_port=workers > 1 and not use_ray)
+                         poll_seconds, reuse_port=workers > 1 and not use_ray, read_timeout_s=read_timeout_ms / 1000)
     if use_ray:
         try:
             from .ray_serve import run_on_ray

@@ -12,6 +12,7 @@ whose message names the tensor, so the server answers 400 and goes on serving.
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 
@@ -24,18 +25,24 @@ DATATYPES = {
 V2_NAMES = {v: k for k, v in DATATYPES.items()}
 
 
+def one_line(text: str) -> str:
+    """`text` with its control characters escaped: a name a client sent, newlines and all, stays on one line."""
+    return re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], text)
+
+
 class RequestError(Exception):
-    """A request the server refuses: `status` is the HTTP status (gRPC maps it), the message names the problem."""
+    """A request the server refuses: `status` is the HTTP status (gRPC maps it), the message (one line, whatever
+    the names it quotes hold) names the problem."""
 
     def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
+        super().__init__(one_line(message))
         self.status = status
 
 
 def numpy_dtype(datatype: str, tensor: str) -> np.dtype:
     if not isinstance(datatype, str) or datatype not in DATATYPES:
         known = ", ".join(DATATYPES)
-        raise RequestError(f"tensor '{tensor}': datatype {datatype!r} is not one this server takes ({known})")
+        raise RequestError(f"tensor '{tensor}': datatype {shown(datatype)} is not one this server takes ({known})")
     name = DATATYPES[datatype]
     if name == "bfloat16":
         import ml_dtypes
@@ -52,10 +59,25 @@ def v2_datatype(dtype: np.dtype | str) -> str:
     return V2_NAMES[name]
 
 
+MAX_RANK = 32
+MAX_ELEMENTS = 2**48  # what a shape may declare, counting only its non-zero dims: numpy's size limit is 2**63 bytes
+
+
+def shown(value, limit: int = 60) -> str:
+    """`repr(value)`, cut to `limit` characters: a message quotes what the client sent without echoing megabytes."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def checked_shape(shape, tensor: str) -> tuple[int, ...]:
+    """A shape numpy can hold, even for no elements (a dim of 0 beside dims whose product is past numpy's limit)."""
     if not isinstance(shape, (list, tuple)) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
                                                        for d in shape):
-        raise RequestError(f"tensor '{tensor}': shape must be a list of non-negative integers, got {shape!r}")
+        raise RequestError(f"tensor '{tensor}': shape must be a list of non-negative integers, got {shown(shape)}")
+    if len(shape) > MAX_RANK:
+        raise RequestError(f"tensor '{tensor}': rank {len(shape)} is over the limit of {MAX_RANK}")
+    if math.prod(d for d in shape if d) > MAX_ELEMENTS:
+        raise RequestError(f"tensor '{tensor}': shape {shown(list(shape))} declares over 2**48 elements")
     return tuple(shape)
 
 
@@ -79,7 +101,7 @@ def from_json(data, datatype: str, shape, tensor: str) -> np.ndarray:
     try:
         flat = np.asarray(data, dtype=dtype if dtype.kind != "V" else np.float32).reshape(-1)
     except (ValueError, TypeError, OverflowError) as e:
-        raise RequestError(f"tensor '{tensor}': data is not a list of {datatype} values ({e})") from None
+        raise RequestError(f"tensor '{tensor}': data is not a list of {datatype} values ({str(e)[:120]})") from None
     if flat.size != math.prod(shape):
         raise RequestError(f"tensor '{tensor}': {flat.size} elements of data, but shape {list(shape)} "
                            f"holds {math.prod(shape)}")

@@ -5,7 +5,9 @@ The service definition and its stubs are the ones tritonclient ships (KServe's
 tritonclient's and KServe's gRPC clients talk to this server unchanged. Tensors travel as
 `raw_input_contents` / `raw_output_contents` (what tritonclient sends and reads) or typed
 `contents` on input. RequestError statuses map to gRPC codes (400 INVALID_ARGUMENT,
-404 NOT_FOUND, 413 RESOURCE_EXHAUSTED, 503 UNAVAILABLE, 504 DEADLINE_EXCEEDED).
+404 NOT_FOUND, 413 RESOURCE_EXHAUSTED, 503 UNAVAILABLE, 504 DEADLINE_EXCEEDED); a request
+whose bytes are not the method's message (`ParsedOrRefused`) is INVALID_ARGUMENT too, not
+the UNKNOWN grpcio answers when a deserializer raises.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import time
 
 import grpc
 import numpy as np
+from google.protobuf.message import DecodeError
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
@@ -138,10 +141,40 @@ def _inputs(request) -> list[tuple[str, str, np.ndarray]]:
     return out
 
 
+class _Unparsed:
+    def __init__(self, error: str):
+        self.error = error
+
+
+class ParsedOrRefused(grpc.aio.ServerInterceptor):
+    """Parses each unary request itself: bytes that are not the method's message get INVALID_ARGUMENT naming it."""
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        parse, behaviour = handler.request_deserializer, handler.unary_unary
+        method = details.method.rsplit("/", 1)[-1]
+
+        def deserializer(data: bytes):
+            try:
+                return parse(data)
+            except DecodeError as e:
+                return _Unparsed(str(e))
+
+        async def checked(request, context):
+            if isinstance(request, _Unparsed):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    f"{method}: the request is not a valid protobuf message ({request.error})")
+            return await behaviour(request, context)
+
+        return handler._replace(request_deserializer=deserializer, unary_unary=checked)
+
+
 def server(service: Service, host: str, port: int, max_body: int) -> grpc.aio.Server:
     options = [("grpc.max_receive_message_length", max_body), ("grpc.max_send_message_length", max_body),
                ("grpc.so_reuseport", 1)]
-    s = grpc.aio.server(options=options)
+    s = grpc.aio.server(options=options, interceptors=[ParsedOrRefused()])
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service), s)
     bound = s.add_insecure_port(f"{host}:{port}")
     if bound == 0:

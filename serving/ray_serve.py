@@ -54,7 +54,7 @@ class Replica:
                 service.ready = True
                 if self.config.poll_seconds > 0:
                     self._poll = asyncio.get_running_loop().create_task(repository.poll(self.config.poll_seconds))
-                self.app = rest.app(service, self.config.max_body)
+                self.app = rest.app(service, self.config.max_body, self.config.read_timeout_s)
                 log.info("ray replica %d serving %d models", os.getpid(), len(repository.models))
         return self.app
 

@@ -4,13 +4,16 @@ A FastAPI app; the infer route reads the raw body itself, since a binary request
 a JSON header (`Inference-Header-Content-Length` bytes) followed by the tensors' bytes,
 which no JSON body model can take. A body over `max_body` bytes gets 413: before it is
 read when its Content-Length says so (`AccessLog`, which also writes the access log), else
-as soon as the bytes read pass the limit. Malformed JSON, a bad tensor or an unknown model
-get 4xx with `{"error": ...}`; a model that fails to load through the repository API, 400.
+as soon as the bytes read pass the limit; a body not all there within `read_timeout_s`
+(a client trickling it), 408. Malformed JSON, a bad tensor or an unknown model get 4xx
+with `{"error": ...}`; a model that fails to load through the repository API, 400.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 import time
 
 import numpy as np
@@ -19,7 +22,7 @@ from fastapi.responses import JSONResponse, Response
 
 from mdoc.errors import MdocError
 
-from .codec import RequestError, from_bytes, from_json, to_bytes, to_json, v2_datatype
+from .codec import RequestError, from_bytes, from_json, shown, to_bytes, to_json, v2_datatype
 from .metrics import CONTENT_TYPE_LATEST, log_access
 from .service import Service
 
@@ -27,10 +30,12 @@ HEADER = "inference-header-content-length"
 
 
 def error(e: RequestError) -> JSONResponse:
-    return JSONResponse({"error": str(e)}, status_code=e.status)
+    """The refusal; after 408 or 413 the rest of the body is never read, so the connection closes."""
+    headers = {"Connection": "close"} if e.status in (408, 413) else None
+    return JSONResponse({"error": str(e)}, status_code=e.status, headers=headers)
 
 
-def app(service: Service, max_body: int):
+def app(service: Service, max_body: int, read_timeout_s: float = 30.0):
     api = FastAPI(title="mdoc serve", docs_url=None, redoc_url=None, openapi_url=None)
 
     @api.exception_handler(RequestError)
@@ -74,13 +79,7 @@ def app(service: Service, max_body: int):
     @api.post("/v2/models/{name}/infer")
     @api.post("/v2/models/{name}/versions/{version}/infer")
     async def infer(name: str, request: Request, version: str | None = None):
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_body:
-                raise RequestError(f"request body of over {max_body} bytes is over the limit of {max_body}", 413)
-            chunks.append(chunk)
-        body = b"".join(chunks)
+        body = await read_body(request, max_body, read_timeout_s)
         header, binary = split_body(body, request.headers.get(HEADER))
         inputs, wanted, binary_out = parse_request(header, binary)
         mv, outs = await service.infer(name, version, inputs, list(wanted) or None, "http")
@@ -136,20 +135,48 @@ class AccessLog:
         log_access("http", scope["method"], scope["path"], status[0], started, client=client[0] if client else None)
 
 
+async def read_body(request: Request, max_body: int, read_timeout_s: float) -> bytes:
+    """The whole body: 413 once it passes `max_body` bytes, 408 when it has not all come in `read_timeout_s`."""
+    chunks, size = [], 0
+    try:
+        async with asyncio.timeout(read_timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > max_body:
+                    raise RequestError(f"request body of over {max_body} bytes is over the limit of {max_body}", 413)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestError(f"request body not received within {read_timeout_s:g} s ({size} bytes came)", 408) from None
+    return b"".join(chunks)
+
+
+def parameters(entry: dict, where: str) -> dict:
+    """An entry's `parameters` object ({} when absent)."""
+    value = entry.get("parameters")
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise RequestError(f"{where}: 'parameters' is not a JSON object")
+    return value
+
+
 def split_body(body: bytes, header_length: str | None) -> tuple[dict, memoryview]:
     """The JSON header and the bytes after it."""
     view = memoryview(body)
     if header_length is not None:
-        if not header_length.isdigit() or int(header_length) > len(body):
-            raise RequestError(f"Inference-Header-Content-Length {header_length!r} does not fit a body of "
+        if not re.fullmatch(r"[0-9]{1,19}", header_length) or int(header_length) > len(body):
+            raise RequestError(f"Inference-Header-Content-Length {shown(header_length)} does not fit a body of "
                                f"{len(body)} bytes")
         cut = int(header_length)
     else:
         cut = len(body)
+    what = "request body" if header_length is None else f"request header (Inference-Header-Content-Length {cut})"
     try:
         header = json.loads(bytes(view[:cut]))
     except (ValueError, UnicodeDecodeError) as e:
-        raise RequestError(f"request body is not JSON ({e})") from None
+        raise RequestError(f"{what} is not JSON ({e})") from None
+    except RecursionError:
+        raise RequestError(f"{what} is not JSON this server reads (nested too deeply)") from None
     if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
         raise RequestError("request JSON has no 'inputs' list")
     return header, view[cut:]
@@ -162,10 +189,10 @@ def parse_request(header: dict, binary: memoryview) -> tuple[list, dict[str, boo
         if not isinstance(t, dict) or not isinstance(t.get("name"), str):
             raise RequestError(f"input {i} of the request has no 'name'")
         name, datatype, shape = t["name"], t.get("datatype"), t.get("shape")
-        size = (t.get("parameters") or {}).get("binary_data_size")
+        size = parameters(t, f"tensor '{name}'").get("binary_data_size")
         if size is not None:
-            if not isinstance(size, int) or size < 0 or offset + size > len(binary):
-                raise RequestError(f"tensor '{name}': binary_data_size {size!r} runs past the end of the body "
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(binary):
+                raise RequestError(f"tensor '{name}': binary_data_size {shown(size)} runs past the end of the body "
                                    f"({len(binary) - offset} bytes left)")
             array = from_bytes(binary[offset:offset + size], datatype, shape, name)
             offset += size
@@ -174,12 +201,15 @@ def parse_request(header: dict, binary: memoryview) -> tuple[list, dict[str, boo
         inputs.append((name, datatype, array))
     if offset != len(binary):
         raise RequestError(f"{len(binary) - offset} bytes after the last binary tensor belong to no input")
-    binary_out = bool((header.get("parameters") or {}).get("binary_data_output", False))
+    binary_out = bool(parameters(header, "the request").get("binary_data_output", False))
+    outputs = header.get("outputs")
+    if outputs is not None and not isinstance(outputs, list):
+        raise RequestError("the request's 'outputs' is not a list")
     wanted = {}
-    for o in header.get("outputs") or []:
+    for o in outputs or []:
         if not isinstance(o, dict) or not isinstance(o.get("name"), str):
             raise RequestError("an entry of the request's 'outputs' has no 'name'")
-        wanted[o["name"]] = bool((o.get("parameters") or {}).get("binary_data", binary_out))
+        wanted[o["name"]] = bool(parameters(o, f"output '{o['name']}'").get("binary_data", binary_out))
     return inputs, wanted, binary_out
 
 

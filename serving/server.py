@@ -2,7 +2,10 @@
 
 Startup loads every model before `/v2/health/ready` says yes; SIGTERM or SIGINT stops
 taking connections, lets the requests in flight finish (uvicorn's and gRPC's graceful
-shutdown) and drains every model before the process exits.
+shutdown) and drains every model before the process exits. A client that opens a
+connection and trickles its request's head (slowloris) is cut off after `read_timeout_s`
+(`head_timeout_protocol`; uvicorn itself has no such limit), and one that trickles the
+body gets 408 after as long again (rest.read_body): it holds a socket, never the server.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ class ServeConfig:
     max_body: int = 64 << 20
     poll_seconds: float = 2.0  # 0: never poll (load new versions through the repository API only)
     reuse_port: bool = False   # several worker processes listen on the same ports
+    read_timeout_s: float = 30.0  # for a request's head to arrive, then again for its body
 
 
 def listening_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
@@ -50,14 +54,31 @@ def listening_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
     return sock
 
 
+def head_timeout_protocol(seconds: float) -> type:
+    """uvicorn's HTTP protocol, closing a connection whose first request head has not all come in `seconds`."""
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    class HeadTimeout(AutoHTTPProtocol):
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self.loop.call_later(seconds, self._head_late)
+
+        def _head_late(self) -> None:
+            if self.cycle is None and not self.transport.is_closing():
+                self.transport.close()
+
+    return HeadTimeout
+
+
 async def serve(config: ServeConfig) -> None:
     """Serve until SIGTERM / SIGINT. A lone server listens at once (live, not ready, while models load); a
     worker of several loads first and only then joins the shared ports, so no connection reaches it unready."""
     metrics = Metrics()
     repository = Repository(config.source, config.policy, config.target, metrics)
     service = Service(repository, metrics)
-    web = uvicorn.Server(uvicorn.Config(rest.app(service, config.max_body), log_level="warning", access_log=False,
-                                        timeout_graceful_shutdown=30, lifespan="off"))
+    web = uvicorn.Server(uvicorn.Config(rest.app(service, config.max_body, config.read_timeout_s), log_level="warning",
+                                        access_log=False, timeout_graceful_shutdown=30, lifespan="off",
+                                        http=head_timeout_protocol(config.read_timeout_s)))
     grpc_server, web_task, poll_task, http_sock = None, None, None, None
 
     async def listen() -> None:
