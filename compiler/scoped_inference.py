@@ -83,12 +83,22 @@ class _Refiner:
         self.original: dict[Value, Type] = {}  # the type each changed value had before this run
 
     # -- bookkeeping ---------------------------------------------------------------
-    def refine(self, v: Value, new: Type) -> None:
-        """Give `v` what `new` adds to its type (never on constants or the top graph's inputs)."""
+    def refine(self, v: Value, new: Type, inferred: bool = False) -> None:
+        """Give `v` what `new` adds to its type (never on constants or the top graph's inputs). An `inferred`
+        type (ONNX's inference of the node that makes `v`, from its operands' types) of the same element type
+        replaces a shape it contradicts: a declared shape the nodes do not make loses, as in `_infer` of the
+        importer, where ONNX's whole-model inference could not run (an ir_version 3 model whose
+        initializers are not graph inputs)."""
         if v.const_value is not None or (v.is_graph_input and v in self.model.graph.inputs):
             return
         merged = merge(v.type, new)
-        if merged != v.type and _consistent(v.type, merged):
+        if not _consistent(v.type, merged):
+            overrides = inferred and isinstance(v.type, TensorType) and isinstance(new, TensorType) \
+                and new.dtype is v.type.dtype and new.shape is not None
+            if not overrides:
+                return
+            merged = new
+        if merged != v.type:
             self.undo.append((v, v.type))
             self.original.setdefault(v, v.type)
             v.type = merged
@@ -154,7 +164,7 @@ class _Refiner:
         for v in node.outputs:
             tp = out.get(self.writer.name(v))
             if tp is not None:
-                self.refine(v, type_from_onnx(tp))
+                self.refine(v, type_from_onnx(tp), inferred=True)
         if node.op == "onnx.Reshape":
             self.reshape_rank(node)
 
