@@ -9,12 +9,23 @@ where (file, node, op) and, when it helps, how to fix it.
 
 from __future__ import annotations
 
+import re
+
+
+def one_line(text: str) -> str:
+    """`text` with its control characters escaped (a newline as `\\n`): a message that quotes a name from the
+    input (a node, a value, a tensor of a request) stays one line whatever bytes the name holds."""
+    return re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], text)
+
 
 class MdocError(Exception):
     """Bad input or usage: the message is one line that names the problem."""
 
     exit_code = 2
     log: str | None = None  # a file holding TVM's log from when it happened (see `with_log`)
+
+    def __init__(self, message="", *args):
+        super().__init__(one_line(message) if isinstance(message, str) else message, *args)
 
 
 class CheckFailed(MdocError):

@@ -41,11 +41,14 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 def npz_problem(path: Path) -> str | None:
     """What makes the arrays of `path` unsafe to read, or None: a member whose header declares
-    more bytes than the member holds, or that expands past `limits.MAX_MATERIALIZED_BYTES`."""
+    more bytes than the member holds, or that expands past `limits.MAX_MATERIALIZED_BYTES`, or that is
+    encrypted (zipfile raises a RuntimeError for those)."""
     with zipfile.ZipFile(path) as z:
         for info in z.infolist():
             if not info.filename.endswith(".npy"):
                 continue
+            if info.flag_bits & 0x1:
+                return f"member '{info.filename}' is encrypted"
             if info.compress_type != zipfile.ZIP_STORED and info.file_size > MAX_MATERIALIZED_BYTES:
                 return f"member '{info.filename}' expands to {gib(info.file_size)}"
             with z.open(info) as f:

@@ -12,9 +12,10 @@ whose message names the tensor, so the server answers 400 and goes on serving.
 from __future__ import annotations
 
 import math
-import re
 
 import numpy as np
+
+from mdoc.errors import one_line
 
 # v2 datatype -> numpy dtype name (BYTES, strings, is not a type any compiled model takes)
 DATATYPES = {
@@ -23,11 +24,6 @@ DATATYPES = {
     "FP16": "float16", "FP32": "float32", "FP64": "float64", "BF16": "bfloat16",
 }
 V2_NAMES = {v: k for k, v in DATATYPES.items()}
-
-
-def one_line(text: str) -> str:
-    """`text` with its control characters escaped: a name a client sent, newlines and all, stays on one line."""
-    return re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], text)
 
 
 class RequestError(Exception):

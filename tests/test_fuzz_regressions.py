@@ -149,3 +149,23 @@ def test_an_op_type_that_is_not_utf8(mdoc_cli, tmp_path):
     path = tmp_path / "m.onnx"
     path.write_bytes(data.replace(name, name[:-1] + b"\xe1", 1))
     _one_line(mdoc_cli("opt", path, "-o", tmp_path / "o.mdir", "-O1"), "is not UTF-8 text")
+
+
+def test_a_name_holding_a_newline(mdoc_cli, tmp_path):
+    """atheris (benchmarks/atheris_fuzz.py onnx, seed 1): a flipped byte made a node's input name swallow the
+    next field, newline included; the 'no node defines it' message quoted it and ran over two lines.
+    MdocError escapes control characters, so every message quoting a name from the input stays one line."""
+    proto = tiny_model()
+    proto.graph.node[1].input[0] = "xw\n\tperm"
+    _one_line(mdoc_cli("inspect", _save(tmp_path, proto)), "uses 'xw\\n\\tperm', but no node")
+
+
+def test_npz_with_an_encrypted_member(mdoc_cli, tmp_path, tiny_path):
+    """atheris (npz, seed 1): the encryption flag set on a member; zipfile raised RuntimeError (exit 3)."""
+    path = tmp_path / "in.npz"
+    np.savez(path, x=np.ones((2, 4), np.float32))
+    data = bytearray(path.read_bytes())
+    data[6] |= 1  # the local header's general purpose flags
+    data[data.rfind(b"PK\x01\x02") + 8] |= 1  # and the central directory's
+    path.write_bytes(bytes(data))
+    _one_line(mdoc_cli("compare", tiny_path, tiny_path, "--inputs", path), "member 'x.npy' is encrypted")

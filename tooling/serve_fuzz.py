@@ -79,7 +79,7 @@ class Answer:
             return f"{case.what}: HTTP {self.status}: {self.message[:300]!r}"
         if "\n" in self.message.strip() or not self.message.strip():
             return f"{case.what}: refusal whose message is not one line: {self.message[:300]!r}"
-        from mdoc.serving.codec import one_line
+        from mdoc.errors import one_line
 
         if case.names is not None and one_line(case.names) not in self.message:
             return f"{case.what}: refusal that does not name {case.names!r}: {self.message[:300]!r}"
