@@ -456,7 +456,8 @@ def random_graph(seed: int, steps: int | None = None, opset: int = 18) -> onnx.M
 def differential(model: onnx.ModelProto, folder, target: str = "x86", level: int = 2, seed: int = 0,
                  rtol: float = 1e-3, atol: float = 1e-4) -> str | None:
     """Compile `model` with mdoc and compare its outputs with onnxruntime's on seeded inputs:
-    None when they agree, else what differs (or the error that stopped mdoc)."""
+    None when they agree, else what differs (or the error that stopped mdoc). An aarch64 artifact runs
+    under qemu (tooling/emulation.py, which needs the arm64 root of .ci/setup-arm.sh)."""
     import mdoc
     from mdoc.errors import MdocError
     from mdoc.reference import compare_outputs, run_onnxruntime
@@ -469,11 +470,22 @@ def differential(model: onnx.ModelProto, folder, target: str = "x86", level: int
     onnx.save(model, path)
     try:
         art = mdoc.compile(path, target, folder / "model.art", opt_level=level, show_progress=False, tuning_db=False)
-        got = mdoc.load(art)(**feeds)
+        got = _run_aarch64(art, feeds) if target == "aarch64" else mdoc.load(art)(**feeds)
     except MdocError as e:
         return f"mdoc failed: {type(e).__name__}: {e}"
+    except RuntimeError as e:  # run_aarch64's one-line failures (the library under qemu)
+        return f"aarch64 run failed: {e}"
     bad = [d for d in compare_outputs(want, got, rtol, atol) if not d.ok]
     return "; ".join(str(d) for d in bad) or None
+
+
+def _run_aarch64(art, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """An aarch64 artifact's outputs by name, its library run under qemu (`tooling.emulation`)."""
+    from .emulation import run_aarch64
+
+    manifest = json.loads((art / "manifest.json").read_text())
+    outs = run_aarch64(art / "model.so", {i["param"]: feeds[i["name"]] for i in manifest["inputs"]})
+    return {o["name"]: v for o, v in zip(manifest["outputs"], outs)}
 
 
 def describe(model: onnx.ModelProto) -> str:
