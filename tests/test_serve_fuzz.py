@@ -34,7 +34,7 @@ from mdoc.tooling import serve_fuzz as sf  # noqa: E402
 
 MAX_BODY = int(0.01 * (1 << 20))
 READ_TIMEOUT_S = 1.5
-CASES = settings(max_examples=250, derandomize=True, deadline=None, database=None,
+CASES = settings(max_examples=200, derandomize=True, deadline=None, database=None,
                  suppress_health_check=list(HealthCheck))
 
 

@@ -45,7 +45,8 @@ class Case:
     """One request: `body` to `path` (REST) or a serialized ModelInferRequest (gRPC, `path` unused).
 
     `names` is what a refusal's message must contain (the tensor, the header, the model), None when any
-    one-line message will do; `cut` sends only that many bytes of the body and then closes the writing side."""
+    one-line message will do; `cut` sends only that many bytes of the body and then closes the writing side;
+    `chunked` sends the body with chunked transfer encoding (no Content-Length: a limit found while reading)."""
 
     what: str
     body: bytes
@@ -53,6 +54,7 @@ class Case:
     headers: tuple[tuple[str, str], ...] = ()
     names: str | None = None
     cut: int | None = None
+    chunked: bool = False
 
 
 @dataclass(frozen=True)
@@ -294,8 +296,9 @@ def _bad_route(draw, model, sig) -> Case:
 
 def http_cases(model: str, sig, max_body: int) -> st.SearchStrategy[Case]:
     """Every kind of bad REST infer request for `model` (inputs `sig`) on a server whose body limit is `max_body`."""
-    oversized = st.integers(max_body + 1, max_body + 4096).map(
-        lambda n: Case("oversized body", b"[" * n, _infer_path(model), names=str(max_body)))
+    oversized = st.tuples(st.integers(max_body + 1, max_body + 4096), st.booleans()).map(
+        lambda n: Case("oversized body" + " (chunked)" * n[1], b"[" * n[0], _infer_path(model), names=str(max_body),
+                       chunked=n[1]))
     return st.one_of(_malformed_json(model, sig), _bad_structure(model, sig), _bad_tensor(model, sig),
                      _wrong_inputs(model, sig), _binary_lies(model, sig), _cut_body(model, sig),
                      _bad_route(model, sig), oversized)
@@ -303,10 +306,15 @@ def http_cases(model: str, sig, max_body: int) -> st.SearchStrategy[Case]:
 
 def send_http(host: str, port: int, case: Case, timeout: float = 10.0) -> Answer:
     """POST `case` over a raw socket (Content-Length is the body's whole length even when `cut` stops early)."""
-    head = [f"POST {case.path} HTTP/1.1", f"Host: {host}", "Connection: close", f"Content-Length: {len(case.body)}"]
+    head = [f"POST {case.path} HTTP/1.1", f"Host: {host}", "Connection: close"]
+    head.append("Transfer-Encoding: chunked" if case.chunked else f"Content-Length: {len(case.body)}")
     head += [f"{k}: {v}" for k, v in case.headers]
     data = "\r\n".join(head).encode("latin-1", errors="replace") + b"\r\n\r\n"
-    data += case.body if case.cut is None else case.body[:case.cut]
+    body = case.body if case.cut is None else case.body[:case.cut]
+    if case.chunked:
+        body = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 1000]), body[i:i + 1000])
+                        for i in range(0, len(body), 1000)) + b"0\r\n\r\n"
+    data += body
     with socket.create_connection((host, port), timeout=timeout) as s:
         try:
             s.sendall(data)
