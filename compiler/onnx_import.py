@@ -178,6 +178,9 @@ class _Importer:
             if value is None:
                 self.fail(f"{label} uses '{name}', which no node, input or initializer defines")
             inputs.append(value)
+        bad = next((a.name for a in node.attribute if not isinstance(a.name, str)), None)
+        if bad is not None:
+            self.fail(f"{label}: an attribute's name is not UTF-8 text ({bad!r})")
         attrs = {a.name: self._attr(a, chain, label) for a in node.attribute}
         op = op_name(domain, node.op_type)
         if op == CONSTANT:

@@ -169,3 +169,14 @@ def test_npz_with_an_encrypted_member(mdoc_cli, tmp_path, tiny_path):
     data[data.rfind(b"PK\x01\x02") + 8] |= 1  # and the central directory's
     path.write_bytes(bytes(data))
     _one_line(mdoc_cli("compare", tiny_path, tiny_path, "--inputs", path), "member 'x.npy' is encrypted")
+
+
+def test_an_attribute_name_that_is_not_utf8(mdoc_cli, tmp_path):
+    """Campaign bytes seed 33661: a flipped byte in MaxPool's 'kernel_shape'; protobuf returns the name as
+    bytes and the verifier's str.startswith raised a TypeError (exit 3)."""
+    from test_fuzz_inputs import rich_model
+
+    data = rich_model().SerializeToString()
+    path = tmp_path / "m.onnx"
+    path.write_bytes(data.replace(b"kernel_shape", b"kerne\xec_shape", 1))
+    _one_line(mdoc_cli("opt", path, "-o", tmp_path / "o.mdir", "-O1"), "an attribute's name is not UTF-8 text")
