@@ -2,13 +2,17 @@
 
     python benchmarks/fuzz_campaign.py inputs --cases 2000 [--seed 0] [--kinds onnx,bytes,mdir,npz,artifact]
     python benchmarks/fuzz_campaign.py differential --cases 200 [--seed 0] [--target x86] [-O 2]
+    python benchmarks/fuzz_campaign.py serve --cases 5000 [--seed 0]
 
 Uses the mutators and the graph generator of `mdoc.tooling.fuzz` that the bounded CI
 campaign (tests/test_fuzz_inputs.py, tests/test_fuzz_differential.py) uses, so a seed
 printed here reproduces in a test. `inputs` checks the rule for bad input (exit 0, 1 or
 2; exit 2 is one `mdoc: error:` line; no traceback, no exit 3) and groups the failures
 by their first line with the seed of the first case of each; `differential` compiles
-each random graph and compares it with onnxruntime. Each case runs in this process;
+each random graph and compares it with onnxruntime; `serve` starts `mdoc serve` on the
+tiny model and sends `--cases` REST and as many gRPC requests from the strategies of
+`mdoc.tooling.serve_fuzz` (tests/test_serve_fuzz.py's), with a well-behaved client beside
+them whose answers are checked against onnxruntime. Each case runs in this process;
 a case that crashes the process (a segfault in a native library) ends the campaign
 with its seed printed last. Prints the figures the notes keep: cases per kind and
 target, failures, distinct failure classes.
@@ -140,6 +144,42 @@ def differential_campaign(args) -> int:
     return 1 if bad else 0
 
 
+def serve_campaign(args) -> int:
+    import json
+
+    import mdoc
+    import onnxruntime as ort
+    from conftest import tiny_model
+
+    from mdoc.serving.launch import ServerProcess
+    from mdoc.tooling import serve_fuzz
+
+    start = time.time()
+    with tempfile.TemporaryDirectory(prefix="mdoc-serve-fuzz-") as work:
+        onnx.save(tiny_model(), Path(work) / "tiny.onnx")
+        artifact = mdoc.compile(Path(work) / "tiny.onnx", "x86", Path(work) / "tiny.x86", show_progress=False,
+                                tuning_db=False)
+        session = ort.InferenceSession(str(Path(work) / "tiny.onnx"), providers=["CPUExecutionProvider"])
+        max_body = int(0.01 * (1 << 20))
+        with ServerProcess(artifact, "--max-body-mb", "0.01", "--read-timeout-ms", "2000", "--quiet") as server:
+            sig = serve_fuzz.signature(json.loads(server.get("/v2/models/tiny")[1]))
+            with serve_fuzz.GoodClient("127.0.0.1", server.port, "tiny",
+                                       lambda x: session.run(None, {"x": x})[0]) as good:
+                counts, problems = serve_fuzz.campaign("127.0.0.1", server.port, server.grpc_url, "tiny", sig,
+                                                       max_body, args.cases, args.seed)
+    rest = sum(n for k, n in counts.items() if not k.startswith("gRPC"))
+    print(f"{sum(counts.values())} serve cases in {time.time() - start:.0f} s (seed {args.seed}): {rest} REST, "
+          f"{sum(counts.values()) - rest} gRPC; {len(problems)} problem classes; the good client: "
+          f"{good.answered} answers, {len(good.wrong)} wrong or refused")
+    for kind, n in sorted(counts.items()):
+        print(f"  {kind}: {n}")
+    for problem in problems.values():
+        print(f"- {problem[:400]}")
+    for wrong in good.wrong[:5]:
+        print(f"- good client: {wrong}")
+    return 1 if problems or good.wrong else 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -152,8 +192,11 @@ def main() -> int:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--target", default="x86")
     d.add_argument("-O", dest="level", type=int, default=2)
+    v = sub.add_parser("serve")
+    v.add_argument("--cases", type=int, default=5000, help="REST cases, and as many gRPC cases")
+    v.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    return inputs_campaign(args) if args.what == "inputs" else differential_campaign(args)
+    return {"inputs": inputs_campaign, "differential": differential_campaign, "serve": serve_campaign}[args.what](args)
 
 
 if __name__ == "__main__":
