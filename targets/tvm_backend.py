@@ -159,7 +159,12 @@ def _export(ex, lib: Path, spec) -> None:
         if spec.cross_compiler:
             from tvm.support import cc  # tvm.contrib.cc is gone in 0.27
 
-            ex.export_library(str(lib), fcompile=cc.cross_compiler(spec.cross_compiler))
+            # the triple given, not cross_compiler's default: that asks the host's g++ (x86_64-linux-gnu), which
+            # matters when the executable holds no LLVM module of its own (no kernels: every op a VM builtin) and
+            # export_library packs the imports into a devc.o for that triple, which the cross linker refuses
+            triple = spec.tvm.get("mtriple")
+            fcompile = cc.cross_compiler(spec.cross_compiler, get_target_triple=(lambda: triple) if triple else None)
+            ex.export_library(str(lib), fcompile=fcompile)
         else:
             ex.export_library(str(lib))
     except Exception as e:  # noqa: BLE001  (the C compiler's failures arrive as RuntimeError)
