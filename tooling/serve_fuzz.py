@@ -24,18 +24,24 @@ a 5xx, INTERNAL or UNKNOWN, a message without the tensor's name, no answer in ti
 
 from __future__ import annotations
 
+import collections
 import json
 import socket
+import threading
 import time
 import urllib.parse
 from dataclasses import dataclass
 
+import numpy as np
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import seed as seeded
 from hypothesis import strategies as st
 
-DATATYPES = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32",
-             "FP64", "BF16"]
-ITEMSIZE = {"BOOL": 1, "UINT8": 1, "INT8": 1, "UINT16": 2, "INT16": 2, "FP16": 2, "BF16": 2, "UINT32": 4,
-            "INT32": 4, "FP32": 4, "UINT64": 8, "INT64": 8, "FP64": 8}
+from mdoc.errors import one_line
+from mdoc.serving.codec import DATATYPES as _SERVED
+from mdoc.serving.codec import numpy_dtype
+
+DATATYPES = list(_SERVED)
 HEADER = "Inference-Header-Content-Length"
 _HUGE = [2**31, 2**32 + 1, 2**40, 2**62, 2**63 - 1, 2**64, 10**30]
 
@@ -81,8 +87,6 @@ class Answer:
             return f"{case.what}: HTTP {self.status}: {self.message[:300]!r}"
         if "\n" in self.message.strip() or not self.message.strip():
             return f"{case.what}: refusal whose message is not one line: {self.message[:300]!r}"
-        from mdoc.errors import one_line
-
         if case.names is not None and one_line(case.names) not in self.message:
             return f"{case.what}: refusal that does not name {case.names!r}: {self.message[:300]!r}"
         return None
@@ -94,11 +98,6 @@ class Answer:
 def signature(meta: dict) -> list[tuple[str, str, list[int]]]:
     """The inputs of a model's v2 metadata (REST `GET /v2/models/NAME`)."""
     return [(t["name"], t["datatype"], [int(d) for d in t["shape"]]) for t in meta["inputs"]]
-
-
-@st.composite
-def _good_shape(draw, shape: list[int]) -> list[int]:
-    return [draw(st.integers(1, 3)) if d < 0 else d for d in shape]
 
 
 def _count(shape) -> int:
@@ -238,10 +237,6 @@ def _wrong_inputs(draw, model, sig) -> Case:
 
 def _binary_body(inputs: list[dict]) -> tuple[dict, bytes]:
     """The header (each entry's data moved into the extension's bytes) and the bytes, as a client would send."""
-    import numpy as np
-
-    from mdoc.serving.codec import numpy_dtype
-
     chunks = []
     for t in inputs:
         raw = np.asarray(t.pop("data"), dtype=np.float32).astype(numpy_dtype(t["datatype"], t["name"])).tobytes()
@@ -485,8 +480,6 @@ class GoodClient:
     fuzzer must not disturb."""
 
     def __init__(self, host: str, port: int, model: str, reference, seed: int = 0):
-        import threading
-
         self.host, self.port, self.model, self.reference = host, port, model, reference
         self.answered, self.wrong = 0, []
         self._stop = threading.Event()
@@ -501,8 +494,6 @@ class GoodClient:
         self._thread.join()
 
     def _loop(self, seed: int) -> None:
-        import numpy as np
-
         rng = np.random.default_rng(seed)
         while not self._stop.is_set():
             x = rng.standard_normal((int(rng.integers(1, 4)), 4)).astype(np.float32)
@@ -525,11 +516,7 @@ class GoodClient:
 
 def campaign(host: str, port: int, grpc_target: str, model: str, sig, max_body: int, cases: int, seed: int):
     """`cases` REST and `cases` gRPC cases from `seed`: (cases per kind, {problem's first words: problem})."""
-    import collections
-
     import grpc
-    from hypothesis import HealthCheck, Phase, given, settings
-    from hypothesis import seed as seeded
 
     counts: collections.Counter = collections.Counter()
     problems: dict[str, str] = {}
