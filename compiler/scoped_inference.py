@@ -138,8 +138,10 @@ class _Refiner:
 
     def plain_node(self, node: Node) -> None:
         """ONNX's inference of this one node, from the operand types and small operand values mdoc has."""
-        if all(_complete(o.type) for o in node.outputs) and not any(v in self.refined for v in node.inputs):
-            return  # ONNX typed it fully and nothing it reads changed since
+        if all(_complete(o.type) for o in node.outputs) and not any(v in self.refined for v in node.inputs) \
+                and not any(o in node.graph.outputs for o in node.outputs):
+            return  # ONNX typed it fully and nothing it reads changed since (a graph output's type may be only
+            # declared: ONNX infers nothing past a node listed before its operands' producers)
         schema = schema_of(node.op, self.model.opset_imports)
         if schema is None:
             return

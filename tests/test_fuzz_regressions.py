@@ -104,6 +104,21 @@ def test_declared_shape_contradicts_mdocs_inference_in_an_ir3_model(mdoc_cli, tm
     assert r.code == 0, r.err
 
 
+def test_declared_shape_contradicts_inference_in_an_unsorted_graph(mdoc_cli, tmp_path):
+    """Campaign onnx seed 40240: Relu listed before the Add that makes its operand, y declared [N, 1000000].
+    ONNX's inference stops at the misplaced node, so y kept its declared shape, and mdoc's per-node
+    inference skipped Relu (its output looked fully typed): the same pass error as the ir_version 3 case.
+    A graph output is always inferred again now."""
+    proto = tiny_model()
+    relu = proto.graph.node.pop(2)
+    proto.graph.node.insert(1, relu)
+    proto.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 1000000
+    path = _save(tmp_path, proto)
+    r = mdoc_cli("opt", path, "-o", tmp_path / "o.onnx")
+    assert r.code == 0, r.err
+    assert mdoc_cli("compare", path, tmp_path / "o.onnx").code == 0
+
+
 def test_npz_with_an_unknown_compression_method(mdoc_cli, tmp_path, tiny_path):
     """npz seed 648: a flipped byte made the member's compression method 99 (NotImplementedError)."""
     path = tmp_path / "in.npz"
