@@ -36,6 +36,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .errors import MdocError
 from .evaluator import try_fold
 from .ir import CONSTANT, Graph, Model, Node, Value
 from .onnx_export import NodeWriter
@@ -88,7 +89,7 @@ class _Refiner:
         type (ONNX's inference of the node that makes `v`, from its operands' types) of the same element type
         replaces a shape it contradicts: a declared shape the nodes do not make loses, as in `_infer` of the
         importer, where ONNX's whole-model inference could not run (an ir_version 3 model whose
-        initializers are not graph inputs)."""
+        initializers are not graph inputs). A contradicted element type is refused in `plain_node`."""
         if v.const_value is not None or (v.is_graph_input and v in self.model.graph.inputs):
             return
         merged = merge(v.type, new)
@@ -166,7 +167,11 @@ class _Refiner:
         for v in node.outputs:
             tp = out.get(self.writer.name(v))
             if tp is not None:
-                self.refine(v, type_from_onnx(tp), inferred=True)
+                new = type_from_onnx(tp)
+                if isinstance(v.type, TensorType) and isinstance(new, TensorType) and v.type.dtype is not new.dtype:
+                    label = f"node '{node.name}' ({node.op})" if node.name else f"a {node.op} node"
+                    raise MdocError(f"{label} makes {new} for '{v.name}', which is declared {v.type}")
+                self.refine(v, new, inferred=True)
         if node.op == "onnx.Reshape":
             self.reshape_rank(node)
 

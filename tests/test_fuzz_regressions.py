@@ -119,6 +119,16 @@ def test_declared_shape_contradicts_inference_in_an_unsorted_graph(mdoc_cli, tmp
     assert mdoc_cli("compare", path, tmp_path / "o.onnx").code == 0
 
 
+def test_declared_element_type_contradicts_inference(mdoc_cli, tmp_path):
+    """Campaign onnx seed 61280: y declared int2 where Relu of float32 makes float32; the pass error of the
+    ir_version 3 case again (fuse-epilogue's mdoc.matmul refused by the verifier). An element type the
+    node does not make is refused at once, naming the node, as onnxruntime refuses the model."""
+    proto = tiny_model()
+    proto.graph.output[0].type.tensor_type.elem_type = TensorProto.INT2
+    _one_line(mdoc_cli("opt", _save(tmp_path, proto), "-o", tmp_path / "o.onnx"),
+              "node 'relu' (onnx.Relu) makes f32[N,3] for 'y', which is declared i2[N,3]")
+
+
 def test_npz_with_an_unknown_compression_method(mdoc_cli, tmp_path, tiny_path):
     """npz seed 648: a flipped byte made the member's compression method 99 (NotImplementedError)."""
     path = tmp_path / "in.npz"
