@@ -23,12 +23,15 @@ channel-vector tile for planes narrower than half a vector (7x7), NCHWc chains, 
 from __future__ import annotations
 
 
+from functools import partial
+
 import numpy as np
 from tvm import te, tirx
 from tvm.s_tir import Schedule
 
 from .common import CpuSpec, Kernel, KernelError, Param, batch_dims, finish, window_tag
-from .depthwise import plan_window, schedule_window, window_compute
+from .depthwise import (channel_vector_compute, pack_depthwise_weight_blocked, plan_window, schedule_channel_vectors,
+                        schedule_window, window_compute)
 from .int8 import QEpilogue
 
 __all__ = ["pack_qdepthwise_weight", "qdepthwise_conv2d"]
@@ -63,15 +66,18 @@ def qdepthwise_conv2d(data_shape, weight_shape, *, strides=(1, 1), padding=(0, 0
     (sh, _), (dh, dw) = plan.strides, plan.dilation
     oh, ow = plan.oh, plan.ow
     adtype = "int8" if epilogue.signed else "uint8"
-
     x = te.placeholder(data_shape, adtype, name="x")
-    w = te.placeholder((oc, kh, kw), "int8", name="weight")
     offset = te.placeholder((oc,), "int32", name="offset")
     mult = te.placeholder((oc,), "float32", name="mult")
+    extra, extra_params, bias, residual = epilogue.extra(oc, (n, oc, oh, ow))
+    if tile is None and ow * 2 <= plan.lanes:
+        return _channel_vectors(plan, x, offset, mult, extra, extra_params, bias, residual, x_zero_point, epilogue,
+                                name)
+
+    w = te.placeholder((oc, kh, kw), "int8", name="weight")
     acc = window_compute(plan, x, tirx.const(x_zero_point, adtype), te.sum,
                          lambda pad, i, o, y, col, rkh, rkw: pad[i, o, y * sh + rkh * dh, col + rkw * dw].astype("int32")
                          * w[o, rkh, rkw].astype("int32"))
-    extra, extra_params, bias, residual = epilogue.extra(oc, (n, oc, oh, ow))
     # a row that is not whole vectors: the tile is stored whole into a padded buffer and the rows copied out
     # (a predicated uint8 store is scalarized: 384x14x14 0.153 ms, 0.061 so)
     ragged = plan.ow % plan.lanes != 0
@@ -87,9 +93,33 @@ def qdepthwise_conv2d(data_shape, weight_shape, *, strides=(1, 1), padding=(0, 0
     if ragged:
         sch.reverse_compute_at(sch.get_sblock("out"), sch.get_loops(sch.get_sblock("tile"))[0])
 
-    tag = window_tag((kh, kw), plan.strides, plan.pads, plan.dilation)
+    return _kernel(sch, plan, epilogue, name, (oc, kh, kw), extra_params, plan.notes, pack_qdepthwise_weight)
+
+
+def _channel_vectors(plan, x, offset, mult, extra, extra_params, bias, residual, x_zero_point: int,
+                     epilogue: QEpilogue, name) -> Kernel:
+    """Planes whose row fills at most half a vector (7x7): `depthwise.py`'s channel-vector tile on integers
+    (the float kernel's reason: a width vector would be mostly padding)."""
+    lanes, (n, oc, oh, ow) = plan.lanes, (plan.n, plan.oc, plan.oh, plan.ow)
+    acc, w, blocks, tile = channel_vector_compute(plan, lanes, x, tirx.const(x_zero_point, x.dtype), "int8",
+                                                  lambda a, b: a.astype("int32") * b.astype("int32"))
+    out = te.compute((n, oc, oh, ow), lambda i, o, y, xx: epilogue.value(
+        acc[i, o // lanes, y, xx, o % lanes], offset[o], mult[o], bias[o] if bias is not None else None,
+        residual[i, o, y, xx] if residual is not None else None), name="out")
+    sch = Schedule(te.create_prim_func([x, w, offset, mult, *extra, out]))
+    schedule_channel_vectors(sch, lanes, tile)
+    packer = partial(pack_depthwise_weight_blocked, lanes=lanes, blocks=blocks, dtype="int8")
+    return _kernel(sch, plan, epilogue, name, (blocks, plan.kh, plan.kw, lanes), extra_params,
+                   f"channel-vectors wb={tile[0]} ocv={tile[1]} blocks={blocks}", packer)
+
+
+def _kernel(sch, plan, epilogue: QEpilogue, name, weight_shape, extra_params, notes: str, packer) -> Kernel:
+    n, c, h, wd, oh, ow = plan.n, plan.c, plan.h, plan.w, plan.oh, plan.ow
+    adtype = "int8" if epilogue.signed else "uint8"
+    tag = window_tag((plan.kh, plan.kw), plan.strides, plan.pads, plan.dilation)
     kname = name or f"qdwconv2d_{tag}_{c}x{h}x{wd}" + (f"_{epilogue.tag()}" if epilogue.tag() else "")
-    params = (Param("x", data_shape, adtype), Param("weight", (oc, kh, kw), "int8"), Param("offset", (oc,), "int32"),
-              Param("mult", (oc,)), *extra_params, Param("out", (n, oc, oh, ow), epilogue.out_dtype))
-    return Kernel(kname, finish(sch.mod["main"], kname), params, 2 * n * oc * oh * ow * kh * kw, plan.notes,
-                  packers={"weight": pack_qdepthwise_weight})
+    params = (Param("x", (n, c, h, wd), adtype), Param("weight", weight_shape, "int8"), Param("offset", (c,), "int32"),
+              Param("mult", (c,)), *extra_params,
+              Param("out", (n, c, oh, ow), epilogue.out_dtype))
+    return Kernel(kname, finish(sch.mod["main"], kname), params, 2 * n * c * oh * ow * plan.kh * plan.kw, notes,
+                  packers={"weight": packer})
