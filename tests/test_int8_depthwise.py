@@ -10,11 +10,14 @@ import tvm
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from mdoc.targets.cpu_kernels.int8 import QEpilogue
+from mdoc.targets.cpu_kernels import CpuSpec
+from mdoc.targets.cpu_kernels.int8 import QEpilogue, has_vnni
 from mdoc.targets.cpu_kernels.int8_depthwise import qdepthwise_conv2d
 from mdoc.targets.presets import resolve_target
 
 RNG = np.random.default_rng(0)
+# the x86 preset's kernels run here only on an AVX-512 VNNI host (as tests/test_int8_kernels.py's)
+needs_vnni = pytest.mark.skipif(not has_vnni(CpuSpec.host()), reason="this host has no AVX-512 VNNI")
 
 
 def _reference(x, w, stride, pad):
@@ -26,6 +29,7 @@ def _reference(x, w, stride, pad):
     return ReferenceEvaluator(model).run(None, {"x": x, "w": w})[0].astype(np.float64)
 
 
+@needs_vnni
 @pytest.mark.parametrize("preset", ["x86", "x86-avx2"])
 @pytest.mark.parametrize("shape,stride,signed,requantize", [
     ((1, 32, 20, 20), 1, False, True),
@@ -77,6 +81,7 @@ def _qdq_depthwise():
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
+@needs_vnni
 def test_a_qdq_depthwise_model_runs_the_integer_kernel_and_agrees_with_onnxruntime(tmp_path):
     import json
 
