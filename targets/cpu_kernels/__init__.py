@@ -42,6 +42,7 @@ Builders (float32):
 
 Integer builders (u8 / s8 x s8 -> s32 on the CPU's dot product, requantized in the tile):
     qdense(a_shape, weight_shape, epilogue); qconv2d(data_shape, weight_shape, ...)  int8.py
+    qdepthwise_conv2d(data_shape, weight_shape, ...): depthwise, bytes widened to int32 vectors  int8_depthwise.py
 
 `ensure_runtime_threads(cores)` before running anything: TVM's runtime assumes x86 cores
 are hyper-threads and halves the thread count (one thread on a 2-core VM).

@@ -15,6 +15,7 @@ from typing import Any
 from .common import CpuSpec, Kernel, KernelError
 from .conv import conv2d
 from .int8 import qconv2d, qdense
+from .int8_depthwise import qdepthwise_conv2d
 from .inverted_residual import inverted_residual
 from .layout import from_nchwc, to_nchwc
 from .matmul import batch_matmul, dense
@@ -23,7 +24,7 @@ from .reductions import layer_norm, softmax
 
 __all__ = ["BUILDERS", "KernelRequest"]
 
-BUILDERS = {"conv2d": conv2d, "dense": dense, "batch_matmul": batch_matmul, "pool2d": pool2d,
+BUILDERS = {"conv2d": conv2d, "qdepthwise_conv2d": qdepthwise_conv2d, "dense": dense, "batch_matmul": batch_matmul, "pool2d": pool2d,
             "softmax": softmax, "layer_norm": layer_norm, "to_nchwc": to_nchwc, "from_nchwc": from_nchwc,
             "inverted_residual": inverted_residual, "global_avg_pool2d": global_avg_pool2d, "qconv2d": qconv2d,
             "qdense": qdense}

@@ -10,12 +10,12 @@ generic converter (`converters/quantized.py`: int32 Relax ops, every target):
               and requantization in the kernel's epilogue. A static model's activation scale and zero
               point are constants; a dynamically quantized one's (qmatmul) are computed per call, and
               so are the kernel's `offset` and `mult` vectors (two small Relax ops).
-    float     a qconv the integer kernel does not take (grouped and depthwise convs: a dot product over
-              4 input channels has nothing to reduce there; CPUs without a dot product) with constant scales:
+    depthwise a depthwise qconv (channel multiplier 1, any CPU): `cpu_kernels.int8_depthwise.qdepthwise_conv2d`,
+              bytes widened to int32 vectors along the width (a dot product over 4 input channels has
+              nothing to reduce there), the same epilogue; the activation read in its own type.
+    float     a qconv neither takes (other grouped convs; CPUs without a dot product) with constant scales:
               x dequantized, the float conv kernel with the dequantized weights and the op's tail,
-              then quantized. (MobileNetV2 so pays two passes per depthwise conv and loses the float
-              model's inverted-residual kernels and NCHWc chains: 10.4 ms against 6.8 for mdoc's own
-              float build, measured; an int8 NCHWc depthwise / inverted-residual kernel is the next step.)
+              then quantized.
 """
 
 from __future__ import annotations
@@ -113,15 +113,18 @@ def qconv(kernels: "CpuKernels", ctx: "LowerCtx", node: Node) -> list | None:
     strides, dilations, pads = _spatial_attrs(ctx, [int(d) for d in x_shape[2:]], list(w.shape[2:]))
     groups = int(node.attrs.get("group", 1))
     step = dot_product(kernels.spec)
-    if groups != 1 or step is None:
-        return _float_conv(kernels, ctx, node, w, w_scale, strides, pads, dilations, groups)
     xz = _scalar(ctx, X_ZP, 0)
-    if xz is None:
-        return None
-    built = kernels._kernel(KernelRequest.of("qconv2d", *request_dims(x_shape), tuple(int(d) for d in w.shape),
+    depthwise = groups == x_shape[1] == w.shape[0] and w.shape[1] == 1
+    if xz is not None and depthwise:
+        builder, shift = "qdepthwise_conv2d", 0  # read in its own type: no dot product
+    elif xz is not None and groups == 1 and step is not None:
+        builder, shift = "qconv2d", step.shift(signed)
+    else:
+        return _float_conv(kernels, ctx, node, w, w_scale, strides, pads, dilations, groups)
+    built = kernels._kernel(KernelRequest.of(builder, *request_dims(x_shape), tuple(int(d) for d in w.shape),
                                              strides=tuple(strides), padding=tuple(pads), dilation=tuple(dilations),
                                              x_zero_point=int(xz), epilogue=epilogue))
-    offset, mult = _offset_and_mult(ctx, w.astype(np.int32).sum(axis=(1, 2, 3)), w_scale, step.shift(signed))
+    offset, mult = _offset_and_mult(ctx, w.astype(np.int32).sum(axis=(1, 2, 3)), w_scale, shift)
     args = _integer_args(ctx, built, ctx.input(X), offset, mult)
     if ctx.has_input(RESIDUAL):
         args.append(ctx.input(RESIDUAL))
