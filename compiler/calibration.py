@@ -8,7 +8,12 @@ every sample, one at a time, and each observer's values are reduced to a range:
   calibrator does); exact for the calibration data, but one outlier stretches the
   grid for every other value;
 - ``percentile``: the 100 - p and p percentiles of all values seen (p = 99.99 by
-  default), which clips the rare outliers instead.
+  default), which clips the rare outliers instead;
+- ``entropy``: the symmetric threshold whose 128-level quantization of the histogram
+  of |values| loses the least information (smallest KL divergence from the clipped
+  histogram), as TensorRT's entropy calibrator and onnxruntime's
+  CalibrationMethod.Entropy choose it: it clips outliers only where they cost less
+  than the coarser grid they would force on everything else.
 
 Samples: an ``.npz`` keyed by input name whose arrays stack the samples along a new
 first axis (or along the batch axis, when the array has the input's rank), or a
@@ -29,7 +34,7 @@ from .quant_ops import OBSERVE
 from .tensors import load_npz
 from .types import TensorType
 
-METHODS = ("minmax", "percentile")
+METHODS = ("minmax", "percentile", "entropy")
 _KEPT = 1 << 18  # values kept per observer and sample for percentiles (a uniform subsample)
 
 
@@ -132,7 +137,7 @@ class _Range:
         if flat.size == 0:
             return
         self.lo, self.hi = min(self.lo, float(flat.min())), max(self.hi, float(flat.max()))
-        if self.method == "percentile":
+        if self.method in ("percentile", "entropy"):
             step = max(1, flat.size // _KEPT)
             self.kept.append(flat[::step])
 
@@ -143,4 +148,38 @@ class _Range:
             values = np.concatenate(self.kept)
             return (float(np.percentile(values, 100.0 - self.percentile)),
                     float(np.percentile(values, self.percentile)))
+        if self.method == "entropy":
+            t = entropy_threshold(np.abs(np.concatenate(self.kept)))
+            return max(self.lo, -t), min(self.hi, t)
         return self.lo, self.hi
+
+
+def entropy_threshold(magnitudes: np.ndarray, bins: int = 2048, levels: int = 128) -> float:
+    """The clipping threshold for `magnitudes` (|values|) with the least KL divergence (TensorRT's search)."""
+    top = float(magnitudes.max()) if magnitudes.size else 0.0
+    if top <= 0.0:
+        return 0.0
+    hist, edges = np.histogram(magnitudes, bins=bins, range=(0.0, top))
+    hist = hist.astype(np.float64)
+    best, best_i = np.inf, bins
+    for i in range(levels, bins + 1):
+        p = hist[:i].copy()
+        p[-1] += hist[i:].sum()
+        q = _requantized(hist[:i], levels)
+        mask = p > 0
+        if not mask.any():
+            continue
+        pn, qn = p / p.sum(), q / max(q.sum(), 1e-30)
+        kl = float(np.sum(pn[mask] * np.log(pn[mask] / np.maximum(qn[mask], 1e-30))))
+        if kl < best:
+            best, best_i = kl, i
+    return float(edges[best_i])
+
+
+def _requantized(hist: np.ndarray, levels: int) -> np.ndarray:
+    """`hist` merged into `levels` chunks, each chunk's mass spread evenly over its nonzero bins."""
+    chunk = np.floor(np.arange(hist.size) * levels / hist.size).astype(np.int64)
+    nonzero = hist > 0
+    mass = np.bincount(chunk, weights=hist, minlength=levels)
+    count = np.bincount(chunk, weights=nonzero.astype(np.float64), minlength=levels)
+    return np.where(nonzero, mass[chunk] / np.maximum(count[chunk], 1.0), 0.0)

@@ -71,6 +71,34 @@ def test_calibration_writes_ranges_and_quantize_static_makes_qdq():
     assert counts["onnx.QuantizeLinear"] == 3 and counts["onnx.DequantizeLinear"] == 3 + 4  # 4 weights
 
 
+def _u8_error(values: np.ndarray, lo: float, hi: float) -> float:
+    """Mean squared error of `values` through an affine u8 grid over [lo, hi] (zero kept exact)."""
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    scale = (hi - lo) / 255.0
+    zero = np.round(-lo / scale)
+    q = np.clip(np.round(values / scale) + zero, 0, 255)
+    return float(np.mean(((q - zero) * scale - values) ** 2))
+
+
+def test_entropy_calibration_clips_outliers_that_minmax_keeps():
+    samples = _samples(4, 1)
+    outlier = np.zeros(samples.size, bool)
+    outlier[::997] = True  # about 0.1% of the inputs are outliers tens of sigmas out
+    samples.reshape(-1)[outlier] *= 60.0
+    bulk = samples.reshape(-1)[~outlier]
+    feeds = [{"x": s} for s in samples]
+    errors = {}
+    for method in ("minmax", "entropy"):
+        model = import_model(_cnn())
+        PassManager([make_pass("insert-observers")]).run(model)
+        calibrate(model, feeds, method=method)
+        x_obs = next(n for n in model.graph if n.op == "mdoc.observe" and n.input(0).name == "x")
+        errors[method] = _u8_error(bulk, x_obs.attrs["min"], x_obs.attrs["max"])
+        if method == "entropy":
+            assert x_obs.attrs["max"] < float(samples.max()) and x_obs.attrs["min"] > float(samples.min())
+    assert errors["entropy"] < 0.2 * errors["minmax"], errors  # the 99.9% that are not outliers: a finer grid
+
+
 def test_quantize_static_refuses_an_uncalibrated_observer():
     model = import_model(_cnn())
     PassManager([make_pass("insert-observers")]).run(model)
