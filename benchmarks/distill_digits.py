@@ -79,12 +79,12 @@ def main() -> int:
     print(f"digits MLP 64-256-256-10, {len(x_train)} training images (unlabeled for distill), {len(x_test)} test; "
           f"hidden units pruned {args.channels:.0%}, parameters {report['after']['parameters']} of "
           f"{report['before']['parameters']}")
-    print(f"{'model':22s} {'test accuracy':>13s} {'centered cosine':>15s}")
+    print(f"{'model':24s} {'test accuracy':>13s} {'centered cosine':>15s}")
     for name, proto in (("original", teacher), ("pruned", pruned_proto), ("pruned + distilled", export_model(distilled)),
                         ("int8", quantized_proto), (f"int8 + distilled ({args.int8})", export_model(int8_distilled))):
         got = logits(proto)
         top1 = float((got.argmax(axis=1) == y_test).mean())
-        print(f"{name:22s} {top1:13.4f} {accuracy([got[:, None]], [want[:, None]]):15.6f}")
+        print(f"{name:24s} {top1:13.4f} {accuracy([got[:, None]], [want[:, None]]):15.6f}")
     return 0
 
 
