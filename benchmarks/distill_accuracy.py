@@ -30,7 +30,7 @@ def main() -> int:
     p.add_argument("--eval", type=int, default=16, help="held-out samples")
     p.add_argument("--ridge", type=float, default=0.3)
     p.add_argument("--students", default="pruned,int8")
-    p.add_argument("--int8", default="bias", choices=["bias", "requantize"], help="how int8 layers are fitted")
+    p.add_argument("--int8", default="bias", choices=["bias", "scale", "requantize"], help="how int8 layers are fitted")
     args = p.parse_args()
 
     from mdoc.distill import distill

@@ -40,6 +40,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--channels", type=float, default=0.9)
     p.add_argument("--ridge", type=float, default=0.01)
+    p.add_argument("--int8", default="scale", choices=["bias", "scale", "requantize"], help="how int8 layers are fitted")
     args = p.parse_args()
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -51,7 +52,7 @@ def main() -> int:
     from mdoc.onnx_export import export_model
     from mdoc.onnx_import import import_model
     from mdoc.pruning.api import prune_model
-    from mdoc.quantize import accuracy
+    from mdoc.quantize import accuracy, quantize_static
 
     digits = load_digits()
     x = (digits.data / 16.0).astype(np.float32)
@@ -70,15 +71,20 @@ def main() -> int:
     pruned, report = prune_model(import_model(teacher), channels=args.channels)
     pruned_proto = export_model(pruned)  # distill re-fits the student in place
     distilled, _ = distill(pruned, import_model(teacher), calib, eval_samples=held_out, ridge=args.ridge)
+    quantized, _ = quantize_static(import_model(teacher), calib[:64])
+    quantized_proto = export_model(quantized)
+    int8_distilled, _ = distill(quantized, import_model(teacher), calib, eval_samples=held_out, ridge=args.ridge,
+                                int8=args.int8)
     want = logits(teacher)
     print(f"digits MLP 64-256-256-10, {len(x_train)} training images (unlabeled for distill), {len(x_test)} test; "
           f"hidden units pruned {args.channels:.0%}, parameters {report['after']['parameters']} of "
           f"{report['before']['parameters']}")
-    print(f"{'model':10s} {'test accuracy':>13s} {'centered cosine':>15s}")
-    for name, proto in (("original", teacher), ("pruned", pruned_proto), ("distilled", export_model(distilled))):
+    print(f"{'model':24s} {'test accuracy':>13s} {'centered cosine':>15s}")
+    for name, proto in (("original", teacher), ("pruned", pruned_proto), ("pruned + distilled", export_model(distilled)),
+                        ("int8", quantized_proto), (f"int8 + distilled ({args.int8})", export_model(int8_distilled))):
         got = logits(proto)
         top1 = float((got.argmax(axis=1) == y_test).mean())
-        print(f"{name:10s} {top1:13.4f} {accuracy([got[:, None]], [want[:, None]]):15.4f}")
+        print(f"{name:24s} {top1:13.4f} {accuracy([got[:, None]], [want[:, None]]):15.6f}")
     return 0
 
 

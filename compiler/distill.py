@@ -13,7 +13,11 @@ For every layer the compression touched, in topological order:
   Gemm commute): one row per position instead of one per sample;
 - a quantized layer (its weight a DequantizeLinear of an int8 constant, as `mdoc quantize`
   writes it) gets bias correction (`bias`, the default: the mean of the teacher's output minus the
-  student's, per channel, added to its bias), or is re-fitted the same way as a pruned one from
+  student's, per channel, added to its bias), or `scale`: per output channel a least-squares line
+  (slope and offset) from the student's output to the teacher's, the slope folded into the
+  weight's per-channel dequantization scale (its int8 values unchanged) and the offset into its
+  bias, so a channel that rounding shrank or grew is stretched back, not only shifted; these two
+  also reach depthwise and grouped convs, which need no regressors. Or it is re-fitted the same way as a pruned one from
   its quantized inputs, the solution rounded to the weight's int8 grid with its scales unchanged
   (`requantize`: the rounding chosen by the data, in the spirit of AdaRound/AdaQuant; on the seeded
   ResNet-18 it measured no better than bias correction, see the README).
@@ -42,7 +46,7 @@ from .types import TensorType
 
 PRUNE_PREPARE = "infer-shapes,fold-constants{max-bytes=0},simplify,cse,dce"
 LAYERS = ("onnx.Conv", "onnx.Gemm", "onnx.MatMul")
-INT8_MODES = ("bias", "requantize")
+INT8_MODES = ("bias", "scale", "requantize")
 
 
 def distill(student: Model, teacher: Model, samples: list[dict], *, eval_samples: list[dict] | None = None,
@@ -130,15 +134,18 @@ def _dequantized_weight(node: Node):
 
 def _mode(node: Node, teacher: Node | None, int8: str) -> str | None:
     """'refit' for a layer whose weights pruning sliced; for a quantized one `int8` ('requantize': least squares
-    rounded to the weight's int8 grid, or 'bias': bias correction); else None."""
+    rounded to the weight's int8 grid, 'bias': bias correction, 'scale': a per-channel slope and offset); else None."""
     if teacher is None or node.op not in LAYERS or node.op != teacher.op:
-        return None
-    if node.op == "onnx.Conv" and int(node.attrs.get("group", 1)) != 1:
         return None
     if node.op == "onnx.Gemm" and node.attrs.get("transA", 0):
         return None
+    grouped = node.op == "onnx.Conv" and int(node.attrs.get("group", 1)) != 1
     if _dequantized_weight(node) is not None:
-        return None if int8 == "bias" and node.op == "onnx.MatMul" else int8
+        if int8 == "requantize":
+            return None if grouped else int8
+        return None if node.op == "onnx.MatMul" else int8  # a MatMul has no bias to correct
+    if grouped:
+        return None
     w, t = node.input(1), teacher.input(1)
     if w is None or w.const_value is None or t is None or t.const_value is None:
         return None
@@ -182,6 +189,7 @@ class _Fit:
         self.gram = self.cross = None
         self.energy = self.err = 0.0
         self.diff = None
+        self.moments = None  # 'scale': per channel sums of y, t, y*y, y*t
         self.count = 0
 
     def _target(self, y: np.ndarray) -> np.ndarray:
@@ -201,6 +209,11 @@ class _Fit:
         if self.mode == "bias":
             d = (target - current).sum(axis=0)
             self.diff = d if self.diff is None else self.diff + d
+            self.count += target.shape[0]
+            return
+        if self.mode == "scale":
+            m = np.stack([current.sum(0), target.sum(0), (current ** 2).sum(0), (current * target).sum(0)])
+            self.moments = m if self.moments is None else self.moments + m
             self.count += target.shape[0]
             return
         a = self._regressors(x)
@@ -256,6 +269,8 @@ class _Fit:
             self._set_bias(self._bias() + shift)
             after = max(0.0, self.err - self.count * float((shift ** 2).sum())) / self.energy if self.energy else 0.0
             return {"error_before": before, "error_after": after}
+        if self.mode == "scale":
+            return {"error_before": before, "error_after": self._apply_scale() / self.energy if self.energy else 0.0}
         old = self._weights()  # [inputs (+ 1 for the bias), outputs]
         dim = self.gram.shape[0]
         lam = self.ridge * float(np.trace(self.gram)) / dim
@@ -265,6 +280,32 @@ class _Fit:
         y2 = self.err - float(np.sum(old * (self.gram @ old)) - 2 * np.sum(old * self.cross))
         err = float(np.sum(new * (self.gram @ new)) - 2 * np.sum(new * self.cross)) + y2
         return {"error_before": before, "error_after": max(err, 0.0) / self.energy if self.energy else 0.0}
+
+    def _apply_scale(self) -> float:
+        """Per channel t ~ a*y + c by least squares, a ridged towards 1 (`ridge` times y's variance); a into the
+        weight's per-channel scale, a*bias + c into the bias (y = W x + bias). Returns the squared error after."""
+        n = self.count
+        my, mt = self.moments[0] / n, self.moments[1] / n
+        var = np.maximum(self.moments[2] / n - my ** 2, 0.0)
+        cov = self.moments[3] / n - my * mt
+        dq = _dequantized_weight(self.node)
+        scale = dq.input(1).const_value
+        axis = int(dq.attrs.get("axis", 1)) % dq.input(0).const_value.ndim
+        out_axis = 1 if self.node.op == "onnx.Gemm" and not self.node.attrs.get("transB", 0) else 0
+        if scale.size != var.size or axis != out_axis:
+            a = np.ones_like(var)  # a per-tensor scale cannot stretch one channel: the offset only
+        else:
+            a = np.where(var > 0, (cov + self.ridge * var) / np.maximum(var * (1 + self.ridge), 1e-30), 1.0)
+            graph = self.node.graph
+            dq.set_input(1, graph.constant((scale.astype(np.float64) * a.reshape(scale.shape)).astype(scale.dtype),
+                                           name=dq.input(1).name, before=dq))
+        c = mt - a * my
+        self._set_bias(a * self._bias() + c)
+        # sum (t - a y - c)^2 expanded in the moments; sum t^2 = sum (t - y)^2 + 2 sum t y - sum y^2
+        t2 = self.err + 2 * self.moments[3].sum() - self.moments[2].sum()
+        resid = t2 - 2 * (a * self.moments[3]).sum() - 2 * (c * self.moments[1]).sum() + (a ** 2 * self.moments[2]).sum() \
+            + 2 * (a * c * self.moments[0]).sum() + n * (c ** 2).sum()
+        return max(float(resid), 0.0)
 
     def _weight(self) -> np.ndarray:
         """The layer's weight in float, an int8 one dequantized."""

@@ -62,6 +62,35 @@ def test_an_int8_model_refitted_on_its_grid_or_bias_corrected(int8):
         assert abs(report["accuracy_after"] - report["accuracy_before"]) < 0.01
 
 
+def test_scale_mode_stretches_a_channel_back_and_keeps_the_int8_values():
+    """A quantized conv whose channel 3 dequantizes 1.5x too large: the per-channel slope puts it back exactly
+    (the slope goes into the scale, the int8 values stay), and it also reaches the depthwise conv."""
+    teacher = _cnn()
+    dw = numpy_helper.from_array((np.random.default_rng(2).standard_normal((16, 1, 3, 3)) * 0.5).astype(np.float32), "dw")
+    teacher.graph.initializer.append(dw)
+    nodes = list(teacher.graph.node)
+    nodes[1].output[0] = "r1a"
+    nodes.insert(2, N("Conv", ["r1a", "dw"], ["r1"], pads=[1] * 4, group=16, name="dwconv"))
+    del teacher.graph.node[:]
+    teacher.graph.node.extend(nodes)
+    quantized, _ = quantize_static(import_model(teacher), _samples(16, 0))
+    dq = next(n for n in quantized.graph if n.op == "onnx.DequantizeLinear" and n.input(0).const_value is not None
+              and n.output.uses()[0][0].name == "conv2")
+    levels = dq.input(0).const_value.copy()
+    scale = dq.input(1).const_value.copy()
+    scale[3] *= 1.5
+    dq.set_input(1, quantized.graph.constant(scale, name="bad_scale", before=dq))
+    fitted, report = distill(quantized, import_model(teacher), _samples(64, 0), eval_samples=_samples(32, 1),
+                             int8="scale", ridge=1e-6)
+    rows = {r["layer"]: r for r in report["layers"]}
+    assert set(rows) == {"conv1", "dwconv", "conv2", "fc"} and {r["mode"] for r in rows.values()} == {"scale"}
+    assert rows["conv2"]["error_after"] < 0.2 * rows["conv2"]["error_before"]
+    assert report["accuracy_after"] > report["accuracy_before"]
+    conv2 = next(n for n in fitted.graph if n.name == "conv2").input(1).producer()
+    np.testing.assert_array_equal(conv2.input(0).const_value, levels)
+    assert abs(conv2.input(1).const_value[3] / scale[3] - 1 / 1.5) < 0.05
+
+
 def test_distill_refuses_a_student_with_nothing_to_fit():
     with pytest.raises(MdocError, match="nothing to distill"):
         distill(import_model(_cnn()), import_model(_cnn()), _samples(2, 0))

@@ -24,7 +24,8 @@ from .group import cli
 @click.option("--ridge", type=click.FloatRange(0, min_open=True), default=1e-2, show_default=True,
               help="Ridge penalty towards the student's weights, relative to the mean diagonal of the normal matrix.")
 @click.option("--int8", type=click.Choice(INT8_MODES), default="bias", show_default=True,
-              help="For int8 layers: bias correction, or least squares rounded to their int8 grid.")
+              help="For int8 layers: bias correction, a per-channel scale and offset, or least squares rounded to "
+                   "their int8 grid.")
 @json_option
 def distill_cmd(student, teacher, calib, eval_data, output, ridge, int8, as_json) -> None:
     """Re-fit STUDENT's pruned layers (least squares) and int8 layers (bias correction) to the teacher's activations."""
