@@ -3,10 +3,11 @@
 One repository holds the same small CNN twice: `cnn_mdoc` (the mdoc artifact, compiled with
 a symbolic batch dim) and `cnn_ort` (the .onnx in onnxruntime, `config.json` backend
 onnxruntime), so both go through the same server, protocol, queue, batcher and thread
-share (`mdoc serve` caps both runtimes at MDOC_MAX_THREADS). The script starts `mdoc serve`
-once without dynamic batching and once with it, and in each drives both models with
-CLIENTS concurrent asyncio clients (aiohttp, binary tensors), the two models alternating in
-chunks so load on the machine falls on both alike. Every answer is checked against the
+share (`mdoc serve` caps both runtimes at MDOC_MAX_THREADS). The script starts two `mdoc
+serve` processes on that repository, one without dynamic batching and one with it, and drives
+each of the four (server, model) pairs with CLIENTS concurrent asyncio clients (aiohttp, binary
+tensors), the pairs taking turns in chunks in a rotating order so that a change in the load on
+the (shared) machine falls on all alike. Every answer is checked against the
 output of the version that says it answered (mdoc.load / onnxruntime in this process); a
 non-200, a wrong answer or a request never answered counts as a failure. A connection
 broken under a request (a killed worker) is retried, up to 3 times, and counted.
@@ -16,11 +17,11 @@ whose ~60 kernels a call make the per-call cost large against the per-row work, 
 what dynamic batching saves on a CPU; `--model sample` is the bundled 4-conv sample, a
 call of which (0.1 ms) is small against the HTTP side's cost per request.
 
-In the batching run, `--update-at N` drops a new cnn_mdoc version (other weights: seed 1)
-into the repository once N cnn_mdoc requests are answered (compiled beforehand into a
-dot-folder, renamed into place): the answers must switch to the new version's outputs
-without a failed or lost request. `--kill-worker-at N` (with `--workers 2` or more) kills
-one worker process with SIGKILL after N answers: the supervisor must restart it and
+`--update-at N` drops a new cnn_mdoc version (other weights: seed 1) into the repository
+(both servers take it) once the batching server has answered N cnn_mdoc requests (compiled
+beforehand into a dot-folder, renamed into place): its answers must switch to the new
+version's outputs without a failed or lost request. `--kill-worker-at N` (with `--workers 2` or more) kills
+one of the batching server's workers with SIGKILL after N answers: the supervisor must restart it and
 `mdoc_worker_restarts_total` must show it.
 
     python benchmarks/serve_load.py                                  # 2,000 requests per model and setting
@@ -53,7 +54,7 @@ def _args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--requests", type=int, default=2000, help="requests per model and server setting")
     p.add_argument("--clients", type=int, default=16, help="concurrent clients")
-    p.add_argument("--chunks", type=int, default=4, help="alternations of the two models per setting")
+    p.add_argument("--chunks", type=int, default=8, help="turns of each (server, model) pair")
     p.add_argument("--max-batch", type=int, default=16, help="dynamic batching's most rows per call")
     p.add_argument("--delay-ms", type=float, default=2.0, help="dynamic batching's longest wait")
     p.add_argument("--model", choices=("mobilenetv2", "sample"), default="mobilenetv2", help="the CNN")
@@ -62,9 +63,9 @@ def _args():
     p.add_argument("--threads", type=int, default=0,
                    help="MDOC_MAX_THREADS for both runtimes in the server (default: mdoc serve's share of the cores)")
     p.add_argument("--update-at", type=int, default=0, metavar="N",
-                   help="batching run: drop in cnn_mdoc version 2 after N answers (0: no update)")
+                   help="batching server: drop in cnn_mdoc version 2 after N answers (0: no update)")
     p.add_argument("--kill-worker-at", type=int, default=0, metavar="N",
-                   help="batching run: SIGKILL one worker after N cnn_mdoc answers (needs --workers 2 or more)")
+                   help="batching server: SIGKILL one worker after N cnn_mdoc answers (needs --workers 2 or more)")
     args = p.parse_args()
     if args.kill_worker_at and args.workers < 2:
         p.error("--kill-worker-at needs --workers 2 or more (one worker has no supervisor to restart it)")
@@ -133,6 +134,7 @@ class Tally:
         self.retries = 0
         self.wall = 0.0
         self.sent = 0
+        self.server_cpu = self.client_cpu = 0.0  # seconds
 
 
 async def drive(url: str, model: str, count: int, clients: int, bodies, expected, tally: Tally,
@@ -196,40 +198,69 @@ def worker_pids(supervisor: int) -> list[int]:
             if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
 
 
+def cpu_seconds(root: int) -> float:
+    """CPU time (user + system) of process `root` and its live descendants: where a server's time goes."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            todo += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return total
+
+
 def restarts(url: str) -> float:
     with urllib.request.urlopen(f"http://{url}/metrics", timeout=10) as r:
         text = r.read().decode()
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("mdoc_worker_restarts_total"))
 
 
-def run_setting(repo: Path, args, label: str, serve_args: list[str], bodies, expected,
-                events: list | None = None) -> dict[str, Tally]:
-    """Both models under load in one server; `events` fire on cnn_mdoc's answers."""
+def run_all(repo: Path, args, settings: dict[str, list[str]], bodies, expected, events: list) -> dict[str, dict]:
+    """Every (setting, model) under load, each setting in a server of its own, all servers up at once and the
+    pairs taking turns in chunks (rotating order), so a change in the machine's load falls on all alike;
+    `events` fire on the answers of the last setting's cnn_mdoc."""
+    from contextlib import ExitStack
+
     from mdoc.serving.launch import ServerProcess
 
-    totals = {m: Tally() for m in MODELS}
-    with ServerProcess(repo, "--quiet", "--poll-seconds", "0.5", "--grpc-port", "0", "--workers", str(args.workers),
-                       *serve_args) as server:
-        for m in MODELS:  # warm-up: first calls, connections
-            asyncio.run(drive(server.url, m, 4 * args.clients, args.clients, bodies, expected, Tally()))
-        pending = [(n, action(server)) for n, action in (events or [])]
+    totals = {label: {m: Tally() for m in MODELS} for label in settings}
+    with ExitStack() as stack:
+        servers = {label: stack.enter_context(ServerProcess(
+            repo, "--quiet", "--poll-seconds", "0.5", "--grpc-port", "0", "--workers", str(args.workers), *extra))
+            for label, extra in settings.items()}
+        pairs = [(label, m) for label in settings for m in MODELS]
+        for label, m in pairs:  # warm-up: first calls, connections
+            asyncio.run(drive(servers[label].url, m, 4 * args.clients, args.clients, bodies, expected, Tally()))
+        watched = list(settings)[-1]
+        pending = [(n, action(servers[watched])) for n, action in events]
         per_chunk = args.requests // args.chunks
         for chunk in range(args.chunks):
-            for m in MODELS if chunk % 2 == 0 else MODELS[::-1]:
-                n = per_chunk if chunk < args.chunks - 1 else args.requests - per_chunk * (args.chunks - 1)
-                asyncio.run(drive(server.url, m, n, args.clients, bodies, expected, totals[m],
-                                  pending if m == "cnn_mdoc" else None))
-        totals["restarts"] = restarts(server.url) if args.workers > 1 else 0.0
-    for m in MODELS:
-        t = totals[m]
-        lat = sorted(t.latencies)
-        t.lost = args.requests - len(lat) - len(t.failures)
-        t.rps = len(lat) / t.wall or float("nan")
-        t.p50 = statistics.median(lat) * 1000 if lat else float("nan")
-        t.p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1000 if lat else float("nan")
-        by = ", ".join(f"v{v}: {t.versions.count(v)}" for v in sorted(set(t.versions)))
-        print(f"{label:<22} {m:<9} {args.requests:>7} {len(t.failures):>8} {t.lost:>5} {t.retries:>7} {t.rps:>8.0f} "
-              f"{t.p50:>8.2f} {t.p99:>8.2f}  {by}", flush=True)
+            n = per_chunk if chunk < args.chunks - 1 else args.requests - per_chunk * (args.chunks - 1)
+            turn = pairs[chunk % len(pairs):] + pairs[:chunk % len(pairs)]
+            for label, m in turn if chunk % 2 == 0 else turn[::-1]:
+                t, server_cpu, client_cpu = totals[label][m], cpu_seconds(servers[label].proc.pid), time.process_time()
+                asyncio.run(drive(servers[label].url, m, n, args.clients, bodies, expected, t,
+                                  pending if (label, m) == (watched, "cnn_mdoc") else None))
+                t.server_cpu += cpu_seconds(servers[label].proc.pid) - server_cpu
+                t.client_cpu += time.process_time() - client_cpu
+        for label in settings:
+            totals[label]["restarts"] = restarts(servers[label].url) if args.workers > 1 else 0.0
+    for label in settings:
+        for m in MODELS:
+            t = totals[label][m]
+            lat = sorted(t.latencies)
+            t.lost = args.requests - len(lat) - len(t.failures)
+            t.rps = len(lat) / t.wall or float("nan")
+            t.p50 = statistics.median(lat) * 1000 if lat else float("nan")
+            t.p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1000 if lat else float("nan")
+            by = ", ".join(f"v{v}: {t.versions.count(v)}" for v in sorted(set(t.versions)))
+            print(f"{label:<22} {m:<9} {args.requests:>7} {len(t.failures):>8} {t.lost:>5} {t.retries:>7} "
+                  f"{t.rps:>8.0f} {t.p50:>8.2f} {t.p99:>8.2f} {t.server_cpu / args.requests * 1e3:>6.2f} "
+                  f"{t.client_cpu / args.requests * 1e3:>6.2f}  {by}", flush=True)
     return totals
 
 
@@ -267,17 +298,19 @@ def main() -> int:
               f"{args.clients} clients; {args.model} {args.image_size}x{args.image_size}; {args.workers} worker(s); "
               f"MDOC_MAX_THREADS={os.environ.get('MDOC_MAX_THREADS', 'as mdoc serve chooses')}")
         print(f"{'server':<22} {'model':<9} {'requests':>7} {'failures':>8} {'lost':>5} {'retried':>7} {'req/s':>8} "
-              f"{'p50 ms':>8} {'p99 ms':>8}  answered by")
-        plain = run_setting(repo, args, "no batching", ["--max-batch", "1"], bodies, expected)
+              f"{'p50 ms':>8} {'p99 ms':>8} {'srv ms':>6} {'cli ms':>6}  answered by")
         events = []
         if args.update_at:
             events.append((args.update_at, drop_in(staged)))
         if args.kill_worker_at:
             events.append((args.kill_worker_at, kill_one(args)))
         events.sort(key=lambda e: e[0])
-        batched = run_setting(repo, args, f"batching {args.max_batch}/{args.delay_ms:g}ms",
-                              ["--max-batch", str(args.max_batch), "--batch-delay-ms", str(args.delay_ms)],
-                              bodies, expected, events)
+        batching = f"batching {args.max_batch}/{args.delay_ms:g}ms"
+        totals = run_all(repo, args, {"no batching": ["--max-batch", "1"],
+                                      batching: ["--max-batch", str(args.max_batch),
+                                                 "--batch-delay-ms", str(args.delay_ms)]},
+                         bodies, expected, events)
+        plain, batched = totals["no batching"], totals[batching]
     print()
     for label, t in (("no batching", plain), ("batching", batched)):
         print(f"{label}: mdoc / onnxruntime throughput {t['cnn_mdoc'].rps / t['cnn_ort'].rps:.2f}x")
