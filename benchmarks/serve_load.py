@@ -10,7 +10,9 @@ tensors), the pairs taking turns in chunks in a rotating order so that a change 
 the (shared) machine falls on all alike. Every answer is checked against the
 output of the version that says it answered (mdoc.load / onnxruntime in this process); a
 non-200, a wrong answer or a request never answered counts as a failure. A connection
-broken under a request (a killed worker) is retried, up to 3 times, and counted.
+broken under a request (a killed worker) is retried, up to 3 times, and counted. Beside
+throughput and p50/p99 latency, `srv ms` and `cli ms` are the server's processes' and this
+client's CPU time per request: where the time goes (`nan` for the server that lost a worker).
 
 The CNN is MobileNetV2 (width 0.5, 32x32 input, 10 classes) by default: a real small CNN
 whose ~60 kernels a call make the per-call cost large against the per-row work, which is
@@ -25,7 +27,9 @@ one of the batching server's workers with SIGKILL after N answers: the superviso
 `mdoc_worker_restarts_total` must show it.
 
     python benchmarks/serve_load.py                                  # 2,000 requests per model and setting
-    python benchmarks/serve_load.py --requests 20000 --update-at 5000 --workers 2 --kill-worker-at 10000
+    python benchmarks/serve_load.py --requests 20000 --update-at 3000 --workers 2 --kill-worker-at 11000
+
+(N mid-chunk, as there: at a chunk's end no request is in flight when the worker dies.)
 
 Exit status 1 when any request failed or was lost, or the update or the restart did not show.
 """
@@ -245,10 +249,13 @@ def run_all(repo: Path, args, settings: dict[str, list[str]], bodies, expected, 
                 t, server_cpu, client_cpu = totals[label][m], cpu_seconds(servers[label].proc.pid), time.process_time()
                 asyncio.run(drive(servers[label].url, m, n, args.clients, bodies, expected, t,
                                   pending if (label, m) == (watched, "cnn_mdoc") else None))
-                t.server_cpu += cpu_seconds(servers[label].proc.pid) - server_cpu
+                t.server_cpu += cpu_seconds(servers[label].proc.pid) - server_cpu  # NaN'd below if a worker died
                 t.client_cpu += time.process_time() - client_cpu
         for label in settings:
             totals[label]["restarts"] = restarts(servers[label].url) if args.workers > 1 else 0.0
+        if args.kill_worker_at:  # the killed worker's CPU time left the sum with it
+            for m in MODELS:
+                totals[watched][m].server_cpu = float("nan")
     for label in settings:
         for m in MODELS:
             t = totals[label][m]
