@@ -12,7 +12,8 @@ output of the version that says it answered (mdoc.load / onnxruntime in this pro
 non-200, a wrong answer or a request never answered counts as a failure. A connection
 broken under a request (a killed worker) is retried, up to 3 times, and counted. Beside
 throughput and p50/p99 latency, `srv ms` and `cli ms` are the server's processes' and this
-client's CPU time per request: where the time goes (`nan` for the server that lost a worker).
+client's CPU time per request: where the time goes (`nan` for the server that lost a worker);
+`rows` is the mean rows per model call (/metrics' mdoc_batch_size, warm-up included).
 
 The CNN is MobileNetV2 (width 0.5, 32x32 input, 10 classes) by default: a real small CNN
 whose ~60 kernels a call make the per-call cost large against the per-row work, which is
@@ -217,10 +218,17 @@ def cpu_seconds(root: int) -> float:
     return total
 
 
-def restarts(url: str) -> float:
+def scraped(url: str) -> dict:
+    """From the server's /metrics: worker restarts, and each model's mean rows per model call."""
     with urllib.request.urlopen(f"http://{url}/metrics", timeout=10) as r:
-        text = r.read().decode()
-    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("mdoc_worker_restarts_total"))
+        lines = r.read().decode().splitlines()
+
+    def total(prefix: str) -> float:
+        return sum(float(line.split()[-1]) for line in lines if line.startswith(prefix))
+
+    rows = {m: total(f'mdoc_batch_size_sum{{model="{m}"') / max(1.0, total(f'mdoc_batch_size_count{{model="{m}"'))
+            for m in MODELS}
+    return {"restarts": total("mdoc_worker_restarts_total"), "rows": rows}
 
 
 def run_all(repo: Path, args, settings: dict[str, list[str]], bodies, expected, events: list) -> dict[str, dict]:
@@ -252,7 +260,7 @@ def run_all(repo: Path, args, settings: dict[str, list[str]], bodies, expected, 
                 t.server_cpu += cpu_seconds(servers[label].proc.pid) - server_cpu  # NaN'd below if a worker died
                 t.client_cpu += time.process_time() - client_cpu
         for label in settings:
-            totals[label]["restarts"] = restarts(servers[label].url) if args.workers > 1 else 0.0
+            totals[label].update(scraped(servers[label].url))
         if args.kill_worker_at:  # the killed worker's CPU time left the sum with it
             for m in MODELS:
                 totals[watched][m].server_cpu = float("nan")
@@ -267,7 +275,7 @@ def run_all(repo: Path, args, settings: dict[str, list[str]], bodies, expected, 
             by = ", ".join(f"v{v}: {t.versions.count(v)}" for v in sorted(set(t.versions)))
             print(f"{label:<22} {m:<9} {args.requests:>7} {len(t.failures):>8} {t.lost:>5} {t.retries:>7} "
                   f"{t.rps:>8.0f} {t.p50:>8.2f} {t.p99:>8.2f} {t.server_cpu / args.requests * 1e3:>6.2f} "
-                  f"{t.client_cpu / args.requests * 1e3:>6.2f}  {by}", flush=True)
+                  f"{t.client_cpu / args.requests * 1e3:>6.2f} {totals[label]['rows'][m]:>5.1f}  {by}", flush=True)
     return totals
 
 
@@ -305,7 +313,7 @@ def main() -> int:
               f"{args.clients} clients; {args.model} {args.image_size}x{args.image_size}; {args.workers} worker(s); "
               f"MDOC_MAX_THREADS={os.environ.get('MDOC_MAX_THREADS', 'as mdoc serve chooses')}")
         print(f"{'server':<22} {'model':<9} {'requests':>7} {'failures':>8} {'lost':>5} {'retried':>7} {'req/s':>8} "
-              f"{'p50 ms':>8} {'p99 ms':>8} {'srv ms':>6} {'cli ms':>6}  answered by")
+              f"{'p50 ms':>8} {'p99 ms':>8} {'srv ms':>6} {'cli ms':>6} {'rows':>5}  answered by")
         events = []
         if args.update_at:
             events.append((args.update_at, drop_in(staged)))
