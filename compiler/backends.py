@@ -18,6 +18,7 @@ from .errors import MdocError
 
 MANIFEST = "manifest.json"
 BUILD_LOG = "build.log"  # in an artifact: what the backend's native code logged while building it
+THREAD_CAP = "MDOC_MAX_THREADS"  # environment: the most threads a loaded artifact may run on (mdoc serve sets it)
 
 
 class Target(Protocol):

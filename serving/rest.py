@@ -1,8 +1,9 @@
 """The REST side of the Open Inference Protocol (KServe v2, with Triton's binary-tensor and repository extensions).
 
-A FastAPI app; the infer route reads the raw body itself, since a binary request is
-a JSON header (`Inference-Header-Content-Length` bytes) followed by the tensors' bytes,
-which no JSON body model can take. A body over `max_body` bytes gets 413: before it is
+A FastAPI app, but for the infer route: plain ASGI (`Infer`), which reads the raw body
+itself, since a binary request is a JSON header (`Inference-Header-Content-Length` bytes)
+followed by the tensors' bytes, which no JSON body model can take, and skips FastAPI's
+per-request machinery on the one route that takes thousands of requests a second. A body over `max_body` bytes gets 413: before it is
 read when its Content-Length says so (`AccessLog`, which also writes the access log), else
 as soon as the bytes read pass the limit; a body not all there within `read_timeout_s`
 (a client trickling it), 408. Malformed JSON, a bad tensor or an unknown model get 4xx
@@ -26,7 +27,7 @@ from .codec import RequestError, from_bytes, from_json, shown, to_bytes, to_json
 from .metrics import CONTENT_TYPE_LATEST, log_access
 from .service import Service
 
-HEADER = "inference-header-content-length"
+HEADER = b"inference-header-content-length"
 
 
 def error(e: RequestError) -> JSONResponse:
@@ -76,15 +77,6 @@ def app(service: Service, max_body: int, read_timeout_s: float = 30.0):
         return {"name": name, "platform": mv.runner.platform, "max_batch_size": mv.batcher.max_batch,
                 "dynamic_batching": {"max_queue_delay_microseconds": int(mv.policy.max_queue_delay_ms * 1000)}}
 
-    @api.post("/v2/models/{name}/infer")
-    @api.post("/v2/models/{name}/versions/{version}/infer")
-    async def infer(name: str, request: Request, version: str | None = None):
-        body = await read_body(request, max_body, read_timeout_s)
-        header, binary = split_body(body, request.headers.get(HEADER))
-        inputs, wanted, binary_out = parse_request(header, binary)
-        mv, outs = await service.infer(name, version, inputs, list(wanted) or None, "http")
-        return respond(header, mv.name, mv.version, outs, wanted, binary_out)
-
     @api.post("/v2/repository/index")
     async def repository_index():
         return service.repository.index()
@@ -103,7 +95,61 @@ def app(service: Service, max_body: int, read_timeout_s: float = 30.0):
     async def metrics():
         return Response(service.metrics.scrape(), media_type=CONTENT_TYPE_LATEST)
 
-    return AccessLog(api, max_body)
+    return AccessLog(Infer(api, service, max_body, read_timeout_s), max_body)
+
+
+INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
+
+
+class Infer:
+    """ASGI: `POST /v2/models/NAME[/versions/V]/infer` answered here, everything else by the FastAPI app.
+    The hot route skips FastAPI's routing, request object, dependency solving and body streaming: those
+    cost more server CPU per request than the whole call of a small CNN (benchmarks/serve_load.py,
+    column `srv ms`)."""
+
+    def __init__(self, app, service: Service, max_body: int, read_timeout_s: float):
+        self.app, self.service, self.max_body, self.read_timeout_s = app, service, max_body, read_timeout_s
+
+    async def __call__(self, scope, receive, send):
+        route = INFER_PATH.fullmatch(scope["path"]) if scope["type"] == "http" else None
+        if route is None or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        try:
+            body = await self._body(receive)
+            if body is None:  # the client went away
+                return
+            header_length = next((v.decode("latin-1") for k, v in scope["headers"] if k == HEADER), None)
+            header, binary = split_body(body, header_length)
+            inputs, wanted, binary_out = parse_request(header, binary)
+            mv, outs = await self.service.infer(route[1], route[2], inputs, list(wanted) or None, "http")
+            response = respond(header, mv.name, mv.version, outs, wanted, binary_out)
+        except RequestError as e:
+            response = error(e)
+        except MdocError as e:
+            response = error(RequestError(str(e)))
+        await response(scope, receive, send)
+
+    async def _body(self, receive) -> bytes | None:
+        """The whole body (None when the client went away): 413 once it passes `max_body` bytes, 408 when
+        it has not all come within `read_timeout_s` (a client trickling it)."""
+        chunks, size = [], 0
+        try:
+            async with asyncio.timeout(self.read_timeout_s):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return None
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > self.max_body:
+                        raise RequestError(f"request body of over {self.max_body} bytes is over the limit of "
+                                           f"{self.max_body}", 413)
+                    chunks.append(chunk)
+                    if not message.get("more_body"):
+                        return b"".join(chunks)
+        except TimeoutError:
+            raise RequestError(f"request body not received within {self.read_timeout_s:g} s ({size} bytes came)",
+                               408) from None
 
 
 class AccessLog:
@@ -133,21 +179,6 @@ class AccessLog:
             await self.app(scope, receive, sending)
         client = scope.get("client")
         log_access("http", scope["method"], scope["path"], status[0], started, client=client[0] if client else None)
-
-
-async def read_body(request: Request, max_body: int, read_timeout_s: float) -> bytes:
-    """The whole body: 413 once it passes `max_body` bytes, 408 when it has not all come in `read_timeout_s`."""
-    chunks, size = [], 0
-    try:
-        async with asyncio.timeout(read_timeout_s):
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > max_body:
-                    raise RequestError(f"request body of over {max_body} bytes is over the limit of {max_body}", 413)
-                chunks.append(chunk)
-    except TimeoutError:
-        raise RequestError(f"request body not received within {read_timeout_s:g} s ({size} bytes came)", 408) from None
-    return b"".join(chunks)
 
 
 def parameters(entry: dict, where: str) -> dict:

@@ -11,6 +11,7 @@ serves the same way beside mdoc.
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from mdoc.backends import MANIFEST, load_artifact
+from mdoc.backends import MANIFEST, THREAD_CAP, load_artifact
 from mdoc.errors import MdocError
 
 log = logging.getLogger("mdoc.serve")
@@ -88,6 +89,9 @@ def _onnxruntime(model: Path) -> Runner:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    cap = os.environ.get(THREAD_CAP, "")
+    if cap.isdigit():  # the same share of the cores as an mdoc artifact gets (`mdoc serve` sets it)
+        options.intra_op_num_threads = max(1, int(cap))
     session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
     dtypes = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16",
               "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int8)": "int8", "tensor(uint8)": "uint8",

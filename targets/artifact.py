@@ -23,7 +23,7 @@ from typing import Callable
 
 import numpy as np
 
-from mdoc.backends import MANIFEST
+from mdoc.backends import MANIFEST, THREAD_CAP
 from mdoc.atomic import publish_folder
 from mdoc.errors import MdocError
 
@@ -201,13 +201,14 @@ class _Runner:
     constant or one tensor twice, so the caller gets arrays of its own that the next call
     cannot overwrite. Calls are serialized by a lock: the VM and the staging buffers are
     not for two threads at once. The thread count the manifest chose (`runtime_threads`: one for a
-    small static model) sizes TVM's pool unless TVM_NUM_THREADS is set.
+    small static model), at most MDOC_MAX_THREADS (`thread_cap`), sizes TVM's pool unless
+    TVM_NUM_THREADS is set.
     """
 
     def __init__(self, path: Path, manifest: dict):
         chosen = "TVM_NUM_THREADS" in os.environ  # the user's word beats the manifest's
         # TVM's runtime uses half the cores on x86 unless told otherwise (measured: one thread on 2 cores).
-        os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
+        os.environ.setdefault("TVM_NUM_THREADS", str(min(len(os.sched_getaffinity(0)), thread_cap())))
         import tvm
         import tvm_ffi
         from tvm.runtime.vm import VirtualMachine  # not tvm.relax: works with the runtime-only library too
@@ -310,9 +311,18 @@ def _check_signature(vm, manifest: dict, path: Path) -> None:
 _POOL_THREADS = [0]  # what the loaded artifacts asked of TVM's process-wide thread pool (the largest)
 
 
+def thread_cap() -> int:
+    """The most threads an artifact may ask of TVM's pool in this process (MDOC_MAX_THREADS; unset: no cap).
+    `mdoc serve` sets it so that its workers' pools and their HTTP event loops share the cores, where each
+    artifact's own choice assumes it has the machine to itself."""
+    value = os.environ.get(THREAD_CAP, "")
+    return max(1, int(value)) if value.isdigit() else 1 << 16
+
+
 def _use_threads(n: int) -> None:
-    """Size TVM's thread pool for an artifact that asked for `n` threads (`runtime_threads`): the pool
-    is one per process, so it takes the most any loaded artifact asked for."""
+    """Size TVM's thread pool for an artifact that asked for `n` threads (`runtime_threads`), within the
+    process's cap: the pool is one per process, so it takes the most any loaded artifact asked for."""
+    n = min(n, thread_cap())
     if n > _POOL_THREADS[0]:
         import tvm_ffi
 
