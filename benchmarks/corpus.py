@@ -259,6 +259,54 @@ def gpt2_with_past():
     return Decoder(), (ids, mask, *past), ["input_ids", "attention_mask", *pnames], onames, axes
 
 
+LLAMA = dict(vocab_size=16000, hidden_size=256, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=2,
+             intermediate_size=704, max_position_embeddings=512)
+"""A ~11M-parameter Llama: grouped-query attention (8 query heads share 2 key/value heads), RMSNorm,
+rotary embeddings, SiLU-gated MLP, untied LM head."""
+
+
+def llama_with_past():
+    """A Llama-style decoder (transformers LlamaConfig, seeded) as Optimum's decoder-with-past:
+    ids + mask + positions + past key/values in, logits + present key/values out."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers.cache_utils import DynamicCache
+
+    cfg = LlamaConfig(**LLAMA, tie_word_embeddings=False)
+    layers = cfg.num_hidden_layers
+
+    class Decoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lm = LlamaForCausalLM(cfg)
+
+        def forward(self, input_ids, attention_mask, position_ids, *past):
+            cache = DynamicCache()
+            for i in range(layers):
+                cache.update(past[2 * i], past[2 * i + 1], i)
+            out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          past_key_values=cache, use_cache=True)
+            present = out.past_key_values
+            flat = []
+            for i in range(layers):
+                k, v = (present.layers[i].keys, present.layers[i].values) if hasattr(present, "layers") else present[i]
+                flat += [k, v]
+            return (out.logits, *flat)
+
+    hd = cfg.hidden_size // cfg.num_attention_heads
+    past = [torch.rand(1, cfg.num_key_value_heads, 5, hd) for _ in range(2 * layers)]
+    ids = torch.randint(0, cfg.vocab_size, (1, 3))
+    mask = torch.ones(1, 8, dtype=torch.int64)
+    positions = torch.arange(5, 8)[None]
+    pnames = [f"past_key_values.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
+    onames = ["logits"] + [p.replace("past_key_values", "present") for p in pnames]
+    axes = {"input_ids": {0: "N", 1: "S"}, "attention_mask": {0: "N", 1: "T"}, "position_ids": {0: "N", 1: "S"},
+            "logits": {0: "N", 1: "S"}, **{p: {0: "N", 2: "P"} for p in pnames},
+            **{o: {0: "N", 2: "T"} for o in onames[1:]}}
+    return (Decoder(), (ids, mask, positions, *past), ["input_ids", "attention_mask", "position_ids", *pnames],
+            onames, axes)
+
+
 def segformer():
     import torch
     from transformers import SegformerConfig, SegformerForSemanticSegmentation
@@ -375,17 +423,22 @@ def tokens(vocab: int, shapes: list[tuple]) -> Feeds:
     return feeds
 
 
-def decoder_step(i: int) -> dict:
+def decoder_steps(vocab: int, layers: int, kv_heads: int, head_dim: int, positions: bool) -> Feeds:
     """One generation step after a 5-token prompt (batch 1), then a 4-token chunk after 12 (batch 2)."""
-    n, s, p = ((1, 1, 5), (2, 4, 12))[i]
-    rng = _rng(i)
-    hd = GPT2_HIDDEN // GPT2_HEADS
-    out = {"input_ids": rng.integers(0, 2000, (n, s)).astype(np.int64),
-           "attention_mask": np.ones((n, p + s), np.int64)}
-    for layer in range(GPT2_LAYERS):
-        for kv in ("key", "value"):
-            out[f"past_key_values.{layer}.{kv}"] = rng.standard_normal((n, GPT2_HEADS, p, hd)).astype(np.float32)
-    return out
+
+    def feeds(i: int) -> dict:
+        n, s, p = ((1, 1, 5), (2, 4, 12))[i]
+        rng = _rng(i)
+        out = {"input_ids": rng.integers(0, vocab, (n, s)).astype(np.int64),
+               "attention_mask": np.ones((n, p + s), np.int64)}
+        if positions:
+            out["position_ids"] = np.broadcast_to(np.arange(p, p + s, dtype=np.int64), (n, s)).copy()
+        for layer in range(layers):
+            for kv in ("key", "value"):
+                out[f"past_key_values.{layer}.{kv}"] = rng.standard_normal((n, kv_heads, p, head_dim)).astype(np.float32)
+        return out
+
+    return feeds
 
 
 def mel_frames(i: int) -> dict:
@@ -474,7 +527,13 @@ def _entries() -> list[Entry]:
     torch_entry("sentence_bert_dynamo", "sentence encoder (BERT + mean pooling)", "transformers seeded",
                 sentence_encoder, True, tokens(4000, [(1, 32), (2, 77)]), ("1x32", "2x77 padded"))
     torch_entry("gpt2_with_past", "decoder with past key/values", "transformers seeded", gpt2_with_past, False,
-                decoder_step, ("1 token after 5", "2x4 tokens after 12"))
+                decoder_steps(2000, GPT2_LAYERS, GPT2_HEADS, GPT2_HIDDEN // GPT2_HEADS, False),
+                ("1 token after 5", "2x4 tokens after 12"))
+    torch_entry("llama_with_past", "Llama decoder with past (GQA, RMSNorm, RoPE, SiLU MLP)", "transformers seeded",
+                llama_with_past, False,
+                decoder_steps(LLAMA["vocab_size"], LLAMA["num_hidden_layers"], LLAMA["num_key_value_heads"],
+                              LLAMA["hidden_size"] // LLAMA["num_attention_heads"], True),
+                ("1 token after 5", "2x4 tokens after 12"))
     torch_entry("segformer", "semantic segmentation (SegFormer)", "transformers seeded", segformer, False,
                 images("pixel_values", [(1, 3, 256, 256), (1, 3, 320, 480)]), ("256x256", "320x480"))
     torch_entry("gru_kws", "keyword spotter (conv + GRU)", "torch seeded", gru_keyword_spotter, False,

@@ -4,6 +4,8 @@ LLaMA-style decoders (Hugging Face's LlamaRMSNorm, T5's layer norm, Mistral, Qwe
 by the root mean square, with no mean subtracted:
 
     Mul(x, Reciprocal(Sqrt(Add(ReduceMean(Pow(x, 2)), eps))))   (torch's rsqrt; rms-norm-reciprocal)
+    Mul(x, Div(1, Sqrt(Add(ReduceMean(Pow(x, 2)), eps))))       (rsqrt as torch 2.13's TorchScript
+                                                                  exporter writes it; rms-norm-one-over)
     Div(x, Sqrt(Add(ReduceMean(Pow(x, 2)), eps)))               (rms-norm)
     the square as Mul(x, x)                                      (rms-norm-mul-square*)
                                                   -> mdoc.rms_norm(x, ones)
@@ -76,6 +78,19 @@ class RmsNormReciprocal(_Normalize):
         return op.Mul(x, op.Reciprocal(rms))
 
 
+@rewrite_rule("rms-norm-one-over", benefit=2)
+class RmsNormOneOver(_Normalize):
+    """Mul(x, Div(1, Sqrt(...))) (transformers' LlamaRMSNorm through torch.onnx) ==> mdoc.rms_norm(x, ones)."""
+
+    def divide(self, op, x, rms):
+        return op.Mul(x, op.Div(op.constant(_name="one"), rms))
+
+    def check(self, m):
+        if scalar(m, "one") != 1.0:
+            return "the numerator of 1 / rms is not the constant 1"
+        return super().check(m)
+
+
 @rewrite_rule("rms-norm-mul-square", benefit=2)
 class RmsNormMulSquare(_Normalize):
     """The square written Mul(x, x) ==> mdoc.rms_norm(x, ones)."""
@@ -145,7 +160,7 @@ class RmsNormFromOnnx(Rule):
 @register_pass("fuse-rms-norm")
 @dataclass(frozen=True)
 class FuseRmsNorm(RewritePass):
-    """RMSNorm as exporters write it (Pow/ReduceMean/Add/Sqrt/Div or Reciprocal/Mul, or onnx.RMSNormalization) ==> mdoc.rms_norm."""
+    """RMSNorm as exporters write it (Pow/ReduceMean/Add/Sqrt/Div, Reciprocal/Mul or 1/x Mul, or onnx.RMSNormalization) ==> mdoc.rms_norm."""
 
-    rule_names = (RmsNorm, RmsNormReciprocal, RmsNormMulSquare, RmsNormMulSquareReciprocal, RmsNormScale,
+    rule_names = (RmsNorm, RmsNormReciprocal, RmsNormOneOver, RmsNormMulSquare, RmsNormMulSquareReciprocal, RmsNormScale,
                   RmsNormFromOnnx)
