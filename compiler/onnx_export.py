@@ -36,11 +36,15 @@ EXTERNAL_DATA_THRESHOLD = 1 << 30
 
 
 def export_model(model: Model, value_names: dict[Value, str] | None = None, *,
-                 runtime_ops: bool = False, external: ExternalWeights | None = None) -> onnx.ModelProto:
+                 runtime_ops: bool = False, external: ExternalWeights | None = None,
+                 weights_as_inputs: int | None = None) -> onnx.ModelProto:
     """The ModelProto of `model`; when `value_names` is given, it receives the ONNX name of every value named.
     `runtime_ops` writes mdoc ops as onnxruntime contrib ops where one exists (`mdoc opt --onnx-runtime-ops`);
-    with `external`, large initializers are written to its file as they are made (no copy in the proto)."""
+    with `external`, large initializers are written to its file as they are made (no copy in the proto);
+    `weights_as_inputs`: top-level constants of more elements than this become typed graph inputs, their bytes
+    never copied (for shape inference, which needs their types only)."""
     exporter = _Exporter(model, runtime_ops, external)
+    exporter.weights_as_inputs = weights_as_inputs
     graph = exporter.graph(model.graph, top=True)
     if value_names is not None:
         value_names.update(exporter.values)
@@ -130,6 +134,7 @@ class _Exporter:
         self.model = model
         self.runtime_ops = runtime_ops
         self.external = external  # large top-graph initializers go to its file
+        self.weights_as_inputs: int | None = None
         self.names: dict[int, str] = {}
         self.values: dict[Value, str] = {}
         self.used: set[str] = set()
@@ -185,6 +190,10 @@ class _Exporter:
             seen.add(id(v))
         nodes, inits, infos = [], [], []
         for node in g:
+            if top and node.op == CONSTANT and self.weights_as_inputs is not None \
+                    and np.asarray(node.attrs["value"]).size > self.weights_as_inputs:
+                inputs.append(self._value_info(node.output, self.name_of(node.output)))
+                continue
             if top and node.op == CONSTANT:
                 inits.append(self._tensor(node.attrs["value"], self.name_of(node.output)))
                 continue

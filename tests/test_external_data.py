@@ -88,3 +88,10 @@ def test_llama_builder_streams_the_same_weights(tmp_path):
     assert want.keys() == got.keys()
     for name in want:
         np.testing.assert_array_equal(got[name], want[name])
+
+
+def test_shape_inference_does_not_copy_the_weights(tmp_path):
+    from mdoc.shape_inference import infer_types
+
+    model = load_model(_big_matmul_model(tmp_path))
+    assert _peak_bytes(lambda: infer_types(model)) < BIG[0] * BIG[1] * 4 // 8  # it exported every weight before
