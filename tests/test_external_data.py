@@ -95,3 +95,13 @@ def test_shape_inference_does_not_copy_the_weights(tmp_path):
 
     model = load_model(_big_matmul_model(tmp_path))
     assert _peak_bytes(lambda: infer_types(model)) < BIG[0] * BIG[1] * 4 // 8  # it exported every weight before
+
+
+def test_cse_keys_a_weight_without_copying_it(tmp_path):
+    from mdoc.passes.cse import array_key
+
+    path = tmp_path / "w.bin"
+    np.random.default_rng(1).standard_normal(BIG).astype(np.float32).tofile(path)
+    mapped = np.memmap(path, np.float32, mode="r", shape=BIG)
+    assert _peak_bytes(lambda: array_key(mapped)) < mapped.nbytes // 16
+    assert array_key(mapped) == array_key(np.array(mapped)) != array_key(np.array(mapped[::-1]))
