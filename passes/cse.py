@@ -106,7 +106,8 @@ def array_key(a: np.ndarray):
 def _bytes_of(a: np.ndarray) -> memoryview:
     """The bytes of `a` as a view: a contiguous (often memory-mapped) weight is hashed and compared where it lies,
     not copied (`tobytes` of every weight of a 4 GB model would hold a second copy of the largest, twice)."""
-    return memoryview(a if a.flags.c_contiguous else np.ascontiguousarray(a)).cast("B")
+    flat = (a if a.flags.c_contiguous else np.ascontiguousarray(a)).reshape(-1)
+    return memoryview(flat.view(np.uint8) if flat.dtype.itemsize else flat.astype(np.uint8))
 
 
 def _same_array(a: np.ndarray, b: np.ndarray) -> bool:
