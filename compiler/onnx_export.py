@@ -25,6 +25,7 @@ from onnx import AttributeProto, helper, numpy_helper
 
 from .atomic import atomic_write, publish_file, staging_folder
 from .errors import MdocError
+from .external_data import ExternalWeights
 from .ir import CONSTANT, Graph, Model, Value, split_op
 from .ops import MDOC_OPS, is_annotation, schema_of
 from .types import type_to_onnx
@@ -35,10 +36,15 @@ EXTERNAL_DATA_THRESHOLD = 1 << 30
 
 
 def export_model(model: Model, value_names: dict[Value, str] | None = None, *,
-                 runtime_ops: bool = False) -> onnx.ModelProto:
+                 runtime_ops: bool = False, external: ExternalWeights | None = None,
+                 weights_as_inputs: int | None = None) -> onnx.ModelProto:
     """The ModelProto of `model`; when `value_names` is given, it receives the ONNX name of every value named.
-    `runtime_ops` writes mdoc ops as onnxruntime contrib ops where one exists (`mdoc opt --onnx-runtime-ops`)."""
-    exporter = _Exporter(model, runtime_ops)
+    `runtime_ops` writes mdoc ops as onnxruntime contrib ops where one exists (`mdoc opt --onnx-runtime-ops`);
+    with `external`, large initializers are written to its file as they are made (no copy in the proto);
+    `weights_as_inputs`: top-level constants of more elements than this become typed graph inputs, their bytes
+    never copied (for shape inference, which needs their types only)."""
+    exporter = _Exporter(model, runtime_ops, external)
+    exporter.weights_as_inputs = weights_as_inputs
     graph = exporter.graph(model.graph, top=True)
     if value_names is not None:
         value_names.update(exporter.values)
@@ -65,13 +71,16 @@ def save_onnx(model: Model | onnx.ModelProto, path: str | os.PathLike, value_inf
     unless asked for: ONNX re-infers them, and an optimized file should not grow by
     its annotations. A ModelProto is written as it is.
     """
-    if isinstance(model, onnx.ModelProto):
-        proto = model
-    else:
+    path = Path(path)
+    if not isinstance(model, onnx.ModelProto):
+        if constant_bytes(model) > EXTERNAL_DATA_THRESHOLD:
+            _save_streamed(model, path, value_info, runtime_ops)
+            return
         proto = export_model(model, runtime_ops=runtime_ops)
         if not value_info:
             del proto.graph.value_info[:]
-    path = Path(path)
+    else:
+        proto = model
     total = sum(t.ByteSize() for t in proto.graph.initializer)
     if total <= EXTERNAL_DATA_THRESHOLD:
         atomic_write(path, lambda f: f.write(proto.SerializeToString()))
@@ -80,6 +89,25 @@ def save_onnx(model: Model | onnx.ModelProto, path: str | os.PathLike, value_inf
         data_name = path.name + ".data"
         onnx.save_model(proto, tmp / path.name, save_as_external_data=True, all_tensors_to_one_file=True,
                         location=data_name, size_threshold=1024)
+        publish_file(tmp / data_name, path.resolve().parent / data_name)
+        publish_file(tmp / path.name, path)
+
+
+def constant_bytes(model: Model) -> int:
+    """The bytes of the top graph's constants (what becomes initializers)."""
+    return sum(np.asarray(n.attrs["value"]).nbytes for n in model.graph if n.op == CONSTANT)
+
+
+def _save_streamed(model: Model, path: Path, value_info: bool, runtime_ops: bool) -> None:
+    """A model with constants past the threshold: each large one written to `<name>.data` as it is exported,
+    straight from its (often memory-mapped) array, so the export holds no second copy of the weights."""
+    with staging_folder(path) as tmp:
+        data_name = path.name + ".data"
+        with ExternalWeights(tmp / data_name, threshold=1024) as external:
+            proto = export_model(model, runtime_ops=runtime_ops, external=external)
+        if not value_info:
+            del proto.graph.value_info[:]
+        (tmp / path.name).write_bytes(proto.SerializeToString())
         publish_file(tmp / data_name, path.resolve().parent / data_name)
         publish_file(tmp / path.name, path)
 
@@ -102,9 +130,11 @@ class NodeWriter:
 
 
 class _Exporter:
-    def __init__(self, model: Model, runtime_ops: bool = False):
+    def __init__(self, model: Model, runtime_ops: bool = False, external: ExternalWeights | None = None):
         self.model = model
         self.runtime_ops = runtime_ops
+        self.external = external  # large top-graph initializers go to its file
+        self.weights_as_inputs: int | None = None
         self.names: dict[int, str] = {}
         self.values: dict[Value, str] = {}
         self.used: set[str] = set()
@@ -160,6 +190,10 @@ class _Exporter:
             seen.add(id(v))
         nodes, inits, infos = [], [], []
         for node in g:
+            if top and node.op == CONSTANT and self.weights_as_inputs is not None \
+                    and np.asarray(node.attrs["value"]).size > self.weights_as_inputs:
+                inputs.append(self._value_info(node.output, self.name_of(node.output)))
+                continue
             if top and node.op == CONSTANT:
                 inits.append(self._tensor(node.attrs["value"], self.name_of(node.output)))
                 continue
@@ -192,6 +226,8 @@ class _Exporter:
         if array.dtype == object:
             data = [x.encode() if isinstance(x, str) else bytes(x) for x in array.reshape(-1)]
             return helper.make_tensor(name, onnx.TensorProto.STRING, array.shape, data)
+        if self.external is not None and self.in_top:
+            return self.external.tensor(array, name)
         # np.ascontiguousarray would turn a scalar into shape [1]; from_array copes with any layout.
         return numpy_helper.from_array(array if array.flags.c_contiguous else array.copy(order="C"), name)
 

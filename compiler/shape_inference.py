@@ -34,7 +34,8 @@ def infer_types(model: Model) -> bool:
 def _onnx_types(model: Model) -> bool:
     names: dict[Value, str] = {}
     try:
-        proto = export_model(model, value_names=names)
+        # large weights leave as typed inputs: inference needs their types, not a copy of their bytes
+        proto = export_model(model, value_names=names, weights_as_inputs=WEIGHTS_LIMIT)
         _weights_as_inputs(proto.graph)
         inferred = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
     except Exception:  # inference is a help: a model onnx cannot infer keeps the types it has
@@ -57,7 +58,12 @@ def _onnx_types(model: Model) -> bool:
     return changed
 
 
-def _weights_as_inputs(g: onnx.GraphProto, limit: int = 1024) -> None:
+WEIGHTS_LIMIT = 1024
+"""Constants of more elements than this reach ONNX's inference as typed inputs (data propagation reads only small
+shape tensors, and a model past 2 GiB could not be handed to it at all)."""
+
+
+def _weights_as_inputs(g: onnx.GraphProto, limit: int = WEIGHTS_LIMIT) -> None:
     """Large initializers become typed graph inputs: inference needs their types, not their bytes.
 
     Data propagation reads only small shape tensors, and a model past 2 GiB could

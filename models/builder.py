@@ -21,6 +21,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from mdoc.external_data import ExternalWeights
+
 OPSET = 17
 IR_VERSION = 8
 FLOAT = TensorProto.FLOAT
@@ -34,10 +36,14 @@ Dim = int | str
 
 
 class GraphBuilder:
-    """Accumulates the nodes, initializers and inputs of one ONNX graph."""
+    """Accumulates the nodes, initializers and inputs of one ONNX graph.
 
-    def __init__(self, name: str, seed: int = 0):
+    With `external`, large weights go straight to its file instead of into the model.
+    """
+
+    def __init__(self, name: str, seed: int = 0, external: ExternalWeights | None = None):
         self.name = name
+        self.external = external
         self.rng = np.random.default_rng(seed)
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
@@ -88,7 +94,9 @@ class GraphBuilder:
         if name in self._param_names:
             raise ValueError(f"parameter {name!r} is defined twice in graph {self.name!r}")
         self._param_names.add(name)
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        array = np.ascontiguousarray(array)
+        self.initializers.append(self.external.tensor(array, name) if self.external is not None
+                                 else numpy_helper.from_array(array, name))
         return name
 
     def normal(self, name: str, shape: Sequence[int], std: float, mean: float = 0.0) -> str:
@@ -185,5 +193,8 @@ class GraphBuilder:
         model.ir_version = IR_VERSION
         metadata = {"example_dims": example_dims or {}, "int_ranges": int_ranges or {}}
         helper.set_model_props(model, {EXAMPLE_INPUTS_KEY: json.dumps(metadata, sort_keys=True)})
-        onnx.checker.check_model(model, full_check=True)
+        if self.external is None:
+            onnx.checker.check_model(model, full_check=True)
+        else:  # the checker would resolve external data against the working directory: shapes only
+            onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
         return model

@@ -26,7 +26,7 @@ import math
 import numpy as np
 import onnx
 
-from mdoc.models.builder import FLOAT, INT64, GraphBuilder
+from mdoc.models.builder import FLOAT, INT64, ExternalWeights, GraphBuilder
 
 
 def _rms_norm(b: GraphBuilder, x: str, name: str, hidden: int, eps: float) -> str:
@@ -133,13 +133,17 @@ def llama_decoder(
     rope_theta: float = 10000.0,
     eps: float = 1e-6,
     seed: int = 0,
+    external: ExternalWeights | None = None,
 ) -> onnx.ModelProto:
-    """A Llama decoder with past key/values (see the module docstring for its inputs and outputs)."""
+    """A Llama decoder with past key/values (see the module docstring for its inputs and outputs).
+
+    With `external`, the weights are streamed to its file as they are drawn (a 1B model: benchmarks/big_model.py).
+    """
     if hidden % heads or heads % kv_heads or (hidden // heads) % 2:
         raise ValueError(f"llama_decoder: hidden {hidden}, heads {heads}, kv_heads {kv_heads}: want hidden a "
                          "multiple of heads, heads a multiple of kv_heads and an even head_dim")
     hd = hidden // heads
-    b = GraphBuilder("llama_decoder", seed)
+    b = GraphBuilder("llama_decoder", seed, external)
     input_ids = b.input("input_ids", INT64, ["N", "S"])
     attention_mask = b.input("attention_mask", INT64, ["N", "T"])
     position_ids = b.input("position_ids", INT64, ["N", "S"])

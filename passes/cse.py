@@ -98,9 +98,16 @@ def array_key(a: np.ndarray):
     a = np.asarray(a)
     if a.dtype == object:
         return ("str", a.shape, tuple(x if isinstance(x, bytes) else str(x).encode() for x in a.reshape(-1)))
-    data = a.tobytes()
-    body = data if len(data) <= 64 else hashlib.blake2b(data, digest_size=20).digest()
-    return (a.dtype.str, a.shape, len(data), body)
+    data = _bytes_of(a)
+    body = bytes(data) if data.nbytes <= 64 else hashlib.blake2b(data, digest_size=20).digest()
+    return (a.dtype.str, a.shape, data.nbytes, body)
+
+
+def _bytes_of(a: np.ndarray) -> memoryview:
+    """The bytes of `a` as a view: a contiguous (often memory-mapped) weight is hashed and compared where it lies,
+    not copied (`tobytes` of every weight of a 4 GB model would hold a second copy of the largest, twice)."""
+    flat = (a if a.flags.c_contiguous else np.ascontiguousarray(a)).reshape(-1)
+    return memoryview(flat.view(np.uint8) if flat.dtype.itemsize else flat.astype(np.uint8))
 
 
 def _same_array(a: np.ndarray, b: np.ndarray) -> bool:
@@ -109,7 +116,7 @@ def _same_array(a: np.ndarray, b: np.ndarray) -> bool:
         return False
     if a.dtype == object:
         return a.tolist() == b.tolist()
-    return a.tobytes() == b.tobytes()
+    return _bytes_of(a) == _bytes_of(b)
 
 
 def attr_key(v):
