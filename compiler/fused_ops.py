@@ -184,14 +184,15 @@ def _eval_matmul(node, arrays):
 def _export_matmul(node, e) -> None:
     a, b, bias, residual = (e.inputs + ["", ""])[:4]
     scale = node.attrs.get("scale")
+    fused_scale = scale is not None and e.runtime_ops  # onnxruntime's FusedMatMul takes it as alpha
     parts = [("Add", v) for v in (bias, residual) if v]
-    done = not parts and applied_from_attrs(node.attrs) is None
-    if scale is not None and e.runtime_ops:
+    if scale is not None and not fused_scale:
+        parts.insert(0, ("Mul", e.const(float(scale), np.float32)))
+    done = not parts and applied_from_attrs(node.attrs) is None  # the product is the node's output
+    if fused_scale:
         (y,) = e.emit("FusedMatMul", [a, b], e.outputs if done else 1, domain=MS, alpha=float(scale))
     else:
-        (y,) = e.emit("MatMul", [a, b], e.outputs if done and scale is None else 1)
-        if scale is not None:
-            parts.insert(0, ("Mul", e.const(float(scale), np.float32)))
+        (y,) = e.emit("MatMul", [a, b], e.outputs if done else 1)
     if done:
         return
     act = applied_from_attrs(node.attrs)

@@ -55,3 +55,23 @@ def test_zoo_model_roundtrip(name):
     assert set(got) == set(want)
     for k in want:
         np.testing.assert_array_equal(got[k], want[k])
+
+
+def test_scaled_matmul_without_a_tail_exports_its_scale():
+    """mdoc.matmul {scale} alone (attention's Q K^T / sqrt(d), fused by fuse-epilogue with no bias or
+    activation after it) exported its MatMul but not the Mul: the written file named a missing value."""
+    from mdoc.models.llama import llama_decoder
+    from mdoc.pass_manager import PassManager, parse_pipeline
+
+    proto = llama_decoder(layers=1)
+    model = import_model(proto)
+    PassManager(parse_pipeline("infer-shapes,fuse-epilogue,dce")).run(model)
+    assert any(n.op == "mdoc.matmul" and "scale" in n.attrs for n in model.graph)
+    exported = export_model(model)
+    onnx.checker.check_model(exported, full_check=True)
+    feeds = {"input_ids": np.array([[1, 2, 3]]), "attention_mask": np.ones((1, 3), np.int64),
+             "position_ids": np.array([[0, 1, 2]])}
+    feeds |= {f"past_key_values.0.{kv}": np.zeros((1, 2, 0, 16), np.float32) for kv in ("key", "value")}
+    got, want = run_onnxruntime(exported, feeds), run_onnxruntime(proto, feeds)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-5)
