@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
+from onnx.reference import ReferenceEvaluator
 
 LIGHT_DIR = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light")
 LIGHT_MODELS = sorted(glob.glob(os.path.join(LIGHT_DIR, "light_*.onnx")))
@@ -93,3 +94,13 @@ def tiny_path(tmp_path):
     path = tmp_path / "tiny.onnx"
     onnx.save(tiny_model(), path)
     return path
+
+
+def reference_conv(x, w, strides, pads, group: int = 1):
+    """ONNX's reference Conv of float32 `x` and `w`, in float64: what the integer kernels' tests compare with."""
+    node = helper.make_node("Conv", ["x", "w"], ["y"], strides=list(strides), pads=list(pads), group=group)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", 1, None),
+                                            helper.make_tensor_value_info("w", 1, None)],
+                              [helper.make_tensor_value_info("y", 1, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return ReferenceEvaluator(model).run(None, {"x": x, "w": w})[0].astype(np.float64)

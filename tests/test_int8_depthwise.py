@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tvm
 from onnx import TensorProto, helper, numpy_helper
-from onnx.reference import ReferenceEvaluator
+from conftest import reference_conv
 
 from mdoc.targets.cpu_kernels import CpuSpec
 from mdoc.targets.cpu_kernels.int8 import QEpilogue, has_vnni
@@ -18,15 +18,6 @@ from mdoc.targets.presets import resolve_target
 RNG = np.random.default_rng(0)
 # the x86 preset's kernels run here only on an AVX-512 VNNI host (as tests/test_int8_kernels.py's)
 needs_vnni = pytest.mark.skipif(not has_vnni(CpuSpec.host()), reason="this host has no AVX-512 VNNI")
-
-
-def _reference(x, w, stride, pad):
-    node = helper.make_node("Conv", ["x", "w"], ["y"], strides=[stride] * 2, pads=[pad] * 4, group=x.shape[1])
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", 1, None),
-                                            helper.make_tensor_value_info("w", 1, None)],
-                              [helper.make_tensor_value_info("y", 1, None)])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    return ReferenceEvaluator(model).run(None, {"x": x, "w": w})[0].astype(np.float64)
 
 
 @needs_vnni
@@ -52,7 +43,7 @@ def test_qdepthwise_matches_the_reference_conv(shape, stride, signed, requantize
     args = [tvm.runtime.tensor(a, dev) for a in (x, kernel.packers["weight"](w), offset, mult, bias, residual)]
     args.append(tvm.runtime.tensor(np.zeros(kernel.output.shape, kernel.output.dtype), dev))
     kernel.compile(spec.target).fn(*args)
-    t = _reference(x.astype(np.float32) - xz, w.astype(np.float32), stride, 1)
+    t = reference_conv(x.astype(np.float32) - xz, w.astype(np.float32), (stride,) * 2, (1,) * 4, group=x.shape[1])
     want = np.maximum(t * mult[:, None, None] + bias[:, None, None] + residual, 0)
     if requantize:
         want = np.clip(np.rint(want / epi.y_scale), 0, 255)

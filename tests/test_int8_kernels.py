@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tvm
 from onnx import helper
-from onnx.reference import ReferenceEvaluator
+from conftest import reference_conv
 
 from mdoc.targets.cpu_kernels import CpuSpec
 from mdoc.targets.cpu_kernels.int8 import QEpilogue, has_vnni, qconv2d, qdense
@@ -76,15 +76,6 @@ def test_qdense_matches_numpy(signed, requantize, preset):
     np.testing.assert_allclose(got.astype(np.float64), want, atol=1 if requantize else 1e-3)
 
 
-def _conv(x, w, strides, pads):
-    node = helper.make_node("Conv", ["x", "w"], ["y"], strides=list(strides), pads=list(pads))
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", 1, None),
-                                            helper.make_tensor_value_info("w", 1, None)],
-                              [helper.make_tensor_value_info("y", 1, None)])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    return ReferenceEvaluator(model).run(None, {"x": x, "w": w})[0].astype(np.float64)
-
-
 @needs_vnni
 @pytest.mark.parametrize("preset", SPECS)
 @pytest.mark.parametrize("shape,oc,k,stride,pad,signed,requantize", [
@@ -104,7 +95,7 @@ def test_qconv2d_matches_the_reference_conv(shape, oc, k, stride, pad, signed, r
     residual = RNG.standard_normal(kernel.output.shape).astype(np.float32)
     got = _run(kernel, x, kernel.packers["weight"](w), _offset(w.astype(np.int32).sum((1, 2, 3)), xz, signed),
                mult, bias, residual, spec=spec)
-    t = _conv(x.astype(np.float32) - xz, w.astype(np.float32), (stride,) * 2, (pad,) * 4)
+    t = reference_conv(x.astype(np.float32) - xz, w.astype(np.float32), (stride,) * 2, (pad,) * 4)
     want = _requantized(np.maximum(t * mult[:, None, None] + bias[:, None, None] + residual, 0), epi)
     np.testing.assert_allclose(got.astype(np.float64), want, atol=1 if requantize else 1e-3)
 
