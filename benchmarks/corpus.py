@@ -223,12 +223,30 @@ def sentence_encoder():
 GPT2_LAYERS, GPT2_HEADS, GPT2_HIDDEN = 2, 4, 128
 
 
+def _dynamic_cache(past, layers: int):
+    """transformers' DynamicCache holding the flat (key, value, key, value, ...) past of a decoder export."""
+    from transformers.cache_utils import DynamicCache
+
+    cache = DynamicCache()
+    for i in range(layers):
+        cache.update(past[2 * i], past[2 * i + 1], i)
+    return cache
+
+
+def _flat_present(present, layers: int) -> list:
+    """The present key/values of a transformers cache as the flat list the export returns."""
+    flat = []
+    for i in range(layers):
+        k, v = (present.layers[i].keys, present.layers[i].values) if hasattr(present, "layers") else present[i]
+        flat += [k, v]
+    return flat
+
+
 def gpt2_with_past():
     """GPT-2 (tiny config) as Optimum's decoder-with-past: ids + mask + past key/values in,
     logits + present key/values out."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
-    from transformers.cache_utils import DynamicCache
 
     class Decoder(torch.nn.Module):
         def __init__(self):
@@ -237,16 +255,9 @@ def gpt2_with_past():
                                                  n_layer=GPT2_LAYERS, n_head=GPT2_HEADS))
 
         def forward(self, input_ids, attention_mask, *past):
-            cache = DynamicCache()
-            for i in range(GPT2_LAYERS):
-                cache.update(past[2 * i], past[2 * i + 1], i)
-            out = self.lm(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache, use_cache=True)
-            present = out.past_key_values
-            flat = []
-            for i in range(GPT2_LAYERS):
-                k, v = (present.layers[i].keys, present.layers[i].values) if hasattr(present, "layers") else present[i]
-                flat += [k, v]
-            return (out.logits, *flat)
+            out = self.lm(input_ids=input_ids, attention_mask=attention_mask,
+                          past_key_values=_dynamic_cache(past, GPT2_LAYERS), use_cache=True)
+            return (out.logits, *_flat_present(out.past_key_values, GPT2_LAYERS))
 
     hd = GPT2_HIDDEN // GPT2_HEADS
     past = [torch.rand(1, GPT2_HEADS, 5, hd) for _ in range(2 * GPT2_LAYERS)]
@@ -270,7 +281,6 @@ def llama_with_past():
     ids + mask + positions + past key/values in, logits + present key/values out."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
-    from transformers.cache_utils import DynamicCache
 
     cfg = LlamaConfig(**LLAMA, tie_word_embeddings=False)
     layers = cfg.num_hidden_layers
@@ -281,17 +291,9 @@ def llama_with_past():
             self.lm = LlamaForCausalLM(cfg)
 
         def forward(self, input_ids, attention_mask, position_ids, *past):
-            cache = DynamicCache()
-            for i in range(layers):
-                cache.update(past[2 * i], past[2 * i + 1], i)
             out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                          past_key_values=cache, use_cache=True)
-            present = out.past_key_values
-            flat = []
-            for i in range(layers):
-                k, v = (present.layers[i].keys, present.layers[i].values) if hasattr(present, "layers") else present[i]
-                flat += [k, v]
-            return (out.logits, *flat)
+                          past_key_values=_dynamic_cache(past, layers), use_cache=True)
+            return (out.logits, *_flat_present(out.past_key_values, layers))
 
     hd = cfg.hidden_size // cfg.num_attention_heads
     past = [torch.rand(1, cfg.num_key_value_heads, 5, hd) for _ in range(2 * layers)]
